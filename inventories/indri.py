@@ -1,0 +1,25 @@
+"""
+indri, the Mac mini: devpi as a user LaunchAgent on loopback behind Caddy.
+
+    pyinfra inventories/indri.py deploys/devpi.py
+"""
+
+hosts = [
+    (
+        "indri",
+        {
+            "ssh_user": "erichblume",
+            "devpi_label": "mcquack.eblume.devpi",
+            "devpi_host": "127.0.0.1",
+            "devpi_port": 3141,
+            "devpi_home": "/Users/erichblume/devpi",
+            "devpi_log_dir": "/Users/erichblume/Library/Logs",
+            "devpi_out_log": "mcquack.devpi.out.log",
+            "devpi_err_log": "mcquack.devpi.err.log",
+            "devpi_outside_url": "https://pypi.ops.eblu.me",
+            "devpi_root_password": "op://vault/devpi/root password",
+            # Caddy runs as its own LaunchAgent; kickstart it when the block changes.
+            "caddy_restart": "mcquack.eblume.caddy",
+        },
+    ),
+]

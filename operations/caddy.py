@@ -1,0 +1,60 @@
+"""
+The Caddy site block that fronts devpi, and making Caddy pick it up.
+
+Caddy itself is managed elsewhere; the deploy owns one site file that the main
+Caddyfile imports. A changed block is validated before it replaces the old one,
+then Caddy is restarted the configured way. An unchanged block restarts nothing.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host, logger
+from pyinfra.api import operation
+
+from .textfile import write_text
+
+q = shlex.quote
+
+
+def validate_command(caddy_bin: str | None) -> str:
+    """``caddy adapt --validate`` on the new block, when a caddy binary is found."""
+    if caddy_bin:
+        finder = f"c={q(caddy_bin)}"
+    else:
+        # Caddy may not be on a non-login PATH; without it the block is not validated.
+        finder = "c=$(command -v caddy || true)"
+    return (
+        f'{{ {finder}; if [ -z "$c" ]; then true; else '
+        'out=$("$c" adapt --adapter caddyfile --validate --config {new} 2>&1 >/dev/null) '
+        '|| { echo "Caddy rejects the new site block:" >&2; echo "$out" >&2; false; }; fi; }'
+    )
+
+
+def restart_command(restart: dict, domain: str) -> str:
+    if "label" in restart:
+        return f"launchctl kickstart -k {q(domain + '/' + restart['label'])}"
+    return restart["command"]
+
+
+@operation()
+def site(path: str, content: str, restart: dict | None, domain: str, caddy_bin: str | None = None):
+    """
+    Write Caddy's site block for devpi and restart Caddy when it changed.
+
+    + path: the site file (imported by the main Caddyfile)
+    + content: the rendered block
+    + restart: ``{"label": <Caddy's launchd label>}`` (kickstart -k) or
+      ``{"command": <shell command>}``; None to leave reloading to the operator
+    + domain: the launchd domain of Caddy's job (for a label)
+    + caddy_bin: the caddy binary used to validate the block (default: PATH)
+    """
+    commands = list(write_text(path, content, before_move=validate_command(caddy_bin)))
+    if not commands:
+        return
+    yield from commands
+    if restart:
+        yield restart_command(restart, domain)
+    else:
+        logger.warning(f"{host.print_prefix}caddy_restart is unset: reload Caddy to pick up {path}")

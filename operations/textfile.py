@@ -1,0 +1,57 @@
+"""
+Write one small text file the deploy owns, only when its content differs.
+
+Not an operation itself: the operations that own a file (the plist, the YAML
+config, the Caddy site block) yield from ``write_text``. The new content goes to a
+temporary file beside the target and is moved into place, so launchd, devpi and
+Caddy never read a half-written file.
+"""
+
+from __future__ import annotations
+
+import shlex
+from io import BytesIO
+
+from pyinfra import host, logger, state
+from pyinfra.api import FileUploadCommand
+from pyinfra.api.util import format_text
+from pyinfra.operations.util.files import generate_color_diff
+
+from pyinfra_devpi.snapshot import file_content
+
+
+def text_differs(path: str, content: str) -> bool:
+    return file_content(host, path) != content
+
+
+def write_text(path: str, content: str, mode: str = "644", before_move: str | None = None):
+    """Yield the commands that make ``path`` hold ``content`` (none when it already does).
+
+    ``before_move`` is a shell command run on the new file (``{new}`` is replaced
+    with its quoted path) before it replaces the old one; if it fails, the old file
+    stays and the run stops.
+    """
+    current = file_content(host, path)
+    if current == content:
+        return
+
+    if state.config.DIFF:
+        verb = "create" if current is None else "modify"
+        host.log(f"Will {verb} {format_text(path, bold=True)}", logger.info)
+        old_lines = [] if current is None else current.splitlines(keepends=True)
+        for line in generate_color_diff(old_lines, content.splitlines(keepends=True)):
+            logger.info("  %s", line)
+        logger.info("")
+
+    directory = path.rsplit("/", 1)[0] or "/"
+    new = f"{path}.pyinfra-new"
+    if current is None:
+        yield f"mkdir -p {shlex.quote(directory)}"
+    yield FileUploadCommand(BytesIO(content.encode("utf-8")), new)
+    check = ""
+    if before_move:
+        check = before_move.replace("{new}", shlex.quote(new)) + " && "
+    yield (
+        f"{{ {check}chmod {mode} {shlex.quote(new)} && mv -f {shlex.quote(new)} {shlex.quote(path)}; }}"
+        f" || {{ rc=$?; rm -f {shlex.quote(new)}; exit $rc; }}"
+    )

@@ -1,0 +1,124 @@
+"""
+The packaged deploy: host data → validated config → facts → operations.
+
+Everything that can refuse the run (bad host data, no launchd, a server dir the
+pinned devpi must not touch, a secret that cannot be read) is checked here, while
+pyinfra plans, so a refused run changes nothing on the host.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.hiddenvalue import HiddenValue
+
+from facts.devpi import ServerDir
+from facts.launchd import LaunchdSession
+from operations import caddy, devpi, launchd
+from pyinfra_devpi.config import SERVER_DB_VERSION, DevpiConfig, build_config
+from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
+from pyinfra_devpi.secrets import hash_password
+from pyinfra_devpi.snapshot import prefetch_files, read_fact
+
+LOCKS_DIR = Path(__file__).resolve().parent.parent / "locks"
+
+# devpi-server major release → the database version it reads and writes.
+DB_VERSIONS = {"6": SERVER_DB_VERSION}
+
+
+class DeployError(PyinfraError):
+    """The host is in a state the deploy must not change; the message says why."""
+
+
+def lock_path(config: DevpiConfig) -> Path:
+    return LOCKS_DIR / f"devpi-{config.server_version}-{config.web_version}.txt"
+
+
+def read_lock(config: DevpiConfig) -> str | None:
+    path = lock_path(config)
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def check_server_dir(config: DevpiConfig, server_dir: dict | None) -> None:
+    """Refuse server dirs that the pinned devpi must not initialise or open."""
+    if server_dir is None:
+        return
+    path = config.server_dir
+    if not server_dir["is_dir"]:
+        raise DeployError(f"{path} exists but is not a directory: move it away or set devpi_home")
+    if server_dir["has_data"] and not server_dir["initialised"]:
+        raise DeployError(
+            f"{path} holds data but no .nodeinfo (devpi's initialised marker): refusing to "
+            "initialise over it or to start devpi on it. If it is a devpi server dir from "
+            "elsewhere, export it with devpi-export and import it with devpi-import; otherwise "
+            "empty the directory or point devpi_home elsewhere",
+        )
+    found = server_dir["serverversion"]
+    wanted = DB_VERSIONS.get(config.server_version.split(".")[0])
+    if found is not None and wanted is not None and found != wanted:
+        raise DeployError(
+            f"{path}/.serverversion is {found!r} but devpi-server {config.server_version} "
+            f"uses database version {wanted!r}: refusing to start it on that dir. Export the "
+            "data with the devpi-server that wrote it (devpi-export) and import it into a new "
+            "server dir with this one (devpi-import)",
+        )
+
+
+def root_password_hash(config: DevpiConfig) -> HiddenValue:
+    if config.root_password is None:
+        raise DeployError(
+            f"{config.server_dir} is not initialised and host data `devpi_root_password` is "
+            "unset: set it to a reference such as 'op://vault/devpi/root password', "
+            "'env:DEVPI_ROOT_PASSWORD' or 'file:~/.devpi-root-password'",
+        )
+    return HiddenValue(hash_password(config.root_password.resolve("devpi_root_password")))
+
+
+@deploy("devpi")
+def devpi_service():
+    """Converge devpi-server + devpi-web as a LaunchAgent behind a Caddy site block."""
+    session = read_fact(host, LaunchdSession)
+    config = build_config(host.data.dict(), session["home"])
+    if not session["launchctl"]:
+        raise DeployError(
+            f"launchd is not available on {host.name} (no launchctl on the SSH user's PATH): "
+            "this deploy runs devpi as a macOS LaunchAgent and needs a macOS host",
+        )
+    domain = config.launchd_domain or session["domain"]
+
+    server_dir = read_fact(host, ServerDir, path=config.server_dir, secret_file=config.secret_file)
+    check_server_dir(config, server_dir)
+    # The password is read (1Password may prompt) only when init will run.
+    password_hash = root_password_hash(config) if devpi.needs_init(server_dir) else None
+
+    plist = render_plist(config)
+    server_yaml = render_server_yaml(config)
+    site = render_caddy_site(config)
+    prefetch_files(host, [config.plist_file, config.config_file, config.caddy_site_file])
+
+    venv_op = devpi.venv(name="Install devpi venv", config=config, lock=read_lock(config))
+    config_op = devpi.server_config(
+        name="Write devpi-server config", config=config, content=server_yaml
+    )
+    devpi.secret(name="Create devpi secret file", config=config)
+    devpi.init(name="Initialise devpi server dir", config=config, password_hash=password_hash)
+    agent_op = launchd.agent(
+        name="LaunchAgent " + config.label,
+        label=config.label,
+        plist=plist,
+        plist_path=config.plist_file,
+        domain=domain,
+        restart_after=[venv_op, config_op],
+    )
+    devpi.wait_healthy(name="Wait for devpi to answer", config=config, after=[agent_op])
+    caddy.site(
+        name="Caddy site block for devpi",
+        path=config.caddy_site_file,
+        content=site,
+        restart=config.caddy_restart,
+        domain=domain,
+        caddy_bin=config.caddy_bin,
+    )

@@ -1,0 +1,140 @@
+"""Config validation: every key rejects bad values with a message naming the key."""
+
+import pytest
+
+from pyinfra_devpi.config import KEYS, ConfigError, build_config
+
+HOME = "/Users/alice"
+BASE = {"devpi_root_password": "env:DEVPI_PW", "devpi_outside_url": "https://pypi.example.org"}
+
+# At least one bad value for every key the deploy reads.
+BAD_VALUES = {
+    "devpi_server_version": ["latest", 6.2, "6.20.3; rm -rf /", "6.x"],
+    "devpi_web_version": ["", "5.1.1 ", None],
+    "devpi_home": ["devpi", "~devpi", 42, "/tmp/../etc"],
+    "devpi_host": ["pypi.example.org", "", 127],
+    "devpi_port": [0, 65536, "3141", True, 31.41],
+    "devpi_allow_remote_bind": ["yes", 1],
+    "devpi_outside_url": ["pypi.example.org", "ftp://x", 5],
+    "devpi_label": ["net devpi", "", "../x", "-x"],
+    "devpi_log_dir": ["Library/Logs", None],
+    "devpi_out_log": ["logs/out.log", "..", ""],
+    "devpi_err_log": ["a/b", 3],
+    "devpi_root_password": ["hunter2", "op://only-vault", "env:", "env:1BAD", "file:", "vault:x/y"],
+    "devpi_index_url": ["not a url", "file:///simple"],
+    "devpi_python": ["", "python3\nrm -rf /", 3],
+    "devpi_uv": ["", None],
+    "devpi_server_options": [
+        {"threadz": 4},
+        {"threads": "many"},
+        {"threads": True},
+        {"offline-mode": "yes"},
+        {"host": "0.0.0.0"},
+        ["threads", 4],
+    ],
+    "devpi_launchd_domain": ["system", "gui/alice", "gui/501/x"],
+    "devpi_process_type": ["Fast", "standard"],
+    "devpi_throttle_interval": [0, -1, "10", True],
+    "devpi_health_timeout": [0, 1.5],
+    "caddy_site_file": ["sites/devpi.caddy", ""],
+    "caddy_site_address": ["", "a {", 'x"y'],
+    "caddy_restart": ["not a label!", {"cmd": "x"}, {"command": ""}, 5],
+    "caddy_serve_files": ["no", None],
+    "caddy_max_body_size": ["200 MB", "lots", 200, "0MB"],
+    "caddy_bin": ["", 7],
+}
+
+
+def test_every_key_has_bad_values():
+    assert set(BAD_VALUES) == set(KEYS)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [(key, value) for key, values in BAD_VALUES.items() for value in values],
+)
+def test_bad_value_names_the_key(key, value):
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, key: value}, HOME)
+    assert f"`{key}`" in str(error.value)
+
+
+def test_secret_literal_is_not_echoed():
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, "devpi_root_password": "correct horse battery"}, HOME)
+    assert "correct horse battery" not in str(error.value)
+    assert "op://" in str(error.value)  # says what is allowed
+
+
+def test_unknown_keys_are_errors_not_defaults():
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, "devpi_prot": 3142, "caddy_sitefile": "/x"}, HOME)
+    message = str(error.value)
+    assert "devpi_prot" in message and "caddy_sitefile" in message
+    assert "devpi_port" in message  # the list of known keys shows the fix
+
+
+def test_keys_of_other_deploys_are_ignored():
+    config = build_config({**BASE, "ssh_user": "alice", "nginx_port": 80}, HOME)
+    assert config.port == 3141
+
+
+def test_defaults_and_home_expansion():
+    config = build_config(BASE, HOME)
+    assert config.home == "/Users/alice/devpi"
+    assert config.venv == "/Users/alice/devpi/venv"
+    assert config.server_dir == "/Users/alice/devpi/server-dir"
+    assert config.config_file == "/Users/alice/devpi/devpi-server.yml"
+    assert config.plist_file == "/Users/alice/Library/LaunchAgents/net.devpi.plist"
+    assert config.out_log_path == "/Users/alice/Library/Logs/net.devpi.out.log"
+    assert config.err_log_path == "/Users/alice/Library/Logs/net.devpi.err.log"
+    assert config.caddy_site_file == "/Users/alice/.config/caddy/sites/devpi.caddy"
+    assert (config.host, config.port) == ("127.0.0.1", 3141)
+    assert config.server_version == "6.20.3" and config.web_version == "5.1.1"
+    assert config.site_address == "https://pypi.example.org"
+    assert config.root_password.scheme == "env"
+
+
+def test_remote_bind_needs_explicit_opt_in():
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, "devpi_host": "0.0.0.0"}, HOME)
+    assert "devpi_allow_remote_bind" in str(error.value)
+    config = build_config({**BASE, "devpi_host": "0.0.0.0", "devpi_allow_remote_bind": True}, HOME)
+    assert config.host == "0.0.0.0"
+    assert config.local_url == "http://127.0.0.1:3141"
+
+
+def test_site_address_needed_without_outside_url():
+    with pytest.raises(ConfigError) as error:
+        build_config({"devpi_root_password": "env:X"}, HOME)
+    assert "caddy_site_address" in str(error.value)
+
+
+def test_same_log_file_for_both_streams_is_refused():
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, "devpi_out_log": "devpi.log", "devpi_err_log": "devpi.log"}, HOME)
+    assert "devpi_err_log" in str(error.value)
+
+
+def test_server_options_override_defaults():
+    config = build_config({**BASE, "devpi_server_options": {"threads": 8, "argon2-time-cost": 3}}, HOME)
+    options = config.server_yaml_options
+    assert options["threads"] == 8
+    assert options["argon2-time-cost"] == 3
+    assert options["indexer-backend"] == "null"  # untouched default stays
+    assert options["serverdir"] == config.server_dir
+
+
+def test_indri_inventory_is_valid():
+    namespace = {}
+    exec(open("inventories/indri.py").read(), namespace)
+    (name, data), = namespace["hosts"]
+    config = build_config(data, "/Users/erichblume")
+    assert config.label == "mcquack.eblume.devpi"
+    assert config.home == "/Users/erichblume/devpi"
+    assert config.out_log_path == "/Users/erichblume/Library/Logs/mcquack.devpi.out.log"
+    assert config.err_log_path == "/Users/erichblume/Library/Logs/mcquack.devpi.err.log"
+    assert config.plist_file == "/Users/erichblume/Library/LaunchAgents/mcquack.eblume.devpi.plist"
+    assert config.caddy_restart == {"label": "mcquack.eblume.caddy"}
+    assert config.root_password.scheme == "op"
+    assert config.local_url == "http://127.0.0.1:3141"
