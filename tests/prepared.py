@@ -1,0 +1,109 @@
+"""
+Run the project's operations against prepared facts, without a host.
+
+An operation's ``_inner`` generator is iterated inside pyinfra's host/state context
+with a stand-in host whose ``get_fact`` answers from a dict, so a test states what
+the host looks like and asserts exactly which commands the operation yields.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from pyinfra.api import FileUploadCommand, StringCommand
+from pyinfra.context import ctx_host, ctx_state
+
+from facts.devpi import ServerDir, VenvVersions
+from facts.files import FileContents
+from facts.launchd import LaunchdJob
+
+
+@dataclass
+class Upload:
+    dest: str
+    content: str
+
+
+@dataclass
+class PreparedHost:
+    """Host facts as a test wants them; records every fact the operations asked for."""
+
+    job: dict | None = None
+    server_dir: dict | None = None
+    venv: dict | None = None
+    files: dict = field(default_factory=dict)
+    asked: list = field(default_factory=list)
+    name: str = "prepared"
+    print_prefix: str = "[prepared] "
+
+    def get_fact(self, cls, **kwargs):
+        self.asked.append((cls.__name__, kwargs))
+        if cls is LaunchdJob:
+            return self.job
+        if cls is ServerDir:
+            return self.server_dir
+        if cls is VenvVersions:
+            return self.venv
+        if cls is FileContents:
+            return {path: self.files.get(path) for path in kwargs["paths"]}
+        raise AssertionError(f"unexpected fact {cls.__name__}")
+
+    def log(self, message, log_func=None):
+        pass
+
+
+def as_text(command) -> str | Upload:
+    if isinstance(command, FileUploadCommand):
+        src = command.src
+        src.seek(0)
+        return Upload(command.dest, src.read().decode())
+    if isinstance(command, StringCommand):
+        return str(command)  # the masked form: what pyinfra prints
+    return str(command)
+
+
+def run_op(op, host: PreparedHost, executing=True, diff=False, **kwargs) -> list:
+    state = SimpleNamespace(is_executing=executing, config=SimpleNamespace(DIFF=diff))
+    with ctx_host.use(host), ctx_state.use(state):
+        return [as_text(c) for c in op._inner(**kwargs)]
+
+
+class Meta:
+    """An executed operation's result, for ``restart_after`` / ``after``."""
+
+    def __init__(self, changed: bool):
+        self._changed = changed
+
+    def is_complete(self):
+        return True
+
+    def did_change(self):
+        return self._changed
+
+
+def shell_lines(commands) -> list[str]:
+    return [c for c in commands if isinstance(c, str)]
+
+
+# Forms that exist only in GNU userland (DESIGN.md, "Host commands run on macOS").
+GNU_ONLY = [
+    (re.compile(r"\bstat\s+-c\b"), "stat -c"),
+    (re.compile(r"\bstat\s+--"), "stat --long-option"),
+    (re.compile(r"\bsed\s+(-[a-zA-Z]*)?-i(\s|$)(?!['\"]?\.)"), "sed -i without a suffix"),
+    (re.compile(r"\bsed\s+-i\s+-e\b"), "sed -i without a suffix"),
+    (re.compile(r"date\s+\+%[^\s]*%N|date\s+\+%N"), "date +%N"),
+    (re.compile(r"\bsha256sum\b|\bmd5sum\b|\bsha1sum\b"), "GNU checksum tools"),
+    (re.compile(r"\breadlink\s+-f\b"), "readlink -f"),
+    (re.compile(r"(^|[;&|(]\s*|\s)timeout\s+\d"), "timeout"),
+    (re.compile(r"\binstall\s+-D\b"), "install -D"),
+    (re.compile(r"\b(mkdir|rm|cp|mv|ln|ls|chmod|chown|cat|head|tail|cut|wc|tr|touch|date|sort|base64)\s+--\w"), "a long option of a coreutils tool"),
+    (re.compile(r"\bmv\s+-T\b|\bln\s+-T\b|\bcp\s+-T\b"), "-T (no target directory)"),
+    (re.compile(r"\becho\s+-e\b"), "echo -e"),
+    (re.compile(r"\[\["), "[[ (a bashism)"),
+]
+
+
+def gnu_only_forms(command: str) -> list[str]:
+    return [name for pattern, name in GNU_ONLY if pattern.search(command)]

@@ -1,0 +1,264 @@
+"""
+Each row of DESIGN.md's lifecycle table yields exactly its commands; a converged
+host yields none. Operations run under prepared facts (see ``prepared.py``).
+"""
+
+import pytest
+
+from operations import caddy, devpi, launchd
+from pyinfra_devpi.config import build_config
+from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
+from pyinfra.api.hiddenvalue import HiddenValue
+
+from .prepared import Meta, PreparedHost, Upload, gnu_only_forms, run_op, shell_lines
+
+DOMAIN = "gui/501"
+TARGET = "gui/501/net.devpi"
+PASSWORD_HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"
+
+ALL_COMMANDS: list[str] = []  # every shell command yielded here, for the GNU-forms scan
+
+
+@pytest.fixture
+def config():
+    return build_config(
+        {
+            "devpi_root_password": "env:PW",
+            "devpi_outside_url": "https://pypi.example.org",
+            "caddy_restart": "org.caddy",
+        },
+        "/Users/alice",
+    )
+
+
+def converged(config) -> PreparedHost:
+    return PreparedHost(
+        job={"loaded": True, "state": "running", "pid": 4242, "disabled": False, "last_exit_code": None},
+        server_dir={
+            "exists": True, "is_dir": True, "mode": "drwx------", "entries": 6, "has_data": True,
+            "initialised": True, "nodeinfo": {"role": "standalone", "uuid": "u"},
+            "serverversion": "4", "secret_file": {"exists": True, "mode": "-rw-------"},
+        },
+        venv={"devpi-server": "6.20.3", "devpi-web": "5.1.1", "python": "3.11.7", "path": "/x"},
+        files={
+            config.plist_file: render_plist(config),
+            config.config_file: render_server_yaml(config),
+            config.caddy_site_file: render_caddy_site(config),
+        },
+    )
+
+
+def fresh(config) -> PreparedHost:
+    return PreparedHost(job=None, server_dir=None, venv=None, files={})
+
+
+def converge(host, config, password_hash=None, executing=True, diff=False):
+    """The deploy's operations in the deploy's order, chained the way it chains them."""
+    steps = {}
+
+    def run(name, op, **kwargs):
+        commands = run_op(op, host, executing=executing, diff=diff, **kwargs)
+        ALL_COMMANDS.extend(shell_lines(commands))
+        steps[name] = commands
+        return Meta(bool(commands))
+
+    venv_op = run("venv", devpi.venv, config=config, lock="pinned==1.0 --hash=sha256:00\n")
+    config_op = run("config", devpi.server_config, config=config, content=render_server_yaml(config))
+    run("secret", devpi.secret, config=config)
+    run("init", devpi.init, config=config, password_hash=password_hash)
+    agent_op = run(
+        "agent", launchd.agent, label=config.label, plist=render_plist(config),
+        plist_path=config.plist_file, domain=DOMAIN, restart_after=[venv_op, config_op],
+    )
+    run("health", devpi.wait_healthy, config=config, after=[agent_op])
+    run(
+        "caddy", caddy.site, path=config.caddy_site_file, content=render_caddy_site(config),
+        restart=config.caddy_restart, domain=DOMAIN, caddy_bin=None,
+    )
+    return steps
+
+
+def launchctl_verbs(commands):
+    verbs = []
+    for command in shell_lines(commands):
+        for verb in ("enable", "bootstrap", "bootout", "kickstart -k", "kickstart"):
+            if f"launchctl {verb} " in command:
+                verbs.append(verb)
+                break
+    return verbs
+
+
+def test_converged_host_yields_nothing(config):
+    host = converged(config)
+    steps = converge(host, config)
+    assert steps == {name: [] for name in steps}
+
+
+def test_converged_host_reads_each_fact_once(config):
+    from pyinfra_devpi.snapshot import prefetch_files
+
+    host = converged(config)
+    prefetch_files(host, [config.plist_file, config.config_file, config.caddy_site_file])
+    converge(host, config)
+    converge(host, config)  # the second pass (execution after change detection)
+    asked = [name for name, _ in host.asked]
+    assert sorted(asked) == ["FileContents", "LaunchdJob", "ServerDir", "VenvVersions"]
+
+
+def test_fresh_host_builds_everything_in_order(config):
+    host = fresh(config)
+    steps = converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
+    assert [c.dest for c in steps["venv"] if isinstance(c, Upload)] == [
+        f"{config.venvs_dir}/{config.venv_name}.lock.txt"
+    ]
+    assert "uv\" pip install" in steps["venv"][-1] and "--require-hashes" in steps["venv"][-1]
+    assert [c.dest for c in steps["config"] if isinstance(c, Upload)] == [config.config_file + ".pyinfra-new"]
+    assert "devpi-gen-secret" in steps["secret"][0]
+    assert any("devpi-init" in c for c in shell_lines(steps["init"]))
+    assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
+    assert len(steps["health"]) == 1 and "/+api" in steps["health"][0]
+    assert launchctl_verbs(steps["caddy"]) == ["kickstart -k"]
+    assert "gui/501/org.caddy" in steps["caddy"][-1]
+
+
+def test_version_bump_builds_new_venv_and_restarts(config):
+    host = converged(config)
+    host.venv = {**host.venv, "devpi-server": "6.20.2"}
+    steps = converge(host, config)
+    assert steps["venv"]
+    assert launchctl_verbs(steps["agent"]) == ["kickstart -k"]
+    assert steps["health"]
+    for untouched in ("config", "secret", "init", "caddy"):
+        assert steps[untouched] == []
+
+
+def test_missing_venv_is_built(config):
+    host = converged(config)
+    host.venv = None
+    assert converge(host, config)["venv"]
+
+
+def test_yaml_change_restarts_without_reloading_the_plist(config):
+    host = converged(config)
+    host.files[config.config_file] = render_server_yaml(config).replace("30", "5")
+    steps = converge(host, config)
+    assert [c.dest for c in steps["config"] if isinstance(c, Upload)] == [config.config_file + ".pyinfra-new"]
+    assert launchctl_verbs(steps["agent"]) == ["kickstart -k"]
+    assert steps["venv"] == [] and steps["init"] == []
+
+
+def test_plist_change_boots_out_and_bootstraps(config):
+    host = converged(config)
+    host.files[config.plist_file] = render_plist(config).replace("Standard", "Background")
+    steps = converge(host, config)
+    assert launchctl_verbs(steps["agent"]) == ["bootout", "bootstrap"]
+    assert [c.dest for c in steps["agent"] if isinstance(c, Upload)] == [config.plist_file + ".pyinfra-new"]
+    assert steps["health"]
+
+
+def test_not_loaded_job_is_enabled_and_bootstrapped(config):
+    host = converged(config)
+    host.job = None
+    steps = converge(host, config)
+    assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
+    assert steps["health"]
+
+
+def test_disabled_job_is_enabled(config):
+    host = converged(config)
+    host.job = {**host.job, "disabled": True}
+    steps = converge(host, config)
+    assert launchctl_verbs(steps["agent"]) == ["enable"]
+
+
+@pytest.mark.parametrize("state", ["not running", "spawn scheduled"])
+def test_loaded_but_not_running_is_kickstarted(config, state):
+    host = converged(config)
+    host.job = {**host.job, "state": state, "pid": None}
+    steps = converge(host, config)
+    assert launchctl_verbs(steps["agent"]) == ["kickstart"]
+    assert steps["health"]
+
+
+def test_caddy_block_change_validates_then_restarts_caddy(config):
+    host = converged(config)
+    host.files[config.caddy_site_file] = "# old block\n"
+    steps = converge(host, config)
+    move = [c for c in shell_lines(steps["caddy"]) if "mv -f" in c][0]
+    assert move.index("adapt --adapter caddyfile --validate") < move.index("mv -f")
+    assert launchctl_verbs(steps["caddy"]) == ["kickstart -k"]
+    assert all(steps[name] == [] for name in steps if name != "caddy")
+
+
+def test_caddy_restart_command(config):
+    host = converged(config)
+    host.files[config.caddy_site_file] = None
+    commands = run_op(
+        caddy.site, host, path=config.caddy_site_file, content="x {\n}\n",
+        restart={"command": "brew services restart caddy"}, domain=DOMAIN,
+    )
+    assert commands[-1] == "brew services restart caddy"
+
+
+def test_initialised_server_dir_is_never_initialised_again(config):
+    host = converged(config)
+    host.venv = None  # even while rebuilding everything else
+    assert converge(host, config)["init"] == []
+
+
+def test_empty_server_dir_is_initialised(config):
+    host = converged(config)
+    host.server_dir = {**host.server_dir, "entries": 0, "has_data": False, "initialised": False,
+                       "nodeinfo": None, "serverversion": None}
+    steps = converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
+    assert any("devpi-init" in c for c in shell_lines(steps["init"]))
+
+
+def test_secret_file_is_created_once(config):
+    host = converged(config)
+    host.server_dir = {**host.server_dir, "secret_file": {"exists": False, "mode": None}}
+    steps = converge(host, config)
+    assert len(steps["secret"]) == 1 and "--secretfile" in steps["secret"][0]
+    assert converge(converged(config), config)["secret"] == []
+
+
+def test_nothing_to_wait_for_without_a_start(config):
+    assert run_op(devpi.wait_healthy, converged(config), config=config, after=[Meta(False)]) == []
+
+
+@pytest.mark.parametrize("executing", [True, False])
+def test_password_and_hash_never_in_printed_commands(config, executing):
+    host = fresh(config)
+    steps = converge(host, config, password_hash=HiddenValue(PASSWORD_HASH), executing=executing)
+    for commands in steps.values():
+        for command in commands:
+            # an upload prints as FileUploadCommand(<BytesIO>, dest): only dest is shown
+            text = command if isinstance(command, str) else command.dest
+            assert PASSWORD_HASH not in text
+            assert "argon2id" not in text
+    uploads = [c for c in steps["init"] if isinstance(c, Upload)]
+    # the hash travels only as file content over SFTP, and only when executing
+    assert [u.content for u in uploads] == ([PASSWORD_HASH] if executing else [""])
+    init = shell_lines(steps["init"])[-1]
+    assert init.index('rm -f "$f"') < init.index("devpi-init")
+
+
+def test_no_gnu_only_forms_in_any_command(config):
+    # Run every scenario again so the scan sees every command variant.
+    for host in (fresh(config), converged(config)):
+        converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
+    ALL_COMMANDS.append(launchd.bootout_command(TARGET))
+    ALL_COMMANDS.append(launchd.bootstrap_command(DOMAIN, TARGET, "/x.plist"))
+    assert ALL_COMMANDS
+    offenders = {c: gnu_only_forms(c) for c in ALL_COMMANDS if gnu_only_forms(c)}
+    assert offenders == {}
+
+
+@pytest.mark.parametrize(
+    ("command", "form"),
+    [("stat -c %a /x", "stat -c"), ("sed -i 's/a/b/' f", "sed -i without a suffix"),
+     ("readlink -f x", "readlink -f"), ("timeout 5 curl x", "timeout"),
+     ("date +%s%N", "date +%N"), ("mkdir --parents x", "a long option of a coreutils tool")],
+)
+def test_gnu_scan_catches_gnu_forms(command, form):
+    assert form in gnu_only_forms(command)

