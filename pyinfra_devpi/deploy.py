@@ -81,12 +81,12 @@ def root_password_hash(config: DevpiConfig) -> HiddenValue:
 def devpi_service():
     """Converge devpi-server + devpi-web as a LaunchAgent behind a Caddy site block."""
     session = read_fact(host, LaunchdSession)
-    config = build_config(host.data.dict(), session["home"])
     if not session["launchctl"]:
         raise DeployError(
             f"launchd is not available on {host.name} (no launchctl on the SSH user's PATH): "
             "this deploy runs devpi as a macOS LaunchAgent and needs a macOS host",
         )
+    config = build_config(host.data.dict(), session["home"])
     domain = config.launchd_domain or session["domain"]
 
     server_dir = read_fact(host, ServerDir, path=config.server_dir, secret_file=config.secret_file)
