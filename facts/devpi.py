@@ -32,8 +32,7 @@ class ServerDir(FactBase):
     The state of a devpi server dir: whether it exists and holds data, devpi's
     ``.nodeinfo`` (its own "initialised" marker) and ``.serverversion`` (the DB version).
 
-    Returns ``None`` when the path does not exist, else a dict:
-    ``exists``, ``is_dir``, ``mode`` (``ls -ld`` mode string), ``entries`` (names in
+    Returns a dict: ``exists``, ``is_dir``, ``mode`` (``ls -ld`` mode string), ``entries`` (names in
     the dir, hidden ones included), ``has_data``, ``initialised``, ``nodeinfo``
     (role, uuid, ...), ``serverversion``; with ``secret_file``: ``secret_file``
     (``exists``/``mode``, never the content).
@@ -43,8 +42,8 @@ class ServerDir(FactBase):
         quoted = shlex.quote(path)
         parts = [
             f"d={quoted}",
-            'if [ ! -e "$d" ]; then echo "exists=false"; else',
-            'echo "exists=true"',
+            'if [ ! -e "$d" ]; then echo "exists=false"',
+            'else echo "exists=true"',
             'if [ -d "$d" ]; then echo "is_dir=true"; else echo "is_dir=false"; fi',
             'echo "mode=$(ls -ld "$d" | cut -c1-10)"',
             'if [ -d "$d" ]; then echo "entries=$(ls -A "$d" | wc -l | tr -d " ")"; fi',
@@ -59,7 +58,7 @@ class ServerDir(FactBase):
                 ' else echo "secret_mode="; fi',
             ]
         parts.append("true")
-        return "; ".join(parts)
+        return "\n".join(parts)
 
     def process(self, output):
         nodeinfo_lines: list[str] = []
@@ -87,7 +86,13 @@ class ServerDir(FactBase):
             secret = {"exists": bool(mode), "mode": mode or None}
 
         if values["exists"] != "true":
-            return {"exists": False, "secret_file": secret} if secret is not None else None
+            result = {
+                "exists": False, "is_dir": False, "mode": None, "entries": 0, "has_data": False,
+                "initialised": False, "nodeinfo": None, "serverversion": None,
+            }
+            if secret is not None:
+                result["secret_file"] = secret
+            return result
 
         nodeinfo = None
         if nodeinfo_lines:

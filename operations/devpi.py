@@ -131,7 +131,7 @@ def secret(config: DevpiConfig):
     restarts. It is never rewritten, so existing tokens stay valid.
     """
     server_dir = read_fact(host, ServerDir, path=config.server_dir, secret_file=config.secret_file)
-    if server_dir and server_dir.get("secret_file", {}).get("exists"):
+    if server_dir["secret_file"]["exists"]:
         return
     # devpi refuses a secret file whose directory is group/world writable.
     yield (
@@ -141,10 +141,8 @@ def secret(config: DevpiConfig):
     )
 
 
-def needs_init(server_dir: dict | None) -> bool:
+def needs_init(server_dir: dict) -> bool:
     """Only a missing or empty dir without devpi's ``.nodeinfo`` marker is initialised."""
-    if server_dir is None:
-        return True
     return not server_dir["initialised"] and not server_dir["has_data"]
 
 

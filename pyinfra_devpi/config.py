@@ -260,6 +260,7 @@ KEYS: dict[str, Key] = {
     "devpi_outside_url": Key(None, _optional(_url)),
     "devpi_label": Key("net.devpi", _label),
     "devpi_log_dir": Key("~/Library/Logs", _path),
+    "devpi_launch_agents_dir": Key("~/Library/LaunchAgents", _path),
     "devpi_out_log": Key(None, _optional(_log_name)),
     "devpi_err_log": Key(None, _optional(_log_name)),
     "devpi_root_password": Key(None, _secret),
@@ -294,6 +295,7 @@ class DevpiConfig:
     outside_url: str | None
     label: str
     log_dir: str
+    launch_agents_dir: str
     out_log: str
     err_log: str
     root_password: SecretRef | None
@@ -340,10 +342,6 @@ class DevpiConfig:
     @property
     def plist_file(self) -> str:
         return f"{self.launch_agents_dir}/{self.label}.plist"
-
-    @property
-    def launch_agents_dir(self) -> str:
-        return f"{self.user_home}/Library/LaunchAgents"
 
     @property
     def out_log_path(self) -> str:
@@ -418,7 +416,7 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
     def expand(path: str) -> str:
         return f"{user_home}{path[1:]}" if path.startswith("~/") else path
 
-    for key in ("devpi_home", "devpi_log_dir", "caddy_site_file"):
+    for key in ("devpi_home", "devpi_log_dir", "devpi_launch_agents_dir", "caddy_site_file"):
         values[key] = expand(values[key])
         if ".." in PurePosixPath(values[key]).parts:
             raise _fail(key, data.get(key), "paths cannot contain '..'")
@@ -441,6 +439,7 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
         outside_url=values["devpi_outside_url"],
         label=label,
         log_dir=values["devpi_log_dir"],
+        launch_agents_dir=values["devpi_launch_agents_dir"],
         out_log=values["devpi_out_log"] or f"{label}.out.log",
         err_log=values["devpi_err_log"] or f"{label}.err.log",
         root_password=values["devpi_root_password"],

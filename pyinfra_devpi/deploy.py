@@ -42,9 +42,9 @@ def read_lock(config: DevpiConfig) -> str | None:
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
-def check_server_dir(config: DevpiConfig, server_dir: dict | None) -> None:
+def check_server_dir(config: DevpiConfig, server_dir: dict) -> None:
     """Refuse server dirs that the pinned devpi must not initialise or open."""
-    if server_dir is None:
+    if not server_dir["exists"]:
         return
     path = config.server_dir
     if not server_dir["is_dir"]:

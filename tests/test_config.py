@@ -18,6 +18,7 @@ BAD_VALUES = {
     "devpi_outside_url": ["pypi.example.org", "ftp://x", 5],
     "devpi_label": ["net devpi", "", "../x", "-x"],
     "devpi_log_dir": ["Library/Logs", None],
+    "devpi_launch_agents_dir": ["LaunchAgents", "/a/../b"],
     "devpi_out_log": ["logs/out.log", "..", ""],
     "devpi_err_log": ["a/b", 3],
     "devpi_root_password": ["hunter2", "op://only-vault", "env:", "env:1BAD", "file:", "vault:x/y"],

@@ -1,0 +1,245 @@
+"""End-to-end harness: the real deploy, over a real sshd on loopback, on Linux.
+
+CI has no macOS, so the tests build a small "Mac" out of parts (see DESIGN.md, Testing):
+
+``sshd`` (session)
+    A private ``/usr/sbin/sshd`` on 127.0.0.1:<free port>: own ed25519 host key, a fresh
+    client key, key-only auth, ``known_hosts`` pre-filled (pyinfra checks host keys
+    strictly). Every session gets, via ``SetEnv``: ``PATH`` = ``tests/fakes`` (the
+    ``launchctl`` double) first, then the directories holding the controller's real ``uv``
+    and base ``python3`` (not the project venv), then the system dirs;
+    ``LAUNCHCTL_DOUBLE_STATE``; a sandbox ``HOME``; ``SHLVL=1`` (stops bash from sourcing
+    root's ``~/.bashrc``, which would put pyenv ahead of the fakes); and the controller's
+    TLS trust / uv index variables, since uv on the target reaches the registry only
+    through them. ``sshd.run(cmd)`` runs a command through the real ssh client;
+    ``sshd.mark()`` / ``sshd.commands_since(mark)`` count exec requests server side.
+
+``write_inventory(path, host_data=None) -> Path``
+    Writes a pyinfra inventory (``e2e_hosts = [("127.0.0.1", {...})]``) holding the SSH
+    connector data plus ``host_data`` (Python literals; ``Path`` allowed).
+
+``run_pyinfra(inventory, *args, cwd=REPO, env_extra=None, check=True, timeout=900)``
+    Runs ``.venv/bin/pyinfra [-y] INVENTORY *args`` (``-y`` unless ``--dry``) with
+    ``tests/e2e/fakes`` first on PATH; returns a ``PyinfraResult`` (``returncode``,
+    ``stdout``, ``stderr``, ``output``; unpacks as ``rc, out, err``).
+    ``count_remote_commands(result.output)`` counts commands of a ``--debug`` run.
+
+``fake_op`` (function)
+    The ``op`` double (``tests/e2e/fakes/op``): pass ``env_extra=fake_op.env``;
+    ``fake_op.password``, ``fake_op.calls()``, ``fake_op.fail()``.
+
+``upstream`` (session)
+    A static PEP 503 index on loopback (``python3 -m http.server``) with self-built wheels
+    ``hermetic-alpha`` 1.0/1.1 and ``hermetic-beta`` 2.0 (requires hermetic-alpha):
+    ``upstream.url`` is the ``/simple/`` URL, ``upstream.wheel(name, version).sha256``,
+    ``upstream.add_project(name, version, requires)`` publishes more.
+
+``launchd`` (session) / ``caddy_job`` (function factory)
+    ``tests/fakes/launchctl`` driven through the ssh session (``launchd.print(label)``,
+    ``.pid(label)``, ``.bootstrap(plist)``, ...). ``caddy_job(site_file, port=None)`` runs
+    ``.venv/bin/caddy`` as LaunchAgent ``test.caddy`` importing ``site_file`` (a
+    placeholder site is written if it does not exist yet) and boots it out afterwards.
+
+``test_home`` (function)
+    ``<tmp>/home`` with ``Library/Logs`` and ``Library/LaunchAgents``; point every
+    home-derived path of the deploy there through inventory data.
+
+On a failing test the tails of all ``*.log`` files under the test's ``tmp_path``, the
+launchd state dir, the sandbox HOME and sshd's / the upstream's logs are attached to the
+report. At session end sshd and the http.server are stopped by PID, then
+``launchctl _double-shutdown`` boots out every job of the state dir (whoever started it;
+a failing shutdown is reported as a teardown error). Every test here is marked ``e2e``; a missing tool FAILS
+(with a hint that ``.ci/run`` should install it), it is never skipped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from . import harness
+from .harness import (
+    FakeOp,
+    LaunchdDouble,
+    SshServer,
+    Upstream,
+    collect_logs,
+    free_port,
+    run_pyinfra as _run_pyinfra,
+    start_caddy_job,
+    start_sshd,
+    start_upstream,
+)
+
+E2E_DIR = Path(__file__).resolve().parent
+_LOG_DIRS = pytest.StashKey[list]()
+#: Session-wide places whose logs are attached to every failing e2e test.
+_SESSION_LOG_DIRS: list[Path] = []
+_SESSION_LOG_FILES: list[Path] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "e2e: end-to-end test over a private loopback sshd (tests/e2e)"
+    )
+
+
+def _is_e2e(item: pytest.Item) -> bool:
+    return E2E_DIR in Path(str(item.path)).resolve().parents
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _is_e2e(item) and item.get_closest_marker("e2e") is None:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.failed and report.when in ("setup", "call") and _is_e2e(item):
+        dirs = list(item.stash.get(_LOG_DIRS, []))
+        tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+        if tmp_path is not None:
+            dirs.append(Path(tmp_path))
+        text = collect_logs([*dirs, *_SESSION_LOG_DIRS], _SESSION_LOG_FILES)
+        if text:
+            report.sections.append(("e2e job logs", text))
+    return report
+
+
+@pytest.fixture
+def e2e_log_dirs(request: pytest.FixtureRequest) -> list[Path]:
+    """Append directories whose ``*.log`` files should be shown if this test fails."""
+    dirs: list[Path] = []
+    request.node.stash[_LOG_DIRS] = dirs
+    return dirs
+
+
+# --------------------------------------------------------------------------- session parts
+
+
+@pytest.fixture(scope="session")
+def e2e_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def tools() -> harness.ToolPaths:
+    """sshd, ssh, ssh-keygen, uv, base python3, caddy, pyinfra, or a failure naming .ci/run."""
+    return harness.find_tools()
+
+
+@pytest.fixture(scope="session")
+def launchd_state(e2e_root: Path) -> Path:
+    state = e2e_root / "launchd"
+    state.mkdir()
+    _SESSION_LOG_DIRS.append(state)
+    return state
+
+
+@pytest.fixture(scope="session")
+def session_env(e2e_root: Path, tools: harness.ToolPaths, launchd_state: Path) -> dict[str, str]:
+    """The environment of every SSH session (sshd SetEnv). Its finalizer, which runs after
+    sshd has stopped, boots out every job the launchctl double holds (whoever started it)."""
+    home = e2e_root / "target-home"
+    home.mkdir()
+    _SESSION_LOG_DIRS.append(home)
+    env = harness.build_session_env(tools, launchd_state=launchd_state, home=home)
+    try:
+        yield env
+    finally:
+        result = harness.launchd_shutdown(env)
+        if result is not None and result.returncode != 0:
+            raise harness.HarnessError(
+                f"launchctl _double-shutdown exited {result.returncode} (jobs may be left running "
+                f"under {launchd_state}):\n{result.stdout}{result.stderr}"
+            )
+
+
+@pytest.fixture(scope="session")
+def sshd(e2e_root: Path, tools: harness.ToolPaths, session_env: dict[str, str]) -> SshServer:
+    server = start_sshd(e2e_root / "sshd", tools, session_env)
+    _SESSION_LOG_FILES.append(server.log_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def launchd(sshd: SshServer, launchd_state: Path) -> LaunchdDouble:
+    """The launchctl double of the session (its jobs are shut down with ``session_env``)."""
+    return LaunchdDouble(state_dir=launchd_state, sshd=sshd)
+
+
+@pytest.fixture(scope="session")
+def upstream(e2e_root: Path, tools: harness.ToolPaths) -> Upstream:
+    index = start_upstream(e2e_root / "upstream", python=tools.python3)
+    _SESSION_LOG_FILES.append(index.log_path)
+    try:
+        yield index
+    finally:
+        index.stop()
+
+
+# --------------------------------------------------------------------------- per-test helpers
+
+
+@pytest.fixture(scope="session")
+def write_inventory(sshd: SshServer) -> Callable[..., Path]:
+    """``write_inventory(path, host_data=None, host_name="127.0.0.1") -> Path``."""
+
+    def write(path: Path | str, host_data: dict | None = None, **kwargs) -> Path:
+        return harness.write_inventory(path, host_data, sshd=sshd, **kwargs)
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def run_pyinfra() -> Callable[..., harness.PyinfraResult]:
+    """``run_pyinfra(inventory, *args, cwd=REPO, env_extra=None, check=True, timeout=900)``."""
+    return _run_pyinfra
+
+
+@pytest.fixture
+def fake_op(tmp_path: Path) -> FakeOp:
+    harness.require_executable(harness.OP_DOUBLE, "the op double tests/e2e/fakes/op")
+    return FakeOp(log_path=tmp_path / "op-calls.jsonl", password="e2e-root-Pa55 word!")
+
+
+@pytest.fixture
+def test_home(tmp_path: Path, e2e_log_dirs: list[Path]) -> Path:
+    home = tmp_path / "home"
+    for sub in ("Library/Logs", "Library/LaunchAgents", ".config/caddy/sites"):
+        (home / sub).mkdir(parents=True)
+    e2e_log_dirs.append(home)
+    return home
+
+
+@pytest.fixture
+def caddy_job(launchd: LaunchdDouble, tmp_path: Path, e2e_log_dirs: list[Path]):
+    """Factory: ``caddy_job(site_file, port=None, label="test.caddy", expect_body=None)``
+    -> ``CaddyJob`` (``.url``, ``.port``, ``.label``, logs); booted out after the test."""
+    started: list[harness.CaddyJob] = []
+
+    def start(site_file: Path | str, port: int | None = None, label: str = "test.caddy", **kwargs):
+        work = tmp_path / f"caddy-{label}"
+        e2e_log_dirs.append(work)
+        job = start_caddy_job(
+            launchd,
+            caddyfile=work / "Caddyfile",
+            port=port or free_port(),
+            site_file=Path(site_file),
+            work_dir=work,
+            label=label,
+            **kwargs,
+        )
+        started.append(job)
+        return job
+
+    yield start
+    for job in started:
+        launchd.bootout(job.label)

@@ -1,0 +1,241 @@
+"""Smoke tests of the end-to-end harness itself (see conftest.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from . import harness
+from .harness import (
+    REMOTE_FAKES_DIR,
+    count_remote_commands,
+    http_get,
+    remote_commands,
+)
+
+pytestmark = pytest.mark.e2e
+
+SETENV_PROBE = 'a b  "quoted" \\back\\slash $HOME %h #hash \'single\''
+
+
+def _exec_lines(output: str, host: str = "127.0.0.1") -> list[str]:
+    """What ``pyinfra INVENTORY exec`` printed from the host (``[host] line``)."""
+    prefix = f"[{host}] "
+    return [line.strip()[len(prefix):] for line in output.splitlines() if line.strip().startswith(prefix)]
+
+
+def test_pyinfra_exec_over_ssh_sees_fakes_first(sshd, write_inventory, run_pyinfra, tools, tmp_path):
+    inventory = write_inventory(tmp_path / "inventory.py", {"e2e_probe": [1, "two", Path("/x")]})
+    mark = sshd.mark()
+    result = run_pyinfra(
+        inventory,
+        "--debug",
+        "exec",
+        "--",
+        'echo "PATH=$PATH"; echo "UV=$(command -v uv)"; echo "PY=$(command -v python3)";'
+        ' echo "LAUNCHCTL=$(command -v launchctl)"; echo "STATE=$LAUNCHCTL_DOUBLE_STATE";'
+        ' echo "HOME=$HOME"; echo "SSH=${SSH_CONNECTION%% *}"',
+    )
+    values = dict(line.split("=", 1) for line in _exec_lines(result.output) if "=" in line)
+    path = values["PATH"].split(":")
+    assert path[0] == str(REMOTE_FAKES_DIR), result.describe()
+    assert str(harness.VENV_BIN) not in path
+    assert values["UV"] == str(tools.uv)
+    assert values["PY"] == str(tools.python3)
+    assert values["STATE"] == sshd.env["LAUNCHCTL_DOUBLE_STATE"]
+    assert values["HOME"] == str(sshd.home)
+    assert values["SSH"] == "127.0.0.1"  # really over SSH, not @local
+    if harness.LAUNCHCTL_DOUBLE.exists() and os.access(harness.LAUNCHCTL_DOUBLE, os.X_OK):
+        assert values["LAUNCHCTL"] == str(harness.LAUNCHCTL_DOUBLE)
+
+    # Counting: the pyinfra debug log and sshd's own log agree.
+    commands = remote_commands(result.output)
+    assert commands, result.describe()
+    assert count_remote_commands(result.output) == sshd.commands_since(mark) == len(commands)
+    assert count_remote_commands(result.output, host="127.0.0.1") == len(commands)
+    assert count_remote_commands(result.output, host="elsewhere") == 0
+    assert sshd.connections_since(mark) == 1
+    assert harness.listening_addresses(sshd.port) == {"127.0.0.1"}
+
+
+def test_ssh_session_env_via_setenv(sshd, tools):
+    # uv/python3 outside the venv; HOME sandboxed; root's ~/.bashrc not sourced.
+    proc = sshd.run('echo "$PATH"; echo "$SHLVL"; uv --version; python3 -c "import sys; print(sys.prefix)"')
+    path, shlvl, uv_version, prefix = proc.stdout.splitlines()
+    assert path == sshd.env["PATH"]
+    assert uv_version.startswith("uv ")
+    assert Path(prefix) == tools.python3.parent.parent
+    for name in harness.PASSTHROUGH_ENV:
+        if os.environ.get(name):
+            assert sshd.run(f'printf %s "${name}"').stdout == os.environ[name]
+
+
+def test_setenv_quoting(tmp_path, tools):
+    """A value with spaces, quotes, backslashes, $, %, # survives sshd's SetEnv parsing."""
+    env = {"PATH": "/usr/bin:/bin", "SHLVL": "1", "HOME": str(tmp_path), "E2E_PROBE": SETENV_PROBE}
+    server = harness.start_sshd(tmp_path / "sshd", tools, env)
+    try:
+        assert server.run('printf %s "$E2E_PROBE"').stdout == SETENV_PROBE
+    finally:
+        server.stop()
+    with pytest.raises(ValueError):
+        harness.sshd_setenv_line({"BAD": "two\nlines"})
+    assert harness.sshd_setenv_line({"A": "x y"}) == 'SetEnv "A=x y"'
+
+
+def test_count_remote_commands_needs_debug_output():
+    with pytest.raises(harness.HarnessError, match="--debug"):
+        count_remote_commands("--> Starting operation: Server/Shell\n[127.0.0.1] Success\n")
+    sample = (
+        "    [pyinfra.connectors.ssh] Running command on 127.0.0.1: (pty=False) sh -c 'echo a\n"
+        "echo b'\n"
+        "    [pyinfra.connectors.ssh] Waiting for exit status...\n"
+        "    [pyinfra.connectors.ssh] Running command on 127.0.0.1: (pty=False) sh -c true\n"
+    )
+    assert remote_commands(sample) == ["sh -c 'echo a", "sh -c true"]
+
+
+def test_write_inventory_rejects_non_literals(write_inventory, tmp_path):
+    with pytest.raises(ValueError, match="literals"):
+        write_inventory(tmp_path / "inv.py", {"bad": object()})
+    inventory = write_inventory(tmp_path / "inv.py", {"devpi_port": 3999, "nested": {"a": [Path("/p")]}})
+    namespace: dict = {}
+    exec(inventory.read_text(), namespace)
+    ((name, data),) = namespace["e2e_hosts"]
+    assert name == "127.0.0.1"
+    assert data["devpi_port"] == 3999 and data["nested"] == {"a": ["/p"]}
+    assert data["ssh_strict_host_key_checking"] == "yes"
+
+
+def test_upstream_index_installs_hermetically(upstream, tools, tmp_path):
+    beta = upstream.wheel("hermetic-beta", "2.0")
+    status, page = http_get(upstream.url + "hermetic-beta/")
+    assert status == 200
+    assert f"{beta.filename}#sha256={beta.sha256}" in page.decode()
+    assert hashlib.sha256(beta.path.read_bytes()).hexdigest() == beta.sha256
+    # Rebuilding gives the same bytes (uploads/bumps compare sha256 across runs).
+    again = harness.build_wheel(tmp_path / "rebuild", "hermetic-beta", "2.0", beta.requires)
+    assert again.sha256 == beta.sha256
+
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_", "VIRTUAL_ENV"))}
+    subprocess.run(
+        [str(tools.uv), "venv", "--no-config", "--python", str(tools.python3), str(venv)],
+        check=True, capture_output=True, env=env,
+    )
+    install = subprocess.run(
+        [
+            str(tools.uv), "pip", "install", "--no-config", "--no-cache",
+            "--python", str(venv / "bin" / "python"),
+            "--index-url", upstream.url, "hermetic-beta",
+        ],
+        capture_output=True, text=True, env=env,
+    )
+    assert install.returncode == 0, install.stderr
+    versions = subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "import hermetic_alpha, hermetic_beta; print(hermetic_alpha.__version__, hermetic_beta.__version__)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert versions == ["1.1", "2.0"]
+    assert any(r.startswith("GET /simple/hermetic-alpha/") for r in upstream.requests())
+    assert any(r.startswith(f"GET /files/{beta.filename}") for r in upstream.requests())
+    assert harness.listening_addresses(upstream.port) == {"127.0.0.1"}
+
+
+def test_op_double(fake_op):
+    env = {**os.environ, **fake_op.env}
+    ok = subprocess.run(["op", "read", "op://vault/devpi/password"], env=env, capture_output=True, text=True)
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, fake_op.password + "\n", "")
+    nonl = subprocess.run(["op", "read", "-n", "op://vault/devpi/password"], env=env, capture_output=True, text=True)
+    assert nonl.stdout == fake_op.password
+
+    fake_op.fail()
+    env = {**os.environ, **fake_op.env}
+    bad = subprocess.run(["op", "read", "op://vault/devpi/password"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert re.fullmatch(
+        r"\[ERROR\] \d{4}/\d\d/\d\d \d\d:\d\d:\d\d could not read secret 'op://vault/devpi/password': "
+        r"\"devpi\" isn't an item in the \"vault\" vault\. Specify the item with its UUID, name, or domain\.\n",
+        bad.stderr,
+    ), bad.stderr
+    assert fake_op.calls() == [
+        ["read", "op://vault/devpi/password"],
+        ["read", "-n", "op://vault/devpi/password"],
+        ["read", "op://vault/devpi/password"],
+    ]
+
+
+def test_op_double_reaches_pyinfra_controller(fake_op, write_inventory, run_pyinfra, tmp_path):
+    """A deploy that shells out to ``op`` at plan time gets the double, not a real op."""
+    deploy = tmp_path / "deploy_op_probe.py"
+    deploy.write_text(
+        "import subprocess\n"
+        "from pyinfra.operations import server\n"
+        "secret = subprocess.run(['op', 'read', 'op://vault/devpi/password'],\n"
+        "                        capture_output=True, text=True, check=True).stdout.rstrip('\\n')\n"
+        "assert secret, 'empty secret'\n"
+        "server.shell(name='probe', commands=['true'])\n"
+    )
+    inventory = write_inventory(tmp_path / "inventory.py")
+    result = run_pyinfra(inventory, str(deploy), env_extra=fake_op.env)
+    assert fake_op.password not in result.output
+    assert fake_op.calls() == [["read", "op://vault/devpi/password"]]
+
+
+def test_caddy_job_serves_placeholder_through_launchctl_double(caddy_job, launchd, tmp_path):
+    site = tmp_path / "sites" / "devpi.caddy"
+    job = caddy_job(site)
+    assert site.exists()
+    status, body = http_get(job.url + "/")
+    assert (status, body.decode()) == (200, harness.CADDY_PLACEHOLDER_BODY)
+    assert harness.listening_addresses(job.port) == {"127.0.0.1"}
+    printed = launchd.print(job.label)
+    assert printed.returncode == 0, printed.stderr
+    assert "state = running" in printed.stdout
+    first_pid = launchd.pid(job.label)
+    assert first_pid
+
+    # The restart path the deploy uses for Caddy: kickstart -k -> new process, same site.
+    launchd.kickstart(job.label)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        pid = launchd.pid(job.label)
+        if pid not in (None, first_pid) and harness.port_open(job.port):
+            break
+        time.sleep(0.1)
+    assert launchd.pid(job.label) not in (None, first_pid)
+    assert http_get(job.url + "/") == (200, harness.CADDY_PLACEHOLDER_BODY.encode())
+
+
+def test_command_count_of_a_deploy_and_its_rerun(sshd, write_inventory, run_pyinfra, tmp_path):
+    """The pattern for "a no-change rerun runs N remote commands": --debug + count."""
+    target = tmp_path / "target"
+    deploy = tmp_path / "deploy_count_probe.py"
+    deploy.write_text(
+        "from io import StringIO\n"
+        "from pyinfra import host\n"
+        "from pyinfra.operations import files\n"
+        "root = host.data.probe_dir\n"
+        "files.directory(name='dir', path=root)\n"
+        "files.put(name='file', src=StringIO('hello\\n'), dest=root + '/hello.txt', mode='644')\n"
+    )
+    inventory = write_inventory(tmp_path / "inventory.py", {"probe_dir": target})
+
+    mark = sshd.mark()
+    first = run_pyinfra(inventory, str(deploy), "--debug")
+    assert (target / "hello.txt").read_text() == "hello\n"
+    assert count_remote_commands(first.output) == sshd.commands_since(mark)
+    assert sshd.sftp_sessions_since(mark) == 1  # the upload went over SFTP, not as a command
+
+    mark = sshd.mark()
+    rerun = run_pyinfra(inventory, str(deploy), "--debug")
+    assert count_remote_commands(rerun.output) == sshd.commands_since(mark)
+    assert sshd.sftp_sessions_since(mark) == 0
+    assert 0 < count_remote_commands(rerun.output) < count_remote_commands(first.output)

@@ -1,0 +1,131 @@
+"""The devpi facts' commands, run for real under POSIX shells, parsed by ``process``."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pyinfra.api.exceptions import FactProcessError
+
+from facts.devpi import Health, ServerDir, VenvVersions
+from facts.files import FileContents
+from facts.launchd import LaunchdSession
+
+SHELLS = [s for s in ("/bin/sh", shutil.which("dash"), shutil.which("bash")) if s]
+VENV_BIN = Path(sys.executable).parent
+
+
+def run_fact(fact_cls, shell="/bin/sh", **kwargs):
+    command = fact_cls().command(**kwargs)
+    result = subprocess.run([shell, "-c", str(command)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr  # pyinfra treats non-zero as failure
+    return fact_cls().process(result.stdout.splitlines())
+
+
+@pytest.fixture(scope="module")
+def initialised_dir(tmp_path_factory):
+    """A server dir made by the real devpi-init (the same code the deploy runs)."""
+    server_dir = tmp_path_factory.mktemp("devpi") / "server dir"
+    subprocess.run(
+        [VENV_BIN / "devpi-init", "--serverdir", str(server_dir), "--no-root-pypi"],
+        check=True, capture_output=True,
+        env={**os.environ, "DEVPISERVER_ARGON2_MEMORY_COST": "8", "DEVPISERVER_ARGON2_TIME_COST": "1"},
+    )
+    return server_dir
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_server_dir_missing(tmp_path, shell):
+    fact = run_fact(ServerDir, shell, path=str(tmp_path / "nope"))
+    assert (fact["exists"], fact["initialised"], fact["has_data"]) == (False, False, False)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_server_dir_initialised_by_devpi(initialised_dir, shell):
+    fact = run_fact(ServerDir, shell, path=str(initialised_dir))
+    assert fact["initialised"] is True
+    assert fact["serverversion"] == "4"
+    assert fact["nodeinfo"]["role"] == "standalone"
+    assert len(fact["nodeinfo"]["uuid"]) == 32
+    assert fact["has_data"] is True and fact["is_dir"] is True
+
+
+def test_server_dir_empty_and_with_stray_data(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fact = run_fact(ServerDir, path=str(empty))
+    assert (fact["initialised"], fact["has_data"], fact["entries"]) == (False, False, 0)
+    (empty / ".sqlite").write_text("x")
+    fact = run_fact(ServerDir, path=str(empty))
+    assert (fact["initialised"], fact["has_data"]) == (False, True)
+
+
+def test_server_dir_reports_secret_file_without_its_content(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("TOP-SECRET-CONTENT")
+    secret.chmod(0o600)
+    command = ServerDir().command(path=str(tmp_path / "sd"), secret_file=str(secret))
+    out = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True).stdout
+    assert "TOP-SECRET-CONTENT" not in out
+    fact = ServerDir().process(out.splitlines())
+    assert fact["exists"] is False
+    assert fact["secret_file"] == {"exists": True, "mode": "-rw-------"}
+    assert run_fact(ServerDir, path=str(tmp_path), secret_file=str(tmp_path / "none"))[
+        "secret_file"
+    ] == {"exists": False, "mode": None}
+
+
+def test_server_dir_garbage_raises():
+    with pytest.raises(FactProcessError):
+        ServerDir().process(["something else"])
+
+
+def test_venv_versions_of_a_real_venv():
+    venv = VENV_BIN.parent
+    fact = run_fact(VenvVersions, venv=str(venv))
+    assert fact["devpi-server"] == "6.20.3"
+    assert fact["devpi-web"] == "5.1.1"
+    assert fact["path"] == str(venv.resolve())
+
+
+def test_venv_versions_through_a_symlink_and_missing(tmp_path):
+    link = tmp_path / "venv"
+    link.symlink_to(VENV_BIN.parent)
+    assert run_fact(VenvVersions, venv=str(link))["path"] == str(VENV_BIN.parent.resolve())
+    assert run_fact(VenvVersions, venv=str(tmp_path / "none")) is None
+
+
+def test_venv_without_devpi(tmp_path):
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "v")], check=True)
+    fact = run_fact(VenvVersions, venv=str(tmp_path / "v"))
+    assert fact["devpi-server"] is None and fact["devpi-web"] is None
+
+
+def test_health_of_nothing_listening():
+    assert run_fact(Health, url="http://127.0.0.1:9") == {"status": None, "ok": False}
+
+
+def test_file_contents_round_trip_exact_bytes(tmp_path):
+    a = tmp_path / "a b.plist"
+    a.write_text("<x>&amp;</x>\n\n  trailing spaces  \n\n")
+    b = tmp_path / "empty"
+    b.write_text("")
+    fact = run_fact(FileContents, paths=[str(a), str(b), str(tmp_path / "missing")])
+    assert fact == {str(a): a.read_text(), str(b): "", str(tmp_path / "missing"): None}
+
+
+def test_launchd_session_on_linux_has_no_launchctl():
+    fact = run_fact(LaunchdSession)
+    assert fact["uid"] == os.getuid()
+    assert fact["home"] == os.environ["HOME"]
+    assert fact["domain"] in (f"gui/{os.getuid()}", f"user/{os.getuid()}")
+    assert fact["launchctl"] is (shutil.which("launchctl") is not None)
+
+
+def test_launchd_session_domain_rule():
+    base = ["uid=501", "home=/Users/a", "launchctl=true"]
+    assert LaunchdSession().process([*base, "console_uid=501"])["domain"] == "gui/501"
+    assert LaunchdSession().process([*base, "console_uid=0"])["domain"] == "user/501"
+    assert LaunchdSession().process([*base, "console_uid="])["domain"] == "user/501"
