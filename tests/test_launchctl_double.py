@@ -1,0 +1,521 @@
+"""Tests of the launchctl test double (tests/fakes/launchctl), driven as a subprocess.
+
+The end-to-end tests trust this double to behave like launchctl/launchd; these tests pin
+the behaviours (and real-launchctl messages and exit codes) they rely on.
+"""
+
+import json
+import os
+import plistlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+LAUNCHCTL = Path(__file__).parent / "fakes" / "launchctl"
+UID = os.getuid()
+GUI = f"gui/{UID}"
+USER = f"user/{UID}"
+HINT = "Try re-running the command as root for richer errors."
+
+# The job: writes its pid, cwd and environment to a report file, says hello on both
+# streams, then sleeps.
+SLEEPER = r"""
+import json, os, sys, time
+report = sys.argv[1]
+tmp = report + ".tmp"
+with open(tmp, "w") as fh:
+    json.dump({"pid": os.getpid(), "cwd": os.getcwd(), "env": dict(os.environ),
+               "sid": os.getsid(0)}, fh)
+os.replace(tmp, report)
+print("hello stdout", flush=True)
+print("hello stderr", file=sys.stderr, flush=True)
+time.sleep(300)
+"""
+
+
+def proc_state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def alive(pid):
+    """Running and not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return proc_state(pid) not in (None, "Z")
+
+
+def wait_for(predicate, timeout=5.0, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def fields(print_output):
+    """Top-level `key = value` lines of `launchctl print` (nested blocks skipped)."""
+    result = {}
+    for line in print_output.splitlines():
+        if line.startswith("\t") and not line.startswith("\t\t") and " = " in line:
+            key, value = line.strip().split(" = ", 1)
+            if value != "{":
+                result[key] = value
+    return result
+
+
+class Double:
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.state = tmp_path / "state"
+        self.env = dict(os.environ, LAUNCHCTL_DOUBLE_STATE=str(self.state),
+                        LAUNCHCTL_DOUBLE_RICH_ERRORS="0")
+        self.env.pop("LAUNCHCTL_DOUBLE_TEARDOWN_SECONDS", None)
+        self.env.pop("LAUNCHCTL_DOUBLE_DEFAULT_SESSION_TYPE", None)
+        self.pids = set()
+
+    def run(self, *args, env=None):
+        merged = dict(self.env, **(env or {}))
+        return subprocess.run([str(LAUNCHCTL), *args], env=merged, capture_output=True,
+                              text=True, timeout=30)
+
+    def ok(self, *args, env=None):
+        result = self.run(*args, env=env)
+        assert result.returncode == 0, (args, result.returncode, result.stderr)
+        self.remember_pids()
+        return result
+
+    def plist(self, label, program=None, **keys):
+        work = self.tmp / f"{label}.work"
+        work.mkdir(exist_ok=True)
+        data = {
+            "Label": label,
+            "ProgramArguments": program or [sys.executable, "-c", SLEEPER,
+                                            str(self.report(label))],
+            "EnvironmentVariables": {"DEVPI_TEST_VAR": "forty two"},
+            "WorkingDirectory": str(work),
+            "StandardOutPath": str(self.tmp / f"{label}.out.log"),
+            "StandardErrorPath": str(self.tmp / f"{label}.err.log"),
+            "RunAtLoad": True,
+            "KeepAlive": True,
+            "ThrottleInterval": 1,
+            "LimitLoadToSessionType": ["Aqua", "Background"],
+            "ProcessType": "Interactive",
+        }
+        for key, value in keys.items():
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+        path = self.tmp / f"{label}.plist"
+        path.write_bytes(plistlib.dumps(data))
+        path.chmod(0o644)
+        return path
+
+    def report(self, label):
+        return self.tmp / f"{label}.report.json"
+
+    def read_report(self, label):
+        try:
+            return json.loads(self.report(label).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def print(self, target):
+        result = self.run("print", target)
+        if result.returncode == 0:
+            self.remember_pids(result.stdout)
+        return result
+
+    def info(self, label, domain=GUI):
+        result = self.print(f"{domain}/{label}")
+        assert result.returncode == 0, result.stderr
+        return fields(result.stdout)
+
+    def pid(self, label, domain=GUI):
+        value = self.info(label, domain).get("pid")
+        return int(value) if value else None
+
+    def remember_pids(self, text=None):
+        if text:
+            value = fields(text).get("pid")
+            if value:
+                self.pids.add(int(value))
+        for status in self.state.glob("jobs/*/*/status.json"):
+            try:
+                data = json.loads(status.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            for key in ("supervisor_pid", "pid"):
+                if data.get(key):
+                    self.pids.add(data[key])
+
+    def supervisor_pid(self, label, domain=GUI):
+        status = self.state / "jobs" / domain.replace("/", "_") / label / "status.json"
+        return json.loads(status.read_text())["supervisor_pid"]
+
+    def ours(self, pid):
+        """Only signal processes that belong to this test (pids may be reused)."""
+        try:
+            return str(self.tmp) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(
+                errors="replace")
+        except OSError:
+            return False
+
+    def cleanup(self):
+        self.remember_pids()
+        self.run("_double-shutdown")
+        for pid in self.pids:
+            if alive(pid) and self.ours(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+@pytest.fixture
+def double(tmp_path):
+    d = Double(tmp_path)
+    yield d
+    d.cleanup()
+
+
+def test_requires_the_state_directory(double):
+    env = {k: v for k, v in double.env.items() if k != "LAUNCHCTL_DOUBLE_STATE"}
+    result = subprocess.run([str(LAUNCHCTL), "print", f"{GUI}/x"], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "LAUNCHCTL_DOUBLE_STATE" in result.stderr
+
+
+def test_bootstrap_starts_the_job_as_the_plist_says(double):
+    path = double.plist("net.devpi.a")
+    double.ok("bootstrap", GUI, str(path))
+
+    report = wait_for(lambda: double.read_report("net.devpi.a"))
+    assert report, "the job never ran"
+    out = double.print(f"{GUI}/net.devpi.a").stdout
+    info = fields(out)
+    assert info["state"] == "running"
+    assert int(info["pid"]) == report["pid"] and alive(report["pid"])
+    assert info["active count"] == "1"
+    assert info["runs"] == "1"
+    assert info["path"] == str(path)
+    assert info["program"] == sys.executable
+    assert info["last exit code"] == "(never exited)"
+    assert info["working directory"] == str(double.tmp / "net.devpi.a.work")
+    assert info["stdout path"] == str(double.tmp / "net.devpi.a.out.log")
+    assert info["domain"] == f"{GUI} [100008]"
+    assert info["spawn type"] == "interactive (4)"
+    assert info["properties"] == "keepalive | runatload | inferred program"
+    assert out.startswith(f"{GUI}/net.devpi.a = {{\n") and out.endswith("}\n")
+    assert f"\targuments = {{\n\t\t{sys.executable}\n\t\t-c\n" in out
+    assert "\tdefault environment = {\n\t\tPATH => /usr/bin:/bin:/usr/sbin:/sbin\n\t}" in out
+    assert "\t\tDEVPI_TEST_VAR => forty two\n" in out
+    # nested blocks carry their own `state =` lines, as real output does
+    assert "\tresource coalition = {\n" in out and "\t\tstate = active\n" in out
+
+    # launchd's environment, working directory and log files
+    env = report["env"]
+    assert env["DEVPI_TEST_VAR"] == "forty two"
+    assert env["PATH"] == "/usr/bin:/bin:/usr/sbin:/sbin"
+    assert env["XPC_SERVICE_NAME"] == "net.devpi.a"
+    for key in ("HOME", "USER", "LOGNAME", "SHELL", "TMPDIR"):
+        assert env.get(key), key
+    assert "LAUNCHCTL_DOUBLE_STATE" not in env
+    assert report["cwd"] == str(double.tmp / "net.devpi.a.work")
+    assert wait_for(lambda: "hello stdout" in (double.tmp / "net.devpi.a.out.log").read_text())
+    assert wait_for(lambda: "hello stderr" in (double.tmp / "net.devpi.a.err.log").read_text())
+
+    # detached: the job leads its own session, the supervisor is not in ours
+    assert report["sid"] == report["pid"]
+    assert os.getsid(double.supervisor_pid("net.devpi.a")) != os.getsid(0)
+
+    listed = double.ok("list", "net.devpi.a").stdout
+    assert f'\t"PID" = {report["pid"]};\n' in listed
+    assert '\t"Label" = "net.devpi.a";\n' in listed and '\t"OnDemand" = false;\n' in listed
+    table = double.ok("list").stdout.splitlines()
+    assert table[0] == "PID\tStatus\tLabel"
+    assert f"{report['pid']}\t0\tnet.devpi.a" in table
+
+
+def test_bootstrap_of_a_loaded_job_fails_with_error_5(double):
+    path = double.plist("net.devpi.b")
+    double.ok("bootstrap", GUI, str(path))
+    pid = wait_for(lambda: double.pid("net.devpi.b"))
+
+    again = double.run("bootstrap", GUI, str(path))
+    assert again.returncode == 5
+    assert again.stderr == f"Bootstrap failed: 5: Input/output error\n{HINT}\n"
+    rich = double.run("bootstrap", GUI, str(path), env={"LAUNCHCTL_DOUBLE_RICH_ERRORS": "1"})
+    assert rich.returncode == 5
+    assert rich.stderr == (f"{path}: service already bootstrapped\n"
+                           "Bootstrap failed: 5: Input/output error\n")
+    assert double.pid("net.devpi.b") == pid and alive(pid)
+
+
+def test_unknown_services_answer_113(double):
+    result = double.run("print", f"{GUI}/no.such.job")
+    assert result.returncode == 113
+    assert result.stdout == ""
+    assert result.stderr == (
+        f'Bad request.\nCould not find service "no.such.job" in domain for user gui: {UID}\n')
+    result = double.run("print", f"{USER}/no.such.job")
+    assert result.returncode == 113
+    assert f'Could not find service "no.such.job" in domain for uid: {UID}' in result.stderr
+
+    result = double.run("kickstart", "-k", f"{GUI}/no.such.job")
+    assert result.returncode == 113
+    assert result.stderr == (
+        f'Could not find service "no.such.job" in domain for user gui: {UID}\n')
+
+    result = double.run("list", "no.such.job")
+    assert result.returncode == 113
+    assert result.stderr == 'Could not find service "no.such.job" in domain for port\n'
+
+
+def test_bootout_stops_the_job_and_unloads_it(double):
+    double.ok("bootstrap", GUI, str(double.plist("net.devpi.c")))
+    pid = wait_for(lambda: double.pid("net.devpi.c"))
+    supervisor = double.supervisor_pid("net.devpi.c")
+
+    double.ok("bootout", f"{GUI}/net.devpi.c")
+    # bootout waits: nothing is left when it returns
+    assert not alive(pid)
+    assert wait_for(lambda: not alive(supervisor), 2)
+    assert double.print(f"{GUI}/net.devpi.c").returncode == 113
+
+    again = double.run("bootout", f"{GUI}/net.devpi.c")
+    assert again.returncode == 3
+    assert again.stderr == "Boot-out failed: 3: No such process\n"
+
+
+def test_bootout_by_plist_path(double):
+    path = double.plist("net.devpi.d")
+    double.ok("bootstrap", USER, str(path))
+    pid = wait_for(lambda: double.pid("net.devpi.d", USER))
+    assert double.info("net.devpi.d", USER)["domain"] == USER
+    double.ok("bootout", USER, str(path))
+    assert not alive(pid)
+    missing = double.run("bootout", USER, str(path))
+    assert missing.returncode == 5
+    assert missing.stderr == f"Boot-out failed: 5: Input/output error\n{HINT}\n"
+
+
+def test_bootstrap_right_after_bootout_hits_the_teardown_window(double):
+    path = double.plist("net.devpi.e")
+    window = {"LAUNCHCTL_DOUBLE_TEARDOWN_SECONDS": "0.6"}
+    double.ok("bootstrap", GUI, str(path))
+    double.ok("bootout", f"{GUI}/net.devpi.e", env=window)
+    early = double.run("bootstrap", GUI, str(path))
+    assert early.returncode == 5
+    assert early.stderr.startswith("Bootstrap failed: 5: Input/output error\n")
+    time.sleep(0.7)
+    double.ok("bootstrap", GUI, str(path))
+    assert wait_for(lambda: double.pid("net.devpi.e"))
+
+    double.ok("bootout", f"{GUI}/net.devpi.e", env={"LAUNCHCTL_DOUBLE_TEARDOWN_SECONDS": "0"})
+    double.ok("bootstrap", GUI, str(path))
+
+
+@pytest.mark.parametrize("keepalive", [True, {"SuccessfulExit": False}])
+def test_killed_job_is_restarted_under_keepalive(double, keepalive):
+    double.ok("bootstrap", GUI, str(double.plist("net.devpi.f", KeepAlive=keepalive)))
+    old = wait_for(lambda: double.pid("net.devpi.f"))
+    os.kill(old, signal.SIGKILL)
+
+    new = wait_for(lambda: (p := double.pid("net.devpi.f")) and p != old and p, 5)
+    assert new and new != old
+    assert alive(new) and not alive(old)
+    info = double.info("net.devpi.f")
+    assert info["last terminating signal"] == "Killed: 9"
+    assert "last exit code" not in info  # the signal line replaces it
+    assert info["runs"] == "2"
+    # the legacy table shows the live pid next to the previous run's status
+    assert f"{new}\t-9\tnet.devpi.f" in double.ok("list").stdout.splitlines()
+    assert wait_for(lambda: double.read_report("net.devpi.f")["pid"] == new)
+
+
+def test_killed_job_stays_down_without_keepalive(double):
+    double.ok("bootstrap", GUI, str(double.plist("net.devpi.g", KeepAlive=False,
+                                                  ThrottleInterval=0.5)))
+    old = wait_for(lambda: double.pid("net.devpi.g"))
+    os.kill(old, signal.SIGKILL)
+    assert wait_for(lambda: double.info("net.devpi.g")["state"] == "not running")
+    time.sleep(0.8)  # longer than the ThrottleInterval
+    info = double.info("net.devpi.g")
+    assert info["state"] == "not running" and "pid" not in info
+    assert info["runs"] == "1"
+    assert info["active count"] == "0"
+    assert info["last terminating signal"] == "Killed: 9"
+    assert "-\t-9\tnet.devpi.g" in double.ok("list").stdout
+
+
+def test_successful_exit_false_restarts_only_failures(double):
+    code = "import sys; sys.exit(int(sys.argv[1]))"
+    keepalive = {"SuccessfulExit": False}
+    double.ok("bootstrap", GUI, str(double.plist(
+        "net.devpi.ok", program=[sys.executable, "-c", code, "0"], KeepAlive=keepalive,
+        ThrottleInterval=0)))
+    double.ok("bootstrap", GUI, str(double.plist(
+        "net.devpi.bad", program=[sys.executable, "-c", code, "3"], KeepAlive=keepalive,
+        ThrottleInterval=0)))
+    assert wait_for(lambda: int(double.info("net.devpi.bad")["runs"]) >= 3, 5)
+    info = double.info("net.devpi.ok")
+    assert info["runs"] == "1" and info["last exit code"] == "0"
+    assert double.info("net.devpi.bad")["last exit code"] == "3"
+
+
+def test_throttle_interval_spaces_respawns(double):
+    quick = ["/bin/sh", "-c", "exit 1"]
+    double.ok("bootstrap", GUI, str(double.plist("net.devpi.fast", program=quick,
+                                                   ThrottleInterval=1)))
+    double.ok("bootstrap", GUI, str(double.plist("net.devpi.slow", program=quick,
+                                                   ThrottleInterval=None)))
+    time.sleep(2.2)
+    fast = double.info("net.devpi.fast")
+    slow = double.info("net.devpi.slow")
+    # spawns at ~0 s, 1 s, 2 s: never faster than one per ThrottleInterval
+    assert 2 <= int(fast["runs"]) <= 4, fast
+    assert fast["minimum runtime"] == "1"
+    # default ThrottleInterval is 10 s: one spawn, the next one scheduled
+    assert slow["runs"] == "1"
+    assert slow["state"] == "spawn scheduled"
+    assert slow["minimum runtime"] == "10"
+    assert slow["last exit code"] == "1"
+
+
+def test_kickstart(double):
+    double.ok("bootstrap", GUI, str(double.plist("net.devpi.h")))
+    old = wait_for(lambda: double.pid("net.devpi.h"))
+
+    same = double.ok("kickstart", f"{GUI}/net.devpi.h")
+    assert same.stdout == "" and double.pid("net.devpi.h") == old
+
+    result = double.ok("kickstart", "-k", "-p", f"{GUI}/net.devpi.h")
+    new = int(result.stdout.strip())
+    assert new != old and alive(new) and not alive(old)
+    info = double.info("net.devpi.h")
+    assert int(info["pid"]) == new
+    assert info["last terminating signal"] == "Terminated: 15"
+    assert info["runs"] == "2"
+
+    # KeepAlive alone starts the job at load, as launchd does
+    double.ok("bootstrap", GUI, str(double.plist("net.devpi.ka", RunAtLoad=False)))
+    assert wait_for(lambda: double.pid("net.devpi.ka"))
+
+    # a loaded job that is not running is started
+    double.ok("bootstrap", GUI, str(double.plist("net.devpi.i", RunAtLoad=False,
+                                                 KeepAlive=False)))
+    info = double.info("net.devpi.i")
+    assert info["state"] == "not running" and info["runs"] == "0"
+    assert info["last exit code"] == "(never exited)"
+    started = int(double.ok("kickstart", "-p", f"{GUI}/net.devpi.i").stdout)
+    assert double.pid("net.devpi.i") == started and alive(started)
+
+
+def test_disabled_job_is_refused(double):
+    path = double.plist("net.devpi.j")
+    double.ok("disable", f"{GUI}/net.devpi.j")
+    assert double.ok("print-disabled", GUI).stdout == (
+        'disabled services = {\n\t"net.devpi.j" => disabled\n}\n')
+    refused = double.run("bootstrap", GUI, str(path))
+    assert refused.returncode == 5
+    assert refused.stderr == f"Bootstrap failed: 5: Input/output error\n{HINT}\n"
+    rich = double.run("bootstrap", GUI, str(path), env={"LAUNCHCTL_DOUBLE_RICH_ERRORS": "1"})
+    assert rich.returncode == 119
+    assert rich.stderr == f"{path}: Service is disabled\nBootstrap failed: 119: Service is disabled\n"
+    assert double.print(f"{GUI}/net.devpi.j").returncode == 113
+
+    double.ok("enable", f"{GUI}/net.devpi.j")
+    assert '"net.devpi.j" => enabled' in double.ok("print-disabled", GUI).stdout
+    double.ok("bootstrap", GUI, str(path))
+    pid = wait_for(lambda: double.pid("net.devpi.j"))
+    # disabling does not unload a loaded job
+    double.ok("disable", f"{GUI}/net.devpi.j")
+    assert double.pid("net.devpi.j") == pid and alive(pid)
+
+
+def test_session_type_must_fit_the_domain(double):
+    aqua_only = double.plist("net.devpi.k", LimitLoadToSessionType="Aqua")
+    refused = double.run("bootstrap", USER, str(aqua_only))
+    assert refused.returncode == 5
+    rich = double.run("bootstrap", USER, str(aqua_only), env={"LAUNCHCTL_DOUBLE_RICH_ERRORS": "1"})
+    assert rich.returncode == 134
+    assert "Service cannot load in requested session" in rich.stderr
+    # no key means Aqua, as for launchd agents
+    implicit = double.plist("net.devpi.l", LimitLoadToSessionType=None)
+    assert double.run("bootstrap", USER, str(implicit)).returncode == 5
+    double.ok("bootstrap", GUI, str(aqua_only))
+    background = double.plist("net.devpi.m", LimitLoadToSessionType="Background")
+    double.ok("bootstrap", USER, str(background))
+    assert wait_for(lambda: double.pid("net.devpi.m", USER))
+
+
+def test_unspawnable_program_is_ex_config(double):
+    double.ok("bootstrap", GUI, str(double.plist(
+        "net.devpi.n", program=[str(double.tmp / "missing")], KeepAlive=False)))
+    info = double.info("net.devpi.n")
+    assert info["state"] == "not running"
+    assert info["last exit code"] == "78: EX_CONFIG"
+
+
+def test_bad_plist_mode_and_missing_file(double):
+    path = double.plist("net.devpi.o")
+    path.chmod(0o666)
+    assert double.run("bootstrap", GUI, str(path)).returncode == 5
+    rich = double.run("bootstrap", GUI, str(path), env={"LAUNCHCTL_DOUBLE_RICH_ERRORS": "1"})
+    assert rich.returncode == 122
+    assert "Path had bad ownership/permissions" in rich.stderr
+    missing = double.run("bootstrap", GUI, str(double.tmp / "nope.plist"))
+    assert missing.returncode == 2
+    assert missing.stderr == "Bootstrap failed: 2: No such file or directory\n"
+
+
+def test_usage_errors(double):
+    unknown = double.run("frobnicate")
+    assert unknown.returncode == 1
+    assert unknown.stderr == "Unrecognized subcommand: frobnicate\n"
+    assert unknown.stdout.startswith("Usage: launchctl <subcommand> ... | help [subcommand]\n")
+
+    bad = double.run("bootout", "--wait", f"{GUI}/net.devpi.x")
+    assert bad.returncode == 64
+    assert bad.stderr.startswith("Unrecognized target specifier.\nUsage: launchctl bootout ")
+
+    assert double.run("bootstrap", GUI).returncode == 64
+    assert double.run("kickstart", "-z", f"{GUI}/x").returncode == 64
+    system = double.run("print", "system/com.apple.x")
+    assert system.returncode == 125 and "not emulated" in system.stderr
+    other = double.run("print", f"gui/{UID + 1}/x")
+    assert other.returncode in (1, 112)
+
+
+def test_double_shutdown_leaves_no_process(double):
+    double.ok("bootstrap", GUI, str(double.plist("net.devpi.p")))
+    double.ok("bootstrap", USER, str(double.plist("net.devpi.q", KeepAlive=False,
+                                                  LimitLoadToSessionType="Background")))
+    jobs = [wait_for(lambda: double.pid("net.devpi.p")),
+            wait_for(lambda: double.pid("net.devpi.q", USER))]
+    supervisors = [double.supervisor_pid("net.devpi.p"),
+                   double.supervisor_pid("net.devpi.q", USER)]
+    assert all(alive(pid) for pid in jobs + supervisors)
+
+    double.ok("_double-shutdown")
+    assert not any(alive(pid) for pid in jobs)
+    assert wait_for(lambda: not any(alive(pid) for pid in supervisors), 2)
+    assert double.print(f"{GUI}/net.devpi.p").returncode == 113
+    assert double.print(f"{USER}/net.devpi.q").returncode == 113
+    assert double.ok("list").stdout == "PID\tStatus\tLabel\n"
+    # shutting down an empty or missing state is fine
+    double.ok("_double-shutdown")
