@@ -11,8 +11,8 @@ from __future__ import annotations
 import shlex
 
 from pyinfra import host, logger
-from pyinfra.api import operation
 
+from .announce import operation
 from .textfile import write_text
 
 q = shlex.quote
@@ -38,7 +38,7 @@ def restart_command(restart: dict, domain: str) -> str:
     return restart["command"]
 
 
-@operation()
+@operation
 def site(path: str, content: str, restart: dict | None, domain: str, caddy_bin: str | None = None):
     """
     Write Caddy's site block for devpi and restart Caddy when it changed.

@@ -11,12 +11,13 @@ import shlex
 from io import BytesIO
 
 from pyinfra import host, state
-from pyinfra.api import FileUploadCommand, operation
+from pyinfra.api import FileUploadCommand
 
 from facts.devpi import ServerDir, VenvVersions
 from pyinfra_devpi.config import DevpiConfig
 from pyinfra_devpi.snapshot import read_fact
 
+from .announce import operation
 from .textfile import write_text
 from .triggers import any_changed
 
@@ -47,6 +48,8 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
     )
     replace = "import os, sys; os.replace(sys.argv[1], sys.argv[2])"
     lines = [
+        f"# build devpi-server {config.server_version} + devpi-web {config.web_version} in a new "
+        f"venv under {config.venvs_dir}, then point {config.venv} at it",
         "set -e",
         f"home={q(config.home)}; venvs={q(config.venvs_dir)}; live={q(config.venv)}",
         f"uv={q(config.uv)}",
@@ -86,7 +89,7 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
     return "\n".join(lines)
 
 
-@operation()
+@operation
 def venv(config: DevpiConfig, lock: str | None = None):
     """
     Install the pinned devpi-server and devpi-web into a new venv and make it live.
@@ -117,13 +120,13 @@ def venv(config: DevpiConfig, lock: str | None = None):
     yield build_venv_script(config, requirements)
 
 
-@operation()
+@operation
 def server_config(config: DevpiConfig, content: str):
     """Write devpi-server's YAML config file (mode 0600: it names the secret file)."""
     yield from write_text(config.config_file, content, mode="600")
 
 
-@operation()
+@operation
 def secret(config: DevpiConfig):
     """Create devpi's secret file once, with devpi's own generator.
 
@@ -146,7 +149,7 @@ def needs_init(server_dir: dict) -> bool:
     return not server_dir["initialised"] and not server_dir["has_data"]
 
 
-@operation()
+@operation
 def init(config: DevpiConfig, password_hash=None):
     """
     Initialise an empty server dir with ``devpi-init``, once.
@@ -191,7 +194,7 @@ def wait_healthy_script(url: str, timeout: int, err_log: str) -> str:
     )
 
 
-@operation()
+@operation
 def wait_healthy(config: DevpiConfig, after=()):
     """After a (re)start, wait (bounded) for ``GET /+api`` to answer 200.
 

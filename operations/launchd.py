@@ -12,11 +12,11 @@ from __future__ import annotations
 import shlex
 
 from pyinfra import host
-from pyinfra.api import operation
 
 from facts.launchd import LaunchdJob
 from pyinfra_devpi.snapshot import read_fact
 
+from .announce import operation
 from .textfile import text_differs, write_text
 from .triggers import any_changed
 
@@ -60,7 +60,7 @@ def _is_running(job: dict) -> bool:
     return job.get("state") == "running" and job.get("pid") is not None
 
 
-@operation()
+@operation
 def agent(
     label: str,
     plist: str,

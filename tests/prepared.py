@@ -35,6 +35,7 @@ class PreparedHost:
     venv: dict | None = None
     files: dict = field(default_factory=dict)
     asked: list = field(default_factory=list)
+    logged: list = field(default_factory=list)
     name: str = "prepared"
     print_prefix: str = "[prepared] "
 
@@ -51,7 +52,7 @@ class PreparedHost:
         raise AssertionError(f"unexpected fact {cls.__name__}")
 
     def log(self, message, log_func=None):
-        pass
+        self.logged.append(message)
 
 
 def as_text(command) -> str | Upload:

@@ -49,7 +49,16 @@ def converged(config) -> PreparedHost:
 
 
 def fresh(config) -> PreparedHost:
-    return PreparedHost(job=None, server_dir=None, venv=None, files={})
+    return PreparedHost(
+        job=None,
+        server_dir={
+            "exists": False, "is_dir": False, "mode": None, "entries": 0, "has_data": False,
+            "initialised": False, "nodeinfo": None, "serverversion": None,
+            "secret_file": {"exists": False, "mode": None},
+        },
+        venv=None,
+        files={},
+    )
 
 
 def converge(host, config, password_hash=None, executing=True, diff=False):
@@ -262,3 +271,18 @@ def test_no_gnu_only_forms_in_any_command(config):
 )
 def test_gnu_scan_catches_gnu_forms(command, form):
     assert form in gnu_only_forms(command)
+
+
+def test_diff_mode_shows_each_planned_command_masked(config):
+    fresh_host = fresh(config)
+    converge(fresh_host, config, password_hash=HiddenValue(PASSWORD_HASH), executing=False, diff=True)
+    logged = "\n".join(fresh_host.logged)
+    assert f"launchctl bootstrap {DOMAIN}" in logged
+    assert "Will run: upload " + config.config_file + ".pyinfra-new" in logged
+    assert "devpi-init" in logged and "line script" in logged
+    assert PASSWORD_HASH not in logged
+    changed = converged(config)
+    changed.files[config.plist_file] = "old"
+    converge(changed, config, executing=False, diff=True)
+    assert any(m.startswith("Will run: launchctl bootout") for m in changed.logged)
+    assert any("Will modify" in m for m in changed.logged)

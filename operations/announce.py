@@ -1,0 +1,47 @@
+"""
+Show, in ``--diff`` change detection, each command an operation would run.
+
+pyinfra's ``--dry`` lists which operations would change and ``--diff`` shows file
+diffs, but not the commands; a reviewer of a pull request's dry run needs to see
+"bootout + bootstrap" or "kickstart -k" to know what the run will do to a live
+service. Commands are shown in pyinfra's masked form, so a secret never appears.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from pyinfra import host, logger, state
+from pyinfra.api import FileUploadCommand, StringCommand
+from pyinfra.api import operation as pyinfra_operation
+
+
+def describe(command) -> str:
+    if isinstance(command, FileUploadCommand):
+        return f"upload {command.dest}"
+    text = str(command) if isinstance(command, StringCommand) else command
+    lines = text.strip().splitlines()
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... ({len(lines)} line script)"
+
+
+def announce(commands):
+    """Yield ``commands`` unchanged, logging all of them during ``--diff`` change detection.
+
+    pyinfra stops reading an operation at its first command when it only detects a
+    change, so the whole plan is listed before the first command is yielded.
+    """
+    commands = list(commands)
+    if state.config.DIFF and not state.is_executing:
+        for command in commands:
+            host.log(f"Will run: {describe(command)}", logger.info)
+    yield from commands
+
+
+def operation(func):
+    """pyinfra's ``@operation()`` for a generator whose commands ``--diff`` shows."""
+
+    @functools.wraps(func)
+    def shown(*args, **kwargs):
+        yield from announce(func(*args, **kwargs))
+
+    return pyinfra_operation()(shown)
