@@ -18,6 +18,15 @@ hosts = [
             "devpi_err_log": "mcquack.devpi.err.log",
             "devpi_outside_url": "https://pypi.ops.eblu.me",
             "devpi_root_password": "op://vault/devpi/root password",
+            # What the operator used to create by hand after the first install. eblume
+            # already exists on indri: the deploy adopts it (records the reference,
+            # leaves its password); raise password_version to push the one in 1Password.
+            "devpi_users": {
+                "eblume": {"password": "op://vault/devpi/eblume password"},
+            },
+            "devpi_indexes": {
+                "eblume/dev": {"bases": ["root/pypi"]},
+            },
             # Caddy runs as its own LaunchAgent; kickstart it when the block changes.
             "caddy_restart": "mcquack.eblume.caddy",
         },

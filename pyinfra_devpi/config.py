@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from pyinfra.api.exceptions import PyinfraError
 
+from .indexes import check_indexes, check_together, check_users
 from .secrets import SecretRef, parse_secret_ref
 
 # The pinned releases: a bump is a change here (or in host data) and a new lock file.
@@ -272,6 +273,10 @@ KEYS: dict[str, Key] = {
     "devpi_process_type": Key("Standard", _process_type),
     "devpi_throttle_interval": Key(10, _positive_int),
     "devpi_health_timeout": Key(60, _positive_int),
+    # Users and indexes devpi should hold (pyinfra_devpi/indexes.py); root/pypi
+    # always gets mirror_no_project_list=True unless the data says otherwise.
+    "devpi_users": Key({}, check_users),
+    "devpi_indexes": Key({}, check_indexes),
     "caddy_site_file": Key("~/.config/caddy/sites/devpi.caddy", _path),
     "caddy_site_address": Key(None, _site_address),
     "caddy_restart": Key(None, _caddy_restart),
@@ -314,6 +319,8 @@ class DevpiConfig:
     caddy_max_body_size: str
     caddy_bin: str | None
     extra: dict = field(default_factory=dict)
+    users: dict = field(default_factory=dict)
+    indexes: dict = field(default_factory=dict)
 
     @property
     def venv(self) -> str:
@@ -413,6 +420,8 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
         raw = data.get(key, spec.default)
         values[key] = spec.check(key, raw)
 
+    check_together(values["devpi_users"], values["devpi_indexes"])
+
     def expand(path: str) -> str:
         return f"{user_home}{path[1:]}" if path.startswith("~/") else path
 
@@ -458,6 +467,8 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
         caddy_max_body_size=values["caddy_max_body_size"],
         caddy_bin=values["caddy_bin"],
         extra={"user_home": user_home},
+        users=values["devpi_users"],
+        indexes=values["devpi_indexes"],
     )
     config.site_address  # noqa: B018 - raises ConfigError early when neither is set
     if config.err_log_path == config.out_log_path:

@@ -17,9 +17,11 @@ from pyinfra.api.hiddenvalue import HiddenValue
 
 from facts.devpi import ServerDir
 from facts.launchd import LaunchdSession
-from operations import caddy, devpi, launchd
+from operations import caddy, devpi, devpi_api, launchd
 from pyinfra_devpi.config import SERVER_DB_VERSION, DevpiConfig, build_config
+from pyinfra_devpi.devpi_state import PlanError
 from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
+from pyinfra_devpi.run_secrets import resolve_once
 from pyinfra_devpi.secrets import hash_password
 from pyinfra_devpi.snapshot import prefetch_files, read_fact
 
@@ -74,7 +76,8 @@ def root_password_hash(config: DevpiConfig) -> HiddenValue:
             "unset: set it to a reference such as 'op://vault/devpi/root password', "
             "'env:DEVPI_ROOT_PASSWORD' or 'file:~/.devpi-root-password'",
         )
-    return HiddenValue(hash_password(config.root_password.resolve("devpi_root_password")))
+    # Read once per run: logging in for devpi_users/devpi_indexes needs it again.
+    return HiddenValue(hash_password(resolve_once(host, config.root_password, "devpi_root_password")))
 
 
 @deploy("devpi")
@@ -122,3 +125,10 @@ def devpi_service():
         domain=domain,
         caddy_bin=config.caddy_bin,
     )
+    # devpi_users / devpi_indexes: planned (refused, passwords read) now, applied once
+    # devpi is up (waited for above), over its REST API.
+    try:
+        api_secrets = devpi_api.prepare(config)
+    except PlanError as error:
+        raise DeployError(f"{host.name}: {error}") from None
+    devpi_api.users_indexes(name="devpi users and indexes", config=config, secrets=api_secrets)

@@ -37,6 +37,35 @@ BAD_VALUES = {
     "devpi_process_type": ["Fast", "standard"],
     "devpi_throttle_interval": [0, -1, "10", True],
     "devpi_health_timeout": [0, 1.5],
+    "devpi_users": [
+        ["eblume"],
+        {"root": {"password": "env:PW"}},
+        {"e blume": {"password": "env:PW"}},
+        {"eblume": "env:PW"},
+        {"eblume": {"password": "hunter2"}},
+        {"eblume": {"pasword": "env:PW"}},
+        {"eblume": {"email": "not-an-email"}},
+        {"eblume": {"password_version": -1}},
+        {"eblume": {"state": "gone"}},
+        {"eblume": {"state": "absent", "email": "a@b.c"}},
+    ],
+    "devpi_indexes": [
+        ["root/pypi"],
+        {"eblume/dev": {}},  # its user is not declared
+        {"root/dev": {"bases": ["root/nope"]}},  # unknown base
+        {"root/dev": {"type": "private"}},
+        {"rootdev": {}},
+        {"root/dev/x": {}},
+        {"root/+dev": {}},
+        {"root/dev": {"bases": "root/pypi"}},
+        {"root/dev": {"volatile": "yes"}},
+        {"root/dev": {"mirror_url": "https://pypi.org/simple/"}},  # a mirror key on a stage
+        {"root/mirror": {"type": "mirror"}},  # no mirror_url
+        {"root/dev": {"bases": ["root/dev"]}},
+        {"root/a": {"bases": ["root/b"]}, "root/b": {"bases": ["root/a"]}},
+        {"root/dev": {"state": "absent", "volatile": False}},
+        {"root/dev": {"acl_upload": "eblume"}},
+    ],
     "caddy_site_file": ["sites/devpi.caddy", ""],
     "caddy_site_address": ["", "a {", 'x"y'],
     "caddy_restart": ["not a label!", {"cmd": "x"}, {"command": ""}, 5],

@@ -1,0 +1,98 @@
+"""
+What devpi itself reports over its JSON API: its users and indexes.
+
+Read with curl (macOS ships it) over loopback, anonymously: devpi answers ``GET /``
+with ``Accept: application/json`` with every user's public config and every index
+config. Passwords are never part of it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from pyinfra.api import FactBase
+from pyinfra.api.exceptions import FactProcessError
+
+from pyinfra_devpi.devpi_state import split_userlist
+
+
+class UsersIndexes(FactBase):
+    """
+    devpi's users and indexes, from ``GET <url>/``.
+
+    Returns ``None`` when nothing answers on ``url`` (e.g. before the first start), else
+    a dict: ``users`` (``{name: public user config}``: ``email``, ``created``, ...),
+    ``indexes`` (``{"user/index": index config}``: ``type``, ``bases``, ``volatile``,
+    ``acl_upload``, ``mirror_url``, ...) and, with ``state_file`` (the deploy's record of
+    the password references it set), ``passwords`` (``{user: {"password": reference,
+    "version": n}}``; references, never passwords) and ``state_dir_mode`` (the ``ls -l``
+    mode of the directory holding it, where the deploy briefly puts its secrets).
+    """
+
+    def command(self, url, state_file=None):
+        root = shlex.quote(url.rstrip("/") + "/")
+        parts = [
+            'echo "@api"',
+            "curl -s --max-time 10 -H 'Accept: application/json' "
+            f"-w '\\n@status=%{{http_code}}\\n' {root} 2>/dev/null",
+        ]
+        if state_file:
+            parts += [
+                f"s={shlex.quote(state_file)}",
+                'echo "@dirmode=$(ls -ld "$(dirname "$s")" 2>/dev/null | cut -c1-10)"',
+                'if [ -f "$s" ]; then echo "@state"; cat "$s"; echo; echo "@end"; '
+                'else echo "@nostate"; fi',
+            ]
+        parts.append("true")
+        return "\n".join(parts)
+
+    def process(self, output):
+        body: list[str] = []
+        state: list[str] = []
+        status = None
+        section = None
+        has_state = None
+        dir_mode = None
+        for line in output:
+            if line == "@api":
+                section = "api"
+            elif line.startswith("@status="):
+                status = line[len("@status=") :].strip()
+                section = None
+            elif line == "@state":
+                section, has_state = "state", True
+            elif line.startswith("@dirmode="):
+                dir_mode = line[len("@dirmode=") :].strip() or None
+            elif line == "@nostate":
+                has_state = False
+            elif line == "@end":
+                section = None
+            elif section == "api":
+                body.append(line)
+            elif section == "state":
+                state.append(line)
+        if status is None or not status.isdigit():
+            raise FactProcessError(f"UsersIndexes: unexpected output: {output[:3]!r}")
+        if status == "000":
+            return None
+        if status != "200":
+            raise FactProcessError(f"UsersIndexes: devpi answered GET / with HTTP {status}")
+        try:
+            answer = json.loads("\n".join(body))
+            result = answer["result"]
+            if not isinstance(result, dict):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise FactProcessError("UsersIndexes: GET / did not return devpi's user list") from None
+        facts = split_userlist(result)
+        if has_state is not None:
+            facts["state_dir_mode"] = dir_mode
+            facts["passwords"] = {}
+            text = "\n".join(state).strip()
+            if text:
+                try:
+                    facts["passwords"] = dict(json.loads(text).get("users") or {})
+                except (ValueError, AttributeError, TypeError):
+                    raise FactProcessError("UsersIndexes: the state file is not valid JSON") from None
+        return facts
