@@ -24,7 +24,7 @@ from io import BytesIO
 from pathlib import Path
 
 from pyinfra import host, logger, state
-from pyinfra.api import FileUploadCommand, operation
+from pyinfra.api import FileUploadCommand
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from facts.devpi_api import UsersIndexes
@@ -33,6 +33,8 @@ from pyinfra_devpi.config import DevpiConfig
 from pyinfra_devpi.devpi_state import LOCAL_ONLY, PAYLOAD_ENV, PlanError, describe, plan
 from pyinfra_devpi.run_secrets import hash_once, resolve_once
 from pyinfra_devpi.snapshot import read_fact
+
+from .announce import operation
 
 q = shlex.quote
 
@@ -109,7 +111,7 @@ def apply_command(config: DevpiConfig, payload_file: str, script_file: str) -> s
     )
 
 
-@operation()
+@operation
 def users_indexes(config: DevpiConfig, secrets: HiddenValue | None = None):
     """
     Create, patch or delete devpi users and indexes so devpi holds what the data declares.

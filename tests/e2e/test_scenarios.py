@@ -59,7 +59,8 @@ class Deployment:
         return self.write_inventory(self.root / name, data)
 
     def deploy(self, *args, overrides=None, check=True):
-        inventory = self.write(overrides) if overrides else self.inventory
+        # a one-off inventory: the host's own stays as it was
+        inventory = self.write(overrides, name="inventory-once.py") if overrides else self.inventory
         return self.run(inventory, "deploys/devpi.py", *args, env_extra=self.op.env, check=check)
 
     @property
