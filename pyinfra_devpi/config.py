@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from pyinfra.api.exceptions import PyinfraError
 
+from .prewarm import check_index, prewarm_projects
 from .indexes import check_indexes, check_together, check_users
 from .secrets import SecretRef, parse_secret_ref
 
@@ -180,6 +181,20 @@ def _process_type(key, value):
     return value
 
 
+def _prewarm(key, value):
+    try:
+        return prewarm_projects(value)
+    except ValueError as e:
+        raise ConfigError(f"host data `{key}` is invalid: {e}") from None
+
+
+def _prewarm_index(key, value):
+    try:
+        return check_index(value)
+    except ValueError as e:
+        raise _fail(key, value, str(e)) from None
+
+
 def _secret(key, value):
     if value is None:
         return None
@@ -283,6 +298,10 @@ KEYS: dict[str, Key] = {
     "caddy_serve_files": Key(True, _bool),
     "caddy_max_body_size": Key("200MB", _size),
     "caddy_bin": Key(None, _optional(_command_name)),
+    # Mirror warming (docs/cold-mirror-race.md): project names, or the path of a
+    # requirements/lock file on the controller; fetched through <index> after a converge.
+    "devpi_prewarm": Key(None, _prewarm),
+    "devpi_prewarm_index": Key("root/pypi", _prewarm_index),
 }
 
 PREFIXES = ("devpi_", "caddy_")
@@ -321,6 +340,8 @@ class DevpiConfig:
     extra: dict = field(default_factory=dict)
     users: dict = field(default_factory=dict)
     indexes: dict = field(default_factory=dict)
+    prewarm: tuple[str, ...] = ()
+    prewarm_index: str = "root/pypi"
 
     @property
     def venv(self) -> str:
@@ -466,6 +487,8 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
         caddy_serve_files=values["caddy_serve_files"],
         caddy_max_body_size=values["caddy_max_body_size"],
         caddy_bin=values["caddy_bin"],
+        prewarm=values["devpi_prewarm"],
+        prewarm_index=values["devpi_prewarm_index"],
         extra={"user_home": user_home},
         users=values["devpi_users"],
         indexes=values["devpi_indexes"],

@@ -17,7 +17,7 @@ from pyinfra.api.hiddenvalue import HiddenValue
 
 from facts.devpi import ServerDir
 from facts.launchd import LaunchdSession
-from operations import caddy, devpi, devpi_api, launchd
+from operations import caddy, devpi, devpi_api, launchd, prewarm
 from pyinfra_devpi.config import SERVER_DB_VERSION, DevpiConfig, build_config
 from pyinfra_devpi.devpi_state import PlanError
 from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
@@ -100,7 +100,10 @@ def devpi_service():
     plist = render_plist(config)
     server_yaml = render_server_yaml(config)
     site = render_caddy_site(config)
-    prefetch_files(host, [config.plist_file, config.config_file, config.caddy_site_file])
+    prefetch_files(
+        host,
+        [config.plist_file, config.config_file, config.caddy_site_file, *prewarm.marker_paths(config)],
+    )
 
     venv_op = devpi.venv(name="Install devpi venv", config=config, lock=read_lock(config))
     config_op = devpi.server_config(
@@ -132,3 +135,11 @@ def devpi_service():
     except PlanError as error:
         raise DeployError(f"{host.name}: {error}") from None
     devpi_api.users_indexes(name="devpi users and indexes", config=config, secrets=api_secrets)
+    # Last: devpi is up (waited for above). Only when the list or the mirror changed.
+    # The mirror's declared settings are part of the marker: changing them warms again.
+    prewarm.projects(
+        name="Warm the mirror for devpi_prewarm",
+        config=config,
+        server_dir=server_dir,
+        mirror=config.indexes.get(config.prewarm_index),
+    )

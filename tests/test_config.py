@@ -72,6 +72,16 @@ BAD_VALUES = {
     "caddy_serve_files": ["no", None],
     "caddy_max_body_size": ["200 MB", "lots", 200, "0MB"],
     "caddy_bin": ["", 7],
+    "devpi_prewarm": [
+        "requests",  # a string is a file path on the controller: this one does not exist
+        "/no/such/requirements.txt",
+        ["requests==2.32.3"],
+        ["not a name"],
+        [3],
+        {"requests": True},
+        5,
+    ],
+    "devpi_prewarm_index": ["pypi", "root/", "/root/pypi", "root/pypi/+simple", 5, None],
 }
 
 
