@@ -1,0 +1,646 @@
+"""Benchmarks of the deployed stack (issue 5). Not a test: nothing here passes or fails.
+
+    uv run python -m bench                 # everything (~25 min on 2 cores)
+    uv run python -m bench --quick         # fewer repetitions, 30 s idle (~8 min)
+    uv run python -m bench --only rerun restart
+
+Builds the stack from the end-to-end harness (tests/e2e/harness.py + stack.py): a private
+sshd on 127.0.0.1, the launchctl double running devpi and Caddy, the real pyinfra CLI
+running ``deploys/devpi.py``, and the harness's static upstream index serving a fixed set
+of ~25 real wheels (bench/wheels.txt, downloaded once into bench/.cache/wheels). Prints a
+table per section, writes every sample to ``bench/results/<UTC time>.json`` and the
+tables to ``bench/results/latest.md``. Everything it starts listens on 127.0.0.1 only and
+is stopped by PID at the end.
+
+Sections:
+  rerun    no-change rerun: wall time, remote commands (facts / operations)
+  first    first converge on an empty home (warm uv cache): wall time to healthy, by step
+  restart  kickstart -k -> /+api 200, devpi's peak RSS; deployed vs devpi's argon2 costs
+  install  uv / pip installs through Caddy -> devpi vs straight from the static upstream,
+           with and without Caddy serving /+f/ from disk; concurrent cold clients with
+           and without devpi_prewarm
+  memory   devpi RSS after an install workload and after idling, idle CPU; deployed
+           defaults vs devpi's (Whoosh indexer, argon2 defaults)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.e2e import harness as h  # noqa: E402
+from tests.e2e import stack as st  # noqa: E402
+
+BENCH = REPO / "bench"
+CACHE = BENCH / ".cache"
+WHEELS_DIR = CACHE / "wheels"
+RESULTS = BENCH / "results"
+WHEELS_TXT = BENCH / "wheels.txt"
+TOP_LEVEL = ["requests", "rich", "httpx", "flask", "python-dateutil", "attrs", "packaging"]
+CLIENTS = 8
+DEVPI_ARGON2 = {"argon2-memory-cost": 524288, "argon2-time-cost": 16, "argon2-parallelism": 8}
+DEVPI_DEFAULTS = {"indexer-backend": "whoosh", **DEVPI_ARGON2}
+SECTIONS = ("rerun", "first", "restart", "install", "memory")
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+# --------------------------------------------------------------------------- the wheels
+
+
+def pinned() -> list[str]:
+    return [line.split(";")[0].strip() for line in WHEELS_TXT.read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def ensure_wheels(tools: h.ToolPaths) -> list[Path]:
+    """Download bench/wheels.txt's binary wheels for this machine once (pip download)."""
+    wanted = pinned()
+    have = sorted(WHEELS_DIR.glob("*.whl")) if WHEELS_DIR.is_dir() else []
+    names = {h.normalize_name(w.name.split("-")[0]) for w in have}
+    if {h.normalize_name(r.split("==")[0]) for r in wanted} <= names:
+        return have
+    log(f"downloading {len(wanted)} wheels into {WHEELS_DIR} (once)")
+    WHEELS_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        python = st.make_venv(tools.uv, tools.python3, Path(tmp) / "venv", seed=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--no-deps",
+             "--dest", str(WHEELS_DIR), *wanted],
+            check=True, env={**{k: v for k, v in os.environ.items() if k != "PIP_FIND_LINKS"}, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        )
+    return sorted(WHEELS_DIR.glob("*.whl"))
+
+
+def publish_wheels(upstream: h.Upstream, wheels: list[Path]) -> None:
+    files = upstream.root / "files"
+    files.mkdir(parents=True, exist_ok=True)
+    for wheel in wheels:
+        dest = files / wheel.name
+        shutil.copyfile(wheel, dest)
+        name, version = wheel.name.split("-")[:2]
+        info = h.WheelInfo(name, version, wheel.name, dest, h.hashlib.sha256(dest.read_bytes()).hexdigest(), ())
+        upstream.wheels[wheel.name] = info
+    upstream.write_index()
+
+
+# --------------------------------------------------------------------------- the environment
+
+
+@dataclasses.dataclass
+class Env:
+    root: Path
+    tools: h.ToolPaths
+    session_env: dict
+    sshd: h.SshServer
+    launchd: h.LaunchdDouble
+    upstream: h.Upstream
+    static: h.CaddyJob | None = None
+    stacks: list = dataclasses.field(default_factory=list)
+    counter: int = 0
+
+    def stack(self, name: str, converge: bool = True, **host_data) -> st.DeployedStack:
+        self.counter += 1
+        stack = st.start_stack(self.sshd, self.launchd, self.upstream, self.root / f"stack-{self.counter}-{name}",
+                               f"bench{self.counter}", converge=converge, **host_data)
+        self.stacks.append(stack)
+        return stack
+
+    @property
+    def floor_url(self) -> str:
+        """The fastest local index we have: the upstream's files served by Caddy's file_server."""
+        return f"{self.static.url}/simple/"
+
+    def close(self) -> None:
+        for stack in self.stacks:
+            stack.stop()
+        if self.static is not None:
+            self.launchd.bootout(self.static.label)
+        self.sshd.stop()
+        self.upstream.stop()
+        result = h.launchd_shutdown(self.session_env)
+        if result is not None and result.returncode != 0:
+            log(f"launchctl _double-shutdown exited {result.returncode}: {result.stderr}")
+
+
+def start_env(root: Path, wheels: list[Path], tools: h.ToolPaths) -> Env:
+    state = root / "launchd"
+    state.mkdir(parents=True)
+    home = root / "target-home"
+    home.mkdir()
+    session_env = h.build_session_env(tools, launchd_state=state, home=home)
+    sshd = h.start_sshd(root / "sshd", tools, session_env)
+    try:
+        upstream = h.start_upstream(root / "upstream", python=tools.python3)
+    except BaseException:
+        sshd.stop()
+        raise
+    publish_wheels(upstream, wheels)
+    env = Env(root, tools, session_env, sshd, h.LaunchdDouble(state_dir=state, sshd=sshd), upstream)
+    try:
+        port = h.free_port()
+        site = root / "static" / "site.caddy"
+        site.parent.mkdir()
+        site.write_text(f"http://{h.LOOPBACK}:{port} {{\n\troot * {upstream.root}\n\tfile_server\n}}\n")
+        env.static = h.start_caddy_job(env.launchd, caddyfile=root / "static" / "Caddyfile", port=port,
+                                       site_file=site, work_dir=root / "static", label="bench.static")
+    except BaseException:
+        env.close()
+        raise
+    return env
+
+
+# --------------------------------------------------------------------------- pyinfra, timed
+
+
+@dataclasses.dataclass
+class TimedRun:
+    returncode: int
+    duration: float
+    lines: list[tuple[float, str]]  # (seconds since start, line) of stdout + stderr
+
+    @property
+    def output(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+
+def run_pyinfra_timed(stack: st.DeployedStack, *args: str, **overrides) -> TimedRun:
+    """The deploy through the real pyinfra CLI (as harness.run_pyinfra), every output line
+    timestamped as it arrives, so a run can be split into its phases."""
+    inventory = stack.inventory(**overrides)
+    argv = [str(h.PYINFRA_BIN), "-y", str(inventory), "deploys/devpi.py", *args]
+    lines: list[tuple[float, str]] = []
+    lock = threading.Lock()
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=str(REPO), env=h.pyinfra_env(stack.env_extra), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def pump(stream) -> None:
+        for line in stream:
+            with lock:
+                lines.append((time.monotonic() - start, line.rstrip("\n")))
+
+    pumps = [threading.Thread(target=pump, args=(s,)) for s in (proc.stdout, proc.stderr)]
+    for thread in pumps:
+        thread.start()
+    try:
+        proc.wait(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for thread in pumps:
+        thread.join()
+    run = TimedRun(proc.returncode, time.monotonic() - start, sorted(lines, key=lambda x: x[0]))
+    if run.returncode != 0:
+        raise h.HarnessError(f"pyinfra failed ({run.returncode}):\n" + "\n".join(run.output.splitlines()[-60:]))
+    return run
+
+
+def phases(run: TimedRun) -> list[tuple[str, float]]:
+    """Durations between pyinfra's ``--> ...`` progress lines (plus process start/exit)."""
+    marks = [(0.0, "process start (python, imports)")]
+    for t, line in run.lines:
+        if line.startswith("--> "):
+            marks.append((t, line[4:].strip().rstrip(".:")))
+    marks.append((run.duration, "end"))
+    return [(label, marks[i + 1][0] - t) for i, (t, label) in enumerate(marks[:-1])]
+
+
+def split_commands(output: str) -> dict[str, int]:
+    """Remote commands of a --debug run, split into fact gathering and operations."""
+    facts = ops = 0
+    pending_fact = False
+    for line in output.splitlines():
+        if "[pyinfra.api.facts] Getting fact:" in line:
+            pending_fact = True
+        elif h._DEBUG_COMMAND_RE.match(line):
+            if pending_fact:
+                facts += 1
+                pending_fact = False
+            else:
+                ops += 1
+    return {"facts": facts, "operations": ops, "total": facts + ops}
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def bench_rerun(env: Env, reps: int) -> dict:
+    stack = env.stack("rerun")
+    run_pyinfra_timed(stack)  # warm-up
+    samples, commands = [], []
+    for _ in range(reps):
+        run = run_pyinfra_timed(stack, "--debug")
+        samples.append(run.duration)
+        commands.append(split_commands(run.output))
+        checked = h.count_remote_commands(run.output)
+        assert checked == commands[-1]["total"], (checked, commands[-1])
+    pyinfra_floor = []
+    for _ in range(reps):
+        t = time.monotonic()
+        subprocess.run([str(h.PYINFRA_BIN), "--version"], capture_output=True, check=True)
+        pyinfra_floor.append(time.monotonic() - t)
+    prewarm_names = [h.normalize_name(r.split("==")[0]) for r in pinned()]
+    index = stack.api.new_mirror(env.upstream.url, prefix="rerun")
+    run_pyinfra_timed(stack, devpi_prewarm=prewarm_names, devpi_prewarm_index=index)
+    with_list = []
+    for _ in range(reps):
+        run = run_pyinfra_timed(stack, "--debug", devpi_prewarm=prewarm_names, devpi_prewarm_index=index)
+        with_list.append((run.duration, split_commands(run.output)))
+    stack.stop()
+    return {
+        "wall_s": samples,
+        "commands": commands,
+        "pyinfra_version_s": pyinfra_floor,
+        "with_prewarm_list": {"wall_s": [d for d, _ in with_list], "commands": [c for _, c in with_list]},
+    }
+
+
+def bench_first(env: Env, reps: int) -> dict:
+    # The uv cache is warm after the first build (the rerun section's stack, or this warm-up).
+    warm = env.stack("first-warmup")
+    warm.stop()
+    runs = []
+    for i in range(reps):
+        stack = env.stack(f"first{i}", converge=False)
+        run = run_pyinfra_timed(stack)
+        stack.wait_healthy()
+        runs.append({"wall_s": run.duration, "phases": phases(run)})
+        stack.stop()
+    return {"runs": runs}
+
+
+def wait_gone(pid: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.005)
+    raise h.HarnessError(f"pid {pid} still alive {timeout}s after kickstart -k")
+
+
+def restart_once(stack: st.DeployedStack, busy: bool) -> dict:
+    old = stack.wait_healthy()
+    burner = None
+    if busy:  # one core kept busy, as on a build host
+        burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        time.sleep(0.5)
+    try:
+        t0 = time.monotonic()
+        stack.launchd.run("kickstart", "-k", stack.launchd.target(stack.label), local=True)
+        wait_gone(old)
+        t_dead = time.monotonic()
+        while True:
+            try:
+                if h.http_get(stack.devpi_url + "/+api", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() - t0 > 120:
+                raise h.HarnessError("devpi not healthy 120 s after kickstart -k")
+            time.sleep(0.01)
+        t_ok = time.monotonic()
+    finally:
+        if burner is not None:
+            h.stop_process(burner)
+    pid = stack.wait_healthy()
+    memory = st.proc_memory(pid)
+    return {"to_healthy_s": t_ok - t0, "stop_s": t_dead - t0, "peak_rss_kb": memory["peak_rss_kb"],
+            "rss_kb": memory["rss_kb"]}
+
+
+def bench_restart(env: Env, reps: int) -> dict:
+    stack = env.stack("restart")
+    out = {}
+    for label, options in (("deployed", {}), ("devpi_argon2_defaults", DEVPI_ARGON2)):
+        stack.converge(devpi_server_options=options)
+        for busy in (False, True):
+            key = f"{label}{'_busy' if busy else ''}"
+            log(f"restart: {key}")
+            out[key] = [restart_once(stack, busy) for _ in range(reps)]
+    stack.stop()
+    return out
+
+
+# -- installs
+
+
+@dataclasses.dataclass
+class Install:
+    client: str
+    seconds: float
+    ok: bool
+    error: str = ""
+
+
+def one_install(env: Env, client: str, venv_python: Path, index_url: str) -> Install:
+    t = time.monotonic()
+    proc = st.install(client, env.tools.uv, venv_python, index_url, TOP_LEVEL)
+    seconds = time.monotonic() - t
+    error = "" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
+    return Install(client, seconds, proc.returncode == 0, error)
+
+
+def venvs(env: Env, client: str, n: int, where: Path) -> list[Path]:
+    return [st.make_venv(env.tools.uv, env.tools.python3, where / f"{client}-{i}", seed=client == "pip")
+            for i in range(n)]
+
+
+def batch(env: Env, client: str, url_for: Callable[[int], str], n: int) -> dict:
+    """n installs at once (n=1: one); wall time = the slowest one (all start together)."""
+    where = Path(tempfile.mkdtemp(prefix=f"bench-{client}-", dir=env.root))
+    pythons = venvs(env, client, n, where)
+    t = time.monotonic()
+    results = st.simultaneous(n, lambda i: one_install(env, client, pythons[i], url_for(i)))
+    wall = time.monotonic() - t
+    shutil.rmtree(where, ignore_errors=True)
+    results = [r if isinstance(r, Install) else Install(client, 0, False, repr(r)) for r in results]
+    return {"wall_s": wall, "failed": sum(not r.ok for r in results), "errors": [r.error for r in results if not r.ok]}
+
+
+def fresh_prewarmed(env: Env, stack: st.DeployedStack) -> str:
+    """A fresh mirror index, warmed by the deploy (devpi_prewarm = every wheel's project)."""
+    index = stack.api.new_mirror(env.upstream.url, prefix="bench")
+    names = [h.normalize_name(r.split("==")[0]) for r in pinned()]
+    stack.converge(devpi_prewarm=names, devpi_prewarm_index=index)
+    return index
+
+
+SCENARIOS = ("cold", "warm", "warm_x8", "cold_x8", "cold_x8_prewarmed")
+
+
+def install_round(env: Env, stacks: dict[str, st.DeployedStack], client: str, prewarm: bool = True) -> dict:
+    """One round of every scenario, interleaved (floor, then each stack, per scenario), so
+    that drift on a shared machine spreads over all of them alike."""
+    out: dict[str, dict] = {"floor": {}, **{mode: {} for mode in stacks}}
+    url = {mode: (lambda index, s=stack: f"{s.caddy_url}/{index}/+simple/") for mode, stack in stacks.items()}
+    out["floor"]["x1"] = batch(env, client, lambda i: env.floor_url, 1)
+    out["floor"]["http_server_x1"] = batch(env, client, lambda i: env.upstream.url, 1)
+    warm_index = {}
+    for mode, stack in stacks.items():
+        warm_index[mode] = stack.api.new_mirror(env.upstream.url, prefix="bench")
+        out[mode]["cold"] = batch(env, client, lambda i: url[mode](warm_index[mode]), 1)
+    for mode in stacks:
+        out[mode]["warm"] = batch(env, client, lambda i: url[mode](warm_index[mode]), 1)
+    out["floor"]["x8"] = batch(env, client, lambda i: env.floor_url, CLIENTS)
+    for mode in stacks:
+        out[mode]["warm_x8"] = batch(env, client, lambda i: url[mode](warm_index[mode]), CLIENTS)
+    for mode, stack in stacks.items():
+        cold = stack.api.new_mirror(env.upstream.url, prefix="bench")
+        out[mode]["cold_x8"] = batch(env, client, lambda i: url[mode](cold), CLIENTS)
+    if prewarm:
+        for mode, stack in stacks.items():
+            index = fresh_prewarmed(env, stack)
+            out[mode]["cold_x8_prewarmed"] = batch(env, client, lambda i: url[mode](index), CLIENTS)
+    return out
+
+
+def bench_install(env: Env, reps: int) -> dict:
+    # Two deployed stacks side by side: Caddy serving /+f/ from disk (the default) and a
+    # plain reverse proxy (caddy_serve_files=False).
+    stacks = {"offload": env.stack("offload"), "plain_proxy": env.stack("plain", caddy_serve_files=False)}
+    for stack in stacks.values():
+        stack.wait_caddy()
+    out: dict[str, Any] = {"wheels": len(env.upstream.wheels), "rounds": {"uv": [], "pip": []}}
+    for rep in range(reps):
+        for client in ("uv", "pip"):
+            log(f"install: round {rep + 1}/{reps}, {client}")
+            out["rounds"][client].append(install_round(env, stacks, client))
+    for mode, stack in stacks.items():
+        out[f"devpi_memory_after_kb_{mode}"] = st.proc_memory(stack.pid())
+        stack.stop()
+    return out
+
+
+def workload(env: Env, stack: st.DeployedStack) -> None:
+    """One round of the install scenarios (uv then pip) against one stack."""
+    for client in ("uv", "pip"):
+        install_round(env, {"stack": stack}, client, prewarm=False)
+
+
+def bench_memory(env: Env, idle: float) -> dict:
+    out = {}
+    for label, options in (("deployed", {}), ("devpi_defaults", DEVPI_DEFAULTS)):
+        stack = env.stack(f"memory-{label}", devpi_server_options=options)
+        pid = stack.wait_healthy()
+        started = st.proc_memory(pid)
+        log(f"memory: {label}: install workload")
+        workload(env, stack)
+        assert stack.pid() == pid, "devpi restarted during the workload"
+        after = st.proc_memory(pid)
+        log(f"memory: {label}: idle {idle:.0f} s")
+        cpu0, t0 = st.cpu_seconds(pid), time.monotonic()
+        time.sleep(idle)
+        cpu1, t1 = st.cpu_seconds(pid), time.monotonic()
+        idle_mem = st.proc_memory(pid)
+        out[label] = {
+            "options": options, "after_start": started, "after_workload": after, "after_idle": idle_mem,
+            "idle_s": t1 - t0, "idle_cpu_percent": 100 * (cpu1 - cpu0) / (t1 - t0),
+        }
+        stack.stop()
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine(tools: h.ToolPaths) -> dict:
+    cpu = platform.processor() or ""
+    try:
+        cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M).group(1)
+    except (OSError, AttributeError):
+        pass
+    mem = None
+    try:
+        mem = int(re.search(r"^MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text(), re.M).group(1)) // 1024
+    except (OSError, AttributeError):
+        pass
+
+    def version(argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return None
+
+    return {
+        "os": f"{platform.system()} {platform.release()}", "cpu": cpu, "cores": os.cpu_count(), "mem_mib": mem,
+        "python": platform.python_version(), "uv": version([str(tools.uv), "--version"]),
+        "caddy": version([str(h.CADDY_BIN), "version"]),
+        "pyinfra": version([str(h.PYINFRA_BIN), "--version"]),
+        "devpi-server": version([str(h.VENV_BIN / "devpi-server"), "--version"]),
+    }
+
+
+def fmt(value: float | None, unit: str = "s", digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(results: dict) -> str:
+    out = []
+    m = results["machine"]
+    out.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_mib']} MiB, {m['os']}; Python {m['python']}, "
+               f"{m['uv']}, {m['pyinfra']}, devpi-server {m['devpi-server']}, Caddy {(m['caddy'] or '').split()[0]}; "
+               f"{results['started']}")
+    if "rerun" in results:
+        r = results["rerun"]
+        c = r["commands"][0]
+        cw = r["with_prewarm_list"]["commands"][0]
+        out.append("\n### No-change rerun (over loopback SSH)\n")
+        out.append(table(["", "median", "min", "max", "remote commands (facts + operations)"], [
+            ["rerun", fmt(median(r["wall_s"])), fmt(min(r["wall_s"])), fmt(max(r["wall_s"])),
+             f"{c['total']} ({c['facts']} + {c['operations']})"],
+            ["rerun with a 25-project `devpi_prewarm` list", fmt(median(r["with_prewarm_list"]["wall_s"])),
+             fmt(min(r["with_prewarm_list"]["wall_s"])), fmt(max(r["with_prewarm_list"]["wall_s"])),
+             f"{cw['total']} ({cw['facts']} + {cw['operations']})"],
+            ["`pyinfra --version` (interpreter + import floor)", fmt(median(r["pyinfra_version_s"])),
+             fmt(min(r["pyinfra_version_s"])), fmt(max(r["pyinfra_version_s"])), "–"],
+        ]))
+    if "first" in results:
+        runs = results["first"]["runs"]
+        labels = [label for label, _ in runs[0]["phases"]]
+        rows = []
+        for i, label in enumerate(labels):
+            values = [run["phases"][i][1] for run in runs if len(run["phases"]) > i and run["phases"][i][0] == label]
+            if median(values) and median(values) >= 0.05:
+                rows.append([re.sub(r"^Starting operation: ([^|]*\| )?", "", label), fmt(median(values))])
+        rows.append(["**total, to healthy**", fmt(median([run["wall_s"] for run in runs]))])
+        out.append(f"\n### First converge on an empty home, warm uv cache (median of {len(runs)}; steps ≥ 0.05 s)\n")
+        out.append(table(["step", "time"], rows))
+    if "restart" in results:
+        rows = []
+        for key, samples in results["restart"].items():
+            peaks = [s["peak_rss_kb"] for s in samples if s["peak_rss_kb"] is not None]
+            rows.append([key.replace("_", " "), fmt(median([s["to_healthy_s"] for s in samples])),
+                         fmt(max(s["to_healthy_s"] for s in samples)),
+                         fmt(median(peaks) / 1024 if peaks else None, " MB", 0),
+                         fmt(median([s["rss_kb"] for s in samples]) / 1024, " MB", 0)])
+        out.append("\n### Restart to healthy (`kickstart -k` → `/+api` 200)\n")
+        out.append(table(["argon2 costs", "median", "max", "peak RSS", "RSS when healthy"], rows))
+    if "install" in results:
+        i = results["install"]
+        rows = []
+        for client in ("uv", "pip"):
+            rounds = i["rounds"][client]
+            f1 = [r["floor"]["x1"]["wall_s"] for r in rounds]
+            f8 = [r["floor"]["x8"]["wall_s"] for r in rounds]
+            hs = [r["floor"]["http_server_x1"]["wall_s"] for r in rounds]
+            fails = sum(r["floor"][k]["failed"] for r in rounds for k in ("x1", "x8", "http_server_x1"))
+            rows.append([client, "(a) static index (Caddy file_server): 1 client / 8 at once",
+                         f"{fmt(median(f1))} / {fmt(median(f8))}", "1.00×", "", str(fails)])
+            rows.append([client, "(a0) the same files from python's http.server (devpi's upstream here)",
+                         fmt(median(hs)), f"{median([a / b for a, b in zip(hs, f1)]):.2f}×", "",
+                         str(sum(r["floor"]["http_server_x1"]["failed"] for r in rounds))])
+            for key, label in (("cold", "(b) cold"), ("warm", "(c) warm"), ("warm_x8", "(d) warm, 8 at once"),
+                               ("cold_x8", "(e) cold, 8 at once"),
+                               ("cold_x8_prewarmed", "(e') cold, 8 at once, after devpi_prewarm")):
+                floor_key = "x8" if key.endswith(("x8", "prewarmed")) else "x1"
+                cells, failed = [], []
+                for mode in ("offload", "plain_proxy"):
+                    ratios = [r[mode][key]["wall_s"] / r["floor"][floor_key]["wall_s"]
+                              for r in rounds if key in r[mode] and not r[mode][key]["failed"]]
+                    cells.append(f"{median(ratios):.2f}×" if ratios else "–")
+                    n = sum(1 for r in rounds if key in r[mode]) * (CLIENTS if floor_key == "x8" else 1)
+                    failed.append(f"{sum(r[mode][key]['failed'] for r in rounds if key in r[mode])}/{n}")
+                rows.append([client, label, "", cells[0], cells[1], " / ".join(failed)])
+        out.append(f"\n### Installs through Caddy → devpi ({i['wheels']} wheels, fresh venvs, no client cache; "
+                   f"median over {len(i['rounds']['uv'])} interleaved rounds of the ratio to (a) in the same round, "
+                   "successful batches only)\n")
+        out.append(table(["client", "scenario", "floor time", "Caddy serves /+f/", "plain proxy",
+                          "failed installs (offload / plain)"], rows))
+    if "memory" in results:
+        rows = []
+        for label, mres in results["memory"].items():
+            rows.append([label.replace("_", " "), fmt(mres["after_start"]["rss_kb"] / 1024, " MB", 0),
+                         fmt(mres["after_workload"]["rss_kb"] / 1024, " MB", 0),
+                         fmt(mres["after_idle"]["rss_kb"] / 1024, " MB", 0),
+                         fmt((mres["after_idle"]["peak_rss_kb"] or 0) / 1024, " MB", 0),
+                         f"{mres['idle_cpu_percent']:.2f} % over {mres['idle_s']:.0f} s"])
+        out.append("\n### devpi memory and idle CPU\n")
+        out.append(table(["config", "RSS after start", "after install workload", "after idle", "peak", "idle CPU"], rows))
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, 30 s idle")
+    parser.add_argument("--reps", type=int, help="repetitions per measurement (default 7 reruns, 3 otherwise)")
+    parser.add_argument("--idle", type=float, help="idle seconds for the memory section (default 300)")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (under bench/.cache/runs)")
+    args = parser.parse_args(argv)
+    reps = args.reps or (2 if args.quick else 3)
+    rerun_reps = max(5, args.reps or (5 if args.quick else 7))
+    idle = args.idle if args.idle is not None else (30 if args.quick else 300)
+
+    tools = h.find_tools()
+    wheels = ensure_wheels(tools)
+    started = dt.datetime.now(dt.timezone.utc)
+    results: dict[str, Any] = {"started": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(tools),
+                               "loadavg_before": os.getloadavg(),
+                               "args": vars(args), "wheels": [w.name for w in wheels]}
+    (CACHE / "runs").mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="run-", dir=CACHE / "runs"))
+    env = start_env(root, wheels, tools)
+    try:
+        for section in SECTIONS:
+            if section not in args.only:
+                continue
+            log(f"section {section}")
+            t = time.monotonic()
+            if section == "rerun":
+                results[section] = bench_rerun(env, rerun_reps)
+            elif section == "first":
+                results[section] = bench_first(env, reps)
+            elif section == "restart":
+                results[section] = bench_restart(env, reps)
+            elif section == "install":
+                results[section] = bench_install(env, reps)
+            elif section == "memory":
+                results[section] = bench_memory(env, idle)
+            log(f"section {section} took {time.monotonic() - t:.0f} s")
+            results.setdefault("loadavg_after", {})[section] = os.getloadavg()
+    finally:
+        env.close()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(results, indent=1, default=str))
+    text = report(results)
+    (RESULTS / "latest.md").write_text(text)
+    print(text)
+    log(f"wrote {path} and {RESULTS / 'latest.md'}")
+    return 0
