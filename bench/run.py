@@ -398,27 +398,37 @@ SCENARIOS = ("cold", "warm", "warm_x8", "cold_x8", "cold_x8_prewarmed")
 
 def install_round(env: Env, stacks: dict[str, st.DeployedStack], client: str, prewarm: bool = True) -> dict:
     """One round of every scenario, interleaved (floor, then each stack, per scenario), so
-    that drift on a shared machine spreads over all of them alike."""
+    that drift on a shared machine spreads over all of them alike. Batches against a stack
+    also record the CPU time devpi spent on them."""
     out: dict[str, dict] = {"floor": {}, **{mode: {} for mode in stacks}}
-    url = {mode: (lambda index, s=stack: f"{s.caddy_url}/{index}/+simple/") for mode, stack in stacks.items()}
+    pids = {mode: stack.pid() for mode, stack in stacks.items()}
+
+    def on(mode: str, index: str, n: int) -> dict:
+        stack = stacks[mode]
+        cpu = st.cpu_seconds(pids[mode])
+        result = batch(env, client, lambda i: f"{stack.caddy_url}/{index}/+simple/", n)
+        result["devpi_cpu_s"] = st.cpu_seconds(pids[mode]) - cpu
+        return result
+
     out["floor"]["x1"] = batch(env, client, lambda i: env.floor_url, 1)
     out["floor"]["http_server_x1"] = batch(env, client, lambda i: env.upstream.url, 1)
-    warm_index = {}
-    for mode, stack in stacks.items():
-        warm_index[mode] = stack.api.new_mirror(env.upstream.url, prefix="bench")
-        out[mode]["cold"] = batch(env, client, lambda i: url[mode](warm_index[mode]), 1)
+    warm_index = {mode: stack.api.new_mirror(env.upstream.url, prefix="bench") for mode, stack in stacks.items()}
     for mode in stacks:
-        out[mode]["warm"] = batch(env, client, lambda i: url[mode](warm_index[mode]), 1)
+        out[mode]["cold"] = on(mode, warm_index[mode], 1)
+    for mode in stacks:
+        out[mode]["warm"] = on(mode, warm_index[mode], 1)
     out["floor"]["x8"] = batch(env, client, lambda i: env.floor_url, CLIENTS)
     for mode in stacks:
-        out[mode]["warm_x8"] = batch(env, client, lambda i: url[mode](warm_index[mode]), CLIENTS)
+        out[mode]["warm_x8"] = on(mode, warm_index[mode], CLIENTS)
     for mode, stack in stacks.items():
-        cold = stack.api.new_mirror(env.upstream.url, prefix="bench")
-        out[mode]["cold_x8"] = batch(env, client, lambda i: url[mode](cold), CLIENTS)
+        out[mode]["cold_x8"] = on(mode, stack.api.new_mirror(env.upstream.url, prefix="bench"), CLIENTS)
     if prewarm:
         for mode, stack in stacks.items():
             index = fresh_prewarmed(env, stack)
-            out[mode]["cold_x8_prewarmed"] = batch(env, client, lambda i: url[mode](index), CLIENTS)
+            out[mode]["cold_x8_prewarmed"] = on(mode, index, CLIENTS)
+    for mode, stack in stacks.items():
+        if stack.pid() != pids[mode]:
+            raise h.HarnessError(f"devpi of the {mode} stack restarted during the round")
     return out
 
 
@@ -559,9 +569,9 @@ def report(results: dict) -> str:
             hs = [r["floor"]["http_server_x1"]["wall_s"] for r in rounds]
             fails = sum(r["floor"][k]["failed"] for r in rounds for k in ("x1", "x8", "http_server_x1"))
             rows.append([client, "(a) static index (Caddy file_server): 1 client / 8 at once",
-                         f"{fmt(median(f1))} / {fmt(median(f8))}", "1.00×", "", str(fails)])
+                         f"{fmt(median(f1))} / {fmt(median(f8))}", "1.00×", "", "", str(fails)])
             rows.append([client, "(a0) the same files from python's http.server (devpi's upstream here)",
-                         fmt(median(hs)), f"{median([a / b for a, b in zip(hs, f1)]):.2f}×", "",
+                         fmt(median(hs)), f"{median([a / b for a, b in zip(hs, f1)]):.2f}×", "", "",
                          str(sum(r["floor"]["http_server_x1"]["failed"] for r in rounds))])
             for key, label in (("cold", "(b) cold"), ("warm", "(c) warm"), ("warm_x8", "(d) warm, 8 at once"),
                                ("cold_x8", "(e) cold, 8 at once"),
@@ -574,12 +584,17 @@ def report(results: dict) -> str:
                     cells.append(f"{median(ratios):.2f}×" if ratios else "–")
                     n = sum(1 for r in rounds if key in r[mode]) * (CLIENTS if floor_key == "x8" else 1)
                     failed.append(f"{sum(r[mode][key]['failed'] for r in rounds if key in r[mode])}/{n}")
-                rows.append([client, label, "", cells[0], cells[1], " / ".join(failed)])
+                cpu = []
+                for mode in ("offload", "plain_proxy"):
+                    values = [r[mode][key].get("devpi_cpu_s") for r in rounds if key in r[mode]]
+                    values = [v for v in values if v is not None]
+                    cpu.append(fmt(median(values)) if values else "–")
+                rows.append([client, label, "", cells[0], cells[1], " / ".join(cpu), " / ".join(failed)])
         out.append(f"\n### Installs through Caddy → devpi ({i['wheels']} wheels, fresh venvs, no client cache; "
                    f"median over {len(i['rounds']['uv'])} interleaved rounds of the ratio to (a) in the same round, "
                    "successful batches only)\n")
         out.append(table(["client", "scenario", "floor time", "Caddy serves /+f/", "plain proxy",
-                          "failed installs (offload / plain)"], rows))
+                          "devpi CPU per batch (offload / plain)", "failed installs (offload / plain)"], rows))
     if "memory" in results:
         rows = []
         for label, mres in results["memory"].items():
