@@ -101,6 +101,51 @@ def test_venv_without_devpi(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "v")], check=True)
     fact = run_fact(VenvVersions, venv=str(tmp_path / "v"))
     assert fact["devpi-server"] is None and fact["devpi-web"] is None
+    assert fact["python"] == "%d.%d.%d" % sys.version_info[:3]
+
+
+def fake_venv(root: Path, python: str, dist_infos: list[str]) -> Path:
+    """A venv-shaped directory: an interpreter script and metadata dirs, nothing else."""
+    (root / "bin").mkdir(parents=True)
+    interpreter = root / "bin" / "python"
+    interpreter.write_text(f"#!/bin/sh\n{python}\n")
+    interpreter.chmod(0o755)
+    (root / "pyvenv.cfg").write_text("home = /usr/bin\nversion_info = 3.12.4\n")
+    for name in dist_infos:
+        (root / "lib" / "python3.12" / "site-packages" / name).mkdir(parents=True)
+    return root
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_venv_versions_from_metadata_dirs(tmp_path, shell):
+    venv = fake_venv(tmp_path / "v", "exit 0", [
+        "devpi_server-6.21.0.dist-info", "devpi_web-5.2.0.dist-info", "devpi_common-4.1.1.dist-info",
+        "devpi_server_plugin-1.0.dist-info",
+    ])
+    fact = run_fact(VenvVersions, shell=shell, venv=str(venv))
+    assert fact == {"devpi-server": "6.21.0", "devpi-web": "5.2.0", "python": "3.12.4",
+                    "path": str(venv.resolve())}
+
+
+def test_venv_whose_interpreter_cannot_run_reports_no_versions(tmp_path):
+    # e.g. the interpreter's shared library went away: the deploy must rebuild it.
+    venv = fake_venv(tmp_path / "v", "exit 127", ["devpi_server-6.20.3.dist-info", "devpi_web-5.1.1.dist-info"])
+    fact = run_fact(VenvVersions, venv=str(venv))
+    assert fact["devpi-server"] is None and fact["devpi-web"] is None
+    assert fact["path"] == str(venv.resolve())
+
+
+def test_venv_with_two_versions_of_one_dist_reports_none(tmp_path):
+    venv = fake_venv(tmp_path / "v", "exit 0", [
+        "devpi_server-6.20.3.dist-info", "devpi_server-6.21.0.dist-info", "devpi_web-5.1.1.dist-info",
+    ])
+    fact = run_fact(VenvVersions, venv=str(venv))
+    assert fact["devpi-server"] is None and fact["devpi-web"] == "5.1.1"
+
+
+def test_venv_versions_garbage_raises():
+    with pytest.raises(FactProcessError):
+        VenvVersions().process(["something else"])
 
 
 def test_health_of_nothing_listening():
