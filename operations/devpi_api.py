@@ -55,12 +55,22 @@ def desired_users(config: DevpiConfig) -> dict:
     }
 
 
+def facts_needed(config: DevpiConfig) -> list[tuple]:
+    """The facts ``planned`` reads, as ``(fact class, kwargs)``: none when the data
+    declares no users and no indexes (nothing to compare, so nothing to ask devpi)."""
+    if not config.users and not config.indexes:
+        return []
+    return [(UsersIndexes, {"url": config.local_url, "state_file": state_file(config)})]
+
+
 def current(config: DevpiConfig) -> dict | None:
     return read_fact(host, UsersIndexes, url=config.local_url, state_file=state_file(config))
 
 
 def planned(config: DevpiConfig) -> list[dict]:
     """The actions for this host (``PlanError`` when the data must decide first)."""
+    if not facts_needed(config):
+        return []
     facts = current(config)
     markers = facts.get("passwords") if facts else None
     return plan(desired_users(config), config.indexes, facts, markers)
@@ -74,7 +84,7 @@ def prepare(config: DevpiConfig) -> HiddenValue | None:
     or the secret reference's own error, before anything runs on the host.
     """
     actions = planned(config)
-    if current(config) is None and actions:
+    if actions and current(config) is None:
         host.log(
             f"devpi does not answer on {config.local_url} yet: planning against a freshly "
             "initialised server (the changes are re-planned against devpi once it is up)",

@@ -15,15 +15,15 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.hiddenvalue import HiddenValue
 
-from facts.devpi import ServerDir
-from facts.launchd import LaunchdSession
+from facts.devpi import ServerDir, VenvVersions
+from facts.launchd import LaunchdJob, LaunchdSession
 from operations import caddy, devpi, devpi_api, launchd, prewarm
 from pyinfra_devpi.config import SERVER_DB_VERSION, DevpiConfig, build_config
 from pyinfra_devpi.devpi_state import PlanError
 from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
 from pyinfra_devpi.run_secrets import resolve_once
 from pyinfra_devpi.secrets import hash_password
-from pyinfra_devpi.snapshot import prefetch_files, read_fact
+from pyinfra_devpi.snapshot import prefetch, read_fact
 
 LOCKS_DIR = Path(__file__).resolve().parent.parent / "locks"
 
@@ -92,6 +92,18 @@ def devpi_service():
     config = build_config(host.data.dict(), session["home"])
     domain = config.launchd_domain or session["domain"]
 
+    # Everything the plan reads from the host, in one round trip; the operations below
+    # ask for the same facts with the same arguments and get them from the memo.
+    prefetch(
+        host,
+        facts=[
+            (ServerDir, {"path": config.server_dir, "secret_file": config.secret_file}),
+            (VenvVersions, {"venv": config.venv}),
+            (LaunchdJob, {"label": config.label, "domain": domain}),
+            *devpi_api.facts_needed(config),
+        ],
+        files=[config.plist_file, config.config_file, config.caddy_site_file, *prewarm.marker_paths(config)],
+    )
     server_dir = read_fact(host, ServerDir, path=config.server_dir, secret_file=config.secret_file)
     check_server_dir(config, server_dir)
     # The password is read (1Password may prompt) only when init will run.
@@ -100,10 +112,6 @@ def devpi_service():
     plist = render_plist(config)
     server_yaml = render_server_yaml(config)
     site = render_caddy_site(config)
-    prefetch_files(
-        host,
-        [config.plist_file, config.config_file, config.caddy_site_file, *prewarm.marker_paths(config)],
-    )
 
     venv_op = devpi.venv(name="Install devpi venv", config=config, lock=read_lock(config))
     config_op = devpi.server_config(

@@ -222,8 +222,10 @@ def test_2_no_change_rerun(host):
     # an operation that ran any command counts as changed: so every command was a fact
     assert changed == 0 and unchanged >= 7
     commands = remote_commands(result.output)
-    # session, server dir, venv, the deploy's files (one command), the job, ...
-    assert 5 <= len(commands) <= 8, commands
+    # Two round trips: the login session (its home and launchd domain shape the config),
+    # then every fact the plan reads, batched into one command.
+    assert len(commands) == 2, commands
+    assert result.output.count("Getting fact: facts.batch.FactBatch") == 1
     assert host.sshd.commands_since(mark) == len(commands)
     assert host.pid() == pid
     assert len(host.op.calls()) == calls
