@@ -247,24 +247,43 @@ def split_commands(output: str) -> dict[str, int]:
     return {"facts": facts, "operations": ops, "total": facts + ops}
 
 
+def remote_seconds(run: TimedRun) -> float:
+    """Time between each remote command's start and its exit status (``--debug``)."""
+    total, started = 0.0, None
+    for t, line in run.lines:
+        if h._DEBUG_COMMAND_RE.match(line):
+            started = t
+        elif started is not None and "Command exit status:" in line:
+            total, started = total + t - started, None
+    return total
+
+
 # --------------------------------------------------------------------------- sections
 
 
 def bench_rerun(env: Env, reps: int) -> dict:
     stack = env.stack("rerun")
     run_pyinfra_timed(stack)  # warm-up
-    samples, commands = [], []
+    samples, commands, remote_times = [], [], []
     for _ in range(reps):
         run = run_pyinfra_timed(stack, "--debug")
         samples.append(run.duration)
         commands.append(split_commands(run.output))
         checked = h.count_remote_commands(run.output)
         assert checked == commands[-1]["total"], (checked, commands[-1])
+        remote_times.append(remote_seconds(run))
     pyinfra_floor = []
     for _ in range(reps):
         t = time.monotonic()
         subprocess.run([str(h.PYINFRA_BIN), "--version"], capture_output=True, check=True)
         pyinfra_floor.append(time.monotonic() - t)
+    # The LaunchdJob fact calls launchctl twice (print, print-disabled). Here that is the
+    # test double, a Python script; on a Mac it is a native binary.
+    double = []
+    for _ in range(reps):
+        t = time.monotonic()
+        env.launchd.run("print", env.launchd.target(stack.label), local=True)
+        double.append(time.monotonic() - t)
     prewarm_names = [h.normalize_name(r.split("==")[0]) for r in pinned()]
     index = stack.api.new_mirror(env.upstream.url, prefix="rerun")
     run_pyinfra_timed(stack, devpi_prewarm=prewarm_names, devpi_prewarm_index=index)
@@ -277,6 +296,8 @@ def bench_rerun(env: Env, reps: int) -> dict:
         "wall_s": samples,
         "commands": commands,
         "pyinfra_version_s": pyinfra_floor,
+        "launchctl_double_call_s": double,
+        "remote_s": remote_times,
         "with_prewarm_list": {"wall_s": [d for d, _ in with_list], "commands": [c for _, c in with_list]},
     }
 
@@ -377,6 +398,9 @@ def batch(env: Env, client: str, url_for: Callable[[int], str], n: int) -> dict:
     """n installs at once (n=1: one); wall time = the slowest one (all start together)."""
     where = Path(tempfile.mkdtemp(prefix=f"bench-{client}-", dir=env.root))
     pythons = venvs(env, client, n, where)
+    # Write back what earlier steps left dirty (venvs just made, the last batch's files,
+    # devpi's database) now, so that it is not charged to whichever batch runs next.
+    os.sync()
     t = time.monotonic()
     results = st.simultaneous(n, lambda i: one_install(env, client, pythons[i], url_for(i)))
     wall = time.monotonic() - t
@@ -394,38 +418,73 @@ def fresh_prewarmed(env: Env, stack: st.DeployedStack) -> str:
 
 
 SCENARIOS = ("cold", "warm", "warm_x8", "cold_x8", "cold_x8_prewarmed")
+# Single-client installs are measured in turns: one install from each source in a row
+# (the floor among them), the order rotated from turn to turn, and a ratio is only ever
+# taken within one turn. This machine's speed drifts by 2-4x within a minute (shared
+# host; the same floor install took 0.25 s and 1.3 s), far more than the difference
+# being measured, so a ratio of two installs minutes apart measures the drift.
+TURNS = {"uv": 5, "pip": 3}
 
 
-def install_round(env: Env, stacks: dict[str, st.DeployedStack], client: str, prewarm: bool = True) -> dict:
-    """One round of every scenario, interleaved (floor, then each stack, per scenario), so
-    that drift on a shared machine spreads over all of them alike. Batches against a stack
-    also record the CPU time devpi spent on them."""
-    out: dict[str, dict] = {"floor": {}, **{mode: {} for mode in stacks}}
+def in_turns(turns: int, sources: dict[str, Callable[[], dict]]) -> dict[str, list[dict]]:
+    """Run each source's measurement once per turn, rotating the order each turn."""
+    names = list(sources)
+    out: dict[str, list[dict]] = {name: [] for name in names}
+    for turn in range(turns):
+        shift = turn % len(names)
+        for name in names[shift:] + names[:shift]:
+            out[name].append(sources[name]())
+    return out
+
+
+def install_round(env: Env, stacks: dict[str, st.DeployedStack], client: str, prewarm: bool = True,
+                  turns: int | None = None) -> dict:
+    """One round of every scenario. Single clients in turns (see TURNS); the 8-client
+    batches interleaved (floor, then each stack). Batches against a stack also record
+    the CPU time devpi spent on them and its RSS / peak RSS (VmHWM) after them."""
+    turns = turns or TURNS[client]
     pids = {mode: stack.pid() for mode, stack in stacks.items()}
 
-    def on(mode: str, index: str, n: int) -> dict:
+    def on(mode: str, index: str, n: int, scenario: str) -> dict:
         stack = stacks[mode]
         cpu = st.cpu_seconds(pids[mode])
         result = batch(env, client, lambda i: f"{stack.caddy_url}/{index}/+simple/", n)
         result["devpi_cpu_s"] = st.cpu_seconds(pids[mode]) - cpu
+        result["devpi_memory_kb"] = st.proc_memory(pids[mode])
+        result["scenario"], result["finished"] = scenario, time.time()
         return result
 
-    out["floor"]["x1"] = batch(env, client, lambda i: env.floor_url, 1)
-    out["floor"]["http_server_x1"] = batch(env, client, lambda i: env.upstream.url, 1)
-    warm_index = {mode: stack.api.new_mirror(env.upstream.url, prefix="bench") for mode, stack in stacks.items()}
-    for mode in stacks:
-        out[mode]["cold"] = on(mode, warm_index[mode], 1)
-    for mode in stacks:
-        out[mode]["warm"] = on(mode, warm_index[mode], 1)
+    def floor(url: str, n: int = 1) -> Callable[[], dict]:
+        return lambda: batch(env, client, lambda i: url, n)
+
+    warm_index: dict[str, str] = {}
+
+    def cold(mode: str) -> Callable[[], dict]:
+        def run() -> dict:
+            index = stacks[mode].api.new_mirror(env.upstream.url, prefix="bench")
+            warm_index.setdefault(mode, index)  # the first cold install warms it
+            return on(mode, index, 1, "cold")
+        return run
+
+    cold_turns = in_turns(turns, {"floor": floor(env.floor_url), **{mode: cold(mode) for mode in stacks}})
+    warm_turns = in_turns(turns, {
+        "floor": floor(env.floor_url), "http_server": floor(env.upstream.url),
+        **{mode: (lambda mode=mode: on(mode, warm_index[mode], 1, "warm")) for mode in stacks},
+    })
+    out: dict[str, dict] = {
+        "floor": {"cold_turns": cold_turns.pop("floor"), "warm_turns": warm_turns.pop("floor"),
+                  "http_server_turns": warm_turns.pop("http_server")},
+        **{mode: {"cold": cold_turns[mode], "warm": warm_turns[mode]} for mode in stacks},
+    }
     out["floor"]["x8"] = batch(env, client, lambda i: env.floor_url, CLIENTS)
     for mode in stacks:
-        out[mode]["warm_x8"] = on(mode, warm_index[mode], CLIENTS)
+        out[mode]["warm_x8"] = on(mode, warm_index[mode], CLIENTS, "warm_x8")
     for mode, stack in stacks.items():
-        out[mode]["cold_x8"] = on(mode, stack.api.new_mirror(env.upstream.url, prefix="bench"), CLIENTS)
+        out[mode]["cold_x8"] = on(mode, stack.api.new_mirror(env.upstream.url, prefix="bench"), CLIENTS, "cold_x8")
     if prewarm:
         for mode, stack in stacks.items():
             index = fresh_prewarmed(env, stack)
-            out[mode]["cold_x8_prewarmed"] = on(mode, index, CLIENTS)
+            out[mode]["cold_x8_prewarmed"] = on(mode, index, CLIENTS, "cold_x8_prewarmed")
     for mode, stack in stacks.items():
         if stack.pid() != pids[mode]:
             raise h.HarnessError(f"devpi of the {mode} stack restarted during the round")
@@ -449,10 +508,31 @@ def bench_install(env: Env, reps: int) -> dict:
     return out
 
 
-def workload(env: Env, stack: st.DeployedStack) -> None:
-    """One round of the install scenarios (uv then pip) against one stack."""
+def workload(env: Env, stack: st.DeployedStack) -> list[dict]:
+    """One round of the install scenarios (uv then pip) against one stack: devpi's
+    memory after each batch, in the order they ran."""
+    batches = []
     for client in ("uv", "pip"):
-        install_round(env, {"stack": stack}, client, prewarm=False)
+        result = install_round(env, {"stack": stack}, client, prewarm=False, turns=1)["stack"]
+        for value in result.values():
+            for one in (value if isinstance(value, list) else [value]):
+                batches.append({"client": client, "scenario": one["scenario"], "finished": one["finished"],
+                                **one["devpi_memory_kb"]})
+    return sorted(batches, key=lambda b: b["finished"])
+
+
+def peak_setter(started: dict, batches: list[dict]) -> dict | None:
+    """The batch during which devpi's peak RSS (VmHWM, which never decreases) reached
+    its final value, with the peak before it; None when start-up set the peak (or the
+    OS keeps no peak)."""
+    if not batches or batches[-1]["peak_rss_kb"] is None:
+        return None
+    final, before = batches[-1]["peak_rss_kb"], started["peak_rss_kb"]
+    for batch_ in batches:
+        if batch_["peak_rss_kb"] == final and final > before:
+            return {**batch_, "peak_before_kb": before}
+        before = batch_["peak_rss_kb"]
+    return None
 
 
 def bench_memory(env: Env, idle: float) -> dict:
@@ -462,7 +542,7 @@ def bench_memory(env: Env, idle: float) -> dict:
         pid = stack.wait_healthy()
         started = st.proc_memory(pid)
         log(f"memory: {label}: install workload")
-        workload(env, stack)
+        batches = workload(env, stack)
         assert stack.pid() == pid, "devpi restarted during the workload"
         after = st.proc_memory(pid)
         log(f"memory: {label}: idle {idle:.0f} s")
@@ -473,6 +553,7 @@ def bench_memory(env: Env, idle: float) -> dict:
         out[label] = {
             "options": options, "after_start": started, "after_workload": after, "after_idle": idle_mem,
             "idle_s": t1 - t0, "idle_cpu_percent": 100 * (cpu1 - cpu0) / (t1 - t0),
+            "workload_batches": batches, "peak_set_by": peak_setter(started, batches),
         }
         stack.stop()
     return out
@@ -518,6 +599,27 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def ratios_in_turns(rounds: list[dict], source: str, key: str, floor_key: str) -> list[float]:
+    """Per turn, a source's install time over the floor install of the same turn
+    (successful installs only)."""
+    out = []
+    for r in rounds:
+        batches = r["floor"][key] if source == "floor" else r[source].get(key, [])
+        for b, floor in zip(batches, r["floor"][floor_key]):
+            if not b["failed"] and not floor["failed"]:
+                out.append(b["wall_s"] / floor["wall_s"])
+    return out
+
+
+def ratio_cell(ratios: list[float]) -> str:
+    if not ratios:
+        return "–"
+    if len(ratios) < 4:
+        return f"{median(ratios):.2f}×"
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return f"{median(ratios):.2f}× ({q1:.2f}–{q3:.2f})"
+
+
 def report(results: dict) -> str:
     out = []
     m = results["machine"]
@@ -538,6 +640,11 @@ def report(results: dict) -> str:
             ["`pyinfra --version` (interpreter + import floor)", fmt(median(r["pyinfra_version_s"])),
              fmt(min(r["pyinfra_version_s"])), fmt(max(r["pyinfra_version_s"])), "–"],
         ]))
+        if r.get("remote_s"):
+            out.append(
+                f"\nOf a rerun, {fmt(median(r['remote_s']))} is spent in its remote commands; the facts call "
+                f"launchctl twice, and one call of the launchctl test double (a Python script; launchctl on "
+                f"a Mac is a native binary) takes {fmt(median(r['launchctl_double_call_s']))}.\n")
     if "first" in results:
         runs = results["first"]["runs"]
         labels = [label for label, _ in runs[0]["phases"]]
@@ -562,49 +669,74 @@ def report(results: dict) -> str:
     if "install" in results:
         i = results["install"]
         rows = []
+        turns_total = {}
         for client in ("uv", "pip"):
             rounds = i["rounds"][client]
-            f1 = [r["floor"]["x1"]["wall_s"] for r in rounds]
+            floor_turns = [t for r in rounds for t in r["floor"]["warm_turns"]]
+            f1 = [t["wall_s"] for t in floor_turns]
             f8 = [r["floor"]["x8"]["wall_s"] for r in rounds]
-            hs = [r["floor"]["http_server_x1"]["wall_s"] for r in rounds]
-            fails = sum(r["floor"][k]["failed"] for r in rounds for k in ("x1", "x8", "http_server_x1"))
+            hs = [t["wall_s"] for r in rounds for t in r["floor"]["http_server_turns"]]
+            turns_total[client] = len(f1)
+            fails = sum(t["failed"] for r in rounds
+                        for t in [*r["floor"]["warm_turns"], *r["floor"]["cold_turns"], r["floor"]["x8"]])
             rows.append([client, "(a) static index (Caddy file_server): 1 client / 8 at once",
                          f"{fmt(median(f1))} / {fmt(median(f8))}", "1.00×", "", "", str(fails)])
             rows.append([client, "(a0) the same files from python's http.server (devpi's upstream here)",
-                         fmt(median(hs)), f"{median([a / b for a, b in zip(hs, f1)]):.2f}×", "", "",
-                         str(sum(r["floor"]["http_server_x1"]["failed"] for r in rounds))])
+                         fmt(median(hs)), ratio_cell(ratios_in_turns(rounds, "floor", "http_server_turns", "warm_turns")),
+                         "", "", str(sum(t["failed"] for r in rounds for t in r["floor"]["http_server_turns"]))])
             for key, label in (("cold", "(b) cold"), ("warm", "(c) warm"), ("warm_x8", "(d) warm, 8 at once"),
                                ("cold_x8", "(e) cold, 8 at once"),
                                ("cold_x8_prewarmed", "(e') cold, 8 at once, after devpi_prewarm")):
-                floor_key = "x8" if key.endswith(("x8", "prewarmed")) else "x1"
-                cells, failed = [], []
+                cells, failed, cpu = [], [], []
                 for mode in ("offload", "plain_proxy"):
-                    ratios = [r[mode][key]["wall_s"] / r["floor"][floor_key]["wall_s"]
-                              for r in rounds if key in r[mode] and not r[mode][key]["failed"]]
-                    cells.append(f"{median(ratios):.2f}×" if ratios else "–")
-                    n = sum(1 for r in rounds if key in r[mode]) * (CLIENTS if floor_key == "x8" else 1)
-                    failed.append(f"{sum(r[mode][key]['failed'] for r in rounds if key in r[mode])}/{n}")
-                cpu = []
-                for mode in ("offload", "plain_proxy"):
-                    values = [r[mode][key].get("devpi_cpu_s") for r in rounds if key in r[mode]]
-                    values = [v for v in values if v is not None]
+                    batches = [b for r in rounds if key in r[mode]
+                               for b in (r[mode][key] if isinstance(r[mode][key], list) else [r[mode][key]])]
+                    if key in ("cold", "warm"):
+                        ratios = ratios_in_turns(rounds, mode, key, f"{key}_turns")
+                    else:
+                        ratios = [r[mode][key]["wall_s"] / r["floor"]["x8"]["wall_s"]
+                                  for r in rounds if key in r[mode] and not r[mode][key]["failed"]]
+                    cells.append(ratio_cell(ratios))
+                    clients = CLIENTS if key not in ("cold", "warm") else 1
+                    failed.append(f"{sum(b['failed'] for b in batches)}/{len(batches) * clients}")
+                    values = [b["devpi_cpu_s"] for b in batches if b.get("devpi_cpu_s") is not None]
                     cpu.append(fmt(median(values)) if values else "–")
                 rows.append([client, label, "", cells[0], cells[1], " / ".join(cpu), " / ".join(failed)])
-        out.append(f"\n### Installs through Caddy → devpi ({i['wheels']} wheels, fresh venvs, no client cache; "
-                   f"median over {len(i['rounds']['uv'])} interleaved rounds of the ratio to (a) in the same round, "
-                   "successful batches only)\n")
+        out.append(f"\n### Installs through Caddy → devpi ({i['wheels']} wheels, fresh venvs, no client cache)\n")
+        out.append(
+            f"One client: the median of {turns_total['uv']} (uv) / {turns_total['pip']} (pip) ratios, each "
+            "to the floor install of the same turn (one install from each source in a row, the order rotated "
+            "every turn), with the 25th-75th percentile; 8 at once: the median over "
+            f"{len(i['rounds']['uv'])} rounds of the ratio to that round's 8-client floor. Successful batches "
+            "only; failures counted apart.\n")
         out.append(table(["client", "scenario", "floor time", "Caddy serves /+f/", "plain proxy",
                           "devpi CPU per batch (offload / plain)", "failed installs (offload / plain)"], rows))
     if "memory" in results:
-        rows = []
+        rows, peaks = [], []
         for label, mres in results["memory"].items():
             rows.append([label.replace("_", " "), fmt(mres["after_start"]["rss_kb"] / 1024, " MB", 0),
                          fmt(mres["after_workload"]["rss_kb"] / 1024, " MB", 0),
                          fmt(mres["after_idle"]["rss_kb"] / 1024, " MB", 0),
                          fmt((mres["after_idle"]["peak_rss_kb"] or 0) / 1024, " MB", 0),
                          f"{mres['idle_cpu_percent']:.2f} % over {mres['idle_s']:.0f} s"])
+            setter = mres.get("peak_set_by")
+            by_scenario: dict[str, int] = {}
+            before = mres["after_start"]["peak_rss_kb"] or 0
+            for one in mres.get("workload_batches", []):
+                grew = (one["peak_rss_kb"] or 0) - before
+                before = one["peak_rss_kb"] or before
+                key = f"{one['client']} {one['scenario']}"
+                by_scenario[key] = by_scenario.get(key, 0) + max(grew, 0)
+            growth = ", ".join(f"{k} +{v / 1024:.0f} MB" for k, v in by_scenario.items() if v >= 1024)
+            peaks.append([label.replace("_", " "),
+                          fmt((mres["after_start"]["peak_rss_kb"] or 0) / 1024, " MB", 0),
+                          f"{setter['client']} {setter['scenario']}" if setter else "start-up",
+                          growth or "–"])
         out.append("\n### devpi memory and idle CPU\n")
         out.append(table(["config", "RSS after start", "after install workload", "after idle", "peak", "idle CPU"], rows))
+        out.append("\nWhere the peak came from (VmHWM after each batch of the workload):\n")
+        out.append(table(["config", "peak after start", "final peak set by", "peak growth by scenario (≥ 1 MB)"],
+                         peaks))
     return "\n".join(out) + "\n"
 
 
