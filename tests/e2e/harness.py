@@ -668,6 +668,15 @@ class PyinfraResult:
     def __iter__(self) -> Iterator[Any]:
         return iter((self.returncode, self.stdout, self.stderr))
 
+    def grand_total(self) -> tuple[int, int]:
+        """(operations that changed something, operations without change), from the
+        "Grand total" row of pyinfra's results table."""
+        match = re.search(r"Grand total\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)", self.output)
+        if match is None:
+            raise HarnessError("no 'Grand total' row in pyinfra's output:\n" + self.describe())
+        as_int = lambda s: 0 if s == "-" else int(s)  # noqa: E731
+        return as_int(match.group(2)), as_int(match.group(4))
+
     def describe(self, lines: int = 200) -> str:
         def last(text: str) -> str:
             return "\n".join(text.splitlines()[-lines:])

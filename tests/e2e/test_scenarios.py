@@ -23,7 +23,7 @@ import pytest
 from tests.test_config import BAD_VALUES
 
 from . import devpi_client as devpi
-from .harness import FakeOp, count_remote_commands, free_port, remote_commands, start_caddy_job
+from .harness import FakeOp, free_port, remote_commands, start_caddy_job
 
 pytestmark = pytest.mark.e2e
 
@@ -83,14 +83,6 @@ class Deployment:
 
     def venv_target(self) -> str:
         return os.readlink(self.devpi_home / "venv")
-
-
-def grand_total(result) -> tuple[int, int]:
-    """(operations that changed something, operations without change) from pyinfra's table."""
-    match = re.search(r"Grand total\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)", result.output)
-    assert match, result.describe()
-    as_int = lambda s: 0 if s == "-" else int(s)  # noqa: E731
-    return as_int(match.group(2)), as_int(match.group(4))
 
 
 def tree_digest(root: Path, skip=("Library/Logs",)) -> str:
@@ -218,7 +210,7 @@ def test_2_no_change_rerun(host):
     pid, calls = host.pid(), len(host.op.calls())
     mark = host.sshd.mark()
     result = host.deploy("--debug")
-    changed, unchanged = grand_total(result)
+    changed, unchanged = result.grand_total()
     # an operation that ran any command counts as changed: so every command was a fact
     assert changed == 0 and unchanged >= 7
     commands = remote_commands(result.output)

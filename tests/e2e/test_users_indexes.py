@@ -12,18 +12,15 @@ The hermetic upstream is devpi's mirror: ``root/pypi``'s ``mirror_url`` comes fr
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import re
 import subprocess
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from . import devpi_client
 from .harness import FakeOp, build_wheel, free_port, remote_commands
 
 pytestmark = pytest.mark.e2e
@@ -32,22 +29,6 @@ LABEL = "e2e.users.devpi"
 ROOT_REF = "op://vault/devpi/root password"
 EBLUME_REF = "op://vault/devpi/eblume password"
 EBLUME_PW = "eblume e2e Pa55 & more"
-
-
-def devpi(method: str, url: str, body=None, auth: tuple[str, str] | None = None):
-    """One JSON request to devpi: (status, parsed answer)."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Accept", "application/json")
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
 
 
 @dataclass
@@ -87,7 +68,7 @@ class Host:
         return f"http://127.0.0.1:{self.data['devpi_port']}"
 
     def state(self) -> dict:
-        status, answer = devpi("GET", self.url + "/")
+        status, answer = devpi_client.request("GET", self.url + "/", timeout=60)
         assert status == 200, answer
         return answer["result"]
 
@@ -96,21 +77,13 @@ class Host:
         return self.state()[user]["indexes"][index]
 
     def login(self, user: str, password: str) -> int:
-        return devpi("POST", self.url + "/+login", {"user": user, "password": password})[0]
+        return devpi_client.login(self.url, user, password)
 
     def pid(self):
         return self.launchd.pid(LABEL)
 
     def indexes(self, **changes) -> dict:
         return {**self.data["devpi_indexes"], **changes}
-
-
-def changed_ops(result) -> tuple[int, int]:
-    """(operations with changes, operations without) from pyinfra's summary table."""
-    match = re.search(r"Grand total\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)", result.output)
-    assert match, result.describe()
-    as_int = lambda s: 0 if s == "-" else int(s)  # noqa: E731
-    return as_int(match.group(2)), as_int(match.group(4))
 
 
 def leftovers(home: Path) -> list[str]:
@@ -199,7 +172,7 @@ def test_rerun_changes_nothing_and_asks_op_nothing(host):
     pid, calls = host.pid(), len(host.op.calls())
     before = host.state()
     result = host.deploy("--debug")
-    changed, _ = changed_ops(result)
+    changed, _ = result.grand_total()
     assert changed == 0, result.describe()
     assert len(host.op.calls()) == calls
     assert host.pid() == pid
@@ -216,7 +189,7 @@ def patch_only(host, index: str, key: str, value, **extra):
     calls = len(host.op.calls())
     spec = {**host.data["devpi_indexes"][index], key: value}
     result = host.deploy("-v", devpi_indexes=host.indexes(**{index: spec}))
-    assert changed_ops(result)[0] == 1, result.describe()
+    assert result.grand_total()[0] == 1, result.describe()
     assert [line for line in result.output.splitlines() if "Will " in line and index in line], result.describe()
     after = host.state()
     user, name = index.split("/")
@@ -247,7 +220,7 @@ def test_password_version_bump_sets_the_new_password(host):
     host.op.secrets = {EBLUME_REF: "rotated " + EBLUME_PW}
     users = {"eblume": {**host.data["devpi_users"]["eblume"], "password_version": 1}}
     result = host.deploy(devpi_users=users)
-    assert changed_ops(result)[0] == 1
+    assert result.grand_total()[0] == 1
     assert sorted(host.op.calls()[calls:]) == [["read", EBLUME_REF], ["read", ROOT_REF]]
     assert host.login("eblume", "rotated " + EBLUME_PW) == 200
     assert host.login("eblume", EBLUME_PW) == 401
@@ -264,7 +237,7 @@ def test_absent_index_shows_in_dry_run_then_is_deleted(host):
 
     removed = host.state()["eblume"]["indexes"]
     result = host.deploy(devpi_indexes=indexes)
-    assert changed_ops(result)[0] == 1
+    assert result.grand_total()[0] == 1
     state = host.state()
     assert "scratch" not in state["eblume"]["indexes"]
     assert state["eblume"]["indexes"]["dev"] == removed["dev"]
@@ -272,10 +245,10 @@ def test_absent_index_shows_in_dry_run_then_is_deleted(host):
     # dropping it from the data (and anything else undeclared) does nothing
     calls = len(host.op.calls())
     left_out = {k: v for k, v in indexes.items() if k != "eblume/scratch"}
-    status, _ = devpi("PUT", host.url + "/eblume/handmade", {"type": "stage"}, ("eblume", "rotated " + EBLUME_PW))
+    status, _ = devpi_client.request("PUT", host.url + "/eblume/handmade", {"type": "stage"}, ("eblume", "rotated " + EBLUME_PW))
     assert status == 200
     result = host.deploy(devpi_indexes=left_out)
-    assert changed_ops(result)[0] == 0
+    assert result.grand_total()[0] == 0
     assert "handmade" in host.state()["eblume"]["indexes"]
     assert len(host.op.calls()) == calls
 
