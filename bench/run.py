@@ -751,6 +751,82 @@ def report(results: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def headline(results: dict) -> list[tuple[str, str, str]]:
+    """The figures the issue sets targets for, as (measure, value, target) rows."""
+    rows: list[tuple[str, str, str]] = []
+    mb = lambda kb: fmt(kb / 1024 if kb is not None else None, " MB", 0)  # noqa: E731
+    if "rerun" in results:
+        r = results["rerun"]
+        c = r["commands"][0]
+        rows.append(("no-change rerun: median wall time (remote commands: facts + operations)",
+                     f"{fmt(median(r['wall_s']))} ({c['facts']} + {c['operations']})", "≤ 8 commands, well under 2 s"))
+        rows.append(("… `pyinfra --version` alone / time in remote commands",
+                     f"{fmt(median(r['pyinfra_version_s']))} / {fmt(median(r.get('remote_s') or [0]))}", ""))
+    if "first" in results:
+        runs = results["first"]["runs"]
+        rows.append(("first converge to healthy (empty home, warm uv cache)",
+                     fmt(median([run["wall_s"] for run in runs])), ""))
+    if "restart" in results:
+        res = results["restart"]
+
+        def restart(key: str) -> str:
+            samples = res[key]
+            return fmt(median([s["to_healthy_s"] for s in samples]))
+        peak = median([s["peak_rss_kb"] for s in res["deployed"]])
+        rows.append(("restart to healthy, deployed argon2 costs: idle / one core busy; peak RSS",
+                     f"{restart('deployed')} / {restart('deployed_busy')}; {mb(peak)}", "≤ 1.5 s, ≤ 120 MB"))
+        rows.append(("… with devpi's argon2 defaults: idle / busy; peak RSS",
+                     f"{restart('devpi_argon2_defaults')} / {restart('devpi_argon2_defaults_busy')}; "
+                     f"{mb(median([s['peak_rss_kb'] for s in res['devpi_argon2_defaults']]))}", ""))
+        logins = [s.get("peak_after_login_kb") for s in res["deployed"] if s.get("peak_after_login_kb")]
+        if logins:
+            rows.append(("… devpi's peak RSS after one login (argon2 password check)", mb(median(logins)), ""))
+    if "install" in results:
+        rounds = results["install"]["rounds"]
+        for client, target in (("uv", "≤ 1.2×"), ("pip", "≤ 1.2×")):
+            warm = [ratio_cell(ratios_in_turns(rounds[client], mode, "warm", "warm_turns"))
+                    for mode in ("offload", "plain_proxy")]
+            rows.append((f"{client}, warm, 1 client (× static floor): Caddy serves `/+f/` / plain proxy",
+                         " / ".join(warm), target))
+            x8 = []
+            for mode in ("offload", "plain_proxy"):
+                ratios = [r[mode]["warm_x8"]["wall_s"] / r["floor"]["x8"]["wall_s"]
+                          for r in rounds[client] if not r[mode]["warm_x8"]["failed"]]
+                x8.append(ratio_cell(ratios))
+            cpu = [fmt(median([r[mode]["warm_x8"]["devpi_cpu_s"] for r in rounds[client]]))
+                   for mode in ("offload", "plain_proxy")]
+            rows.append((f"{client}, warm, 8 clients at once: offload / plain proxy (devpi CPU per batch)",
+                         f"{' / '.join(x8)} ({' / '.join(cpu)})", ""))
+        for key, label, target in (("cold_x8", "cold mirror, 8 clients at once", ""),
+                                   ("cold_x8_prewarmed", "… after `devpi_prewarm`", "none fail")):
+            cells = []
+            for client in ("uv", "pip"):
+                for mode in ("offload", "plain_proxy"):
+                    batches = [r[mode][key] for r in rounds[client] if key in r[mode]]
+                    cells.append(f"{sum(b['failed'] for b in batches)}/{len(batches) * CLIENTS}")
+            rows.append((f"{label}: failed installs, uv offload / plain, pip offload / plain", ", ".join(cells),
+                         target))
+    if "memory" in results:
+        m = results["memory"]
+        for label in ("deployed", "devpi_defaults"):
+            if label in m:
+                x = m[label]
+                rows.append((f"devpi RSS after workload / after {x['idle_s']:.0f} s idle / peak; idle CPU ({label.replace('_', ' ')})",
+                             f"{mb(x['after_workload']['rss_kb'])} / {mb(x['after_idle']['rss_kb'])} / "
+                             f"{mb(x['after_idle']['peak_rss_kb'])}; {x['idle_cpu_percent']:.2f} %", ""))
+    return rows
+
+
+def compare(paths: list[Path]) -> str:
+    """The headline figures of several runs side by side (for README)."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    heads = [dict((m, v) for m, v, _ in headline(r)) for r in runs]
+    targets = {m: t for r in runs for m, _, t in headline(r)}
+    measures = list(dict.fromkeys(m for r in runs for m, _, _ in headline(r)))
+    headers = ["measure", *[f"run {i + 1} ({r['started'][:16]})" for i, r in enumerate(runs)], "target"]
+    return table(headers, [[m, *[h.get(m, "–") for h in heads], targets[m]] for m in measures])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
@@ -758,7 +834,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, help="repetitions per measurement (default 7 reruns, 3 otherwise)")
     parser.add_argument("--idle", type=float, help="idle seconds for the memory section (default 300)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (under bench/.cache/runs)")
+    parser.add_argument("--compare", nargs="+", type=Path, metavar="JSON",
+                        help="only print the headline figures of earlier runs side by side")
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare(args.compare))
+        return 0
     reps = args.reps or (2 if args.quick else 3)
     rerun_reps = max(5, args.reps or (5 if args.quick else 7))
     idle = args.idle if args.idle is not None else (30 if args.quick else 300)
