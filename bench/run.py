@@ -316,17 +316,6 @@ def bench_first(env: Env, reps: int) -> dict:
     return {"runs": runs}
 
 
-def wait_gone(pid: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.005)
-    raise h.HarnessError(f"pid {pid} still alive {timeout}s after kickstart -k")
-
-
 def restart_once(stack: st.DeployedStack, busy: bool) -> dict:
     old = stack.wait_healthy()
     burner = None
@@ -336,7 +325,8 @@ def restart_once(stack: st.DeployedStack, busy: bool) -> dict:
     try:
         t0 = time.monotonic()
         stack.launchd.run("kickstart", "-k", stack.launchd.target(stack.label), local=True)
-        wait_gone(old)
+        if not h.wait_gone(old, 60, interval=0.005):
+            raise h.HarnessError(f"pid {old} still alive 60s after kickstart -k")
         t_dead = time.monotonic()
         while True:
             try:

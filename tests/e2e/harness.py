@@ -282,17 +282,24 @@ def stop_process(proc: subprocess.Popen | None, pid: int | None = None, timeout:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
+        if wait_gone(pid, timeout):
+            return
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def wait_gone(pid: int, timeout: float, interval: float = 0.05) -> bool:
+    """Poll until no process has ``pid``; False if one still does after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(interval)
+    return False
 
 
 def tail(path: Path, lines: int = 60) -> str:
