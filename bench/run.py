@@ -488,8 +488,8 @@ def install_round(env: Env, stacks: dict[str, st.DeployedStack], client: str, pr
 
 def bench_install(env: Env, reps: int) -> dict:
     # Two deployed stacks side by side: Caddy serving /+f/ from disk (the default) and a
-    # plain reverse proxy (caddy_serve_files=False).
-    stacks = {"offload": env.stack("offload"), "plain_proxy": env.stack("plain", caddy_serve_files=False)}
+    # plain reverse proxy (devpi_caddy_serve_files=False).
+    stacks = {"offload": env.stack("offload"), "plain_proxy": env.stack("plain", devpi_caddy_serve_files=False)}
     for stack in stacks.values():
         stack.wait_caddy()
     out: dict[str, Any] = {"wheels": len(env.upstream.wheels), "rounds": {"uv": [], "pip": []}}

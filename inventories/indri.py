@@ -28,7 +28,7 @@ hosts = [
                 "eblume/dev": {"bases": ["root/pypi"]},
             },
             # Caddy runs as its own LaunchAgent; kickstart it when the block changes.
-            "caddy_restart": "mcquack.eblume.caddy",
+            "devpi_caddy_restart": "mcquack.eblume.caddy",
         },
     ),
 ]

@@ -11,7 +11,7 @@ hosts = [
         "@local",
         {
             "devpi_root_password": "env:DEVPI_ROOT_PASSWORD",
-            "caddy_site_address": "http://127.0.0.1:8141",
+            "devpi_caddy_site_address": "http://127.0.0.1:8141",
         },
     ),
 ]

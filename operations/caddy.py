@@ -57,4 +57,4 @@ def site(path: str, content: str, restart: dict | None, domain: str, caddy_bin: 
     if restart:
         yield restart_command(restart, domain)
     else:
-        logger.warning(f"{host.print_prefix}caddy_restart is unset: reload Caddy to pick up {path}")
+        logger.warning(f"{host.print_prefix}devpi_caddy_restart is unset: reload Caddy to pick up {path}")

@@ -292,19 +292,19 @@ KEYS: dict[str, Key] = {
     # always gets mirror_no_project_list=True unless the data says otherwise.
     "devpi_users": Key({}, check_users),
     "devpi_indexes": Key({}, check_indexes),
-    "caddy_site_file": Key("~/.config/caddy/sites/devpi.caddy", _path),
-    "caddy_site_address": Key(None, _site_address),
-    "caddy_restart": Key(None, _caddy_restart),
-    "caddy_serve_files": Key(True, _bool),
-    "caddy_max_body_size": Key("200MB", _size),
-    "caddy_bin": Key(None, _optional(_command_name)),
+    "devpi_caddy_site_file": Key("~/.config/caddy/sites/devpi.caddy", _path),
+    "devpi_caddy_site_address": Key(None, _site_address),
+    "devpi_caddy_restart": Key(None, _caddy_restart),
+    "devpi_caddy_serve_files": Key(True, _bool),
+    "devpi_caddy_max_body_size": Key("200MB", _size),
+    "devpi_caddy_bin": Key(None, _optional(_command_name)),
     # Mirror warming (docs/cold-mirror-race.md): project names, or the path of a
     # requirements/lock file on the controller; fetched through <index> after a converge.
     "devpi_prewarm": Key(None, _prewarm),
     "devpi_prewarm_index": Key("root/pypi", _prewarm_index),
 }
 
-PREFIXES = ("devpi_", "caddy_")
+PREFIXES = ("devpi_",)
 
 
 @dataclass(frozen=True)
@@ -399,8 +399,8 @@ class DevpiConfig:
         if self.outside_url:
             return self.outside_url
         raise ConfigError(
-            "host data `caddy_site_address` is required when `devpi_outside_url` is unset: "
-            "set `devpi_outside_url` (e.g. 'https://pypi.example.org') or `caddy_site_address`",
+            "host data `devpi_caddy_site_address` is required when `devpi_outside_url` is unset: "
+            "set `devpi_outside_url` (e.g. 'https://pypi.example.org') or `devpi_caddy_site_address`",
         )
 
     @property
@@ -446,7 +446,7 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
     def expand(path: str) -> str:
         return f"{user_home}{path[1:]}" if path.startswith("~/") else path
 
-    for key in ("devpi_home", "devpi_log_dir", "devpi_launch_agents_dir", "caddy_site_file"):
+    for key in ("devpi_home", "devpi_log_dir", "devpi_launch_agents_dir", "devpi_caddy_site_file"):
         values[key] = expand(values[key])
         if ".." in PurePosixPath(values[key]).parts:
             raise _fail(key, data.get(key), "paths cannot contain '..'")
@@ -481,12 +481,12 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
         process_type=values["devpi_process_type"],
         throttle_interval=values["devpi_throttle_interval"],
         health_timeout=values["devpi_health_timeout"],
-        caddy_site_file=values["caddy_site_file"],
-        caddy_site_address=values["caddy_site_address"],
-        caddy_restart=values["caddy_restart"],
-        caddy_serve_files=values["caddy_serve_files"],
-        caddy_max_body_size=values["caddy_max_body_size"],
-        caddy_bin=values["caddy_bin"],
+        caddy_site_file=values["devpi_caddy_site_file"],
+        caddy_site_address=values["devpi_caddy_site_address"],
+        caddy_restart=values["devpi_caddy_restart"],
+        caddy_serve_files=values["devpi_caddy_serve_files"],
+        caddy_max_body_size=values["devpi_caddy_max_body_size"],
+        caddy_bin=values["devpi_caddy_bin"],
         prewarm=values["devpi_prewarm"],
         prewarm_index=values["devpi_prewarm_index"],
         extra={"user_home": user_home},

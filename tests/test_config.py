@@ -66,12 +66,12 @@ BAD_VALUES = {
         {"root/dev": {"state": "absent", "volatile": False}},
         {"root/dev": {"acl_upload": "eblume"}},
     ],
-    "caddy_site_file": ["sites/devpi.caddy", ""],
-    "caddy_site_address": ["", "a {", 'x"y'],
-    "caddy_restart": ["not a label!", {"cmd": "x"}, {"command": ""}, 5],
-    "caddy_serve_files": ["no", None],
-    "caddy_max_body_size": ["200 MB", "lots", 200, "0MB"],
-    "caddy_bin": ["", 7],
+    "devpi_caddy_site_file": ["sites/devpi.caddy", ""],
+    "devpi_caddy_site_address": ["", "a {", 'x"y'],
+    "devpi_caddy_restart": ["not a label!", {"cmd": "x"}, {"command": ""}, 5],
+    "devpi_caddy_serve_files": ["no", None],
+    "devpi_caddy_max_body_size": ["200 MB", "lots", 200, "0MB"],
+    "devpi_caddy_bin": ["", 7],
     "devpi_prewarm": [
         "requests",  # a string is a file path on the controller: this one does not exist
         "/no/such/requirements.txt",
@@ -108,14 +108,15 @@ def test_secret_literal_is_not_echoed():
 
 def test_unknown_keys_are_errors_not_defaults():
     with pytest.raises(ConfigError) as error:
-        build_config({**BASE, "devpi_prot": 3142, "caddy_sitefile": "/x"}, HOME)
+        build_config({**BASE, "devpi_prot": 3142, "devpi_caddy_sitefile": "/x"}, HOME)
     message = str(error.value)
-    assert "devpi_prot" in message and "caddy_sitefile" in message
+    assert "devpi_prot" in message and "devpi_caddy_sitefile" in message
     assert "devpi_port" in message  # the list of known keys shows the fix
 
 
 def test_keys_of_other_deploys_are_ignored():
-    config = build_config({**BASE, "ssh_user": "alice", "nginx_port": 80}, HOME)
+    # A Caddy deploy's own keys share the host data: only devpi_* keys are this deploy's.
+    config = build_config({**BASE, "ssh_user": "alice", "nginx_port": 80, "caddy_email": "a@b.c"}, HOME)
     assert config.port == 3141
 
 
@@ -147,7 +148,7 @@ def test_remote_bind_needs_explicit_opt_in():
 def test_site_address_needed_without_outside_url():
     with pytest.raises(ConfigError) as error:
         build_config({"devpi_root_password": "env:X"}, HOME)
-    assert "caddy_site_address" in str(error.value)
+    assert "devpi_caddy_site_address" in str(error.value)
 
 
 def test_same_log_file_for_both_streams_is_refused():

@@ -25,7 +25,7 @@ def config():
         {
             "devpi_root_password": "env:PW",
             "devpi_outside_url": "https://pypi.example.org",
-            "caddy_restart": "org.caddy",
+            "devpi_caddy_restart": "org.caddy",
         },
         "/Users/alice",
     )

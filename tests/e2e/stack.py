@@ -288,10 +288,10 @@ class DeployedStack:
             "devpi_label": self.label,
             "devpi_port": self.devpi_port,
             "devpi_root_password": f"env:{ROOT_PASSWORD_ENV}",
-            "caddy_site_file": self.site_file,
-            "caddy_site_address": self.caddy.url,
-            "caddy_restart": self.caddy_label,
-            "caddy_bin": harness.CADDY_BIN,
+            "devpi_caddy_site_file": self.site_file,
+            "devpi_caddy_site_address": self.caddy.url,
+            "devpi_caddy_restart": self.caddy_label,
+            "devpi_caddy_bin": harness.CADDY_BIN,
         }
         data.update(self.host_data)
         data.update(overrides)

@@ -228,7 +228,7 @@ def test_argon2_costs_are_lowered_in_the_running_devpi(stack):
 
 @pytest.mark.parametrize("serve_files", [True, False], ids=["offload", "plain-proxy"])
 def test_release_file_is_served_by_caddy_with_devpi_stopped(stack, serve_files):
-    stack.converge(caddy_serve_files=serve_files)
+    stack.converge(devpi_caddy_serve_files=serve_files)
     stack.wait_caddy()
     wheel = stack.upstream.wheel("hermetic-beta", "2.0")
     index = stack.api.new_mirror(stack.upstream.url, prefix="offload")

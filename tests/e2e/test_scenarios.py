@@ -140,10 +140,10 @@ def host(tmp_path_factory, sshd, launchd, upstream, write_inventory, run_pyinfra
         "devpi_port": free_port(),
         "devpi_root_password": OP_REF,
         "devpi_throttle_interval": 1,
-        "caddy_site_file": site_file,
-        "caddy_site_address": caddy.url,
-        "caddy_restart": CADDY_LABEL,
-        "caddy_bin": str(tools.caddy),
+        "devpi_caddy_site_file": site_file,
+        "devpi_caddy_site_address": caddy.url,
+        "devpi_caddy_restart": CADDY_LABEL,
+        "devpi_caddy_bin": str(tools.caddy),
     }
     op = FakeOp(log_path=root / "op-calls.jsonl", password="e2e root Pa55 & word!")
     deployment = Deployment(
@@ -157,7 +157,7 @@ def host(tmp_path_factory, sshd, launchd, upstream, write_inventory, run_pyinfra
 
 def test_1_fresh_converge(host, tmp_path, tools):
     result = host.deploy()
-    assert "caddy_restart is unset" not in result.output
+    assert "devpi_caddy_restart is unset" not in result.output
 
     # the venv holds the pins
     venv_python = host.devpi_home / "venv/bin/python"
@@ -298,7 +298,7 @@ def test_5_dry_diff_changes_nothing_and_shows_no_secret(host, tmp_path, write_in
     (fresh / "Library/LaunchAgents").mkdir(parents=True)
     data = {**host.data, "devpi_home": fresh / "devpi", "devpi_log_dir": fresh / "logs",
             "devpi_launch_agents_dir": fresh / "Library/LaunchAgents",
-            "caddy_site_file": fresh / "devpi.caddy", "devpi_label": "e2e.fresh"}
+            "devpi_caddy_site_file": fresh / "devpi.caddy", "devpi_label": "e2e.fresh"}
     inventory = write_inventory(tmp_path / "fresh.py", data)
     fresh_before = tree_digest(fresh)
     for verbosity in ("-v", "-vv", "-vvv"):
@@ -344,7 +344,7 @@ def test_6_bad_secrets_on_a_fresh_host_change_nothing(host, tmp_path, reference,
     fresh = tmp_path / "fresh"
     (fresh / "Library/LaunchAgents").mkdir(parents=True)
     data = {**host.data, "devpi_home": fresh / "devpi", "devpi_log_dir": fresh / "logs",
-            "devpi_launch_agents_dir": fresh / "Library/LaunchAgents", "caddy_site_file": fresh / "devpi.caddy",
+            "devpi_launch_agents_dir": fresh / "Library/LaunchAgents", "devpi_caddy_site_file": fresh / "devpi.caddy",
             "devpi_label": "e2e.fresh", "devpi_root_password": reference}
     inventory = write_inventory(tmp_path / "fresh.py", data)
     host.op.fail(fail)

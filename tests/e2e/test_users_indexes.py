@@ -104,9 +104,9 @@ def host(tmp_path_factory, sshd, launchd, upstream, write_inventory, run_pyinfra
         "devpi_port": free_port(),
         "devpi_root_password": ROOT_REF,
         "devpi_throttle_interval": 1,
-        "caddy_site_file": home / ".config/caddy/sites/devpi.caddy",
-        "caddy_site_address": f"http://127.0.0.1:{free_port()}",
-        "caddy_bin": str(tools.caddy),
+        "devpi_caddy_site_file": home / ".config/caddy/sites/devpi.caddy",
+        "devpi_caddy_site_address": f"http://127.0.0.1:{free_port()}",
+        "devpi_caddy_bin": str(tools.caddy),
         "devpi_users": {"eblume": {"email": "eblume@e2e.test", "password": EBLUME_REF}},
         "devpi_indexes": {
             "root/pypi": {"mirror_url": upstream.url},
