@@ -14,6 +14,8 @@ import shlex
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
+from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, venv_bin
+
 # The keys devpi-server writes into ``.nodeinfo`` that are useful to an operator.
 NODEINFO_KEYS = ("role", "uuid", "nodeinfo_version", "primary-url")
 
@@ -47,8 +49,9 @@ class ServerDir(FactBase):
             'if [ -d "$d" ]; then echo "is_dir=true"; else echo "is_dir=false"; fi',
             'echo "mode=$(ls -ld "$d" | cut -c1-10)"',
             'if [ -d "$d" ]; then echo "entries=$(ls -A "$d" | wc -l | tr -d " ")"; fi',
-            'if [ -f "$d/.serverversion" ]; then echo "serverversion=$(head -n 1 "$d/.serverversion")"; fi',
-            'if [ -f "$d/.nodeinfo" ]; then echo "@nodeinfo"; cat "$d/.nodeinfo"; echo; echo "@end"; fi',
+            f'v="$d"/{SERVERVERSION}; n="$d"/{NODEINFO}',
+            'if [ -f "$v" ]; then echo "serverversion=$(head -n 1 "$v")"; fi',
+            'if [ -f "$n" ]; then echo "@nodeinfo"; cat "$n"; echo; echo "@end"; fi',
             "fi",
         ]
         if secret_file:
@@ -74,7 +77,7 @@ class ServerDir(FactBase):
             else:
                 plain.append(line)
         if in_nodeinfo:
-            raise FactProcessError("ServerDir: unterminated .nodeinfo block")
+            raise FactProcessError(f"ServerDir: unterminated {NODEINFO} block")
 
         values = _key_values(plain)
         if "exists" not in values:
@@ -147,11 +150,12 @@ class VenvVersions(FactBase):
     def command(self, venv):
         quoted = shlex.quote(venv)
         globs = " ".join(f'"$v"/lib/python*/site-packages/{d}-*.dist-info' for d in _DISTS.values())
+        python = venv_bin('"$v"', "python")
         return (
             f"v={quoted}; "
-            'if [ -x "$v/bin/python" ]; then '
+            f"if [ -x {python} ]; then "
             'echo "path=$(cd "$v" && pwd -P)"; '
-            '"$v/bin/python" -I -S -c "" 2>/dev/null || echo "broken=true"; '
+            f'{python} -I -S -c "" 2>/dev/null || echo "broken=true"; '
             f'for d in {globs}; do if [ -d "$d" ]; then echo "dist=${{d##*/}}"; fi; done; '
             'if [ -f "$v/pyvenv.cfg" ]; then '
             "sed -n 's/^version_info *= */python=/p; s/^version *= */python=/p' \"$v/pyvenv.cfg\"; fi; "

@@ -32,6 +32,11 @@ def validate_command(caddy_bin: str | None) -> str:
     )
 
 
+def reads(path: str) -> list:
+    """What ``site`` reads from the host: the site file as it is."""
+    return [path]
+
+
 def restart_command(restart: dict, domain: str) -> str:
     if "label" in restart:
         return f"launchctl kickstart -k {q(domain + '/' + restart['label'])}"
@@ -52,6 +57,7 @@ def site(path: str, content: str, restart: dict | None, domain: str, caddy_bin: 
     """
     commands = list(write_text(path, content, before_move=validate_command(caddy_bin)))
     if not commands:
+        host.noop(f"{path} is up to date")
         return
     yield from commands
     if restart:

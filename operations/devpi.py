@@ -2,7 +2,9 @@
 devpi on the host: its venv, its config file, its secret, its one-time init, and
 the wait for it to answer after a (re)start.
 
-All commands are POSIX sh for macOS's BSD userland as much as for Linux.
+All commands are POSIX sh for macOS's BSD userland as much as for Linux. No value
+reaches a shell unquoted: paths and names go through ``shlex.quote``, messages
+that name them through ``say`` (``printf`` with the message as one quoted argument).
 """
 
 from __future__ import annotations
@@ -14,14 +16,39 @@ from pyinfra import host, state
 from pyinfra.api import FileUploadCommand
 
 from facts.devpi import ServerDir, VenvVersions
+from pyinfra_devpi import layout
 from pyinfra_devpi.config import DevpiConfig
-from pyinfra_devpi.snapshot import read_fact
+from pyinfra_devpi.snapshot import FactRead, read
 
 from .announce import operation
 from .textfile import write_text
 from .triggers import any_changed
 
 q = shlex.quote
+
+
+def say(message: str, *shell_values: str) -> str:
+    """A shell command printing ``message`` to stderr; ``%s`` in it takes each of
+    ``shell_values`` (shell expressions such as ``"$version"``, expanded by the host)."""
+    return f"printf {q(message + chr(10))} {' '.join(shell_values)} >&2".rstrip()
+
+
+def server_dir_read(config: DevpiConfig) -> FactRead:
+    return FactRead.of(ServerDir, path=config.paths.server_dir, secret_file=config.paths.secret_file)
+
+
+def venv_read(config: DevpiConfig) -> FactRead:
+    return FactRead.of(VenvVersions, venv=config.paths.venv)
+
+
+def reads(config: DevpiConfig) -> list:
+    """What this module's operations read from the host."""
+    return [server_dir_read(config), venv_read(config), config.paths.config_file]
+
+
+def server_dir(config: DevpiConfig) -> dict:
+    """The ``ServerDir`` fact as the run found it: the one way it is read."""
+    return read(host, server_dir_read(config))
 
 
 def venv_is_current(config: DevpiConfig, installed: dict | None) -> bool:
@@ -41,48 +68,53 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
     (a symlink) move to it with one rename. The previous venv is kept for a
     rollback; older ones are removed. A failed build removes its own directory.
     """
+    paths = config.paths
     index = f" --index-url {q(config.index_url)}" if config.index_url else ""
     check = (
         "import sys, devpi_server, devpi_web.main; "
         "from devpi_server.main import DATABASE_VERSION as v; print(v)"
     )
     replace = "import os, sys; os.replace(sys.argv[1], sys.argv[2])"
+    python = layout.venv_bin('"$new"', "python")
+    devpi_server = layout.venv_bin('"$new"', "devpi-server")
     lines = [
         f"# build devpi-server {config.server_version} + devpi-web {config.web_version} in a new "
-        f"venv under {config.venvs_dir}, then point {config.venv} at it",
+        f"venv under venvs/, then point the live venv link at it",
         "set -e",
-        f"home={q(config.home)}; venvs={q(config.venvs_dir)}; live={q(config.venv)}",
-        f"uv={q(config.uv)}",
-        'command -v "$uv" >/dev/null 2>&1 || { echo "uv not found on the target as '
-        f"{config.uv}"
-        ': install uv or set devpi_uv to its path" >&2; exit 127; }',
+        f"home={q(paths.home)}; venvs={q(paths.venvs_dir)}; live={q(paths.venv)}",
+        f"uv={q(config.uv)}; sv={q(paths.serverversion)}",
+        'command -v "$uv" >/dev/null 2>&1 || { '
+        + say("uv not found on the target as %s: install uv or set devpi_uv to its path", '"$uv"')
+        + "; exit 127; }",
         '(umask 077; mkdir -p "$home")',
         'mkdir -p "$venvs"',
-        f'new="$venvs/{config.venv_name}-$(date +%Y%m%d%H%M%S)"',
+        f'new="$venvs"/{q(config.venv_name)}-"$(date +%Y%m%d%H%M%S)"',
         "trap 'rc=$?; if [ $rc -ne 0 ]; then rm -rf \"$new\"; fi' EXIT",
         # uv reads project files from the working directory: build from a neutral one.
         'cd "$venvs"',
         f'"$uv" venv --quiet --python {q(config.python)} "$new"',
-        f'"$uv" pip install --quiet --python "$new/bin/python"{index} {requirements}',
-        f'db=$("$new/bin/python" -I -c {q(check)})',
-        'version=$("$new/bin/devpi-server" --version 2>/dev/null)',
+        f'"$uv" pip install --quiet --python {python}{index} {requirements}',
+        f"db=$({python} -I -c {q(check)})",
+        f"version=$({devpi_server} --version 2>/dev/null)",
         f'if [ "$version" != {q(config.server_version)} ]; then '
-        f'echo "the new venv reports devpi-server $version, expected {config.server_version}" >&2; '
-        "exit 1; fi",
-        f"sv={q(config.server_dir + '/.serverversion')}",
+        + say(f"the new venv reports devpi-server %s, expected {config.server_version}", '"$version"')
+        + "; exit 1; fi",
         'if [ -f "$sv" ] && [ "$(head -n 1 "$sv")" != "$db" ]; then '
-        f'echo "devpi-server {config.server_version} uses database version $db but '
-        f"{config.server_dir} holds version $(head -n 1 \"$sv\"); export with the old "
-        'version (devpi-export) and import into a new server dir (devpi-import)" >&2; '
-        "exit 1; fi",
+        + say(
+            f"devpi-server {config.server_version} uses database version %s but %s holds version %s; "
+            "export with the old version (devpi-export) and import into a new server dir (devpi-import)",
+            '"$db"', '"${sv%/*}"', '"$(head -n 1 "$sv")"',
+        )
+        + "; exit 1; fi",
         'prev=$(cd "$live" 2>/dev/null && pwd -P || true)',
         # A venv made by hand (a real directory) is moved aside, not deleted.
         'if [ -d "$live" ] && [ ! -L "$live" ]; then '
-        'prev="$venvs/pre-existing-$(date +%Y%m%d%H%M%S)"; mv "$live" "$prev"; fi',
-        'rm -f "$live.pyinfra-new"',
-        'ln -s "$new" "$live.pyinfra-new"',
-        f'"$new/bin/python" -I -c {q(replace)} "$live.pyinfra-new" "$live"',
-        f'for d in "$venvs"/{config.venv_name.split("-", 1)[0]}-*; do '
+        f'prev="$venvs"/{layout.PRE_EXISTING_PREFIX}"$(date +%Y%m%d%H%M%S)"; mv "$live" "$prev"; fi',
+        f'link="$live"{layout.TRANSIENT_SUFFIX}',
+        'rm -f "$link"',
+        'ln -s "$new" "$link"',
+        f'{python} -I -c {q(replace)} "$link" "$live"',
+        f'for d in "$venvs"/{paths.venv_prune_glob}; do '
         '[ -d "$d" ] || continue; '
         'case "$d" in "$new"|"$prev") ;; *) rm -rf "$d" ;; esac; done',
     ]
@@ -98,13 +130,14 @@ def venv(config: DevpiConfig, lock: str | None = None):
     + lock: the full requirements lock for the pinned pair (``locks/``), or None to
       let uv resolve the pins
     """
-    installed = read_fact(host, VenvVersions, venv=config.venv)
+    installed = read(host, venv_read(config))
     if venv_is_current(config, installed):
+        host.noop(f"devpi-server {config.server_version} + devpi-web {config.web_version} are installed")
         return
 
     if lock is not None:
-        lock_path = f"{config.venvs_dir}/{config.venv_name}.lock.txt"
-        yield f"mkdir -p {q(config.venvs_dir)}"
+        lock_path = config.paths.lock_upload(config.venv_name)
+        yield f"mkdir -p {q(config.paths.venvs_dir)}"
         yield FileUploadCommand(BytesIO(lock.encode("utf-8")), lock_path)
         requirements = f"--require-hashes -r {q(lock_path)}"
     else:
@@ -123,7 +156,10 @@ def venv(config: DevpiConfig, lock: str | None = None):
 @operation
 def server_config(config: DevpiConfig, content: str):
     """Write devpi-server's YAML config file (mode 0600: it names the secret file)."""
-    yield from write_text(config.config_file, content, mode="600")
+    commands = list(write_text(config.paths.config_file, content, mode="600"))
+    if not commands:
+        host.noop(f"{config.paths.config_file} is up to date")
+    yield from commands
 
 
 @operation
@@ -133,20 +169,21 @@ def secret(config: DevpiConfig):
     The secret signs login tokens: a persistent one keeps logins valid across
     restarts. It is never rewritten, so existing tokens stay valid.
     """
-    server_dir = read_fact(host, ServerDir, path=config.server_dir, secret_file=config.secret_file)
-    if server_dir["secret_file"]["exists"]:
+    paths = config.paths
+    if server_dir(config)["secret_file"]["exists"]:
+        host.noop(f"devpi's secret file {paths.secret_file} exists")
         return
     # devpi refuses a secret file whose directory is group/world writable.
     yield (
-        f"(umask 077; mkdir -p {q(config.home)}) && chmod 700 {q(config.home)} && "
-        f"{q(config.venv + '/bin/devpi-gen-secret')} --configfile {q(config.config_file)} "
-        f"--secretfile {q(config.secret_file)} >/dev/null && chmod 600 {q(config.secret_file)}"
+        f"(umask 077; mkdir -p {q(paths.home)}) && chmod 700 {q(paths.home)} && "
+        f"{q(paths.bin('devpi-gen-secret'))} --configfile {q(paths.config_file)} "
+        f"--secretfile {q(paths.secret_file)} >/dev/null && chmod 600 {q(paths.secret_file)}"
     )
 
 
-def needs_init(server_dir: dict) -> bool:
+def needs_init(found: dict) -> bool:
     """Only a missing or empty dir without devpi's ``.nodeinfo`` marker is initialised."""
-    return not server_dir["initialised"] and not server_dir["has_data"]
+    return not found["initialised"] and not found["has_data"]
 
 
 @operation
@@ -159,37 +196,39 @@ def init(config: DevpiConfig, password_hash=None):
       0700 devpi home, is read into devpi-init's environment and the file removed
       before devpi-init starts: never in argv, output or a leftover file.
     """
-    server_dir = read_fact(host, ServerDir, path=config.server_dir, secret_file=config.secret_file)
-    if not needs_init(server_dir):
+    paths = config.paths
+    if not needs_init(server_dir(config)):
+        host.noop(f"{paths.server_dir} is initialised")
         return
     if password_hash is None:
         raise ValueError("init needs the root password hash")
 
-    hash_file = f"{config.home}/.root-passwd-hash.pyinfra"
-    yield f"(umask 077; mkdir -p {q(config.home)}) && chmod 700 {q(config.home)}"
+    yield f"(umask 077; mkdir -p {q(paths.home)}) && chmod 700 {q(paths.home)}"
     # Before execution (--dry, change detection) there is nothing to upload.
     content = password_hash.unmask() if state.is_executing else ""
-    yield FileUploadCommand(BytesIO(content.encode("utf-8")), hash_file)
+    yield FileUploadCommand(BytesIO(content.encode("utf-8")), paths.root_hash_upload)
     yield (
-        f"f={q(hash_file)}; chmod 600 \"$f\"; "
+        f"f={q(paths.root_hash_upload)}; chmod 600 \"$f\"; "
         'DEVPISERVER_ROOT_PASSWD_HASH=$(cat "$f"); rm -f "$f"; '
         "export DEVPISERVER_ROOT_PASSWD_HASH; "
-        f"(umask 077; mkdir -p {q(config.server_dir)}) && chmod 700 {q(config.server_dir)} && "
-        f"{q(config.venv + '/bin/devpi-init')} --configfile {q(config.config_file)}"
+        f"(umask 077; mkdir -p {q(paths.server_dir)}) && chmod 700 {q(paths.server_dir)} && "
+        f"{q(paths.bin('devpi-init'))} --configfile {q(paths.config_file)}"
     )
 
 
 def wait_healthy_script(url: str, timeout: int, err_log: str) -> str:
-    api = q(url.rstrip("/") + "/+api")
+    api = url.rstrip("/") + "/+api"
     return (
-        f"end=$(($(date +%s) + {timeout})); code=000; "
+        f"end=$(($(date +%s) + {int(timeout)})); code=000; "
         "while :; do "
-        f"code=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {api} 2>/dev/null) || true; "
+        f"code=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {q(api)} 2>/dev/null) || true; "
         'if [ "$code" = 200 ]; then exit 0; fi; '
         'if [ "$(date +%s)" -ge "$end" ]; then '
-        f'echo "devpi did not answer 200 on {url}/+api within {timeout}s '
-        f'(last status: $code). Last lines of {err_log}:" >&2; '
-        f"tail -n 40 {q(err_log)} >&2 2>/dev/null; exit 1; fi; "
+        + say(
+            f"devpi did not answer 200 on %s within {int(timeout)}s (last status: %s). Last lines of %s:",
+            q(api), '"$code"', q(err_log),
+        )
+        + f"; tail -n 40 {q(err_log)} >&2 2>/dev/null; exit 1; fi; "
         "sleep 0.3; done"
     )
 
@@ -202,5 +241,6 @@ def wait_healthy(config: DevpiConfig, after=()):
       when none of them changed anything
     """
     if not any_changed(after):
+        host.noop("devpi was not (re)started")
         return
-    yield wait_healthy_script(config.local_url, config.health_timeout, config.err_log_path)
+    yield wait_healthy_script(config.local_url, config.health_timeout, config.paths.err_log)

@@ -14,7 +14,7 @@ import shlex
 from pyinfra import host
 
 from facts.launchd import LaunchdJob
-from pyinfra_devpi.snapshot import read_fact
+from pyinfra_devpi.snapshot import FactRead, read
 
 from .announce import operation
 from .textfile import text_differs, write_text
@@ -56,6 +56,15 @@ def bootstrap_command(domain: str, target: str, plist_path: str) -> str:
     )
 
 
+def job_read(label: str, domain: str) -> FactRead:
+    return FactRead.of(LaunchdJob, label=label, domain=domain)
+
+
+def reads(label: str, domain: str, plist_path: str) -> list:
+    """What ``agent`` reads from the host."""
+    return [job_read(label, domain), plist_path]
+
+
 def _is_running(job: dict) -> bool:
     return job.get("state") == "running" and job.get("pid") is not None
 
@@ -86,23 +95,26 @@ def agent(
     | running, a trigger changed    | kickstart -k                          |
     """
     target = shlex.quote(f"{domain}/{label}")
-    job = read_fact(host, LaunchdJob, label=label, domain=domain)
+    job = read(host, job_read(label, domain))
     loaded = bool(job and job.get("loaded"))
     plist_changed = text_differs(plist_path, plist)
 
-    yield from write_text(plist_path, plist, mode="644")
+    commands = list(write_text(plist_path, plist, mode="644"))
 
     # A disabled job cannot be bootstrapped and would not load at the next login.
     if not loaded or job.get("disabled"):
-        yield f"launchctl enable {target}"
+        commands.append(f"launchctl enable {target}")
 
     if plist_changed and loaded:
         # The loaded job keeps its cached definition until it is booted out.
-        yield bootout_command(target)
-        yield bootstrap_command(domain, target, plist_path)
+        commands += [bootout_command(target), bootstrap_command(domain, target, plist_path)]
     elif not loaded:
-        yield bootstrap_command(domain, target, plist_path)
+        commands.append(bootstrap_command(domain, target, plist_path))
     elif not _is_running(job):
-        yield f"launchctl kickstart {target}"
+        commands.append(f"launchctl kickstart {target}")
     elif any_changed(restart_after):
-        yield f"launchctl kickstart -k {target}"
+        commands.append(f"launchctl kickstart -k {target}")
+
+    if not commands:
+        host.noop(f"{domain}/{label} is loaded, enabled and running its current definition")
+    yield from commands

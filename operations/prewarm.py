@@ -17,6 +17,7 @@ from pyinfra.api import operation
 
 from pyinfra_devpi import prewarm as pw
 from pyinfra_devpi.config import DevpiConfig
+from pyinfra_devpi.layout import transient
 from pyinfra_devpi.snapshot import file_content
 
 from .triggers import any_changed
@@ -24,22 +25,24 @@ from .triggers import any_changed
 q = shlex.quote
 
 
-def marker_paths(config: DevpiConfig) -> list[str]:
-    """The files the deploy prefetches for prewarm: the marker, when there is a list."""
-    return [pw.marker_path(config.home)] if config.prewarm else []
+def reads(config: DevpiConfig) -> list:
+    """What ``projects`` reads from the host: the marker, when there is a list."""
+    return [config.paths.prewarm_marker] if config.prewarm else []
 
 
 def prewarm_command(config: DevpiConfig, digest: str, timeout: int = 120) -> str:
+    paths = config.paths
     args = [
         config.local_url,
         config.prewarm_index,
-        pw.marker_path(config.home),
+        paths.prewarm_marker,
+        transient(paths.prewarm_marker),
         digest,
-        f"{config.server_dir}/.nodeinfo",
+        paths.nodeinfo,
         str(timeout),
         *config.prewarm,
     ]
-    return f"{q(config.venv + '/bin/python')} -I -c {q(pw.SCRIPT)} " + " ".join(q(a) for a in args)
+    return f"{q(paths.bin('python'))} -I -c {q(pw.SCRIPT)} " + " ".join(q(a) for a in args)
 
 
 @operation()
@@ -54,9 +57,11 @@ def projects(config: DevpiConfig, server_dir: dict, mirror: dict | None = None, 
       marker matches)
     """
     if not config.prewarm:
+        host.noop("devpi_prewarm lists no project")
         return
     digest = pw.digest(config.prewarm, config.prewarm_index, mirror)
-    marker = file_content(host, pw.marker_path(config.home))
+    marker = file_content(host, config.paths.prewarm_marker)
     if pw.is_warm(marker, digest, server_dir) and not any_changed(after):
+        host.noop(f"{config.prewarm_index} is warm for these {len(config.prewarm)} projects")
         return
     yield prewarm_command(config, digest)

@@ -17,6 +17,7 @@ from pyinfra.api import FileUploadCommand
 from pyinfra.api.util import format_text
 from pyinfra.operations.util.files import generate_color_diff
 
+from pyinfra_devpi.layout import transient
 from pyinfra_devpi.snapshot import file_content
 
 
@@ -44,7 +45,7 @@ def write_text(path: str, content: str, mode: str = "644", before_move: str | No
         logger.info("")
 
     directory = path.rsplit("/", 1)[0] or "/"
-    new = f"{path}.pyinfra-new"
+    new = transient(path)
     if current is None:
         yield f"mkdir -p {shlex.quote(directory)}"
     yield FileUploadCommand(BytesIO(content.encode("utf-8")), new)

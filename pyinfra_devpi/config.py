@@ -1,26 +1,29 @@
 """
 The deploy's configuration: one typed, validated object built from host data.
 
-Every host-data key the deploy reads is declared once in ``KEYS`` below, with its
-default, its check and a hint telling the operator how to fix a bad value. Anything
-else starting with ``devpi_`` or ``caddy_`` is an error, so a typo can never fall back
-silently to a default.
+Every host-data key is declared once, as a field of ``DevpiConfig``: its name in host
+data, its default and its check sit together (``key(...)``); ``KEYS`` and
+``build_config`` are derived from those declarations. Only ``devpi_*`` keys are this
+deploy's: an unknown one is an error (a typo never falls back to a default), other
+deploys' keys (a Caddy deploy's ``caddy_email``) pass untouched.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import PurePosixPath
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
-from pyinfra.api.exceptions import PyinfraError
-
+from . import checks, layout
+from .checks import fail
+from .errors import ConfigError
+from .layout import Layout
 from .prewarm import check_index, prewarm_projects
-from .indexes import check_indexes, check_together, check_users
 from .secrets import SecretRef, parse_secret_ref
+from .users_indexes.spec import check_indexes, check_together, check_users
 
 # The pinned releases: a bump is a change here (or in host data) and a new lock file.
 DEVPI_SERVER_VERSION = "6.20.3"
@@ -72,312 +75,245 @@ SERVER_OPTION_TYPES: dict[str, type] = {
     "debug": bool,
 }
 
+PREFIX = "devpi_"
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 VERSION_RE = re.compile(r"^\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?$")
 DOMAIN_RE = re.compile(r"^(gui|user)/\d+$")
-LOG_NAME_RE = re.compile(r"^[^/\0]+$")
 SIZE_RE = re.compile(r"^[1-9][0-9]*(KB|MB|GB)?$")
 PROCESS_TYPES = ("Standard", "Background", "Adaptive", "Interactive")
+# Generous but finite: a value near 2**63 would wrap in the host's shell arithmetic.
+MAX_SECONDS = 24 * 3600
 
 
-class ConfigError(PyinfraError):
-    """A host-data value the deploy cannot use; raised before anything is planned."""
+# Checks: each takes (where, value) and returns the normalised value or raises.
 
 
-def _fail(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"host data `{key}` = {value!r} is invalid: {allowed}")
-
-
-# Checks: each takes (key, value) and returns the normalised value or raises.
-
-
-def _version(key, value):
-    if not isinstance(value, str) or not VERSION_RE.match(value):
-        raise _fail(key, value, "use an exact PEP 440 release such as '6.20.3'")
+def _version(where, value):
+    if not isinstance(value, str) or not VERSION_RE.fullmatch(value):
+        raise fail(where, value, "use an exact PEP 440 release such as '6.20.3'")
     return value
 
 
-def _port(key, value):
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise _fail(key, value, "use an integer port between 1 and 65535")
-    return value
+def _port(where, value):
+    return checks.integer(where, value, minimum=1, maximum=65535, allowed="use an integer port between 1 and 65535")
 
 
-def _bool(key, value):
-    if not isinstance(value, bool):
-        raise _fail(key, value, "use True or False")
-    return value
+def _seconds(where, value):
+    return checks.integer(
+        where, value, minimum=1, maximum=MAX_SECONDS, allowed=f"use a whole number of seconds from 1 to {MAX_SECONDS}"
+    )
 
 
-def _positive_int(key, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _fail(key, value, "use a positive integer")
-    return value
-
-
-def _host(key, value):
+def _host(where, value):
     try:
         ipaddress.ip_address(value)
     except (TypeError, ValueError):
-        if not isinstance(value, str) or value != "localhost":
-            raise _fail(key, value, "use an IP address such as '127.0.0.1' (or 'localhost')")
+        if value != "localhost":
+            raise fail(where, value, "use an IP address such as '127.0.0.1' (or 'localhost')") from None
     return value
 
 
-def _label(key, value):
-    if not isinstance(value, str) or not LABEL_RE.match(value):
-        raise _fail(key, value, "use a reverse-DNS launchd label such as 'net.devpi'")
+def _label(where, value):
+    if not isinstance(value, str) or not LABEL_RE.fullmatch(value):
+        raise fail(where, value, "use a reverse-DNS launchd label such as 'net.devpi'")
     return value
 
 
-def _path(key, value):
-    """An absolute path, or one relative to the SSH user's home (``~/...``)."""
-    if not isinstance(value, str) or not (value.startswith("/") or value.startswith("~/")):
-        raise _fail(key, value, "use an absolute path or one starting with '~/'")
-    if "\0" in value or "\n" in value:
-        raise _fail(key, value, "paths cannot contain NUL or newline characters")
+def _path(where, value):
+    """An absolute path, or one relative to the SSH user's home (``~/...``); expanded later."""
+    allowed = "use an absolute path or one starting with '~/'"
+    value = checks.string(where, value, allowed)
+    if not (value.startswith("/") or value.startswith("~/")):
+        raise fail(where, value, allowed)
+    if ".." in PurePosixPath(value).parts:
+        raise fail(where, value, "paths cannot contain '..'")
     return value.rstrip("/") or "/"
 
 
-def _log_name(key, value):
-    if not isinstance(value, str) or not LOG_NAME_RE.match(value) or value in (".", ".."):
-        raise _fail(key, value, "use a plain file name such as 'devpi.err.log'")
+def _log_name(where, value):
+    allowed = "use a plain file name such as 'devpi.err.log'"
+    value = checks.string(where, value, allowed)
+    if not value or "/" in value or value in (".", ".."):
+        raise fail(where, value, allowed)
     return value
 
 
-def _url(key, value):
-    if not isinstance(value, str):
-        raise _fail(key, value, "use an http(s) URL such as 'https://pypi.example.org'")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _fail(key, value, "use an http(s) URL such as 'https://pypi.example.org'")
-    return value.rstrip("/")
+def _url(where, value):
+    return checks.url(where, value).rstrip("/")
 
 
 def _optional(check):
-    def inner(key, value):
-        return None if value is None else check(key, value)
+    def inner(where, value):
+        return None if value is None else check(where, value)
 
     return inner
 
 
-def _command_name(key, value):
-    if not isinstance(value, str) or not value.strip() or "\n" in value:
-        raise _fail(key, value, "use a command name on the target's PATH or an absolute path")
+def _command_name(where, value):
+    allowed = "use a command name on the target's PATH or an absolute path"
+    value = checks.string(where, value, allowed)
+    if not value.strip():
+        raise fail(where, value, allowed)
     return value
 
 
-def _domain(key, value):
-    if value is None:
-        return None
-    if not isinstance(value, str) or not DOMAIN_RE.match(value):
-        raise _fail(key, value, "use 'gui/<uid>' or 'user/<uid>', or leave unset to auto-detect")
+def _domain(where, value):
+    if not isinstance(value, str) or not DOMAIN_RE.fullmatch(value):
+        raise fail(where, value, "use 'gui/<uid>' or 'user/<uid>', or leave unset to auto-detect")
     return value
 
 
-def _process_type(key, value):
+def _process_type(where, value):
     if value not in PROCESS_TYPES:
-        raise _fail(key, value, f"use one of {', '.join(PROCESS_TYPES)}")
+        raise fail(where, value, f"use one of {', '.join(PROCESS_TYPES)}")
     return value
 
 
-def _prewarm(key, value):
+def _prewarm(where, value):
     try:
         return prewarm_projects(value)
     except ValueError as e:
-        raise ConfigError(f"host data `{key}` is invalid: {e}") from None
+        raise ConfigError(f"host data {where} is invalid: {e}") from None
 
 
-def _prewarm_index(key, value):
+def _prewarm_index(where, value):
     try:
         return check_index(value)
     except ValueError as e:
-        raise _fail(key, value, str(e)) from None
+        raise fail(where, value, str(e)) from None
 
 
-def _secret(key, value):
-    if value is None:
-        return None
+def _secret(where, value):
     try:
         return parse_secret_ref(value)
     except ValueError as e:
-        raise ConfigError(f"host data `{key}` is invalid: {e}") from None
+        raise ConfigError(f"host data {where} is invalid: {e}") from None
 
 
-def _size(key, value):
-    if not isinstance(value, str) or not SIZE_RE.match(value):
-        raise _fail(key, value, "use a size such as '200MB' (units: KB, MB, GB)")
+def _size(where, value):
+    if not isinstance(value, str) or not SIZE_RE.fullmatch(value):
+        raise fail(where, value, "use a size such as '200MB' (units: KB, MB, GB)")
     return value
 
 
-def _site_address(key, value):
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or any(c in value for c in "{}\n\"'"):
-        raise _fail(key, value, "use a Caddy site address such as 'pypi.example.org' or ':8080'")
+def _site_address(where, value):
+    allowed = "use a Caddy site address such as 'pypi.example.org' or ':8080'"
+    value = checks.string(where, value, allowed)
+    # Whitespace would split it into two addresses, '#' starts a comment, braces,
+    # quotes and backslashes are Caddyfile syntax.
+    if not value or any(c.isspace() or c in "{}\"'`#\\" for c in value):
+        raise fail(where, value, allowed)
     return value
 
 
-def _caddy_restart(key, value):
+def _caddy_restart(where, value):
     """A launchd label (kickstart) or ``{'command': '...'}``."""
-    if value is None:
-        return None
-    if isinstance(value, str) and LABEL_RE.match(value):
+    if isinstance(value, str) and LABEL_RE.fullmatch(value):
         return {"label": value}
     if isinstance(value, dict) and set(value) == {"command"} and isinstance(value["command"], str):
-        if value["command"].strip():
-            return {"command": value["command"]}
-    raise _fail(
-        key,
+        command = value["command"]
+        if command.strip() and not checks.has_control(command):
+            return {"command": command}
+    raise fail(
+        where,
         value,
-        "use Caddy's launchd label (e.g. 'mcquack.eblume.caddy') or {'command': 'caddy reload ...'}",
+        "use Caddy's launchd label (e.g. 'mcquack.eblume.caddy') or {'command': 'caddy reload ...'}"
+        " (one line)",
     )
 
 
-def _server_options(key, value):
+def _server_options(where, value):
     if not isinstance(value, dict):
-        raise _fail(key, value, "use a mapping of devpi-server option names to values")
+        raise fail(where, value, "use a mapping of devpi-server option names to values")
     out = {}
     for name, option in value.items():
         wanted = SERVER_OPTION_TYPES.get(name)
         if wanted is None:
             raise ConfigError(
-                f"host data `{key}` has unknown devpi-server option {name!r}: "
+                f"host data {where} has unknown devpi-server option {name!r}: "
                 f"use one of {', '.join(sorted(SERVER_OPTION_TYPES))} "
                 "(host, port and paths have their own devpi_* keys)",
             )
         ok = isinstance(option, wanted) and not (wanted is int and isinstance(option, bool))
         if name == "indexer-backend" and option is None:
             option, ok = "null", True
-        if not ok or (isinstance(option, str) and ("\n" in option or not option.strip())):
+        if ok and isinstance(option, str):
+            ok = bool(option.strip()) and not checks.has_control(option)
+        if ok and wanted is int and name == "threads":
+            ok = option >= 1  # devpi with no worker thread accepts connections and never answers
+        if not ok:
             raise ConfigError(
-                f"host data `{key}` option {name!r} = {option!r} is invalid: "
-                f"use a {wanted.__name__}",
+                f"host data {where} option {name!r} = {option!r} is invalid: "
+                f"use a {'positive ' if name == 'threads' else ''}{wanted.__name__} on one line",
             )
         out[name] = option
     return out
 
 
-@dataclass(frozen=True)
-class Key:
-    default: Any
-    check: Callable[[str, Any], Any]
+def key(name: str, default: Any, check: Callable[[str, Any], Any], *, optional: bool = False):
+    """Declare a config field: its host-data key, its default and its check.
 
-
-# The configuration reference: every key, its default and its check, in one place.
-# Defaults that are paths may start with "~/" (the SSH user's home on the target).
-KEYS: dict[str, Key] = {
-    "devpi_server_version": Key(DEVPI_SERVER_VERSION, _version),
-    "devpi_web_version": Key(DEVPI_WEB_VERSION, _version),
-    "devpi_home": Key("~/devpi", _path),
-    "devpi_host": Key("127.0.0.1", _host),
-    "devpi_port": Key(3141, _port),
-    "devpi_allow_remote_bind": Key(False, _bool),
-    "devpi_outside_url": Key(None, _optional(_url)),
-    "devpi_label": Key("net.devpi", _label),
-    "devpi_log_dir": Key("~/Library/Logs", _path),
-    "devpi_launch_agents_dir": Key("~/Library/LaunchAgents", _path),
-    "devpi_out_log": Key(None, _optional(_log_name)),
-    "devpi_err_log": Key(None, _optional(_log_name)),
-    "devpi_root_password": Key(None, _secret),
-    "devpi_index_url": Key(None, _optional(_url)),
-    "devpi_python": Key("python3", _command_name),
-    "devpi_uv": Key("uv", _command_name),
-    "devpi_server_options": Key({}, _server_options),
-    "devpi_launchd_domain": Key(None, _domain),
-    "devpi_process_type": Key("Standard", _process_type),
-    "devpi_throttle_interval": Key(10, _positive_int),
-    "devpi_health_timeout": Key(60, _positive_int),
-    # Users and indexes devpi should hold (pyinfra_devpi/indexes.py); root/pypi
-    # always gets mirror_no_project_list=True unless the data says otherwise.
-    "devpi_users": Key({}, check_users),
-    "devpi_indexes": Key({}, check_indexes),
-    "devpi_caddy_site_file": Key("~/.config/caddy/sites/devpi.caddy", _path),
-    "devpi_caddy_site_address": Key(None, _site_address),
-    "devpi_caddy_restart": Key(None, _caddy_restart),
-    "devpi_caddy_serve_files": Key(True, _bool),
-    "devpi_caddy_max_body_size": Key("200MB", _size),
-    "devpi_caddy_bin": Key(None, _optional(_command_name)),
-    # Mirror warming (docs/cold-mirror-race.md): project names, or the path of a
-    # requirements/lock file on the controller; fetched through <index> after a converge.
-    "devpi_prewarm": Key(None, _prewarm),
-    "devpi_prewarm_index": Key("root/pypi", _prewarm_index),
-}
-
-PREFIXES = ("devpi_",)
+    ``optional``: ``None`` is accepted (and left as ``None``) without calling the check.
+    """
+    return field(metadata={"key": name, "default": default, "check": _optional(check) if optional else check})
 
 
 @dataclass(frozen=True)
 class DevpiConfig:
-    """The validated configuration, with every path absolute."""
+    """The validated configuration; every path absolute. The configuration reference."""
 
-    server_version: str
-    web_version: str
-    home: str
-    host: str
-    port: int
-    outside_url: str | None
-    label: str
-    log_dir: str
-    launch_agents_dir: str
-    out_log: str
-    err_log: str
-    root_password: SecretRef | None
-    index_url: str | None
-    python: str
-    uv: str
-    server_options: dict[str, Any]
-    launchd_domain: str | None
-    process_type: str
-    throttle_interval: int
-    health_timeout: int
-    caddy_site_file: str
-    caddy_site_address: str | None
-    caddy_restart: dict | None
-    caddy_serve_files: bool
-    caddy_max_body_size: str
-    caddy_bin: str | None
-    extra: dict = field(default_factory=dict)
-    users: dict = field(default_factory=dict)
-    indexes: dict = field(default_factory=dict)
-    prewarm: tuple[str, ...] = ()
-    prewarm_index: str = "root/pypi"
+    server_version: str = key("devpi_server_version", DEVPI_SERVER_VERSION, _version)
+    web_version: str = key("devpi_web_version", DEVPI_WEB_VERSION, _version)
+    home: str = key("devpi_home", layout.DEFAULT_HOME, _path)
+    host: str = key("devpi_host", "127.0.0.1", _host)
+    port: int = key("devpi_port", 3141, _port)
+    allow_remote_bind: bool = key("devpi_allow_remote_bind", False, checks.boolean)
+    outside_url: str | None = key("devpi_outside_url", None, _url, optional=True)
+    label: str = key("devpi_label", "net.devpi", _label)
+    log_dir: str = key("devpi_log_dir", layout.DEFAULT_LOG_DIR, _path)
+    launch_agents_dir: str = key("devpi_launch_agents_dir", layout.DEFAULT_LAUNCH_AGENTS_DIR, _path)
+    # None: "<label>.out.log" / "<label>.err.log".
+    out_log: str | None = key("devpi_out_log", None, _log_name, optional=True)
+    err_log: str | None = key("devpi_err_log", None, _log_name, optional=True)
+    root_password: SecretRef | None = key("devpi_root_password", None, _secret, optional=True)
+    index_url: str | None = key("devpi_index_url", None, _url, optional=True)
+    python: str = key("devpi_python", "python3", _command_name)
+    uv: str = key("devpi_uv", "uv", _command_name)
+    server_options: dict = key("devpi_server_options", {}, _server_options)
+    launchd_domain: str | None = key("devpi_launchd_domain", None, _domain, optional=True)
+    process_type: str = key("devpi_process_type", "Standard", _process_type)
+    throttle_interval: int = key("devpi_throttle_interval", 10, _seconds)
+    health_timeout: int = key("devpi_health_timeout", 60, _seconds)
+    # Users and indexes devpi should hold (users_indexes/spec.py); root/pypi always
+    # gets mirror_no_project_list=True unless the data says otherwise.
+    users: dict = key("devpi_users", {}, check_users)
+    indexes: dict = key("devpi_indexes", {}, check_indexes)
+    caddy_site_file: str = key("devpi_caddy_site_file", layout.DEFAULT_CADDY_SITE_FILE, _path)
+    caddy_site_address: str | None = key("devpi_caddy_site_address", None, _site_address, optional=True)
+    caddy_restart: dict | None = key("devpi_caddy_restart", None, _caddy_restart, optional=True)
+    caddy_serve_files: bool = key("devpi_caddy_serve_files", True, checks.boolean)
+    caddy_max_body_size: str = key("devpi_caddy_max_body_size", "200MB", _size)
+    caddy_bin: str | None = key("devpi_caddy_bin", None, _command_name, optional=True)
+    # Mirror warming (docs/cold-mirror-race.md): project names, or the path of a
+    # requirements/lock file on the controller; fetched through <index> after a converge.
+    prewarm: tuple = key("devpi_prewarm", None, _prewarm)
+    prewarm_index: str = key("devpi_prewarm_index", "root/pypi", _prewarm_index)
 
-    @property
-    def venv(self) -> str:
-        return f"{self.home}/venv"
-
-    @property
-    def venvs_dir(self) -> str:
-        return f"{self.home}/venvs"
+    @functools.cached_property
+    def paths(self) -> Layout:
+        return Layout(
+            home=self.home,
+            log_dir=self.log_dir,
+            launch_agents_dir=self.launch_agents_dir,
+            label=self.label,
+            out_log_name=self.out_log or f"{self.label}.out.log",
+            err_log_name=self.err_log or f"{self.label}.err.log",
+            caddy_site_file=self.caddy_site_file,
+        )
 
     @property
     def venv_name(self) -> str:
-        return f"devpi-server-{self.server_version}-web-{self.web_version}"
-
-    @property
-    def server_dir(self) -> str:
-        return f"{self.home}/server-dir"
-
-    @property
-    def config_file(self) -> str:
-        return f"{self.home}/devpi-server.yml"
-
-    @property
-    def secret_file(self) -> str:
-        return f"{self.home}/secret"
-
-    @property
-    def plist_file(self) -> str:
-        return f"{self.launch_agents_dir}/{self.label}.plist"
-
-    @property
-    def out_log_path(self) -> str:
-        return f"{self.log_dir}/{self.out_log}"
-
-    @property
-    def err_log_path(self) -> str:
-        return f"{self.log_dir}/{self.err_log}"
+        return layout.venv_name(self.server_version, self.web_version)
 
     @property
     def local_url(self) -> str:
@@ -389,19 +325,9 @@ class DevpiConfig:
         return f"http://{host}:{self.port}"
 
     @property
-    def user_home(self) -> str:
-        return self.extra["user_home"]
-
-    @property
     def site_address(self) -> str:
-        if self.caddy_site_address:
-            return self.caddy_site_address
-        if self.outside_url:
-            return self.outside_url
-        raise ConfigError(
-            "host data `devpi_caddy_site_address` is required when `devpi_outside_url` is unset: "
-            "set `devpi_outside_url` (e.g. 'https://pypi.example.org') or `devpi_caddy_site_address`",
-        )
+        # Both are checked by build_config: one of them is set.
+        return self.caddy_site_address or self.outside_url
 
     @property
     def server_yaml_options(self) -> dict[str, Any]:
@@ -412,15 +338,31 @@ class DevpiConfig:
             {
                 "host": self.host,
                 "port": self.port,
-                "serverdir": self.server_dir,
-                "secretfile": self.secret_file,
+                "serverdir": self.paths.server_dir,
+                "secretfile": self.paths.secret_file,
             },
         )
         return dict(sorted(options.items()))
 
 
+@dataclass(frozen=True)
+class Key:
+    """One host-data key as declared on ``DevpiConfig``."""
+
+    field: str
+    default: Any
+    check: Callable[[str, Any], Any]
+
+
+# The configuration reference, by host-data key, derived from the declarations above.
+KEYS: dict[str, Key] = {
+    f.metadata["key"]: Key(f.name, f.metadata["default"], f.metadata["check"]) for f in fields(DevpiConfig)
+}
+
+
 def unknown_keys(data: dict[str, Any]) -> list[str]:
-    return sorted(k for k in data if k.startswith(PREFIXES) and k not in KEYS)
+    """This deploy's keys (``devpi_*``, in any case) that it does not know."""
+    return sorted(k for k in data if isinstance(k, str) and k.lower().startswith(PREFIX) and k not in KEYS)
 
 
 def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
@@ -432,71 +374,56 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
             f"known keys are: {', '.join(sorted(KEYS))}",
         )
 
-    if not isinstance(user_home, str) or not user_home.startswith("/"):
+    if not isinstance(user_home, str) or not user_home.startswith("/") or checks.has_control(user_home):
         raise ConfigError(f"could not determine the SSH user's home on the target (got {user_home!r})")
     user_home = user_home.rstrip("/") or "/"
 
     values: dict[str, Any] = {}
-    for key, spec in KEYS.items():
-        raw = data.get(key, spec.default)
-        values[key] = spec.check(key, raw)
+    for name, spec in KEYS.items():
+        value = spec.check(f"`{name}`", data.get(name, spec.default))
+        if spec.check is _path and value.startswith("~/"):
+            value = f"{user_home}{value[1:]}"
+        values[spec.field] = value
 
-    check_together(values["devpi_users"], values["devpi_indexes"])
+    check_together(values["users"], values["indexes"])
 
-    def expand(path: str) -> str:
-        return f"{user_home}{path[1:]}" if path.startswith("~/") else path
-
-    for key in ("devpi_home", "devpi_log_dir", "devpi_launch_agents_dir", "devpi_caddy_site_file"):
-        values[key] = expand(values[key])
-        if ".." in PurePosixPath(values[key]).parts:
-            raise _fail(key, data.get(key), "paths cannot contain '..'")
-
-    host = values["devpi_host"]
-    if not values["devpi_allow_remote_bind"] and not _is_loopback(host):
+    host = values["host"]
+    if not values["allow_remote_bind"] and not _is_loopback(host):
         raise ConfigError(
             f"host data `devpi_host` = {host!r} is not a loopback address: devpi would be "
             "reachable from the network. Use '127.0.0.1', or set "
             "`devpi_allow_remote_bind = True` to opt out deliberately",
         )
+    if not values["caddy_site_address"]:
+        if not values["outside_url"]:
+            raise ConfigError(
+                "host data `devpi_caddy_site_address` is required when `devpi_outside_url` is unset: "
+                "set `devpi_outside_url` (e.g. 'https://pypi.example.org') or `devpi_caddy_site_address`",
+            )
+        # The public URL is then the block's address: it must be one Caddyfile token.
+        _site_address("`devpi_outside_url` (the Caddy site address unless `devpi_caddy_site_address` is set)",
+                      values["outside_url"])
 
-    label = values["devpi_label"]
-    config = DevpiConfig(
-        server_version=values["devpi_server_version"],
-        web_version=values["devpi_web_version"],
-        home=values["devpi_home"],
-        host=host,
-        port=values["devpi_port"],
-        outside_url=values["devpi_outside_url"],
-        label=label,
-        log_dir=values["devpi_log_dir"],
-        launch_agents_dir=values["devpi_launch_agents_dir"],
-        out_log=values["devpi_out_log"] or f"{label}.out.log",
-        err_log=values["devpi_err_log"] or f"{label}.err.log",
-        root_password=values["devpi_root_password"],
-        index_url=values["devpi_index_url"],
-        python=values["devpi_python"],
-        uv=values["devpi_uv"],
-        server_options=values["devpi_server_options"],
-        launchd_domain=values["devpi_launchd_domain"],
-        process_type=values["devpi_process_type"],
-        throttle_interval=values["devpi_throttle_interval"],
-        health_timeout=values["devpi_health_timeout"],
-        caddy_site_file=values["devpi_caddy_site_file"],
-        caddy_site_address=values["devpi_caddy_site_address"],
-        caddy_restart=values["devpi_caddy_restart"],
-        caddy_serve_files=values["devpi_caddy_serve_files"],
-        caddy_max_body_size=values["devpi_caddy_max_body_size"],
-        caddy_bin=values["devpi_caddy_bin"],
-        prewarm=values["devpi_prewarm"],
-        prewarm_index=values["devpi_prewarm_index"],
-        extra={"user_home": user_home},
-        users=values["devpi_users"],
-        indexes=values["devpi_indexes"],
-    )
-    config.site_address  # noqa: B018 - raises ConfigError early when neither is set
-    if config.err_log_path == config.out_log_path:
-        raise _fail("devpi_err_log", config.err_log, "use a file name different from devpi_out_log")
+    config = DevpiConfig(**values)
+    paths = config.paths
+    if paths.err_log == paths.out_log:
+        raise fail("`devpi_err_log`", paths.err_log_name, "use a file name different from devpi_out_log")
+    _check_site_file(paths)
     return config
+
+
+def _check_site_file(paths: Layout) -> None:
+    """The Caddy block must not land on a file the deploy owns for devpi, nor in its home."""
+    site = PurePosixPath(paths.caddy_site_file)
+    owned = {PurePosixPath(path): what for what, path in paths.managed().items() if path != paths.caddy_site_file}
+    clash = owned.get(site) or ("devpi home" if PurePosixPath(paths.home) in (site, *site.parents) else None)
+    if clash:
+        raise fail(
+            "`devpi_caddy_site_file`",
+            paths.caddy_site_file,
+            f"it would overwrite the {clash}; use a path in Caddy's config, "
+            f"such as {layout.DEFAULT_CADDY_SITE_FILE!r}",
+        )
 
 
 def _is_loopback(host: str) -> bool:

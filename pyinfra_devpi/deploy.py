@@ -12,27 +12,23 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.hiddenvalue import HiddenValue
 
-from facts.devpi import ServerDir, VenvVersions
-from facts.launchd import LaunchdJob, LaunchdSession
-from operations import caddy, devpi, devpi_api, launchd, prewarm
+from facts.launchd import LaunchdSession
+from operations import caddy, devpi, launchd, prewarm, users_indexes
 from pyinfra_devpi.config import SERVER_DB_VERSION, DevpiConfig, build_config
-from pyinfra_devpi.devpi_state import PlanError
+from pyinfra_devpi.errors import DeployError
+from pyinfra_devpi.layout import NODEINFO
 from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
 from pyinfra_devpi.run_secrets import resolve_once
 from pyinfra_devpi.secrets import hash_password
-from pyinfra_devpi.snapshot import prefetch, read_fact
+from pyinfra_devpi.snapshot import FactRead, prefetch, read
+from pyinfra_devpi.users_indexes.plan import PlanError
 
 LOCKS_DIR = Path(__file__).resolve().parent.parent / "locks"
 
 # devpi-server major release → the database version it reads and writes.
 DB_VERSIONS = {"6": SERVER_DB_VERSION}
-
-
-class DeployError(PyinfraError):
-    """The host is in a state the deploy must not change; the message says why."""
 
 
 def lock_path(config: DevpiConfig) -> Path:
@@ -48,12 +44,12 @@ def check_server_dir(config: DevpiConfig, server_dir: dict) -> None:
     """Refuse server dirs that the pinned devpi must not initialise or open."""
     if not server_dir["exists"]:
         return
-    path = config.server_dir
+    path = config.paths.server_dir
     if not server_dir["is_dir"]:
         raise DeployError(f"{path} exists but is not a directory: move it away or set devpi_home")
     if server_dir["has_data"] and not server_dir["initialised"]:
         raise DeployError(
-            f"{path} holds data but no .nodeinfo (devpi's initialised marker): refusing to "
+            f"{path} holds data but no {NODEINFO} (devpi's initialised marker): refusing to "
             "initialise over it or to start devpi on it. If it is a devpi server dir from "
             "elsewhere, export it with devpi-export and import it with devpi-import; otherwise "
             "empty the directory or point devpi_home elsewhere",
@@ -62,7 +58,7 @@ def check_server_dir(config: DevpiConfig, server_dir: dict) -> None:
     wanted = DB_VERSIONS.get(config.server_version.split(".")[0])
     if found is not None and wanted is not None and found != wanted:
         raise DeployError(
-            f"{path}/.serverversion is {found!r} but devpi-server {config.server_version} "
+            f"{config.paths.serverversion} is {found!r} but devpi-server {config.server_version} "
             f"uses database version {wanted!r}: refusing to start it on that dir. Export the "
             "data with the devpi-server that wrote it (devpi-export) and import it into a new "
             "server dir with this one (devpi-import)",
@@ -72,7 +68,7 @@ def check_server_dir(config: DevpiConfig, server_dir: dict) -> None:
 def root_password_hash(config: DevpiConfig) -> HiddenValue:
     if config.root_password is None:
         raise DeployError(
-            f"{config.server_dir} is not initialised and host data `devpi_root_password` is "
+            f"{config.paths.server_dir} is not initialised and host data `devpi_root_password` is "
             "unset: set it to a reference such as 'op://vault/devpi/root password', "
             "'env:DEVPI_ROOT_PASSWORD' or 'file:~/.devpi-root-password'",
         )
@@ -83,7 +79,7 @@ def root_password_hash(config: DevpiConfig) -> HiddenValue:
 @deploy("devpi")
 def devpi_service():
     """Converge devpi-server + devpi-web as a LaunchAgent behind a Caddy site block."""
-    session = read_fact(host, LaunchdSession)
+    session = read(host, FactRead.of(LaunchdSession))
     if not session["launchctl"]:
         raise DeployError(
             f"launchd is not available on {host.name} (no launchctl on the SSH user's PATH): "
@@ -91,47 +87,44 @@ def devpi_service():
         )
     config = build_config(host.data.dict(), session["home"])
     domain = config.launchd_domain or session["domain"]
+    paths = config.paths
 
-    # Everything the plan reads from the host, in one round trip; the operations below
-    # ask for the same facts with the same arguments and get them from the memo.
+    # Everything the plan reads from the host, in one round trip: each operation
+    # module says what its operations read, and they read it from this snapshot.
     prefetch(
         host,
-        facts=[
-            (ServerDir, {"path": config.server_dir, "secret_file": config.secret_file}),
-            (VenvVersions, {"venv": config.venv}),
-            (LaunchdJob, {"label": config.label, "domain": domain}),
-            *devpi_api.facts_needed(config),
+        [
+            *devpi.reads(config),
+            *launchd.reads(config.label, domain, paths.plist_file),
+            *caddy.reads(paths.caddy_site_file),
+            *users_indexes.reads(config),
+            *prewarm.reads(config),
         ],
-        files=[config.plist_file, config.config_file, config.caddy_site_file, *prewarm.marker_paths(config)],
     )
-    server_dir = read_fact(host, ServerDir, path=config.server_dir, secret_file=config.secret_file)
+    server_dir = devpi.server_dir(config)
     check_server_dir(config, server_dir)
     # The password is read (1Password may prompt) only when init will run.
     password_hash = root_password_hash(config) if devpi.needs_init(server_dir) else None
 
-    plist = render_plist(config)
-    server_yaml = render_server_yaml(config)
-    site = render_caddy_site(config)
-
     venv_op = devpi.venv(name="Install devpi venv", config=config, lock=read_lock(config))
     config_op = devpi.server_config(
-        name="Write devpi-server config", config=config, content=server_yaml
+        name="Write devpi-server config", config=config, content=render_server_yaml(config)
     )
     devpi.secret(name="Create devpi secret file", config=config)
     devpi.init(name="Initialise devpi server dir", config=config, password_hash=password_hash)
     agent_op = launchd.agent(
         name="LaunchAgent " + config.label,
         label=config.label,
-        plist=plist,
-        plist_path=config.plist_file,
+        plist=render_plist(config),
+        plist_path=paths.plist_file,
         domain=domain,
         restart_after=[venv_op, config_op],
     )
     devpi.wait_healthy(name="Wait for devpi to answer", config=config, after=[agent_op])
     caddy.site(
         name="Caddy site block for devpi",
-        path=config.caddy_site_file,
-        content=site,
+        path=paths.caddy_site_file,
+        content=render_caddy_site(config),
         restart=config.caddy_restart,
         domain=domain,
         caddy_bin=config.caddy_bin,
@@ -139,10 +132,10 @@ def devpi_service():
     # devpi_users / devpi_indexes: planned (refused, passwords read) now, applied once
     # devpi is up (waited for above), over its REST API.
     try:
-        api_secrets = devpi_api.prepare(config)
+        api_secrets = users_indexes.prepare(config)
     except PlanError as error:
         raise DeployError(f"{host.name}: {error}") from None
-    devpi_api.users_indexes(name="devpi users and indexes", config=config, secrets=api_secrets)
+    users_indexes.users_indexes(name="devpi users and indexes", config=config, secrets=api_secrets)
     # Last: devpi is up (waited for above). Only when the list or the mirror changed.
     # The mirror's declared settings are part of the marker: changing them warms again.
     prewarm.projects(

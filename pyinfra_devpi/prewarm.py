@@ -7,7 +7,7 @@ project on a cold mirror with ``200`` and an empty file list (docs/cold-mirror-r
 Once a project's simple page is cached (even expired) concurrent requests are fine, so
 the deploy fetches the operator's projects through the mirror, one at a time, after a
 converge. It does so only when the list, the index or the mirror changed: the marker
-``<devpi home>/prewarm.state`` holds a digest of (index, mirror settings, sorted
+(``Layout.prewarm_marker``) holds a digest of (index, mirror settings, sorted
 names) and the uuid of the server dir's ``.nodeinfo`` (a re-initialised server dir is a
 new, cold mirror). The marker is read with the deploy's other small files in the one
 ``FileContents`` command, so a no-change rerun runs no extra command.
@@ -28,7 +28,6 @@ NAME_RE = re.compile(r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])$")
 # The name at the start of a requirements line: "name", "name==1.0", "name[extra]>=2; ...".
 _REQ_NAME_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)")
 INDEX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-MARKER_NAME = "prewarm.state"
 
 
 def normalize(name: str) -> str:
@@ -126,7 +125,7 @@ def prewarm_projects(value: Any) -> tuple[str, ...]:
             "requirements or lock file on this machine"
         )
     for name in value:
-        if not isinstance(name, str) or not NAME_RE.match(name):
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise ValueError(
                 f"{name!r} is not a project name: use names such as 'requests' or 'zope.interface' "
                 "(no versions, extras or URLs)"
@@ -135,16 +134,12 @@ def prewarm_projects(value: Any) -> tuple[str, ...]:
 
 
 def check_index(value: Any) -> str:
-    if not isinstance(value, str) or not INDEX_RE.match(value):
+    if not isinstance(value, str) or not INDEX_RE.fullmatch(value):
         raise ValueError("use a devpi index as 'user/index', e.g. 'root/pypi'")
     return value
 
 
 # --------------------------------------------------------------------------- marker
-
-
-def marker_path(home: str) -> str:
-    return f"{home}/{MARKER_NAME}"
 
 
 def digest(projects: Iterable[str], index: str, mirror: dict | None = None) -> str:
@@ -178,8 +173,8 @@ SCRIPT = r'''
 import json, os, sys, urllib.error, urllib.request
 from html.parser import HTMLParser
 
-url, index, marker, digest, nodeinfo, timeout = sys.argv[1:7]
-names = sys.argv[7:]
+url, index, marker, tmp, digest, nodeinfo, timeout = sys.argv[1:8]
+names = sys.argv[8:]
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -219,7 +214,6 @@ for name in names:
 
 with open(nodeinfo, encoding="utf-8") as handle:
     uuid = json.load(handle)["uuid"]
-tmp = marker + ".pyinfra-new"
 with open(tmp, "w", encoding="utf-8") as handle:
     handle.write("%s %s\n" % (digest, uuid))
 os.chmod(tmp, 0o644)

@@ -39,7 +39,7 @@ def _finish(text: str) -> str:
 
 
 def program_arguments(config: DevpiConfig) -> list[str]:
-    return [f"{config.venv}/bin/devpi-server", "--configfile", config.config_file]
+    return [config.paths.bin("devpi-server"), "--configfile", config.paths.config_file]
 
 
 def render_plist(config: DevpiConfig) -> str:
@@ -49,15 +49,15 @@ def render_plist(config: DevpiConfig) -> str:
         template.render(
             label=config.label,
             program_arguments=program_arguments(config),
-            working_directory=config.home,
+            working_directory=config.paths.home,
             # launchd starts jobs with a bare environment; a UTF-8 locale keeps
             # devpi's file handling independent of the login shell's settings.
             environment=[("LANG", "en_US.UTF-8"), ("PYTHONUNBUFFERED", "1")],
             session_types=SESSION_TYPES,
             throttle_interval=config.throttle_interval,
             process_type=config.process_type,
-            stdout_path=config.out_log_path,
-            stderr_path=config.err_log_path,
+            stdout_path=config.paths.out_log,
+            stderr_path=config.paths.err_log,
         ),
     )
 
@@ -99,7 +99,7 @@ def render_caddy_site(config: DevpiConfig) -> str:
             address=config.site_address,
             max_body_size=config.caddy_max_body_size,
             block_changelog=not replication,
-            files_root=caddy_token(f"{config.server_dir}/+files") if config.caddy_serve_files else None,
+            files_root=caddy_token(config.paths.files_dir) if config.caddy_serve_files else None,
             upstream=config.local_url.removeprefix("http://"),
             outside_url=caddy_token(outside_url),
         ),

@@ -101,7 +101,7 @@ def parse_secret_ref(value: object) -> SecretRef:
         return SecretRef("op", value)
     if value.startswith("env:"):
         name = value[len("env:") :]
-        if not ENV_NAME_RE.match(name):
+        if not ENV_NAME_RE.fullmatch(name):
             raise ValueError(f"'env:' must be followed by a variable name; {allowed}")
         return SecretRef("env", name)
     if value.startswith("file:"):

@@ -7,13 +7,18 @@ made from the host as it was when the run began (a chain inside one run follows
 operation results, not re-read facts), so each fact is read once and reused: the
 plan shown by ``--dry`` is the plan executed.
 
-``prefetch`` reads the facts the plan will need in one round trip (``FactBatch``);
-``read_fact`` and ``file_content`` then answer from the memo, and read on their own
-only what was not prefetched (or did not come back cleanly: pyinfra's own fact
-handling then reports it).
+What an operation reads is declared by its module (``reads(...)``: a list of
+``FactRead`` and file paths) and read by the operation through the same
+declaration (``read(host, fact_read)``, ``file_content(host, path)``). The deploy
+hands all modules' lists to ``prefetch``, which reads them in one round trip
+(``FactBatch``); a read that was not prefetched (or did not come back cleanly)
+happens on its own, so pyinfra's own fact handling reports it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Union
 
 from pyinfra.api.exceptions import FactProcessError, PyinfraError
 
@@ -24,6 +29,26 @@ from facts.files import FileContents
 _ATTR = "_pyinfra_devpi_snapshot"
 
 
+@dataclass(frozen=True)
+class FactRead:
+    """One fact with its arguments: what an operation reads, and the memo's key."""
+
+    fact: type
+    arguments: tuple[tuple[str, object], ...]
+
+    @classmethod
+    def of(cls, fact: type, **kwargs) -> "FactRead":
+        return cls(fact, tuple(sorted(kwargs.items())))
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.arguments)
+
+
+# A read is a fact, or the path of a small text file the deploy owns.
+Read = Union[FactRead, str]
+
+
 def _memo(host) -> dict:
     memo = getattr(host, _ATTR, None)
     if memo is None:
@@ -32,68 +57,57 @@ def _memo(host) -> dict:
     return memo
 
 
-def _key(fact_cls, kwargs: dict):
-    return (fact_cls, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
-
-
-def read_fact(host, fact_cls, **kwargs):
-    """``host.get_fact`` with a per-run memo keyed by fact class and arguments."""
+def read(host, fact_read: FactRead):
+    """The fact's value as the run found it (read now if it was not prefetched)."""
     facts = _memo(host)["facts"]
-    key = _key(fact_cls, kwargs)
-    if key not in facts:
-        facts[key] = host.get_fact(fact_cls, **kwargs)
-    return facts[key]
+    if fact_read not in facts:
+        facts[fact_read] = host.get_fact(fact_read.fact, **fact_read.kwargs)
+    return facts[fact_read]
 
 
-def prefetch(host, facts=(), files=()) -> None:
-    """Read ``facts`` (``(fact class, kwargs)`` pairs) and the small text files
-    ``files`` in one command; what is already in the memo is not read again.
+def prefetch(host, reads: Iterable[Read]) -> None:
+    """Read every fact and file in ``reads`` in one command; what is already in the
+    memo is not read again.
 
     A fact whose command failed, or whose output its ``process`` refused, is left
-    out of the memo, so ``read_fact`` reads it on its own and pyinfra reports it.
+    out of the memo, so ``read`` reads it on its own and pyinfra reports it.
     """
     memo = _memo(host)
-    wanted = [(cls, kwargs) for cls, kwargs in facts if _key(cls, kwargs) not in memo["facts"]]
-    missing_files = [path for path in dict.fromkeys(files) if path not in memo["files"]]
-    if missing_files:
-        wanted.append((FileContents, {"paths": missing_files}))
+    reads = list(dict.fromkeys(reads))
+    wanted = [r for r in reads if isinstance(r, FactRead) and r not in memo["facts"]]
+    paths = [r for r in reads if isinstance(r, str) and r not in memo["files"]]
+    if paths:
+        wanted.append(FactRead.of(FileContents, paths=paths))
     if not wanted:
         return
     if len(wanted) == 1:  # nothing to batch
-        cls, kwargs = wanted[0]
-        value = host.get_fact(cls, **kwargs)
-        _store(memo, cls, kwargs, value)
+        _store(memo, wanted[0], host.get_fact(wanted[0].fact, **wanted[0].kwargs))
         return
-    results = host.get_fact(FactBatch, commands=[command_text(cls, kwargs) for cls, kwargs in wanted])
+    results = host.get_fact(FactBatch, commands=[command_text(r.fact, r.kwargs) for r in wanted])
     if not isinstance(results, list) or len(results) != len(wanted):
         return  # read one by one instead
-    for (cls, kwargs), result in zip(wanted, results):
+    for fact_read, result in zip(wanted, results):
         if result["status"] != 0:
             continue
-        fact = cls()
+        fact = fact_read.fact()
         try:
             # As pyinfra does: no output is the fact's default.
             value = fact.process(result["lines"]) if result["lines"] else fact.default()
         except FactProcessError:
             continue
-        _store(memo, cls, kwargs, value)
+        _store(memo, fact_read, value)
 
 
-def _store(memo: dict, cls, kwargs: dict, value) -> None:
-    if cls is FileContents and isinstance(value, dict):
+def _store(memo: dict, fact_read: FactRead, value) -> None:
+    if fact_read.fact is FileContents and isinstance(value, dict):
         memo["files"].update(value)
     else:
-        memo["facts"][_key(cls, kwargs)] = value
-
-
-def prefetch_files(host, paths) -> None:
-    """Read several small files in one command; ``file_content`` then answers from it."""
-    prefetch(host, files=paths)
+        memo["facts"][fact_read] = value
 
 
 def file_content(host, path: str) -> str | None:
     """The file's content as the run found it (``None`` when missing)."""
-    prefetch_files(host, [path])
+    prefetch(host, [path])
     files = _memo(host)["files"]
     if path not in files:  # pyinfra has reported why, and failed the host
         raise PyinfraError(f"could not read {path} on {host.name}")

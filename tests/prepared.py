@@ -36,6 +36,7 @@ class PreparedHost:
     files: dict = field(default_factory=dict)
     asked: list = field(default_factory=list)
     logged: list = field(default_factory=list)
+    noops: list = field(default_factory=list)
     name: str = "prepared"
     print_prefix: str = "[prepared] "
 
@@ -53,6 +54,9 @@ class PreparedHost:
 
     def log(self, message, log_func=None):
         self.logged.append(message)
+
+    def noop(self, description):
+        self.noops.append(description)
 
 
 def as_text(command) -> str | Upload:

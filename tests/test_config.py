@@ -123,12 +123,12 @@ def test_keys_of_other_deploys_are_ignored():
 def test_defaults_and_home_expansion():
     config = build_config(BASE, HOME)
     assert config.home == "/Users/alice/devpi"
-    assert config.venv == "/Users/alice/devpi/venv"
-    assert config.server_dir == "/Users/alice/devpi/server-dir"
-    assert config.config_file == "/Users/alice/devpi/devpi-server.yml"
-    assert config.plist_file == "/Users/alice/Library/LaunchAgents/net.devpi.plist"
-    assert config.out_log_path == "/Users/alice/Library/Logs/net.devpi.out.log"
-    assert config.err_log_path == "/Users/alice/Library/Logs/net.devpi.err.log"
+    assert config.paths.venv == "/Users/alice/devpi/venv"
+    assert config.paths.server_dir == "/Users/alice/devpi/server-dir"
+    assert config.paths.config_file == "/Users/alice/devpi/devpi-server.yml"
+    assert config.paths.plist_file == "/Users/alice/Library/LaunchAgents/net.devpi.plist"
+    assert config.paths.out_log == "/Users/alice/Library/Logs/net.devpi.out.log"
+    assert config.paths.err_log == "/Users/alice/Library/Logs/net.devpi.err.log"
     assert config.caddy_site_file == "/Users/alice/.config/caddy/sites/devpi.caddy"
     assert (config.host, config.port) == ("127.0.0.1", 3141)
     assert config.server_version == "6.20.3" and config.web_version == "5.1.1"
@@ -163,7 +163,7 @@ def test_server_options_override_defaults():
     assert options["threads"] == 8
     assert options["argon2-time-cost"] == 3
     assert options["indexer-backend"] == "null"  # untouched default stays
-    assert options["serverdir"] == config.server_dir
+    assert options["serverdir"] == config.paths.server_dir
 
 
 def test_indri_inventory_is_valid():
@@ -173,9 +173,9 @@ def test_indri_inventory_is_valid():
     config = build_config(data, "/Users/erichblume")
     assert config.label == "mcquack.eblume.devpi"
     assert config.home == "/Users/erichblume/devpi"
-    assert config.out_log_path == "/Users/erichblume/Library/Logs/mcquack.devpi.out.log"
-    assert config.err_log_path == "/Users/erichblume/Library/Logs/mcquack.devpi.err.log"
-    assert config.plist_file == "/Users/erichblume/Library/LaunchAgents/mcquack.eblume.devpi.plist"
+    assert config.paths.out_log == "/Users/erichblume/Library/Logs/mcquack.devpi.out.log"
+    assert config.paths.err_log == "/Users/erichblume/Library/Logs/mcquack.devpi.err.log"
+    assert config.paths.plist_file == "/Users/erichblume/Library/LaunchAgents/mcquack.eblume.devpi.plist"
     assert config.caddy_restart == {"label": "mcquack.eblume.caddy"}
     assert config.root_password.scheme == "op"
     assert config.local_url == "http://127.0.0.1:3141"

@@ -17,6 +17,7 @@ from facts.devpi import ServerDir, VenvVersions
 from facts.files import FileContents
 from facts.launchd import LaunchdJob
 from pyinfra_devpi import snapshot
+from pyinfra_devpi.snapshot import FactRead
 
 SHELLS = [s for s in ("/bin/sh", shutil.which("dash"), shutil.which("bash")) if s]
 
@@ -111,39 +112,39 @@ def test_prefetch_answers_every_later_read_from_one_command(tmp_path):
     venv = Path(sys.executable).parent.parent
     host = ShellHost()
     facts = [
-        (ServerDir, {"path": str(server_dir), "secret_file": str(tmp_path / "secret")}),
-        (VenvVersions, {"venv": str(venv)}),
-        (LaunchdJob, {"label": "org.example.job", "domain": "gui/501"}),
+        FactRead.of(ServerDir, path=str(server_dir), secret_file=str(tmp_path / "secret")),
+        FactRead.of(VenvVersions, venv=str(venv)),
+        FactRead.of(LaunchdJob, label="org.example.job", domain="gui/501"),
     ]
-    snapshot.prefetch(host, facts=facts, files=[str(tmp_path / "a.txt"), str(tmp_path / "none")])
+    snapshot.prefetch(host, [*facts, str(tmp_path / "a.txt"), str(tmp_path / "none")])
     assert host.ran == ["FactBatch"]
 
     # Each answer is what the fact gives when read on its own.
     alone = ShellHost()
-    for cls, kwargs in facts:
-        assert snapshot.read_fact(host, cls, **kwargs) == alone.get_fact(cls, **kwargs)
+    for fact in facts:
+        assert snapshot.read(host, fact) == alone.get_fact(fact.fact, **fact.kwargs)
     assert snapshot.file_content(host, str(tmp_path / "a.txt")) == "alpha\n"
     assert snapshot.file_content(host, str(tmp_path / "none")) is None
     assert host.ran == ["FactBatch"]
 
-    snapshot.prefetch(host, facts=facts, files=[str(tmp_path / "a.txt")])  # all known
+    snapshot.prefetch(host, [*facts, str(tmp_path / "a.txt")])  # all known
     assert host.ran == ["FactBatch"]
 
 
 def test_failed_or_unreadable_facts_are_read_again_alone(tmp_path):
     host = ShellHost()
-    snapshot.prefetch(host, facts=[(Fails, {"why": "x"}), (Garbled, {})], files=[str(tmp_path / "f")])
+    snapshot.prefetch(host, [FactRead.of(Fails, why="x"), FactRead.of(Garbled), str(tmp_path / "f")])
     assert host.ran == ["FactBatch"]
     assert snapshot.file_content(host, str(tmp_path / "f")) is None  # from the batch
     # Not memoised: pyinfra's own get_fact runs them, and reports their failure.
-    assert snapshot.read_fact(host, Fails, why="x") is None
+    assert snapshot.read(host, FactRead.of(Fails, why="x")) is None
     with pytest.raises(FactProcessError):
-        snapshot.read_fact(host, Garbled)
+        snapshot.read(host, FactRead.of(Garbled))
     assert host.ran == ["FactBatch", "Fails", "Garbled"]
 
 
 def test_a_single_fact_is_read_without_a_batch(tmp_path):
     host = ShellHost()
-    snapshot.prefetch(host, files=[str(tmp_path / "f")])
+    snapshot.prefetch(host, [str(tmp_path / "f")])
     assert host.ran == ["FileContents"]
     assert snapshot.file_content(host, str(tmp_path / "f")) is None

@@ -41,8 +41,8 @@ def converged(config) -> PreparedHost:
         },
         venv={"devpi-server": "6.20.3", "devpi-web": "5.1.1", "python": "3.11.7", "path": "/x"},
         files={
-            config.plist_file: render_plist(config),
-            config.config_file: render_server_yaml(config),
+            config.paths.plist_file: render_plist(config),
+            config.paths.config_file: render_server_yaml(config),
             config.caddy_site_file: render_caddy_site(config),
         },
     )
@@ -77,7 +77,7 @@ def converge(host, config, password_hash=None, executing=True, diff=False):
     run("init", devpi.init, config=config, password_hash=password_hash)
     agent_op = run(
         "agent", launchd.agent, label=config.label, plist=render_plist(config),
-        plist_path=config.plist_file, domain=DOMAIN, restart_after=[venv_op, config_op],
+        plist_path=config.paths.plist_file, domain=DOMAIN, restart_after=[venv_op, config_op],
     )
     run("health", devpi.wait_healthy, config=config, after=[agent_op])
     run(
@@ -101,13 +101,47 @@ def test_converged_host_yields_nothing(config):
     host = converged(config)
     steps = converge(host, config)
     assert steps == {name: [] for name in steps}
+    # Each operation says why it has nothing to do, as pyinfra's own operations do.
+    assert host.noops == [
+        "devpi-server 6.20.3 + devpi-web 5.1.1 are installed",
+        "/Users/alice/devpi/devpi-server.yml is up to date",
+        "devpi's secret file /Users/alice/devpi/secret exists",
+        "/Users/alice/devpi/server-dir is initialised",
+        "gui/501/net.devpi is loaded, enabled and running its current definition",
+        "devpi was not (re)started",
+        "/Users/alice/.config/caddy/sites/devpi.caddy is up to date",
+    ]
+
+
+def test_the_operation_modules_declare_exactly_what_their_operations_read(config):
+    """The deploy prefetches the modules' ``reads`` lists in one round trip; an
+    operation that read anything else would cost a rerun a remote command each."""
+    from operations import caddy as caddy_op
+    from pyinfra_devpi.snapshot import FactRead
+
+    declared = set()
+    for item in [
+        *devpi.reads(config),
+        *launchd.reads(config.label, DOMAIN, config.paths.plist_file),
+        *caddy_op.reads(config.caddy_site_file),
+    ]:
+        declared.add(("file", item) if isinstance(item, str) else (item.fact.__name__, item.arguments))
+    for host in (converged(config), fresh(config)):
+        converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
+        asked = set()
+        for name, kwargs in host.asked:
+            if name == "FileContents":
+                asked.update(("file", path) for path in kwargs["paths"])
+            else:
+                asked.add((name, FactRead.of(object, **kwargs).arguments))
+        assert asked == declared
 
 
 def test_converged_host_reads_each_fact_once(config):
-    from pyinfra_devpi.snapshot import prefetch_files
+    from pyinfra_devpi.snapshot import prefetch
 
     host = converged(config)
-    prefetch_files(host, [config.plist_file, config.config_file, config.caddy_site_file])
+    prefetch(host, [config.paths.plist_file, config.paths.config_file, config.caddy_site_file])
     converge(host, config)
     converge(host, config)  # the second pass (execution after change detection)
     asked = [name for name, _ in host.asked]
@@ -118,10 +152,10 @@ def test_fresh_host_builds_everything_in_order(config):
     host = fresh(config)
     steps = converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
     assert [c.dest for c in steps["venv"] if isinstance(c, Upload)] == [
-        f"{config.venvs_dir}/{config.venv_name}.lock.txt"
+        f"{config.paths.venvs_dir}/{config.venv_name}.lock.txt"
     ]
     assert "uv\" pip install" in steps["venv"][-1] and "--require-hashes" in steps["venv"][-1]
-    assert [c.dest for c in steps["config"] if isinstance(c, Upload)] == [config.config_file + ".pyinfra-new"]
+    assert [c.dest for c in steps["config"] if isinstance(c, Upload)] == [config.paths.config_file + ".pyinfra-new"]
     assert "devpi-gen-secret" in steps["secret"][0]
     assert any("devpi-init" in c for c in shell_lines(steps["init"]))
     assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
@@ -149,19 +183,19 @@ def test_missing_venv_is_built(config):
 
 def test_yaml_change_restarts_without_reloading_the_plist(config):
     host = converged(config)
-    host.files[config.config_file] = render_server_yaml(config).replace("30", "5")
+    host.files[config.paths.config_file] = render_server_yaml(config).replace("30", "5")
     steps = converge(host, config)
-    assert [c.dest for c in steps["config"] if isinstance(c, Upload)] == [config.config_file + ".pyinfra-new"]
+    assert [c.dest for c in steps["config"] if isinstance(c, Upload)] == [config.paths.config_file + ".pyinfra-new"]
     assert launchctl_verbs(steps["agent"]) == ["kickstart -k"]
     assert steps["venv"] == [] and steps["init"] == []
 
 
 def test_plist_change_boots_out_and_bootstraps(config):
     host = converged(config)
-    host.files[config.plist_file] = render_plist(config).replace("Standard", "Background")
+    host.files[config.paths.plist_file] = render_plist(config).replace("Standard", "Background")
     steps = converge(host, config)
     assert launchctl_verbs(steps["agent"]) == ["bootout", "bootstrap"]
-    assert [c.dest for c in steps["agent"] if isinstance(c, Upload)] == [config.plist_file + ".pyinfra-new"]
+    assert [c.dest for c in steps["agent"] if isinstance(c, Upload)] == [config.paths.plist_file + ".pyinfra-new"]
     assert steps["health"]
 
 
@@ -278,11 +312,11 @@ def test_diff_mode_shows_each_planned_command_masked(config):
     converge(fresh_host, config, password_hash=HiddenValue(PASSWORD_HASH), executing=False, diff=True)
     logged = "\n".join(fresh_host.logged)
     assert f"launchctl bootstrap {DOMAIN}" in logged
-    assert "Will run: upload " + config.config_file + ".pyinfra-new" in logged
+    assert "Will run: upload " + config.paths.config_file + ".pyinfra-new" in logged
     assert "devpi-init" in logged and "line script" in logged
     assert PASSWORD_HASH not in logged
     changed = converged(config)
-    changed.files[config.plist_file] = "old"
+    changed.files[config.paths.plist_file] = "old"
     converge(changed, config, executing=False, diff=True)
     assert any(m.startswith("Will run: launchctl bootout") for m in changed.logged)
     assert any("Will modify" in m for m in changed.logged)

@@ -88,7 +88,7 @@ def test_default_is_no_prewarm():
     config = config_with()
     assert config.prewarm == ()
     assert config.prewarm_index == "root/pypi"
-    assert prewarm_op.marker_paths(config) == []
+    assert prewarm_op.reads(config) == []
 
 
 def test_names_are_normalised_and_deduplicated_in_order():
@@ -182,7 +182,7 @@ def config():
 
 
 def marker_file(config):
-    return pw.marker_path(config.home)
+    return config.paths.prewarm_marker
 
 
 def run(config, files, sd=None, after=()):
@@ -200,10 +200,10 @@ def test_cold_marker_yields_one_command(config):
     host, commands = run(config, {marker_file(config): None})
     assert len(commands) == 1
     command = commands[0]
-    assert command.startswith(f"{config.venv}/bin/python -I -c ")
+    assert command.startswith(f"{config.paths.venv}/bin/python -I -c ")
     assert "http://127.0.0.1:3999 root/pypi" in command
     assert command.endswith(" requests idna")
-    assert f"{config.server_dir}/.nodeinfo" in command
+    assert f"{config.paths.server_dir}/.nodeinfo" in command
     assert gnu_only_forms(command) == []
     assert host.asked == [("FileContents", {"paths": [marker_file(config)]})]
 
@@ -227,10 +227,10 @@ def test_changed_list_index_or_mirror_rewarms(config):
 
 
 def test_the_deploy_reads_the_marker_with_its_other_files(config):
-    from pyinfra_devpi.snapshot import prefetch_files
+    from pyinfra_devpi.snapshot import prefetch
 
     host = PreparedHost(files={})
-    prefetch_files(host, [config.plist_file, *prewarm_op.marker_paths(config)])
+    prefetch(host, [config.paths.plist_file, *prewarm_op.reads(config)])
     run_op(prewarm_op.projects, host, config=config, server_dir=server_dir())
     assert [name for name, _ in host.asked] == ["FileContents"]
 
@@ -301,7 +301,7 @@ def run_script(tmp_path, server, names):
     marker = tmp_path / "prewarm.state"
     url = f"http://127.0.0.1:{server.server_address[1]}"
     proc = subprocess.run(
-        [sys.executable, "-I", "-c", pw.SCRIPT, url, "root/pypi", str(marker), "d1g", str(tmp_path / ".nodeinfo"), "10", *names],
+        [sys.executable, "-I", "-c", pw.SCRIPT, url, "root/pypi", str(marker), f"{marker}.pyinfra-new", "d1g", str(tmp_path / ".nodeinfo"), "10", *names],
         capture_output=True, text=True, timeout=60,
     )
     return proc, marker

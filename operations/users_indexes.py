@@ -8,7 +8,7 @@ needs a decision the data does not make is refused; the passwords the actions ne
 A rerun where nothing differs reads the fact and nothing else.
 
 The operation applies the plan in one remote command: the devpi venv's Python runs
-``pyinfra_devpi/devpi_state.py`` (uploaded beside a 0600 payload file in the 0700
+``pyinfra_devpi/users_indexes/plan.py`` (uploaded beside a 0600 payload file in the 0700
 devpi home). The payload, secrets included, is read into the environment and the
 file removed before the script starts; the script removes the secrets from its own
 environment at once, plans again against what devpi holds by then (so a server that
@@ -27,24 +27,20 @@ from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand
 from pyinfra.api.hiddenvalue import HiddenValue
 
-from facts.devpi_api import UsersIndexes
-from pyinfra_devpi import devpi_state
+from facts.users_indexes import UsersIndexes
 from pyinfra_devpi.config import DevpiConfig
-from pyinfra_devpi.devpi_state import LOCAL_ONLY, PAYLOAD_ENV, PlanError, describe, plan
+from pyinfra_devpi.layout import transient
 from pyinfra_devpi.run_secrets import hash_once, resolve_once
-from pyinfra_devpi.snapshot import read_fact
+from pyinfra_devpi.snapshot import FactRead, read
+from pyinfra_devpi.users_indexes import plan as plan_module
+from pyinfra_devpi.users_indexes.plan import LOCAL_ONLY, PAYLOAD_ENV, PlanError, describe, plan
 
 from .announce import operation
 
 q = shlex.quote
 
 PRIVATE_DIR = "drwx------"
-SCRIPT_SOURCE = Path(devpi_state.__file__).read_text(encoding="utf-8")
-
-
-def state_file(config: DevpiConfig) -> str:
-    """The deploy's record of the password references it set (no secret in it)."""
-    return f"{config.home}/users.pyinfra.json"
+SCRIPT_SOURCE = Path(plan_module.__file__).read_text(encoding="utf-8")
 
 
 def desired_users(config: DevpiConfig) -> dict:
@@ -55,21 +51,25 @@ def desired_users(config: DevpiConfig) -> dict:
     }
 
 
-def facts_needed(config: DevpiConfig) -> list[tuple]:
-    """The facts ``planned`` reads, as ``(fact class, kwargs)``: none when the data
-    declares no users and no indexes (nothing to compare, so nothing to ask devpi)."""
+def _users_indexes_read(config: DevpiConfig) -> FactRead:
+    return FactRead.of(UsersIndexes, url=config.local_url, state_file=config.paths.users_state_file)
+
+
+def reads(config: DevpiConfig) -> list:
+    """What ``prepare`` and ``users_indexes`` read: nothing when the data declares no
+    users and no indexes (nothing to compare, so nothing to ask devpi)."""
     if not config.users and not config.indexes:
         return []
-    return [(UsersIndexes, {"url": config.local_url, "state_file": state_file(config)})]
+    return [_users_indexes_read(config)]
 
 
 def current(config: DevpiConfig) -> dict | None:
-    return read_fact(host, UsersIndexes, url=config.local_url, state_file=state_file(config))
+    return read(host, _users_indexes_read(config))
 
 
 def planned(config: DevpiConfig) -> list[dict]:
     """The actions for this host (``PlanError`` when the data must decide first)."""
-    if not facts_needed(config):
+    if not reads(config):
         return []
     facts = current(config)
     markers = facts.get("passwords") if facts else None
@@ -116,7 +116,7 @@ def apply_command(config: DevpiConfig, payload_file: str, script_file: str) -> s
     return (
         f"f={q(payload_file)}; chmod 600 \"$f\"; "
         f'{PAYLOAD_ENV}=$(cat "$f"); rm -f "$f"; export {PAYLOAD_ENV}; '
-        f"{q(config.venv + '/bin/python')} -I {q(script_file)}; rc=$?; "
+        f"{q(config.paths.bin('python'))} -I {q(script_file)}; rc=$?; "
         f"rm -f {q(script_file)}; exit $rc"
     )
 
@@ -131,11 +131,14 @@ def users_indexes(config: DevpiConfig, secrets: HiddenValue | None = None):
     """
     actions = planned(config)
     if not actions:
+        host.noop("devpi holds the declared users and indexes")
         return
+    paths = config.paths
     payload = {
         "url": config.local_url,
         "timeout": config.health_timeout,
-        "state_file": state_file(config),
+        "state_file": paths.users_state_file,
+        "state_file_transient": transient(paths.users_state_file),
         "users": desired_users(config),
         "indexes": config.indexes,
         "secrets": None,
@@ -143,13 +146,13 @@ def users_indexes(config: DevpiConfig, secrets: HiddenValue | None = None):
     # Before execution (--dry, change detection) there is nothing to upload.
     if state.is_executing and secrets is not None:
         payload["secrets"] = json.loads(secrets.unmask())
-    payload_file = f"{config.home}/.pyinfra-devpi-api.json"
-    script_file = f"{config.home}/.pyinfra-devpi-api.py"
+    payload_file = paths.api_payload
+    script_file = paths.api_script
     facts = current(config)
     if not facts or facts.get("state_dir_mode") != PRIVATE_DIR:
         # SFTP creates the payload file with the default umask: only the owner may
         # see into the directory before the secrets land in it.
-        yield f"chmod 700 {q(config.home)}"
+        yield f"chmod 700 {q(paths.home)}"
     yield FileUploadCommand(BytesIO(SCRIPT_SOURCE.encode("utf-8")), script_file)
     yield FileUploadCommand(BytesIO(json.dumps(payload).encode("utf-8")), payload_file)
     yield apply_command(config, payload_file, script_file)

@@ -20,11 +20,11 @@ import pytest
 from argon2 import PasswordHasher
 from pyinfra.api.exceptions import FactProcessError
 
-from facts.devpi_api import UsersIndexes
-from operations import devpi_api
-from pyinfra_devpi import devpi_state
+from facts.users_indexes import UsersIndexes
+from operations import users_indexes as users_indexes_op
 from pyinfra_devpi.config import ConfigError, build_config
-from pyinfra_devpi.devpi_state import AFTER_INIT, PlanError, describe, plan, split_userlist
+from pyinfra_devpi.users_indexes import plan as plan_script
+from pyinfra_devpi.users_indexes.plan import AFTER_INIT, PlanError, describe, plan, split_userlist
 from pyinfra_devpi.secrets import SecretRef
 
 from .prepared import PreparedHost, Upload, gnu_only_forms, run_op, shell_lines
@@ -51,7 +51,7 @@ def error_for(users=None, indexes=None) -> str:
 
 
 def desired(config):
-    return devpi_api.desired_users(config), config.indexes
+    return users_indexes_op.desired_users(config), config.indexes
 
 
 # --------------------------------------------------------------------------- validation
@@ -155,7 +155,7 @@ def converged_state(config, markers=True):
             }
         elif action["op"] == "patch_index":
             current["indexes"][action["name"]].update(action["body"])
-    marks = {n: devpi_state.password_marker(s) for n, s in desired(config)[0].items() if s["state"] == "present"}
+    marks = {n: plan_script.password_marker(s) for n, s in desired(config)[0].items() if s["state"] == "present"}
     return current, (marks if markers else {})
 
 
@@ -471,8 +471,8 @@ def test_fact_fails_on_an_error_answer(fake_devpi):
 
 def payload_for(config, url, state_file, secrets):
     return {
-        "url": url, "timeout": 5, "state_file": str(state_file),
-        "users": devpi_api.desired_users(config), "indexes": config.indexes, "secrets": secrets,
+        "url": url, "timeout": 5, "state_file": str(state_file), "state_file_transient": f"{state_file}.pyinfra-new",
+        "users": users_indexes_op.desired_users(config), "indexes": config.indexes, "secrets": secrets,
     }
 
 
@@ -481,7 +481,7 @@ def test_script_logs_in_once_and_applies_the_plan(fake_devpi, tmp_path):
     state = tmp_path / "users.pyinfra.json"
     pwhash = PasswordHasher().hash("eblume pw")
     out = io.StringIO()
-    devpi_state.apply(
+    plan_script.apply(
         payload_for(config, fake_devpi.url, state, {"root_password": FakeDevpi.ROOT_PASSWORD, "hashes": {"eblume": pwhash}}),
         out=out,
     )
@@ -500,7 +500,7 @@ def test_script_logs_in_once_and_applies_the_plan(fake_devpi, tmp_path):
 
     # again: nothing to do, no login
     fake_devpi.requests.clear()
-    devpi_state.apply(payload_for(config, fake_devpi.url, state, None), out=io.StringIO())
+    plan_script.apply(payload_for(config, fake_devpi.url, state, None), out=io.StringIO())
     assert [(m, p) for m, p, _, _ in fake_devpi.requests] == [("GET", "/")]
 
 
@@ -509,7 +509,7 @@ def test_script_adopts_without_login(fake_devpi, tmp_path):
     fake_devpi.data["root"]["indexes"]["pypi"]["mirror_no_project_list"] = True
     config = config_for({"eblume": EBLUME})
     state = tmp_path / "users.pyinfra.json"
-    devpi_state.apply(payload_for(config, fake_devpi.url, state, None), out=io.StringIO())
+    plan_script.apply(payload_for(config, fake_devpi.url, state, None), out=io.StringIO())
     assert [(m, p) for m, p, _, _ in fake_devpi.requests] == [("GET", "/")]
     assert json.loads(state.read_text())["users"]["eblume"] == {"password": "env:EBLUME_PW", "version": 0}
 
@@ -517,9 +517,9 @@ def test_script_adopts_without_login(fake_devpi, tmp_path):
 def test_script_reports_a_wrong_root_password_without_echoing_it(fake_devpi, tmp_path, capsys, monkeypatch):
     config = config_for({"eblume": EBLUME})
     payload = payload_for(config, fake_devpi.url, tmp_path / "s.json", {"root_password": "wrong pw", "hashes": {"eblume": "$argon2id$x"}})
-    monkeypatch.setenv(devpi_state.PAYLOAD_ENV, json.dumps(payload))
-    assert devpi_state.main() == 1
-    assert devpi_state.PAYLOAD_ENV not in os.environ  # removed before anything else
+    monkeypatch.setenv(plan_script.PAYLOAD_ENV, json.dumps(payload))
+    assert plan_script.main() == 1
+    assert plan_script.PAYLOAD_ENV not in os.environ  # removed before anything else
     captured = capsys.readouterr()
     assert "devpi refused root's login (401" in captured.err and "`devpi_root_password`" in captured.err
     assert "wrong pw" not in captured.err + captured.out and "$argon2id$x" not in captured.err + captured.out
@@ -528,8 +528,8 @@ def test_script_reports_a_wrong_root_password_without_echoing_it(fake_devpi, tmp
 
 def test_script_refuses_a_change_it_has_no_secret_for(fake_devpi, tmp_path):
     config = config_for({"eblume": EBLUME})
-    with pytest.raises(devpi_state.ApplyError, match="rerun the deploy"):
-        devpi_state.apply(payload_for(config, fake_devpi.url, tmp_path / "s.json", None), out=io.StringIO())
+    with pytest.raises(plan_script.ApplyError, match="rerun the deploy"):
+        plan_script.apply(payload_for(config, fake_devpi.url, tmp_path / "s.json", None), out=io.StringIO())
 
 
 # --------------------------------------------------------------------------- the operation
@@ -571,15 +571,15 @@ def prepare(host, config):
     from pyinfra.context import ctx_host
 
     with ctx_host.use(host):
-        return devpi_api.prepare(config)
+        return users_indexes_op.prepare(config)
 
 
 def test_converged_host_yields_nothing_and_reads_no_secret(resolved):
     config = config_for({"eblume": EBLUME}, {"eblume/dev": DEV})
     host = ApiHost(api=api_facts(config))
     assert prepare(host, config) is None
-    assert run_op(devpi_api.users_indexes, host, config=config) == []
-    assert run_op(devpi_api.users_indexes, host, executing=False, config=config) == []
+    assert run_op(users_indexes_op.users_indexes, host, config=config) == []
+    assert run_op(users_indexes_op.users_indexes, host, executing=False, config=config) == []
     assert resolved == []
     assert [a for a in host.asked if a[0] == "UsersIndexes"] == [
         ("UsersIndexes", {"url": "http://127.0.0.1:3141", "state_file": "/Users/alice/devpi/users.pyinfra.json"}),
@@ -602,7 +602,7 @@ def test_adoption_reads_no_secret(resolved):
     host = ApiHost(api=api_facts(config, markers=False))
     assert prepare(host, config) is None
     assert resolved == []
-    commands = run_op(devpi_api.users_indexes, host, config=config, secrets=None)
+    commands = run_op(users_indexes_op.users_indexes, host, config=config, secrets=None)
     assert len(shell_lines(commands)) == 1  # the home is private already: no chmod
     payload = json.loads([c for c in commands if isinstance(c, Upload)][1].content)
     assert payload["secrets"] is None
@@ -619,12 +619,12 @@ def test_fresh_host_creates_all_with_hashed_passwords(resolved):
     assert prepare(host, config).unmask() == secrets.unmask()  # once per run
     assert len(resolved) == 2
 
-    planning = run_op(devpi_api.users_indexes, host, executing=False, config=config, secrets=secrets)
-    commands = run_op(devpi_api.users_indexes, host, config=config, secrets=secrets)
+    planning = run_op(users_indexes_op.users_indexes, host, executing=False, config=config, secrets=secrets)
+    commands = run_op(users_indexes_op.users_indexes, host, config=config, secrets=secrets)
     chmod, script, payload_upload, command = commands
     assert chmod == "chmod 700 /Users/alice/devpi"  # the home's mode is unknown yet
     assert isinstance(script, Upload) and script.dest == "/Users/alice/devpi/.pyinfra-devpi-api.py"
-    assert script.content == devpi_api.SCRIPT_SOURCE
+    assert script.content == users_indexes_op.SCRIPT_SOURCE
     assert isinstance(payload_upload, Upload) and payload_upload.dest == "/Users/alice/devpi/.pyinfra-devpi-api.json"
     payload = json.loads(payload_upload.content)
     assert payload["secrets"] == value
@@ -644,7 +644,7 @@ def test_home_is_made_private_before_secrets_land_in_it(resolved, mode, chmod):
     config = config_for({"eblume": EBLUME}, {"eblume/dev": DEV})
     host = ApiHost(api={**api_facts(config), "state_dir_mode": mode})
     changed = config_for({"eblume": EBLUME}, {"eblume/dev": {**DEV, "volatile": False}})
-    commands = run_op(devpi_api.users_indexes, host, config=changed, secrets=prepare(host, changed))
+    commands = run_op(users_indexes_op.users_indexes, host, config=changed, secrets=prepare(host, changed))
     assert len(shell_lines(commands)) == (2 if chmod else 1)
     assert isinstance(commands[1 if chmod else 0], Upload)
 

@@ -19,7 +19,7 @@ project list is what drives devpi-web's indexing memory.
 
 The checks here run while the config is built, before anything is planned; what
 depends on the server's current state (a type change, a non-volatile index to
-delete) is checked by the plan (``devpi_state.plan``), still before any change.
+delete) is checked by the plan (``plan.plan``), still before any change.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from .secrets import parse_secret_ref
+from .. import checks
+from ..errors import ConfigError
+from ..secrets import parse_secret_ref
 
 # Stricter than devpi (which blocks every ASCII symbol but "-.@_"): a leading
 # letter or digit keeps names clear of devpi's "+" routes and of shell quoting.
@@ -43,21 +45,19 @@ STATES = ("present", "absent")
 TYPES = ("stage", "mirror")
 
 
-def _config_error():
-    """config.ConfigError, imported late: config.py imports this module for its checks."""
-    from .config import ConfigError as error
-
-    return error
+def _fail(key: str, where: str, value: Any, allowed: str) -> ConfigError:
+    return checks.fail(_where(key, where), value, allowed)
 
 
-def _fail(key: str, where: str, value: Any, allowed: str):
-    return _config_error()(f"host data `{key}` {where} = {value!r} is invalid: {allowed}")
+def _where(key: str, where: str) -> str:
+    """``key`` is the key as messages name it (``"`devpi_users`"``), ``where`` a part of it."""
+    return f"{key} {where}" if where else key
 
 
 def _name(key: str, value: Any, what: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise _config_error()(
-            f"host data `{key}` has a malformed {what} name {value!r}: use letters, digits "
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise ConfigError(
+            f"host data {key} has a malformed {what} name {value!r}: use letters, digits "
             "and '-', '_', '.', '@', starting with a letter or digit",
         )
     return value
@@ -67,10 +67,10 @@ def _index_name(key: str, value: Any) -> str:
     if (
         not isinstance(value, str)
         or value.count("/") != 1
-        or not all(NAME_RE.match(part) for part in value.split("/"))
+        or not all(NAME_RE.fullmatch(part) for part in value.split("/"))
     ):
-        raise _config_error()(
-            f"host data `{key}` has a malformed index name {value!r}: use 'user/index' "
+        raise ConfigError(
+            f"host data {key} has a malformed index name {value!r}: use 'user/index' "
             "(each part letters, digits and '-', '_', '.', '@', starting with a letter or "
             "digit), e.g. 'eblume/dev'",
         )
@@ -78,22 +78,15 @@ def _index_name(key: str, value: Any) -> str:
 
 
 def _bool(key, where, value):
-    if not isinstance(value, bool):
-        raise _fail(key, where, value, "use True or False")
-    return value
+    return checks.boolean(_where(key, where), value)
 
 
 def _text(key, where, value):
-    if not isinstance(value, str) or not value.strip() or "\n" in value or "\0" in value:
-        raise _fail(key, where, value, "use a non-empty single-line string")
-    return value
+    return checks.text(_where(key, where), value)
 
 
 def _url(key, where, value):
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _fail(key, where, value, "use an http(s) URL such as 'https://pypi.org/simple/'")
-    return value
+    return checks.url(_where(key, where), value, "https://pypi.org/simple/")
 
 
 def _non_negative_int(key, where, value):
@@ -104,7 +97,7 @@ def _non_negative_int(key, where, value):
 
 def _acl(key, where, value):
     """devpi's ``ensure_acl_list``: a list of principals, the special ones upper-cased."""
-    if not isinstance(value, list) or not all(isinstance(v, str) and ACL_RE.match(v) for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, str) and ACL_RE.fullmatch(v) for v in value):
         raise _fail(
             key, where, value,
             "use a list of user names or ':ANONYMOUS:' / ':AUTHENTICATED:', e.g. ['eblume']",
@@ -114,7 +107,7 @@ def _acl(key, where, value):
 
 def _whitelist(key, where, value):
     """devpi's ``normalize_whitelist_name``: PEP 503 names, or '*'."""
-    if not isinstance(value, list) or not all(isinstance(v, str) and ACL_RE.match(v) for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, str) and ACL_RE.fullmatch(v) for v in value):
         raise _fail(key, where, value, "use a list of project names, or ['*']")
     return [v if v == "*" else re.sub(r"[-_.]+", "-", v).lower() for v in value]
 
@@ -169,8 +162,8 @@ def _state(key, where, spec):
 def _unknown(key, where, spec, allowed):
     unknown = sorted(str(k) for k in spec if k not in allowed)
     if unknown:
-        raise _config_error()(
-            f"host data `{key}` {where} has unknown key(s) {', '.join(unknown)}: "
+        raise ConfigError(
+            f"host data {key} {where} has unknown key(s) {', '.join(unknown)}: "
             f"use {', '.join(sorted(allowed))}",
         )
 
@@ -184,8 +177,8 @@ def check_users(key: str, value: Any) -> dict[str, dict]:
         _name(key, name, "user")
         where = f"[{name!r}]"
         if name == "root":
-            raise _config_error()(
-                f"host data `{key}` declares 'root': root is made by devpi-init with "
+            raise ConfigError(
+                f"host data {key} declares 'root': root is made by devpi-init with "
                 "`devpi_root_password`; leave it out of `devpi_users`",
             )
         if not isinstance(spec, dict):
@@ -204,7 +197,7 @@ def check_users(key: str, value: Any) -> dict[str, dict]:
             try:
                 password = parse_secret_ref(password)
             except ValueError as e:
-                raise _config_error()(f"host data `{key}` {where}['password'] is invalid: {e}") from None
+                raise ConfigError(f"host data {key} {where}['password'] is invalid: {e}") from None
         version = spec.get("password_version", 0)
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise _fail(
@@ -251,8 +244,8 @@ def check_indexes(key: str, value: Any) -> dict[str, dict]:
         if unknown:
             other = "mirror" if index_type == "stage" else "stage"
             hint = [k for k in unknown if k in INDEX_KEYS[other]]
-            raise _config_error()(
-                f"host data `{key}` {where} has unknown key(s) {', '.join(unknown)} for a "
+            raise ConfigError(
+                f"host data {key} {where} has unknown key(s) {', '.join(unknown)} for a "
                 f"{index_type} index"
                 + (f" ({', '.join(hint)}: {other} indexes only)" if hint else "")
                 + f": use {', '.join(sorted(('state', 'type', *allowed)))}",
@@ -263,8 +256,8 @@ def check_indexes(key: str, value: Any) -> dict[str, dict]:
                 if index_type == "mirror":
                     config.setdefault(k, v)
         elif index_type == "mirror" and "mirror_url" not in config:
-            raise _config_error()(
-                f"host data `{key}` {where} is a mirror without 'mirror_url': add the upstream's "
+            raise ConfigError(
+                f"host data {key} {where} is a mirror without 'mirror_url': add the upstream's "
                 "simple index, e.g. 'https://pypi.org/simple/'",
             )
         if name in config.get("bases", ()):
@@ -275,7 +268,7 @@ def check_indexes(key: str, value: Any) -> dict[str, dict]:
     return dict(sorted(indexes.items()))
 
 
-def check_together(users: dict[str, dict], indexes: dict[str, dict], key: str = "devpi_indexes") -> None:
+def check_together(users: dict[str, dict], indexes: dict[str, dict], key: str = "`devpi_indexes`") -> None:
     """What one key cannot check alone: owners, bases, cycles."""
     present = {n for n, s in indexes.items() if s["state"] == "present"}
     for name, spec in indexes.items():
@@ -285,26 +278,26 @@ def check_together(users: dict[str, dict], indexes: dict[str, dict], key: str = 
         if owner != "root":
             declared = users.get(owner)
             if declared is None:
-                raise _config_error()(
-                    f"host data `{key}` declares {name!r} but its user {owner!r} is not in "
+                raise ConfigError(
+                    f"host data {key} declares {name!r} but its user {owner!r} is not in "
                     f"`devpi_users`: add {owner!r} to `devpi_users` (or use an index of 'root')",
                 )
             if declared["state"] == "absent":
-                raise _config_error()(
-                    f"host data `{key}` declares {name!r} present but `devpi_users` says "
+                raise ConfigError(
+                    f"host data {key} declares {name!r} present but `devpi_users` says "
                     f"{owner!r} is absent: declare the index absent too, or keep the user",
                 )
         for base in spec["config"].get("bases", ()):
             if base not in present:
                 why = "declared absent" if base in indexes else "not declared"
-                raise _config_error()(
-                    f"host data `{key}` [{name!r}] has unknown base {base!r} ({why}): bases must "
-                    f"be indexes declared in `{key}` (or 'root/pypi'), e.g. ['root/pypi']",
+                raise ConfigError(
+                    f"host data {key} [{name!r}] has unknown base {base!r} ({why}): bases must "
+                    f"be indexes declared in {key} (or 'root/pypi'), e.g. ['root/pypi']",
                 )
     cycle = find_cycle({n: indexes[n]["config"].get("bases", []) for n in present})
     if cycle:
-        raise _config_error()(
-            f"host data `{key}` has a cycle of bases: {' -> '.join(cycle)}; remove one of them",
+        raise ConfigError(
+            f"host data {key} has a cycle of bases: {' -> '.join(cycle)}; remove one of them",
         )
 
 

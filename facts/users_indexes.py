@@ -14,7 +14,7 @@ import shlex
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
-from pyinfra_devpi.devpi_state import split_userlist
+from pyinfra_devpi.users_indexes.plan import split_userlist
 
 
 class UsersIndexes(FactBase):

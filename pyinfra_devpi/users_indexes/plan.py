@@ -295,8 +295,8 @@ def read_markers(path: str) -> dict:
     return dict(data.get("users") or {})
 
 
-def write_markers(path: str, markers: dict) -> None:
-    new = path + ".new"
+def write_markers(path: str, new: str, markers: dict) -> None:
+    """Write the state file through ``new`` (its transient name) and one rename."""
     fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump({"users": dict(sorted(markers.items()))}, handle, sort_keys=True)
@@ -362,10 +362,10 @@ def apply(payload: dict, out=sys.stdout) -> None:
             call("DELETE", name)
         if op in ("create_user", "set_password", "record_password"):
             markers[name] = action["marker"]
-            write_markers(payload["state_file"], markers)
+            write_markers(payload["state_file"], payload["state_file_transient"], markers)
         elif op == "delete_user" and name in markers:
             del markers[name]
-            write_markers(payload["state_file"], markers)
+            write_markers(payload["state_file"], payload["state_file_transient"], markers)
         out.write(describe(action) + "\n")
         out.flush()
 

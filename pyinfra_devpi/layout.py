@@ -1,0 +1,159 @@
+"""
+Where everything the deploy owns lives on the host: every path and file name,
+derived here and nowhere else.
+
+The config builds one ``Layout`` (``config.paths``) from the operator's directories
+(``devpi_home``, ``devpi_log_dir``, ``devpi_launch_agents_dir``, the label, the
+log names and ``devpi_caddy_site_file``); operations, facts and scripts ask it for
+paths instead of assembling them. ``tests/test_layout.py`` greps the product code
+for the literals below so a new path cannot be written anywhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Defaults of the directory keys (``~/`` is the SSH user's home on the host).
+DEFAULT_HOME = "~/devpi"
+DEFAULT_LOG_DIR = "~/Library/Logs"
+DEFAULT_LAUNCH_AGENTS_DIR = "~/Library/LaunchAgents"
+DEFAULT_CADDY_SITE_FILE = "~/.config/caddy/sites/devpi.caddy"
+
+# devpi's own files in a server dir (devpi-server's source): ``.nodeinfo`` is written
+# by devpi-init (its "initialised" marker), ``.serverversion`` holds the database
+# version, ``+files`` the release files Caddy may serve directly.
+NODEINFO = ".nodeinfo"
+SERVERVERSION = ".serverversion"
+FILES_DIR = "+files"
+
+# A file the deploy writes goes to ``<path>.pyinfra-new`` first and is renamed into
+# place, so launchd, devpi and Caddy never read a half-written file.
+TRANSIENT_SUFFIX = ".pyinfra-new"
+
+# Every venv the deploy builds is named ``devpi-server-<v>-web-<v>-<timestamp>`` under
+# ``venvs/``; older ones are pruned by this prefix. A venv found where the live link
+# belongs (made by hand) is moved aside under ``pre-existing-<timestamp>``.
+VENV_PREFIX = "devpi-"
+PRE_EXISTING_PREFIX = "pre-existing-"
+
+
+def transient(path: str) -> str:
+    """Where a new version of ``path`` is written before it replaces ``path``."""
+    return path + TRANSIENT_SUFFIX
+
+
+def venv_bin(venv: str, name: str) -> str:
+    """A program in a venv; ``venv`` may be a quoted shell variable such as ``"$new"``."""
+    return f"{venv}/bin/{name}"
+
+
+def venv_name(server_version: str, web_version: str) -> str:
+    return f"{VENV_PREFIX}server-{server_version}-web-{web_version}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every path on the host, absolute (``~/`` already expanded)."""
+
+    home: str
+    log_dir: str
+    launch_agents_dir: str
+    label: str
+    out_log_name: str
+    err_log_name: str
+    caddy_site_file: str
+
+    # devpi_home ------------------------------------------------------------
+    @property
+    def venv(self) -> str:
+        """The live venv: a symlink to one of ``venvs_dir``'s venvs."""
+        return f"{self.home}/venv"
+
+    @property
+    def venvs_dir(self) -> str:
+        return f"{self.home}/venvs"
+
+    @property
+    def venv_prune_glob(self) -> str:
+        """The shell glob (after a quoted ``venvs_dir``) matching the deploy's venvs."""
+        return f"{VENV_PREFIX}*"
+
+    def lock_upload(self, name: str) -> str:
+        """Where the requirements lock for venv ``name`` is uploaded."""
+        return f"{self.venvs_dir}/{name}.lock.txt"
+
+    def bin(self, name: str) -> str:
+        """A program in the live venv."""
+        return venv_bin(self.venv, name)
+
+    @property
+    def server_dir(self) -> str:
+        return f"{self.home}/server-dir"
+
+    @property
+    def nodeinfo(self) -> str:
+        return f"{self.server_dir}/{NODEINFO}"
+
+    @property
+    def serverversion(self) -> str:
+        return f"{self.server_dir}/{SERVERVERSION}"
+
+    @property
+    def files_dir(self) -> str:
+        return f"{self.server_dir}/{FILES_DIR}"
+
+    @property
+    def config_file(self) -> str:
+        return f"{self.home}/devpi-server.yml"
+
+    @property
+    def secret_file(self) -> str:
+        return f"{self.home}/secret"
+
+    @property
+    def root_hash_upload(self) -> str:
+        """The 0600 file that carries root's password hash to devpi-init, removed at once."""
+        return f"{self.home}/.root-passwd-hash.pyinfra"
+
+    @property
+    def users_state_file(self) -> str:
+        """The deploy's record of the password references it set (no secret in it)."""
+        return f"{self.home}/users.pyinfra.json"
+
+    @property
+    def api_payload(self) -> str:
+        return f"{self.home}/.pyinfra-devpi-api.json"
+
+    @property
+    def api_script(self) -> str:
+        return f"{self.home}/.pyinfra-devpi-api.py"
+
+    @property
+    def prewarm_marker(self) -> str:
+        return f"{self.home}/prewarm.state"
+
+    # launchd ------------------------------------------------------------------
+    @property
+    def plist_file(self) -> str:
+        return f"{self.launch_agents_dir}/{self.label}.plist"
+
+    @property
+    def out_log(self) -> str:
+        return f"{self.log_dir}/{self.out_log_name}"
+
+    @property
+    def err_log(self) -> str:
+        return f"{self.log_dir}/{self.err_log_name}"
+
+    def managed(self) -> dict[str, str]:
+        """The files the deploy writes, by what they are (for messages and checks)."""
+        return {
+            "venv": self.venv,
+            "server dir": self.server_dir,
+            "config": self.config_file,
+            "secret": self.secret_file,
+            "plist": self.plist_file,
+            "out log": self.out_log,
+            "err log": self.err_log,
+            "Caddy site block": self.caddy_site_file,
+        }
