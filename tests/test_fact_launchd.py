@@ -1,6 +1,7 @@
-"""Unit tests for facts.launchd.LaunchdJob: parsing of real launchctl outputs (see
-tests/data/launchctl/SOURCES.md), the marker protocol, and the shell command itself, run
-for real through sh/dash with and without a stand-in launchctl on PATH."""
+"""Unit tests for facts.launchd: LaunchdJob's parsing of real launchctl outputs (see
+tests/data/launchctl/SOURCES.md), its marker protocol, and both facts' shell commands,
+run for real through sh/dash/bash with and without a stand-in launchctl (and a
+stand-in console owner) on PATH."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from pathlib import Path
 import pytest
 from pyinfra.api.exceptions import FactProcessError
 
-from facts.launchd import DARWIN_SIGNALS, LaunchdJob, decode_wait_status
+from facts.launchd import (
+    DARWIN_SIGNALS,
+    LaunchdJob,
+    LaunchdSession,
+    decode_wait_status,
+)
+
+from .prepared import gnu_only_forms
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "data" / "launchctl"
@@ -597,40 +605,40 @@ def test_garbage_raises(lines):
 
 SHELLS = [sh for sh in ("sh", "dash", "bash") if shutil.which(sh)]
 
-# Forms that exist only in GNU userland (or bash) and would break on macOS /bin/sh.
-GNU_OR_BASH_ONLY = [
-    r"\bstat -c\b",
-    r"\breadlink -f\b",
-    r"\bsed -i(?!\s*'')",
-    r"\bdate \+%N",
-    r"\bsha256sum\b",
-    r"\btimeout\b",
-    r"\binstall -D\b",
-    r"\[\[",
+# Bash-only forms that would break under dash (GNU-only forms: prepared.gnu_only_forms).
+BASH_ONLY = [
     r"\$\{[^}]*//",
     r"\bfunction\b",
     r"<<<",
     r"\bsource\b",
     r"\blocal\b",
-    r"\becho -e\b",
-    r"(^|\s)--[a-z]",
+    r"(^|\s)--[a-z]",  # long options: BSD tools mostly have none
 ]
 
+# Every command either fact can send: LaunchdJob with and without a domain (the latter
+# runs the domain rule), and LaunchdSession.
+COMMANDS = {
+    "job, default domain": lambda: LaunchdJob().command("net.devpi"),
+    "job, given domain": lambda: LaunchdJob().command("net.devpi", domain="user/501"),
+    "session": lambda: LaunchdSession().command(),
+}
 
-@pytest.mark.parametrize("domain", [None, "user/501"])
+
+@pytest.mark.parametrize("which", sorted(COMMANDS))
 @pytest.mark.parametrize("shell", SHELLS)
-def test_command_is_valid_shell(shell, domain):
-    command = LaunchdJob().command("net.devpi", domain=domain)
+def test_command_is_valid_shell(shell, which):
+    command = COMMANDS[which]()
     result = subprocess.run(
         [shell, "-n", "-c", command], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("domain", [None, "gui/501"])
-def test_command_has_no_gnu_or_bash_only_forms(domain):
-    command = LaunchdJob().command("net.devpi", domain=domain)
-    for pattern in GNU_OR_BASH_ONLY:
+@pytest.mark.parametrize("which", sorted(COMMANDS))
+def test_command_has_no_gnu_or_bash_only_forms(which):
+    command = COMMANDS[which]()
+    assert gnu_only_forms(command) == []
+    for pattern in BASH_ONLY:
         assert not re.search(pattern, command), pattern
 
 
@@ -847,38 +855,110 @@ def test_fake_launchctl_gets_an_awkward_label_as_one_argument(tmp_path, fake_bin
     assert process(lines)["disabled"] is True
 
 
-@pytest.mark.parametrize("console_is_mine", [True, False])
-def test_domain_follows_console_owner_from_bsd_stat(
-    tmp_path, fake_bin, console_is_mine
+# ---------------------------------------------------------------------------
+# The domain rule, run by both facts: gui/<uid> for the console owner, else user/<uid>.
+
+# Who owns the console, as `ls -ln /dev/console` shows it (None: there is no console).
+CONSOLE_OWNERS = {
+    "mine": str(os.getuid()),
+    "another user's": str(os.getuid() + 1),
+    "owner not numeric": "someone",
+    "no console": None,
+}
+
+
+def fake_console(fake_bin: Path, owner: str | None) -> None:
+    """A stand-in `ls` on PATH that answers `ls -ln /dev/console` for ``owner``."""
+    if owner is None:
+        answer = 'echo "ls: /dev/console: No such file or directory" >&2; exit 1'
+    else:
+        answer = f'echo "crw-------  1 {owner}  0    0,   0 Jan  1 09:00 /dev/console"'
+    ls = fake_bin / "ls"
+    ls.write_text(f'#!/bin/sh\n[ "$1 $2" = "-ln /dev/console" ] || exit 2\n{answer}\n')
+    ls.chmod(0o755)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("case", sorted(CONSOLE_OWNERS))
+def test_both_facts_pick_the_same_domain_for_the_console_owner(
+    tmp_path, fake_bin, case, shell
 ):
-    # A stand-in for macOS's `stat -f %u /dev/console`, which prints the owner's uid.
+    owner = CONSOLE_OWNERS[case]
+    fake_console(fake_bin, owner)
+    path = f"{fake_bin}:/usr/bin:/bin"
+    env = fake_env(tmp_path)
+    session = LaunchdSession().process(
+        run_command(LaunchdSession().command(), path, shell, env)
+    )
+    job_lines = run_command(LaunchdJob().command("net.devpi"), path, shell, env)
+
     uid = os.getuid()
-    owner = uid if console_is_mine else uid + 1
-    stat = fake_bin / "stat"
-    stat.write_text(
-        f'#!/bin/sh\n[ "$1 $2 $3" = "-f %u /dev/console" ] || exit 2\necho {owner}\n'
-    )
-    stat.chmod(0o755)
-    lines = run_command(
-        LaunchdJob().command("net.devpi"),
-        f"{fake_bin}:/usr/bin:/bin",
-        extra_env=fake_env(tmp_path),
-    )
-    expected = f"gui/{uid}" if console_is_mine else f"user/{uid}"
-    assert lines[0] == f"@domain {expected}"
+    expected = f"gui/{uid}" if case == "mine" else f"user/{uid}"
+    assert session["domain"] == expected
+    assert job_lines[0] == f"@domain {expected}"
+    assert process(job_lines)["domain"] == expected
     assert calls(tmp_path)[0] == ["print", f"{expected}/net.devpi"]
+    numeric = owner is not None and owner.isdigit()
+    assert session["console_uid"] == (int(owner) if numeric else None)
 
 
-def test_domain_falls_back_when_stat_is_gnu(tmp_path, fake_bin):
-    # GNU stat reads -f as "file system status" and prints a report, not a uid.
-    if shutil.which("stat", path="/usr/bin:/bin") is None:
-        pytest.skip("no stat")
-    lines = run_command(
-        LaunchdJob().command("net.devpi"),
-        f"{fake_bin}:/usr/bin:/bin",
-        extra_env=fake_env(tmp_path),
+def test_session_on_this_machine(tmp_path):
+    path = os.environ["PATH"]
+    session = LaunchdSession().process(
+        run_command(LaunchdSession().command(), path, extra_env={"HOME": str(tmp_path)})
     )
-    assert lines[0] == f"@domain {expected_default_domain()}"
+    assert session["uid"] == os.getuid()
+    assert session["home"] == str(tmp_path)
+    assert session["domain"] == expected_default_domain()
+    assert session["launchctl"] is (shutil.which("launchctl", path=path) is not None)
+
+
+SESSION = [
+    "uid=501",
+    "home=/Users/a",
+    "console_uid=501",
+    "domain=gui/501",
+    "launchctl=true",
+]
+
+
+def session_output(**changes) -> list[str]:
+    """SESSION with values replaced (``None``: the line left out)."""
+    values = dict(line.split("=", 1) for line in SESSION)
+    values.update(changes)
+    return [f"{key}={value}" for key, value in values.items() if value is not None]
+
+
+def test_session_process_reports_what_the_command_printed():
+    assert LaunchdSession().process(SESSION) == {
+        "uid": 501,
+        "home": "/Users/a",
+        "console_uid": 501,
+        "domain": "gui/501",
+        "launchctl": True,
+    }
+    # The domain is the command's choice: process does not decide it again.
+    both = session_output(console_uid="501", domain="user/501", launchctl="false")
+    assert LaunchdSession().process(both)["domain"] == "user/501"
+    unknown = LaunchdSession().process(session_output(console_uid=""))
+    assert unknown["console_uid"] is None
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"domain": None},
+        {"domain": ""},
+        {"domain": "gui/502"},
+        {"domain": "system"},
+        {"uid": "x"},
+        {"home": None},
+        {"launchctl": None},
+    ],
+)
+def test_session_process_refuses_unexpected_output(changes):
+    with pytest.raises(FactProcessError):
+        LaunchdSession().process(session_output(**changes))
 
 
 # ---------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from pyinfra.api.exceptions import FactProcessError
 
 from facts.devpi import Health, ServerDir, VenvVersions
 from facts.files import FileContents
-from facts.launchd import LaunchdSession
 
 SHELLS = [s for s in ("/bin/sh", shutil.which("dash"), shutil.which("bash")) if s]
 VENV_BIN = Path(sys.executable).parent
@@ -160,17 +159,3 @@ def test_file_contents_round_trip_exact_bytes(tmp_path):
     fact = run_fact(FileContents, paths=[str(a), str(b), str(tmp_path / "missing")])
     assert fact == {str(a): a.read_text(), str(b): "", str(tmp_path / "missing"): None}
 
-
-def test_launchd_session_on_linux_has_no_launchctl():
-    fact = run_fact(LaunchdSession)
-    assert fact["uid"] == os.getuid()
-    assert fact["home"] == os.environ["HOME"]
-    assert fact["domain"] in (f"gui/{os.getuid()}", f"user/{os.getuid()}")
-    assert fact["launchctl"] is (shutil.which("launchctl") is not None)
-
-
-def test_launchd_session_domain_rule():
-    base = ["uid=501", "home=/Users/a", "launchctl=true"]
-    assert LaunchdSession().process([*base, "console_uid=501"])["domain"] == "gui/501"
-    assert LaunchdSession().process([*base, "console_uid=0"])["domain"] == "user/501"
-    assert LaunchdSession().process([*base, "console_uid="])["domain"] == "user/501"

@@ -37,12 +37,15 @@ time.sleep(300)
 """
 
 
-def proc_state(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
+def ps_field(pid, keyword):
+    """One `ps -o` column for pid (BSD/macOS and procps alike), or None if no such pid.
+
+    -ww: no width limit, which macOS's ps applies even when not writing to a terminal.
+    """
+    result = subprocess.run(["ps", "-ww", "-o", f"{keyword}=", "-p", str(pid)],
+                            capture_output=True, text=True, timeout=10)
+    value = result.stdout.strip()
+    return value if result.returncode == 0 and value else None
 
 
 def alive(pid):
@@ -51,7 +54,8 @@ def alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return proc_state(pid) not in (None, "Z")
+    state = ps_field(pid, "stat")  # e.g. "S", "Ss", "R+"; "Z" for a zombie
+    return state is not None and not state.startswith("Z")
 
 
 def wait_for(predicate, timeout=5.0, interval=0.02):
@@ -167,11 +171,7 @@ class Double:
 
     def ours(self, pid):
         """Only signal processes that belong to this test (pids may be reused)."""
-        try:
-            return str(self.tmp) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(
-                errors="replace")
-        except OSError:
-            return False
+        return str(self.tmp) in (ps_field(pid, "command") or "")
 
     def cleanup(self):
         self.remember_pids()
