@@ -11,6 +11,8 @@ import re
 
 from pyinfra.api.exceptions import FactProcessError
 
+from ._output import key_values
+
 # launchctl's exit status when the service (or the domain) is not there: 113,
 # "Could not find specified service" (`launchctl error 113`), launchctl 2 (10.10+).
 NOT_FOUND_STATUS = 113
@@ -497,11 +499,7 @@ def parse_session(output: list[str]) -> dict:
     The domain is taken as the command chose it (the rule is the command's); it is only
     checked to be one of the two the rule can give for this uid.
     """
-    values = {}
-    for line in output:
-        key, sep, value = line.partition("=")
-        if sep:
-            values[key] = value
+    values = key_values(output)
     uid = values.get("uid", "")
     if not uid.isdigit() or any(
         key not in values for key in ("home", "domain", "launchctl")

@@ -14,19 +14,14 @@ import shlex
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
+from facts._output import key_values, mode_of, print_block, script, split_blocks
 from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, venv_bin
 
 # The keys devpi-server writes into ``.nodeinfo`` that are useful to an operator.
 NODEINFO_KEYS = ("role", "uuid", "nodeinfo_version", "primary-url")
 
 
-def _key_values(output: list[str]) -> dict[str, str]:
-    values = {}
-    for line in output:
-        key, sep, value = line.partition("=")
-        if sep:
-            values[key] = value
-    return values
+DIR = '"$d"'
 
 
 class ServerDir(FactBase):
@@ -41,45 +36,29 @@ class ServerDir(FactBase):
     """
 
     def command(self, path, secret_file=None):
-        quoted = shlex.quote(path)
         parts = [
-            f"d={quoted}",
+            f"d={shlex.quote(path)}",
             'if [ ! -e "$d" ]; then echo "exists=false"',
             'else echo "exists=true"',
             'if [ -d "$d" ]; then echo "is_dir=true"; else echo "is_dir=false"; fi',
-            'echo "mode=$(ls -ld "$d" | cut -c1-10)"',
+            f'echo "mode={mode_of(DIR)}"',
             'if [ -d "$d" ]; then echo "entries=$(ls -A "$d" | wc -l | tr -d " ")"; fi',
             f'v="$d"/{SERVERVERSION}; n="$d"/{NODEINFO}',
             'if [ -f "$v" ]; then echo "serverversion=$(head -n 1 "$v")"; fi',
-            'if [ -f "$n" ]; then echo "@nodeinfo"; cat "$n"; echo; echo "@end"; fi',
+            print_block('"$n"', "nodeinfo"),
             "fi",
         ]
         if secret_file:
             parts += [
                 f"s={shlex.quote(secret_file)}",
-                'if [ -f "$s" ]; then echo "secret_mode=$(ls -ld "$s" | cut -c1-10)";'
-                ' else echo "secret_mode="; fi',
+                'if [ -f "$s" ]; then echo "secret_mode=' + mode_of('"$s"') + '"; else echo "secret_mode="; fi',
             ]
-        parts.append("true")
-        return "\n".join(parts)
+        return script(parts)
 
     def process(self, output):
-        nodeinfo_lines: list[str] = []
-        plain: list[str] = []
-        in_nodeinfo = False
-        for line in output:
-            if line == "@nodeinfo":
-                in_nodeinfo = True
-            elif line == "@end":
-                in_nodeinfo = False
-            elif in_nodeinfo:
-                nodeinfo_lines.append(line)
-            else:
-                plain.append(line)
-        if in_nodeinfo:
-            raise FactProcessError(f"ServerDir: unterminated {NODEINFO} block")
-
-        values = _key_values(plain)
+        plain, blocks = split_blocks(output, ("nodeinfo",), "ServerDir")
+        nodeinfo_lines = blocks.get("nodeinfo", [])
+        values = key_values(plain)
         if "exists" not in values:
             raise FactProcessError(f"ServerDir: unexpected output: {output[:3]!r}")
 
@@ -163,7 +142,7 @@ class VenvVersions(FactBase):
         )
 
     def process(self, output):
-        values = _key_values(output)
+        values = key_values(output)
         if values.get("missing") == "true":
             return None
         if "path" not in values:
@@ -203,7 +182,7 @@ class Health(FactBase):
         )
 
     def process(self, output):
-        values = _key_values(output)
+        values = key_values(output)
         code = values.get("status", "")
         if not code.isdigit():
             raise FactProcessError(f"Health: unexpected output: {output[:3]!r}")

@@ -14,7 +14,11 @@ import shlex
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
+from facts._output import key_values, mode_of, print_block, script, split_blocks
 from pyinfra_devpi.users_indexes.plan import split_userlist
+
+
+DIR = '"$d"'
 
 
 class UsersIndexes(FactBase):
@@ -34,44 +38,27 @@ class UsersIndexes(FactBase):
         root = shlex.quote(url.rstrip("/") + "/")
         parts = [
             'echo "@api"',
+            # curl prints the write-out even when nothing answers (status 000).
             "curl -s --max-time 10 -H 'Accept: application/json' "
-            f"-w '\\n@status=%{{http_code}}\\n' {root} 2>/dev/null",
+            f"-w '\\n@end\\nstatus=%{{http_code}}\\n' {root} 2>/dev/null",
         ]
         if state_file:
             parts += [
                 f"s={shlex.quote(state_file)}",
-                'echo "@dirmode=$(ls -ld "$(dirname "$s")" 2>/dev/null | cut -c1-10)"',
-                'if [ -f "$s" ]; then echo "@state"; cat "$s"; echo; echo "@end"; '
-                'else echo "@nostate"; fi',
+                'd=$(dirname "$s")',
+                f'echo "dirmode={mode_of(DIR)}"',
+                print_block('"$s"', "state", missing="state=missing"),
             ]
-        parts.append("true")
-        return "\n".join(parts)
+        return script(parts)
 
     def process(self, output):
-        body: list[str] = []
-        state: list[str] = []
-        status = None
-        section = None
-        has_state = None
-        dir_mode = None
-        for line in output:
-            if line == "@api":
-                section = "api"
-            elif line.startswith("@status="):
-                status = line[len("@status=") :].strip()
-                section = None
-            elif line == "@state":
-                section, has_state = "state", True
-            elif line.startswith("@dirmode="):
-                dir_mode = line[len("@dirmode=") :].strip() or None
-            elif line == "@nostate":
-                has_state = False
-            elif line == "@end":
-                section = None
-            elif section == "api":
-                body.append(line)
-            elif section == "state":
-                state.append(line)
+        plain, blocks = split_blocks(output, ("api", "state"), "UsersIndexes")
+        values = key_values(plain)
+        status = values.get("status")
+        body = blocks.get("api", [])
+        state = blocks.get("state", [])
+        has_state = True if "state" in blocks else (False if values.get("state") == "missing" else None)
+        dir_mode = values.get("dirmode", "").strip() or None
         if status is None or not status.isdigit():
             raise FactProcessError(f"UsersIndexes: unexpected output: {output[:3]!r}")
         if status == "000":

@@ -37,6 +37,17 @@ def string(where: str, value: Any, allowed: str) -> str:
     return value
 
 
+def matches(pattern: re.Pattern, allowed: str):
+    """A check that the value is a string matching ``pattern`` in full."""
+
+    def check(where: str, value: Any) -> str:
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise fail(where, value, allowed)
+        return value
+
+    return check
+
+
 def text(where: str, value: Any) -> str:
     """A non-empty single-line string."""
     value = string(where, value, "use a non-empty single-line string")

@@ -88,10 +88,7 @@ MAX_SECONDS = 24 * 3600
 # Checks: each takes (where, value) and returns the normalised value or raises.
 
 
-def _version(where, value):
-    if not isinstance(value, str) or not VERSION_RE.fullmatch(value):
-        raise fail(where, value, "use an exact PEP 440 release such as '6.20.3'")
-    return value
+_version = checks.matches(VERSION_RE, "use an exact PEP 440 release such as '6.20.3'")
 
 
 def _port(where, value):
@@ -113,10 +110,7 @@ def _host(where, value):
     return value
 
 
-def _label(where, value):
-    if not isinstance(value, str) or not LABEL_RE.fullmatch(value):
-        raise fail(where, value, "use a reverse-DNS launchd label such as 'net.devpi'")
-    return value
+_label = checks.matches(LABEL_RE, "use a reverse-DNS launchd label such as 'net.devpi'")
 
 
 def _path(where, value):
@@ -157,10 +151,7 @@ def _command_name(where, value):
     return value
 
 
-def _domain(where, value):
-    if not isinstance(value, str) or not DOMAIN_RE.fullmatch(value):
-        raise fail(where, value, "use 'gui/<uid>' or 'user/<uid>', or leave unset to auto-detect")
-    return value
+_domain = checks.matches(DOMAIN_RE, "use 'gui/<uid>' or 'user/<uid>', or leave unset to auto-detect")
 
 
 def _process_type(where, value):
@@ -190,10 +181,7 @@ def _secret(where, value):
         raise ConfigError(f"host data {where} is invalid: {e}") from None
 
 
-def _size(where, value):
-    if not isinstance(value, str) or not SIZE_RE.fullmatch(value):
-        raise fail(where, value, "use a size such as '200MB' (units: KB, MB, GB)")
-    return value
+_size = checks.matches(SIZE_RE, "use a size such as '200MB' (units: KB, MB, GB)")
 
 
 def _site_address(where, value):

@@ -461,7 +461,7 @@ def test_fact_fails_on_an_error_answer(fake_devpi):
     with pytest.raises(FactProcessError, match="HTTP 500"):
         run_users_fact(fake_devpi.url)
     with pytest.raises(FactProcessError):
-        UsersIndexes().process(["@api", "not json", "@status=200"])
+        UsersIndexes().process(["@api", "not json", "@end", "status=200"])
     with pytest.raises(FactProcessError):
         UsersIndexes().process(["garbage"])
 
