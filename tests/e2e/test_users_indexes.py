@@ -180,7 +180,7 @@ def test_rerun_changes_nothing_and_asks_op_nothing(host):
     commands = remote_commands(result.output)
     # The login session, then one batch of every fact, devpi's users and indexes among them.
     assert len(commands) == 2, commands
-    assert "Getting fact: facts.devpi_api.UsersIndexes" not in result.output
+    assert "Getting fact: facts.users_indexes.UsersIndexes" not in result.output
     assert not any("pyinfra-devpi-api" in c for c in commands)
 
 
@@ -281,7 +281,7 @@ def test_bad_index_spec_fails_before_anything_changes(host, indexes, message):
 
 
 def test_fact_is_queryable_from_the_cli(host):
-    result = host.run(host.inventory, "fact", "facts.devpi_api.UsersIndexes", f"url={host.url}", "--json",
+    result = host.run(host.inventory, "fact", "facts.users_indexes.UsersIndexes", f"url={host.url}", "--json",
                       env_extra=host.op.env)
     data = json.loads(result.stdout[result.stdout.index("{"):])
     ((value,),) = [list(by_host.values()) for by_host in data.values()]
@@ -289,7 +289,7 @@ def test_fact_is_queryable_from_the_cli(host):
     assert value["indexes"]["eblume/dev"]["bases"] == ["root/extra", "root/pypi"]
     assert value["indexes"]["root/pypi"]["mirror_no_project_list"] is True
     assert "passwords" not in value  # only with state_file=
-    nothing = host.run(host.inventory, "fact", "facts.devpi_api.UsersIndexes", f"url=http://127.0.0.1:{free_port()}",
+    nothing = host.run(host.inventory, "fact", "facts.users_indexes.UsersIndexes", f"url=http://127.0.0.1:{free_port()}",
                        "--json", env_extra=host.op.env)
     data = json.loads(nothing.stdout[nothing.stdout.index("{"):])
     assert [list(by_host.values()) for by_host in data.values()] == [[None]]
