@@ -14,11 +14,8 @@ import shlex
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
-from facts._output import key_values, mode_of, print_block, script, split_blocks
+from facts._output import key_values, print_block, script, split_blocks
 from pyinfra_devpi.users_indexes.plan import split_userlist
-
-
-DIR = '"$d"'
 
 
 class UsersIndexes(FactBase):
@@ -30,8 +27,7 @@ class UsersIndexes(FactBase):
     ``indexes`` (``{"user/index": index config}``: ``type``, ``bases``, ``volatile``,
     ``acl_upload``, ``mirror_url``, ...) and, with ``state_file`` (the deploy's record of
     the password references it set), ``passwords`` (``{user: {"password": reference,
-    "version": n}}``; references, never passwords) and ``state_dir_mode`` (the ``ls -l``
-    mode of the directory holding it, where the deploy briefly puts its secrets).
+    "version": n}}``; references, never passwords).
     """
 
     def command(self, url, state_file=None):
@@ -45,8 +41,6 @@ class UsersIndexes(FactBase):
         if state_file:
             parts += [
                 f"s={shlex.quote(state_file)}",
-                'd=$(dirname "$s")',
-                f'echo "dirmode={mode_of(DIR)}"',
                 print_block('"$s"', "state", missing="state=missing"),
             ]
         return script(parts)
@@ -58,7 +52,6 @@ class UsersIndexes(FactBase):
         body = blocks.get("api", [])
         state = blocks.get("state", [])
         has_state = True if "state" in blocks else (False if values.get("state") == "missing" else None)
-        dir_mode = values.get("dirmode", "").strip() or None
         if status is None or not status.isdigit():
             raise FactProcessError(f"UsersIndexes: unexpected output: {output[:3]!r}")
         if status == "000":
@@ -74,7 +67,6 @@ class UsersIndexes(FactBase):
             raise FactProcessError("UsersIndexes: GET / did not return devpi's user list") from None
         facts = split_userlist(result)
         if has_state is not None:
-            facts["state_dir_mode"] = dir_mode
             facts["passwords"] = {}
             text = "\n".join(state).strip()
             if text:

@@ -12,13 +12,17 @@ from __future__ import annotations
 import functools
 
 from pyinfra import host, logger, state
-from pyinfra.api import FileUploadCommand, StringCommand
+from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
 from pyinfra.api import operation as pyinfra_operation
 
 
 def describe(command) -> str:
     if isinstance(command, FileUploadCommand):
         return f"upload {command.dest}"
+    if isinstance(command, FunctionCommand):
+        # Runs on the controller; its docstring's first line says what it does.
+        doc = (command.function.__doc__ or command.function.__name__).strip().splitlines()[0]
+        return f"(on this machine) {doc}"
     text = str(command) if isinstance(command, StringCommand) else command
     lines = text.strip().splitlines()
     return lines[0] if len(lines) == 1 else f"{lines[0]} ... ({len(lines)} line script)"

@@ -40,8 +40,11 @@ SERVER_DB_VERSION = "4"
 # - argon2 costs: devpi's defaults (512 MiB, t=16, p=8) spend 5-10 s and ~580 MB at
 #   every start deriving a key from the secret file. The secret is 32 random bytes,
 #   so stretching adds nothing; replicas must use the same values.
+# - restrict-modify root: devpi's default lets anyone who reaches it create users and
+#   indexes (an anonymous ``PUT /<name>`` answers 201); the deploy manages them as root.
 DEFAULT_SERVER_OPTIONS: dict[str, Any] = {
     "indexer-backend": "null",
+    "restrict-modify": "root",
     "request-timeout": 30,
     "argon2-memory-cost": 8192,
     "argon2-time-cost": 2,
@@ -304,13 +307,15 @@ class DevpiConfig:
         return layout.venv_name(self.server_version, self.web_version)
 
     @property
+    def local_address(self) -> str:
+        """The address devpi answers on, as the host reaches it (a wildcard bind is
+        reached on the IPv4 loopback)."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "localhost") else self.host
+
+    @property
     def local_url(self) -> str:
-        host = self.host
-        if ":" in host:
-            host = f"[{host}]"
-        elif host in ("0.0.0.0", "localhost"):
-            host = "127.0.0.1"
-        return f"http://{host}:{self.port}"
+        address = self.local_address
+        return f"http://[{address}]:{self.port}" if ":" in address else f"http://{address}:{self.port}"
 
     @property
     def site_address(self) -> str:

@@ -103,8 +103,9 @@ def devpi_service():
     )
     server_dir = devpi.server_dir(config)
     check_server_dir(config, server_dir)
+    fresh = devpi.needs_init(server_dir)
     # The password is read (1Password may prompt) only when init will run.
-    password_hash = root_password_hash(config) if devpi.needs_init(server_dir) else None
+    password_hash = root_password_hash(config) if fresh else None
 
     venv_op = devpi.venv(name="Install devpi venv", config=config, lock=read_lock(config))
     config_op = devpi.server_config(
@@ -130,12 +131,12 @@ def devpi_service():
         caddy_bin=config.caddy_bin,
     )
     # devpi_users / devpi_indexes: planned (refused, passwords read) now, applied once
-    # devpi is up (waited for above), over its REST API.
+    # devpi is up (waited for above), over its REST API through the SSH connection.
     try:
-        api_secrets = users_indexes.prepare(config)
+        users_indexes.prepare(config, fresh=fresh)
     except PlanError as error:
         raise DeployError(f"{host.name}: {error}") from None
-    users_indexes.users_indexes(name="devpi users and indexes", config=config, secrets=api_secrets)
+    users_indexes.users_indexes(name="devpi users and indexes", config=config, fresh=fresh)
     # Last: devpi is up (waited for above). Only when the list or the mirror changed.
     # The mirror's declared settings are part of the marker: changing them warms again.
     prewarm.projects(

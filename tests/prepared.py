@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from pyinfra.api import FileUploadCommand, StringCommand
+from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
 from facts.devpi import ServerDir, VenvVersions
@@ -64,6 +64,8 @@ def as_text(command) -> str | Upload:
         src = command.src
         src.seek(0)
         return Upload(command.dest, src.read().decode())
+    if isinstance(command, FunctionCommand):
+        return command  # runs on the controller: nothing is sent to the host
     if isinstance(command, StringCommand):
         return str(command)  # the masked form: what pyinfra prints
     return str(command)

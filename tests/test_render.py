@@ -82,6 +82,13 @@ def test_yaml_is_read_by_devpi_server(tmp_path):
     # the cheap key derivation this deploy sets instead of devpi's 512 MiB / t=16 / p=8
     assert (args.argon2_memory_cost, args.argon2_time_cost, args.argon2_parallelism) == (8192, 2, 1)
     assert args.indexer_backend == "null"
+    # only root creates and modifies users and indexes (devpi's default: anyone)
+    assert args.restrict_modify == "root"
+
+
+def test_restrict_modify_is_the_operators_to_widen(tmp_path):
+    config = config_for(devpi_server_options={"restrict-modify": "root,eblume"})
+    assert load_with_devpi(tmp_path, render_server_yaml(config)).args.restrict_modify == "root,eblume"
 
 
 def caddy_adapt(tmp_path, text):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
+import socket
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from argon2 import PasswordHasher
+from pyinfra.api import FunctionCommand
 from pyinfra.api.exceptions import FactProcessError
 
 from facts.users_indexes import UsersIndexes
@@ -25,6 +26,7 @@ from operations import users_indexes as users_indexes_op
 from pyinfra_devpi.config import ConfigError, build_config
 from pyinfra_devpi.users_indexes import plan as plan_script
 from pyinfra_devpi.users_indexes.plan import AFTER_INIT, PlanError, describe, plan, split_userlist
+from pyinfra_devpi import tunnel
 from pyinfra_devpi.secrets import SecretRef
 
 from .prepared import PreparedHost, Upload, gnu_only_forms, run_op, shell_lines
@@ -345,6 +347,7 @@ class FakeDevpi:
         self.data = json.loads(json.dumps({"root": {"username": "root", "indexes": {"pypi": AFTER_INIT["indexes"]["root/pypi"]}}}))
         self.requests: list[tuple[str, str, dict | None, str | None]] = []
         self.fail_get = False
+        self.fail_put_index = False
         handler = self._handler()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -401,6 +404,8 @@ class FakeDevpi:
                 return 200, {}
         user, index = parts
         indexes = self.data[user]["indexes"]
+        if method == "PUT" and self.fail_put_index:
+            return 500, {"message": "disk full"}
         if method == "PUT":
             indexes[index] = {"volatile": True, **body}
             return 200, {}
@@ -441,8 +446,6 @@ def test_fact_reads_devpi_and_the_state_file(fake_devpi, tmp_path):
     }
     fact = run_users_fact(fake_devpi.url, str(state))
     assert fact["passwords"] == {}
-    tmp_path.chmod(0o700)
-    assert run_users_fact(fake_devpi.url, str(state))["state_dir_mode"] == "drwx------"
     state.write_text(json.dumps({"users": {"eblume": {"password": "op://v/i/f", "version": 2}}}))
     assert run_users_fact(fake_devpi.url, str(state))["passwords"] == {"eblume": {"password": "op://v/i/f", "version": 2}}
 
@@ -466,25 +469,41 @@ def test_fact_fails_on_an_error_answer(fake_devpi):
         UsersIndexes().process(["garbage"])
 
 
-# --------------------------------------------------------------------------- the script on the target
+# --------------------------------------------------------------------------- applying (on the controller)
 
 
-def payload_for(config, url, state_file, secrets):
-    return {
-        "url": url, "timeout": 5, "state_file": str(state_file), "state_file_transient": f"{state_file}.pyinfra-new",
-        "users": users_indexes_op.desired_users(config), "indexes": config.indexes, "secrets": secrets,
-    }
+class Secrets:
+    """plan.Secrets that records what was asked."""
+
+    def __init__(self, root=FakeDevpi.ROOT_PASSWORD, hashes=None):
+        self.root, self.hashes, self.asked = root, hashes or {}, []
+
+    def root_password(self):
+        self.asked.append("root")
+        return self.root
+
+    def password_hash(self, user):
+        self.asked.append(user)
+        return self.hashes[user]
 
 
-def test_script_logs_in_once_and_applies_the_plan(fake_devpi, tmp_path):
-    config = config_for({"eblume": EBLUME}, {"eblume/dev": DEV})
-    state = tmp_path / "users.pyinfra.json"
-    pwhash = PasswordHasher().hash("eblume pw")
-    out = io.StringIO()
-    plan_script.apply(
-        payload_for(config, fake_devpi.url, state, {"root_password": FakeDevpi.ROOT_PASSWORD, "hashes": {"eblume": pwhash}}),
-        out=out,
+def request_to(fake):
+    port = int(fake.url.rsplit(":", 1)[1])
+    return tunnel.requester(lambda: socket.create_connection(("127.0.0.1", port), timeout=5), f"127.0.0.1:{port}", 5)
+
+
+def apply_to(fake, config, markers, secrets, lines=None):
+    return plan_script.apply(
+        request_to(fake), users_indexes_op.desired_users(config), config.indexes, markers, secrets,
+        timeout=5, out=(lines.append if lines is not None else (lambda line: None)),
     )
+
+
+def test_apply_logs_in_once_and_makes_only_the_planned_calls(fake_devpi):
+    config = config_for({"eblume": EBLUME}, {"eblume/dev": DEV})
+    pwhash = PasswordHasher().hash("eblume pw")
+    secrets, lines, markers = Secrets(hashes={"eblume": pwhash}), [], {}
+    apply_to(fake_devpi, config, markers, secrets, lines)
     calls = [(m, p) for m, p, _, _ in fake_devpi.requests]
     assert calls == [
         ("GET", "/"), ("POST", "/+login"), ("PUT", "/eblume"), ("PATCH", "/root/pypi"), ("PUT", "/eblume/dev"),
@@ -492,44 +511,54 @@ def test_script_logs_in_once_and_applies_the_plan(fake_devpi, tmp_path):
     assert fake_devpi.requests[2][2] == {"password": None, "pwhash": pwhash, "email": "eblume@example.org"}
     assert fake_devpi.data["eblume"]["indexes"]["dev"]["bases"] == ["root/pypi"]
     assert fake_devpi.data["root"]["indexes"]["pypi"]["mirror_no_project_list"] is True
-    assert json.loads(state.read_text()) == {"users": {"eblume": {"password": "env:EBLUME_PW", "version": 0}}}
-    assert state.stat().st_mode & 0o777 == 0o600
-    printed = out.getvalue()
-    assert "create user eblume" in printed and "create index eblume/dev" in printed
-    assert FakeDevpi.ROOT_PASSWORD not in printed and pwhash not in printed
+    assert markers == {"eblume": {"password": "env:EBLUME_PW", "version": 0}}
+    assert json.loads(plan_script.markers_file(markers)) == {"users": markers}
+    assert any("create user eblume" in line for line in lines) and any("create index eblume/dev" in line for line in lines)
+    assert not any(FakeDevpi.ROOT_PASSWORD in line or pwhash in line for line in lines)
 
-    # again: nothing to do, no login
+    # again: nothing to do, no login, no secret asked
     fake_devpi.requests.clear()
-    plan_script.apply(payload_for(config, fake_devpi.url, state, None), out=io.StringIO())
+    again = Secrets()
+    apply_to(fake_devpi, config, markers, again)
     assert [(m, p) for m, p, _, _ in fake_devpi.requests] == [("GET", "/")]
+    assert again.asked == []
 
 
-def test_script_adopts_without_login(fake_devpi, tmp_path):
+def test_apply_adopts_without_login_or_secret(fake_devpi):
     fake_devpi.data["eblume"] = {"username": "eblume", "email": "eblume@example.org", "indexes": {}}
     fake_devpi.data["root"]["indexes"]["pypi"]["mirror_no_project_list"] = True
     config = config_for({"eblume": EBLUME})
-    state = tmp_path / "users.pyinfra.json"
-    plan_script.apply(payload_for(config, fake_devpi.url, state, None), out=io.StringIO())
+    secrets, markers = Secrets(), {}
+    apply_to(fake_devpi, config, markers, secrets)
     assert [(m, p) for m, p, _, _ in fake_devpi.requests] == [("GET", "/")]
-    assert json.loads(state.read_text())["users"]["eblume"] == {"password": "env:EBLUME_PW", "version": 0}
+    assert markers["eblume"] == {"password": "env:EBLUME_PW", "version": 0}
+    assert secrets.asked == []
 
 
-def test_script_reports_a_wrong_root_password_without_echoing_it(fake_devpi, tmp_path, capsys, monkeypatch):
+def test_apply_reports_a_wrong_root_password_without_echoing_it(fake_devpi):
     config = config_for({"eblume": EBLUME})
-    payload = payload_for(config, fake_devpi.url, tmp_path / "s.json", {"root_password": "wrong pw", "hashes": {"eblume": "$argon2id$x"}})
-    monkeypatch.setenv(plan_script.PAYLOAD_ENV, json.dumps(payload))
-    assert plan_script.main() == 1
-    assert plan_script.PAYLOAD_ENV not in os.environ  # removed before anything else
-    captured = capsys.readouterr()
-    assert "devpi refused root's login (401" in captured.err and "`devpi_root_password`" in captured.err
-    assert "wrong pw" not in captured.err + captured.out and "$argon2id$x" not in captured.err + captured.out
-    assert not (tmp_path / "s.json").exists()
+    markers = {}
+    with pytest.raises(plan_script.ApplyError) as error:
+        apply_to(fake_devpi, config, markers, Secrets(root="wrong pw", hashes={"eblume": "$argon2id$x"}))
+    assert "devpi refused root's login (401" in str(error.value) and "`devpi_root_password`" in str(error.value)
+    assert "wrong pw" not in str(error.value) and "$argon2id$x" not in str(error.value)
+    assert markers == {}
 
 
-def test_script_refuses_a_change_it_has_no_secret_for(fake_devpi, tmp_path):
-    config = config_for({"eblume": EBLUME})
-    with pytest.raises(plan_script.ApplyError, match="rerun the deploy"):
-        plan_script.apply(payload_for(config, fake_devpi.url, tmp_path / "s.json", None), out=io.StringIO())
+def test_apply_records_what_was_done_before_a_failure(fake_devpi):
+    config = config_for({"eblume": EBLUME, "alice": {"password": "env:ALICE_PW"}}, {"alice/dev": {}})
+    fake_devpi.fail_put_index = True
+    markers = {}
+    with pytest.raises(plan_script.ApplyError, match="answered 500"):
+        apply_to(fake_devpi, config, markers, Secrets(hashes={"eblume": "$argon2id$e", "alice": "$argon2id$a"}))
+    assert set(markers) == {"alice", "eblume"}  # both users were created before the index failed
+
+
+def test_tunnel_requester_speaks_json_and_never_raises_on_http_errors(fake_devpi):
+    request = request_to(fake_devpi)
+    status, answer = request("GET", "/")
+    assert status == 200 and "root" in answer["result"]
+    assert request("PUT", "/someone", {"password": "x"})[0] == 403  # no auth
 
 
 # --------------------------------------------------------------------------- the operation
@@ -551,7 +580,7 @@ class ApiHost(PreparedHost):
 
 def api_facts(config, markers=True):
     current, marks = converged_state(config, markers)
-    return {**current, "passwords": marks, "state_dir_mode": "drwx------"}
+    return {**current, "passwords": marks}
 
 
 @pytest.fixture
@@ -567,20 +596,21 @@ def resolved(monkeypatch):
     return calls
 
 
-def prepare(host, config):
+def prepare(host, config, fresh=False):
     from pyinfra.context import ctx_host
 
     with ctx_host.use(host):
-        return users_indexes_op.prepare(config)
+        return users_indexes_op.prepare(config, fresh=fresh)
 
 
 def test_converged_host_yields_nothing_and_reads_no_secret(resolved):
     config = config_for({"eblume": EBLUME}, {"eblume/dev": DEV})
     host = ApiHost(api=api_facts(config))
-    assert prepare(host, config) is None
+    prepare(host, config)
     assert run_op(users_indexes_op.users_indexes, host, config=config) == []
     assert run_op(users_indexes_op.users_indexes, host, executing=False, config=config) == []
     assert resolved == []
+    assert host.noops == ["devpi holds the declared users and indexes"] * 2
     assert [a for a in host.asked if a[0] == "UsersIndexes"] == [
         ("UsersIndexes", {"url": "http://127.0.0.1:3141", "state_file": "/Users/alice/devpi/users.pyinfra.json"}),
     ]
@@ -590,69 +620,51 @@ def test_patch_reads_only_roots_password(resolved):
     config = config_for({"eblume": EBLUME}, {"eblume/dev": DEV})
     host = ApiHost(api=api_facts(config))
     changed = config_for({"eblume": EBLUME}, {"eblume/dev": {**DEV, "acl_upload": ["alice"]}})
-    secrets = prepare(host, changed)
+    prepare(host, changed)
     assert resolved == [("env:ROOT_PW", "devpi_root_password")]
-    assert json.loads(secrets.unmask()) == {"root_password": "secret-of-ROOT_PW", "hashes": {}}
-    assert str(secrets) == "*MASKED*"
     assert ("log", "Will set index eblume/dev's acl_upload to ['alice'] (was ['eblume'])") in host.asked
 
 
 def test_adoption_reads_no_secret(resolved):
     config = config_for({"eblume": EBLUME})
     host = ApiHost(api=api_facts(config, markers=False))
-    assert prepare(host, config) is None
+    prepare(host, config)
     assert resolved == []
-    commands = run_op(users_indexes_op.users_indexes, host, config=config, secrets=None)
-    assert len(shell_lines(commands)) == 1  # the home is private already: no chmod
-    payload = json.loads([c for c in commands if isinstance(c, Upload)][1].content)
-    assert payload["secrets"] is None
+    (command,) = run_op(users_indexes_op.users_indexes, host, config=config)
+    assert isinstance(command, FunctionCommand)
 
 
-def test_fresh_host_creates_all_with_hashed_passwords(resolved):
+def test_fresh_host_reads_the_secrets_while_planning_and_sends_none_to_the_host(resolved):
     config = config_for({"eblume": EBLUME}, {"eblume/dev": DEV})
     host = ApiHost(api=None)
-    secrets = prepare(host, config)
+    prepare(host, config, fresh=True)
     assert sorted(resolved) == [("env:EBLUME_PW", "devpi_users"), ("env:ROOT_PW", "devpi_root_password")]
-    value = json.loads(secrets.unmask())
-    assert value["root_password"] == "secret-of-ROOT_PW"
-    assert PasswordHasher().verify(value["hashes"]["eblume"], "secret-of-EBLUME_PW")
-    assert prepare(host, config).unmask() == secrets.unmask()  # once per run
-    assert len(resolved) == 2
-
-    planning = run_op(users_indexes_op.users_indexes, host, executing=False, config=config, secrets=secrets)
-    commands = run_op(users_indexes_op.users_indexes, host, config=config, secrets=secrets)
-    chmod, script, payload_upload, command = commands
-    assert chmod == "chmod 700 /Users/alice/devpi"  # the home's mode is unknown yet
-    assert isinstance(script, Upload) and script.dest == "/Users/alice/devpi/.pyinfra-devpi-api.py"
-    assert script.content == users_indexes_op.SCRIPT_SOURCE
-    assert isinstance(payload_upload, Upload) and payload_upload.dest == "/Users/alice/devpi/.pyinfra-devpi-api.json"
-    payload = json.loads(payload_upload.content)
-    assert payload["secrets"] == value
-    assert payload["url"] == "http://127.0.0.1:3141"
-    assert payload["users"]["eblume"]["password"] == "env:EBLUME_PW"
-    # while planning nothing secret is even prepared for upload
-    assert json.loads(planning[2].content)["secrets"] is None
-    # one command: the payload goes into the environment, the file is removed first
-    assert command.index('rm -f "$f"') < command.index("/Users/alice/devpi/venv/bin/python")
-    assert "secret-of" not in command and "$argon2" not in command
-    assert gnu_only_forms(command) == [] and gnu_only_forms(chmod) == []
-    assert shell_lines(commands) == [chmod, command]
+    prepare(host, config, fresh=True)
+    assert len(resolved) == 2  # once per run
+    commands = run_op(users_indexes_op.users_indexes, host, config=config, fresh=True)
+    # One call on the controller: no upload, no shell command, nothing for the host to hold.
+    assert len(commands) == 1 and isinstance(commands[0], FunctionCommand)
+    assert "secret-of" not in repr(commands[0])
 
 
-@pytest.mark.parametrize(("mode", "chmod"), [("drwx------", False), ("drwxr-xr-x", True), (None, True)])
-def test_home_is_made_private_before_secrets_land_in_it(resolved, mode, chmod):
+def test_an_initialised_server_that_does_not_answer_is_compared_once_it_is_up(resolved):
+    """A rerun that restores a stopped devpi plans nothing against a 'fresh' server
+    and reads no secret while planning (issue: restoring needs no secret)."""
     config = config_for({"eblume": EBLUME}, {"eblume/dev": DEV})
-    host = ApiHost(api={**api_facts(config), "state_dir_mode": mode})
-    changed = config_for({"eblume": EBLUME}, {"eblume/dev": {**DEV, "volatile": False}})
-    commands = run_op(users_indexes_op.users_indexes, host, config=changed, secrets=prepare(host, changed))
-    assert len(shell_lines(commands)) == (2 if chmod else 1)
-    assert isinstance(commands[1 if chmod else 0], Upload)
+    host = ApiHost(api=None)
+    prepare(host, config, fresh=False)
+    assert resolved == []
+    logged = [m for kind, m in host.asked if kind == "log"]
+    assert not any(m.startswith("Will ") for m in logged)
+    assert any("compared once it is up" in m for m in logged)
+    (command,) = run_op(users_indexes_op.users_indexes, host, config=config)
+    assert isinstance(command, FunctionCommand)
 
 
 def test_missing_root_password_is_refused_before_anything_runs(resolved):
     config = build_config({"devpi_outside_url": "https://pypi.example.org"}, HOME)
     host = ApiHost(api=api_facts(config_for()))
-    assert prepare(host, config) is None  # nothing to change: no password needed
+    prepare(host, config)  # nothing to change: no password needed
     changed = build_config(
         {"devpi_outside_url": "https://pypi.example.org", "devpi_indexes": {"root/dev": {}}}, HOME,
     )

@@ -1,38 +1,32 @@
 """
 Declared devpi users and indexes → the REST calls that make devpi hold them.
 
-Standard library only, and used in two places:
+Both halves run on the controller:
 
-- on the controller, ``plan`` turns the declared specs and the host's current state
+- while pyinfra plans, ``plan`` turns the declared specs and the host's current state
   (the ``UsersIndexes`` fact) into actions, so ``--dry`` can show them and the deploy
   can refuse an impossible change before anything runs;
-- on the target, this file is run by the devpi venv's Python (``main``): it reads
-  devpi's state again over loopback, plans with the same function (so a server that
-  was not up while pyinfra planned, or changed since, is handled the same way), logs
-  in as root and applies the actions.
+- while it executes, ``apply`` reads devpi's state again (so a server that was not up
+  while pyinfra planned, or changed since, is handled the same way), plans with the
+  same function, logs in as root and makes the REST calls. It talks to devpi's
+  loopback port through the SSH connection (``pyinfra_devpi.tunnel``): no secret is
+  ever written to the host, nor put in a process's argv or environment there.
 
 Passwords: devpi keeps only hashes, so a changed password cannot be seen from the
 outside. The deploy records, per user, which password reference (and
 ``password_version``) it last set in a state file on the target (no secret in it);
 a password is set when the user is created or when that marker differs. An
 existing user without a marker is adopted: the marker is recorded and the password
-is left alone. The secrets (root's password for the login, argon2 hashes of user
-passwords) arrive in an environment variable that is removed from the process
-environment before anything else runs; nothing here prints them.
+is left alone. Nothing here prints a secret.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-
-PAYLOAD_ENV = "PYINFRA_DEVPI_API_PAYLOAD"
+from typing import Callable, Protocol
 
 # What devpi-init leaves behind (devpi-server 6.x ``set_default_indexes``): the plan's
 # starting point when the server was not up while pyinfra planned (a first converge).
@@ -239,91 +233,72 @@ def describe(action: dict) -> str:
     raise ValueError(op)
 
 
-# --------------------------------------------------------------------------- on the target
+# --------------------------------------------------------------------------- applying
 
 
 class ApplyError(Exception):
     pass
 
 
-def _request(url: str, method: str, path: str, body=None, auth: str | None = None, timeout=120):
-    data = None if body is None else json.dumps(body).encode("utf-8")
-    request = urllib.request.Request(url + path, data=data, method=method)
-    request.add_header("Accept", "application/json")
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    if auth:
-        request.add_header("X-Devpi-Auth", auth)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, raw = error.code, error.read()
-    try:
-        answer = json.loads(raw) if raw else {}
-    except ValueError:
-        answer = {}
-    return status, answer if isinstance(answer, dict) else {}
+# ``request(method, path, body=None, auth=None) -> (status, JSON answer as a dict)``:
+# one HTTP request to devpi (pyinfra_devpi.tunnel makes one over the SSH connection).
+Request = Callable[..., "tuple[int, dict]"]
 
 
-def read_current(url: str, timeout: float) -> dict:
+class Secrets(Protocol):
+    """Where ``apply`` gets a secret, at the moment it needs it (read at most once)."""
+
+    def root_password(self) -> str: ...
+
+    def password_hash(self, user: str) -> str: ...
+
+
+def read_current(request: Request, timeout: float, what: str) -> dict:
     """``GET /`` as JSON, waiting (bounded) for the server to answer."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            status, answer = _request(url, "GET", "/", timeout=10)
+            status, answer = request("GET", "/")
         except OSError as error:
             status, answer = None, {"message": str(error)}
         if status == 200 and isinstance(answer.get("result"), dict):
             return split_userlist(answer["result"])
         if time.monotonic() >= deadline:
             raise ApplyError(
-                f"devpi did not answer GET {url}/ with its users within {timeout:.0f}s "
+                f"devpi did not answer GET {what}/ with its users within {timeout:.0f}s "
                 f"(last: {status or answer.get('message')}); check that the service runs",
             )
         time.sleep(0.5)
-
-
-def read_markers(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        return {}
-    except ValueError as error:
-        raise ApplyError(f"{path} is not valid JSON ({error}); remove it to re-adopt the users") from None
-    return dict(data.get("users") or {})
-
-
-def write_markers(path: str, new: str, markers: dict) -> None:
-    """Write the state file through ``new`` (its transient name) and one rename."""
-    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"users": dict(sorted(markers.items()))}, handle, sort_keys=True)
-        handle.write("\n")
-    os.replace(new, path)
 
 
 def _path(name: str) -> str:
     return "/" + "/".join(urllib.parse.quote(part, safe="@") for part in name.split("/"))
 
 
-def apply(payload: dict, out=sys.stdout) -> None:
-    url = payload["url"].rstrip("/")
-    current = read_current(url, payload.get("timeout", 60))
-    markers = read_markers(payload["state_file"])
-    actions = plan(payload["users"], payload["indexes"], current, markers)
-    secrets = payload.get("secrets") or {}
-    hashes = secrets.get("hashes") or {}
+def apply(
+    request: Request,
+    users: dict,
+    indexes: dict,
+    markers: dict,
+    secrets: Secrets,
+    *,
+    timeout: float = 60,
+    what: str = "devpi",
+    out: Callable[[str], None] = print,
+) -> dict:
+    """Make devpi hold the declared users and indexes.
+
+    ``markers`` (the password markers recorded on the host) is updated in place as
+    each action succeeds, so a caller can record what was done even when a later
+    action fails. ``out`` gets one line per action done (never a secret). Raises
+    ``ApplyError`` or ``PlanError``.
+    """
+    current = read_current(request, timeout, what)
+    actions = plan(users, indexes, current, markers)
 
     auth = None
     if any(a["op"] not in LOCAL_ONLY for a in actions):
-        if not secrets.get("root_password"):
-            raise ApplyError(
-                "devpi changed since pyinfra planned (a change now needs root's login, which was "
-                "not planned): rerun the deploy",
-            )
-        status, answer = _request(url, "POST", "/+login", {"user": "root", "password": secrets["root_password"]})
+        status, answer = request("POST", "/+login", {"user": "root", "password": secrets.root_password()})
         token = (answer.get("result") or {}).get("password")
         if status != 200 or not token:
             raise ApplyError(
@@ -333,23 +308,18 @@ def apply(payload: dict, out=sys.stdout) -> None:
         auth = base64.b64encode(f"root:{token}".encode()).decode("ascii")
 
     def call(method, name, body=None, ok=(200, 201)):
-        status, answer = _request(url, method, _path(name), body, auth)
+        status, answer = request(method, _path(name), body, auth)
         if status not in ok:
             raise ApplyError(f"devpi answered {status} to {method} {_path(name)}: {answer.get('message', '')}")
 
     for action in actions:
         op, name = action["op"], action["name"]
-        if op in ("create_user", "set_password") and name not in hashes:
-            raise ApplyError(
-                f"devpi changed since pyinfra planned (user {name!r} now needs its password): "
-                "rerun the deploy",
-            )
         if op == "create_user":
-            call("PUT", name, {"password": None, "pwhash": hashes[name], **action["body"]})
+            call("PUT", name, {"password": None, "pwhash": secrets.password_hash(name), **action["body"]})
         elif op == "patch_user":
             call("PATCH", name, action["body"])
         elif op == "set_password":
-            call("PATCH", name, {"pwhash": hashes[name]})
+            call("PATCH", name, {"pwhash": secrets.password_hash(name)})
         elif op == "create_index":
             call("PUT", name, action["body"])
         elif op == "patch_index":
@@ -362,29 +332,12 @@ def apply(payload: dict, out=sys.stdout) -> None:
             call("DELETE", name)
         if op in ("create_user", "set_password", "record_password"):
             markers[name] = action["marker"]
-            write_markers(payload["state_file"], payload["state_file_transient"], markers)
-        elif op == "delete_user" and name in markers:
-            del markers[name]
-            write_markers(payload["state_file"], payload["state_file_transient"], markers)
-        out.write(describe(action) + "\n")
-        out.flush()
+        elif op == "delete_user":
+            markers.pop(name, None)
+        out(describe(action))
+    return markers
 
 
-def main() -> int:
-    raw = os.environ.pop(PAYLOAD_ENV, None)
-    if not raw:
-        sys.stderr.write(f"{PAYLOAD_ENV} is unset: this script is run by the pyinfra deploy\n")
-        return 2
-    try:
-        apply(json.loads(raw))
-    except (ApplyError, PlanError) as error:
-        sys.stderr.write(f"{error}\n")
-        return 1
-    except OSError as error:  # the connection dropped half-way
-        sys.stderr.write(f"talking to devpi failed: {error}; rerun the deploy to finish\n")
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def markers_file(markers: dict) -> str:
+    """The state file's content: the password references set, per user (no secret)."""
+    return json.dumps({"users": dict(sorted(markers.items()))}, sort_keys=True) + "\n"

@@ -541,7 +541,11 @@ def start_sshd(root: Path, tools: ToolPaths, session_env: dict[str, str], *, att
                     "StrictModes no",
                     "PermitUserEnvironment no",
                     "AllowAgentForwarding no",
-                    "AllowTcpForwarding no",
+                    # The deploy talks to devpi's loopback API through the SSH
+                    # connection (direct-tcpip), as macOS's sshd allows by default;
+                    # only to the loopback, only forwards from the client.
+                    "AllowTcpForwarding local",
+                    "PermitOpen 127.0.0.1:* [::1]:* localhost:*",
                     "X11Forwarding no",
                     "PrintMotd no",
                     "PrintLastLog no",

@@ -87,7 +87,13 @@ class Host:
 
 
 def leftovers(home: Path) -> list[str]:
-    return sorted(p.name for p in (home / "devpi").iterdir() if ".pyinfra-devpi-api" in p.name or p.name.endswith(".new"))
+    return sorted(p.name for p in (home / "devpi").iterdir() if "pyinfra" in p.name and p.name != "users.pyinfra.json")
+
+
+def files_holding(root: Path, secret: str) -> list[str]:
+    """Every file under ``root`` whose bytes contain ``secret``."""
+    needle = secret.encode()
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and not p.is_symlink() and needle in p.read_bytes())
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +130,7 @@ def host(tmp_path_factory, sshd, launchd, upstream, write_inventory, run_pyinfra
 
 
 def test_fresh_converge_creates_users_and_indexes(host, upstream):
-    result = host.deploy()
+    result = host.deploy("--debug")
 
     state = host.state()
     assert state["eblume"]["email"] == "eblume@e2e.test"
@@ -144,6 +150,13 @@ def test_fresh_converge_creates_users_and_indexes(host, upstream):
     assert leftovers(host.home) == []
     for secret in (EBLUME_PW, host.op.password):
         assert secret not in result.output
+        assert files_holding(host.home, secret) == []
+    # No secret reaches the host, not even for a second: the users and indexes were
+    # made from this machine through the SSH connection, with no upload and no
+    # command on the host carrying a payload.
+    commands = remote_commands(result.output)
+    assert not any("pyinfra-devpi-api" in c or "PAYLOAD" in c for c in commands), commands
+    assert "(on this machine) Apply the users/indexes plan" in result.output or "devpi: create user eblume" in result.output
 
 
 def test_upload_to_dev_and_install_through_its_bases(host, upstream, tmp_path):
