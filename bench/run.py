@@ -787,22 +787,20 @@ def main(argv: list[str] | None = None) -> int:
     (CACHE / "runs").mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="run-", dir=CACHE / "runs"))
     env = start_env(root, wheels, tools)
+    runs: dict[str, Callable[[], dict]] = {
+        "rerun": lambda: bench_rerun(env, rerun_reps),
+        "first": lambda: bench_first(env, reps),
+        "restart": lambda: bench_restart(env, reps),
+        "install": lambda: bench_install(env, reps),
+        "memory": lambda: bench_memory(env, idle),
+    }
     try:
         for section in SECTIONS:
             if section not in args.only:
                 continue
             log(f"section {section}")
             t = time.monotonic()
-            if section == "rerun":
-                results[section] = bench_rerun(env, rerun_reps)
-            elif section == "first":
-                results[section] = bench_first(env, reps)
-            elif section == "restart":
-                results[section] = bench_restart(env, reps)
-            elif section == "install":
-                results[section] = bench_install(env, reps)
-            elif section == "memory":
-                results[section] = bench_memory(env, idle)
+            results[section] = runs[section]()
             log(f"section {section} took {time.monotonic() - t:.0f} s")
             results.setdefault("loadavg_after", {})[section] = os.getloadavg()
     finally:

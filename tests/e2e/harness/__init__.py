@@ -11,7 +11,8 @@ ad-hoc debugging sessions can use them without pytest fixtures. One module a par
 * ``network``: :func:`free_port`, :func:`port_open`, :func:`wait_for_port`,
   :func:`listening_addresses`, and the one HTTP helper :func:`http` (no proxy, never
   raises on an HTTP error status) with :func:`http_ok`.
-* ``processes``: :func:`stop_process` / :func:`wait_gone` (by PID, never by name),
+* ``processes``: :func:`spawn` (a daemon in its own session, logging to a file),
+  :func:`stop_process` / :func:`wait_gone` (by PID, never by name),
   :func:`proc_memory`, :func:`cpu_seconds`, :func:`cmdline`.
 * ``sshd``: :func:`start_sshd` / :class:`SshServer`, a private ``sshd`` on 127.0.0.1 with
   key-only auth, its own host key, a pre-filled ``known_hosts`` and a session
@@ -65,7 +66,7 @@ from .launchd import (
 from .logs import collect_logs, tail
 from .network import free_port, http, http_ok, listening_addresses, port_open, wait_for_port
 from .op import FakeOp
-from .processes import alive, cmdline, cpu_seconds, proc_memory, stop_process, wait_gone
+from .processes import alive, cmdline, cpu_seconds, proc_memory, spawn, stop_process, wait_gone
 from .runner import (
     DEBUG_COMMAND_RE,
     PyinfraResult,
@@ -89,6 +90,6 @@ __all__ = [
     "count_remote_commands", "cpu_seconds", "fail_missing", "find_tools", "free_port", "http", "http_ok",
     "launchd_shutdown", "listening_addresses", "normalize_name", "path_without_venv", "port_open",
     "proc_memory", "pyinfra_env", "remote_commands", "require_executable", "resolve_controller_tool",
-    "run_pyinfra", "simultaneous", "sshd_setenv_line", "start_caddy_job", "start_sshd", "start_upstream",
+    "run_pyinfra", "simultaneous", "spawn", "sshd_setenv_line", "start_caddy_job", "start_sshd", "start_upstream",
     "stop_process", "tail", "wait_for_port", "wait_gone", "wait_until", "write_caddyfile", "write_inventory",
 ]

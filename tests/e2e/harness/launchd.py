@@ -44,22 +44,10 @@ class LaunchdDouble:
     def require(self) -> Path:
         return require_executable(LAUNCHCTL_DOUBLE, "the launchctl double tests/fakes/launchctl")
 
-    def local_env(self) -> dict[str, str]:
-        user = pwd.getpwuid(os.getuid())
-        return {"USER": user.pw_name, "LOGNAME": user.pw_name, **self.sshd.env}
-
     def run(self, *args: str, check: bool = True, local: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
         self.require()
         if local:
-            proc = subprocess.run(
-                [str(LAUNCHCTL_DOUBLE), *args],
-                env=self.local_env(),
-                capture_output=True,
-                text=True,
-                stdin=subprocess.DEVNULL,
-                timeout=timeout,
-                check=False,
-            )
+            proc = _run_locally([str(LAUNCHCTL_DOUBLE), *args], self.sshd.env, timeout)
         else:
             proc = self.sshd.run(shlex.join(["launchctl", *args]), check=False, timeout=timeout)
         if check and proc.returncode != 0:
@@ -95,10 +83,15 @@ def launchd_shutdown(session_env: dict[str, str], timeout: float = 120) -> subpr
     state = session_env.get("LAUNCHCTL_DOUBLE_STATE")
     if state and not (Path(state) / "jobs").is_dir():
         return None  # nothing was ever bootstrapped (documented state layout: jobs/<domain>/<label>)
+    # via the interpreter: teardown must work even if the exec bit went missing
+    return _run_locally([sys.executable, str(LAUNCHCTL_DOUBLE), "_double-shutdown"], session_env, timeout)
+
+
+def _run_locally(argv: list[str], session_env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """The double run here, not over ssh, with the ssh session's environment."""
     user = pwd.getpwuid(os.getuid())
     return subprocess.run(
-        # via the interpreter: teardown must work even if the exec bit went missing
-        [sys.executable, str(LAUNCHCTL_DOUBLE), "_double-shutdown"],
+        argv,
         env={"USER": user.pw_name, "LOGNAME": user.pw_name, **session_env},
         capture_output=True,
         text=True,

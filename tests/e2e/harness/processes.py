@@ -11,12 +11,23 @@ from pathlib import Path
 from .common import HarnessError, wait_until
 
 
-def alive(pid: int) -> bool:
+def spawn(argv: list[str], log_path: Path) -> subprocess.Popen:
+    """Start a daemon in its own session, stdout and stderr appended to ``log_path``."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+
+
+def _signal(pid: int, sig: int) -> bool:
+    """Send ``sig`` to ``pid``; False if no process has that pid."""
     try:
-        os.kill(pid, 0)
+        os.kill(pid, sig)
     except ProcessLookupError:
         return False
     return True
+
+
+def alive(pid: int) -> bool:
+    return _signal(pid, 0)
 
 
 def wait_gone(pid: int, timeout: float, interval: float = 0.05) -> None:
@@ -35,20 +46,11 @@ def stop_process(proc: subprocess.Popen | None, pid: int | None = None, timeout:
                 proc.kill()
                 proc.wait(timeout)
         return
-    if pid:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
+    if pid and _signal(pid, signal.SIGTERM):
         try:
             wait_gone(pid, timeout)
-            return
         except HarnessError:
-            pass
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            _signal(pid, signal.SIGKILL)
 
 
 def proc_memory(pid: int) -> dict[str, int | None]:

@@ -15,7 +15,7 @@ from typing import Any
 from .common import LOOPBACK, REMOTE_FAKES_DIR, SSH_BIN, HarnessError, wait_until
 from .logs import tail
 from .network import free_port, wait_for_port
-from .processes import stop_process
+from .processes import spawn, stop_process
 from .tools import ToolPaths, uv_cache_dir
 
 #: Controller variables copied into the target session when set: the TLS trust store and
@@ -297,15 +297,7 @@ def start_sshd(root: Path, tools: ToolPaths, session_env: dict[str, str], *, att
         )
         if check.returncode != 0:
             raise HarnessError(f"sshd rejected its config {config_path}:\n{check.stderr}")
-        log_path.touch()
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                [str(tools.sshd), "-D", "-e", "-f", str(config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
+        proc = spawn([str(tools.sshd), "-D", "-e", "-f", str(config_path)], log_path)
         server = SshServer(
             root=root,
             port=port,

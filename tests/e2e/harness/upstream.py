@@ -20,7 +20,7 @@ from typing import Iterable
 from .common import LOOPBACK, HarnessError
 from .logs import tail
 from .network import free_port, http, wait_for_port
-from .processes import stop_process
+from .processes import spawn, stop_process
 
 
 def normalize_name(name: str) -> str:
@@ -206,14 +206,10 @@ def start_upstream(
     last_error = ""
     for _ in range(attempts):
         upstream.port = free_port()
-        with upstream.log_path.open("ab") as log:
-            upstream.proc = subprocess.Popen(
-                [str(python), "-m", "http.server", "--bind", LOOPBACK, "--directory", str(root), str(upstream.port)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
+        upstream.proc = spawn(
+            [str(python), "-m", "http.server", "--bind", LOOPBACK, "--directory", str(root), str(upstream.port)],
+            upstream.log_path,
+        )
         try:
             wait_for_port(upstream.port, timeout=15, proc=upstream.proc, what="http.server")
             status = http("GET", upstream.url)[0]
