@@ -4,7 +4,7 @@
     uv run python -m bench --quick         # fewer repetitions, 30 s idle (~8 min)
     uv run python -m bench --only rerun restart
 
-Builds the stack from the end-to-end harness (tests/e2e/harness.py + stack.py): a private
+Builds the stack from the end-to-end harness (tests/e2e/harness/ + stack.py): a private
 sshd on 127.0.0.1, the launchctl double running devpi and Caddy, the real pyinfra CLI
 running ``deploys/devpi.py``, and the harness's static upstream index serving a fixed set
 of ~25 real wheels (bench/wheels.txt, downloaded once into bench/.cache/wheels). Prints a
@@ -33,12 +33,10 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -47,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.e2e import devpi_client as dc  # noqa: E402
 from tests.e2e import harness as h  # noqa: E402
 from tests.e2e import stack as st  # noqa: E402
 
@@ -88,25 +87,13 @@ def ensure_wheels(tools: h.ToolPaths) -> list[Path]:
     log(f"downloading {len(wanted)} wheels into {WHEELS_DIR} (once)")
     WHEELS_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        python = st.make_venv(tools.uv, tools.python3, Path(tmp) / "venv", seed=True)
+        python = dc.make_venv(tools.uv, tools.python3, Path(tmp) / "venv", seed=True)
         subprocess.run(
             [str(python), "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--no-deps",
              "--dest", str(WHEELS_DIR), *wanted],
             check=True, env={**{k: v for k, v in os.environ.items() if k != "PIP_FIND_LINKS"}, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
         )
     return sorted(WHEELS_DIR.glob("*.whl"))
-
-
-def publish_wheels(upstream: h.Upstream, wheels: list[Path]) -> None:
-    files = upstream.root / "files"
-    files.mkdir(parents=True, exist_ok=True)
-    for wheel in wheels:
-        dest = files / wheel.name
-        shutil.copyfile(wheel, dest)
-        name, version = wheel.name.split("-")[:2]
-        info = h.WheelInfo(name, version, wheel.name, dest, h.hashlib.sha256(dest.read_bytes()).hexdigest(), ())
-        upstream.wheels[wheel.name] = info
-    upstream.write_index()
 
 
 # --------------------------------------------------------------------------- the environment
@@ -124,10 +111,10 @@ class Env:
     stacks: list = dataclasses.field(default_factory=list)
     counter: int = 0
 
-    def stack(self, name: str, converge: bool = True, **host_data) -> st.DeployedStack:
+    def stack(self, name: str, deploy: bool = True, **host_data) -> st.DeployedStack:
         self.counter += 1
         stack = st.start_stack(self.sshd, self.launchd, self.upstream, self.root / f"stack-{self.counter}-{name}",
-                               f"bench{self.counter}", converge=converge, **host_data)
+                               f"bench{self.counter}", deploy=deploy, **host_data)
         self.stacks.append(stack)
         return stack
 
@@ -160,7 +147,7 @@ def start_env(root: Path, wheels: list[Path], tools: h.ToolPaths) -> Env:
     except BaseException:
         sshd.stop()
         raise
-    publish_wheels(upstream, wheels)
+    upstream.add_wheels(wheels)
     env = Env(root, tools, session_env, sshd, h.LaunchdDouble(state_dir=state, sshd=sshd), upstream)
     try:
         port = h.free_port()
@@ -178,50 +165,16 @@ def start_env(root: Path, wheels: list[Path], tools: h.ToolPaths) -> Env:
 # --------------------------------------------------------------------------- pyinfra, timed
 
 
-@dataclasses.dataclass
-class TimedRun:
-    returncode: int
-    duration: float
-    lines: list[tuple[float, str]]  # (seconds since start, line) of stdout + stderr
-
-    @property
-    def output(self) -> str:
-        return "\n".join(line for _, line in self.lines)
-
-
-def run_pyinfra_timed(stack: st.DeployedStack, *args: str, **overrides) -> TimedRun:
-    """The deploy through the real pyinfra CLI (as harness.run_pyinfra), every output line
-    timestamped as it arrives, so a run can be split into its phases."""
-    inventory = stack.inventory(**overrides)
-    argv = [str(h.PYINFRA_BIN), "-y", str(inventory), "deploys/devpi.py", *args]
-    lines: list[tuple[float, str]] = []
-    lock = threading.Lock()
-    start = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=str(REPO), env=h.pyinfra_env(stack.env_extra), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-    def pump(stream) -> None:
-        for line in stream:
-            with lock:
-                lines.append((time.monotonic() - start, line.rstrip("\n")))
-
-    pumps = [threading.Thread(target=pump, args=(s,)) for s in (proc.stdout, proc.stderr)]
-    for thread in pumps:
-        thread.start()
-    try:
-        proc.wait(timeout=900)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    for thread in pumps:
-        thread.join()
-    run = TimedRun(proc.returncode, time.monotonic() - start, sorted(lines, key=lambda x: x[0]))
+def run_deploy(stack: st.DeployedStack, *args: str, **overrides) -> h.PyinfraResult:
+    """The deploy through the real pyinfra CLI (``stack.deploy``): every output line is
+    timestamped as it arrives (``result.lines``), so a run can be split into its phases."""
+    run = stack.deploy(*args, check=False, **overrides)
     if run.returncode != 0:
         raise h.HarnessError(f"pyinfra failed ({run.returncode}):\n" + "\n".join(run.output.splitlines()[-60:]))
     return run
 
 
-def phases(run: TimedRun) -> list[tuple[str, float]]:
+def phases(run: h.PyinfraResult) -> list[tuple[str, float]]:
     """Durations between pyinfra's ``--> ...`` progress lines (plus process start/exit)."""
     marks = [(0.0, "process start (python, imports)")]
     for t, line in run.lines:
@@ -238,7 +191,7 @@ def split_commands(output: str) -> dict[str, int]:
     for line in output.splitlines():
         if "[pyinfra.api.facts] Getting fact:" in line:
             pending_fact = True
-        elif h._DEBUG_COMMAND_RE.match(line):
+        elif h.DEBUG_COMMAND_RE.match(line):
             if pending_fact:
                 facts += 1
                 pending_fact = False
@@ -247,11 +200,11 @@ def split_commands(output: str) -> dict[str, int]:
     return {"facts": facts, "operations": ops, "total": facts + ops}
 
 
-def remote_seconds(run: TimedRun) -> float:
+def remote_seconds(run: h.PyinfraResult) -> float:
     """Time between each remote command's start and its exit status (``--debug``)."""
     total, started = 0.0, None
     for t, line in run.lines:
-        if h._DEBUG_COMMAND_RE.match(line):
+        if h.DEBUG_COMMAND_RE.match(line):
             started = t
         elif started is not None and "Command exit status:" in line:
             total, started = total + t - started, None
@@ -263,10 +216,10 @@ def remote_seconds(run: TimedRun) -> float:
 
 def bench_rerun(env: Env, reps: int) -> dict:
     stack = env.stack("rerun")
-    run_pyinfra_timed(stack)  # warm-up
+    run_deploy(stack)  # warm-up
     samples, commands, remote_times = [], [], []
     for _ in range(reps):
-        run = run_pyinfra_timed(stack, "--debug")
+        run = run_deploy(stack, "--debug")
         samples.append(run.duration)
         commands.append(split_commands(run.output))
         checked = h.count_remote_commands(run.output)
@@ -286,10 +239,10 @@ def bench_rerun(env: Env, reps: int) -> dict:
         double.append(time.monotonic() - t)
     prewarm_names = [h.normalize_name(r.split("==")[0]) for r in pinned()]
     index = stack.api.new_mirror(env.upstream.url, prefix="rerun")
-    run_pyinfra_timed(stack, devpi_prewarm=prewarm_names, devpi_prewarm_index=index)
+    run_deploy(stack, devpi_prewarm=prewarm_names, devpi_prewarm_index=index)
     with_list = []
     for _ in range(reps):
-        run = run_pyinfra_timed(stack, "--debug", devpi_prewarm=prewarm_names, devpi_prewarm_index=index)
+        run = run_deploy(stack, "--debug", devpi_prewarm=prewarm_names, devpi_prewarm_index=index)
         with_list.append((run.duration, split_commands(run.output)))
     stack.stop()
     return {
@@ -308,8 +261,8 @@ def bench_first(env: Env, reps: int) -> dict:
     warm.stop()
     runs = []
     for i in range(reps):
-        stack = env.stack(f"first{i}", converge=False)
-        run = run_pyinfra_timed(stack)
+        stack = env.stack(f"first{i}", deploy=False)
+        run = run_deploy(stack)
         stack.wait_healthy()
         runs.append({"wall_s": run.duration, "phases": phases(run)})
         stack.stop()
@@ -325,29 +278,20 @@ def restart_once(stack: st.DeployedStack, busy: bool) -> dict:
     try:
         t0 = time.monotonic()
         stack.launchd.run("kickstart", "-k", stack.launchd.target(stack.label), local=True)
-        if not h.wait_gone(old, 60, interval=0.005):
-            raise h.HarnessError(f"pid {old} still alive 60s after kickstart -k")
+        h.wait_gone(old, 60, interval=0.005)
         t_dead = time.monotonic()
-        while True:
-            try:
-                if h.http_get(stack.devpi_url + "/+api", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() - t0 > 120:
-                raise h.HarnessError("devpi not healthy 120 s after kickstart -k")
-            time.sleep(0.01)
+        h.wait_until(lambda: stack.api_ok(timeout=2), 120 - (t_dead - t0), 0.01, "devpi healthy after kickstart -k")
         t_ok = time.monotonic()
     finally:
         if burner is not None:
             h.stop_process(burner)
     pid = stack.wait_healthy()
-    memory = st.proc_memory(pid)
+    memory = h.proc_memory(pid)
     # One login (what `devpi login`, an upload with a password, or the deploy's
     # users/indexes step does): devpi verifies the password's argon2 hash, whose cost
     # is the hash's own (argon2-cffi's defaults, as devpi makes them), not the YAML's.
-    st.DevpiApi(stack.devpi_url, stack.password).auth()
-    login = st.proc_memory(pid)
+    dc.DevpiApi(stack.devpi_url, stack.password).auth()
+    login = h.proc_memory(pid)
     return {"to_healthy_s": t_ok - t0, "stop_s": t_dead - t0, "peak_rss_kb": memory["peak_rss_kb"],
             "rss_kb": memory["rss_kb"], "peak_after_login_kb": login["peak_rss_kb"]}
 
@@ -356,7 +300,7 @@ def bench_restart(env: Env, reps: int) -> dict:
     stack = env.stack("restart")
     out = {}
     for label, options in (("deployed", {}), ("devpi_argon2_defaults", DEVPI_ARGON2)):
-        stack.converge(devpi_server_options=options)
+        stack.deploy(devpi_server_options=options)
         for busy in (False, True):
             key = f"{label}{'_busy' if busy else ''}"
             log(f"restart: {key}")
@@ -378,14 +322,14 @@ class Install:
 
 def one_install(env: Env, client: str, venv_python: Path, index_url: str) -> Install:
     t = time.monotonic()
-    proc = st.install(client, env.tools.uv, venv_python, index_url, TOP_LEVEL)
+    proc = dc.install(client, env.tools.uv, venv_python, index_url, TOP_LEVEL)
     seconds = time.monotonic() - t
     error = "" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
     return Install(client, seconds, proc.returncode == 0, error)
 
 
 def venvs(env: Env, client: str, n: int, where: Path) -> list[Path]:
-    return [st.make_venv(env.tools.uv, env.tools.python3, where / f"{client}-{i}", seed=client == "pip")
+    return [dc.make_venv(env.tools.uv, env.tools.python3, where / f"{client}-{i}", seed=client == "pip")
             for i in range(n)]
 
 
@@ -397,7 +341,7 @@ def batch(env: Env, client: str, url_for: Callable[[int], str], n: int) -> dict:
     # devpi's database) now, so that it is not charged to whichever batch runs next.
     os.sync()
     t = time.monotonic()
-    results = st.simultaneous(n, lambda i: one_install(env, client, pythons[i], url_for(i)))
+    results = h.simultaneous(n, lambda i: one_install(env, client, pythons[i], url_for(i)))
     wall = time.monotonic() - t
     shutil.rmtree(where, ignore_errors=True)
     results = [r if isinstance(r, Install) else Install(client, 0, False, repr(r)) for r in results]
@@ -408,7 +352,7 @@ def fresh_prewarmed(env: Env, stack: st.DeployedStack) -> str:
     """A fresh mirror index, warmed by the deploy (devpi_prewarm = every wheel's project)."""
     index = stack.api.new_mirror(env.upstream.url, prefix="bench")
     names = [h.normalize_name(r.split("==")[0]) for r in pinned()]
-    stack.converge(devpi_prewarm=names, devpi_prewarm_index=index)
+    stack.deploy(devpi_prewarm=names, devpi_prewarm_index=index)
     return index
 
 
@@ -442,10 +386,10 @@ def install_round(env: Env, stacks: dict[str, st.DeployedStack], client: str, pr
 
     def on(mode: str, index: str, n: int, scenario: str) -> dict:
         stack = stacks[mode]
-        cpu = st.cpu_seconds(pids[mode])
+        cpu = h.cpu_seconds(pids[mode])
         result = batch(env, client, lambda i: f"{stack.caddy_url}/{index}/+simple/", n)
-        result["devpi_cpu_s"] = st.cpu_seconds(pids[mode]) - cpu
-        result["devpi_memory_kb"] = st.proc_memory(pids[mode])
+        result["devpi_cpu_s"] = h.cpu_seconds(pids[mode]) - cpu
+        result["devpi_memory_kb"] = h.proc_memory(pids[mode])
         result["scenario"], result["finished"] = scenario, time.time()
         return result
 
@@ -498,7 +442,7 @@ def bench_install(env: Env, reps: int) -> dict:
             log(f"install: round {rep + 1}/{reps}, {client}")
             out["rounds"][client].append(install_round(env, stacks, client))
     for mode, stack in stacks.items():
-        out[f"devpi_memory_after_kb_{mode}"] = st.proc_memory(stack.pid())
+        out[f"devpi_memory_after_kb_{mode}"] = h.proc_memory(stack.pid())
         stack.stop()
     return out
 
@@ -535,16 +479,16 @@ def bench_memory(env: Env, idle: float) -> dict:
     for label, options in (("deployed", {}), ("devpi_defaults", DEVPI_DEFAULTS)):
         stack = env.stack(f"memory-{label}", devpi_server_options=options)
         pid = stack.wait_healthy()
-        started = st.proc_memory(pid)
+        started = h.proc_memory(pid)
         log(f"memory: {label}: install workload")
         batches = workload(env, stack)
         assert stack.pid() == pid, "devpi restarted during the workload"
-        after = st.proc_memory(pid)
+        after = h.proc_memory(pid)
         log(f"memory: {label}: idle {idle:.0f} s")
-        cpu0, t0 = st.cpu_seconds(pid), time.monotonic()
+        cpu0, t0 = h.cpu_seconds(pid), time.monotonic()
         time.sleep(idle)
-        cpu1, t1 = st.cpu_seconds(pid), time.monotonic()
-        idle_mem = st.proc_memory(pid)
+        cpu1, t1 = h.cpu_seconds(pid), time.monotonic()
+        idle_mem = h.proc_memory(pid)
         out[label] = {
             "options": options, "after_start": started, "after_workload": after, "after_idle": idle_mem,
             "idle_s": t1 - t0, "idle_cpu_percent": 100 * (cpu1 - cpu0) / (t1 - t0),
@@ -843,22 +787,20 @@ def main(argv: list[str] | None = None) -> int:
     (CACHE / "runs").mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="run-", dir=CACHE / "runs"))
     env = start_env(root, wheels, tools)
+    runs: dict[str, Callable[[], dict]] = {
+        "rerun": lambda: bench_rerun(env, rerun_reps),
+        "first": lambda: bench_first(env, reps),
+        "restart": lambda: bench_restart(env, reps),
+        "install": lambda: bench_install(env, reps),
+        "memory": lambda: bench_memory(env, idle),
+    }
     try:
         for section in SECTIONS:
             if section not in args.only:
                 continue
             log(f"section {section}")
             t = time.monotonic()
-            if section == "rerun":
-                results[section] = bench_rerun(env, rerun_reps)
-            elif section == "first":
-                results[section] = bench_first(env, reps)
-            elif section == "restart":
-                results[section] = bench_restart(env, reps)
-            elif section == "install":
-                results[section] = bench_install(env, reps)
-            elif section == "memory":
-                results[section] = bench_memory(env, idle)
+            results[section] = runs[section]()
             log(f"section {section} took {time.monotonic() - t:.0f} s")
             results.setdefault("loadavg_after", {})[section] = os.getloadavg()
     finally:

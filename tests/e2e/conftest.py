@@ -21,7 +21,7 @@ CI has no macOS, so the tests build a small "Mac" out of parts (see DESIGN.md, T
 ``run_pyinfra(inventory, *args, cwd=REPO, env_extra=None, check=True, timeout=900)``
     Runs ``.venv/bin/pyinfra [-y] INVENTORY *args`` (``-y`` unless ``--dry``) with
     ``tests/e2e/fakes`` first on PATH; returns a ``PyinfraResult`` (``returncode``,
-    ``stdout``, ``stderr``, ``output``; unpacks as ``rc, out, err``).
+    ``stdout``, ``stderr``, ``output``, ``lines``, ``json()``, ``grand_total()``).
     ``count_remote_commands(result.output)`` counts commands of a ``--debug`` run.
 
 ``fake_op`` (function)
@@ -40,9 +40,9 @@ CI has no macOS, so the tests build a small "Mac" out of parts (see DESIGN.md, T
     ``.venv/bin/caddy`` as LaunchAgent ``test.caddy`` importing ``site_file`` (a
     placeholder site is written if it does not exist yet) and boots it out afterwards.
 
-``test_home`` (function)
-    ``<tmp>/home`` with ``Library/Logs`` and ``Library/LaunchAgents``; point every
-    home-derived path of the deploy there through inventory data.
+A deployed host (devpi + Caddy run by the launchctl double, converged by the real
+deploy) is built by ``stack.start_stack(sshd, launchd, upstream, root, name, ...)``
+(see ``stack.py``), in a module-scoped fixture of each module that needs one.
 
 On a failing test the tails of all ``*.log`` files under the test's ``tmp_path``, the
 launchd state dir, the sandbox HOME and sshd's / the upstream's logs are attached to the
@@ -61,6 +61,7 @@ import pytest
 
 from . import harness
 from .harness import (
+    E2E_DIR,
     FakeOp,
     LaunchdDouble,
     SshServer,
@@ -73,7 +74,6 @@ from .harness import (
     start_upstream,
 )
 
-E2E_DIR = Path(__file__).resolve().parent
 _LOG_DIRS = pytest.StashKey[list]()
 #: Session-wide places whose logs are attached to every failing e2e test.
 _SESSION_LOG_DIRS: list[Path] = []
@@ -159,14 +159,18 @@ def session_env(e2e_root: Path, tools: harness.ToolPaths, launchd_state: Path) -
             )
 
 
+def _session_service(service: SshServer | Upstream):
+    """Yield a started session daemon (its log attached to failure reports), then stop it."""
+    _SESSION_LOG_FILES.append(service.log_path)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
 @pytest.fixture(scope="session")
 def sshd(e2e_root: Path, tools: harness.ToolPaths, session_env: dict[str, str]) -> SshServer:
-    server = start_sshd(e2e_root / "sshd", tools, session_env)
-    _SESSION_LOG_FILES.append(server.log_path)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _session_service(start_sshd(e2e_root / "sshd", tools, session_env))
 
 
 @pytest.fixture(scope="session")
@@ -177,12 +181,7 @@ def launchd(sshd: SshServer, launchd_state: Path) -> LaunchdDouble:
 
 @pytest.fixture(scope="session")
 def upstream(e2e_root: Path, tools: harness.ToolPaths) -> Upstream:
-    index = start_upstream(e2e_root / "upstream", python=tools.python3)
-    _SESSION_LOG_FILES.append(index.log_path)
-    try:
-        yield index
-    finally:
-        index.stop()
+    yield from _session_service(start_upstream(e2e_root / "upstream", python=tools.python3))
 
 
 # --------------------------------------------------------------------------- per-test helpers
@@ -190,10 +189,10 @@ def upstream(e2e_root: Path, tools: harness.ToolPaths) -> Upstream:
 
 @pytest.fixture(scope="session")
 def write_inventory(sshd: SshServer) -> Callable[..., Path]:
-    """``write_inventory(path, host_data=None, host_name="127.0.0.1") -> Path``."""
+    """``write_inventory(path, host_data=None) -> Path``."""
 
-    def write(path: Path | str, host_data: dict | None = None, **kwargs) -> Path:
-        return harness.write_inventory(path, host_data, sshd=sshd, **kwargs)
+    def write(path: Path | str, host_data: dict | None = None) -> Path:
+        return harness.write_inventory(path, host_data, sshd=sshd)
 
     return write
 
@@ -208,15 +207,6 @@ def run_pyinfra() -> Callable[..., harness.PyinfraResult]:
 def fake_op(tmp_path: Path) -> FakeOp:
     harness.require_executable(harness.OP_DOUBLE, "the op double tests/e2e/fakes/op")
     return FakeOp(log_path=tmp_path / "op-calls.jsonl", password="e2e-root-Pa55 word!")
-
-
-@pytest.fixture
-def test_home(tmp_path: Path, e2e_log_dirs: list[Path]) -> Path:
-    home = tmp_path / "home"
-    for sub in ("Library/Logs", "Library/LaunchAgents", ".config/caddy/sites"):
-        (home / sub).mkdir(parents=True)
-    e2e_log_dirs.append(home)
-    return home
 
 
 @pytest.fixture

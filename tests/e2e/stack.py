@@ -1,238 +1,73 @@
-"""A deployed devpi behind Caddy, built from the harness parts (see ``harness.py``).
+"""A deployed devpi (behind Caddy), built from the harness parts: the one way the
+end-to-end tests and bench/ build a deployed host.
 
-Used by ``test_mirror_behaviour.py`` (with the session fixtures) and by ``bench/`` (with
-the same parts started by hand), so both measure the stack the deploy really builds:
-the real pyinfra CLI over the private sshd, the launchctl double running devpi and
-Caddy, the hermetic upstream as the mirrors' upstream. Importable without pytest
+:func:`start_stack` gives a :class:`DeployedStack`: a home under ``root``, optionally a
+Caddy LaunchAgent (placeholder site) for the deploy to configure, the ``op`` double for
+secrets, the host's inventory data, and (unless ``deploy=False``) the deploy converged
+onto it with the real pyinfra CLI over the private sshd; devpi then runs under the
+launchctl double on a free loopback port. Used by ``test_scenarios.py``,
+``test_users_indexes.py`` and ``test_mirror_behaviour.py`` (with the session fixtures)
+and by ``bench/`` (with the same parts started by hand). Importable without pytest
 fixtures; nothing here listens anywhere but 127.0.0.1.
 
-* :class:`DeployedStack` / :func:`start_stack`: a home under ``root``, a Caddy job, the
-  deploy converged with ``host_data``; ``converge(**overrides)`` reruns it.
-* :class:`DevpiApi`: login, mirror indexes, simple pages, concurrent first requests.
-* :func:`proc_memory`, :func:`cpu_seconds`: a process's RSS / peak RSS and CPU time.
-* :func:`client_env`, :func:`make_venv`, :func:`install`: pip / uv clients with no cache,
-  no config and no inherited index settings.
+The host's data lives in ``stack.data`` (``update(**changes)`` changes it for every later
+run); ``deploy(*args, **overrides)`` runs ``deploys/devpi.py`` with ``overrides`` for that
+run only, through a one-off inventory that leaves the host's own as it was.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import functools
-import itertools
-import json
 import os
-import re
-import shutil
-import subprocess
-import threading
-import time
-import urllib.error
-import urllib.request
-from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from . import harness
-from .harness import LOOPBACK, CaddyJob, LaunchdDouble, PyinfraResult, SshServer, Upstream
+from . import devpi_client
+from .devpi_client import DevpiApi
+from .harness import (
+    CADDY_BIN,
+    LOOPBACK,
+    CaddyJob,
+    FakeOp,
+    LaunchdDouble,
+    PyinfraResult,
+    SshServer,
+    Upstream,
+    free_port,
+    http_ok,
+    port_open,
+    run_pyinfra,
+    start_caddy_job,
+    tail,
+    wait_until,
+    write_inventory,
+)
 
+#: The deploy reads the root password from this variable unless ``devpi_root_password``
+#: names another source (an ``op://`` reference is answered by ``stack.op``).
 ROOT_PASSWORD_ENV = "DEVPI_STACK_ROOT_PASSWORD"
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-_counter = itertools.count(1)
-
-
-# --------------------------------------------------------------------------- HTTP
-
-
-def http(method: str, url: str, *, data: Any = None, headers: dict | None = None, timeout: float = 60):
-    """(status, headers, body) without any proxy; never raises on HTTP errors."""
-    body = None if data is None else json.dumps(data).encode()
-    request = urllib.request.Request(url, method=method, data=body, headers=dict(headers or {}))
-    if body is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
-
-
-class _Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        href = dict(attrs).get("href")
-        if tag == "a" and href:
-            self.hrefs.append(href)
-
-
-def links_of(html: bytes | str) -> list[str]:
-    parser = _Links()
-    parser.feed(html.decode("utf-8", "replace") if isinstance(html, bytes) else html)
-    return parser.hrefs
-
-
-@dataclasses.dataclass
-class DevpiApi:
-    """devpi's JSON API as root, and simple-page reads through any base URL."""
-
-    url: str
-    password: str
-    user: str = "root"
-    _auth: dict | None = None
-
-    def auth(self) -> dict:
-        if self._auth is None:
-            status, _, body = http("POST", f"{self.url}/+login", data={"user": self.user, "password": self.password},
-                                   headers={"Accept": "application/json"})
-            if status != 200:
-                raise harness.HarnessError(f"devpi login as {self.user} -> {status}: {body[:300]!r}")
-            token = json.loads(body)["result"]["password"]
-            self._auth = {"X-Devpi-Auth": base64.b64encode(f"{self.user}:{token}".encode()).decode()}
-        return self._auth
-
-    def put_mirror(self, index: str, mirror_url: str, **options: Any) -> str:
-        """Create ``root/<index>`` as a mirror of ``mirror_url``; returns ``root/<index>``."""
-        config = {"type": "mirror", "mirror_url": mirror_url, **options}
-        status, _, body = http("PUT", f"{self.url}/{self.user}/{index}", data=config,
-                               headers={"Accept": "application/json", **self.auth()})
-        if status not in (200, 201):
-            raise harness.HarnessError(f"PUT {self.user}/{index} -> {status}: {body[:300]!r}")
-        return f"{self.user}/{index}"
-
-    def new_mirror(self, mirror_url: str, prefix: str = "cold", **options: Any) -> str:
-        """A fresh (cold) mirror index with a unique name."""
-        return self.put_mirror(f"{prefix}-{os.getpid()}-{next(_counter)}-{int(time.time() * 1000) % 10**8}",
-                               mirror_url, **options)
-
-    def index_config(self, index: str) -> dict:
-        status, _, body = http("GET", f"{self.url}/{index}", headers={"Accept": "application/json"})
-        if status != 200:
-            raise harness.HarnessError(f"GET {index} -> {status}")
-        return json.loads(body)["result"]
-
-
-def simple_page(base: str, index: str, project: str, *, timeout: float = 60) -> tuple[int, list[str]]:
-    """``GET <base>/<index>/+simple/<project>/``: (status, file links)."""
-    status, _, body = http("GET", f"{base}/{index}/+simple/{project}/", headers={"Accept": "text/html"},
-                           timeout=timeout)
-    return status, links_of(body) if status == 200 else []
-
-
-def simultaneous(n: int, func) -> list:
-    """Call ``func(i)`` from ``n`` threads released at the same moment; results in thread
-    order (an exception is returned in its slot, not raised)."""
-    barrier = threading.Barrier(n)
-    results: list = [None] * n
-
-    def worker(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = func(i)
-        except Exception as error:  # noqa: BLE001 - reported to the caller
-            results[i] = error
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def proc_memory(pid: int) -> dict[str, int | None]:
-    """``rss_kb`` and ``peak_rss_kb`` (Linux VmHWM: the high-water mark since the process
-    started; ``None`` where the OS does not keep one, e.g. macOS)."""
-    status = Path(f"/proc/{pid}/status")
-    if status.exists():
-        values = dict(re.findall(r"^(\w+):\s+(\d+) kB$", status.read_text(), re.M))
-        return {"rss_kb": int(values["VmRSS"]), "peak_rss_kb": int(values["VmHWM"])}
-    out = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True, text=True, check=True)
-    return {"rss_kb": int(out.stdout.strip()), "peak_rss_kb": None}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far."""
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.exists():
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    out = subprocess.run(["ps", "-o", "time=", "-p", str(pid)], capture_output=True, text=True, check=True)
-    parts = [float(p) for p in re.split(r"[:-]", out.stdout.strip())]
-    seconds = 0.0
-    for part in parts:
-        seconds = seconds * 60 + part
-    return seconds
-
-
-def cmdline(pid: int) -> list[str]:
-    path = Path(f"/proc/{pid}/cmdline")
-    if path.exists():
-        return [a for a in path.read_bytes().decode(errors="replace").split("\0") if a]
-    out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=True)
-    return out.stdout.split()
-
-
-# --------------------------------------------------------------------------- clients
-
-
-def client_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The controller's environment minus every uv/pip setting (index URLs, find-links,
-    caches, config files), so a client sees only the index it is given."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_", "VIRTUAL_ENV"))}
-    env.update({"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1", "PIP_CONFIG_FILE": os.devnull})
-    env.update(extra or {})
-    return env
-
-
-def make_venv(uv: Path, python: Path, path: Path, *, seed: bool = False) -> Path:
-    """A fresh venv (``seed``: with pip in it, for pip clients); returns its python."""
-    if path.exists():
-        shutil.rmtree(path)
-    argv = [str(uv), "venv", "--no-config", "--quiet", "--python", str(python)]
-    if seed:
-        argv.append("--seed")
-    # --seed installs pip from uv's own bundled wheels / cache: never from our indexes
-    subprocess.run([*argv, str(path)], check=True, capture_output=True, env=client_env(), timeout=300)
-    return path / "bin" / "python"
-
-
-def install(client: str, uv: Path, venv_python: Path, index_url: str, requirements: Iterable[str],
-            *, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``uv pip install`` or ``pip install`` with caches off, from ``index_url`` only."""
-    reqs = list(requirements)
-    if client == "uv":
-        argv = [str(uv), "pip", "install", "--no-config", "--no-cache", "--quiet",
-                "--python", str(venv_python), "--index-url", index_url, *reqs]
-    elif client == "pip":
-        argv = [str(venv_python), "-m", "pip", "install", "--no-cache-dir", "--quiet", "--isolated",
-                "--index-url", index_url, *reqs]
-    else:
-        raise ValueError(client)
-    return subprocess.run(argv, capture_output=True, text=True, env=client_env(), timeout=timeout)
-
-
-# --------------------------------------------------------------------------- the deployed stack
+DEFAULT_PASSWORD = "stack-root-Pa55"
+HOME_DIRS = ("Library/Logs", "Library/LaunchAgents", ".config/caddy/sites")
 
 
 @dataclasses.dataclass
 class DeployedStack:
+    """One deployed host (see the module docstring); labels ``e2e.<name>.devpi`` and
+    ``e2e.<name>.caddy``."""
+
     sshd: SshServer
     launchd: LaunchdDouble
     upstream: Upstream
     root: Path
     name: str
-    devpi_port: int
-    caddy: CaddyJob
-    password: str = "stack-root-Pa55"
-    host_data: dict = dataclasses.field(default_factory=dict)
-    last: PyinfraResult | None = None
+    op: FakeOp
+    #: The host's inventory data (``Path`` values allowed); see :meth:`update`.
+    data: dict
+    #: The Caddy job the deploy configures, or None (then no Caddy is restarted).
+    caddy: CaddyJob | None = None
 
+    # -- where things are
     @property
     def home(self) -> Path:
         return self.root / "home"
@@ -244,14 +79,6 @@ class DeployedStack:
     @property
     def server_dir(self) -> Path:
         return self.devpi_home / "server-dir"
-
-    @property
-    def label(self) -> str:
-        return f"test.devpi.{self.name}"
-
-    @property
-    def caddy_label(self) -> str:
-        return f"test.caddy.{self.name}"
 
     @property
     def site_file(self) -> Path:
@@ -266,113 +93,183 @@ class DeployedStack:
         return self.home / "Library/Logs" / f"{self.label}.err.log"
 
     @property
+    def label(self) -> str:
+        return f"e2e.{self.name}.devpi"
+
+    @property
+    def caddy_label(self) -> str:
+        return f"e2e.{self.name}.caddy"
+
+    @property
+    def devpi_port(self) -> int:
+        return self.data["devpi_port"]
+
+    @property
     def devpi_url(self) -> str:
         return f"http://{LOOPBACK}:{self.devpi_port}"
 
     @property
     def caddy_url(self) -> str:
+        if self.caddy is None:
+            raise AttributeError(f"stack {self.name} runs no Caddy")
         return self.caddy.url
+
+    # -- devpi's users
+    @property
+    def password(self) -> str:
+        """root's password (``op`` answers it for an ``op://`` reference, the environment
+        for the default ``env:`` one)."""
+        return self.op.password
+
+    @property
+    def root_auth(self) -> tuple[str, str]:
+        return ("root", self.password)
 
     @functools.cached_property
     def api(self) -> DevpiApi:
-        """One client per stack: it logs in once (each devpi login costs an argon2
-        verification: ~0.1 s of CPU and 64 MiB of memory, see bench/)."""
+        """One root client per stack: it logs in once."""
         return DevpiApi(self.devpi_url, self.password)
 
-    def data(self, **overrides: Any) -> dict:
-        home = self.home
-        data = {
-            "devpi_home": home / "devpi",
-            "devpi_log_dir": home / "Library/Logs",
-            "devpi_launch_agents_dir": home / "Library/LaunchAgents",
-            "devpi_label": self.label,
-            "devpi_port": self.devpi_port,
-            "devpi_root_password": f"env:{ROOT_PASSWORD_ENV}",
-            "devpi_caddy_site_file": self.site_file,
-            "devpi_caddy_site_address": self.caddy.url,
-            "devpi_caddy_restart": self.caddy_label,
-            "devpi_caddy_bin": harness.CADDY_BIN,
-        }
-        data.update(self.host_data)
-        data.update(overrides)
-        return data
+    def state(self) -> dict:
+        """devpi's users and indexes (``GET /``)."""
+        return devpi_client.state(self.devpi_url)
 
-    def inventory(self, **overrides: Any) -> Path:
-        return harness.write_inventory(self.root / "inventory.py", self.data(**overrides), sshd=self.sshd)
+    def login(self, user: str, password: str) -> int:
+        return devpi_client.login(self.devpi_url, user, password)
 
+    # -- inventory and pyinfra
     @property
     def env_extra(self) -> dict[str, str]:
-        return {ROOT_PASSWORD_ENV: self.password}
+        """The pyinfra controller's extra environment: the ``op`` double and the root
+        password variable."""
+        return {**self.op.env, ROOT_PASSWORD_ENV: self.password}
 
-    def converge(self, *args: str, check: bool = True, **overrides: Any) -> PyinfraResult:
-        """Run the deploy (``deploys/devpi.py``) with the stack's data plus ``overrides``."""
-        self.last = harness.run_pyinfra(
-            self.inventory(**overrides), "deploys/devpi.py", *args, check=check, env_extra=self.env_extra,
-        )
-        return self.last
+    def update(self, **changes: Any) -> None:
+        """Change the host's data for every later run (a value of None removes a key)."""
+        self.data.update(changes)
+        for key in [k for k, v in changes.items() if v is None]:
+            del self.data[key]
 
+    def write_inventory(self, path: Path | None = None, **overrides: Any) -> Path:
+        """Write the host's data plus ``overrides`` (None removes a key) as an inventory.
+        Without ``path`` and ``overrides`` that is the host's own ``inventory.py``; with
+        overrides and no ``path``, a one-off ``inventory-once.py`` (the host's own stays
+        as it was)."""
+        if path is None:
+            path = self.root / ("inventory-once.py" if overrides else "inventory.py")
+        data = {k: v for k, v in {**self.data, **overrides}.items() if v is not None}
+        return write_inventory(path, data, sshd=self.sshd)
+
+    def pyinfra(self, *args: str, inventory: Path | None = None, check: bool = True) -> PyinfraResult:
+        """Run ``pyinfra INVENTORY *args`` (by default the host's own inventory, freshly
+        written) with the stack's controller environment."""
+        inventory = inventory or self.write_inventory()
+        return run_pyinfra(inventory, *args, check=check, env_extra=self.env_extra)
+
+    def deploy(self, *args: str, check: bool = True, **overrides: Any) -> PyinfraResult:
+        """Run the deploy (``deploys/devpi.py``) with the host's data plus ``overrides``
+        (for this run only)."""
+        return self.pyinfra("deploys/devpi.py", *args, inventory=self.write_inventory(**overrides), check=check)
+
+    def fact(self, *args: str) -> Any:
+        """``pyinfra INVENTORY fact *args --json``: the one host's value of the one fact."""
+        (by_host,) = self.pyinfra("fact", *args, "--json").json().values()
+        (value,) = by_host.values()
+        return value
+
+    # -- the running job
     def pid(self) -> int | None:
         return self.launchd.pid(self.label)
 
+    def printed(self) -> str:
+        """``launchctl print`` of devpi's job."""
+        return self.launchd.print(self.label).stdout
+
+    def venv_target(self) -> str:
+        """Where the deploy's ``venv`` link points (the active versioned venv)."""
+        return os.readlink(self.devpi_home / "venv")
+
+    def api_ok(self, base_url: str | None = None, timeout: float = 5) -> bool:
+        """``GET /+api`` answers 200, from devpi or through ``base_url`` (e.g. Caddy)."""
+        return http_ok(f"{base_url or self.devpi_url}/+api", timeout=timeout)
+
     def wait_healthy(self, timeout: float = 120) -> int:
-        """Wait for ``/+api`` = 200; returns devpi's pid."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid = self.pid()
-            try:
-                if pid and harness.http_get(self.devpi_url + "/+api", timeout=2)[0] == 200:
-                    return pid
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise harness.HarnessError(f"devpi not healthy after {timeout}s\n{harness.tail(self.err_log)}")
+        """Wait for a running job whose ``/+api`` answers 200; returns devpi's pid."""
+        return wait_until(lambda: (pid := self.pid()) and self.api_ok(timeout=2) and pid, timeout, 0.05,
+                          "devpi to be healthy", detail=lambda: tail(self.err_log))
 
     def wait_caddy(self, timeout: float = 30) -> None:
         """Wait until Caddy answers with the deploy's block (devpi's ``/+api`` through it)."""
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                last = http("GET", self.caddy_url + "/+api", timeout=2)[0]
-                if last == 200:
-                    return
-            except OSError as error:
-                last = error
-            time.sleep(0.05)
-        raise harness.HarnessError(f"Caddy at {self.caddy_url} did not proxy /+api (last: {last!r})")
+        wait_until(lambda: self.api_ok(self.caddy_url, timeout=2), timeout, 0.05,
+                   f"Caddy at {self.caddy_url} to proxy /+api")
 
     def stop_devpi(self, timeout: float = 30) -> None:
         """``launchctl bootout`` the job and wait until nothing listens on its port."""
         self.launchd.bootout(self.label)
-        deadline = time.monotonic() + timeout
-        while harness.port_open(self.devpi_port):
-            if time.monotonic() > deadline:
-                raise harness.HarnessError(f"devpi still listening on {self.devpi_port} after bootout")
-            time.sleep(0.05)
+        wait_until(lambda: not port_open(self.devpi_port), timeout, 0.05,
+                   f"devpi to stop listening on {self.devpi_port} after bootout")
 
     def stop(self) -> None:
+        """Boot out devpi's job and the Caddy job."""
         self.launchd.bootout(self.label)
-        self.launchd.bootout(self.caddy_label)
+        if self.caddy is not None:
+            self.launchd.bootout(self.caddy_label)
+
+    def __enter__(self) -> DeployedStack:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
-def start_stack(sshd: SshServer, launchd: LaunchdDouble, upstream: Upstream, root: Path, name: str,
-                converge: bool = True, **host_data: Any) -> DeployedStack:
-    """A home under ``root``, Caddy as LaunchAgent ``test.caddy.<name>`` (placeholder site),
-    then (unless ``converge=False``) the deploy converged onto it; devpi answers on a free
-    loopback port."""
+def start_stack(
+    sshd: SshServer,
+    launchd: LaunchdDouble,
+    upstream: Upstream,
+    root: Path,
+    name: str,
+    *,
+    deploy: bool = True,
+    caddy: bool = True,
+    password: str = DEFAULT_PASSWORD,
+    secrets: dict[str, str] | None = None,
+    **host_data: Any,
+) -> DeployedStack:
+    """A home under ``root`` (a fresh directory); with ``caddy``, Caddy as LaunchAgent
+    ``e2e.<name>.caddy`` (placeholder site) for the deploy to configure and restart
+    (without, the site address is a free port nobody serves); the ``op`` double answering
+    ``password`` (and ``secrets``: reference -> value); the deploy's data for all that,
+    then ``host_data``; unless ``deploy=False``, the deploy converged onto it (devpi on a
+    free loopback port). Use it as a context manager to stop its jobs."""
     home = root / "home"
-    for sub in ("Library/Logs", "Library/LaunchAgents", ".config/caddy/sites"):
+    for sub in HOME_DIRS:
         (home / sub).mkdir(parents=True, exist_ok=True)
-    site_file = home / ".config/caddy/sites/devpi.caddy"
-    caddy = harness.start_caddy_job(
-        launchd, caddyfile=root / "caddy" / "Caddyfile", port=harness.free_port(), site_file=site_file,
-        work_dir=root / "caddy", label=f"test.caddy.{name}",
+    stack = DeployedStack(
+        sshd=sshd, launchd=launchd, upstream=upstream, root=root, name=name,
+        op=FakeOp(log_path=root / "op-calls.jsonl", password=password, secrets=dict(secrets or {})),
+        data={},
     )
-    stack = DeployedStack(sshd=sshd, launchd=launchd, upstream=upstream, root=root, name=name,
-                          devpi_port=harness.free_port(), caddy=caddy, host_data=dict(host_data))
+    if caddy:
+        stack.caddy = start_caddy_job(
+            launchd, caddyfile=root / "caddy" / "Caddyfile", port=free_port(), site_file=stack.site_file,
+            work_dir=root / "caddy", label=stack.caddy_label,
+        )
+    stack.data = {
+        "devpi_home": stack.devpi_home,
+        "devpi_log_dir": home / "Library/Logs",
+        "devpi_launch_agents_dir": home / "Library/LaunchAgents",
+        "devpi_label": stack.label,
+        "devpi_port": free_port(),
+        "devpi_root_password": f"env:{ROOT_PASSWORD_ENV}",
+        "devpi_caddy_site_file": stack.site_file,
+        "devpi_caddy_site_address": stack.caddy.url if caddy else f"http://{LOOPBACK}:{free_port()}",
+        **({"devpi_caddy_restart": stack.caddy_label} if caddy else {}),
+        "devpi_caddy_bin": CADDY_BIN,
+        **host_data,
+    }
     try:
-        if converge:
-            stack.converge()
+        if deploy:
+            stack.deploy()
     except BaseException:
         stack.stop()
         raise

@@ -6,18 +6,13 @@ import hashlib
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from . import harness
-from .harness import (
-    REMOTE_FAKES_DIR,
-    count_remote_commands,
-    http_get,
-    remote_commands,
-)
+from .devpi_client import install, make_venv
+from .harness import REMOTE_FAKES_DIR, count_remote_commands, http, remote_commands, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -115,7 +110,7 @@ def test_write_inventory_rejects_non_literals(write_inventory, tmp_path):
 
 def test_upstream_index_installs_hermetically(upstream, tools, tmp_path):
     beta = upstream.wheel("hermetic-beta", "2.0")
-    status, page = http_get(upstream.url + "hermetic-beta/")
+    status, _, page = http("GET", upstream.url + "hermetic-beta/")
     assert status == 200
     assert f"{beta.filename}#sha256={beta.sha256}" in page.decode()
     assert hashlib.sha256(beta.path.read_bytes()).hexdigest() == beta.sha256
@@ -123,23 +118,11 @@ def test_upstream_index_installs_hermetically(upstream, tools, tmp_path):
     again = harness.build_wheel(tmp_path / "rebuild", "hermetic-beta", "2.0", beta.requires)
     assert again.sha256 == beta.sha256
 
-    venv = tmp_path / "venv"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_", "VIRTUAL_ENV"))}
-    subprocess.run(
-        [str(tools.uv), "venv", "--no-config", "--python", str(tools.python3), str(venv)],
-        check=True, capture_output=True, env=env,
-    )
-    install = subprocess.run(
-        [
-            str(tools.uv), "pip", "install", "--no-config", "--no-cache",
-            "--python", str(venv / "bin" / "python"),
-            "--index-url", upstream.url, "hermetic-beta",
-        ],
-        capture_output=True, text=True, env=env,
-    )
-    assert install.returncode == 0, install.stderr
+    venv_python = make_venv(tools.uv, tools.python3, tmp_path / "venv")
+    installed = install("uv", tools.uv, venv_python, upstream.url, ["hermetic-beta"])
+    assert installed.returncode == 0, installed.stderr
     versions = subprocess.run(
-        [str(venv / "bin" / "python"), "-c",
+        [str(venv_python), "-c",
          "import hermetic_alpha, hermetic_beta; print(hermetic_alpha.__version__, hermetic_beta.__version__)"],
         capture_output=True, text=True, check=True,
     ).stdout.split()
@@ -193,7 +176,7 @@ def test_caddy_job_serves_placeholder_through_launchctl_double(caddy_job, launch
     site = tmp_path / "sites" / "devpi.caddy"
     job = caddy_job(site)
     assert site.exists()
-    status, body = http_get(job.url + "/")
+    status, _, body = http("GET", job.url + "/")
     assert (status, body.decode()) == (200, harness.CADDY_PLACEHOLDER_BODY)
     assert harness.listening_addresses(job.port) == {"127.0.0.1"}
     printed = launchd.print(job.label)
@@ -204,14 +187,11 @@ def test_caddy_job_serves_placeholder_through_launchctl_double(caddy_job, launch
 
     # The restart path the deploy uses for Caddy: kickstart -k -> new process, same site.
     launchd.kickstart(job.label)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        pid = launchd.pid(job.label)
-        if pid not in (None, first_pid) and harness.port_open(job.port):
-            break
-        time.sleep(0.1)
+    wait_until(lambda: launchd.pid(job.label) not in (None, first_pid) and harness.port_open(job.port), 20, 0.1,
+               "a new Caddy process serving")
     assert launchd.pid(job.label) not in (None, first_pid)
-    assert http_get(job.url + "/") == (200, harness.CADDY_PLACEHOLDER_BODY.encode())
+    status, _, body = http("GET", job.url + "/")
+    assert (status, body) == (200, harness.CADDY_PLACEHOLDER_BODY.encode())
 
 
 def test_command_count_of_a_deploy_and_its_rerun(sshd, write_inventory, run_pyinfra, tmp_path):

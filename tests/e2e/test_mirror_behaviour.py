@@ -11,25 +11,15 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 
-from . import harness
-from .stack import (
-    DeployedStack,
-    cmdline,
-    http,
-    install,
-    make_venv,
-    proc_memory,
-    simple_page,
-    simultaneous,
-    start_stack,
-)
+from .devpi_client import install, make_venv, simple_links, simple_page
+from .harness import cmdline, count_remote_commands, http, proc_memory, simultaneous, wait_until
+from .stack import DeployedStack, start_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -59,11 +49,8 @@ def stack(sshd, launchd, upstream, tmp_path_factory) -> DeployedStack:
     for name, version, requires in WARM_PROJECTS:
         if (name, version) not in {(w.name, w.version) for w in upstream.wheels.values()}:
             upstream.add_project(name, version, requires)
-    deployed = start_stack(sshd, launchd, upstream, tmp_path_factory.mktemp("mirror-stack"), "mirror")
-    try:
+    with start_stack(sshd, launchd, upstream, tmp_path_factory.mktemp("mirror-stack"), "mirror") as deployed:
         yield deployed
-    finally:
-        deployed.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -80,9 +67,10 @@ def concurrent_first_requests(stack: DeployedStack, project: str, **index_option
 
 
 def file_url_of(base: str, index: str, project: str) -> str:
-    status, links = simple_page(base, index, project)
-    assert status == 200 and len(links) == 1, (status, links)
-    return urljoin(f"{base}/{index}/+simple/{project}/", links[0]).split("#")[0]
+    links = simple_links(base, index, project)
+    assert len(links) == 1, links
+    (url,) = links.values()
+    return url
 
 
 # --------------------------------------------------------------------------- the race
@@ -136,7 +124,7 @@ def test_prewarmed_projects_install_for_concurrent_cold_clients(stack, tools, tm
     marker = stack.devpi_home / "prewarm.state"
     marker.unlink(missing_ok=True)
 
-    warmed = stack.converge("-vvv", devpi_prewarm=WARM_NAMES, devpi_prewarm_index=index)
+    warmed = stack.deploy("-vvv", devpi_prewarm=WARM_NAMES, devpi_prewarm_index=index)
     assert f"prewarm: warmed {len(WARM_NAMES)} projects on {index}" in warmed.output, warmed.describe()
     first_marker = marker.read_text()
     # one page per project, fetched by the host in the listed order
@@ -156,14 +144,14 @@ def test_prewarmed_projects_install_for_concurrent_cold_clients(stack, tools, tm
         assert versions == "3.0 0.9 2.1 1.0"
 
     # No-change rerun: nothing warmed again, the marker read with the other files.
-    rerun = stack.converge("--debug", devpi_prewarm=WARM_NAMES, devpi_prewarm_index=index)
+    rerun = stack.deploy("--debug", devpi_prewarm=WARM_NAMES, devpi_prewarm_index=index)
     assert "prewarm:" not in rerun.output
-    without = stack.converge("--debug")  # the same host, no list: the rerun's baseline
-    assert harness.count_remote_commands(rerun.output) == harness.count_remote_commands(without.output) == 2
+    without = stack.deploy("--debug")  # the same host, no list: the rerun's baseline
+    assert count_remote_commands(rerun.output) == count_remote_commands(without.output) == 2
     assert marker.read_text() == first_marker
 
     # A longer list warms again (all of it: one marker for the list).
-    more = stack.converge("-vvv", devpi_prewarm=[*WARM_NAMES, "hermetic-alpha"], devpi_prewarm_index=index)
+    more = stack.deploy("-vvv", devpi_prewarm=[*WARM_NAMES, "hermetic-alpha"], devpi_prewarm_index=index)
     assert f"prewarm: warmed {len(WARM_NAMES) + 1} projects" in more.output
     assert marker.read_text() != first_marker
 
@@ -172,19 +160,11 @@ def test_prewarm_fails_loudly_naming_the_project(stack):
     index = stack.api.new_mirror(stack.upstream.url, prefix="warm")
     marker = stack.devpi_home / "prewarm.state"
     before = marker.read_text() if marker.exists() else None
-    result = stack.converge(devpi_prewarm=["warm-base", "no-such-project"], devpi_prewarm_index=index, check=False)
+    result = stack.deploy(devpi_prewarm=["warm-base", "no-such-project"], devpi_prewarm_index=index, check=False)
     assert result.returncode != 0
     assert "answered 404 for project 'no-such-project'" in result.output
     assert "prewarm: warm-base: 1 files" in result.output  # the ones before it were warmed
     assert (marker.read_text() if marker.exists() else None) == before  # no marker for a failed list
-
-
-def wait_for(condition, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what} after {timeout}s", pytrace=False)
-        time.sleep(0.05)
 
 
 def run_python(venv_python: Path, code: str) -> str:
@@ -201,7 +181,7 @@ def test_argon2_costs_are_lowered_in_the_running_devpi(stack):
     """devpi derives its signing key with argon2 at start. With the deploy's costs (8 MiB)
     the started process never comes near the 512 MiB that devpi's own costs allocate;
     switching back to devpi's costs in host data shows the difference in the same stack."""
-    stack.converge()
+    stack.deploy()
     pid = stack.wait_healthy()
     args = cmdline(pid)
     assert "--configfile" in args
@@ -213,13 +193,13 @@ def test_argon2_costs_are_lowered_in_the_running_devpi(stack):
     assert tuned_peak < 256 * MIB, f"peak RSS {tuned_peak} kB with the lowered argon2 costs"
 
     try:
-        stack.converge(devpi_server_options=DEVPI_ARGON2_DEFAULTS)
+        stack.deploy(devpi_server_options=DEVPI_ARGON2_DEFAULTS)
         default_pid = stack.wait_healthy()
         assert default_pid != pid
         default_peak = proc_memory(default_pid)["peak_rss_kb"]
         assert default_peak >= 512 * MIB, f"peak RSS {default_peak} kB with devpi's own argon2 costs"
     finally:
-        stack.converge()
+        stack.deploy()
     assert proc_memory(stack.wait_healthy())["peak_rss_kb"] < 256 * MIB
 
 
@@ -228,7 +208,7 @@ def test_argon2_costs_are_lowered_in_the_running_devpi(stack):
 
 @pytest.mark.parametrize("serve_files", [True, False], ids=["offload", "plain-proxy"])
 def test_release_file_is_served_by_caddy_with_devpi_stopped(stack, serve_files):
-    stack.converge(devpi_caddy_serve_files=serve_files)
+    stack.deploy(devpi_caddy_serve_files=serve_files)
     stack.wait_caddy()
     wheel = stack.upstream.wheel("hermetic-beta", "2.0")
     index = stack.api.new_mirror(stack.upstream.url, prefix="offload")
@@ -237,7 +217,7 @@ def test_release_file_is_served_by_caddy_with_devpi_stopped(stack, serve_files):
     assert status == 200 and hashlib.sha256(body).hexdigest() == wheel.sha256
     # devpi stores the file when the fetch's transaction commits, just after answering
     stored = stack.server_dir / "+files" / urlsplit(url).path.lstrip("/")
-    wait_for(stored.is_file, f"devpi to store {stored}")
+    wait_until(stored.is_file, 30, 0.05, f"devpi to store {stored}")
     never_stored = url.replace(wheel.filename, "hermetic_beta-9.9-py3-none-any.whl")
 
     stack.stop_devpi()
@@ -253,6 +233,6 @@ def test_release_file_is_served_by_caddy_with_devpi_stopped(stack, serve_files):
             assert (got[0], head[0]) == (502, 502)
         assert http("GET", never_stored)[0] == 502  # not on disk: proxied to devpi
     finally:
-        result = stack.converge()  # the job is not loaded: enable + bootstrap, wait for /+api
+        result = stack.deploy()  # the job is not loaded: enable + bootstrap, wait for /+api
     assert result.ok
     stack.wait_caddy()

@@ -14,8 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -23,66 +21,14 @@ import pytest
 from tests.test_config import BAD_VALUES
 
 from . import devpi_client as devpi
-from .harness import FakeOp, free_port, remote_commands, start_caddy_job
+from .harness import cmdline, remote_commands, wait_until
+from .stack import start_stack
 
 pytestmark = pytest.mark.e2e
 
 OLD = ("6.20.2", "5.1.0")  # the pair the host starts on (no lock file: uv resolves the pins)
 NEW = ("6.20.3", "5.1.1")  # the bump target (installed from locks/devpi-6.20.3-5.1.1.txt)
-LABEL = "e2e.scenarios.devpi"
-CADDY_LABEL = "e2e.scenarios.caddy"
 OP_REF = "op://vault/devpi/root password"
-
-
-@dataclass
-class Deployment:
-    """One host as the operator sees it: inventory data, paths, and ways to run pyinfra."""
-
-    root: Path
-    home: Path
-    data: dict
-    op: FakeOp
-    sshd: object
-    launchd: object
-    run: object
-    write_inventory: object
-    caddy_url: str
-    upstream: object
-    uv: str
-    inventory: Path = field(init=False)
-
-    def __post_init__(self):
-        self.inventory = self.write({})
-
-    def write(self, overrides: dict, name: str = "inventory.py") -> Path:
-        data = {k: v for k, v in {**self.data, **overrides}.items() if v is not None}
-        return self.write_inventory(self.root / name, data)
-
-    def deploy(self, *args, overrides=None, check=True):
-        # a one-off inventory: the host's own stays as it was
-        inventory = self.write(overrides, name="inventory-once.py") if overrides else self.inventory
-        return self.run(inventory, "deploys/devpi.py", *args, env_extra=self.op.env, check=check)
-
-    @property
-    def devpi_home(self) -> Path:
-        return self.home / "devpi"
-
-    @property
-    def local_url(self) -> str:
-        return f"http://127.0.0.1:{self.data['devpi_port']}"
-
-    @property
-    def root_auth(self):
-        return ("root", self.op.password)
-
-    def pid(self) -> int | None:
-        return self.launchd.pid(LABEL)
-
-    def printed(self) -> str:
-        return self.launchd.print(LABEL).stdout
-
-    def venv_target(self) -> str:
-        return os.readlink(self.devpi_home / "venv")
 
 
 def tree_digest(root: Path, skip=("Library/Logs",)) -> str:
@@ -101,58 +47,26 @@ def tree_digest(root: Path, skip=("Library/Logs",)) -> str:
     return digest.hexdigest()
 
 
-def api_ok(host) -> bool:
-    try:
-        return devpi.request("GET", f"{host.local_url}/+api", timeout=5)[0] == 200
-    except OSError:
-        return False
-
-
-def wait_for(predicate, timeout=30.0, interval=0.2, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
-def host(tmp_path_factory, sshd, launchd, upstream, write_inventory, run_pyinfra, tools):
-    root = tmp_path_factory.mktemp("scenarios")
-    home = root / "home"
-    for sub in ("Library/Logs", "Library/LaunchAgents", ".config/caddy/sites"):
-        (home / sub).mkdir(parents=True)
-    site_file = home / ".config/caddy/sites/devpi.caddy"
-    caddy_port = free_port()
-    caddy = start_caddy_job(
-        launchd, caddyfile=root / "caddy/Caddyfile", port=caddy_port, site_file=site_file,
-        work_dir=root / "caddy", label=CADDY_LABEL,
+def host(tmp_path_factory, sshd, launchd, upstream):
+    with start_stack(
+        sshd, launchd, upstream, tmp_path_factory.mktemp("scenarios"), "scenarios", deploy=False,
+        password="e2e root Pa55 & word!",
+        devpi_server_version=OLD[0], devpi_web_version=OLD[1], devpi_root_password=OP_REF,
+        devpi_throttle_interval=1,
+    ) as stack:
+        yield stack
+
+
+def fresh_inventory(host, fresh: Path, path: Path, **changes) -> Path:
+    """An inventory for a host that still needs everything: the scenario host's data
+    with a fresh, empty home ``fresh`` (only its LaunchAgents dir exists)."""
+    (fresh / "Library/LaunchAgents").mkdir(parents=True)
+    return host.write_inventory(
+        path, devpi_home=fresh / "devpi", devpi_log_dir=fresh / "logs",
+        devpi_launch_agents_dir=fresh / "Library/LaunchAgents", devpi_caddy_site_file=fresh / "devpi.caddy",
+        devpi_label="e2e.fresh", **changes,
     )
-    data = {
-        "devpi_server_version": OLD[0],
-        "devpi_web_version": OLD[1],
-        "devpi_home": home / "devpi",
-        "devpi_log_dir": home / "Library/Logs",
-        "devpi_launch_agents_dir": home / "Library/LaunchAgents",
-        "devpi_label": LABEL,
-        "devpi_port": free_port(),
-        "devpi_root_password": OP_REF,
-        "devpi_throttle_interval": 1,
-        "devpi_caddy_site_file": site_file,
-        "devpi_caddy_site_address": caddy.url,
-        "devpi_caddy_restart": CADDY_LABEL,
-        "devpi_caddy_bin": str(tools.caddy),
-    }
-    op = FakeOp(log_path=root / "op-calls.jsonl", password="e2e root Pa55 & word!")
-    deployment = Deployment(
-        root=root, home=home, data=data, op=op, sshd=sshd, launchd=launchd, run=run_pyinfra,
-        write_inventory=write_inventory, caddy_url=caddy.url, upstream=upstream, uv=str(tools.uv),
-    )
-    yield deployment
-    launchd.bootout(LABEL)
-    launchd.bootout(CADDY_LABEL)
 
 
 def test_1_fresh_converge(host, tmp_path, tools):
@@ -170,15 +84,15 @@ def test_1_fresh_converge(host, tmp_path, tools):
     # the server dir is initialised, and root logs in with the password from "1Password"
     assert (host.devpi_home / "server-dir/.nodeinfo").is_file()
     assert (host.devpi_home / "server-dir/.serverversion").read_text().strip() == "4"
-    assert devpi.login(host.local_url, "root", host.op.password) == 200
-    assert devpi.login(host.local_url, "root", "not the password") == 401
+    assert devpi.login(host.devpi_url, "root", host.op.password) == 200
+    assert devpi.login(host.devpi_url, "root", "not the password") == 401
     assert host.op.calls() == [["read", OP_REF]]
 
     # the job is loaded from our plist and running
     printed = host.printed()
-    assert f"path = {host.home}/Library/LaunchAgents/{LABEL}.plist" in printed
+    assert f"path = {host.plist}" in printed
     assert "state = running" in printed and host.pid()
-    status, api = devpi.request("GET", f"{host.local_url}/+api")
+    status, api = devpi.request("GET", f"{host.devpi_url}/+api")
     assert status == 200 and api["type"] == "apiconfig"
 
     # the secret file and the server dir are private
@@ -186,7 +100,7 @@ def test_1_fresh_converge(host, tmp_path, tools):
     assert (host.devpi_home / "server-dir").stat().st_mode & 0o777 == 0o700
 
     # clients install an upstream package through Caddy -> devpi -> the hermetic upstream
-    devpi.ensure_index(host.local_url, host.root_auth, "root/hermetic", type="mirror",
+    devpi.ensure_index(host.devpi_url, host.root_auth, "root/hermetic", type="mirror",
                        mirror_url=host.upstream.url)
     index = f"{host.caddy_url}/root/hermetic/+simple/"
     pip = subprocess.run(
@@ -196,12 +110,8 @@ def test_1_fresh_converge(host, tmp_path, tools):
     )
     assert pip.returncode == 0, pip.stdout + pip.stderr
     assert (tmp_path / "pip-target/hermetic_beta").is_dir()
-    subprocess.run([host.uv, "venv", "-q", str(tmp_path / "uv-venv")], check=True)
-    uv = subprocess.run(
-        [host.uv, "pip", "install", "--no-cache", "--index-url", index,
-         "--python", str(tmp_path / "uv-venv/bin/python"), "hermetic-beta"],
-        capture_output=True, text=True,
-    )
+    venv_python = devpi.make_venv(tools.uv, tools.python3, tmp_path / "uv-venv")
+    uv = devpi.install("uv", tools.uv, venv_python, index, ["hermetic-beta"], quiet=False)
     assert uv.returncode == 0, uv.stdout + uv.stderr
     assert "hermetic-alpha==1.1" in uv.stderr  # the dependency, newest version, via the mirror
 
@@ -231,28 +141,25 @@ def test_3_tuning_change_restarts_only(host):
     uuid = json.loads((host.devpi_home / "server-dir/.nodeinfo").read_text())["uuid"]
     calls = len(host.op.calls())
 
-    host.data["devpi_server_options"] = {"threads": 8, "mirror-cache-expiry": 900}
-    host.inventory = host.write({})
+    host.update(devpi_server_options={"threads": 8, "mirror-cache-expiry": 900})
     result = host.deploy("-vv")
 
     assert "kickstart -k" in result.output
     assert "bootout" not in result.output and "devpi-init" not in result.output
-    new_pid = wait_for(lambda: (p := host.pid()) and p != pid and p, what="a new pid")
+    new_pid = wait_until(lambda: (p := host.pid()) and p != pid and p, 30, 0.2, "a new pid")
     assert new_pid != pid
     assert "threads: 8" in (host.devpi_home / "devpi-server.yml").read_text()
     assert Path(host.devpi_home / "venv").resolve() == venv_dir
     assert (venv_dir.stat().st_ino, venv_dir.stat().st_mtime_ns) == (venv_stat.st_ino, venv_stat.st_mtime_ns)
     assert json.loads((host.devpi_home / "server-dir/.nodeinfo").read_text())["uuid"] == uuid
-    assert devpi.login(host.local_url, "root", host.op.password) == 200
+    assert devpi.login(host.devpi_url, "root", host.op.password) == 200
     assert len(host.op.calls()) == calls
-    assert api_ok(host)
+    assert host.api_ok()
 
 
 def running_server_version(host) -> str:
     """The devpi-server version of the running process, from its own executable's venv."""
-    pid = host.pid()
-    exe = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    program = next(Path(part.decode()) for part in exe if part.endswith(b"devpi-server"))
+    program = next(Path(arg) for arg in cmdline(host.pid()) if arg.endswith("devpi-server"))
     python = Path(os.path.realpath(program.parent)) / "python"
     return subprocess.run(
         [str(python), "-c", "import importlib.metadata as m; print(m.version('devpi-server'))"],
@@ -260,34 +167,33 @@ def running_server_version(host) -> str:
     ).stdout.strip()
 
 
-def test_4_version_bump_keeps_data(host, tmp_path):
+def test_4_version_bump_keeps_data(host, tools):
     # a package uploaded to a user index before the bump
-    devpi.ensure_user(host.local_url, host.root_auth, "alice", "alice-pw")
-    devpi.ensure_index(host.local_url, ("alice", "alice-pw"), "alice/dev", bases=["root/hermetic"])
+    devpi.ensure_user(host.devpi_url, host.root_auth, "alice", "alice-pw")
+    devpi.ensure_index(host.devpi_url, ("alice", "alice-pw"), "alice/dev", bases=["root/hermetic"])
     wheel = host.upstream.add_project("alice-tool", "0.1", [])
-    published = devpi.uv_publish(host.uv, wheel.path, f"{host.local_url}/alice/dev/", "alice", "alice-pw")
+    published = devpi.uv_publish(tools.uv, wheel.path, f"{host.devpi_url}/alice/dev/", "alice", "alice-pw")
     assert published.returncode == 0, published.stdout + published.stderr
-    before = devpi.simple_links(host.local_url, "alice/dev", "alice-tool")
+    before = devpi.simple_links(host.devpi_url, "alice/dev", "alice-tool")
     assert wheel.filename in before
 
     old_target = host.venv_target()
     assert running_server_version(host) == OLD[0]
-    host.data.update(devpi_server_version=NEW[0], devpi_web_version=NEW[1])
-    host.inventory = host.write({})
+    host.update(devpi_server_version=NEW[0], devpi_web_version=NEW[1])
     host.deploy()
 
     assert host.venv_target() != old_target
     assert Path(old_target).is_dir()  # the previous venv is kept
     assert running_server_version(host) == NEW[0]
-    after = devpi.simple_links(host.local_url, "alice/dev", "alice-tool")
+    after = devpi.simple_links(host.devpi_url, "alice/dev", "alice-tool")
     assert devpi.sha256(devpi.download(after[wheel.filename])) == wheel.sha256
 
 
-def test_5_dry_diff_changes_nothing_and_shows_no_secret(host, tmp_path, write_inventory, run_pyinfra):
+def test_5_dry_diff_changes_nothing_and_shows_no_secret(host, tmp_path):
     before = tree_digest(host.home)
     pid = host.pid()
-    result = host.deploy("--dry", "--diff", overrides={"devpi_throttle_interval": 2})
-    assert "Will modify" in result.output and f"{LABEL}.plist" in result.output
+    result = host.deploy("--dry", "--diff", devpi_throttle_interval=2)
+    assert "Will modify" in result.output and f"{host.label}.plist" in result.output
     assert "<integer>2</integer>" in result.output  # the diff's new line
     assert tree_digest(host.home) == before
     assert host.pid() == pid
@@ -295,15 +201,11 @@ def test_5_dry_diff_changes_nothing_and_shows_no_secret(host, tmp_path, write_in
     # A host that still needs init is where the password is read and hashed: at every
     # verbosity, neither it nor its hash may appear (fresh home, dry run).
     fresh = tmp_path / "fresh"
-    (fresh / "Library/LaunchAgents").mkdir(parents=True)
-    data = {**host.data, "devpi_home": fresh / "devpi", "devpi_log_dir": fresh / "logs",
-            "devpi_launch_agents_dir": fresh / "Library/LaunchAgents",
-            "devpi_caddy_site_file": fresh / "devpi.caddy", "devpi_label": "e2e.fresh"}
-    inventory = write_inventory(tmp_path / "fresh.py", data)
+    inventory = fresh_inventory(host, fresh, tmp_path / "fresh.py")
     fresh_before = tree_digest(fresh)
     for verbosity in ("-v", "-vv", "-vvv"):
         calls = len(host.op.calls())
-        result = run_pyinfra(inventory, "deploys/devpi.py", "--dry", "--diff", verbosity, env_extra=host.op.env)
+        result = host.pyinfra("deploys/devpi.py", "--dry", "--diff", verbosity, inventory=inventory)
         assert len(host.op.calls()) == calls + 1  # init would run, so the secret was read
         assert host.op.password not in result.output
         assert "$argon2" not in result.output and "argon2id" not in result.output
@@ -319,13 +221,13 @@ BAD_INPUTS = {
 BAD_INPUTS["devpi_prot"] = 3142
 
 
-def test_6_bad_inputs_change_nothing(host, tmp_path):
+def test_6_bad_inputs_change_nothing(host):
     from pyinfra_devpi.config import KEYS
 
     assert set(KEYS) <= set(BAD_INPUTS), "every config key needs a bad input here"
     before, pid = tree_digest(host.home), host.pid()
     for key, value in BAD_INPUTS.items():
-        result = host.deploy(overrides={key: value}, check=False)
+        result = host.deploy(check=False, **{key: value})
         assert result.returncode != 0, result.describe()
         assert f"`{key}`" in result.output or key in result.output, result.describe()
         assert "Traceback" not in result.output, result.describe()
@@ -340,16 +242,12 @@ def test_6_bad_inputs_change_nothing(host, tmp_path):
         ("env:E2E_UNSET_VARIABLE", False, "E2E_UNSET_VARIABLE is unset"),
     ],
 )
-def test_6_bad_secrets_on_a_fresh_host_change_nothing(host, tmp_path, reference, fail, message, write_inventory, run_pyinfra):
+def test_6_bad_secrets_on_a_fresh_host_change_nothing(host, tmp_path, reference, fail, message):
     fresh = tmp_path / "fresh"
-    (fresh / "Library/LaunchAgents").mkdir(parents=True)
-    data = {**host.data, "devpi_home": fresh / "devpi", "devpi_log_dir": fresh / "logs",
-            "devpi_launch_agents_dir": fresh / "Library/LaunchAgents", "devpi_caddy_site_file": fresh / "devpi.caddy",
-            "devpi_label": "e2e.fresh", "devpi_root_password": reference}
-    inventory = write_inventory(tmp_path / "fresh.py", data)
+    inventory = fresh_inventory(host, fresh, tmp_path / "fresh.py", devpi_root_password=reference)
     host.op.fail(fail)
     try:
-        result = run_pyinfra(inventory, "deploys/devpi.py", env_extra=host.op.env, check=False)
+        result = host.pyinfra("deploys/devpi.py", inventory=inventory, check=False)
     finally:
         host.op.fail(False)
     assert result.returncode != 0
@@ -360,65 +258,56 @@ def test_6_bad_secrets_on_a_fresh_host_change_nothing(host, tmp_path, reference,
 
 def test_7_bump_to_a_missing_version_keeps_the_old_service(host):
     pid, target = host.pid(), host.venv_target()
-    result = host.deploy(overrides={"devpi_server_version": "99.0.0"}, check=False)
+    result = host.deploy(check=False, devpi_server_version="99.0.0")
     assert result.returncode != 0
     assert "devpi-server==99.0.0" in result.output  # uv's own reason names the pin
     assert re.search(r"no version of devpi-server|not found in the package registry|No solution", result.output), result.describe()
     assert host.venv_target() == target
     assert not any("99.0.0" in p.name for p in (host.devpi_home / "venvs").iterdir())
     assert host.pid() == pid
-    assert api_ok(host)
+    assert host.api_ok()
 
 
 def test_8_killed_job_comes_back_and_a_booted_out_job_is_restored(host):
     pid = host.pid()
     os.kill(pid, signal.SIGKILL)
-    new_pid = wait_for(lambda: (p := host.pid()) and p != pid and p, what="KeepAlive respawn")
+    new_pid = wait_until(lambda: (p := host.pid()) and p != pid and p, 30, 0.2, "KeepAlive respawn")
     assert "last terminating signal = Killed: 9" in host.printed()
     assert new_pid != pid
-    wait_for(lambda: api_ok(host), what="devpi back up")
+    wait_until(host.api_ok, 30, 0.2, "devpi back up")
 
-    host.launchd.bootout(LABEL)
-    assert host.launchd.print(LABEL).returncode == 113
+    host.launchd.bootout(host.label)
+    assert host.launchd.print(host.label).returncode == 113
     host.deploy()
     assert "state = running" in host.printed()
-    assert api_ok(host)
+    assert host.api_ok()
 
 
 def test_9_plist_change_reloads_the_definition(host):
     pid = host.pid()
-    host.data["devpi_out_log"] = "e2e-renamed.out.log"
-    host.inventory = host.write({})
+    host.update(devpi_out_log="e2e-renamed.out.log")
     result = host.deploy("-vv")
     assert "launchctl bootout" in result.output and "launchctl bootstrap" in result.output
     printed = host.printed()
     assert f"stdout path = {host.home}/Library/Logs/e2e-renamed.out.log" in printed
     assert host.pid() != pid
-    assert api_ok(host)
-
-
-def fact_json(host, *args) -> dict:
-    result = host.run(host.inventory, "fact", *args, "--json", env_extra=host.op.env)
-    data = json.loads(result.stdout[result.stdout.index("{"):])  # {fact: {host: value}}
-    (by_host,) = data.values()
-    (value,) = by_host.values()
-    return value
+    assert host.api_ok()
 
 
 def test_10_fact_queries_print_json(host):
-    job = fact_json(host, "facts.launchd.LaunchdJob", f"label={LABEL}")
+    job = host.fact("facts.launchd.LaunchdJob", f"label={host.label}")
     assert job["state"] == "running" and job["pid"] == host.pid()
-    assert job["path"] == f"{host.home}/Library/LaunchAgents/{LABEL}.plist"
+    assert job["path"] == str(host.plist)
     assert job["program"] == f"{host.devpi_home}/venv/bin/devpi-server"
     assert job["domain"] == host.launchd.domain and job["disabled"] is False
 
-    server_dir = fact_json(host, "facts.devpi.ServerDir", f"path={host.devpi_home}/server-dir")
+    server_dir = host.fact("facts.devpi.ServerDir", f"path={host.devpi_home}/server-dir")
     assert server_dir["initialised"] and server_dir["serverversion"] == "4"
     assert server_dir["nodeinfo"]["role"] == "standalone"
 
-    versions = fact_json(host, "facts.devpi.VenvVersions", f"venv={host.devpi_home}/venv")
+    versions = host.fact("facts.devpi.VenvVersions", f"venv={host.devpi_home}/venv")
     assert (versions["devpi-server"], versions["devpi-web"]) == (
         host.data["devpi_server_version"], host.data["devpi_web_version"])
 
-    assert fact_json(host, "facts.devpi.Health", f"url={host.local_url}") == {"status": 200, "ok": True}
-    assert fact_json(host, "facts.launchd.LaunchdJob", "label=e2e.not.there") is None
+    assert host.fact("facts.devpi.Health", f"url={host.devpi_url}") == {"status": 200, "ok": True}
+    assert host.fact("facts.launchd.LaunchdJob", "label=e2e.not.there") is None

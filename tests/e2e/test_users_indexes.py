@@ -13,77 +13,19 @@ The hermetic upstream is devpi's mirror: ``root/pypi``'s ``mirror_url`` comes fr
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from . import devpi_client
-from .harness import FakeOp, build_wheel, free_port, remote_commands
+from .harness import build_wheel, free_port, remote_commands
+from .stack import start_stack
 
 pytestmark = pytest.mark.e2e
 
-LABEL = "e2e.users.devpi"
 ROOT_REF = "op://vault/devpi/root password"
 EBLUME_REF = "op://vault/devpi/eblume password"
 EBLUME_PW = "eblume e2e Pa55 & more"
-
-
-@dataclass
-class Host:
-    root: Path
-    home: Path
-    data: dict
-    op: FakeOp
-    run: object
-    write_inventory: object
-    launchd: object
-    sshd: object
-    uv: str
-    inventory: Path = field(init=False)
-
-    def __post_init__(self):
-        self.inventory = self.write_inventory(self.root / "inventory.py", self.data)
-
-    def deploy(self, *args, check=True, **changes):
-        """Run the deploy; keyword arguments replace host data for this and later runs."""
-        if changes:
-            self.data = {**self.data, **changes}
-            self.inventory = self.write_inventory(self.root / "inventory.py", self.data)
-        return self.run(self.inventory, "deploys/devpi.py", *args, env_extra=self.op.env, check=check)
-
-    def try_deploy(self, *args, **changes):
-        """Run the deploy with changed data once, keeping the stored data as it was."""
-        inventory = self.write_inventory(self.root / "inventory-try.py", {**self.data, **changes})
-        return self.run(inventory, "deploys/devpi.py", *args, env_extra=self.op.env, check=False)
-
-    @property
-    def devpi_home(self) -> Path:
-        return self.home / "devpi"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.data['devpi_port']}"
-
-    def state(self) -> dict:
-        status, answer = devpi_client.request("GET", self.url + "/", timeout=60)
-        assert status == 200, answer
-        return answer["result"]
-
-    def index(self, name: str) -> dict:
-        user, index = name.split("/")
-        return self.state()[user]["indexes"][index]
-
-    def login(self, user: str, password: str) -> int:
-        return devpi_client.login(self.url, user, password)
-
-    def pid(self):
-        return self.launchd.pid(LABEL)
-
-    def indexes(self, **changes) -> dict:
-        return {**self.data["devpi_indexes"], **changes}
 
 
 def leftovers(home: Path) -> list[str]:
@@ -96,37 +38,28 @@ def files_holding(root: Path, secret: str) -> list[str]:
     return sorted(str(p) for p in root.rglob("*") if p.is_file() and not p.is_symlink() and needle in p.read_bytes())
 
 
+def with_indexes(host, **changes) -> dict:
+    """The host's ``devpi_indexes`` with some entries replaced."""
+    return {**host.data["devpi_indexes"], **changes}
+
+
 @pytest.fixture(scope="module")
-def host(tmp_path_factory, sshd, launchd, upstream, write_inventory, run_pyinfra, tools):
-    root = tmp_path_factory.mktemp("users-indexes")
-    home = root / "home"
-    for sub in ("Library/Logs", "Library/LaunchAgents", ".config/caddy/sites"):
-        (home / sub).mkdir(parents=True)
-    data = {
-        "devpi_home": home / "devpi",
-        "devpi_log_dir": home / "Library/Logs",
-        "devpi_launch_agents_dir": home / "Library/LaunchAgents",
-        "devpi_label": LABEL,
-        "devpi_port": free_port(),
-        "devpi_root_password": ROOT_REF,
-        "devpi_throttle_interval": 1,
-        "devpi_caddy_site_file": home / ".config/caddy/sites/devpi.caddy",
-        "devpi_caddy_site_address": f"http://127.0.0.1:{free_port()}",
-        "devpi_caddy_bin": str(tools.caddy),
-        "devpi_users": {"eblume": {"email": "eblume@e2e.test", "password": EBLUME_REF}},
-        "devpi_indexes": {
+def host(tmp_path_factory, sshd, launchd, upstream):
+    # no Caddy: the site address is a port nobody serves, and no Caddy job is restarted
+    with start_stack(
+        sshd, launchd, upstream, tmp_path_factory.mktemp("users-indexes"), "users", deploy=False, caddy=False,
+        password="e2e root Pa55 & word!", secrets={EBLUME_REF: EBLUME_PW},
+        devpi_root_password=ROOT_REF,
+        devpi_throttle_interval=1,
+        devpi_users={"eblume": {"email": "eblume@e2e.test", "password": EBLUME_REF}},
+        devpi_indexes={
             "root/pypi": {"mirror_url": upstream.url},
             "root/extra": {},
             "eblume/dev": {"bases": ["root/pypi"]},
             "eblume/scratch": {},
         },
-    }
-    op = FakeOp(log_path=root / "op-calls.jsonl", password="e2e root Pa55 & word!", secrets={EBLUME_REF: EBLUME_PW})
-    yield Host(
-        root=root, home=home, data=data, op=op, run=run_pyinfra, write_inventory=write_inventory,
-        launchd=launchd, sshd=sshd, uv=str(tools.uv),
-    )
-    launchd.bootout(LABEL)
+    ) as stack:
+        yield stack
 
 
 def test_fresh_converge_creates_users_and_indexes(host, upstream):
@@ -159,22 +92,14 @@ def test_fresh_converge_creates_users_and_indexes(host, upstream):
     assert "(on this machine) Apply the users/indexes plan" in result.output or "devpi: create user eblume" in result.output
 
 
-def test_upload_to_dev_and_install_through_its_bases(host, upstream, tmp_path):
+def test_upload_to_dev_and_install_through_its_bases(host, upstream, tools, tmp_path):
     wheel = build_wheel(tmp_path / "dist", "e2e-private", "1.0", ["hermetic-alpha>=1.0"])
-    publish = subprocess.run(
-        [host.uv, "publish", "--publish-url", f"{host.url}/eblume/dev/",
-         "--username", "eblume", "--password", EBLUME_PW, str(wheel.path)],
-        capture_output=True, text=True, env={**os.environ, "UV_NO_CONFIG": "1"}, timeout=120,
-    )
+    publish = devpi_client.uv_publish(tools.uv, wheel.path, f"{host.devpi_url}/eblume/dev/", "eblume", EBLUME_PW)
     assert publish.returncode == 0, publish.stdout + publish.stderr
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_", "VIRTUAL_ENV"))}
-    subprocess.run([host.uv, "venv", "-q", "--no-config", str(tmp_path / "venv")], check=True, env=env)
-    install = subprocess.run(
-        [host.uv, "pip", "install", "--no-config", "--no-cache", "--python", str(tmp_path / "venv/bin/python"),
-         "--index-url", f"{host.url}/eblume/dev/+simple/", "e2e-private"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    venv_python = devpi_client.make_venv(tools.uv, tools.python3, tmp_path / "venv")
+    install = devpi_client.install("uv", tools.uv, venv_python, f"{host.devpi_url}/eblume/dev/+simple/",
+                                   ["e2e-private"], quiet=False, timeout=300)
     assert install.returncode == 0, install.stdout + install.stderr
     assert "e2e-private==1.0" in install.stderr
     assert "hermetic-alpha==1.1" in install.stderr  # from the upstream, through root/pypi
@@ -201,7 +126,8 @@ def patch_only(host, index: str, key: str, value, **extra):
     before = host.state()
     calls = len(host.op.calls())
     spec = {**host.data["devpi_indexes"][index], key: value}
-    result = host.deploy("-v", devpi_indexes=host.indexes(**{index: spec}))
+    host.update(devpi_indexes=with_indexes(host, **{index: spec}))
+    result = host.deploy("-v")
     assert result.grand_total()[0] == 1, result.describe()
     assert [line for line in result.output.splitlines() if "Will " in line and index in line], result.describe()
     after = host.state()
@@ -232,7 +158,8 @@ def test_password_version_bump_sets_the_new_password(host):
     calls = len(host.op.calls())
     host.op.secrets = {EBLUME_REF: "rotated " + EBLUME_PW}
     users = {"eblume": {**host.data["devpi_users"]["eblume"], "password_version": 1}}
-    result = host.deploy(devpi_users=users)
+    host.update(devpi_users=users)
+    result = host.deploy()
     assert result.grand_total()[0] == 1
     assert sorted(host.op.calls()[calls:]) == [["read", EBLUME_REF], ["read", ROOT_REF]]
     assert host.login("eblume", "rotated " + EBLUME_PW) == 200
@@ -242,14 +169,15 @@ def test_password_version_bump_sets_the_new_password(host):
 
 
 def test_absent_index_shows_in_dry_run_then_is_deleted(host):
-    indexes = host.indexes(**{"eblume/scratch": {"state": "absent"}})
-    dry = host.try_deploy("--dry", devpi_indexes=indexes)
+    indexes = with_indexes(host, **{"eblume/scratch": {"state": "absent"}})
+    dry = host.deploy("--dry", check=False, devpi_indexes=indexes)
     assert dry.returncode == 0, dry.describe()
     assert "Will delete index eblume/scratch" in dry.output
     assert "scratch" in host.state()["eblume"]["indexes"]
 
     removed = host.state()["eblume"]["indexes"]
-    result = host.deploy(devpi_indexes=indexes)
+    host.update(devpi_indexes=indexes)
+    result = host.deploy()
     assert result.grand_total()[0] == 1
     state = host.state()
     assert "scratch" not in state["eblume"]["indexes"]
@@ -258,9 +186,10 @@ def test_absent_index_shows_in_dry_run_then_is_deleted(host):
     # dropping it from the data (and anything else undeclared) does nothing
     calls = len(host.op.calls())
     left_out = {k: v for k, v in indexes.items() if k != "eblume/scratch"}
-    status, _ = devpi_client.request("PUT", host.url + "/eblume/handmade", {"type": "stage"}, ("eblume", "rotated " + EBLUME_PW))
+    status, _ = devpi_client.request("PUT", host.devpi_url + "/eblume/handmade", {"type": "stage"}, ("root", host.password))
     assert status == 200
-    result = host.deploy(devpi_indexes=left_out)
+    host.update(devpi_indexes=left_out)
+    result = host.deploy()
     assert result.grand_total()[0] == 0
     assert "handmade" in host.state()["eblume"]["indexes"]
     assert len(host.op.calls()) == calls
@@ -282,7 +211,7 @@ def test_bad_index_spec_fails_before_anything_changes(host, indexes, message):
     before = host.state()
     config_file = (host.devpi_home / "devpi-server.yml").read_text()
     # a server option change rides along: it must not be applied either
-    result = host.try_deploy(devpi_indexes=host.indexes(**indexes), devpi_server_options={"threads": 7})
+    result = host.deploy(check=False, devpi_indexes=with_indexes(host, **indexes), devpi_server_options={"threads": 7})
     assert result.returncode != 0
     assert message in result.output, result.describe()
     assert "devpi_indexes" in result.output or "devpi cannot change" in result.output
@@ -293,16 +222,21 @@ def test_bad_index_spec_fails_before_anything_changes(host, indexes, message):
     assert leftovers(host.home) == []
 
 
+def test_only_root_creates_users_and_indexes(host):
+    """restrict-modify: root by default: anyone who reaches devpi (or Caddy) could
+    otherwise create users and indexes (devpi's default answers 201)."""
+    status, _ = devpi_client.request("PUT", host.devpi_url + "/intruder", {"password": "x", "email": "i@x.org"})
+    assert status == 403
+    status, _ = devpi_client.request("PUT", host.devpi_url + "/eblume/own", {"type": "stage"}, ("eblume", "rotated " + EBLUME_PW))
+    assert status == 403
+    state = host.state()
+    assert "intruder" not in state and "own" not in state["eblume"]["indexes"]
+
+
 def test_fact_is_queryable_from_the_cli(host):
-    result = host.run(host.inventory, "fact", "facts.users_indexes.UsersIndexes", f"url={host.url}", "--json",
-                      env_extra=host.op.env)
-    data = json.loads(result.stdout[result.stdout.index("{"):])
-    ((value,),) = [list(by_host.values()) for by_host in data.values()]
+    value = host.fact("facts.users_indexes.UsersIndexes", f"url={host.devpi_url}")
     assert value["users"]["eblume"]["email"] == "eblume@e2e.test"
     assert value["indexes"]["eblume/dev"]["bases"] == ["root/extra", "root/pypi"]
     assert value["indexes"]["root/pypi"]["mirror_no_project_list"] is True
     assert "passwords" not in value  # only with state_file=
-    nothing = host.run(host.inventory, "fact", "facts.users_indexes.UsersIndexes", f"url=http://127.0.0.1:{free_port()}",
-                       "--json", env_extra=host.op.env)
-    data = json.loads(nothing.stdout[nothing.stdout.index("{"):])
-    assert [list(by_host.values()) for by_host in data.values()] == [[None]]
+    assert host.fact("facts.users_indexes.UsersIndexes", f"url=http://127.0.0.1:{free_port()}") is None

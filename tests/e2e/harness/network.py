@@ -1,0 +1,92 @@
+"""Loopback ports and the one HTTP helper."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .common import LOOPBACK, HarnessError, wait_until
+
+#: No proxy handler: everything the harness talks to is on loopback.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    """A currently free loopback TCP port (the caller binds it soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int, host: str = LOOPBACK) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(
+    port: int, *, timeout: float = 20.0, proc: subprocess.Popen | None = None, what: str = "service"
+) -> None:
+    """Wait until something listens on ``port``; fail at once if ``proc`` exits first."""
+
+    def listening() -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise HarnessError(f"{what} exited with {proc.returncode} before port {port} opened")
+        return port_open(port)
+
+    wait_until(listening, timeout, 0.05, f"{what} to listen on port {port}")
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a TCP socket LISTENing on ``port`` (Linux /proc/net/tcp{,6}),
+    e.g. ``{"127.0.0.1"}``; ``0.0.0.0`` / ``::`` mean every interface."""
+    found: set[str] = set()
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            address, hex_port = fields[1].split(":")
+            if int(hex_port, 16) != port or fields[3] != "0A":
+                continue
+            raw = bytes.fromhex(address)
+            if v6:
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                found.add(socket.inet_ntop(socket.AF_INET6, raw))
+            else:
+                found.add(socket.inet_ntop(socket.AF_INET, raw[::-1]))
+    return found
+
+
+def http(
+    method: str, url: str, *, data: Any = None, headers: dict | None = None, timeout: float = 60
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request without any proxy: ``(status, headers, body)``. ``data`` (if not
+    None) is sent as JSON. Never raises on an HTTP error status; a connection that fails
+    raises ``OSError`` (``urllib.error.URLError``)."""
+    body = None if data is None else json.dumps(data).encode()
+    request = urllib.request.Request(url, method=method, data=body, headers=dict(headers or {}))
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def http_ok(url: str, *, timeout: float = 2) -> bool:
+    """``GET url`` answers 200 (False too when nothing answers at all)."""
+    try:
+        return http("GET", url, timeout=timeout)[0] == 200
+    except OSError:
+        return False
