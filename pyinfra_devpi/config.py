@@ -124,7 +124,8 @@ def _path(where, value):
         raise fail(where, value, allowed)
     if ".." in PurePosixPath(value).parts:
         raise fail(where, value, "paths cannot contain '..'")
-    return value.rstrip("/") or "/"
+    value = value.rstrip("/")
+    return "~/" if value == "~" else value or "/"
 
 
 def _log_name(where, value):
@@ -375,10 +376,14 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
     for name, spec in KEYS.items():
         value = spec.check(f"`{name}`", data.get(name, spec.default))
         if spec.check is _path and value.startswith("~/"):
-            value = f"{user_home}{value[1:]}"
+            value = f"{user_home}{value[1:]}".rstrip("/") or "/"
         values[spec.field] = value
 
     check_together(values["users"], values["indexes"])
+
+    if values["home"] in (user_home, "/"):
+        # The deploy owns its home: it makes it 0700 and prunes venvs in it.
+        raise fail("`devpi_home`", data.get("devpi_home"), f"use a directory of its own, such as {layout.DEFAULT_HOME!r}")
 
     host = values["host"]
     if not values["allow_remote_bind"] and not _is_loopback(host):
@@ -408,7 +413,7 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
 def _check_site_file(paths: Layout) -> None:
     """The Caddy block must not land on a file the deploy owns for devpi, nor in its home."""
     site = PurePosixPath(paths.caddy_site_file)
-    owned = {PurePosixPath(path): what for what, path in paths.managed().items() if path != paths.caddy_site_file}
+    owned = {PurePosixPath(path): what for what, path in paths.managed().items() if what != "Caddy site block"}
     clash = owned.get(site) or ("devpi home" if PurePosixPath(paths.home) in (site, *site.parents) else None)
     if clash:
         raise fail(

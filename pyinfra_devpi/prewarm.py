@@ -23,10 +23,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Iterable
 
+from packaging.requirements import InvalidRequirement, Requirement
+
 # PEP 508 project names (the grammar pip and uv accept).
 NAME_RE = re.compile(r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])$")
-# The name at the start of a requirements line: "name", "name==1.0", "name[extra]>=2; ...".
-_REQ_NAME_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)")
 INDEX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -42,25 +42,46 @@ def _unique(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def names_from_requirements(text: str) -> list[str]:
+# pip's options that name another requirements file (followed) or a constraints file
+# (not followed: a constraint pins a version, it asks for no project).
+_INCLUDE_RE = re.compile(r"^(-r|--requirement)(\s+|=)(?P<path>\S+)$")
+_CONSTRAINT_RE = re.compile(r"^(-c|--constraint)(\s+|=)\S+$")
+
+
+def names_from_requirements(text: str, include=None) -> list[str]:
     """Project names of a requirements file (``pip freeze``, ``uv pip compile`` output).
 
-    Option lines (``-r``, ``--hash``, ``--index-url``, ``-e``, ...), comments, direct
-    references (``name @ url``: not served by an index) and blank lines are skipped.
+    Each requirement is parsed with ``packaging`` (extras, versions and environment
+    markers included; a project behind a marker is warmed too: the mirror serves
+    clients on every platform). ``-r``/``--requirement`` lines are passed to
+    ``include(path)``, which returns that file's names. Other options (``-c``,
+    ``--hash``, ``--index-url``, ``-e``, ...), comments, blank lines, and direct
+    references (``name @ url``, paths, URLs: not served by an index) are skipped.
     """
     names = []
     joined = re.sub(r"\\\r?\n", " ", text)
     for raw in joined.splitlines():
         line = re.sub(r"(^|\s)#.*$", "", raw).strip()
-        if not line or line.startswith("-"):
+        if not line:
             continue
-        match = _REQ_NAME_RE.match(line)
-        if not match:
-            raise ValueError(f"cannot read a project name from the line {raw.strip()!r}")
-        rest = re.sub(r"^\s*\[[^\]]*\]", "", line[match.end():]).lstrip()
-        if rest.startswith("@"):
+        if line.startswith("-"):
+            match = _INCLUDE_RE.match(line)
+            if match:
+                if include is None:
+                    raise ValueError(f"cannot follow {line!r} here")
+                names.extend(include(match.group("path")))
             continue
-        names.append(match.group(1))
+        # Per-requirement options (--hash=..., --config-settings ...) follow the requirement.
+        requirement = re.split(r"\s--?[A-Za-z]", " " + line, maxsplit=1)[0].strip()
+        if requirement.startswith((".", "/")) or "://" in requirement.split(";")[0].split("@")[0]:
+            continue  # a local path or a URL
+        try:
+            parsed = Requirement(requirement)
+        except InvalidRequirement:
+            raise ValueError(f"cannot read a project name from the line {raw.strip()!r}") from None
+        if parsed.url:
+            continue
+        names.append(parsed.name)
     return names
 
 
@@ -81,17 +102,29 @@ def names_from_toml(text: str) -> list[str]:
     return names
 
 
-def read_project_file(path: str) -> tuple[str, ...]:
+class ProjectFileError(ValueError):
+    """A requirements or lock file that cannot give project names; the message names it."""
+
+
+def read_project_file(path: str, _seen: tuple[Path, ...] = ()) -> tuple[str, ...]:
     """Names from a requirements/lock file on the controller (``~`` is the controller's home,
-    a relative path is relative to where pyinfra runs)."""
+    a relative path is relative to where pyinfra runs; an included file's path is
+    relative to the file that includes it)."""
     file = Path(os.path.expanduser(path))
+    if file.resolve() in _seen:
+        raise ProjectFileError(f"{str(file)!r} includes itself (through {' -> '.join(str(p) for p in _seen)})")
     try:
         text = file.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ValueError(
-            f"cannot read {str(file)!r} on this machine ({error.strerror or error}): use a list of "
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise ProjectFileError(
+            f"cannot read {str(file)!r} on this machine ({reason}): use a list of "
             "project names, or the path of a requirements or lock file (uv.lock, pylock.toml)"
         ) from None
+
+    def include(other: str) -> tuple[str, ...]:
+        return read_project_file(str(file.parent / os.path.expanduser(other)), (*_seen, file.resolve()))
+
     try:
         if file.suffix == ".toml" or file.name == "uv.lock":
             names = names_from_toml(text)
@@ -99,13 +132,17 @@ def read_project_file(path: str) -> tuple[str, ...]:
             try:
                 names = names_from_toml(text)
             except (ValueError, tomllib.TOMLDecodeError):
-                names = names_from_requirements(text)
+                names = names_from_requirements(text, include)
         else:
-            names = names_from_requirements(text)
-    except (ValueError, tomllib.TOMLDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"cannot read project names from {str(file)!r}: {error}") from None
+            names = names_from_requirements(text, include)
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise ProjectFileError(f"cannot read project names from {str(file)!r}: {error}") from None
+    except ProjectFileError:
+        raise  # an included file's own error, naming that file
+    except ValueError as error:
+        raise ProjectFileError(f"cannot read project names from {str(file)!r}: {error}") from None
     if not names:
-        raise ValueError(f"{str(file)!r} names no project to warm")
+        raise ProjectFileError(f"{str(file)!r} names no project to warm")
     return _unique(names)
 
 

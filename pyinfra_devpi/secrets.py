@@ -52,6 +52,11 @@ class SecretRef:
                     f"host data `{key}` = 'file:{self.target}': cannot read it on the "
                     f"controller ({e.strerror}); create the file or fix the path",
                 ) from None
+            except UnicodeDecodeError:
+                raise SecretError(
+                    f"host data `{key}` = 'file:{self.target}': the file is not UTF-8 text; "
+                    "write the password into it as UTF-8",
+                ) from None
             if not value:
                 raise SecretError(f"host data `{key}` = 'file:{self.target}': the file is empty")
             return value

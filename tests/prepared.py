@@ -9,6 +9,7 @@ the host looks like and asserts exactly which commands the operation yields.
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -88,6 +89,11 @@ class Meta:
 
     def did_change(self):
         return self._changed
+
+
+# The shells a host script must work under (macOS's sh is bash in POSIX mode or
+# dash-like; Debian's sh is dash).
+SHELLS = [s for s in ("/bin/sh", shutil.which("dash"), shutil.which("bash")) if s]
 
 
 def shell_lines(commands) -> list[str]:

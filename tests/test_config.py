@@ -11,12 +11,17 @@ BASE = {"devpi_root_password": "env:DEVPI_PW", "devpi_outside_url": "https://pyp
 BAD_VALUES = {
     "devpi_server_version": ["latest", 6.2, "6.20.3; rm -rf /", "6.x"],
     "devpi_web_version": ["", "5.1.1 ", None],
-    "devpi_home": ["devpi", "~devpi", 42, "/tmp/../etc"],
+    "devpi_home": ["devpi", "~devpi", 42, "/tmp/../etc", "/tmp/a\nb", "/tmp/a\rb"],
     "devpi_host": ["pypi.example.org", "", 127],
     "devpi_port": [0, 65536, "3141", True, 31.41],
     "devpi_allow_remote_bind": ["yes", 1],
-    "devpi_outside_url": ["pypi.example.org", "ftp://x", 5],
-    "devpi_label": ["net devpi", "", "../x", "-x"],
+    "devpi_outside_url": [
+        "pypi.example.org", "ftp://x", 5,
+        # It is the Caddy site address by default: one token, no Caddyfile syntax.
+        "https://pypi.example.org\nrespond 200", "https://pypi.example.org/ #x", "https://pypi.example.org/{x}",
+        "https://pypi.example.org\t",
+    ],
+    "devpi_label": ["net devpi", "", "../x", "-x", "net.devpi\n", "net.devpi\x00"],
     "devpi_log_dir": ["Library/Logs", None],
     "devpi_launch_agents_dir": ["LaunchAgents", "/a/../b"],
     "devpi_out_log": ["logs/out.log", "..", ""],
@@ -31,12 +36,14 @@ BAD_VALUES = {
         {"threads": True},
         {"offline-mode": "yes"},
         {"host": "0.0.0.0"},
+        {"threads": 0},  # devpi accepts connections and never answers
+        {"restrict-modify": "root\n"},
         ["threads", 4],
     ],
     "devpi_launchd_domain": ["system", "gui/alice", "gui/501/x"],
     "devpi_process_type": ["Fast", "standard"],
     "devpi_throttle_interval": [0, -1, "10", True],
-    "devpi_health_timeout": [0, 1.5],
+    "devpi_health_timeout": [0, 1.5, 10**19],
     "devpi_users": [
         ["eblume"],
         {"root": {"password": "env:PW"}},
@@ -66,9 +73,14 @@ BAD_VALUES = {
         {"root/dev": {"state": "absent", "volatile": False}},
         {"root/dev": {"acl_upload": "eblume"}},
     ],
-    "devpi_caddy_site_file": ["sites/devpi.caddy", ""],
-    "devpi_caddy_site_address": ["", "a {", 'x"y'],
-    "devpi_caddy_restart": ["not a label!", {"cmd": "x"}, {"command": ""}, 5],
+    "devpi_caddy_site_file": [
+        "sites/devpi.caddy", "",
+        # devpi's own files: the block must never overwrite them
+        "~/devpi/server-dir/.nodeinfo", "~/devpi/devpi-server.yml", "~/devpi/secret",
+        "~/Library/LaunchAgents/net.devpi.plist", "~/Library/Logs/net.devpi.err.log",
+    ],
+    "devpi_caddy_site_address": ["", "a {", 'x"y', "pypi.example.org #x", "a\nb", "a b"],
+    "devpi_caddy_restart": ["not a label!", {"cmd": "x"}, {"command": ""}, 5, "org.caddy\n", {"command": "caddy reload\nrm -rf /"}],
     "devpi_caddy_serve_files": ["no", None],
     "devpi_caddy_max_body_size": ["200 MB", "lots", 200, "0MB"],
     "devpi_caddy_bin": ["", 7],
@@ -179,3 +191,17 @@ def test_indri_inventory_is_valid():
     assert config.caddy_restart == {"label": "mcquack.eblume.caddy"}
     assert config.root_password.scheme == "op"
     assert config.local_url == "http://127.0.0.1:3141"
+
+
+def test_a_mistyped_case_key_is_not_silently_ignored():
+    with pytest.raises(ConfigError, match="DEVPI_HOME"):
+        build_config({**BASE, "DEVPI_HOME": "/opt/devpi"}, HOME)
+
+
+@pytest.mark.parametrize("home", ["~/", "~//", HOME, HOME + "/", "/"])
+def test_devpi_home_is_a_directory_of_its_own(home):
+    # "~/" used to become a relative "~": now it is the SSH user's home, which the
+    # deploy would make 0700 and prune venvs in.
+    with pytest.raises(ConfigError, match="`devpi_home`.*a directory of its own"):
+        build_config({**BASE, "devpi_home": home}, HOME)
+    assert build_config({**BASE, "devpi_home": "~/srv/"}, HOME).home == HOME + "/srv"

@@ -3,7 +3,6 @@ by its own fact exactly as if pyinfra had read it alone."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,8 @@ from facts.launchd import LaunchdJob
 from pyinfra_devpi import snapshot
 from pyinfra_devpi.snapshot import FactRead
 
-SHELLS = [s for s in ("/bin/sh", shutil.which("dash"), shutil.which("bash")) if s]
+from .prepared import SHELLS
+
 
 
 def sh(command: str, shell: str = "/bin/sh") -> tuple[int, list[str]]:

@@ -24,7 +24,7 @@ from facts.launchd import (
     decode_wait_status,
 )
 
-from .prepared import gnu_only_forms
+from .prepared import SHELLS, gnu_only_forms
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "data" / "launchctl"
@@ -603,7 +603,6 @@ def test_garbage_raises(lines):
 # ---------------------------------------------------------------------------
 # The command: POSIX sh, quoting, and real runs.
 
-SHELLS = [sh for sh in ("sh", "dash", "bash") if shutil.which(sh)]
 
 # Bash-only forms that would break under dash (GNU-only forms: prepared.gnu_only_forms).
 BASH_ONLY = [

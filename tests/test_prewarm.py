@@ -99,8 +99,9 @@ def test_names_are_normalised_and_deduplicated_in_order():
 def test_requirements_file(tmp_path):
     path = tmp_path / "requirements.txt"
     path.write_text(COMPILED)
+    (tmp_path / "base.txt").write_text("idna\n")
     config = config_with(devpi_prewarm=str(path))
-    assert config.prewarm == ("certifi", "charset-normalizer", "requests", "zope-interface")
+    assert config.prewarm == ("idna", "certifi", "charset-normalizer", "requests", "zope-interface")
 
 
 @pytest.mark.parametrize(("name", "text", "expected"), [
@@ -333,3 +334,36 @@ def test_script_fails_on_an_error_status_naming_the_project(tmp_path, stub, stat
     assert proc.returncode != 0
     assert f"answered {status} for project 'gone'" in proc.stderr
     assert not marker.exists()
+
+
+def test_requirements_includes_are_followed_and_markers_parsed(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "base.txt").write_text("idna==3.7\n-r ../more.txt\n")
+    (tmp_path / "more.txt").write_text("six ; python_version < '3.0'\n")
+    (tmp_path / "constraints.txt").write_text("never-installed==1.0\n")
+    top = tmp_path / "requirements.txt"
+    top.write_text(
+        "requests[socks]>=2.31 ; sys_platform != 'win32' \\\n    --hash=sha256:00\n"
+        "--requirement=sub/base.txt\n-c constraints.txt\n"
+        "pkg @ https://example.org/pkg-1.0-py3-none-any.whl\n./local-dir\n"
+    )
+    # A project behind a marker is warmed: the mirror serves clients on every platform.
+    assert config_with(devpi_prewarm=str(top)).prewarm == ("requests", "idna", "six")
+
+
+def test_an_include_cycle_or_a_missing_include_names_the_file(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("idna\n-r b.txt\n")
+    b.write_text("six\n-r a.txt\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        config_with(devpi_prewarm=str(a))
+    b.write_text("-r missing.txt\n")
+    with pytest.raises(ConfigError, match="missing.txt"):
+        config_with(devpi_prewarm=str(a))
+
+
+def test_a_file_that_is_not_utf8_is_a_clear_error(tmp_path):
+    path = tmp_path / "requirements.txt"
+    path.write_bytes(b"caf\xe9\n")
+    with pytest.raises(ConfigError, match="`devpi_prewarm`.*cannot read"):
+        config_with(devpi_prewarm=str(path))

@@ -170,7 +170,8 @@ def running_server_version(host) -> str:
 def test_4_version_bump_keeps_data(host, tools):
     # a package uploaded to a user index before the bump
     devpi.ensure_user(host.devpi_url, host.root_auth, "alice", "alice-pw")
-    devpi.ensure_index(host.devpi_url, ("alice", "alice-pw"), "alice/dev", bases=["root/hermetic"])
+    # only root creates indexes (restrict-modify: root); alice uploads (acl_upload)
+    devpi.ensure_index(host.devpi_url, host.root_auth, "alice/dev", bases=["root/hermetic"])
     wheel = host.upstream.add_project("alice-tool", "0.1", [])
     published = devpi.uv_publish(tools.uv, wheel.path, f"{host.devpi_url}/alice/dev/", "alice", "alice-pw")
     assert published.returncode == 0, published.stdout + published.stderr

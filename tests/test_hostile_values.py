@@ -1,0 +1,71 @@
+"""
+No value reaches a shell except through quoting: the host scripts' failure paths,
+run here under sh with hostile values, print them literally and run nothing.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from operations.devpi import build_venv_script, say, wait_healthy_script
+from pyinfra_devpi.config import build_config
+
+from .prepared import SHELLS
+
+HOSTILE = [
+    '$(touch {pwned}/a)',
+    '`touch {pwned}/b`',
+    '"; touch {pwned}/c; echo "',
+    "'; touch {pwned}/d; echo '",
+    "%s%n%d $HOME \\\\ {pwned}",
+]
+
+
+def run(shell: str, script: str) -> subprocess.CompletedProcess:
+    return subprocess.run([shell, "-c", script], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def pwned(tmp_path) -> Path:
+    directory = tmp_path / "pwned"
+    directory.mkdir()
+    yield directory
+    assert sorted(p.name for p in directory.iterdir()) == [], "a hostile value ran on the host"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("template", HOSTILE)
+def test_uv_missing_message_prints_the_value_literally(shell, template, pwned, tmp_path):
+    uv = f"/nonexistent/{template.format(pwned=pwned)}"
+    config = build_config(
+        {"devpi_outside_url": "https://pypi.example.org", "devpi_uv": uv, "devpi_home": str(tmp_path / "h")},
+        "/Users/alice",
+    )
+    result = run(shell, build_venv_script(config, "devpi-server==6.20.3"))
+    assert result.returncode == 127
+    assert f"uv not found on the target as {uv}: install uv" in result.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("template", HOSTILE)
+def test_health_timeout_message_and_tail_take_the_log_path_literally(shell, template, pwned, tmp_path):
+    log_dir = tmp_path / template.format(pwned=pwned).replace("/", "_")
+    log_dir.mkdir()
+    err_log = log_dir / "err.log"
+    err_log.write_text("Traceback: the last line\n")
+    # A port nothing listens on: the wait gives up after its timeout.
+    result = run(shell, wait_healthy_script("http://127.0.0.1:9", 1, str(err_log)))
+    assert result.returncode == 1
+    assert f"Last lines of {err_log}:" in result.stderr
+    assert "Traceback: the last line" in result.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_say_expands_only_the_shell_values_it_is_given(shell, pwned):
+    value = f"$(touch {pwned}/x) %s"
+    result = run(shell, f"v={shlex.quote(value)}; " + say("got %s, not " + value.replace("%", "%%"), '"$v"'))
+    assert result.stderr == f"got {value}, not {value}\n"
