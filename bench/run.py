@@ -58,7 +58,7 @@ TOP_LEVEL = ["requests", "rich", "httpx", "flask", "python-dateutil", "attrs", "
 CLIENTS = 8
 DEVPI_ARGON2 = {"argon2-memory-cost": 524288, "argon2-time-cost": 16, "argon2-parallelism": 8}
 DEVPI_DEFAULTS = {"indexer-backend": "whoosh", **DEVPI_ARGON2}
-SECTIONS = ("rerun", "first", "restart", "install", "memory")
+SECTIONS = ("rerun", "first", "restart", "install", "memory", "namelist")
 
 
 def log(message: str) -> None:
@@ -498,6 +498,53 @@ def bench_memory(env: Env, idle: float) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- PyPI-sized name list
+
+PYPI_NAMES = 700_000  # about what PyPI's /simple/ lists
+
+
+def pypi_sized_upstream(env: Env, names: int = PYPI_NAMES) -> h.Upstream:
+    """A second hermetic upstream whose ``/simple/`` root lists ``names`` generated
+    project names besides its real ones: what a mirror of PyPI loads when it loads the
+    name list."""
+    upstream = h.start_upstream(env.root / "upstream-pypi-sized", python=env.tools.python3)
+    index = upstream.root / "simple" / "index.html"
+    real = index.read_text()
+    fake = "".join(f'    <a href="gen-{i:06d}/">gen-{i:06d}</a><br/>\n' for i in range(names))
+    index.write_text(real.replace("  </body>", fake + "  </body>"))
+    return upstream
+
+
+def bench_namelist(env: Env, settle: float) -> dict:
+    """devpi's memory right after a first converge whose mirror's upstream lists a
+    PyPI-sized name list: as deployed (``mirror_no_project_list`` from the first start),
+    and with the flag off (the cost the deploy avoids)."""
+    upstream = pypi_sized_upstream(env)
+    out: dict[str, Any] = {"names": PYPI_NAMES}
+    try:
+        for label, flag in (("deployed", None), ("project_list_on", False)):
+            spec = {"mirror_url": upstream.url}
+            if flag is not None:
+                spec["mirror_no_project_list"] = flag
+            before = len(upstream.requests())
+            t = time.monotonic()
+            stack = env.stack(f"namelist-{label}", devpi_indexes={"root/pypi": spec})
+            converge_s = time.monotonic() - t
+            pid = stack.wait_healthy()
+            at_converge = h.proc_memory(pid)
+            time.sleep(settle)  # devpi-web loads and indexes the list in the background
+            fetched = [r for r in upstream.requests()[before:] if r.startswith("GET /simple/ ")]
+            out[label] = {
+                "converge_s": converge_s, "after_converge": at_converge, "after_settle": h.proc_memory(pid),
+                "settle_s": settle, "name_list_fetches": len(fetched),
+            }
+            log(f"namelist: {label}: {out[label]}")
+            stack.stop()
+    finally:
+        upstream.stop()
+    return out
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -682,6 +729,18 @@ def report(results: dict) -> str:
         out.append(table(["config", "peak after the converge (start + logins)", "final peak set by",
                           "peak growth by scenario (≥ 1 MB)"],
                          peaks))
+    if "namelist" in results:
+        n = results["namelist"]
+        mb = lambda kb: fmt(kb / 1024 if kb is not None else None, " MB", 0)  # noqa: E731
+        out.append(f"\n### First converge against an upstream listing {n['names']:,} project names\n")
+        rows = []
+        for label, title in (("deployed", "as deployed"), ("project_list_on", "`mirror_no_project_list: False`")):
+            if label in n:
+                r = n[label]
+                rows.append([title, mb(r["after_converge"]["rss_kb"]), mb(r["after_settle"]["rss_kb"]),
+                             mb(r["after_settle"]["peak_rss_kb"]), str(r["name_list_fetches"])])
+        out.append(table(["", "RSS after converge", f"RSS {n['deployed']['settle_s']:.0f} s later", "peak",
+                          "name-list fetches"], rows))
     return "\n".join(out) + "\n"
 
 
@@ -748,6 +807,16 @@ def headline(results: dict) -> list[tuple[str, str, str]]:
                 rows.append((f"devpi RSS after workload / after {x['idle_s']:.0f} s idle / peak; idle CPU ({label.replace('_', ' ')})",
                              f"{mb(x['after_workload']['rss_kb'])} / {mb(x['after_idle']['rss_kb'])} / "
                              f"{mb(x['after_idle']['peak_rss_kb'])}; {x['idle_cpu_percent']:.2f} %", ""))
+    if "namelist" in results:
+        n = results["namelist"]
+        for label, title, target in (("deployed", "as deployed", "≤ 120 MB from the first start on"),
+                                     ("project_list_on", "with mirror_no_project_list off", "")):
+            if label in n:
+                r = n[label]
+                rows.append((f"first converge, upstream lists {n['names']:,} names, {title}: devpi RSS after "
+                             f"{r['settle_s']:.0f} s / peak (name-list fetches)",
+                             f"{mb(r['after_settle']['rss_kb'])} / {mb(r['after_settle']['peak_rss_kb'])} "
+                             f"({r['name_list_fetches']})", target))
     return rows
 
 
@@ -793,6 +862,7 @@ def main(argv: list[str] | None = None) -> int:
         "restart": lambda: bench_restart(env, reps),
         "install": lambda: bench_install(env, reps),
         "memory": lambda: bench_memory(env, idle),
+        "namelist": lambda: bench_namelist(env, 30 if args.quick else 60),
     }
     try:
         for section in SECTIONS:

@@ -216,17 +216,38 @@ def init(config: DevpiConfig, password_hash=None):
     )
 
 
-def wait_healthy_script(url: str, timeout: int, err_log: str) -> str:
+def wait_healthy_script(url: str, timeout: int, err_log: str, nodeinfo: str | None = None) -> str:
+    """Poll ``GET /+api`` until it answers 200 from *this* server dir's devpi.
+
+    devpi sends its server dir's uuid (``.nodeinfo``) in ``X-DEVPI-UUID`` on every
+    answer: a 200 from another devpi on the port (a job under an old label, a previous
+    ``devpi_home``) is not health. On timeout, say what answered and print the
+    error log's tail.
+    """
     api = url.rstrip("/") + "/+api"
+    want = (
+        f"want=$(sed -n 's/.*\"uuid\": *\"\\([^\"]*\\)\".*/\\1/p' {q(nodeinfo)} 2>/dev/null | head -n 1); "
+        if nodeinfo else "want=; "
+    )
     return (
-        f"end=$(($(date +%s) + {int(timeout)})); code=000; "
+        want
+        + f"end=$(($(date +%s) + {int(timeout)})); code=000; got=; "
         "while :; do "
-        f"code=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {q(api)} 2>/dev/null) || true; "
-        'if [ "$code" = 200 ]; then exit 0; fi; '
+        f"hdr=$(curl -s -D - -o /dev/null --max-time 5 {q(api)} 2>/dev/null | tr -d '\\r') || true; "
+        "code=$(printf '%s\\n' \"$hdr\" | sed -n 's/^HTTP\\/[0-9.]* \\([0-9]*\\).*/\\1/p' | tail -n 1); "
+        "got=$(printf '%s\\n' \"$hdr\" | sed -n 's/^[Xx]-[Dd][Ee][Vv][Pp][Ii]-[Uu][Uu][Ii][Dd]: *//p' | tail -n 1); "
+        'if [ "${code:-000}" = 200 ] && { [ -z "$want" ] || [ "$got" = "$want" ]; }; then exit 0; fi; '
         'if [ "$(date +%s)" -ge "$end" ]; then '
+        'if [ "${code:-000}" = 200 ]; then '
+        + say(
+            "another devpi answers on %s: its server dir is %s, this one's is %s. A job under an old "
+            "label, or from a previous devpi_home, holds the port: boot it out (launchctl bootout) and rerun",
+            q(url), '"${got:-unknown}"', '"$want"',
+        )
+        + "; fi; "
         + say(
             f"devpi did not answer 200 on %s within {int(timeout)}s (last status: %s). Last lines of %s:",
-            q(api), '"$code"', q(err_log),
+            q(api), '"${code:-000}"', q(err_log),
         )
         + f"; tail -n 40 {q(err_log)} >&2 2>/dev/null; exit 1; fi; "
         "sleep 0.3; done"
@@ -243,4 +264,4 @@ def wait_healthy(config: DevpiConfig, after=()):
     if not any_changed(after):
         host.noop("devpi was not (re)started")
         return
-    yield wait_healthy_script(config.local_url, config.health_timeout, config.paths.err_log)
+    yield wait_healthy_script(config.local_url, config.health_timeout, config.paths.err_log, config.paths.nodeinfo)

@@ -70,7 +70,9 @@ def planned(config: DevpiConfig, fresh: bool = False) -> list[dict] | None:
     initialised by this run): then only devpi, once up, can say."""
     if not reads(config):
         return []
-    facts = current(config)
+    # A server dir this run initialises starts as devpi-init leaves it, whatever
+    # answers on the port now (e.g. the old devpi, when devpi_home moved).
+    facts = None if fresh else current(config)
     if facts is None and not fresh:
         return None
     markers = facts.get("passwords") if facts else None
@@ -177,6 +179,6 @@ def users_indexes(config: DevpiConfig, fresh: bool = False):
     if actions == []:
         host.noop("devpi holds the declared users and indexes")
         return
-    facts = current(config)
+    facts = None if fresh else current(config)
     markers = dict((facts or {}).get("passwords") or {})
     yield FunctionCommand(apply_through_connection, (config, markers), {})

@@ -690,3 +690,16 @@ def test_indri_declares_what_the_operator_made_by_hand():
     assert config.users["eblume"]["password"].scheme == "op"
     assert config.indexes["eblume/dev"] == {"state": "present", "type": "stage", "config": {"bases": ["root/pypi"]}}
     assert config.indexes["root/pypi"]["config"] == {"mirror_no_project_list": True}
+
+
+def test_a_server_dir_this_run_initialises_is_planned_from_scratch(resolved):
+    """devpi_home moved: the old devpi still answers on the port, but the new server
+    dir starts as devpi-init leaves it, so everything declared is created."""
+    config = config_for({"eblume": EBLUME}, {"eblume/dev": DEV})
+    host = ApiHost(api=api_facts(config))  # the old server holds everything already
+    prepare(host, config, fresh=True)
+    logged = [m for kind, m in host.asked if kind == "log"]
+    assert "Will create user eblume (email eblume@example.org) with its password" in logged
+    assert any(m.startswith("Will create index eblume/dev") for m in logged)
+    (command,) = run_op(users_indexes_op.users_indexes, host, config=config, fresh=True)
+    assert isinstance(command, FunctionCommand)
