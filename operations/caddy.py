@@ -3,7 +3,9 @@ The Caddy site block that fronts devpi, and making Caddy pick it up.
 
 Caddy itself is managed elsewhere; the deploy owns one site file that the main
 Caddyfile imports. A changed block is validated before it replaces the old one,
-then Caddy is restarted the configured way. An unchanged block restarts nothing.
+then Caddy is restarted the configured way. An unchanged block restarts nothing,
+unless an earlier run moved a block into place and its restart failed: a marker
+file says so until a restart succeeds, so the next run restarts Caddy again.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import shlex
 
 from pyinfra import host, logger
+
+from pyinfra_devpi.snapshot import file_content
 
 from .announce import operation
 from .textfile import write_text
@@ -32,9 +36,10 @@ def validate_command(caddy_bin: str | None) -> str:
     )
 
 
-def reads(path: str) -> list:
-    """What ``site`` reads from the host: the site file as it is."""
-    return [path]
+def reads(path: str, pending_marker: str) -> list:
+    """What ``site`` reads from the host: the site file as it is, and the marker of a
+    restart that has not happened yet."""
+    return [path, pending_marker]
 
 
 def restart_command(restart: dict, domain: str) -> str:
@@ -44,7 +49,14 @@ def restart_command(restart: dict, domain: str) -> str:
 
 
 @operation
-def site(path: str, content: str, restart: dict | None, domain: str, caddy_bin: str | None = None):
+def site(
+    path: str,
+    content: str,
+    restart: dict | None,
+    domain: str,
+    pending_marker: str,
+    caddy_bin: str | None = None,
+):
     """
     Write Caddy's site block for devpi and restart Caddy when it changed.
 
@@ -53,14 +65,26 @@ def site(path: str, content: str, restart: dict | None, domain: str, caddy_bin: 
     + restart: ``{"label": <Caddy's launchd label>}`` (kickstart -k) or
       ``{"command": <shell command>}``; None to leave reloading to the operator
     + domain: the launchd domain of Caddy's job (for a label)
+    + pending_marker: a file that exists while a moved-in block awaits a restart
     + caddy_bin: the caddy binary used to validate the block (default: PATH)
     """
     commands = list(write_text(path, content, before_move=validate_command(caddy_bin)))
-    if not commands:
+    pending = file_content(host, pending_marker) is not None
+    if not restart:
+        if commands:
+            logger.warning(f"{host.print_prefix}devpi_caddy_restart is unset: reload Caddy to pick up {path}")
+            yield from commands
+        else:
+            host.noop(f"{path} is up to date")
+        return
+    if not commands and not pending:
         host.noop(f"{path} is up to date")
         return
+    if not commands:
+        host.log("Caddy's restart failed after the block last changed: restarting it again", logger.info)
+    marker = q(pending_marker)
     yield from commands
-    if restart:
-        yield restart_command(restart, domain)
-    else:
-        logger.warning(f"{host.print_prefix}devpi_caddy_restart is unset: reload Caddy to pick up {path}")
+    if commands:
+        # Recorded before the attempt: a failed (or killed) restart is retried next run.
+        yield f": > {marker}"
+    yield f"( {restart_command(restart, domain)} ) && rm -f {marker}"

@@ -76,6 +76,7 @@ def agent(
     plist_path: str,
     domain: str,
     restart_after=(),
+    directories=(),
 ):
     """
     Make launchd run the LaunchAgent ``label`` from ``plist``.
@@ -85,6 +86,8 @@ def agent(
     + plist_path: where the plist lives (``~/Library/LaunchAgents/<label>.plist``)
     + domain: ``gui/<uid>`` or ``user/<uid>``
     + restart_after: operations whose change must restart the job (``kickstart -k``)
+    + directories: directories the definition names (its log dir): made before the job
+      is (re)loaded, since launchd creates a log file but not its directory
 
     | observed                      | commands                              |
     | plist changed, job loaded     | write plist, bootout, bootstrap       |
@@ -105,11 +108,12 @@ def agent(
     if not loaded or job.get("disabled"):
         commands.append(f"launchctl enable {target}")
 
+    make_dirs = [f"mkdir -p {' '.join(shlex.quote(d) for d in directories)}"] if directories else []
     if plist_changed and loaded:
         # The loaded job keeps its cached definition until it is booted out.
-        commands += [bootout_command(target), bootstrap_command(domain, target, plist_path)]
+        commands += [*make_dirs, bootout_command(target), bootstrap_command(domain, target, plist_path)]
     elif not loaded:
-        commands.append(bootstrap_command(domain, target, plist_path))
+        commands += [*make_dirs, bootstrap_command(domain, target, plist_path)]
     elif not _is_running(job):
         commands.append(f"launchctl kickstart {target}")
     elif any_changed(restart_after):

@@ -96,7 +96,7 @@ def devpi_service():
         [
             *devpi.reads(config),
             *launchd.reads(config.label, domain, paths.plist_file),
-            *caddy.reads(paths.caddy_site_file),
+            *caddy.reads(paths.caddy_site_file, paths.caddy_restart_pending),
             *users_indexes.reads(config),
             *prewarm.reads(config),
         ],
@@ -120,6 +120,7 @@ def devpi_service():
         plist_path=paths.plist_file,
         domain=domain,
         restart_after=[venv_op, config_op],
+        directories=[paths.log_dir],
     )
     devpi.wait_healthy(name="Wait for devpi to answer", config=config, after=[agent_op])
     caddy.site(
@@ -128,6 +129,7 @@ def devpi_service():
         content=render_caddy_site(config),
         restart=config.caddy_restart,
         domain=domain,
+        pending_marker=paths.caddy_restart_pending,
         caddy_bin=config.caddy_bin,
     )
     # devpi_users / devpi_indexes: planned (refused, passwords read) now, applied once

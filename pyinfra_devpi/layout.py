@@ -132,6 +132,12 @@ class Layout:
     def prewarm_marker(self) -> str:
         return f"{self.home}/prewarm.state"
 
+    @property
+    def caddy_restart_pending(self) -> str:
+        """Exists while a changed Caddy block waits for a successful Caddy restart
+        (here, not beside the block: Caddy may import every file in its sites dir)."""
+        return f"{self.home}/caddy-restart.pending"
+
     # launchd ------------------------------------------------------------------
     @property
     def plist_file(self) -> str:

@@ -8,7 +8,6 @@ equal and changes nothing.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -68,8 +67,28 @@ def yaml_scalar(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    # A JSON string is a valid double-quoted YAML scalar: safe for any path.
-    return json.dumps(str(value))
+    return yaml_double_quoted(str(value))
+
+
+def yaml_double_quoted(text: str) -> str:
+    """A double-quoted YAML scalar in plain ASCII, so devpi reads it back the same
+    whatever the host's locale. (JSON's escapes are not enough: JSON writes a
+    character beyond U+FFFF as a surrogate pair, which YAML reads as two lone
+    surrogates; YAML's own escape for it is ``\\UXXXXXXXX``.)"""
+    out = []
+    for char in text:
+        code = ord(char)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif 0x20 <= code < 0x7F:
+            out.append(char)
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'
 
 
 def render_server_yaml(config: DevpiConfig) -> str:

@@ -78,11 +78,13 @@ def converge(host, config, password_hash=None, executing=True, diff=False):
     agent_op = run(
         "agent", launchd.agent, label=config.label, plist=render_plist(config),
         plist_path=config.paths.plist_file, domain=DOMAIN, restart_after=[venv_op, config_op],
+        directories=[config.paths.log_dir],
     )
     run("health", devpi.wait_healthy, config=config, after=[agent_op])
     run(
         "caddy", caddy.site, path=config.caddy_site_file, content=render_caddy_site(config),
-        restart=config.caddy_restart, domain=DOMAIN, caddy_bin=None,
+        restart=config.caddy_restart, domain=DOMAIN, pending_marker=config.paths.caddy_restart_pending,
+        caddy_bin=None,
     )
     return steps
 
@@ -123,7 +125,7 @@ def test_the_operation_modules_declare_exactly_what_their_operations_read(config
     for item in [
         *devpi.reads(config),
         *launchd.reads(config.label, DOMAIN, config.paths.plist_file),
-        *caddy_op.reads(config.caddy_site_file),
+        *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending),
     ]:
         declared.add(("file", item) if isinstance(item, str) else (item.fact.__name__, item.arguments))
     for host in (converged(config), fresh(config)):
@@ -141,7 +143,8 @@ def test_converged_host_reads_each_fact_once(config):
     from pyinfra_devpi.snapshot import prefetch
 
     host = converged(config)
-    prefetch(host, [config.paths.plist_file, config.paths.config_file, config.caddy_site_file])
+    prefetch(host, [config.paths.plist_file, config.paths.config_file, config.caddy_site_file,
+                    config.paths.caddy_restart_pending])
     converge(host, config)
     converge(host, config)  # the second pass (execution after change detection)
     asked = [name for name, _ in host.asked]
@@ -204,6 +207,9 @@ def test_not_loaded_job_is_enabled_and_bootstrapped(config):
     host.job = None
     steps = converge(host, config)
     assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
+    # launchd creates the log files, not their directory: made before the load
+    mkdir = f"mkdir -p {config.paths.log_dir}"
+    assert steps["agent"].index(mkdir) < [i for i, c in enumerate(steps["agent"]) if "bootstrap" in c][0]
     assert steps["health"]
 
 
@@ -236,11 +242,23 @@ def test_caddy_block_change_validates_then_restarts_caddy(config):
 def test_caddy_restart_command(config):
     host = converged(config)
     host.files[config.caddy_site_file] = None
+    marker = config.paths.caddy_restart_pending
     commands = run_op(
         caddy.site, host, path=config.caddy_site_file, content="x {\n}\n",
-        restart={"command": "brew services restart caddy"}, domain=DOMAIN,
+        restart={"command": "brew services restart caddy"}, domain=DOMAIN, pending_marker=marker,
     )
-    assert commands[-1] == "brew services restart caddy"
+    assert commands[-2:] == [f": > {marker}", f"( brew services restart caddy ) && rm -f {marker}"]
+
+
+def test_a_failed_caddy_restart_is_retried_by_the_next_run(config):
+    """The block was moved into place, the restart failed: the marker stays, and the
+    next run (block unchanged) restarts Caddy again instead of saying 'No changes'."""
+    marker = config.paths.caddy_restart_pending
+    host = converged(config)
+    host.files[marker] = ""
+    steps = converge(host, config)
+    assert steps["caddy"] == [f"( launchctl kickstart -k gui/501/org.caddy ) && rm -f {marker}"]
+    assert all(steps[name] == [] for name in steps if name != "caddy")
 
 
 def test_initialised_server_dir_is_never_initialised_again(config):

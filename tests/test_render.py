@@ -11,7 +11,7 @@ from pyinfra_devpi.config import build_config
 from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
 
 CADDY = Path(sys.executable).parent / "caddy"
-ODD_HOME = "/Users/a & b/<devpi> \"x\""
+ODD_HOME = "/Users/a & b/<devpi> \"x\" \\ é \U0001f986"
 
 
 def config_for(**data):
