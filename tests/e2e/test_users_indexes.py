@@ -144,6 +144,28 @@ def patch_only(host, index: str, key: str, value, **extra):
     return result
 
 
+def test_a_stopped_devpi_is_restored_without_any_secret(host):
+    """Booted out by hand (or crashed, or a config fixed after it exited): the rerun
+    brings it back and compares users and indexes only once it is up, so with
+    1Password unavailable it still succeeds and plans nothing against a 'fresh' server."""
+    before = host.state()
+    host.stop_devpi()
+    calls = len(host.op.calls())
+    host.op.fail()
+    try:
+        dry = host.deploy("--dry")
+        assert dry.returncode == 0, dry.describe()
+        assert "compared once it is up" in dry.output
+        assert "Will set index" not in dry.output and "Will create" not in dry.output
+        result = host.deploy()
+    finally:
+        host.op.fail(False)
+    assert result.returncode == 0, result.describe()
+    assert host.pid() is not None and host.state() == before
+    assert len(host.op.calls()) == calls  # 1Password was never asked
+    assert "Will set index" not in result.output
+
+
 def test_changing_bases_patches_only_bases(host):
     result = patch_only(host, "eblume/dev", "bases", ["root/extra", "root/pypi"])
     assert "set index eblume/dev's bases to ['root/extra', 'root/pypi'] (was ['root/pypi'])" in result.output
