@@ -30,7 +30,7 @@ from pyinfra.api import FunctionCommand, StringCommand
 from facts.users_indexes import UsersIndexes
 from pyinfra_devpi.config import DevpiConfig
 from pyinfra_devpi.layout import transient
-from pyinfra_devpi.run_secrets import hash_once, resolve_once
+from pyinfra_devpi.run_secrets import hash_once, is_dry_run, resolve_once
 from pyinfra_devpi.snapshot import FactRead, read
 from pyinfra_devpi.tunnel import json_requester
 from pyinfra_devpi.users_indexes.plan import LOCAL_ONLY, ApplyError, PlanError, apply, describe, markers_file, plan
@@ -125,6 +125,15 @@ def prepare(config: DevpiConfig, fresh: bool = False) -> None:
     for action in actions:
         host.log(f"Will {describe(action)}", logger.info)
     if not _needs_login(actions):
+        return
+    _check_root_password(config)
+    needed = [("devpi_root_password", config.root_password)] + [
+        (f"devpi_users['{a['name']}']['password']", config.users[a["name"]]["password"])
+        for a in actions if a["op"] in ("create_user", "set_password")
+    ]
+    if is_dry_run():
+        for key, ref in needed:
+            host.log(f"Will read {key} ({ref}) when applied", logger.info)
         return
     secrets = RunSecrets(config)
     secrets.root_password()

@@ -6,11 +6,23 @@ in and create the declared users and indexes), and pyinfra runs an operation's b
 twice when it checks for changes first. Each reference is resolved once (1Password
 asks once) and each password hashed once; the memo lives on the Host object, like
 the fact snapshot, so it ends with the run.
+
+A dry run reads no secret at all (a pull request's review job has no 1Password):
+the plan says which secret each step will read when applied. A real run reads the
+secrets its plan needs while planning, so a reference that cannot be read stops it
+before anything changes.
 """
 
 from __future__ import annotations
 
+import sys
+
 from .secrets import SecretRef, hash_password
+
+
+def is_dry_run() -> bool:
+    """``pyinfra ... --dry``: pyinfra 3 does not tell a deploy, so ask its command line."""
+    return "--dry" in sys.argv[1:]
 
 _ATTR = "_pyinfra_devpi_secrets"
 

@@ -703,3 +703,14 @@ def test_a_server_dir_this_run_initialises_is_planned_from_scratch(resolved):
     assert any(m.startswith("Will create index eblume/dev") for m in logged)
     (command,) = run_op(users_indexes_op.users_indexes, host, config=config, fresh=True)
     assert isinstance(command, FunctionCommand)
+
+
+def test_a_dry_run_reads_no_secret_and_says_which_it_will_read(resolved, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["pyinfra", "inventory.py", "deploys/devpi.py", "--dry", "--diff"])
+    config = config_for({"eblume": EBLUME}, {"eblume/dev": DEV})
+    host = ApiHost(api=None)
+    prepare(host, config, fresh=True)
+    assert resolved == []
+    logged = [m for kind, m in host.asked if kind == "log"]
+    assert "Will read devpi_root_password (env:ROOT_PW) when applied" in logged
+    assert "Will read devpi_users['eblume']['password'] (env:EBLUME_PW) when applied" in logged
