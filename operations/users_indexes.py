@@ -31,6 +31,7 @@ from facts.users_indexes import UsersIndexes
 from pyinfra_devpi.config import DevpiConfig
 from pyinfra_devpi.layout import transient
 from pyinfra_devpi.run_secrets import hash_once, is_dry_run, resolve_once
+from pyinfra_devpi.secrets import SecretError
 from pyinfra_devpi.snapshot import FactRead, read
 from pyinfra_devpi.tunnel import json_requester
 from pyinfra_devpi.users_indexes.plan import LOCAL_ONLY, ApplyError, PlanError, apply, describe, markers_file, plan
@@ -127,19 +128,17 @@ def prepare(config: DevpiConfig, fresh: bool = False) -> None:
     if not _needs_login(actions):
         return
     _check_root_password(config)
-    needed = [("devpi_root_password", config.root_password)] + [
-        (f"devpi_users['{a['name']}']['password']", config.users[a["name"]]["password"])
-        for a in actions if a["op"] in ("create_user", "set_password")
-    ]
+    users = [a["name"] for a in actions if a["op"] in ("create_user", "set_password")]
     if is_dry_run():
-        for key, ref in needed:
-            host.log(f"Will read {key} ({ref}) when applied", logger.info)
+        host.log(f"Will read devpi_root_password ({config.root_password}) when applied", logger.info)
+        for name in users:
+            host.log(f"Will read devpi_users['{name}']['password'] ({config.users[name]['password']}) when applied",
+                     logger.info)
         return
     secrets = RunSecrets(config)
     secrets.root_password()
-    for action in actions:
-        if action["op"] in ("create_user", "set_password"):
-            secrets.password_hash(action["name"])
+    for name in users:
+        secrets.password_hash(name)
 
 
 def apply_through_connection(state, host, config: DevpiConfig, markers: dict) -> bool:
@@ -156,7 +155,7 @@ def apply_through_connection(state, host, config: DevpiConfig, markers: dict) ->
             timeout=config.health_timeout, what=config.local_url,
             out=lambda line: host.log(f"devpi: {line}", logger.info),
         )
-    except (ApplyError, PlanError, OSError) as error:
+    except (ApplyError, PlanError, SecretError, OSError) as error:
         host.log_styled(f"devpi users and indexes: {error}", fg="red", log_func=logger.error)
         ok = False
     # What was done is recorded even when a later action failed.
