@@ -15,7 +15,7 @@ from pyinfra.api import deploy
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from facts.launchd import LaunchdSession
-from operations import caddy, devpi, launchd, prewarm, users_indexes
+from operations import caddy, devpi, launchd, prewarm, retire, users_indexes
 from pyinfra_devpi.config import SERVER_DB_VERSION, DevpiConfig, build_config
 from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.layout import NODEINFO
@@ -95,6 +95,7 @@ def devpi_service():
         host,
         [
             *devpi.reads(config),
+            *retire.reads(config.label, domain, paths.launch_agents_dir),
             *launchd.reads(config.label, domain, paths.plist_file),
             *caddy.reads(paths.caddy_site_file, paths.caddy_restart_pending),
             *users_indexes.reads(config),
@@ -113,6 +114,15 @@ def devpi_service():
     )
     devpi.secret(name="Create devpi secret file", config=config)
     devpi.init(name="Initialise devpi server dir", config=config, password_hash=password_hash)
+    # Before the job is (re)loaded: an old job would keep devpi's port.
+    retire.old_agents(
+        name="Retire this devpi's LaunchAgent under another label or domain",
+        label=config.label,
+        domain=domain,
+        plist_path=paths.plist_file,
+        config_file=paths.config_file,
+        agents_dir=paths.launch_agents_dir,
+    )
     agent_op = launchd.agent(
         name="LaunchAgent " + config.label,
         label=config.label,

@@ -37,6 +37,10 @@ VENV_PREFIX = "devpi-"
 PRE_EXISTING_PREFIX = "pre-existing-"
 
 
+# A LaunchAgent's plist is ``<label>.plist`` in the LaunchAgents dir.
+PLIST_SUFFIX = ".plist"
+
+
 def transient(path: str) -> str:
     """Where a new version of ``path`` is written before it replaces ``path``."""
     return path + TRANSIENT_SUFFIX
@@ -141,7 +145,7 @@ class Layout:
     # launchd ------------------------------------------------------------------
     @property
     def plist_file(self) -> str:
-        return f"{self.launch_agents_dir}/{self.label}.plist"
+        return f"{self.launch_agents_dir}/{self.label}{PLIST_SUFFIX}"
 
     @property
     def out_log(self) -> str:

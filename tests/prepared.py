@@ -19,6 +19,7 @@ from pyinfra.context import ctx_host, ctx_state
 from facts.devpi import ServerDir, VenvVersions
 from facts.files import FileContents
 from facts.launchd import LaunchdJob
+from facts.managed_agents import ManagedAgents
 
 
 @dataclass
@@ -38,13 +39,19 @@ class PreparedHost:
     asked: list = field(default_factory=list)
     logged: list = field(default_factory=list)
     noops: list = field(default_factory=list)
+    # launchd's view of the label in the other domain (user/<uid>), and the plists the
+    # deploy wrote ({path: {"label", "arguments"}}) in the LaunchAgents dir.
+    elsewhere: dict | None = None
+    agents: dict = field(default_factory=dict)
     name: str = "prepared"
     print_prefix: str = "[prepared] "
 
     def get_fact(self, cls, **kwargs):
         self.asked.append((cls.__name__, kwargs))
         if cls is LaunchdJob:
-            return self.job
+            return self.elsewhere if kwargs["domain"].startswith("user/") else self.job
+        if cls is ManagedAgents:
+            return self.agents
         if cls is ServerDir:
             return self.server_dir
         if cls is VenvVersions:

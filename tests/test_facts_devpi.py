@@ -159,3 +159,30 @@ def test_file_contents_round_trip_exact_bytes(tmp_path):
     fact = run_fact(FileContents, paths=[str(a), str(b), str(tmp_path / "missing")])
     assert fact == {str(a): a.read_text(), str(b): "", str(tmp_path / "missing"): None}
 
+
+
+def test_managed_agents_lists_only_the_deploys_plists(tmp_path):
+    import subprocess
+
+    from facts.managed_agents import ManagedAgents
+    from pyinfra_devpi.config import build_config
+    from pyinfra_devpi.render import render_plist
+
+    config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_label": "net.devpi.old"}, "/Users/a")
+    (tmp_path / "net.devpi.old.plist").write_text(render_plist(config))
+    (tmp_path / "com.other.plist").write_text(
+        '<?xml version="1.0"?><plist version="1.0"><dict><key>Label</key><string>com.other</string></dict></plist>'
+    )
+    (tmp_path / "notes.txt").write_text("Managed by pyinfra-devpi\n")
+    fact = ManagedAgents()
+    result = subprocess.run(["/bin/sh", "-c", fact.command(str(tmp_path))], capture_output=True, text=True)
+    assert result.returncode == 0
+    agents = fact.process(result.stdout.splitlines())
+    assert agents == {
+        str(tmp_path / "net.devpi.old.plist"): {
+            "label": "net.devpi.old",
+            "arguments": ["/Users/a/devpi/venv/bin/devpi-server", "--configfile", "/Users/a/devpi/devpi-server.yml"],
+        },
+    }
+    empty = subprocess.run(["/bin/sh", "-c", fact.command(str(tmp_path / "none"))], capture_output=True, text=True)
+    assert empty.returncode == 0 and fact.process(empty.stdout.splitlines()) == {}

@@ -5,7 +5,7 @@ host yields none. Operations run under prepared facts (see ``prepared.py``).
 
 import pytest
 
-from operations import caddy, devpi, launchd
+from operations import caddy, devpi, launchd, retire
 from pyinfra_devpi.config import build_config
 from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
 from pyinfra.api.hiddenvalue import HiddenValue
@@ -75,6 +75,10 @@ def converge(host, config, password_hash=None, executing=True, diff=False):
     config_op = run("config", devpi.server_config, config=config, content=render_server_yaml(config))
     run("secret", devpi.secret, config=config)
     run("init", devpi.init, config=config, password_hash=password_hash)
+    run(
+        "retire", retire.old_agents, label=config.label, domain=DOMAIN, plist_path=config.paths.plist_file,
+        config_file=config.paths.config_file, agents_dir=config.launch_agents_dir,
+    )
     agent_op = run(
         "agent", launchd.agent, label=config.label, plist=render_plist(config),
         plist_path=config.paths.plist_file, domain=DOMAIN, restart_after=[venv_op, config_op],
@@ -109,6 +113,7 @@ def test_converged_host_yields_nothing(config):
         "/Users/alice/devpi/devpi-server.yml is up to date",
         "devpi's secret file /Users/alice/devpi/secret exists",
         "/Users/alice/devpi/server-dir is initialised",
+        "no LaunchAgent of this devpi under another label or domain",
         "gui/501/net.devpi is loaded, enabled and running its current definition",
         "devpi was not (re)started",
         "/Users/alice/.config/caddy/sites/devpi.caddy is up to date",
@@ -124,6 +129,7 @@ def test_the_operation_modules_declare_exactly_what_their_operations_read(config
     declared = set()
     for item in [
         *devpi.reads(config),
+        *retire.reads(config.label, DOMAIN, config.launch_agents_dir),
         *launchd.reads(config.label, DOMAIN, config.paths.plist_file),
         *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending),
     ]:
@@ -148,7 +154,7 @@ def test_converged_host_reads_each_fact_once(config):
     converge(host, config)
     converge(host, config)  # the second pass (execution after change detection)
     asked = [name for name, _ in host.asked]
-    assert sorted(asked) == ["FileContents", "LaunchdJob", "ServerDir", "VenvVersions"]
+    assert sorted(asked) == ["FileContents", "LaunchdJob", "LaunchdJob", "ManagedAgents", "ServerDir", "VenvVersions"]
 
 
 def test_fresh_host_builds_everything_in_order(config):
@@ -338,3 +344,32 @@ def test_diff_mode_shows_each_planned_command_masked(config):
     converge(changed, config, executing=False, diff=True)
     assert any(m.startswith("Will run: launchctl bootout") for m in changed.logged)
     assert any("Will modify" in m for m in changed.logged)
+
+
+def test_a_renamed_label_retires_the_old_job_before_the_new_one_loads(config):
+    host = converged(config)
+    host.job = None  # the new label is not loaded yet
+    old_plist = f"{config.launch_agents_dir}/net.devpi.old.plist"
+    other_home = f"{config.launch_agents_dir}/org.other.plist"
+    host.agents = {
+        old_plist: {"label": "net.devpi.old", "arguments": ["/x/bin/devpi-server", "--configfile", config.paths.config_file]},
+        other_home: {"label": "org.other", "arguments": ["/y/bin/devpi-server", "--configfile", "/elsewhere.yml"]},
+        config.paths.plist_file: {"label": config.label, "arguments": []},
+    }
+    steps = converge(host, config)
+    retired = shell_lines(steps["retire"])
+    assert retired[0].startswith("launchctl bootout gui/501/net.devpi.old ")
+    assert retired[1].startswith("launchctl bootout user/501/net.devpi.old ")
+    assert retired[-1] == f"rm -f {old_plist}"
+    assert not any("org.other" in c for c in retired)  # another home's devpi: left alone
+    assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
+
+
+def test_the_label_loaded_in_the_other_domain_is_booted_out_there(config):
+    host = converged(config)
+    host.elsewhere = {**host.job, "domain": "user/501"}
+    steps = converge(host, config)
+    (command,) = shell_lines(steps["retire"])
+    assert command.startswith("launchctl bootout user/501/net.devpi ")
+    assert "while launchctl print user/501/net.devpi" in command
+    assert gnu_only_forms(command) == []
