@@ -21,9 +21,11 @@ DEFAULT_CADDY_SITE_FILE = "~/.config/caddy/sites/devpi.caddy"
 
 # devpi's own files in a server dir (devpi-server's source): ``.nodeinfo`` is written
 # by devpi-init (its "initialised" marker), ``.serverversion`` holds the database
-# version, ``+files`` the release files Caddy may serve directly.
+# version, ``.sqlite`` the database (devpi's default ``sqlite`` storage, written last),
+# ``+files`` the release files Caddy may serve directly.
 NODEINFO = ".nodeinfo"
 SERVERVERSION = ".serverversion"
+SQLITE = ".sqlite"
 FILES_DIR = "+files"
 
 # A file the deploy writes goes to ``<path>.pyinfra-new`` first and is renamed into
