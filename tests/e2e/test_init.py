@@ -86,8 +86,8 @@ def test_half_initialised_server_dir_is_refused_before_any_change(stack: Deploye
     result = stack.converge(check=False)
 
     assert result.returncode != 0, result.describe()
-    assert "half-initialised" in result.output, result.describe()
-    assert f"{stack.server_dir} holds devpi's {NODEINFO} but no database ({SQLITE})" in result.output
+    assert f"{stack.server_dir} is a half-initialised devpi server dir" in result.output, result.describe()
+    assert f"holds devpi's {NODEINFO} but no database ({SQLITE})" in result.output
     assert "move it aside" in result.output and "nothing is deleted" in result.output
     assert "Traceback" not in result.output
     assert tree(stack.home) == before  # no venv, no config, no plist: nothing changed
