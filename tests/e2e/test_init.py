@@ -120,7 +120,7 @@ def test_a_run_killed_during_init_is_followed_by_a_clean_init(stack: DeployedSta
     result = stack.converge("-vv")
 
     assert not leftover.exists()
-    assert sorted(p.name for p in stack.server_dir.iterdir()) >= sorted([NODEINFO, SERVERVERSION, SQLITE])
+    assert {p.name for p in stack.server_dir.iterdir()} >= {NODEINFO, SERVERVERSION, SQLITE}
     assert json.loads((stack.server_dir / NODEINFO).read_text())["uuid"] != json.loads(NODEINFO_TEXT)["uuid"]
     assert stack.server_dir.stat().st_mode & 0o777 == 0o700
     assert devpi_client.login(stack.devpi_url, "root", stack.password) == 200

@@ -414,6 +414,7 @@ def test_10_fact_queries_print_json(host):
 
     server_dir = fact_json(host, "facts.devpi.ServerDir", f"path={host.devpi_home}/server-dir")
     assert server_dir["initialised"] and server_dir["serverversion"] == "4"
+    assert server_dir["has_database"] and server_dir["complete"]
     assert server_dir["nodeinfo"]["role"] == "standalone"
 
     versions = fact_json(host, "facts.devpi.VenvVersions", f"venv={host.devpi_home}/venv")
