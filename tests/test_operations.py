@@ -493,3 +493,15 @@ def test_init_script_never_replaces_a_server_dir_that_filled_up(tmp_path):
     assert "is no longer empty" in result.stderr
     assert listing(config.paths.server_dir) == ["data"]
     assert listing(config.paths.home) == ["devpi-server.yml", "server-dir", "venv"]
+
+
+def test_init_script_initialises_a_symlinked_server_dir_where_it_points(tmp_path):
+    config = init_host(tmp_path)
+    real = tmp_path / "elsewhere" / "server"
+    real.mkdir(parents=True)
+    Path(config.paths.server_dir).symlink_to(real)
+    result = run_init(config)
+    assert result.returncode == 0, result.stderr
+    assert Path(config.paths.server_dir).is_symlink()
+    assert listing(real) == [".nodeinfo", ".serverversion", ".sqlite"]
+    assert listing(tmp_path / "elsewhere") == ["server"]  # the transient dir was beside it
