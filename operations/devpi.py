@@ -187,6 +187,9 @@ def needs_init(found: dict) -> bool:
     return not found["exists"] or (found["is_dir"] and not found["has_data"])
 
 
+SD = '"$sd"'  # the server dir, as the init script's shell variable
+
+
 def init_script(config: DevpiConfig) -> str:
     """devpi-init into a transient dir beside the server dir; rename it into place once
     it is complete, so the server dir is either missing/empty or devpi's whole init.
@@ -210,7 +213,7 @@ def init_script(config: DevpiConfig) -> str:
         "set -e",
         f"sd={q(paths.server_dir)}",
         'if [ -L "$sd" ]; then sd=$(cd "$sd" && pwd -P); fi',
-        f"new={layout.transient(chr(34) + '$sd' + chr(34))}",
+        f"new={layout.transient(SD)}",
         'rm -rf "$new"',
         "trap 'rc=$?; if [ $rc -ne 0 ]; then rm -rf \"$new\"; fi' EXIT",
         '(umask 077; mkdir "$new")',

@@ -102,10 +102,6 @@ class Layout:
         return f"{self.server_dir}/{SERVERVERSION}"
 
     @property
-    def database(self) -> str:
-        return f"{self.server_dir}/{SQLITE}"
-
-    @property
     def files_dir(self) -> str:
         return f"{self.server_dir}/{FILES_DIR}"
 
