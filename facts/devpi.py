@@ -15,7 +15,7 @@ from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
 from facts._output import key_values, mode_of, print_block, script, split_blocks
-from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, venv_bin
+from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, SQLITE, venv_bin
 
 # The keys devpi-server writes into ``.nodeinfo`` that are useful to an operator.
 NODEINFO_KEYS = ("role", "uuid", "nodeinfo_version", "primary-url")
@@ -27,12 +27,16 @@ DIR = '"$d"'
 class ServerDir(FactBase):
     """
     The state of a devpi server dir: whether it exists and holds data, devpi's
-    ``.nodeinfo`` (its own "initialised" marker) and ``.serverversion`` (the DB version).
+    ``.nodeinfo`` (written by devpi-init before the database), ``.serverversion`` (the
+    DB version) and the database itself (``.sqlite``, written last).
 
     Returns a dict: ``exists``, ``is_dir``, ``mode`` (``ls -ld`` mode string), ``entries`` (names in
-    the dir, hidden ones included), ``has_data``, ``initialised``, ``nodeinfo``
-    (role, uuid, ...), ``serverversion``; with ``secret_file``: ``secret_file``
-    (``exists``/``mode``, never the content).
+    the dir, hidden ones included), ``has_data``, ``initialised`` (``.nodeinfo`` exists),
+    ``nodeinfo`` (role, uuid, ...), ``has_serverversion`` (the file exists),
+    ``serverversion`` (its first line; ``None`` when missing or empty), ``has_database``
+    (a non-empty ``.sqlite``), ``complete`` (all three: what a finished devpi-init
+    leaves); with ``secret_file``: ``secret_file`` (``exists``/``mode``, never the content).
+    A dir that ``has_data`` but is not ``complete`` is neither new nor usable.
     """
 
     def command(self, path, secret_file=None):
@@ -43,8 +47,9 @@ class ServerDir(FactBase):
             'if [ -d "$d" ]; then echo "is_dir=true"; else echo "is_dir=false"; fi',
             f'echo "mode={mode_of(DIR)}"',
             'if [ -d "$d" ]; then echo "entries=$(ls -A "$d" | wc -l | tr -d " ")"; fi',
-            f'v="$d"/{SERVERVERSION}; n="$d"/{NODEINFO}',
-            'if [ -f "$v" ]; then echo "serverversion=$(head -n 1 "$v")"; fi',
+            f'v="$d"/{SERVERVERSION}; n="$d"/{NODEINFO}; db="$d"/{SQLITE}',
+            'if [ -f "$v" ]; then echo "has_serverversion=true"; echo "serverversion=$(head -n 1 "$v")"; fi',
+            'if [ -f "$db" ] && [ -s "$db" ]; then echo "has_database=true"; fi',
             print_block('"$n"', "nodeinfo"),
             "fi",
         ]
@@ -70,7 +75,8 @@ class ServerDir(FactBase):
         if values["exists"] != "true":
             result = {
                 "exists": False, "is_dir": False, "mode": None, "entries": 0, "has_data": False,
-                "initialised": False, "nodeinfo": None, "serverversion": None,
+                "initialised": False, "nodeinfo": None, "has_serverversion": False, "serverversion": None,
+                "has_database": False, "complete": False,
             }
             if secret is not None:
                 result["secret_file"] = secret
@@ -92,6 +98,8 @@ class ServerDir(FactBase):
             )
 
         entries = int(values.get("entries") or 0)
+        serverversion = values.get("serverversion") or None
+        has_database = values.get("has_database") == "true"
         result = {
             "exists": True,
             "is_dir": values.get("is_dir") == "true",
@@ -100,7 +108,10 @@ class ServerDir(FactBase):
             "has_data": entries > 0,
             "initialised": nodeinfo is not None,
             "nodeinfo": nodeinfo,
-            "serverversion": values.get("serverversion") or None,
+            "has_serverversion": values.get("has_serverversion") == "true",
+            "serverversion": serverversion,
+            "has_database": has_database,
+            "complete": nodeinfo is not None and has_database and serverversion is not None,
         }
         if secret is not None:
             result["secret_file"] = secret

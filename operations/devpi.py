@@ -182,14 +182,57 @@ def secret(config: DevpiConfig):
 
 
 def needs_init(found: dict) -> bool:
-    """Only a missing or empty dir without devpi's ``.nodeinfo`` marker is initialised."""
-    return not found["initialised"] and not found["has_data"]
+    """Only a missing or empty server dir is initialised; any other is complete (devpi's
+    own) or refused by the deploy (``check_server_dir``), never initialised over."""
+    return not found["exists"] or (found["is_dir"] and not found["has_data"])
+
+
+SD = '"$sd"'  # the server dir, as the init script's shell variable
+
+
+def init_script(config: DevpiConfig) -> str:
+    """devpi-init into a transient dir beside the server dir; rename it into place once
+    it is complete, so the server dir is either missing/empty or devpi's whole init.
+
+    The root password hash arrives in a 0600 file (uploaded before), is read into
+    devpi-init's environment and the file removed before anything else runs. A
+    transient dir found at the start is a killed run's: it was never live and is
+    removed. devpi-init runs with ``--no-root-pypi``: the users/indexes step creates
+    ``root/pypi`` with ``mirror_no_project_list`` set, so devpi never starts with a
+    mirror that would fetch PyPI's whole project list. A symlinked server dir is
+    initialised where it points.
+    """
+    paths = config.paths
+    checks = " ".join(q(name) for name in (layout.SERVERVERSION, layout.NODEINFO, layout.SQLITE))
+    lines = [
+        "# devpi-init (without root/pypi) into a transient dir beside the server dir, "
+        "checked, then renamed into place",
+        f"f={q(paths.root_hash_upload)}; chmod 600 \"$f\"; "
+        'DEVPISERVER_ROOT_PASSWD_HASH=$(cat "$f"); rm -f "$f"; '
+        "export DEVPISERVER_ROOT_PASSWD_HASH",
+        "set -e",
+        f"sd={q(paths.server_dir)}",
+        'if [ -L "$sd" ]; then sd=$(cd "$sd" && pwd -P); fi',
+        f"new={layout.transient(SD)}",
+        'rm -rf "$new"',
+        "trap 'rc=$?; if [ $rc -ne 0 ]; then rm -rf \"$new\"; fi' EXIT",
+        '(umask 077; mkdir "$new")',
+        f"{q(paths.bin('devpi-init'))} --configfile {q(paths.config_file)} --serverdir \"$new\" --no-root-pypi",
+        f'for x in {checks}; do if [ ! -s "$new/$x" ]; then '
+        + say("devpi-init left no %s in %s: the server dir was not replaced", '"$x"', '"$new"')
+        + "; exit 1; fi; done",
+        'if [ -d "$sd" ] && ! rmdir "$sd" 2>/dev/null; then '
+        + say("%s is no longer empty: not replacing it with the new server dir", '"$sd"')
+        + "; exit 1; fi",
+        'mv "$new" "$sd"',
+    ]
+    return "\n".join(lines)
 
 
 @operation
 def init(config: DevpiConfig, password_hash=None):
     """
-    Initialise an empty server dir with ``devpi-init``, once.
+    Initialise a missing or empty server dir with ``devpi-init``, once, all or nothing.
 
     + password_hash: a ``HiddenValue`` with the root password's argon2 hash (made on
       the controller). It reaches the host through SFTP into a 0600 file in the
@@ -207,13 +250,7 @@ def init(config: DevpiConfig, password_hash=None):
     # Before execution (--dry, change detection) there is nothing to upload.
     content = password_hash.unmask() if state.is_executing else ""
     yield FileUploadCommand(BytesIO(content.encode("utf-8")), paths.root_hash_upload)
-    yield (
-        f"f={q(paths.root_hash_upload)}; chmod 600 \"$f\"; "
-        'DEVPISERVER_ROOT_PASSWD_HASH=$(cat "$f"); rm -f "$f"; '
-        "export DEVPISERVER_ROOT_PASSWD_HASH; "
-        f"(umask 077; mkdir -p {q(paths.server_dir)}) && chmod 700 {q(paths.server_dir)} && "
-        f"{q(paths.bin('devpi-init'))} --configfile {q(paths.config_file)}"
-    )
+    yield init_script(config)
 
 
 def wait_healthy_script(url: str, timeout: int, err_log: str, nodeinfo: str | None = None) -> str:

@@ -8,6 +8,7 @@ pyinfra plans, so a refused run changes nothing on the host.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from pyinfra import host
@@ -18,7 +19,7 @@ from facts.launchd import LaunchdSession
 from operations import caddy, devpi, launchd, prewarm, retire, users_indexes
 from pyinfra_devpi.config import SERVER_DB_VERSION, DevpiConfig, build_config
 from pyinfra_devpi.errors import DeployError
-from pyinfra_devpi.layout import NODEINFO
+from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, SQLITE
 from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
 from pyinfra_devpi.run_secrets import resolve_once
 from pyinfra_devpi.secrets import hash_password
@@ -41,7 +42,11 @@ def read_lock(config: DevpiConfig) -> str | None:
 
 
 def check_server_dir(config: DevpiConfig, server_dir: dict) -> None:
-    """Refuse server dirs that the pinned devpi must not initialise or open."""
+    """Refuse server dirs that the pinned devpi must not initialise or open.
+
+    A missing or empty dir is initialised; a complete one (devpi-init finished) is
+    used; anything else is refused, named for what it is, and never deleted.
+    """
     if not server_dir["exists"]:
         return
     path = config.paths.server_dir
@@ -54,14 +59,41 @@ def check_server_dir(config: DevpiConfig, server_dir: dict) -> None:
             "elsewhere, export it with devpi-export and import it with devpi-import; otherwise "
             "empty the directory or point devpi_home elsewhere",
         )
+    if server_dir["initialised"] and not server_dir["has_database"]:
+        raise DeployError(
+            f"{path} is a half-initialised devpi server dir: it holds devpi's {NODEINFO} but no "
+            f"database ({SQLITE}), which is what a devpi-init stopped part way leaves (devpi would "
+            "not start on it, or would start with no users, not even root). Refusing to use it; "
+            "nothing is deleted automatically. To recover, move it aside (e.g. "
+            f"mv {shlex.quote(path)} {shlex.quote(path + '.broken')}) and rerun: the deploy then "
+            "initialises a new server dir",
+        )
+    major = config.server_version.split(".")[0]
+    wanted = DB_VERSIONS.get(major)
+    if server_dir["has_serverversion"] and server_dir["serverversion"] is None:
+        restore = (
+            f"if devpi-server {major}.x wrote it, put its database version ({wanted}) back "
+            "into that file; otherwise " if wanted else ""
+        )
+        raise DeployError(
+            f"{config.paths.serverversion} is empty, so the database version of {path} is "
+            "unknown: refusing to start devpi on it; nothing is deleted automatically. To "
+            f"recover: {restore}move the dir aside and rerun to initialise a new one (and "
+            "import its data with devpi-import)",
+        )
     found = server_dir["serverversion"]
-    wanted = DB_VERSIONS.get(config.server_version.split(".")[0])
     if found is not None and wanted is not None and found != wanted:
         raise DeployError(
             f"{config.paths.serverversion} is {found!r} but devpi-server {config.server_version} "
             f"uses database version {wanted!r}: refusing to start it on that dir. Export the "
             "data with the devpi-server that wrote it (devpi-export) and import it into a new "
             "server dir with this one (devpi-import)",
+        )
+    if server_dir["has_data"] and not server_dir["complete"]:
+        raise DeployError(
+            f"{path} is not a complete devpi server dir (it lacks {SERVERVERSION}): refusing to "
+            "start devpi on it; nothing is deleted automatically. Move it aside and rerun to "
+            "initialise a new one, or import its data with devpi-import",
         )
 
 

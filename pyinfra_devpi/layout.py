@@ -19,15 +19,18 @@ DEFAULT_LOG_DIR = "~/Library/Logs"
 DEFAULT_LAUNCH_AGENTS_DIR = "~/Library/LaunchAgents"
 DEFAULT_CADDY_SITE_FILE = "~/.config/caddy/sites/devpi.caddy"
 
-# devpi's own files in a server dir (devpi-server's source): ``.nodeinfo`` is written
-# by devpi-init (its "initialised" marker), ``.serverversion`` holds the database
-# version, ``+files`` the release files Caddy may serve directly.
+# devpi's own files in a server dir (devpi-server's source), in the order devpi-init
+# writes them: ``.serverversion`` (the database version), ``.nodeinfo`` (role, uuid),
+# ``.sqlite`` (the database, devpi's default ``sqlite`` storage); ``+files`` holds the
+# release files Caddy may serve directly. A dir with all three is complete.
 NODEINFO = ".nodeinfo"
 SERVERVERSION = ".serverversion"
+SQLITE = ".sqlite"
 FILES_DIR = "+files"
 
 # A file the deploy writes goes to ``<path>.pyinfra-new`` first and is renamed into
-# place, so launchd, devpi and Caddy never read a half-written file.
+# place, so launchd, devpi and Caddy never read a half-written file; so does a new
+# server dir (devpi-init writes into ``server-dir.pyinfra-new``).
 TRANSIENT_SUFFIX = ".pyinfra-new"
 
 # Every venv the deploy builds is named ``devpi-server-<v>-web-<v>-<timestamp>`` under

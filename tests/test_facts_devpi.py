@@ -39,6 +39,7 @@ def initialised_dir(tmp_path_factory):
 def test_server_dir_missing(tmp_path, shell):
     fact = run_fact(ServerDir, shell, path=str(tmp_path / "nope"))
     assert (fact["exists"], fact["initialised"], fact["has_data"]) == (False, False, False)
+    assert (fact["has_serverversion"], fact["has_database"], fact["complete"]) == (False, False, False)
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -49,6 +50,43 @@ def test_server_dir_initialised_by_devpi(initialised_dir, shell):
     assert fact["nodeinfo"]["role"] == "standalone"
     assert len(fact["nodeinfo"]["uuid"]) == 32
     assert fact["has_data"] is True and fact["is_dir"] is True
+    assert (fact["has_serverversion"], fact["has_database"], fact["complete"]) == (True, True, True)
+
+
+# What devpi-init leaves when it stops part way: it writes .serverversion, then
+# .nodeinfo, then its database (.sqlite).
+NODEINFO_JSON = '{"role": "standalone", "uuid": "0123456789abcdef0123456789abcdef"}'
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("files", [(".nodeinfo",), (".serverversion", ".nodeinfo")])
+def test_server_dir_half_initialised(tmp_path, shell, files):
+    for name in files:
+        (tmp_path / name).write_text(NODEINFO_JSON if name == ".nodeinfo" else "4")
+    fact = run_fact(ServerDir, shell, path=str(tmp_path))
+    assert (fact["initialised"], fact["has_data"]) == (True, True)
+    assert (fact["has_database"], fact["complete"]) == (False, False)
+    assert fact["has_serverversion"] is (".serverversion" in files)
+
+
+def test_server_dir_with_an_empty_database_file_has_no_database(initialised_dir, tmp_path):
+    for name in (".serverversion", ".nodeinfo"):
+        (tmp_path / name).write_bytes((initialised_dir / name).read_bytes())
+    (tmp_path / ".sqlite").write_bytes(b"")
+    fact = run_fact(ServerDir, path=str(tmp_path))
+    assert (fact["initialised"], fact["has_database"], fact["complete"]) == (True, False, False)
+    (tmp_path / ".sqlite").write_bytes((initialised_dir / ".sqlite").read_bytes())
+    assert run_fact(ServerDir, path=str(tmp_path))["complete"] is True
+
+
+@pytest.mark.parametrize("content", ["", "\n"])
+def test_server_dir_with_an_empty_serverversion(initialised_dir, tmp_path, content):
+    for name in (".nodeinfo", ".sqlite"):
+        (tmp_path / name).write_bytes((initialised_dir / name).read_bytes())
+    (tmp_path / ".serverversion").write_text(content)
+    fact = run_fact(ServerDir, path=str(tmp_path))
+    assert (fact["has_serverversion"], fact["serverversion"]) == (True, None)
+    assert (fact["initialised"], fact["has_database"], fact["complete"]) == (True, True, False)
 
 
 def test_server_dir_empty_and_with_stray_data(tmp_path):
@@ -59,6 +97,7 @@ def test_server_dir_empty_and_with_stray_data(tmp_path):
     (empty / ".sqlite").write_text("x")
     fact = run_fact(ServerDir, path=str(empty))
     assert (fact["initialised"], fact["has_data"]) == (False, True)
+    assert (fact["has_database"], fact["complete"]) == (True, False)
 
 
 def test_server_dir_reports_secret_file_without_its_content(tmp_path):

@@ -3,6 +3,9 @@ Each row of DESIGN.md's lifecycle table yields exactly its commands; a converged
 host yields none. Operations run under prepared facts (see ``prepared.py``).
 """
 
+import shlex
+from pathlib import Path
+
 import pytest
 
 from operations import caddy, devpi, launchd, retire
@@ -37,7 +40,8 @@ def converged(config) -> PreparedHost:
         server_dir={
             "exists": True, "is_dir": True, "mode": "drwx------", "entries": 6, "has_data": True,
             "initialised": True, "nodeinfo": {"role": "standalone", "uuid": "u"},
-            "serverversion": "4", "secret_file": {"exists": True, "mode": "-rw-------"},
+            "has_serverversion": True, "serverversion": "4", "has_database": True, "complete": True,
+            "secret_file": {"exists": True, "mode": "-rw-------"},
         },
         venv={"devpi-server": "6.20.3", "devpi-web": "5.1.1", "python": "3.11.7", "path": "/x"},
         files={
@@ -53,8 +57,8 @@ def fresh(config) -> PreparedHost:
         job=None,
         server_dir={
             "exists": False, "is_dir": False, "mode": None, "entries": 0, "has_data": False,
-            "initialised": False, "nodeinfo": None, "serverversion": None,
-            "secret_file": {"exists": False, "mode": None},
+            "initialised": False, "nodeinfo": None, "has_serverversion": False, "serverversion": None,
+            "has_database": False, "complete": False, "secret_file": {"exists": False, "mode": None},
         },
         venv=None,
         files={},
@@ -276,9 +280,79 @@ def test_initialised_server_dir_is_never_initialised_again(config):
 def test_empty_server_dir_is_initialised(config):
     host = converged(config)
     host.server_dir = {**host.server_dir, "entries": 0, "has_data": False, "initialised": False,
-                       "nodeinfo": None, "serverversion": None}
+                       "nodeinfo": None, "has_serverversion": False, "serverversion": None,
+                       "has_database": False, "complete": False}
     steps = converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
     assert any("devpi-init" in c for c in shell_lines(steps["init"]))
+
+
+def test_init_writes_a_transient_dir_and_renames_it_into_place_once_complete(config):
+    steps = converge(fresh(config), config, password_hash=HiddenValue(PASSWORD_HASH))
+    script = shell_lines(steps["init"])[-1]
+    server_dir = config.paths.server_dir
+    order = [
+        'rm -f "$f"',                                  # the hash file goes before anything runs
+        f"sd={server_dir}",
+        'new="$sd".pyinfra-new',                        # beside the server dir (layout.transient)
+        'rm -rf "$new"',                                # a killed run's transient dir: never live
+        'mkdir "$new"',
+        f'{config.paths.bin("devpi-init")} --configfile {config.paths.config_file} --serverdir "$new" --no-root-pypi',
+        "for x in .serverversion .nodeinfo .sqlite",    # complete, or the server dir is not touched
+        'rmdir "$sd"',                                  # an empty server dir only
+        'mv "$new" "$sd"',                              # one rename
+    ]
+    positions = [script.index(part) for part in order]
+    assert positions == sorted(positions), script
+    assert script.count("devpi-init --configfile") == 1 and "--root-passwd" not in script
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"exists": True, "is_dir": True, "entries": 1, "has_data": True, "initialised": True,
+          "nodeinfo": {"role": "standalone"}},
+         "/Users/alice/devpi/server-dir is a half-initialised devpi server dir: it holds devpi's "
+         ".nodeinfo but no database (.sqlite)"),
+        ({"exists": True, "is_dir": True, "entries": 2, "has_data": True, "initialised": True,
+          "nodeinfo": {"role": "standalone"}, "has_serverversion": True, "serverversion": "4"},
+         "is a half-initialised devpi server dir"),
+        ({"exists": True, "is_dir": True, "entries": 3, "has_data": True, "initialised": True,
+          "nodeinfo": {"role": "standalone"}, "has_serverversion": True, "has_database": True},
+         "/Users/alice/devpi/server-dir/.serverversion is empty, so the database version of"),
+        ({"exists": True, "is_dir": True, "entries": 1, "has_data": True, "has_database": True},
+         "/Users/alice/devpi/server-dir holds data but no .nodeinfo"),
+        ({"exists": True, "is_dir": True, "entries": 2, "has_data": True, "initialised": True,
+          "nodeinfo": {"role": "standalone"}, "has_database": True},
+         "is not a complete devpi server dir (it lacks .serverversion)"),
+        ({"exists": True, "is_dir": True, "entries": 3, "has_data": True, "initialised": True,
+          "nodeinfo": {}, "has_serverversion": True, "serverversion": "21", "has_database": True,
+          "complete": True},
+         "/Users/alice/devpi/server-dir/.serverversion is '21'"),
+        ({"exists": True, "is_dir": False}, "exists but is not a directory"),
+    ],
+)
+def test_server_dirs_that_are_neither_new_nor_complete_are_refused(config, changes, message):
+    from pyinfra_devpi.deploy import check_server_dir
+    from pyinfra_devpi.errors import DeployError
+
+    found = {**fresh(config).server_dir, **changes}
+    with pytest.raises(DeployError) as error:
+        check_server_dir(config, found)
+    assert message in str(error.value)
+    if "half-initialised" in message:
+        assert "move it aside" in str(error.value) and "nothing is deleted automatically" in str(error.value)
+        assert "devpi-export" not in str(error.value)  # not the "data but no .nodeinfo" advice
+    assert not devpi.needs_init(found)  # and never initialised over
+
+
+def test_new_and_complete_server_dirs_pass(config):
+    from pyinfra_devpi.deploy import check_server_dir
+
+    empty = {**fresh(config).server_dir, "exists": True, "is_dir": True}
+    for found in (fresh(config).server_dir, empty, converged(config).server_dir):
+        check_server_dir(config, found)
+    assert devpi.needs_init(fresh(config).server_dir) and devpi.needs_init(empty)
+    assert not devpi.needs_init(converged(config).server_dir)
 
 
 def test_secret_file_is_created_once(config):
@@ -307,7 +381,7 @@ def test_password_and_hash_never_in_printed_commands(config, executing):
     # the hash travels only as file content over SFTP, and only when executing
     assert [u.content for u in uploads] == ([PASSWORD_HASH] if executing else [""])
     init = shell_lines(steps["init"])[-1]
-    assert init.index('rm -f "$f"') < init.index("devpi-init")
+    assert init.index('rm -f "$f"') < init.index("/bin/devpi-init")
 
 
 def test_no_gnu_only_forms_in_any_command(config):
@@ -373,3 +447,114 @@ def test_the_label_loaded_in_the_other_domain_is_booted_out_there(config):
     assert command.startswith("launchctl bootout user/501/net.devpi ")
     assert "while launchctl print user/501/net.devpi" in command
     assert gnu_only_forms(command) == []
+
+
+# --------------------------------------------------------------------------- the init script, run
+
+
+def init_host(tmp_path, devpi_init: str | None = None):
+    """A devpi home (with a space in its path) whose venv is this project's (real
+    devpi-init) or a fake one running ``devpi_init`` as its devpi-init; the config
+    file and the uploaded hash in place, as the operations before init leave them."""
+    import sys
+    from argon2 import PasswordHasher
+
+    config = build_config(
+        {"devpi_home": str(tmp_path / "devpi home"), "devpi_outside_url": "https://pypi.example.org"},
+        str(tmp_path),
+    )
+    home = Path(config.paths.home)
+    home.mkdir(mode=0o700)
+    venv = Path(config.paths.venv)
+    if devpi_init is None:
+        venv.symlink_to(Path(sys.executable).parent.parent)
+    else:
+        (venv / "bin").mkdir(parents=True)
+        fake = venv / "bin" / "devpi-init"
+        fake.write_text("#!/bin/sh\n" + devpi_init)
+        fake.chmod(0o755)
+    Path(config.paths.config_file).write_text(render_server_yaml(config))
+    Path(config.paths.root_hash_upload).write_text(PasswordHasher(memory_cost=64, time_cost=1, parallelism=1).hash("root pw"))
+    return config
+
+
+def run_init(config):
+    import subprocess
+
+    script = devpi.init_script(config)
+    return subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=120)
+
+
+def listing(path) -> list[str]:
+    return sorted(p.name for p in Path(path).iterdir())
+
+
+def test_init_script_replaces_a_killed_runs_transient_dir_and_an_empty_server_dir(tmp_path):
+    config = init_host(tmp_path)
+    hash_text = Path(config.paths.root_hash_upload).read_text()
+    leftover = Path(config.paths.server_dir + ".pyinfra-new")
+    leftover.mkdir()
+    (leftover / ".nodeinfo").write_text("{}")  # what a killed devpi-init left
+    Path(config.paths.server_dir).mkdir()
+
+    result = run_init(config)
+
+    assert result.returncode == 0, result.stderr
+    assert listing(config.paths.server_dir) == [".nodeinfo", ".serverversion", ".sqlite"]
+    assert Path(config.paths.server_dir).stat().st_mode & 0o777 == 0o700
+    assert listing(config.paths.home) == ["devpi-server.yml", "server-dir", "venv"]  # no hash file, no transient
+    assert hash_text not in result.stdout + result.stderr
+    # devpi-init ran without root/pypi
+    from pyinfra_devpi.layout import SQLITE
+    assert b"pypi" not in (Path(config.paths.server_dir) / SQLITE).read_bytes()
+
+
+def test_init_script_leaves_the_server_dir_alone_when_devpi_init_dies(tmp_path):
+    # devpi-init's own order: .serverversion, .nodeinfo, then killed before its database
+    config = init_host(tmp_path, devpi_init=(
+        'while [ "$1" != --serverdir ]; do shift; done; d=$2\n'
+        'printf 4 > "$d/.serverversion"; echo "{}" > "$d/.nodeinfo"; kill -9 $$\n'
+    ))
+    result = run_init(config)
+    assert result.returncode != 0
+    assert not Path(config.paths.server_dir).exists()
+    assert listing(config.paths.home) == ["devpi-server.yml", "venv"]
+
+
+def test_init_script_refuses_an_incomplete_init(tmp_path):
+    config = init_host(tmp_path, devpi_init=(
+        'while [ "$1" != --serverdir ]; do shift; done; d=$2\n'
+        'printf 4 > "$d/.serverversion"; echo "{}" > "$d/.nodeinfo"; exit 0\n'
+    ))
+    Path(config.paths.server_dir).mkdir()
+    result = run_init(config)
+    assert result.returncode != 0
+    assert "devpi-init left no .sqlite in" in result.stderr
+    assert listing(config.paths.server_dir) == []
+    assert listing(config.paths.home) == ["devpi-server.yml", "server-dir", "venv"]
+
+
+def test_init_script_never_replaces_a_server_dir_that_filled_up(tmp_path):
+    config = init_host(tmp_path, devpi_init=(
+        'while [ "$1" != --serverdir ]; do shift; done; d=$2\n'
+        'for f in .serverversion .nodeinfo .sqlite; do echo x > "$d/$f"; done\n'
+        f"echo mine > {shlex.quote(str(tmp_path / 'devpi home' / 'server-dir' / 'data'))}\n"
+    ))
+    Path(config.paths.server_dir).mkdir()
+    result = run_init(config)
+    assert result.returncode != 0
+    assert "is no longer empty" in result.stderr
+    assert listing(config.paths.server_dir) == ["data"]
+    assert listing(config.paths.home) == ["devpi-server.yml", "server-dir", "venv"]
+
+
+def test_init_script_initialises_a_symlinked_server_dir_where_it_points(tmp_path):
+    config = init_host(tmp_path)
+    real = tmp_path / "elsewhere" / "server"
+    real.mkdir(parents=True)
+    Path(config.paths.server_dir).symlink_to(real)
+    result = run_init(config)
+    assert result.returncode == 0, result.stderr
+    assert Path(config.paths.server_dir).is_symlink()
+    assert listing(real) == [".nodeinfo", ".serverversion", ".sqlite"]
+    assert listing(tmp_path / "elsewhere") == ["server"]  # the transient dir was beside it

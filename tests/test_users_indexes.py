@@ -27,6 +27,9 @@ from pyinfra_devpi.config import ConfigError, build_config
 from pyinfra_devpi.users_indexes import plan as plan_script
 from pyinfra_devpi.users_indexes.plan import AFTER_INIT, PlanError, describe, plan, split_userlist
 from pyinfra_devpi import tunnel
+
+
+from pyinfra_devpi.users_indexes.plan import AFTER_INIT, ROOT_PYPI_INIT, PlanError, describe, plan, split_userlist
 from pyinfra_devpi.secrets import SecretRef
 
 from .prepared import PreparedHost, Upload, gnu_only_forms, run_op, shell_lines
@@ -173,14 +176,42 @@ def test_fresh_server_gets_everything_declared_in_dependency_order():
     actions = plan(*desired(config), None)
     assert ops(actions) == [
         ("create_user", "eblume"),
-        ("patch_index", "root/pypi"),
+        ("create_index", "root/pypi"),
         ("create_index", "eblume/base"),
         ("create_index", "eblume/dev"),
     ]
     assert actions[0]["body"] == {"email": "eblume@example.org"}
     assert actions[0]["marker"] == {"password": "env:EBLUME_PW", "version": 0}
-    assert actions[1]["body"] == {"mirror_no_project_list": True}
+    assert actions[1]["body"] == {**ROOT_PYPI_INIT, "mirror_no_project_list": True}
     assert actions[3]["body"] == {"type": "stage", "bases": ["eblume/base", "root/pypi"]}
+
+
+def test_devpi_init_leaves_no_root_pypi_and_the_plan_creates_it_with_the_flag():
+    """devpi-init runs with --no-root-pypi: root/pypi is created by the plan, with
+    devpi-init's own settings and mirror_no_project_list in the same request, so the
+    mirror never exists (not even at devpi's first start) without the flag."""
+    assert AFTER_INIT["indexes"] == {}
+    assert ROOT_PYPI_INIT == {
+        "type": "mirror", "volatile": False, "title": "PyPI",
+        "mirror_url": "https://pypi.org/simple/", "mirror_web_url_fmt": "https://pypi.org/project/{name}/",
+    }
+    (action,) = plan(*desired(config_for()), None)
+    assert action == {"op": "create_index", "name": "root/pypi", "body": {**ROOT_PYPI_INIT, "mirror_no_project_list": True}}
+    assert describe(action).startswith("create index root/pypi (type='mirror', volatile=False, title='PyPI'")
+    # declared settings win over devpi-init's
+    declared = config_for(indexes={"root/pypi": {"mirror_url": "http://127.0.0.1:9/simple/", "mirror_no_project_list": False}})
+    (action,) = plan(*desired(declared), None)
+    assert action["body"] == {**ROOT_PYPI_INIT, "mirror_url": "http://127.0.0.1:9/simple/", "mirror_no_project_list": False}
+    # a root/pypi declared as a stage index gets none of the mirror's settings
+    stage = config_for(indexes={"root/pypi": {"type": "stage"}})
+    (action,) = plan(*desired(stage), None)
+    assert action["body"] == {"type": "stage"}
+    # a server initialised with devpi-init's root/pypi (an older deploy) is patched, not recreated
+    current = {"users": {"root": {"username": "root"}}, "indexes": {"root/pypi": dict(ROOT_PYPI_INIT)}}
+    assert plan(*desired(config_for()), current) == [{
+        "op": "patch_index", "name": "root/pypi", "body": {"mirror_no_project_list": True},
+        "was": {"mirror_no_project_list": None},
+    }]
 
 
 def test_converged_server_plans_nothing():
@@ -344,7 +375,8 @@ class FakeDevpi:
     TOKEN = '["root", [], true].token'
 
     def __init__(self):
-        self.data = json.loads(json.dumps({"root": {"username": "root", "indexes": {"pypi": AFTER_INIT["indexes"]["root/pypi"]}}}))
+        # as an older deploy's devpi-init left it (with root/pypi); see fresh()
+        self.data = json.loads(json.dumps({"root": {"username": "root", "indexes": {"pypi": ROOT_PYPI_INIT}}}))
         self.requests: list[tuple[str, str, dict | None, str | None]] = []
         self.fail_get = False
         self.fail_put_index = False
@@ -442,7 +474,7 @@ def test_fact_reads_devpi_and_the_state_file(fake_devpi, tmp_path):
     state = tmp_path / "users.pyinfra.json"
     assert run_users_fact(fake_devpi.url) == {
         "users": {"eblume": {"username": "eblume", "email": "e@x.org"}, "root": {"username": "root"}},
-        "indexes": {"eblume/dev": {"type": "stage"}, "root/pypi": AFTER_INIT["indexes"]["root/pypi"]},
+        "indexes": {"eblume/dev": {"type": "stage"}, "root/pypi": ROOT_PYPI_INIT},
     }
     fact = run_users_fact(fake_devpi.url, str(state))
     assert fact["passwords"] == {}
@@ -522,6 +554,14 @@ def test_apply_logs_in_once_and_makes_only_the_planned_calls(fake_devpi):
     apply_to(fake_devpi, config, markers, again)
     assert [(m, p) for m, p, _, _ in fake_devpi.requests] == [("GET", "/")]
     assert again.asked == []
+
+
+def test_apply_creates_root_pypi_on_a_fresh_server_in_one_request(fake_devpi):
+    del fake_devpi.data["root"]["indexes"]["pypi"]  # what devpi-init --no-root-pypi leaves
+    config = config_for()
+    apply_to(fake_devpi, config, {}, Secrets())
+    writes = [(m, p, b) for m, p, b, _ in fake_devpi.requests if m not in ("GET", "POST")]
+    assert writes == [("PUT", "/root/pypi", {**ROOT_PYPI_INIT, "mirror_no_project_list": True})]
 
 
 def test_apply_adopts_without_login_or_secret(fake_devpi):

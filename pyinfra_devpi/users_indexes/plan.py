@@ -28,20 +28,34 @@ import time
 import urllib.parse
 from typing import Callable, Protocol
 
-# What devpi-init leaves behind (devpi-server 6.x ``set_default_indexes``): the plan's
-# starting point when the server was not up while pyinfra planned (a first converge).
+# root/pypi as devpi-init makes it (devpi-server 6.x ``_pypi_ixconfig_default``). The
+# deploy runs devpi-init with ``--no-root-pypi`` and creates root/pypi itself, over the
+# REST API, with these settings under the declared ones (``mirror_no_project_list``
+# among them, see spec.py): created with the flag, the mirror never fetches PyPI's
+# whole project list, not even at devpi's first start.
+ROOT_PYPI = "root/pypi"
+ROOT_PYPI_INIT = {
+    "type": "mirror",
+    "volatile": False,
+    "title": "PyPI",
+    "mirror_url": "https://pypi.org/simple/",
+    "mirror_web_url_fmt": "https://pypi.org/project/{name}/",
+}
+
+# What ``devpi-init --no-root-pypi`` leaves behind: the plan's starting point when the
+# server was not up while pyinfra planned (a first converge).
 AFTER_INIT = {
     "users": {"root": {"username": "root"}},
-    "indexes": {
-        "root/pypi": {
-            "type": "mirror",
-            "volatile": False,
-            "title": "PyPI",
-            "mirror_url": "https://pypi.org/simple/",
-            "mirror_web_url_fmt": "https://pypi.org/project/{name}/",
-        },
-    },
+    "indexes": {},
 }
+
+
+def creation_body(name: str, spec: dict) -> dict:
+    """The JSON that creates a declared index: its type and declared settings, over
+    devpi-init's own settings when it is root/pypi as a mirror."""
+    defaults = ROOT_PYPI_INIT if name == ROOT_PYPI and spec["type"] == ROOT_PYPI_INIT["type"] else {}
+    return {**defaults, "type": spec["type"], **spec["config"]}
+
 
 # Actions that need no login (they only touch the deploy's own state file).
 LOCAL_ONLY = ("record_password",)
@@ -148,8 +162,7 @@ def plan(users: dict, indexes: dict, current: dict | None, markers: dict | None 
         spec = indexes[name]
         have = have_indexes.get(name)
         if have is None:
-            body = {"type": spec["type"], **spec["config"]}
-            actions.append({"op": "create_index", "name": name, "body": body})
+            actions.append({"op": "create_index", "name": name, "body": creation_body(name, spec)})
             continue
         if have.get("type", "stage") != spec["type"]:
             raise PlanError(

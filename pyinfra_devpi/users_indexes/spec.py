@@ -13,9 +13,11 @@ Host data shape (both optional)::
 
 Only the keys a spec names are managed: a key left out keeps whatever devpi holds
 (its default on creation). A user or index left out of the data is never touched;
-``"state": "absent"`` deletes it. ``root/pypi`` (made by ``devpi-init``) gets
+``"state": "absent"`` deletes it. ``root/pypi`` is always declared and gets
 ``mirror_no_project_list: True`` unless the data says otherwise: the full PyPI
-project list is what drives devpi-web's indexing memory.
+project list is what drives devpi-web's indexing memory. devpi-init runs without
+``root/pypi``; the plan creates it with devpi-init's own settings under the declared
+ones (``plan.ROOT_PYPI_INIT``), so it has the flag from its first moment.
 
 The checks here run while the config is built, before anything is planned; what
 depends on the server's current state (a type change, a non-volatile index to

@@ -304,6 +304,7 @@ def test_10_fact_queries_print_json(host):
 
     server_dir = host.fact("facts.devpi.ServerDir", f"path={host.devpi_home}/server-dir")
     assert server_dir["initialised"] and server_dir["serverversion"] == "4"
+    assert server_dir["has_database"] and server_dir["complete"]
     assert server_dir["nodeinfo"]["role"] == "standalone"
 
     versions = host.fact("facts.devpi.VenvVersions", f"venv={host.devpi_home}/venv")
