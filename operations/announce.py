@@ -37,6 +37,14 @@ def announce(commands):
     yield from commands
 
 
+def log_once(message: str, log_func=logger.warning) -> None:
+    """Log ``message`` once per run: an operation's body runs at change detection and
+    again at execution, or only at execution (``-y``, where nothing is checked first)."""
+    checked_first = getattr(state, "check_for_changes", True)
+    if not state.is_executing or not checked_first:
+        host.log(message, log_func)
+
+
 def operation(func):
     """pyinfra's ``@operation()`` for a generator whose commands ``--diff`` shows."""
 

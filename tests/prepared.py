@@ -16,7 +16,7 @@ from pyinfra.api import FileUploadCommand, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
 from facts.devpi import ServerDir, VenvVersions
-from facts.files import FileContents
+from facts.files import FileContents, FileMode
 from facts.launchd import LaunchdJob
 
 
@@ -34,6 +34,8 @@ class PreparedHost:
     server_dir: dict | None = None
     venv: dict | None = None
     files: dict = field(default_factory=dict)
+    # FileMode answers: by default a file that exists is 0644 at its own path.
+    modes: dict = field(default_factory=dict)
     asked: list = field(default_factory=list)
     logged: list = field(default_factory=list)
     noops: list = field(default_factory=list)
@@ -50,6 +52,13 @@ class PreparedHost:
             return self.venv
         if cls is FileContents:
             return {path: self.files.get(path) for path in kwargs["paths"]}
+        if cls is FileMode:
+            path = kwargs["path"]
+            if path in self.modes:
+                return self.modes[path]
+            if self.files.get(path) is None:
+                return None
+            return {"mode": "-rw-r--r--", "physical": path}
         raise AssertionError(f"unexpected fact {cls.__name__}")
 
     def log(self, message, log_func=None):
@@ -70,7 +79,9 @@ def as_text(command) -> str | Upload:
 
 
 def run_op(op, host: PreparedHost, executing=True, diff=False, **kwargs) -> list:
-    state = SimpleNamespace(is_executing=executing, config=SimpleNamespace(DIFF=diff))
+    # executing: a `-y` run (nothing checked first); not executing: change detection.
+    state = SimpleNamespace(is_executing=executing, check_for_changes=not executing,
+                            config=SimpleNamespace(DIFF=diff))
     with ctx_host.use(host), ctx_state.use(state):
         return [as_text(c) for c in op._inner(**kwargs)]
 

@@ -31,9 +31,29 @@ def config():
     )
 
 
+def loaded_job(config, **changes) -> dict:
+    """The LaunchdJob fact of a job loaded from the rendered plist, as ``print`` shows it."""
+    from facts._launchctl import _EMPTY_JOB
+    from pyinfra_devpi.render import program_arguments
+
+    paths = config.paths
+    job = {
+        **_EMPTY_JOB,
+        "source": "print", "domain": DOMAIN, "label": config.label, "state": "running", "running": True,
+        "pid": 4242, "program": program_arguments(config)[0], "arguments": program_arguments(config),
+        "path": paths.plist_file, "working_directory": paths.home, "stdout_path": paths.out_log,
+        "stderr_path": paths.err_log,
+        # launchd adds variables of its own to the plist's
+        "environment": {"LANG": "en_US.UTF-8", "PYTHONUNBUFFERED": "1", "OSLogRateLimit": "64",
+                        "XPC_SERVICE_NAME": config.label},
+    }
+    job.update(changes)
+    return job
+
+
 def converged(config) -> PreparedHost:
     return PreparedHost(
-        job={"loaded": True, "state": "running", "pid": 4242, "disabled": False, "last_exit_code": None},
+        job=loaded_job(config),
         server_dir={
             "exists": True, "is_dir": True, "mode": "drwx------", "entries": 6, "has_data": True,
             "initialised": True, "nodeinfo": {"role": "standalone", "uuid": "u"},
@@ -145,7 +165,7 @@ def test_converged_host_reads_each_fact_once(config):
     converge(host, config)
     converge(host, config)  # the second pass (execution after change detection)
     asked = [name for name, _ in host.asked]
-    assert sorted(asked) == ["FileContents", "LaunchdJob", "ServerDir", "VenvVersions"]
+    assert sorted(asked) == ["FileContents", "FileMode", "LaunchdJob", "ServerDir", "VenvVersions"]
 
 
 def test_fresh_host_builds_everything_in_order(config):
@@ -197,6 +217,89 @@ def test_plist_change_boots_out_and_bootstraps(config):
     assert launchctl_verbs(steps["agent"]) == ["bootout", "bootstrap"]
     assert [c.dest for c in steps["agent"] if isinstance(c, Upload)] == [config.paths.plist_file + ".pyinfra-new"]
     assert steps["health"]
+
+
+# The plist on disk and the job launchd loaded drift apart (a run stopped between
+# writing the plist and reloading; a hand-made chmod): the job itself is compared.
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("stdout_path", "/Users/alice/Library/Logs/old.out.log"),
+        ("stderr_path", "/Users/alice/Library/Logs/old.err.log"),
+        ("arguments", ["/Users/alice/devpi/venv/bin/devpi-server", "--configfile", "/old/devpi-server.yml"]),
+        ("program", "/old/venv/bin/devpi-server"),
+        ("working_directory", "/"),
+        ("environment", {"LANG": "C", "PYTHONUNBUFFERED": "1", "XPC_SERVICE_NAME": "net.devpi"}),
+        ("environment", {"XPC_SERVICE_NAME": "net.devpi"}),
+        ("path", "/tmp/net.devpi.plist"),
+    ],
+)
+def test_loaded_job_running_an_old_definition_is_reloaded(config, field, value):
+    host = converged(config)  # the plist on disk is the rendered one
+    host.job = loaded_job(config, **{field: value})
+    steps = converge(host, config)
+    assert launchctl_verbs(steps["agent"]) == ["bootout", "bootstrap"]
+    assert not [c for c in steps["agent"] if isinstance(c, Upload)]  # the file is right
+    assert steps["health"]
+    assert any(field.replace("_", " ") in m or field in m for m in host.logged)
+
+
+def test_launchd_additions_to_the_environment_are_no_drift(config):
+    host = converged(config)  # launchd's OSLogRateLimit and XPC_SERVICE_NAME are there
+    assert converge(host, config)["agent"] == []
+
+
+def test_a_job_loaded_through_a_symlinked_directory_is_no_drift(config):
+    host = converged(config)
+    physical = "/Volumes/dotfiles/LaunchAgents/net.devpi.plist"
+    host.modes[config.paths.plist_file] = {"mode": "-rw-r--r--", "physical": physical}
+    host.job = loaded_job(config, path=physical)
+    assert converge(host, config)["agent"] == []
+
+
+def test_legacy_list_output_compares_only_what_it_reports(config):
+    host = converged(config)
+    host.job = loaded_job(config, source="list", path=None, environment={}, working_directory=None)
+    assert converge(host, config)["agent"] == []
+    host = converged(config)  # a new run (facts are read once per run)
+    host.job = loaded_job(config, source="list", path=None, environment={}, arguments=["/old/devpi-server"])
+    assert launchctl_verbs(converge(host, config)["agent"]) == ["bootout", "bootstrap"]
+
+
+def test_disabled_job_with_an_old_definition_is_enabled_and_reloaded(config):
+    host = converged(config)
+    host.job = loaded_job(config, disabled=True, stdout_path="/old.log")
+    assert launchctl_verbs(converge(host, config)["agent"]) == ["enable", "bootout", "bootstrap"]
+
+
+def test_writable_plist_of_a_loaded_job_gets_its_mode_back_without_a_restart(config):
+    host = converged(config)
+    host.modes[config.paths.plist_file] = {"mode": "-rw-rw-rw-", "physical": config.paths.plist_file}
+    steps = converge(host, config)
+    assert steps["agent"] == [f"chmod 644 {config.paths.plist_file}"]  # no restart
+
+
+@pytest.mark.parametrize("mode", ["-rw-rw-rw-", "-rw-rw-r--", "-rw-------", "-rwxr-xr-x"])
+def test_refused_plist_gets_its_mode_back_before_the_bootstrap(config, mode):
+    host = converged(config)
+    host.job = None  # launchd refused it (122), or it was booted out
+    host.modes[config.paths.plist_file] = {"mode": mode, "physical": config.paths.plist_file}
+    steps = converge(host, config)
+    assert steps["agent"][0] == f"chmod 644 {config.paths.plist_file}"
+    assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
+    assert steps["health"]
+
+
+def test_a_rewritten_plist_gets_its_mode_from_the_write(config):
+    host = converged(config)
+    host.files[config.paths.plist_file] = "old"
+    host.modes[config.paths.plist_file] = {"mode": "-rw-rw-rw-", "physical": config.paths.plist_file}
+    steps = converge(host, config)
+    shell = shell_lines(steps["agent"])
+    assert not any(c.startswith("chmod 644 ") for c in shell)
+    assert any("chmod 644 " in c and "mv -f" in c for c in shell)
 
 
 def test_not_loaded_job_is_enabled_and_bootstrapped(config):
