@@ -15,7 +15,7 @@ from pyinfra.api import deploy
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from facts.launchd import LaunchdSession
-from operations import caddy, devpi, launchd, prewarm, users_indexes
+from operations import caddy, deploy_lock, devpi, launchd, prewarm, users_indexes
 from pyinfra_devpi.config import SERVER_DB_VERSION, DevpiConfig, build_config
 from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.layout import NODEINFO
@@ -91,9 +91,12 @@ def devpi_service():
 
     # Everything the plan reads from the host, in one round trip: each operation
     # module says what its operations read, and they read it from this snapshot.
+    # The deploy lock first: while another deploy changes the host it waits, so the
+    # rest is read from the host as that deploy left it.
     prefetch(
         host,
         [
+            *deploy_lock.reads(config),
             *devpi.reads(config),
             *launchd.reads(config.label, domain, paths.plist_file),
             *caddy.reads(paths.caddy_site_file),
@@ -101,6 +104,9 @@ def devpi_service():
             *prewarm.reads(config),
         ],
     )
+    # Refuses the run while another deploy holds the lock; from here on, every
+    # operation that changes something takes (or checks) the lock first.
+    deploy_lock.begin(config)
     server_dir = devpi.server_dir(config)
     check_server_dir(config, server_dir)
     # The password is read (1Password may prompt) only when init will run.
@@ -110,8 +116,8 @@ def devpi_service():
     config_op = devpi.server_config(
         name="Write devpi-server config", config=config, content=render_server_yaml(config)
     )
-    devpi.secret(name="Create devpi secret file", config=config)
-    devpi.init(name="Initialise devpi server dir", config=config, password_hash=password_hash)
+    secret_op = devpi.secret(name="Create devpi secret file", config=config)
+    init_op = devpi.init(name="Initialise devpi server dir", config=config, password_hash=password_hash)
     agent_op = launchd.agent(
         name="LaunchAgent " + config.label,
         label=config.label,
@@ -120,8 +126,8 @@ def devpi_service():
         domain=domain,
         restart_after=[venv_op, config_op],
     )
-    devpi.wait_healthy(name="Wait for devpi to answer", config=config, after=[agent_op])
-    caddy.site(
+    health_op = devpi.wait_healthy(name="Wait for devpi to answer", config=config, after=[agent_op])
+    caddy_op = caddy.site(
         name="Caddy site block for devpi",
         path=paths.caddy_site_file,
         content=render_caddy_site(config),
@@ -135,12 +141,18 @@ def devpi_service():
         api_secrets = users_indexes.prepare(config)
     except PlanError as error:
         raise DeployError(f"{host.name}: {error}") from None
-    users_indexes.users_indexes(name="devpi users and indexes", config=config, secrets=api_secrets)
+    api_op = users_indexes.users_indexes(name="devpi users and indexes", config=config, secrets=api_secrets)
     # Last: devpi is up (waited for above). Only when the list or the mirror changed.
     # The mirror's declared settings are part of the marker: changing them warms again.
-    prewarm.projects(
+    prewarm_op = prewarm.projects(
         name="Warm the mirror for devpi_prewarm",
         config=config,
         server_dir=server_dir,
         mirror=config.indexes.get(config.prewarm_index),
+    )
+    # Any change took the deploy lock: give it back.
+    deploy_lock.release(
+        name="Release the deploy lock",
+        config=config,
+        after=[venv_op, config_op, secret_op, init_op, agent_op, health_op, caddy_op, api_op, prewarm_op],
     )

@@ -195,6 +195,17 @@ def test_version_bump_builds_new_venv_and_restarts(config):
         assert steps[untouched] == []
 
 
+def test_each_venv_build_has_its_own_directory_and_marks_it_while_building(config):
+    host = converged(config)
+    host.venv = None
+    script = converge(host, config)["venv"][-1]
+    assert f'new="$venvs"/{config.venv_name}-"$(date +%Y%m%d%H%M%S)-$$"' in script
+    assert 'building="$new".building' in script
+    marker = script.index('> "$building"')
+    assert marker < script.index('"$uv" venv')  # marked before the directory exists
+    assert 'rm -f "$building"' in script  # the trap removes the marker however it ends
+
+
 def test_missing_venv_is_built(config):
     host = converged(config)
     host.venv = None
@@ -395,6 +406,12 @@ def test_no_gnu_only_forms_in_any_command(config):
         converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
     ALL_COMMANDS.append(launchd.bootout_command(TARGET))
     ALL_COMMANDS.append(launchd.bootstrap_command(DOMAIN, TARGET, "/x.plist"))
+    from pyinfra_devpi import deploy_lock
+
+    lock_paths = config.paths.deploy_lock
+    ALL_COMMANDS.append(deploy_lock.acquire_script(lock_paths, "t", "", 5, 1, "me"))
+    ALL_COMMANDS.append(deploy_lock.release_script(lock_paths, "t"))
+    ALL_COMMANDS.append(deploy_lock.state_script(lock_paths, 5))
     assert ALL_COMMANDS
     offenders = {c: gnu_only_forms(c) for c in ALL_COMMANDS if gnu_only_forms(c)}
     assert offenders == {}
@@ -423,3 +440,92 @@ def test_diff_mode_shows_each_planned_command_masked(config):
     converge(changed, config, executing=False, diff=True)
     assert any(m.startswith("Will run: launchctl bootout") for m in changed.logged)
     assert any("Will modify" in m for m in changed.logged)
+
+
+# The deploy lock (pyinfra_devpi/deploy_lock.py): taken by the first command of every
+# operation that changes something, released at the end; never by a no-change run.
+
+
+def locked_converge(host, config, **kwargs):
+    """``converge`` as the deploy runs it: the lock's ``begin`` first, ``release`` last."""
+    from operations import deploy_lock
+
+    from .prepared import in_context
+
+    in_context(host, deploy_lock.begin, config)
+    steps = converge(host, config, **kwargs)
+    metas = [Meta(bool(commands)) for commands in steps.values()]
+    steps["release"] = run_op(deploy_lock.release, host, config=config, after=metas)
+    return steps
+
+
+def is_acquire(command) -> bool:
+    return isinstance(command, str) and command.startswith("# take the deploy lock ")
+
+
+def test_a_no_change_run_takes_no_lock(config):
+    host = converged(config)
+    steps = locked_converge(host, config)
+    assert steps == {name: [] for name in steps}
+    assert "nothing changed: no deploy lock was taken" in host.noops
+
+
+def test_every_changing_operation_takes_the_lock_first_and_the_run_releases_it(config):
+    host = converged(config)
+    host.files[config.paths.config_file] = "old yaml\n"
+    host.lock = {"state": "free", "serial": "run-before", "owner": None}
+    steps = locked_converge(host, config)
+    changed = [name for name, commands in steps.items() if commands]
+    assert changed == ["config", "agent", "health", "release"]
+    for name in ("config", "agent", "health"):
+        assert is_acquire(steps[name][0])  # before the operation's first command
+        assert sum(is_acquire(c) for c in steps[name]) == 1
+    acquire = steps["config"][0]
+    assert f"lock={config.paths.deploy_lock.lock}" in acquire
+    assert "expect=run-before;" in acquire  # the serial the run read
+    assert len(steps["release"]) == 1 and steps["release"][0].startswith("# release the deploy lock ")
+    assert not any(is_acquire(c) for c in steps["release"])
+
+
+def test_a_fresh_host_takes_the_lock_before_anything_else(config):
+    host = fresh(config)
+    steps = locked_converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
+    assert is_acquire(steps["venv"][0])
+    assert not [c for c in steps["venv"][:1] if isinstance(c, Upload)]
+
+
+def test_a_lock_held_by_another_run_refuses_the_run(config):
+    from operations import deploy_lock
+    from pyinfra_devpi.errors import DeployError
+
+    from .prepared import in_context
+
+    host = converged(config)
+    host.lock = {"state": "held", "serial": "run-x", "owner": {
+        "run": "run-x", "pid": "812", "started": "Mon Nov 30 09:00:00 2026", "host": "indri",
+        "since": "2026-11-30 09:00:01 CET", "by": "erich@laptop (pyinfra pid 4)"}}
+    with pytest.raises(DeployError) as error:
+        in_context(host, deploy_lock.begin, config)
+    message = str(error.value)
+    lock = config.paths.deploy_lock.lock
+    assert f"{lock} is held by another deploy (run run-x by erich@laptop (pyinfra pid 4)" in message
+    assert "its process 812 on indri" in message and "within 300s" in message
+    assert f"rm -r {lock}" in message
+
+
+def test_a_stale_lock_is_reported_and_taken_over_by_the_first_change(config):
+    host = converged(config)
+    host.files[config.paths.config_file] = "old yaml\n"
+    host.lock = {"state": "stale", "serial": "run-dead", "owner": {"run": "run-dead", "pid": "9", "host": "indri"}}
+    steps = locked_converge(host, config)
+    assert any("no longer running" in m and "run-dead" in m for m in host.logged)
+    assert is_acquire(steps["config"][0]) and "expect=run-dead;" in steps["config"][0]
+
+
+def test_the_lock_is_read_with_the_configured_wait(config):
+    from operations import deploy_lock
+    from facts.deploy_lock import DeployLock
+
+    (read,) = deploy_lock.reads(config)
+    assert read.fact is DeployLock
+    assert read.kwargs == {"home": config.paths.home, "wait": config.lock_wait}
