@@ -51,8 +51,8 @@ LOCK_EXIT = 75
 HELD = (
     "{lock} is held by another deploy (run {run} by {by}, since {since}; its process {pid} "
     "on {host}) and was not released within {wait}s; this run changed nothing. If that "
-    "deploy is no longer running (`ps -p {pid}` on {host} shows nothing), remove the stale "
-    "lock: rm -r {lock}"
+    "deploy is no longer running (see `ps -p {pid}` on {host}, and its pyinfra on the "
+    "controller), remove the stale lock: rm -r {lock}"
 )
 CHANGED = (
     "{lock}: another deploy (run {serial}) changed this host after this run read it; "
