@@ -1,5 +1,6 @@
 """
-The current contents of several small text files, read in one round trip.
+The current contents of several small text files, read in one round trip; and a
+file's mode and physical location (``FileMode``).
 
 The deploy owns a handful of small files (the plist, the YAML config, the Caddy site
 block). Reading them all with one command keeps a no-change rerun to a few remote
@@ -16,6 +17,8 @@ import shlex
 
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
+
+from facts._output import key_values
 
 
 class FileContents(FactBase):
@@ -59,3 +62,36 @@ class FileContents(FactBase):
         if current is not None:
             raise FactProcessError(f"FileContents: unterminated block for {current}")
         return files
+
+
+class FileMode(FactBase):
+    """
+    Returns ``{"mode": <ls -l mode string>, "physical": <path with its directory's
+    symlinks resolved>}`` for a file the deploy owns (following a symlink at ``path``,
+    as a program opening it does), or ``None`` when it is missing.
+
+    + path: the file
+
+    launchd refuses a plist that is group- or world-writable, and reports the path it
+    loaded a job from; the physical path lets a caller accept either spelling.
+    """
+
+    def command(self, path: str) -> str:
+        f = shlex.quote(path)
+        # `ls -lLd` and `cd -P` + `pwd -P` behave alike on macOS and GNU; `stat` does not.
+        return (
+            f"if [ -e {f} ]; then "
+            f'echo "mode=$(ls -lLd {f} 2>/dev/null | cut -c1-10)"; '
+            f'd=$(cd -P "$(dirname {f})" 2>/dev/null && pwd -P) && '
+            f'echo "physical=$d/$(basename {f})"; '
+            "else echo missing; fi"
+        )
+
+    def process(self, output):
+        if [line.strip() for line in output if line.strip()] == ["missing"]:
+            return None
+        values = key_values(output)
+        mode = values.get("mode", "")
+        if len(mode) != 10:
+            raise FactProcessError(f"FileMode: unexpected output {output[:3]!r}")
+        return {"mode": mode, "physical": values.get("physical") or None}

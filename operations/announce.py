@@ -1,5 +1,7 @@
 """
-Show, in ``--diff`` change detection, each command an operation would run.
+Show, in ``--diff`` change detection, each command an operation would run; and put
+the deploy lock's command before the first command of every operation that changes
+something (``guard_changes``).
 
 pyinfra's ``--dry`` lists which operations would change and ``--diff`` shows file
 diffs, but not the commands; a reviewer of a pull request's dry run needs to see
@@ -41,11 +43,40 @@ def announce(commands):
     yield from commands
 
 
-def operation(func):
-    """pyinfra's ``@operation()`` for a generator whose commands ``--diff`` shows."""
+def log_once(message: str, log_func=logger.warning) -> None:
+    """Log ``message`` once per run: an operation's body runs at change detection and
+    again at execution, or only at execution (``-y``, where nothing is checked first)."""
+    checked_first = getattr(state, "check_for_changes", True)
+    if not state.is_executing or not checked_first:
+        host.log(message, log_func)
 
-    @functools.wraps(func)
-    def shown(*args, **kwargs):
-        yield from announce(func(*args, **kwargs))
 
-    return pyinfra_operation()(shown)
+# Commands that run before the first command of every operation that changes
+# something (the deploy lock: ``operations/deploy_lock.py``), set per host.
+_GUARD_ATTR = "_pyinfra_devpi_guard"
+
+
+def guard_changes(host_, commands) -> None:
+    """From now on, every guarded operation on ``host_`` that yields anything yields
+    ``commands`` first. An operation that changes nothing yields nothing still."""
+    setattr(host_, _GUARD_ATTR, list(commands))
+
+
+def operation(func=None, *, guarded: bool = True):
+    """pyinfra's ``@operation()`` for a generator whose commands ``--diff`` shows.
+
+    ``guarded``: the commands set by ``guard_changes`` come first whenever the
+    operation yields any (``guarded=False``: for the operation that releases the lock).
+    """
+
+    def decorate(func):
+        @functools.wraps(func)
+        def shown(*args, **kwargs):
+            commands = list(func(*args, **kwargs))
+            if commands and guarded:
+                commands = [*getattr(host, _GUARD_ATTR, ()), *commands]
+            yield from announce(commands)
+
+        return pyinfra_operation()(shown)
+
+    return decorate(func) if func is not None else decorate

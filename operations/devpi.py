@@ -16,7 +16,7 @@ from pyinfra import host, state
 from pyinfra.api import FileUploadCommand
 
 from facts.devpi import ServerDir, VenvVersions
-from pyinfra_devpi import layout
+from pyinfra_devpi import deploy_lock, layout
 from pyinfra_devpi.config import DevpiConfig
 from pyinfra_devpi.snapshot import FactRead, read
 
@@ -66,7 +66,8 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
     ``venvs/``, is checked to import and to report the pinned version (and the
     database version the server dir holds), and only then does ``<home>/venv``
     (a symlink) move to it with one rename. The previous venv is kept for a
-    rollback; older ones are removed. A failed build removes its own directory.
+    rollback; older ones are removed, except a venv another build is still making
+    (``prune_script``). A failed build removes its own directory.
     """
     paths = config.paths
     index = f" --index-url {q(config.index_url)}" if config.index_url else ""
@@ -88,8 +89,14 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
         + "; exit 127; }",
         '(umask 077; mkdir -p "$home")',
         'mkdir -p "$venvs"',
-        f'new="$venvs"/{q(config.venv_name)}-"$(date +%Y%m%d%H%M%S)"',
-        "trap 'rc=$?; if [ $rc -ne 0 ]; then rm -rf \"$new\"; fi' EXIT",
+        # A name no other build shares (the pid: even in the same second), and beside
+        # it a marker naming this shell while it builds: no prune removes it meanwhile.
+        f'new="$venvs"/{q(config.venv_name)}-{layout.VENV_STAMP_SHELL}',
+        f'building="$new"{layout.BUILDING_SUFFIX}',
+        deploy_lock.builder_marker_shell('"$building"'),
+        # A failed build removes its venv, unless the live link already points at it.
+        "swapped=; trap 'rc=$?; rm -f \"$building\"; "
+        "if [ $rc -ne 0 ] && [ -z \"$swapped\" ]; then rm -rf \"$new\"; fi' EXIT",
         # uv reads project files from the working directory: build from a neutral one.
         'cd "$venvs"',
         f'"$uv" venv --quiet --python {q(config.python)} "$new"',
@@ -109,16 +116,35 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
         'prev=$(cd "$live" 2>/dev/null && pwd -P || true)',
         # A venv made by hand (a real directory) is moved aside, not deleted.
         'if [ -d "$live" ] && [ ! -L "$live" ]; then '
-        f'prev="$venvs"/{layout.PRE_EXISTING_PREFIX}"$(date +%Y%m%d%H%M%S)"; mv "$live" "$prev"; fi',
+        f'prev="$venvs"/{layout.PRE_EXISTING_PREFIX}{layout.VENV_STAMP_SHELL}; mv "$live" "$prev"; fi',
         f'link="$live"{layout.TRANSIENT_SUFFIX}',
         'rm -f "$link"',
         'ln -s "$new" "$link"',
         f'{python} -I -c {q(replace)} "$link" "$live"',
-        f'for d in "$venvs"/{paths.venv_prune_glob}; do '
-        '[ -d "$d" ] || continue; '
-        'case "$d" in "$new"|"$prev") ;; *) rm -rf "$d" ;; esac; done',
+        "swapped=1",
+        prune_script(paths),
     ]
     return "\n".join(lines)
+
+
+def prune_script(paths) -> str:
+    """Remove the deploy's older venvs from ``"$venvs"``. Kept: the new one, the previous
+    one (``"$prev"``, physical), the one the live link points at now, and every venv
+    whose builder still runs (its ``.building`` marker names a live process of this
+    host). A marker whose builder is gone is removed first, so its venv goes too,
+    unless it is one of those kept (a builder killed after its swap)."""
+    building = layout.BUILDING_SUFFIX
+    glob = f'"$venvs"/{paths.venv_prune_glob}'
+    return "\n".join(
+        [
+            'keep_new=$(cd "$new" && pwd -P); keep_live=$(cd "$live" 2>/dev/null && pwd -P || true)',
+            f"for m in {glob}{building}; do "
+            'if [ -f "$m" ] && [ "$m" != "$building" ] && dl_gone "$(cat "$m")"; then rm -f "$m"; fi; done',
+            f"for d in {glob}; do "
+            f'if [ -d "$d" ] && [ ! -e "$d"{building} ]; then p=$(cd "$d" && pwd -P) || continue; '
+            'case "$p" in "$keep_new"|"$prev"|"$keep_live") ;; *) rm -rf "$d" ;; esac; fi; done',
+        ]
+    )
 
 
 @operation

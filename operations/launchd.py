@@ -5,18 +5,27 @@ Only launchctl's modern verbs are used (``enable``, ``bootstrap``, ``bootout``,
 ``kickstart``, ``print``). launchd reads a plist when the job is bootstrapped and
 caches it; ``kickstart`` restarts from that cached definition, so a changed plist
 needs ``bootout`` + ``bootstrap`` to take effect.
+
+The plist on disk and the job launchd has loaded can drift apart: a run killed
+between writing the plist and reloading leaves the new file with the old job loaded,
+and a plist that became group/world-writable is refused by the next ``bootstrap``.
+So ``agent`` compares both: the file (content and mode) with what it should be, and
+the loaded job (``launchctl print``: program, arguments, working directory, log
+paths, environment, the plist it came from) with the values of the rendered plist.
 """
 
 from __future__ import annotations
 
+import plistlib
 import shlex
 
 from pyinfra import host
 
+from facts.files import FileMode
 from facts.launchd import LaunchdJob
 from pyinfra_devpi.snapshot import FactRead, read
 
-from .announce import operation
+from .announce import log_once, operation
 from .textfile import text_differs, write_text
 from .triggers import any_changed
 
@@ -60,9 +69,65 @@ def job_read(label: str, domain: str) -> FactRead:
     return FactRead.of(LaunchdJob, label=label, domain=domain)
 
 
+def plist_mode_read(plist_path: str) -> FactRead:
+    return FactRead.of(FileMode, path=plist_path)
+
+
 def reads(label: str, domain: str, plist_path: str) -> list:
     """What ``agent`` reads from the host."""
-    return [job_read(label, domain), plist_path]
+    return [job_read(label, domain), plist_path, plist_mode_read(plist_path)]
+
+
+# The plist's mode: launchd refuses (error 122, or 5 for a non-root caller) a plist
+# that is group- or world-writable; the deploy keeps it at 0644.
+PLIST_MODE = "644"
+PLIST_MODE_STRING = "-rw-r--r--"
+
+
+def loaded_definition(plist: str) -> dict:
+    """What ``launchctl print`` shows for a job loaded from ``plist`` (its text): the
+    values the job runs with, in the ``LaunchdJob`` fact's keys."""
+    data = plistlib.loads(plist.encode("utf-8"))
+    arguments = list(data.get("ProgramArguments") or [])
+    return {
+        "program": data.get("Program") or (arguments[0] if arguments else None),
+        "arguments": arguments,
+        "working_directory": data.get("WorkingDirectory"),
+        "stdout_path": data.get("StandardOutPath"),
+        "stderr_path": data.get("StandardErrorPath"),
+        "environment": {str(k): str(v) for k, v in (data.get("EnvironmentVariables") or {}).items()},
+    }
+
+
+def definition_drift(job: dict, plist: str, plist_path: str, mode: dict | None) -> list[str]:
+    """The fields in which the loaded job differs from ``plist``; empty when none does.
+
+    Only what launchd reports verbatim is compared, so a job loaded from this very
+    plist never differs: launchd adds variables of its own to the environment
+    (``XPC_SERVICE_NAME``, ``OSLogRateLimit``), so only the plist's variables are
+    looked for; the plist may be reported by its path as given or with the
+    directory's symlinks resolved. ``launchctl list`` (a launchctl without ``print``)
+    carries fewer fields: what it does not report is not compared.
+    """
+    want = loaded_definition(plist)
+    strict = job.get("source") == "print"
+    drift = []
+    for key in ("program", "arguments", "working_directory", "stdout_path", "stderr_path"):
+        if key == "arguments" and not want["arguments"]:
+            continue
+        if not strict and not job.get(key):
+            continue
+        if job.get(key) != want[key]:
+            drift.append(key)
+    environment = job.get("environment") or {}
+    if (strict or environment) and any(environment.get(k) != v for k, v in want["environment"].items()):
+        drift.append("environment")
+    loaded_from = job.get("path")
+    if loaded_from is not None or strict:
+        accepted = {plist_path, (mode or {}).get("physical")}
+        if loaded_from not in accepted:
+            drift.append("path")
+    return drift
 
 
 def _is_running(job: dict) -> bool:
@@ -89,27 +154,43 @@ def agent(
     + directories: directories the definition names (its log dir): made before the job
       is (re)loaded, since launchd creates a log file but not its directory
 
-    | observed                      | commands                              |
-    | plist changed, job loaded     | write plist, bootout, bootstrap       |
-    | plist changed, not loaded     | write plist, enable, bootstrap        |
-    | not loaded                    | enable, bootstrap                     |
-    | loaded, disabled              | enable (then as below)                |
-    | loaded, not running           | kickstart                             |
-    | running, a trigger changed    | kickstart -k                          |
+    | observed                                   | commands                         |
+    | plist changed, job loaded                  | write plist, bootout, bootstrap  |
+    | plist changed, not loaded                  | write plist, enable, bootstrap   |
+    | plist mode not 0644                        | chmod 644 (then as below)        |
+    | loaded job differs from the plist          | bootout, bootstrap               |
+    | not loaded                                 | enable, bootstrap                |
+    | loaded, disabled                           | enable (then as below)           |
+    | loaded, not running                        | kickstart                        |
+    | running, a trigger changed                 | kickstart -k                     |
     """
     target = shlex.quote(f"{domain}/{label}")
     job = read(host, job_read(label, domain))
+    mode = read(host, plist_mode_read(plist_path))
     loaded = bool(job and job.get("loaded"))
     plist_changed = text_differs(plist_path, plist)
 
-    commands = list(write_text(plist_path, plist, mode="644"))
+    commands = list(write_text(plist_path, plist, mode=PLIST_MODE))
+    if not plist_changed and mode is not None and mode["mode"] != PLIST_MODE_STRING:
+        # launchd refuses a group/world-writable plist at the next bootstrap.
+        commands.append(f"chmod {PLIST_MODE} {shlex.quote(plist_path)}")
+
+    # A loaded job runs the definition launchd read when it was bootstrapped: a run
+    # stopped between writing the plist and reloading leaves the file right and the
+    # job wrong, so the job itself is compared with the plist.
+    drift = definition_drift(job, plist, plist_path, mode) if loaded and not plist_changed else []
+    if drift:
+        log_once(
+            f"{domain}/{label} runs another definition than {plist_path} "
+            f"({', '.join(drift)} differ): reloading it"
+        )
 
     # A disabled job cannot be bootstrapped and would not load at the next login.
     if not loaded or job.get("disabled"):
         commands.append(f"launchctl enable {target}")
 
     make_dirs = [f"mkdir -p {' '.join(shlex.quote(d) for d in directories)}"] if directories else []
-    if plist_changed and loaded:
+    if loaded and (plist_changed or drift):
         # The loaded job keeps its cached definition until it is booted out.
         commands += [*make_dirs, bootout_command(target), bootstrap_command(domain, target, plist_path)]
     elif not loaded:

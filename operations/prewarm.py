@@ -13,13 +13,13 @@ from __future__ import annotations
 import shlex
 
 from pyinfra import host
-from pyinfra.api import operation
 
 from pyinfra_devpi import prewarm as pw
 from pyinfra_devpi.config import DevpiConfig
 from pyinfra_devpi.layout import transient
 from pyinfra_devpi.snapshot import file_content
 
+from .announce import operation
 from .triggers import any_changed
 
 q = shlex.quote
@@ -45,7 +45,7 @@ def prewarm_command(config: DevpiConfig, digest: str, timeout: int = 120) -> str
     return f"{q(paths.bin('python'))} -I -c {q(pw.SCRIPT)} " + " ".join(q(a) for a in args)
 
 
-@operation()
+@operation
 def projects(config: DevpiConfig, server_dir: dict, mirror: dict | None = None, after=()):
     """
     Fetch each ``devpi_prewarm`` project's simple page through the mirror, in order.

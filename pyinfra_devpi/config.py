@@ -104,6 +104,12 @@ def _seconds(where, value):
     )
 
 
+def _wait_seconds(where, value):
+    return checks.integer(
+        where, value, minimum=0, maximum=MAX_SECONDS, allowed=f"use a whole number of seconds from 0 to {MAX_SECONDS}"
+    )
+
+
 def _host(where, value):
     try:
         ipaddress.ip_address(value)
@@ -276,6 +282,8 @@ class DevpiConfig:
     process_type: str = key("devpi_process_type", "Standard", _process_type)
     throttle_interval: int = key("devpi_throttle_interval", 10, _seconds)
     health_timeout: int = key("devpi_health_timeout", 60, _seconds)
+    # How long a run waits for another deploy's lock (pyinfra_devpi/deploy_lock.py).
+    lock_wait: int = key("devpi_lock_wait", 300, _wait_seconds)
     # Users and indexes devpi should hold (users_indexes/spec.py); root/pypi always
     # gets mirror_no_project_list=True unless the data says otherwise.
     users: dict = key("devpi_users", {}, check_users)

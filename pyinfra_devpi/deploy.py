@@ -16,7 +16,7 @@ from pyinfra.api import deploy
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from facts.launchd import LaunchdSession
-from operations import caddy, devpi, launchd, prewarm, retire, users_indexes
+from operations import caddy, deploy_lock, devpi, launchd, prewarm, retire, users_indexes
 from pyinfra_devpi.config import SERVER_DB_VERSION, DevpiConfig, build_config
 from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, SQLITE
@@ -123,9 +123,12 @@ def devpi_service():
 
     # Everything the plan reads from the host, in one round trip: each operation
     # module says what its operations read, and they read it from this snapshot.
+    # The deploy lock first: while another deploy changes the host it waits, so the
+    # rest is read from the host as that deploy left it.
     prefetch(
         host,
         [
+            *deploy_lock.reads(config),
             *devpi.reads(config),
             *retire.reads(config.label, domain, paths.launch_agents_dir),
             *launchd.reads(config.label, domain, paths.plist_file),
@@ -134,6 +137,9 @@ def devpi_service():
             *prewarm.reads(config),
         ],
     )
+    # Refuses the run while another deploy holds the lock; from here on, every
+    # operation that changes something takes (or checks) the lock first.
+    deploy_lock.begin(config)
     server_dir = devpi.server_dir(config)
     check_server_dir(config, server_dir)
     fresh = devpi.needs_init(server_dir)
@@ -144,10 +150,10 @@ def devpi_service():
     config_op = devpi.server_config(
         name="Write devpi-server config", config=config, content=render_server_yaml(config)
     )
-    devpi.secret(name="Create devpi secret file", config=config)
-    devpi.init(name="Initialise devpi server dir", config=config, password_hash=password_hash)
+    secret_op = devpi.secret(name="Create devpi secret file", config=config)
+    init_op = devpi.init(name="Initialise devpi server dir", config=config, password_hash=password_hash)
     # Before the job is (re)loaded: an old job would keep devpi's port.
-    retire.old_agents(
+    retire_op = retire.old_agents(
         name="Retire this devpi's LaunchAgent under another label or domain",
         label=config.label,
         domain=domain,
@@ -164,8 +170,8 @@ def devpi_service():
         restart_after=[venv_op, config_op],
         directories=[paths.log_dir],
     )
-    devpi.wait_healthy(name="Wait for devpi to answer", config=config, after=[agent_op])
-    caddy.site(
+    health_op = devpi.wait_healthy(name="Wait for devpi to answer", config=config, after=[agent_op])
+    caddy_op = caddy.site(
         name="Caddy site block for devpi",
         path=paths.caddy_site_file,
         content=render_caddy_site(config),
@@ -180,12 +186,18 @@ def devpi_service():
         users_indexes.prepare(config, fresh=fresh)
     except PlanError as error:
         raise DeployError(f"{host.name}: {error}") from None
-    users_indexes.users_indexes(name="devpi users and indexes", config=config, fresh=fresh)
+    api_op = users_indexes.users_indexes(name="devpi users and indexes", config=config, fresh=fresh)
     # Last: devpi is up (waited for above). Only when the list or the mirror changed.
     # The mirror's declared settings are part of the marker: changing them warms again.
-    prewarm.projects(
+    prewarm_op = prewarm.projects(
         name="Warm the mirror for devpi_prewarm",
         config=config,
         server_dir=server_dir,
         mirror=config.indexes.get(config.prewarm_index),
+    )
+    # Any change took the deploy lock: give it back.
+    deploy_lock.release(
+        name="Release the deploy lock",
+        config=config,
+        after=[venv_op, config_op, secret_op, init_op, retire_op, agent_op, health_op, caddy_op, api_op, prewarm_op],
     )

@@ -33,11 +33,25 @@ FILES_DIR = "+files"
 # server dir (devpi-init writes into ``server-dir.pyinfra-new``).
 TRANSIENT_SUFFIX = ".pyinfra-new"
 
-# Every venv the deploy builds is named ``devpi-server-<v>-web-<v>-<timestamp>`` under
-# ``venvs/``; older ones are pruned by this prefix. A venv found where the live link
-# belongs (made by hand) is moved aside under ``pre-existing-<timestamp>``.
+# Every venv the deploy builds is named ``devpi-server-<v>-web-<v>-<timestamp>-<pid>``
+# under ``venvs/`` (the pid of the building shell: two builds never share a directory,
+# even in the same second); older ones are pruned by this prefix. While it is built, a
+# venv has a ``<venv>.building`` file beside it naming its builder (pid, start time,
+# host): the prune leaves a venv alone while its builder runs. A venv found where the
+# live link belongs (made by hand) is moved aside under ``pre-existing-<timestamp>-<pid>``.
 VENV_PREFIX = "devpi-"
 PRE_EXISTING_PREFIX = "pre-existing-"
+BUILDING_SUFFIX = ".building"
+# A shell word (expanded by the host) that makes a new venv's name unique.
+VENV_STAMP_SHELL = '"$(date +%Y%m%d%H%M%S)-$$"'
+
+# The deploy lock (``pyinfra_devpi/deploy_lock.py``) in devpi_home: a directory made
+# with ``mkdir`` (atomic) holding ``owner``; ``.takeover`` guards the removal of a
+# stale lock; ``serial`` holds the token of the last run that took the lock.
+DEPLOY_LOCK = ".pyinfra-deploy.lock"
+DEPLOY_LOCK_OWNER = "owner"
+DEPLOY_LOCK_TAKEOVER = ".pyinfra-deploy.lock.takeover"
+DEPLOY_SERIAL = ".pyinfra-deploy.serial"
 
 
 # A LaunchAgent's plist is ``<label>.plist`` in the LaunchAgents dir.
@@ -56,6 +70,30 @@ def venv_bin(venv: str, name: str) -> str:
 
 def venv_name(server_version: str, web_version: str) -> str:
     return f"{VENV_PREFIX}server-{server_version}-web-{web_version}"
+
+
+@dataclass(frozen=True)
+class LockPaths:
+    """The deploy lock's paths in devpi_home (``pyinfra_devpi/deploy_lock.py``)."""
+
+    home: str
+
+    @property
+    def lock(self) -> str:
+        """The lock directory: exists while a deploy changes this host."""
+        return f"{self.home}/{DEPLOY_LOCK}"
+
+    @property
+    def owner(self) -> str:
+        return f"{self.lock}/{DEPLOY_LOCK_OWNER}"
+
+    @property
+    def takeover(self) -> str:
+        return f"{self.home}/{DEPLOY_LOCK_TAKEOVER}"
+
+    @property
+    def serial(self) -> str:
+        return f"{self.home}/{DEPLOY_SERIAL}"
 
 
 @dataclass(frozen=True)
@@ -84,6 +122,10 @@ class Layout:
     def venv_prune_glob(self) -> str:
         """The shell glob (after a quoted ``venvs_dir``) matching the deploy's venvs."""
         return f"{VENV_PREFIX}*"
+
+    @property
+    def deploy_lock(self) -> "LockPaths":
+        return LockPaths(self.home)
 
     def lock_upload(self, name: str) -> str:
         """Where the requirements lock for venv ``name`` is uploaded."""

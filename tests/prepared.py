@@ -16,8 +16,9 @@ from types import SimpleNamespace
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
+from facts.deploy_lock import DeployLock
 from facts.devpi import ServerDir, VenvVersions
-from facts.files import FileContents
+from facts.files import FileContents, FileMode
 from facts.launchd import LaunchdJob
 from facts.managed_agents import ManagedAgents
 
@@ -36,6 +37,9 @@ class PreparedHost:
     server_dir: dict | None = None
     venv: dict | None = None
     files: dict = field(default_factory=dict)
+    # FileMode answers: by default a file that exists is 0644 at its own path.
+    modes: dict = field(default_factory=dict)
+    lock: dict = field(default_factory=lambda: {"state": "free", "serial": "", "owner": None})
     asked: list = field(default_factory=list)
     logged: list = field(default_factory=list)
     noops: list = field(default_factory=list)
@@ -58,6 +62,15 @@ class PreparedHost:
             return self.venv
         if cls is FileContents:
             return {path: self.files.get(path) for path in kwargs["paths"]}
+        if cls is DeployLock:
+            return self.lock
+        if cls is FileMode:
+            path = kwargs["path"]
+            if path in self.modes:
+                return self.modes[path]
+            if self.files.get(path) is None:
+                return None
+            return {"mode": "-rw-r--r--", "physical": path}
         raise AssertionError(f"unexpected fact {cls.__name__}")
 
     def log(self, message, log_func=None):
@@ -79,10 +92,21 @@ def as_text(command) -> str | Upload:
     return str(command)
 
 
+def prepared_state(executing=True, diff=False):
+    # executing: a `-y` run (nothing checked first); not executing: change detection.
+    return SimpleNamespace(is_executing=executing, check_for_changes=not executing,
+                           config=SimpleNamespace(DIFF=diff))
+
+
 def run_op(op, host: PreparedHost, executing=True, diff=False, **kwargs) -> list:
-    state = SimpleNamespace(is_executing=executing, config=SimpleNamespace(DIFF=diff))
-    with ctx_host.use(host), ctx_state.use(state):
+    with ctx_host.use(host), ctx_state.use(prepared_state(executing, diff)):
         return [as_text(c) for c in op._inner(**kwargs)]
+
+
+def in_context(host: PreparedHost, func, *args, executing=True, **kwargs):
+    """Call ``func`` (not an operation, e.g. ``deploy_lock.begin``) as the deploy would."""
+    with ctx_host.use(host), ctx_state.use(prepared_state(executing)):
+        return func(*args, **kwargs)
 
 
 class Meta:

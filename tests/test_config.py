@@ -44,6 +44,7 @@ BAD_VALUES = {
     "devpi_process_type": ["Fast", "standard"],
     "devpi_throttle_interval": [0, -1, "10", True],
     "devpi_health_timeout": [0, 1.5, 10**19],
+    "devpi_lock_wait": [-5, "60", 1.5],
     "devpi_users": [
         ["eblume"],
         {"root": {"password": "env:PW"}},

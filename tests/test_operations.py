@@ -34,9 +34,29 @@ def config():
     )
 
 
+def loaded_job(config, **changes) -> dict:
+    """The LaunchdJob fact of a job loaded from the rendered plist, as ``print`` shows it."""
+    from facts._launchctl import _EMPTY_JOB
+    from pyinfra_devpi.render import program_arguments
+
+    paths = config.paths
+    job = {
+        **_EMPTY_JOB,
+        "source": "print", "domain": DOMAIN, "label": config.label, "state": "running", "running": True,
+        "pid": 4242, "program": program_arguments(config)[0], "arguments": program_arguments(config),
+        "path": paths.plist_file, "working_directory": paths.home, "stdout_path": paths.out_log,
+        "stderr_path": paths.err_log,
+        # launchd adds variables of its own to the plist's
+        "environment": {"LANG": "en_US.UTF-8", "PYTHONUNBUFFERED": "1", "OSLogRateLimit": "64",
+                        "XPC_SERVICE_NAME": config.label},
+    }
+    job.update(changes)
+    return job
+
+
 def converged(config) -> PreparedHost:
     return PreparedHost(
-        job={"loaded": True, "state": "running", "pid": 4242, "disabled": False, "last_exit_code": None},
+        job=loaded_job(config),
         server_dir={
             "exists": True, "is_dir": True, "mode": "drwx------", "entries": 6, "has_data": True,
             "initialised": True, "nodeinfo": {"role": "standalone", "uuid": "u"},
@@ -158,7 +178,9 @@ def test_converged_host_reads_each_fact_once(config):
     converge(host, config)
     converge(host, config)  # the second pass (execution after change detection)
     asked = [name for name, _ in host.asked]
-    assert sorted(asked) == ["FileContents", "LaunchdJob", "LaunchdJob", "ManagedAgents", "ServerDir", "VenvVersions"]
+    assert sorted(asked) == [
+        "FileContents", "FileMode", "LaunchdJob", "LaunchdJob", "ManagedAgents", "ServerDir", "VenvVersions",
+    ]
 
 
 def test_fresh_host_builds_everything_in_order(config):
@@ -188,6 +210,17 @@ def test_version_bump_builds_new_venv_and_restarts(config):
         assert steps[untouched] == []
 
 
+def test_each_venv_build_has_its_own_directory_and_marks_it_while_building(config):
+    host = converged(config)
+    host.venv = None
+    script = converge(host, config)["venv"][-1]
+    assert f'new="$venvs"/{config.venv_name}-"$(date +%Y%m%d%H%M%S)-$$"' in script
+    assert 'building="$new".building' in script
+    marker = script.index('> "$building"')
+    assert marker < script.index('"$uv" venv')  # marked before the directory exists
+    assert 'rm -f "$building"' in script  # the trap removes the marker however it ends
+
+
 def test_missing_venv_is_built(config):
     host = converged(config)
     host.venv = None
@@ -210,6 +243,89 @@ def test_plist_change_boots_out_and_bootstraps(config):
     assert launchctl_verbs(steps["agent"]) == ["bootout", "bootstrap"]
     assert [c.dest for c in steps["agent"] if isinstance(c, Upload)] == [config.paths.plist_file + ".pyinfra-new"]
     assert steps["health"]
+
+
+# The plist on disk and the job launchd loaded drift apart (a run stopped between
+# writing the plist and reloading; a hand-made chmod): the job itself is compared.
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("stdout_path", "/Users/alice/Library/Logs/old.out.log"),
+        ("stderr_path", "/Users/alice/Library/Logs/old.err.log"),
+        ("arguments", ["/Users/alice/devpi/venv/bin/devpi-server", "--configfile", "/old/devpi-server.yml"]),
+        ("program", "/old/venv/bin/devpi-server"),
+        ("working_directory", "/"),
+        ("environment", {"LANG": "C", "PYTHONUNBUFFERED": "1", "XPC_SERVICE_NAME": "net.devpi"}),
+        ("environment", {"XPC_SERVICE_NAME": "net.devpi"}),
+        ("path", "/tmp/net.devpi.plist"),
+    ],
+)
+def test_loaded_job_running_an_old_definition_is_reloaded(config, field, value):
+    host = converged(config)  # the plist on disk is the rendered one
+    host.job = loaded_job(config, **{field: value})
+    steps = converge(host, config)
+    assert launchctl_verbs(steps["agent"]) == ["bootout", "bootstrap"]
+    assert not [c for c in steps["agent"] if isinstance(c, Upload)]  # the file is right
+    assert steps["health"]
+    assert any(field.replace("_", " ") in m or field in m for m in host.logged)
+
+
+def test_launchd_additions_to_the_environment_are_no_drift(config):
+    host = converged(config)  # launchd's OSLogRateLimit and XPC_SERVICE_NAME are there
+    assert converge(host, config)["agent"] == []
+
+
+def test_a_job_loaded_through_a_symlinked_directory_is_no_drift(config):
+    host = converged(config)
+    physical = "/Volumes/dotfiles/LaunchAgents/net.devpi.plist"
+    host.modes[config.paths.plist_file] = {"mode": "-rw-r--r--", "physical": physical}
+    host.job = loaded_job(config, path=physical)
+    assert converge(host, config)["agent"] == []
+
+
+def test_legacy_list_output_compares_only_what_it_reports(config):
+    host = converged(config)
+    host.job = loaded_job(config, source="list", path=None, environment={}, working_directory=None)
+    assert converge(host, config)["agent"] == []
+    host = converged(config)  # a new run (facts are read once per run)
+    host.job = loaded_job(config, source="list", path=None, environment={}, arguments=["/old/devpi-server"])
+    assert launchctl_verbs(converge(host, config)["agent"]) == ["bootout", "bootstrap"]
+
+
+def test_disabled_job_with_an_old_definition_is_enabled_and_reloaded(config):
+    host = converged(config)
+    host.job = loaded_job(config, disabled=True, stdout_path="/old.log")
+    assert launchctl_verbs(converge(host, config)["agent"]) == ["enable", "bootout", "bootstrap"]
+
+
+def test_writable_plist_of_a_loaded_job_gets_its_mode_back_without_a_restart(config):
+    host = converged(config)
+    host.modes[config.paths.plist_file] = {"mode": "-rw-rw-rw-", "physical": config.paths.plist_file}
+    steps = converge(host, config)
+    assert steps["agent"] == [f"chmod 644 {config.paths.plist_file}"]  # no restart
+
+
+@pytest.mark.parametrize("mode", ["-rw-rw-rw-", "-rw-rw-r--", "-rw-------", "-rwxr-xr-x"])
+def test_refused_plist_gets_its_mode_back_before_the_bootstrap(config, mode):
+    host = converged(config)
+    host.job = None  # launchd refused it (122), or it was booted out
+    host.modes[config.paths.plist_file] = {"mode": mode, "physical": config.paths.plist_file}
+    steps = converge(host, config)
+    assert steps["agent"][0] == f"chmod 644 {config.paths.plist_file}"
+    assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
+    assert steps["health"]
+
+
+def test_a_rewritten_plist_gets_its_mode_from_the_write(config):
+    host = converged(config)
+    host.files[config.paths.plist_file] = "old"
+    host.modes[config.paths.plist_file] = {"mode": "-rw-rw-rw-", "physical": config.paths.plist_file}
+    steps = converge(host, config)
+    shell = shell_lines(steps["agent"])
+    assert not any(c.startswith("chmod 644 ") for c in shell)
+    assert any("chmod 644 " in c and "mv -f" in c for c in shell)
 
 
 def test_not_loaded_job_is_enabled_and_bootstrapped(config):
@@ -390,6 +506,12 @@ def test_no_gnu_only_forms_in_any_command(config):
         converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
     ALL_COMMANDS.append(launchd.bootout_command(TARGET))
     ALL_COMMANDS.append(launchd.bootstrap_command(DOMAIN, TARGET, "/x.plist"))
+    from pyinfra_devpi import deploy_lock
+
+    lock_paths = config.paths.deploy_lock
+    ALL_COMMANDS.append(deploy_lock.acquire_script(lock_paths, "t", "", 5, 1, "me"))
+    ALL_COMMANDS.append(deploy_lock.release_script(lock_paths, "t"))
+    ALL_COMMANDS.append(deploy_lock.state_script(lock_paths, 5))
     assert ALL_COMMANDS
     offenders = {c: gnu_only_forms(c) for c in ALL_COMMANDS if gnu_only_forms(c)}
     assert offenders == {}
@@ -558,3 +680,92 @@ def test_init_script_initialises_a_symlinked_server_dir_where_it_points(tmp_path
     assert Path(config.paths.server_dir).is_symlink()
     assert listing(real) == [".nodeinfo", ".serverversion", ".sqlite"]
     assert listing(tmp_path / "elsewhere") == ["server"]  # the transient dir was beside it
+
+
+# The deploy lock (pyinfra_devpi/deploy_lock.py): taken by the first command of every
+# operation that changes something, released at the end; never by a no-change run.
+
+
+def locked_converge(host, config, **kwargs):
+    """``converge`` as the deploy runs it: the lock's ``begin`` first, ``release`` last."""
+    from operations import deploy_lock
+
+    from .prepared import in_context
+
+    in_context(host, deploy_lock.begin, config)
+    steps = converge(host, config, **kwargs)
+    metas = [Meta(bool(commands)) for commands in steps.values()]
+    steps["release"] = run_op(deploy_lock.release, host, config=config, after=metas)
+    return steps
+
+
+def is_acquire(command) -> bool:
+    return isinstance(command, str) and command.startswith("# take the deploy lock ")
+
+
+def test_a_no_change_run_takes_no_lock(config):
+    host = converged(config)
+    steps = locked_converge(host, config)
+    assert steps == {name: [] for name in steps}
+    assert "nothing changed: no deploy lock was taken" in host.noops
+
+
+def test_every_changing_operation_takes_the_lock_first_and_the_run_releases_it(config):
+    host = converged(config)
+    host.files[config.paths.config_file] = "old yaml\n"
+    host.lock = {"state": "free", "serial": "run-before", "owner": None}
+    steps = locked_converge(host, config)
+    changed = [name for name, commands in steps.items() if commands]
+    assert changed == ["config", "agent", "health", "release"]
+    for name in ("config", "agent", "health"):
+        assert is_acquire(steps[name][0])  # before the operation's first command
+        assert sum(is_acquire(c) for c in steps[name]) == 1
+    acquire = steps["config"][0]
+    assert f"lock={config.paths.deploy_lock.lock}" in acquire
+    assert "expect=run-before;" in acquire  # the serial the run read
+    assert len(steps["release"]) == 1 and steps["release"][0].startswith("# release the deploy lock ")
+    assert not any(is_acquire(c) for c in steps["release"])
+
+
+def test_a_fresh_host_takes_the_lock_before_anything_else(config):
+    host = fresh(config)
+    steps = locked_converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
+    assert is_acquire(steps["venv"][0])
+    assert not [c for c in steps["venv"][:1] if isinstance(c, Upload)]
+
+
+def test_a_lock_held_by_another_run_refuses_the_run(config):
+    from operations import deploy_lock
+    from pyinfra_devpi.errors import DeployError
+
+    from .prepared import in_context
+
+    host = converged(config)
+    host.lock = {"state": "held", "serial": "run-x", "owner": {
+        "run": "run-x", "pid": "812", "started": "Mon Nov 30 09:00:00 2026", "host": "indri",
+        "since": "2026-11-30 09:00:01 CET", "by": "erich@laptop (pyinfra pid 4)"}}
+    with pytest.raises(DeployError) as error:
+        in_context(host, deploy_lock.begin, config)
+    message = str(error.value)
+    lock = config.paths.deploy_lock.lock
+    assert f"{lock} is held by another deploy (run run-x by erich@laptop (pyinfra pid 4)" in message
+    assert "its process 812 on indri" in message and "within 300s" in message
+    assert f"rm -r {lock}" in message
+
+
+def test_a_stale_lock_is_reported_and_taken_over_by_the_first_change(config):
+    host = converged(config)
+    host.files[config.paths.config_file] = "old yaml\n"
+    host.lock = {"state": "stale", "serial": "run-dead", "owner": {"run": "run-dead", "pid": "9", "host": "indri"}}
+    steps = locked_converge(host, config)
+    assert any("no longer running" in m and "run-dead" in m for m in host.logged)
+    assert is_acquire(steps["config"][0]) and "expect=run-dead;" in steps["config"][0]
+
+
+def test_the_lock_is_read_with_the_configured_wait(config):
+    from operations import deploy_lock
+    from facts.deploy_lock import DeployLock
+
+    (read,) = deploy_lock.reads(config)
+    assert read.fact is DeployLock
+    assert read.kwargs == {"home": config.paths.home, "wait": config.lock_wait}
