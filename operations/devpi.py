@@ -260,10 +260,11 @@ def init(config: DevpiConfig, password_hash=None):
     """
     Initialise a missing or empty server dir with ``devpi-init``, once, all or nothing.
 
-    + password_hash: a ``HiddenValue`` with the root password's argon2 hash (made on
-      the controller). It reaches the host through SFTP into a 0600 file in the
-      0700 devpi home, is read into devpi-init's environment and the file removed
-      before devpi-init starts: never in argv, output or a leftover file.
+    + password_hash: called (only while executing) for a ``HiddenValue`` with the root
+      password's argon2 hash, made on the controller. It reaches the host through SFTP
+      into a 0600 file in the 0700 devpi home, is read into devpi-init's environment
+      and the file removed before devpi-init starts: never in argv, output or a
+      leftover file.
     """
     paths = config.paths
     if not needs_init(server_dir(config)):
@@ -274,7 +275,7 @@ def init(config: DevpiConfig, password_hash=None):
 
     yield f"(umask 077; mkdir -p {q(paths.home)}) && chmod 700 {q(paths.home)}"
     # Before execution (--dry, change detection) there is nothing to upload.
-    content = password_hash.unmask() if state.is_executing else ""
+    content = password_hash().unmask() if state.is_executing else ""
     yield FileUploadCommand(BytesIO(content.encode("utf-8")), paths.root_hash_upload)
     yield init_script(config)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.hiddenvalue import HiddenValue
 
@@ -21,8 +21,7 @@ from pyinfra_devpi.config import SERVER_DB_VERSION, DevpiConfig, build_config
 from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, SQLITE
 from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
-from pyinfra_devpi.run_secrets import resolve_once
-from pyinfra_devpi.secrets import hash_password
+from pyinfra_devpi.run_secrets import hash_once, is_dry_run
 from pyinfra_devpi.snapshot import FactRead, prefetch, read
 from pyinfra_devpi.users_indexes.plan import PlanError
 
@@ -98,14 +97,28 @@ def check_server_dir(config: DevpiConfig, server_dir: dict) -> None:
 
 
 def root_password_hash(config: DevpiConfig) -> HiddenValue:
+    """The hash ``devpi-init`` gets, made from the secret read once per run (logging in
+    for devpi_users/devpi_indexes needs the password again)."""
+    return HiddenValue(hash_once(host, config.root_password, "devpi_root_password"))
+
+
+def plan_init_secret(config: DevpiConfig):
+    """While pyinfra plans a run that initialises the server dir: refuse a missing
+    reference; read the secret now (a real run: an unreadable one stops it before any
+    change) or say it will be read (a dry run reads none). Returns what ``devpi.init``
+    calls for the hash when it executes."""
     if config.root_password is None:
         raise DeployError(
             f"{config.paths.server_dir} is not initialised and host data `devpi_root_password` is "
             "unset: set it to a reference such as 'op://vault/devpi/root password', "
             "'env:DEVPI_ROOT_PASSWORD' or 'file:~/.devpi-root-password'",
         )
-    # Read once per run: logging in for devpi_users/devpi_indexes needs it again.
-    return HiddenValue(hash_password(resolve_once(host, config.root_password, "devpi_root_password")))
+    if is_dry_run():
+        host.log(f"Will read devpi_root_password ({config.root_password}) when applied, to initialise "
+                 f"{config.paths.server_dir}", logger.info)
+    else:
+        root_password_hash(config)
+    return lambda: root_password_hash(config)
 
 
 @deploy("devpi")
@@ -144,7 +157,7 @@ def devpi_service():
     check_server_dir(config, server_dir)
     fresh = devpi.needs_init(server_dir)
     # The password is read (1Password may prompt) only when init will run.
-    password_hash = root_password_hash(config) if fresh else None
+    password_hash = plan_init_secret(config) if fresh else None
 
     venv_op = devpi.venv(name="Install devpi venv", config=config, lock=read_lock(config))
     config_op = devpi.server_config(

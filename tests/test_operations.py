@@ -98,7 +98,7 @@ def converge(host, config, password_hash=None, executing=True, diff=False):
     venv_op = run("venv", devpi.venv, config=config, lock="pinned==1.0 --hash=sha256:00\n")
     config_op = run("config", devpi.server_config, config=config, content=render_server_yaml(config))
     run("secret", devpi.secret, config=config)
-    run("init", devpi.init, config=config, password_hash=password_hash)
+    run("init", devpi.init, config=config, password_hash=(lambda: password_hash) if password_hash else None)
     run(
         "retire", retire.old_agents, label=config.label, domain=DOMAIN, plist_path=config.paths.plist_file,
         config_file=config.paths.config_file, agents_dir=config.launch_agents_dir,
@@ -769,3 +769,25 @@ def test_the_lock_is_read_with_the_configured_wait(config):
     (read,) = deploy_lock.reads(config)
     assert read.fact is DeployLock
     assert read.kwargs == {"home": config.paths.home, "wait": config.lock_wait}
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_init_reads_the_root_password_while_planning_only_in_a_real_run(config, monkeypatch, dry):
+    from pyinfra_devpi import deploy
+    from pyinfra_devpi.secrets import SecretRef
+
+    from .prepared import in_context
+
+    resolved = []
+    monkeypatch.setattr(SecretRef, "resolve", lambda self, key: resolved.append(key) or "root pw")
+    monkeypatch.setattr("sys.argv", ["pyinfra", "inventory.py", "deploys/devpi.py", *(["--dry"] if dry else [])])
+    host = fresh(config)
+    provider = in_context(host, deploy.plan_init_secret, config)
+    if dry:
+        assert resolved == []
+        assert "Will read devpi_root_password (env:PW) when applied, to initialise /Users/alice/devpi/server-dir" in host.logged
+    else:
+        assert resolved == ["devpi_root_password"]
+    # executing: the hash is made from the secret read once per run
+    assert in_context(host, provider).unmask().startswith("$argon2")
+    assert len(resolved) == 1
