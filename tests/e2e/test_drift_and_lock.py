@@ -25,7 +25,8 @@ from pyinfra_devpi.config import build_config
 from pyinfra_devpi.render import render_plist
 
 from . import harness
-from .stack import DeployedStack, simultaneous, start_stack
+from .harness import simultaneous
+from .stack import DeployedStack, start_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +48,7 @@ def _show_stack_logs(request, e2e_log_dirs):
 
 def rendered_plist(stack: DeployedStack, **overrides) -> str:
     """The plist the deploy renders for the stack's data plus ``overrides``."""
-    data = {k: str(v) if isinstance(v, Path) else v for k, v in stack.data(**overrides).items()}
+    data = {k: str(v) if isinstance(v, Path) else v for k, v in {**stack.data, **overrides}.items()}
     return render_plist(build_config(data, str(stack.home)))
 
 
@@ -64,8 +65,8 @@ def test_a_plist_written_but_never_loaded_is_loaded_by_the_next_run(stack):
     before = printed(stack)
     assert "renamed.out.log" not in before and f"pid = {pid}" in before
 
-    stack.host_data.update(new)
-    result = stack.converge("-vv")
+    stack.update(**new)
+    result = stack.deploy("-vv")
     after = printed(stack)
     logs = stack.home / "Library/Logs"
     assert f"stdout path = {logs}/renamed.out.log" in after, result.describe()
@@ -83,7 +84,7 @@ def test_a_writable_plist_refused_by_launchd_is_fixed_and_loaded(stack):
     refused = stack.launchd.run("bootstrap", stack.launchd.domain, str(stack.plist), check=False)
     assert refused.returncode != 0  # launchd refuses a group/world-writable plist
 
-    stack.converge()
+    stack.deploy()
     assert stack.plist.stat().st_mode & 0o777 == 0o644
     assert "state = running" in printed(stack)
     stack.wait_healthy()
@@ -97,14 +98,14 @@ def test_a_job_loaded_from_another_copy_is_reloaded_from_the_deploys_plist(stack
     stack.launchd.bootstrap(copy)
     assert f"path = {copy}" in printed(stack)
 
-    stack.converge()
+    stack.deploy()
     assert f"path = {stack.plist}" in printed(stack)
     stack.wait_healthy()
 
 
 def test_a_converged_host_is_no_drift(stack):
     pid = stack.wait_healthy()
-    rerun = stack.converge("--debug")
+    rerun = stack.deploy("--debug")
     assert harness.count_remote_commands(rerun.output) == 2
     assert stack.pid() == pid
 
@@ -116,10 +117,10 @@ LOCK_STOPS = ("changed this host after this run read it", "is held by another de
 
 
 def test_two_deploys_at_once_on_a_fresh_host_both_end_well(sshd, launchd, upstream, tmp_path, e2e_log_dirs):
-    fresh = start_stack(sshd, launchd, upstream, tmp_path / "two", "two", converge=False)
+    fresh = start_stack(sshd, launchd, upstream, tmp_path / "two", "two", deploy=False)
     e2e_log_dirs.append(fresh.root)
     try:
-        inventory = fresh.inventory()
+        inventory = fresh.write_inventory()
         runs = simultaneous(2, lambda i: harness.run_pyinfra(
             inventory, "deploys/devpi.py", check=False, env_extra=fresh.env_extra))
         described = "\n\n".join(r.describe() if hasattr(r, "describe") else repr(r) for r in runs)
@@ -139,7 +140,7 @@ def test_two_deploys_at_once_on_a_fresh_host_both_end_well(sshd, launchd, upstre
         assert not list((fresh.devpi_home / "venvs").glob("*.building"))
         assert not (fresh.devpi_home / ".pyinfra-deploy.lock").exists()
         # and converged: a rerun changes nothing
-        rerun = fresh.converge("--debug")
+        rerun = fresh.deploy("--debug")
         assert harness.count_remote_commands(rerun.output) == 2
     finally:
         fresh.stop()
@@ -158,7 +159,7 @@ def test_a_held_lock_stops_the_run_with_the_owner_and_a_stale_one_is_taken_over(
         lock.mkdir()
         (lock / "owner").write_text(lock_owner_text(owner.pid))
         pid = stack.pid()
-        result = stack.converge(check=False, devpi_lock_wait=2, devpi_throttle_interval=3)
+        result = stack.deploy(check=False, devpi_lock_wait=2, devpi_throttle_interval=3)
         assert result.returncode != 0
         assert f"{lock} is held by another deploy (run run-by-hand by someone@elsewhere" in result.output
         assert f"its process {owner.pid} on {os.uname().nodename}" in result.output
@@ -169,7 +170,7 @@ def test_a_held_lock_stops_the_run_with_the_owner_and_a_stale_one_is_taken_over(
         owner.kill()
         owner.wait()
     # its process is gone: the lock is stale, and the next run takes it over
-    result = stack.converge("-v", devpi_throttle_interval=3)
+    result = stack.deploy("-v", devpi_throttle_interval=3)
     assert "took over the stale deploy lock" in result.output or "no longer running" in result.output
     assert "<integer>3</integer>" in stack.plist.read_text()
     assert not lock.exists()
@@ -177,7 +178,7 @@ def test_a_held_lock_stops_the_run_with_the_owner_and_a_stale_one_is_taken_over(
 
 
 def test_a_failed_run_releases_the_lock(stack):
-    result = stack.converge(check=False, devpi_server_version="99.0.0")
+    result = stack.deploy(check=False, devpi_server_version="99.0.0")
     assert result.returncode != 0 and "devpi-server==99.0.0" in result.output
     assert not (stack.devpi_home / ".pyinfra-deploy.lock").exists()
     assert (stack.devpi_home / ".pyinfra-deploy.serial").exists()  # it was taken
