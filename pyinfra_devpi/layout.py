@@ -72,28 +72,31 @@ def venv_name(server_version: str, web_version: str) -> str:
     return f"{VENV_PREFIX}server-{server_version}-web-{web_version}"
 
 
+class _Under:
+    """A path named ``name`` (or by the layout's attribute ``named_by``, plus
+    ``suffix``) in another path of the same layout (``base``): one line per path
+    below, so each is written once and reads as what it is."""
+
+    def __init__(self, base: str, name: str = "", *, named_by: str = "", suffix: str = ""):
+        self.base, self.name, self.named_by, self.suffix = base, name, named_by, suffix
+
+    def __get__(self, layout, owner=None):
+        if layout is None:
+            return self
+        name = getattr(layout, self.named_by) if self.named_by else self.name
+        return f"{getattr(layout, self.base)}/{name}{self.suffix}"
+
+
 @dataclass(frozen=True)
 class LockPaths:
     """The deploy lock's paths in devpi_home (``pyinfra_devpi/deploy_lock.py``)."""
 
     home: str
 
-    @property
-    def lock(self) -> str:
-        """The lock directory: exists while a deploy changes this host."""
-        return f"{self.home}/{DEPLOY_LOCK}"
-
-    @property
-    def owner(self) -> str:
-        return f"{self.lock}/{DEPLOY_LOCK_OWNER}"
-
-    @property
-    def takeover(self) -> str:
-        return f"{self.home}/{DEPLOY_LOCK_TAKEOVER}"
-
-    @property
-    def serial(self) -> str:
-        return f"{self.home}/{DEPLOY_SERIAL}"
+    lock = _Under("home", DEPLOY_LOCK)  # exists while a deploy changes this host
+    owner = _Under("lock", DEPLOY_LOCK_OWNER)
+    takeover = _Under("home", DEPLOY_LOCK_TAKEOVER)
+    serial = _Under("home", DEPLOY_SERIAL)
 
 
 @dataclass(frozen=True)
@@ -109,14 +112,22 @@ class Layout:
     caddy_site_file: str
 
     # devpi_home ------------------------------------------------------------
-    @property
-    def venv(self) -> str:
-        """The live venv: a symlink to one of ``venvs_dir``'s venvs."""
-        return f"{self.home}/venv"
-
-    @property
-    def venvs_dir(self) -> str:
-        return f"{self.home}/venvs"
+    venv = _Under("home", "venv")  # the live venv: a symlink to one of venvs_dir's
+    venvs_dir = _Under("home", "venvs")
+    server_dir = _Under("home", "server-dir")
+    nodeinfo = _Under("server_dir", NODEINFO)
+    serverversion = _Under("server_dir", SERVERVERSION)
+    files_dir = _Under("server_dir", FILES_DIR)
+    config_file = _Under("home", "devpi-server.yml")
+    secret_file = _Under("home", "secret")
+    # The 0600 file that carries root's password hash to devpi-init, removed at once.
+    root_hash_upload = _Under("home", ".root-passwd-hash.pyinfra")
+    # The deploy's record of the password references it set (no secret in it).
+    users_state_file = _Under("home", "users.pyinfra.json")
+    prewarm_marker = _Under("home", "prewarm.state")
+    # Exists while a changed Caddy block waits for a successful Caddy restart (here,
+    # not beside the block: Caddy may import every file in its sites dir).
+    caddy_restart_pending = _Under("home", "caddy-restart.pending")
 
     @property
     def venv_prune_glob(self) -> str:
@@ -124,7 +135,7 @@ class Layout:
         return f"{VENV_PREFIX}*"
 
     @property
-    def deploy_lock(self) -> "LockPaths":
+    def deploy_lock(self) -> LockPaths:
         return LockPaths(self.home)
 
     def lock_upload(self, name: str) -> str:
@@ -135,70 +146,10 @@ class Layout:
         """A program in the live venv."""
         return venv_bin(self.venv, name)
 
-    @property
-    def server_dir(self) -> str:
-        return f"{self.home}/server-dir"
-
-    @property
-    def nodeinfo(self) -> str:
-        return f"{self.server_dir}/{NODEINFO}"
-
-    @property
-    def serverversion(self) -> str:
-        return f"{self.server_dir}/{SERVERVERSION}"
-
-    @property
-    def files_dir(self) -> str:
-        return f"{self.server_dir}/{FILES_DIR}"
-
-    @property
-    def config_file(self) -> str:
-        return f"{self.home}/devpi-server.yml"
-
-    @property
-    def secret_file(self) -> str:
-        return f"{self.home}/secret"
-
-    @property
-    def root_hash_upload(self) -> str:
-        """The 0600 file that carries root's password hash to devpi-init, removed at once."""
-        return f"{self.home}/.root-passwd-hash.pyinfra"
-
-    @property
-    def users_state_file(self) -> str:
-        """The deploy's record of the password references it set (no secret in it)."""
-        return f"{self.home}/users.pyinfra.json"
-
-    @property
-    def api_payload(self) -> str:
-        return f"{self.home}/.pyinfra-devpi-api.json"
-
-    @property
-    def api_script(self) -> str:
-        return f"{self.home}/.pyinfra-devpi-api.py"
-
-    @property
-    def prewarm_marker(self) -> str:
-        return f"{self.home}/prewarm.state"
-
-    @property
-    def caddy_restart_pending(self) -> str:
-        """Exists while a changed Caddy block waits for a successful Caddy restart
-        (here, not beside the block: Caddy may import every file in its sites dir)."""
-        return f"{self.home}/caddy-restart.pending"
-
     # launchd ------------------------------------------------------------------
-    @property
-    def plist_file(self) -> str:
-        return f"{self.launch_agents_dir}/{self.label}{PLIST_SUFFIX}"
-
-    @property
-    def out_log(self) -> str:
-        return f"{self.log_dir}/{self.out_log_name}"
-
-    @property
-    def err_log(self) -> str:
-        return f"{self.log_dir}/{self.err_log_name}"
+    plist_file = _Under("launch_agents_dir", named_by="label", suffix=PLIST_SUFFIX)
+    out_log = _Under("log_dir", named_by="out_log_name")
+    err_log = _Under("log_dir", named_by="err_log_name")
 
     def managed(self) -> dict[str, str]:
         """The files the deploy writes, by what they are (for messages and checks)."""

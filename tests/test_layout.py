@@ -24,7 +24,6 @@ ON_HOST = [
     r"prewarm\.state",
     r"users\.pyinfra\.json",
     r"root-passwd-hash",
-    r"pyinfra-devpi-api",
     r"/bin/",
     r"\+files",
     r"Library/",
@@ -76,7 +75,7 @@ def test_the_layout_module_holds_each_fragment():
     everything = [
         text, paths.venv, paths.venvs_dir, paths.server_dir, paths.nodeinfo, paths.serverversion,
         paths.files_dir, paths.config_file, paths.plist_file, paths.users_state_file,
-        paths.prewarm_marker, paths.root_hash_upload, paths.api_payload, paths.lock_upload("x"),
+        paths.prewarm_marker, paths.root_hash_upload, paths.lock_upload("x"),
         paths.bin("python"), paths.out_log, paths.caddy_site_file,
     ]
     for pattern in ON_HOST:
