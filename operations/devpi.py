@@ -305,7 +305,7 @@ def wait_healthy_script(url: str, timeout: int, err_log: str, nodeinfo: str | No
         'if [ "${code:-000}" = 200 ]; then '
         + say(
             "another devpi answers on %s: its server dir is %s, this one's is %s. A job under an old "
-            "label, or from a previous devpi_home, holds the port: boot it out (launchctl bootout) and rerun",
+            "label, or from a previous devpi_home, holds the port: unload that job and rerun",
             q(url), '"${got:-unknown}"', '"$want"',
         )
         + "; fi; "

@@ -48,7 +48,8 @@ ROOT_PYPI_DEFAULTS = {
 
 def index_settings(stack: DeployedStack, index: str) -> dict:
     """An index's settings as devpi holds them (without the list of its projects)."""
-    return {k: v for k, v in stack.api.index_config(index).items() if k != "projects"}
+    user, name = index.split("/")
+    return {k: v for k, v in devpi_client.state(stack.devpi_url)[user]["indexes"][name].items() if k != "projects"}
 
 
 def tree(root: Path) -> dict[str, tuple]:
@@ -69,7 +70,7 @@ def stack(sshd, launchd, upstream, tmp_path, e2e_log_dirs):
     """A home and a Caddy job, nothing deployed yet."""
     e2e_log_dirs.append(tmp_path)
     deployed = start_stack(sshd, launchd, upstream, tmp_path / "stack", f"init.{os.getpid()}.{tmp_path.name}",
-                           converge=False)
+                           deploy=False)
     try:
         yield deployed
     finally:
@@ -83,7 +84,7 @@ def test_half_initialised_server_dir_is_refused_before_any_change(stack: Deploye
         (stack.server_dir / name).write_text(NODEINFO_TEXT if name == NODEINFO else "4\n")
     before = tree(stack.home)
 
-    result = stack.converge(check=False)
+    result = stack.deploy(check=False)
 
     assert result.returncode != 0, result.describe()
     assert f"{stack.server_dir} is a half-initialised devpi server dir" in result.output, result.describe()
@@ -101,7 +102,7 @@ def test_empty_serverversion_is_refused(stack: DeployedStack):
     (stack.server_dir / SERVERVERSION).write_text("")
     before = tree(stack.home)
 
-    result = stack.converge(check=False)
+    result = stack.deploy(check=False)
 
     assert result.returncode != 0, result.describe()
     assert f"{stack.server_dir / SERVERVERSION} is empty" in result.output, result.describe()
@@ -117,7 +118,7 @@ def test_a_run_killed_during_init_is_followed_by_a_clean_init(stack: DeployedSta
     (leftover / NODEINFO).write_text(NODEINFO_TEXT)
     stack.server_dir.mkdir()
 
-    result = stack.converge("-vv")
+    result = stack.deploy("-vv")
 
     assert not leftover.exists()
     assert {p.name for p in stack.server_dir.iterdir()} >= {NODEINFO, SERVERVERSION, SQLITE}
@@ -132,7 +133,7 @@ def test_a_run_killed_during_init_is_followed_by_a_clean_init(stack: DeployedSta
     assert index_settings(stack, "root/pypi") == {**ROOT_PYPI_DEFAULTS, "mirror_no_project_list": True}
 
     # a rerun changes nothing
-    assert stack.converge().grand_total()[0] == 0
+    assert stack.deploy().grand_total()[0] == 0
 
 
 def test_first_converge_never_fetches_a_project_list(sshd, launchd, tools, tmp_path, e2e_log_dirs):
@@ -141,13 +142,13 @@ def test_first_converge_never_fetches_a_project_list(sshd, launchd, tools, tmp_p
     try:
         asked_before = len(mirror.requests())  # the harness's own readiness probe
         stack = start_stack(
-            sshd, launchd, mirror, tmp_path / "stack", f"init.list.{os.getpid()}", converge=False,
+            sshd, launchd, mirror, tmp_path / "stack", f"init.list.{os.getpid()}", deploy=False,
             devpi_indexes={"root/pypi": {"mirror_url": mirror.url}},
             # debug: devpi logs each attempt to fetch a mirror's project list, whatever the URL
             devpi_server_options={"debug": True},
         )
         try:
-            stack.converge()
+            stack.deploy()
             stack.wait_healthy()
             pypi = index_settings(stack, "root/pypi")
             assert pypi == {**ROOT_PYPI_DEFAULTS, "mirror_url": mirror.url, "mirror_no_project_list": True}

@@ -199,15 +199,17 @@ def test_5_dry_diff_changes_nothing_and_shows_no_secret(host, tmp_path):
     assert tree_digest(host.home) == before
     assert host.pid() == pid
 
-    # A host that still needs init is where the password is read and hashed: at every
-    # verbosity, neither it nor its hash may appear (fresh home, dry run).
+    # A host that still needs init: a dry run reads no secret at all (a review job has
+    # no 1Password) and says which one the init will read; at every verbosity,
+    # neither the password nor a hash appears (fresh home, dry run).
     fresh = tmp_path / "fresh"
     inventory = fresh_inventory(host, fresh, tmp_path / "fresh.py")
     fresh_before = tree_digest(fresh)
     for verbosity in ("-v", "-vv", "-vvv"):
         calls = len(host.op.calls())
         result = host.pyinfra("deploys/devpi.py", "--dry", "--diff", verbosity, inventory=inventory)
-        assert len(host.op.calls()) == calls + 1  # init would run, so the secret was read
+        assert len(host.op.calls()) == calls  # init would run, but a dry run reads no secret
+        assert "Will read devpi_root_password" in result.output
         assert host.op.password not in result.output
         assert "$argon2" not in result.output and "argon2id" not in result.output
         assert "devpi-init" in result.output  # the plan shows the init command, masked

@@ -29,7 +29,9 @@ EBLUME_PW = "eblume e2e Pa55 & more"
 
 
 def leftovers(home: Path) -> list[str]:
-    return sorted(p.name for p in (home / "devpi").iterdir() if "pyinfra" in p.name and p.name != "users.pyinfra.json")
+    """Transient files a run must not leave behind (the deploy's records may stay)."""
+    kept = ("users.pyinfra.json", ".pyinfra-deploy.serial")
+    return sorted(p.name for p in (home / "devpi").iterdir() if "pyinfra" in p.name and p.name not in kept)
 
 
 def files_holding(root: Path, secret: str) -> list[str]:
