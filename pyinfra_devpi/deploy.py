@@ -15,10 +15,12 @@ from pyinfra.api import deploy
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from facts.launchd import LaunchdSession
-from operations import caddy, devpi, launchd, prewarm, users_indexes
-from pyinfra_devpi.config import SERVER_DB_VERSION, DevpiConfig, build_config
+from operations import caddy, devpi, launchd, preflight, prewarm, users_indexes
+from operations.textfile import text_differs
+from pyinfra_devpi.config import SERVER_DB_VERSION, UV_BOOTSTRAP_VERSION, DevpiConfig, build_config
 from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.layout import NODEINFO
+from pyinfra_devpi.preflight import Needs, with_tools
 from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
 from pyinfra_devpi.run_secrets import resolve_once
 from pyinfra_devpi.secrets import hash_password
@@ -38,6 +40,11 @@ def lock_path(config: DevpiConfig) -> Path:
 def read_lock(config: DevpiConfig) -> str | None:
     path = lock_path(config)
     return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def read_uv_lock() -> str:
+    """The hashed requirement for bootstrapping uv (every wheel of the pinned release)."""
+    return (LOCKS_DIR / f"uv-{UV_BOOTSTRAP_VERSION}.txt").read_text(encoding="utf-8")
 
 
 def check_server_dir(config: DevpiConfig, server_dir: dict) -> None:
@@ -94,6 +101,7 @@ def devpi_service():
     prefetch(
         host,
         [
+            *preflight.reads(config, domain),
             *devpi.reads(config),
             *launchd.reads(config.label, domain, paths.plist_file),
             *caddy.reads(paths.caddy_site_file, paths.caddy_restart_pending),
@@ -101,12 +109,23 @@ def devpi_service():
             *prewarm.reads(config),
         ],
     )
+    caddy_site = render_caddy_site(config)
+    # The preflight: everything this run needs from the host, or one message listing
+    # what is missing; then the operations run with the tools as found on the host.
+    needs = Needs(
+        venv=not devpi.venv_is_current(config, read(host, devpi.venv_read(config))),
+        caddy_block=text_differs(paths.caddy_site_file, caddy_site),
+    )
+    tools = preflight.ready(config, domain, needs)
+    config = with_tools(config, tools)
     server_dir = devpi.server_dir(config)
     check_server_dir(config, server_dir)
     fresh = devpi.needs_init(server_dir)
     # The password is read (1Password may prompt) only when init will run.
     password_hash = root_password_hash(config) if fresh else None
 
+    if tools.uv_source == "bootstrap":
+        preflight.uv_bootstrap(name="Bootstrap uv", config=config, tools=tools, lock=read_uv_lock())
     venv_op = devpi.venv(name="Install devpi venv", config=config, lock=read_lock(config))
     config_op = devpi.server_config(
         name="Write devpi-server config", config=config, content=render_server_yaml(config)
@@ -126,7 +145,7 @@ def devpi_service():
     caddy.site(
         name="Caddy site block for devpi",
         path=paths.caddy_site_file,
-        content=render_caddy_site(config),
+        content=caddy_site,
         restart=config.caddy_restart,
         domain=domain,
         pending_marker=paths.caddy_restart_pending,

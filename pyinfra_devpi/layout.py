@@ -36,6 +36,22 @@ TRANSIENT_SUFFIX = ".pyinfra-new"
 VENV_PREFIX = "devpi-"
 PRE_EXISTING_PREFIX = "pre-existing-"
 
+# Where a Mac keeps the tools the deploy runs. A non-interactive SSH command on macOS
+# gets PATH=/usr/bin:/bin:/usr/sbin:/sbin: Homebrew's bin (``/opt/homebrew/bin`` on
+# Apple silicon, ``/usr/local/bin`` on Intel) and uv's installer dir (``~/.local/bin``,
+# formerly ``~/.cargo/bin``) are not on it. Each list is searched in order: a bare name
+# on the session's PATH (an operator's sshd ``SetEnv`` or ``~/.ssh/environment`` wins),
+# then these places; ``~/`` is the SSH user's home. ``devpi_uv`` / ``devpi_caddy_bin``
+# replace the list; uv bootstrapped by the deploy (``Layout.bootstrap_uv``) is last.
+UV_CANDIDATES = ("uv", "~/.local/bin/uv", "~/.cargo/bin/uv", "/opt/homebrew/bin/uv", "/usr/local/bin/uv")
+CADDY_CANDIDATES = ("caddy", "/opt/homebrew/bin/caddy", "/usr/local/bin/caddy")
+# The python3 that bootstraps uv from PyPI when uv is nowhere (any Python 3.8+ can
+# pip-install uv's wheel): Homebrew's, else the session's (macOS: the Command Line Tools').
+BOOTSTRAP_PYTHON_CANDIDATES = ("/opt/homebrew/bin/python3", "/usr/local/bin/python3", "python3")
+# macOS's /usr/bin/python3 is a shim: without the Command Line Tools it opens an install
+# dialog and fails, so it is run only when ``xcode-select -p`` finds a developer dir.
+MACOS_PYTHON_SHIM = "/usr/bin/python3"
+
 
 def transient(path: str) -> str:
     """Where a new version of ``path`` is written before it replaces ``path``."""
@@ -131,6 +147,25 @@ class Layout:
     @property
     def prewarm_marker(self) -> str:
         return f"{self.home}/prewarm.state"
+
+    @property
+    def tools_dir(self) -> str:
+        """Tools the deploy installs for itself: uv, when the host has none."""
+        return f"{self.home}/tools"
+
+    @property
+    def bootstrap_uv(self) -> str:
+        """Where the deploy bootstraps uv (the last of the uv candidates)."""
+        return f"{self.tools_dir}/bin/uv"
+
+    @property
+    def uv_build_venv(self) -> str:
+        """The scratch venv uv is pip-installed into; only its ``uv`` binary is kept."""
+        return transient(f"{self.tools_dir}/uv-venv")
+
+    def uv_lock_upload(self, version: str) -> str:
+        """Where the hashed requirement for bootstrapping uv ``version`` is uploaded."""
+        return f"{self.tools_dir}/uv-{version}.lock.txt"
 
     @property
     def caddy_restart_pending(self) -> str:
