@@ -85,32 +85,28 @@ def _looked_in(candidates) -> str:
 
 def resolve_python(config: DevpiConfig, probed: dict | None) -> tuple[str, str, list[str]]:
     """What ``uv venv --python`` gets, a note for the plan, and problems (if any)."""
-    request = python_request(config.python)
-    if request is not None:
+    if python_request(config.python) is not None:
         return config.python, "a version uv finds on the host or downloads", []
     probed = probed or {}
     path = probed.get("path")
+    fix = "set devpi_python to '3.12' (uv finds or downloads it) or to a newer interpreter's path"
     if not path:
-        return config.python, "devpi_python", [
-            f"devpi_python is {config.python}: no such interpreter on the host (not an executable file"
-            + ("" if "/" in config.python else ", nor a command on the SSH session's PATH")
-            + f"); set it to a Python version such as '3.12' (uv finds or downloads it) or an interpreter's path"
-        ]
+        where = "an executable file" if "/" in config.python else "a command on the SSH session's PATH"
+        return config.python, "devpi_python", [f"python: devpi_python is {config.python}, which is not {where}; {fix}"]
+    named = config.python if path == config.python else f"{config.python} ({path})"
     if probed.get("shim"):
         return path, "devpi_python", [
-            f"devpi_python is {config.python}: that is macOS's placeholder python3 and the Command Line "
-            "Tools are not installed; set devpi_python to '3.12' (uv finds or downloads it) or install a Python"
+            f"python: devpi_python is {named}, macOS's placeholder python3, and the Command Line Tools "
+            f"are not installed; {fix}"
         ]
     version = _version_tuple(probed.get("version"))
     if version is None:
-        return path, "devpi_python", [
-            f"devpi_python is {config.python}: {path} did not run (it printed no Python version)"
-        ]
+        return path, "devpi_python", [f"python: devpi_python is {named}, which did not say its version; {fix}"]
     if version[:2] < PYTHON_MINIMUM:
         return path, "devpi_python", [
-            f"devpi_python is {config.python}: {path} is Python {probed['version']}, but devpi-server "
+            f"python: devpi_python is {named}, which is Python {probed['version']}; devpi-server "
             f"{DEVPI_SERVER_VERSION} with its locked dependencies needs Python {python_name(PYTHON_MINIMUM)} "
-            "or newer; set devpi_python to '3.12' (uv finds or downloads it) or a newer interpreter's path"
+            f"or newer: {fix}"
         ]
     return path, f"Python {probed['version']}, devpi_python", []
 
@@ -195,10 +191,11 @@ def check(
     # disk space, for the venv (and uv) to be built
     free_kb = readiness.get("free_kb")
     if needs.venv and free_kb is not None and free_kb < VENV_BUILD_MB * 1024:
+        df_path = readiness.get("df_path")
+        where = paths.home if df_path == paths.home else f"{df_path}, where {paths.home} will be,"
         problems.append(
-            f"disk: {readiness.get('df_path')} (where {paths.home} goes) has {free_kb // 1024} MB free; "
-            f"building devpi's venv needs about {VENV_BUILD_MB} MB: free some space or set devpi_home "
-            "to a larger file system"
+            f"disk: {where} has {free_kb // 1024} MB free; building devpi's venv needs about "
+            f"{VENV_BUILD_MB} MB: free some space or set devpi_home to a larger file system"
         )
 
     # the devpi dirs must be the SSH user's: devpi runs as that user
