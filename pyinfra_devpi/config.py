@@ -29,6 +29,19 @@ from .users_indexes.spec import check_indexes, check_together, check_users
 DEVPI_SERVER_VERSION = "6.20.3"
 DEVPI_WEB_VERSION = "5.1.1"
 
+# The Python devpi's venv runs on. devpi-server 6.20.3 and devpi-web 5.1.1 declare
+# Requires-Python >=3.9, but their locked tree (locks/devpi-6.20.3-5.1.1.txt) needs
+# 3.11: zope-interface 8.7, platformdirs 4.14.8 and pycparser 3.12 declare >=3.11.
+# The default is a version request that uv answers with a 3.12 it finds (its own
+# managed ones, or one on the session's PATH) or downloads; an interpreter older than
+# the minimum is refused before any change.
+PYTHON_MINIMUM = (3, 11)
+DEFAULT_PYTHON = "3.12"
+
+# uv pip-installed from PyPI into ``<devpi_home>/tools`` when the host has no uv
+# (hashes of every wheel in locks/uv-<version>.txt).
+UV_BOOTSTRAP_VERSION = "0.13.9"
+
 # Database version that every devpi-server 6.x writes to ``.serverversion``.
 SERVER_DB_VERSION = "4"
 
@@ -79,6 +92,7 @@ SERVER_OPTION_TYPES: dict[str, type] = {
 }
 
 PREFIX = "devpi_"
+PYTHON_REQUEST_RE = re.compile(r"^3\.(\d+)(\.\d+)?$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 VERSION_RE = re.compile(r"^\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?$")
 DOMAIN_RE = re.compile(r"^(gui|user)/\d+$")
@@ -158,6 +172,35 @@ def _command_name(where, value):
     value = checks.string(where, value, allowed)
     if not value.strip():
         raise fail(where, value, allowed)
+    return value
+
+
+def python_request(value: str) -> tuple[int, int] | None:
+    """``(3, minor)`` when ``devpi_python`` is a version request for uv ("3.12"), else None
+    (an interpreter's path or command name, probed on the host)."""
+    match = PYTHON_REQUEST_RE.fullmatch(value)
+    return (3, int(match.group(1))) if match else None
+
+
+def python_name(version: tuple[int, ...]) -> str:
+    return ".".join(str(part) for part in version)
+
+
+def _python(where, value):
+    allowed = (
+        f"use a Python version uv finds or downloads, such as {DEFAULT_PYTHON!r}, an interpreter's "
+        "absolute path, or a command name on the SSH session's PATH"
+    )
+    value = checks.string(where, value, allowed)
+    if not value.strip():
+        raise fail(where, value, allowed)
+    request = python_request(value)
+    if request is not None and request < PYTHON_MINIMUM:
+        raise fail(
+            where, value,
+            f"devpi-server {DEVPI_SERVER_VERSION} with its locked dependencies needs Python "
+            f"{python_name(PYTHON_MINIMUM)} or newer; use e.g. {DEFAULT_PYTHON!r}",
+        )
     return value
 
 
@@ -275,8 +318,10 @@ class DevpiConfig:
     err_log: str | None = key("devpi_err_log", None, _log_name, optional=True)
     root_password: SecretRef | None = key("devpi_root_password", None, _secret, optional=True)
     index_url: str | None = key("devpi_index_url", None, _url, optional=True)
-    python: str = key("devpi_python", "python3", _command_name)
-    uv: str = key("devpi_uv", "uv", _command_name)
+    # A version request ("3.12": uv finds or downloads it), a path or a command name.
+    python: str = key("devpi_python", DEFAULT_PYTHON, _python)
+    # None: found on the host (layout.UV_CANDIDATES), else bootstrapped from PyPI.
+    uv: str | None = key("devpi_uv", None, _command_name, optional=True)
     server_options: dict = key("devpi_server_options", {}, _server_options)
     launchd_domain: str | None = key("devpi_launchd_domain", None, _domain, optional=True)
     process_type: str = key("devpi_process_type", "Standard", _process_type)
@@ -293,6 +338,7 @@ class DevpiConfig:
     caddy_restart: dict | None = key("devpi_caddy_restart", None, _caddy_restart, optional=True)
     caddy_serve_files: bool = key("devpi_caddy_serve_files", True, checks.boolean)
     caddy_max_body_size: str = key("devpi_caddy_max_body_size", "200MB", _size)
+    # None: found on the host (layout.CADDY_CANDIDATES).
     caddy_bin: str | None = key("devpi_caddy_bin", None, _command_name, optional=True)
     # Mirror warming (docs/cold-mirror-race.md): project names, or the path of a
     # requirements/lock file on the controller; fetched through <index> after a converge.

@@ -16,10 +16,12 @@ from pyinfra.api import deploy
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from facts.launchd import LaunchdSession
-from operations import caddy, deploy_lock, devpi, launchd, prewarm, retire, users_indexes
-from pyinfra_devpi.config import SERVER_DB_VERSION, DevpiConfig, build_config
+from operations import caddy, deploy_lock, devpi, launchd, preflight, prewarm, retire, users_indexes
+from operations.textfile import text_differs
+from pyinfra_devpi.config import SERVER_DB_VERSION, UV_BOOTSTRAP_VERSION, DevpiConfig, build_config
 from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, SQLITE
+from pyinfra_devpi.preflight import Needs, with_tools
 from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
 from pyinfra_devpi.run_secrets import hash_once, is_dry_run
 from pyinfra_devpi.snapshot import FactRead, prefetch, read
@@ -38,6 +40,11 @@ def lock_path(config: DevpiConfig) -> Path:
 def read_lock(config: DevpiConfig) -> str | None:
     path = lock_path(config)
     return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def read_uv_lock() -> str:
+    """The hashed requirement for bootstrapping uv (every wheel of the pinned release)."""
+    return (LOCKS_DIR / f"uv-{UV_BOOTSTRAP_VERSION}.txt").read_text(encoding="utf-8")
 
 
 def check_server_dir(config: DevpiConfig, server_dir: dict) -> None:
@@ -142,6 +149,7 @@ def devpi_service():
         host,
         [
             *deploy_lock.reads(config),
+            *preflight.reads(config, domain),
             *devpi.reads(config),
             *retire.reads(config.label, domain, paths.launch_agents_dir),
             *launchd.reads(config.label, domain, paths.plist_file),
@@ -153,12 +161,24 @@ def devpi_service():
     # Refuses the run while another deploy holds the lock; from here on, every
     # operation that changes something takes (or checks) the lock first.
     deploy_lock.begin(config)
+    caddy_site = render_caddy_site(config)
+    # The preflight: everything this run needs from the host, or one message listing
+    # what is missing; then the operations run with the tools as found on the host.
+    needs = Needs(
+        venv=not devpi.venv_is_current(config, read(host, devpi.venv_read(config))),
+        caddy_block=text_differs(paths.caddy_site_file, caddy_site),
+    )
+    tools = preflight.ready(config, domain, needs)
+    config = with_tools(config, tools)
     server_dir = devpi.server_dir(config)
     check_server_dir(config, server_dir)
     fresh = devpi.needs_init(server_dir)
     # The password is read (1Password may prompt) only when init will run.
     password_hash = plan_init_secret(config) if fresh else None
 
+    bootstrap_op = None
+    if tools.uv_source == "bootstrap":
+        bootstrap_op = preflight.uv_bootstrap(name="Bootstrap uv", config=config, tools=tools, lock=read_uv_lock())
     venv_op = devpi.venv(name="Install devpi venv", config=config, lock=read_lock(config))
     config_op = devpi.server_config(
         name="Write devpi-server config", config=config, content=render_server_yaml(config)
@@ -187,7 +207,7 @@ def devpi_service():
     caddy_op = caddy.site(
         name="Caddy site block for devpi",
         path=paths.caddy_site_file,
-        content=render_caddy_site(config),
+        content=caddy_site,
         restart=config.caddy_restart,
         domain=domain,
         pending_marker=paths.caddy_restart_pending,
@@ -212,5 +232,6 @@ def devpi_service():
     deploy_lock.release(
         name="Release the deploy lock",
         config=config,
-        after=[venv_op, config_op, secret_op, init_op, retire_op, agent_op, health_op, caddy_op, api_op, prewarm_op],
+        after=[op for op in (bootstrap_op, venv_op, config_op, secret_op, init_op, retire_op, agent_op, health_op,
+                            caddy_op, api_op, prewarm_op) if op is not None],
     )

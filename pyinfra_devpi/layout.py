@@ -57,6 +57,22 @@ DEPLOY_SERIAL = ".pyinfra-deploy.serial"
 # A LaunchAgent's plist is ``<label>.plist`` in the LaunchAgents dir.
 PLIST_SUFFIX = ".plist"
 
+# Where a Mac keeps the tools the deploy runs. A non-interactive SSH command on macOS
+# gets PATH=/usr/bin:/bin:/usr/sbin:/sbin: Homebrew's bin (``/opt/homebrew/bin`` on
+# Apple silicon, ``/usr/local/bin`` on Intel) and uv's installer dir (``~/.local/bin``,
+# formerly ``~/.cargo/bin``) are not on it. Each list is searched in order: a bare name
+# on the session's PATH (an operator's sshd ``SetEnv`` or ``~/.ssh/environment`` wins),
+# then these places; ``~/`` is the SSH user's home. ``devpi_uv`` / ``devpi_caddy_bin``
+# replace the list; uv bootstrapped by the deploy (``Layout.bootstrap_uv``) is last.
+UV_CANDIDATES = ("uv", "~/.local/bin/uv", "~/.cargo/bin/uv", "/opt/homebrew/bin/uv", "/usr/local/bin/uv")
+CADDY_CANDIDATES = ("caddy", "/opt/homebrew/bin/caddy", "/usr/local/bin/caddy")
+# The python3 that bootstraps uv from PyPI when uv is nowhere (any Python 3.8+ can
+# pip-install uv's wheel): Homebrew's, else the session's (macOS: the Command Line Tools').
+BOOTSTRAP_PYTHON_CANDIDATES = ("/opt/homebrew/bin/python3", "/usr/local/bin/python3", "python3")
+# macOS's /usr/bin/python3 is a shim: without the Command Line Tools it opens an install
+# dialog and fails, so it is run only when ``xcode-select -p`` finds a developer dir.
+MACOS_PYTHON_SHIM = "/usr/bin/python3"
+
 
 def transient(path: str) -> str:
     """Where a new version of ``path`` is written before it replaces ``path``."""
@@ -128,6 +144,11 @@ class Layout:
     # Exists while a changed Caddy block waits for a successful Caddy restart (here,
     # not beside the block: Caddy may import every file in its sites dir).
     caddy_restart_pending = _Under("home", "caddy-restart.pending")
+    # Tools the deploy installs for itself: uv, when the host has none. Only the uv
+    # binary of the scratch venv it is pip-installed into is kept.
+    tools_dir = _Under("home", "tools")
+    bootstrap_uv = _Under("tools_dir", "bin/uv")  # the last of the uv candidates
+    uv_build_venv = _Under("tools_dir", "uv-venv" + TRANSIENT_SUFFIX)
 
     @property
     def venv_prune_glob(self) -> str:
@@ -145,6 +166,10 @@ class Layout:
     def bin(self, name: str) -> str:
         """A program in the live venv."""
         return venv_bin(self.venv, name)
+
+    def uv_lock_upload(self, version: str) -> str:
+        """Where the hashed requirement for bootstrapping uv ``version`` is uploaded."""
+        return f"{self.tools_dir}/uv-{version}.lock.txt"
 
     # launchd ------------------------------------------------------------------
     plist_file = _Under("launch_agents_dir", named_by="label", suffix=PLIST_SUFFIX)

@@ -28,8 +28,9 @@ BAD_VALUES = {
     "devpi_err_log": ["a/b", 3],
     "devpi_root_password": ["hunter2", "op://only-vault", "env:", "env:1BAD", "file:", "vault:x/y"],
     "devpi_index_url": ["not a url", "file:///simple"],
-    "devpi_python": ["", "python3\nrm -rf /", 3],
-    "devpi_uv": ["", None],
+    # Versions below what the locked tree needs are refused before anything is planned.
+    "devpi_python": ["", "python3\nrm -rf /", 3, "3.9", "3.10.4", None],
+    "devpi_uv": ["", 7, "uv\n"],
     "devpi_server_options": [
         {"threadz": 4},
         {"threads": "many"},

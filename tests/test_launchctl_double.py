@@ -519,3 +519,28 @@ def test_double_shutdown_leaves_no_process(double):
     assert double.ok("list").stdout == "PID\tStatus\tLabel\n"
     # shutting down an empty or missing state is fine
     double.ok("_double-shutdown")
+
+
+def test_print_a_domain_lists_its_loaded_services(double):
+    empty = double.ok("print", USER)
+    assert empty.stdout.startswith(f"{USER} = {{\n") and "service count = 0" in empty.stdout
+    double.ok("bootstrap", GUI, str(double.plist("net.devpi.dom")))
+    printed = double.ok("print", GUI).stdout
+    assert "\ttype = login\n" in printed and "service count = 1" in printed
+    assert printed.rstrip().endswith("}") and "net.devpi.dom" in printed
+
+
+def test_the_gui_domain_exists_only_for_the_console_user(double):
+    """With ``console_uid`` naming someone else (the SSH user is not logged in at the
+    console), every verb on gui/<uid> fails as launchctl does for a domain it cannot find;
+    the user domain is still there."""
+    double.state.mkdir(parents=True, exist_ok=True)
+    (double.state / "console_uid").write_text(f"{UID + 1}\n")
+    for args in (("print", GUI), ("print", f"{GUI}/net.devpi.x"),
+                 ("bootstrap", GUI, str(double.plist("net.devpi.gone")))):
+        result = double.run(*args)
+        assert result.returncode == 112, args
+        assert result.stderr == f"Bad request.\nCould not find domain for user gui: {UID}\n"
+    double.ok("print", USER)
+    (double.state / "console_uid").write_text(f"{UID}\n")
+    double.ok("print", GUI)

@@ -10,6 +10,7 @@ import pytest
 
 from operations import caddy, devpi, launchd, retire
 from pyinfra_devpi.config import build_config
+from pyinfra_devpi.preflight import Tools, with_tools
 from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
 from pyinfra.api.hiddenvalue import HiddenValue
 
@@ -22,16 +23,21 @@ PASSWORD_HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"
 ALL_COMMANDS: list[str] = []  # every shell command yielded here, for the GNU-forms scan
 
 
+# What the preflight found on the host: the operations run with these (``with_tools``).
+FOUND = Tools(uv="/opt/homebrew/bin/uv", uv_source="found", bootstrap_python=None,
+              caddy="/opt/homebrew/bin/caddy", caddy_source="found", python="3.12", python_note="")
+
+
 @pytest.fixture
 def config():
-    return build_config(
+    return with_tools(build_config(
         {
             "devpi_root_password": "env:PW",
             "devpi_outside_url": "https://pypi.example.org",
             "devpi_caddy_restart": "org.caddy",
         },
         "/Users/alice",
-    )
+    ), FOUND)
 
 
 def loaded_job(config, **changes) -> dict:
@@ -190,6 +196,8 @@ def test_fresh_host_builds_everything_in_order(config):
         f"{config.paths.venvs_dir}/{config.venv_name}.lock.txt"
     ]
     assert "uv\" pip install" in steps["venv"][-1] and "--require-hashes" in steps["venv"][-1]
+    # with the uv the preflight found, and the Python version uv finds or downloads
+    assert "uv=/opt/homebrew/bin/uv;" in steps["venv"][-1] and "--python 3.12 " in steps["venv"][-1]
     assert [c.dest for c in steps["config"] if isinstance(c, Upload)] == [config.paths.config_file + ".pyinfra-new"]
     assert "devpi-gen-secret" in steps["secret"][0]
     assert any("devpi-init" in c for c in shell_lines(steps["init"]))

@@ -5,13 +5,14 @@ CI has no macOS, so the tests build a small "Mac" out of parts (see DESIGN.md, T
 ``sshd`` (session)
     A private ``/usr/sbin/sshd`` on 127.0.0.1:<free port>: own ed25519 host key, a fresh
     client key, key-only auth, ``known_hosts`` pre-filled (pyinfra checks host keys
-    strictly). Every session gets, via ``SetEnv``: ``PATH`` = ``tests/fakes`` (the
-    ``launchctl`` double) first, then the directories holding the controller's real ``uv``
-    and base ``python3`` (not the project venv), then the system dirs;
-    ``LAUNCHCTL_DOUBLE_STATE``; a sandbox ``HOME``; ``SHLVL=1`` (stops bash from sourcing
-    root's ``~/.bashrc``, which would put pyenv ahead of the fakes); and the controller's
-    TLS trust / uv index variables, since uv on the target reaches the registry only
-    through them. ``sshd.run(cmd)`` runs a command through the real ssh client;
+    strictly). Sessions are a Mac's (``harness/mac.py``): sshd runs in a private mount
+    namespace where ``/bin/launchctl`` is the launchctl double and
+    ``/opt/homebrew/bin/caddy`` is Caddy (overlays nothing else on the machine sees; it
+    needs root), and uv is in the sandbox HOME's ``~/.local/bin``. Every session gets,
+    via ``SetEnv``: ``PATH`` = ``/usr/bin:/bin:/usr/sbin:/sbin`` exactly, as macOS gives
+    ``ssh host command``; ``LAUNCHCTL_DOUBLE_STATE``; a sandbox ``HOME``; ``SHLVL=1``
+    (stops bash from sourcing root's ``~/.bashrc``); and the controller's TLS trust / uv
+    index variables, since uv and pip on the target reach the registry only through them. ``sshd.run(cmd)`` runs a command through the real ssh client;
     ``sshd.mark()`` / ``sshd.commands_since(mark)`` count exec requests server side.
 
 ``write_inventory(path, host_data=None) -> Path``

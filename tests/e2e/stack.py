@@ -26,7 +26,6 @@ from typing import Any
 from . import devpi_client
 from .devpi_client import DevpiApi
 from .harness import (
-    CADDY_BIN,
     LOOPBACK,
     CaddyJob,
     FakeOp,
@@ -34,6 +33,7 @@ from .harness import (
     PyinfraResult,
     SshServer,
     Upstream,
+    controller_python,
     free_port,
     http_ok,
     port_open,
@@ -264,7 +264,10 @@ def start_stack(
         "devpi_caddy_site_file": stack.site_file,
         "devpi_caddy_site_address": stack.caddy.url if caddy else f"http://{LOOPBACK}:{free_port()}",
         **({"devpi_caddy_restart": stack.caddy_label} if caddy else {}),
-        "devpi_caddy_bin": CADDY_BIN,
+        # A Python the test machine has (the controller's): the default, "3.12", is a
+        # version uv would download from GitHub, which the sandbox does not reach.
+        # uv and Caddy are left for the deploy to find where a Mac keeps them.
+        "devpi_python": controller_python(),
         **host_data,
     }
     try:

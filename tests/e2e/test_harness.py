@@ -12,7 +12,7 @@ import pytest
 
 from . import harness
 from .devpi_client import install, make_venv
-from .harness import REMOTE_FAKES_DIR, count_remote_commands, http, remote_commands, wait_until
+from .harness import count_remote_commands, http, remote_commands, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +25,7 @@ def _exec_lines(output: str, host: str = "127.0.0.1") -> list[str]:
     return [line.strip()[len(prefix):] for line in output.splitlines() if line.strip().startswith(prefix)]
 
 
-def test_pyinfra_exec_over_ssh_sees_fakes_first(sshd, write_inventory, run_pyinfra, tools, tmp_path):
+def test_pyinfra_exec_over_ssh_gets_a_macs_session(sshd, write_inventory, run_pyinfra, tools, tmp_path):
     inventory = write_inventory(tmp_path / "inventory.py", {"e2e_probe": [1, "two", Path("/x")]})
     mark = sshd.mark()
     result = run_pyinfra(
@@ -33,21 +33,22 @@ def test_pyinfra_exec_over_ssh_sees_fakes_first(sshd, write_inventory, run_pyinf
         "--debug",
         "exec",
         "--",
-        'echo "PATH=$PATH"; echo "UV=$(command -v uv)"; echo "PY=$(command -v python3)";'
-        ' echo "LAUNCHCTL=$(command -v launchctl)"; echo "STATE=$LAUNCHCTL_DOUBLE_STATE";'
-        ' echo "HOME=$HOME"; echo "SSH=${SSH_CONNECTION%% *}"',
+        'echo "PATH=$PATH"; echo "UV=$(command -v uv)"; echo "CADDY=$(command -v caddy)";'
+        ' echo "PY=$(command -v python3)"; echo "LAUNCHCTL=$(command -v launchctl)";'
+        ' echo "LINK=$(readlink /bin/launchctl)";'
+        ' echo "STATE=$LAUNCHCTL_DOUBLE_STATE"; echo "HOME=$HOME"; echo "SSH=${SSH_CONNECTION%% *}"',
     )
     values = dict(line.split("=", 1) for line in _exec_lines(result.output) if "=" in line)
-    path = values["PATH"].split(":")
-    assert path[0] == str(REMOTE_FAKES_DIR), result.describe()
-    assert str(harness.VENV_BIN) not in path
-    assert values["UV"] == str(tools.uv)
-    assert values["PY"] == str(tools.python3)
+    # macOS's PATH for `ssh host command`, exactly: nothing of the harness's on it.
+    assert values["PATH"] == harness.MAC_SSH_PATH, result.describe()
+    assert values["UV"] == "" and values["CADDY"] == ""
+    assert values["PY"] == "/usr/bin/python3"
+    # found on that PATH (Debian's /bin is /usr/bin, which comes first), and it is the double
+    assert values["LAUNCHCTL"] in ("/usr/bin/launchctl", harness.MAC_LAUNCHCTL)
+    assert values["LINK"] == str(harness.LAUNCHCTL_DOUBLE)
     assert values["STATE"] == sshd.env["LAUNCHCTL_DOUBLE_STATE"]
     assert values["HOME"] == str(sshd.home)
     assert values["SSH"] == "127.0.0.1"  # really over SSH, not @local
-    if harness.LAUNCHCTL_DOUBLE.exists() and os.access(harness.LAUNCHCTL_DOUBLE, os.X_OK):
-        assert values["LAUNCHCTL"] == str(harness.LAUNCHCTL_DOUBLE)
 
     # Counting: the pyinfra debug log and sshd's own log agree.
     commands = remote_commands(result.output)
@@ -60,15 +61,29 @@ def test_pyinfra_exec_over_ssh_sees_fakes_first(sshd, write_inventory, run_pyinf
 
 
 def test_ssh_session_env_via_setenv(sshd, tools):
-    # uv/python3 outside the venv; HOME sandboxed; root's ~/.bashrc not sourced.
-    proc = sshd.run('echo "$PATH"; echo "$SHLVL"; uv --version; python3 -c "import sys; print(sys.prefix)"')
-    path, shlvl, uv_version, prefix = proc.stdout.splitlines()
-    assert path == sshd.env["PATH"]
+    # The tools are where a Mac keeps them, not on PATH; HOME sandboxed; root's ~/.bashrc not sourced.
+    proc = sshd.run(
+        'echo "$PATH"; echo "$SHLVL"; ~/.local/bin/uv --version; /opt/homebrew/bin/caddy version;'
+        " /bin/launchctl print-disabled user/$(id -u) >/dev/null && echo launchctl-ok"
+    )
+    path, shlvl, uv_version, caddy_version, launchctl = proc.stdout.splitlines()
+    assert path == sshd.env["PATH"] == harness.MAC_SSH_PATH
     assert uv_version.startswith("uv ")
-    assert Path(prefix) == tools.python3.parent.parent
+    assert caddy_version.startswith("v2.")
+    assert launchctl == "launchctl-ok"
     for name in harness.PASSTHROUGH_ENV:
         if os.environ.get(name):
             assert sshd.run(f'printf %s "${name}"').stdout == os.environ[name]
+
+
+def test_the_stand_ins_are_in_sshds_namespace_only(sshd):
+    """/bin/launchctl and /opt/homebrew are overlays in sshd's mount namespace: this
+    machine's own /bin and /opt are as they were."""
+    assert not os.path.lexists(harness.MAC_LAUNCHCTL)
+    assert not os.path.lexists(harness.HOMEBREW_BIN)
+    inside = Path(f"/proc/{sshd.pid}/root")
+    assert os.readlink(inside / harness.MAC_LAUNCHCTL.lstrip("/")) == str(harness.LAUNCHCTL_DOUBLE)
+    assert os.readlink(inside / harness.HOMEBREW_BIN.lstrip("/") / "caddy") == str(harness.CADDY_BIN)
 
 
 def test_setenv_quoting(tmp_path, tools):

@@ -48,7 +48,8 @@ def test_uv_missing_names_the_path_as_it_is(hostile):
     uv = f"/nonexistent/{value}"
     result = stack.deploy(check=False, devpi_uv=uv)
     assert result.returncode != 0
-    assert f"uv not found on the target as {uv}: install uv or set devpi_uv" in result.output, result.describe()
+    # The preflight refuses it before any change, naming it as it is.
+    assert f"uv: devpi_uv is {uv}, which is not an executable file on the host" in result.output, result.describe()
     assert pwned_files(pwned) == []
 
 

@@ -16,8 +16,12 @@ ad-hoc debugging sessions can use them without pytest fixtures. One module a par
   :func:`proc_memory`, :func:`cpu_seconds`, :func:`cmdline`.
 * ``sshd``: :func:`start_sshd` / :class:`SshServer`, a private ``sshd`` on 127.0.0.1 with
   key-only auth, its own host key, a pre-filled ``known_hosts`` and a session
-  environment (:func:`build_session_env`, written as ``SetEnv``) that puts
-  ``tests/fakes`` first on ``PATH``.
+  environment (:func:`build_session_env`, written as ``SetEnv``) whose ``PATH`` is
+  exactly a Mac's (``/usr/bin:/bin:/usr/sbin:/sbin``).
+* ``mac``: a Mac's SSH session stood in for: sshd in a private mount namespace where
+  ``/bin/launchctl`` is the launchctl double and ``/opt/homebrew/bin/caddy`` is Caddy
+  (:func:`namespace_argv`), uv in the session HOME's ``~/.local/bin``
+  (:func:`install_user_tools`).
 * ``runner``: :func:`write_inventory`, :func:`run_pyinfra`, :class:`PyinfraResult`: drive
   the real pyinfra CLI over that sshd; :func:`count_remote_commands` /
   :func:`remote_commands`: count what a run executed.
@@ -64,6 +68,7 @@ from .launchd import (
     write_caddyfile,
 )
 from .logs import collect_logs, tail
+from .mac import HOMEBREW_BIN, MAC_LAUNCHCTL, MAC_SSH_PATH, UV_INSTALLER_DIR, install_user_tools, namespace_argv
 from .network import free_port, http, http_ok, listening_addresses, port_open, wait_for_port
 from .op import FakeOp
 from .processes import alive, cmdline, cpu_seconds, proc_memory, spawn, stop_process, wait_gone
@@ -82,7 +87,8 @@ from .upstream import DEFAULT_UPSTREAM_PROJECTS, Upstream, WheelInfo, build_whee
 
 __all__ = [
     "CADDY_BIN", "CADDY_PLACEHOLDER_BODY", "CI_HINT", "CONTROLLER_FAKES_DIR", "DEBUG_COMMAND_RE",
-    "DEFAULT_UPSTREAM_PROJECTS", "E2E_DIR", "LAUNCHCTL_DOUBLE", "LOOPBACK", "OP_DOUBLE", "PASSTHROUGH_ENV",
+    "DEFAULT_UPSTREAM_PROJECTS", "E2E_DIR", "HOMEBREW_BIN", "LAUNCHCTL_DOUBLE", "LOOPBACK",
+    "MAC_LAUNCHCTL", "MAC_SSH_PATH", "UV_INSTALLER_DIR", "install_user_tools", "namespace_argv", "OP_DOUBLE", "PASSTHROUGH_ENV",
     "PYINFRA_BIN", "REMOTE_FAKES_DIR", "REPO", "SSHD_BIN", "SSH_BIN", "SSH_KEYGEN_BIN", "VENV_BIN",
     "CaddyJob", "FakeOp", "HarnessError", "LaunchdDouble", "PyinfraResult", "SshServer", "ToolPaths",
     "Upstream", "WheelInfo",

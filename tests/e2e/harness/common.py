@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 E2E_DIR = REPO / "tests" / "e2e"
-#: Target-side doubles (``launchctl``); first on the sshd session's PATH.
+#: Target-side doubles (``launchctl``): stood in at macOS's ``/bin/launchctl`` (``mac.py``).
 REMOTE_FAKES_DIR = REPO / "tests" / "fakes"
 LAUNCHCTL_DOUBLE = REMOTE_FAKES_DIR / "launchctl"
 #: Controller-side doubles (``op``); first on the pyinfra subprocess's PATH.

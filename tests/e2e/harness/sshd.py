@@ -1,6 +1,8 @@
 """A private sshd on 127.0.0.1: key-only auth, its own host key, a pre-filled
-``known_hosts`` and a session environment (``SetEnv``) that puts ``tests/fakes`` first on
-``PATH``."""
+``known_hosts``, and sessions as a Mac gives them (``mac.py``): ``PATH`` exactly
+macOS's ``/usr/bin:/bin:/usr/sbin:/sbin``, ``/bin/launchctl`` the launchctl double and
+``/opt/homebrew/bin/caddy`` Caddy in sshd's private mount namespace, uv in
+``~/.local/bin``."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .common import LOOPBACK, REMOTE_FAKES_DIR, SSH_BIN, HarnessError, wait_until
+from .common import LOOPBACK, SSH_BIN, HarnessError, wait_until
 from .logs import tail
+from .mac import MAC_SSH_PATH, install_user_tools, namespace_argv
 from .network import free_port, wait_for_port
 from .processes import spawn, stop_process
 from .tools import ToolPaths, uv_cache_dir
@@ -189,22 +192,11 @@ def _ensure_privsep_dir() -> None:
 def build_session_env(
     tools: ToolPaths, *, launchd_state: Path, home: Path, extra: dict[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment of every SSH session on the target (written as sshd SetEnv)."""
-    path_entries: list[str] = []
-    for entry in (
-        str(REMOTE_FAKES_DIR),
-        str(tools.uv.parent),
-        str(tools.python3.parent),
-        "/usr/local/bin",
-        "/usr/bin",
-        "/bin",
-        "/usr/sbin",
-        "/sbin",
-    ):
-        if entry not in path_entries:
-            path_entries.append(entry)
+    """The environment of every SSH session on the target (written as sshd SetEnv): a
+    Mac's PATH and nothing on it from the harness; uv and Caddy are where a Mac keeps
+    them (``mac.py``), which the deploy finds by itself."""
     env = {
-        "PATH": os.pathsep.join(path_entries),
+        "PATH": MAC_SSH_PATH,
         # bash (root's shell here) sources ~/.bashrc for commands run by sshd when it is a
         # top-level shell; Debian's root .bashrc prepends pyenv/cargo to PATH, which would
         # push tests/fakes off the front. SHLVL=1 makes bash a second-level shell, which
@@ -228,7 +220,11 @@ def build_session_env(
 
 
 def start_sshd(root: Path, tools: ToolPaths, session_env: dict[str, str], *, attempts: int = 3) -> SshServer:
-    """Start a private sshd under ``root`` (a fresh directory) and prove a real login works."""
+    """Start a private sshd under ``root`` (a fresh directory) and prove a real login works.
+
+    sshd runs in a private mount namespace with macOS's /bin/launchctl and
+    /opt/homebrew/bin/caddy in place, and uv is put in the session HOME's
+    ~/.local/bin (``mac.py``)."""
     root.mkdir(parents=True, exist_ok=True)
     _ensure_privsep_dir()
     host_key = root / "ssh_host_ed25519_key"
@@ -250,6 +246,7 @@ def start_sshd(root: Path, tools: ToolPaths, session_env: dict[str, str], *, att
     user = pwd.getpwuid(os.getuid()).pw_name
     host_pub = (host_key.with_suffix(".pub")).read_text().split()
     home = Path(session_env.get("HOME", pwd.getpwuid(os.getuid()).pw_dir))
+    install_user_tools(home, tools)
 
     last_error = ""
     for _ in range(attempts):
@@ -301,7 +298,7 @@ def start_sshd(root: Path, tools: ToolPaths, session_env: dict[str, str], *, att
         )
         if check.returncode != 0:
             raise HarnessError(f"sshd rejected its config {config_path}:\n{check.stderr}")
-        proc = spawn([str(tools.sshd), "-D", "-e", "-f", str(config_path)], log_path)
+        proc = spawn(namespace_argv(root / "mac", [str(tools.sshd), "-D", "-e", "-f", str(config_path)]), log_path)
         server = SshServer(
             root=root,
             port=port,

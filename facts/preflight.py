@@ -1,0 +1,105 @@
+"""
+pyinfra fact ``HostReadiness``: what the preflight needs to know about the host
+besides its tools (``facts/host_tools.py``).
+
+* whether the launchd domain answers this SSH session (``launchctl print <domain>``:
+  ``gui/<uid>`` exists only while the user is logged in at the console);
+* the free space of the file system that will hold ``devpi_home`` (``df -k`` of the
+  nearest directory that exists: BSD and GNU ``df`` alike);
+* the numeric owner of each path asked about (``ls -lnd``: BSD and GNU alike), and
+  the SSH user's uid.
+
+Command output protocol (one script, always exits 0)::
+
+    uid=<uid>
+    user=<user name>
+    domain=<domain>
+    domain_status=<exit status of launchctl print, or "none" without launchctl>
+    df_path=<the directory df was asked about>
+    @df / <df -k output> / @end
+    owner=<uid> <path>           one line per asked path that exists
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from pyinfra.api import FactBase
+from pyinfra.api.exceptions import FactProcessError
+
+from facts._output import key_values, script, split_blocks
+
+q = shlex.quote
+
+# A df line: file system (may hold spaces), size, used, available, capacity, then (macOS)
+# optionally inode counts and their percentage, then the mount point.
+_DF_RE = re.compile(
+    r"^(?P<fs>.+?)\s+(?P<size>\d+)\s+(?P<used>\d+)\s+(?P<avail>-?\d+)\s+(?P<cap>\d+%|-)"
+    r"\s+(?:\d+\s+\d+\s+(?:\d+%|-)\s+)?(?P<mount>/.*)$"
+)
+
+
+def parse_df(lines: list[str]) -> int | None:
+    """Available KiB from ``df -k`` output (header, then one file system, which GNU df
+    of old may wrap onto a second line), or None when it does not read as df output."""
+    body = " ".join(line.strip() for line in lines[1:] if line.strip())
+    match = _DF_RE.match(body)
+    if match is None:
+        return None
+    return max(int(match.group("avail")), 0)
+
+
+class HostReadiness(FactBase):
+    """
+    Returns ``uid``, ``user``, ``domain``, ``domain_ok`` (``launchctl print <domain>`` exited 0;
+    ``None`` without launchctl), ``domain_status``, ``df_path``, ``free_kb`` (``None`` when
+    df could not be read) and ``owners`` (``{path: uid}`` for the asked paths that exist).
+
+    + domain: the launchd domain the deploy will use (``gui/<uid>``, ``user/<uid>``)
+    + path: the directory whose file system must have room (``devpi_home``)
+    + owned: paths whose owner must be the SSH user
+    """
+
+    def command(self, domain, path, owned=()):
+        parts = [
+            'printf \'uid=%s\\nuser=%s\\n\' "$(id -u)" "$(id -un)"',
+            f"printf 'domain=%s\\n' {q(domain)}",
+            "if command -v launchctl >/dev/null 2>&1; then "
+            f"launchctl print {q(domain)} >/dev/null 2>&1; echo \"domain_status=$?\"; "
+            "else echo domain_status=none; fi",
+            f"d={q(path)}",
+            'while [ ! -d "$d" ]; do d=$(dirname "$d"); done',
+            'printf \'df_path=%s\\n\' "$d"',
+            'echo "@df"; df -k "$d" 2>/dev/null; echo "@end"',
+        ]
+        for owned_path in owned:
+            parts.append(
+                f"p={q(owned_path)}; "
+                'if [ -e "$p" ] || [ -L "$p" ]; then '
+                'printf \'owner=%s %s\\n\' "$(ls -lnd "$p" | awk \'{print $3}\')" "$p"; fi'
+            )
+        return script(parts)
+
+    def process(self, output):
+        plain, blocks = split_blocks(output, ("df",), "HostReadiness")
+        values = key_values(plain)
+        if "domain_status" not in values or "uid" not in values:
+            raise FactProcessError(f"HostReadiness: unexpected output: {output[:3]!r}")
+        status = values["domain_status"]
+        owners = {}
+        for line in plain:
+            if line.startswith("owner="):
+                uid, _, owned_path = line[len("owner="):].partition(" ")
+                if uid.isdigit():
+                    owners[owned_path] = int(uid)
+        return {
+            "uid": int(values["uid"]) if values["uid"].isdigit() else None,
+            "user": values.get("user") or None,
+            "domain": values.get("domain"),
+            "domain_ok": None if not status.isdigit() else status == "0",
+            "domain_status": int(status) if status.isdigit() else None,
+            "df_path": values.get("df_path"),
+            "free_kb": parse_df(blocks.get("df", [])),
+            "owners": owners,
+        }

@@ -1,0 +1,111 @@
+"""
+The preflight, on the host side: what it reads (``reads``, prefetched with every other
+operation module's reads, so a rerun still costs two remote commands), the refusal
+before any change (``ready``), and bootstrapping uv when the host has none
+(``uv_bootstrap``). The decisions are in ``pyinfra_devpi/preflight.py``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from io import BytesIO
+
+from pyinfra import host, logger
+from pyinfra.api import FileUploadCommand
+
+from facts.host_tools import HostTools
+from facts.preflight import HostReadiness
+from pyinfra_devpi import layout
+from pyinfra_devpi import preflight as decide
+from pyinfra_devpi.config import UV_BOOTSTRAP_VERSION, DevpiConfig, python_request
+from pyinfra_devpi.errors import DeployError
+from pyinfra_devpi.snapshot import FactRead, read
+
+from .announce import operation
+from .devpi import say
+
+q = shlex.quote
+
+
+def tools_read(config: DevpiConfig) -> FactRead:
+    uv = (config.uv,) if config.uv else (*layout.UV_CANDIDATES, config.paths.bootstrap_uv)
+    caddy = (config.caddy_bin,) if config.caddy_bin else layout.CADDY_CANDIDATES
+    python = None if python_request(config.python) else config.python
+    return FactRead.of(
+        HostTools, uv=uv, caddy=caddy, python=python, bootstrap_python=layout.BOOTSTRAP_PYTHON_CANDIDATES
+    )
+
+
+def readiness_read(config: DevpiConfig, domain: str) -> FactRead:
+    return FactRead.of(HostReadiness, domain=domain, path=config.paths.home, owned=decide.owned_paths(config))
+
+
+def reads(config: DevpiConfig, domain: str) -> list:
+    """What the preflight reads from the host."""
+    return [tools_read(config), readiness_read(config, domain)]
+
+
+def ready(config: DevpiConfig, domain: str, needs: decide.Needs) -> decide.Tools:
+    """The tools this run uses, said once in the plan; or the run refused with every
+    problem in one message."""
+    tools, problems = decide.check(
+        config, tools=read(host, tools_read(config)), readiness=read(host, readiness_read(config, domain)),
+        needs=needs,
+    )
+    if problems:
+        raise DeployError(decide.message(host.name, problems))
+    host.log(tools.describe(), logger.info)
+    if tools.caddy is None and needs.caddy_block:
+        logger.warning(f"{host.print_prefix}no caddy binary found: the new Caddy site block is not validated")
+    return tools
+
+
+def bootstrap_script(config: DevpiConfig, python: str, lock_path: str) -> str:
+    """pip-install the pinned uv (``--require-hashes``, wheels only) into a scratch venv made
+    by ``python``, prove it runs, and keep only its binary at ``paths.bootstrap_uv``."""
+    paths = config.paths
+    index = f" --index-url {q(config.index_url)}" if config.index_url else ""
+    target = paths.bootstrap_uv
+    bin_dir = target.rsplit("/", 1)[0]
+    new_python = layout.venv_bin('"$new"', "python")
+    new_uv = layout.venv_bin('"$new"', "uv")
+    lines = [
+        f"# bootstrap uv {UV_BOOTSTRAP_VERSION} from PyPI into {target} (no uv on the host)",
+        "set -e",
+        f"home={q(paths.home)}; new={q(paths.uv_build_venv)}; py={q(python)}",
+        '(umask 077; mkdir -p "$home")',
+        'rm -rf "$new"',
+        "trap 'rc=$?; rm -rf \"$new\"; exit $rc' EXIT",
+        'cd "$home"',
+        '"$py" -m venv "$new" || { '
+        + say("%s could not make a venv (python3 -m venv) to bootstrap uv into", '"$py"')
+        + "; exit 1; }",
+        f"{new_python} -m pip install --quiet --disable-pip-version-check --no-deps "
+        f"--only-binary=:all: --require-hashes{index} -r {q(lock_path)}",
+        f"v=$({new_uv} --version 2>/dev/null || true)",
+        f'case "$v" in {q("uv " + UV_BOOTSTRAP_VERSION)}|{q("uv " + UV_BOOTSTRAP_VERSION + " ")}*) ;; *) '
+        + say(f"the bootstrapped uv reports %s, expected uv {UV_BOOTSTRAP_VERSION}", '"$v"')
+        + "; exit 1;; esac",
+        f"mkdir -p {q(bin_dir)}",
+        f"cp {new_uv} {q(layout.transient(target))}",
+        f"chmod 755 {q(layout.transient(target))}",
+        f"mv -f {q(layout.transient(target))} {q(target)}",
+    ]
+    return "\n".join(lines)
+
+
+@operation
+def uv_bootstrap(config: DevpiConfig, tools: decide.Tools, lock: str):
+    """
+    Install uv into ``<devpi_home>/tools`` when the host has none and a venv must be built.
+
+    + tools: the preflight's answer (``uv_source == "bootstrap"`` means: do it)
+    + lock: the hashed requirement for the pinned uv (``locks/uv-<version>.txt``)
+    """
+    if tools.uv_source != "bootstrap":
+        host.noop(f"uv is {tools.uv}" if tools.uv else "no venv to build: uv is not needed")
+        return
+    lock_path = config.paths.uv_lock_upload(UV_BOOTSTRAP_VERSION)
+    yield f"(umask 077; mkdir -p {q(config.paths.home)}) && mkdir -p {q(config.paths.tools_dir)}"
+    yield FileUploadCommand(BytesIO(lock.encode("utf-8")), lock_path)
+    yield bootstrap_script(config, tools.bootstrap_python, lock_path)

@@ -1,0 +1,239 @@
+"""
+The preflight: what this run needs from the host, decided in Python from facts read in
+the plan's one round trip (``facts/host_tools.py``, ``facts/preflight.py``).
+
+``check`` resolves the tools the run uses (uv, Caddy, devpi's Python: an explicit key
+wins, else the first candidate found, else uv is bootstrapped from PyPI) and lists
+every problem at once; the deploy refuses the run, before any change, with all of them
+in one message. Only what this run needs is required: uv, Python and disk space when
+the venv will be built, Caddy when a changed site block is to be validated; the launchd
+domain and the ownership of the devpi dirs always.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from . import layout
+from .config import (
+    DEVPI_SERVER_VERSION,
+    PYTHON_MINIMUM,
+    UV_BOOTSTRAP_VERSION,
+    DevpiConfig,
+    python_name,
+    python_request,
+)
+
+# What building a venv needs on the file system of devpi_home, with room to spare.
+# Measured (Linux, uv 0.13.9, the 6.20.3/5.1.1 lock): the venv 42 MB, uv's cache of
+# its wheels 12 MB, uv bootstrapped into <home>/tools 64 MB while it is built (40 MB
+# kept). A CPython that uv downloads unpacks to roughly 100 MB more (not measurable
+# here: the sandbox reaches PyPI only).
+VENV_BUILD_MB = 256
+
+# uv's wheels declare Requires-Python >=3.8.
+BOOTSTRAP_PYTHON_MINIMUM = (3, 8)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What this run will do that needs something from the host."""
+
+    venv: bool  # a venv will be built (uv, Python, disk space)
+    caddy_block: bool  # a changed Caddy site block will be validated and moved in
+
+
+@dataclass(frozen=True)
+class Tools:
+    """The programs the run uses, as resolved on the host."""
+
+    uv: str | None  # None: not found and not needed
+    uv_source: str  # "devpi_uv", "found", "bootstrap", "missing"
+    bootstrap_python: str | None  # the python3 that bootstraps uv (uv_source "bootstrap")
+    caddy: str | None
+    caddy_source: str  # "devpi_caddy_bin", "found", "missing"
+    python: str  # what ``uv venv --python`` is given
+    python_note: str  # how that was decided, for the plan
+
+    def describe(self) -> str:
+        """One line for the plan: which uv, Caddy and Python the run uses."""
+        if self.uv_source == "bootstrap":
+            uv = f"none found; bootstrapping uv {UV_BOOTSTRAP_VERSION} from PyPI into {self.uv} with {self.bootstrap_python}"
+        elif self.uv is None:
+            uv = "none found (not needed by this run)"
+        else:
+            uv = f"{self.uv} ({self.uv_source})"
+        if self.caddy is None:
+            caddy = "none found (site block not validated)"
+        else:
+            caddy = f"{self.caddy} ({self.caddy_source})"
+        return f"uv: {uv}; caddy: {caddy}; devpi's Python: {self.python} ({self.python_note})"
+
+
+def _version_tuple(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    return tuple(int(part) for part in text.split("."))
+
+
+def _looked_in(candidates) -> str:
+    names = [c for c in candidates if "/" not in c]
+    places = [c.rsplit("/", 1)[0] for c in candidates if "/" in c]
+    found = [f"{n} on the SSH session's PATH" for n in names] + places
+    return ", ".join(found)
+
+
+def resolve_python(config: DevpiConfig, probed: dict | None) -> tuple[str, str, list[str]]:
+    """What ``uv venv --python`` gets, a note for the plan, and problems (if any)."""
+    if python_request(config.python) is not None:
+        return config.python, "a version uv finds on the host or downloads", []
+    probed = probed or {}
+    path = probed.get("path")
+    fix = "set devpi_python to '3.12' (uv finds or downloads it) or to a newer interpreter's path"
+    if not path:
+        where = "an executable file" if "/" in config.python else "a command on the SSH session's PATH"
+        return config.python, "devpi_python", [f"python: devpi_python is {config.python}, which is not {where}; {fix}"]
+    named = config.python if path == config.python else f"{config.python} ({path})"
+    if probed.get("shim"):
+        return path, "devpi_python", [
+            f"python: devpi_python is {named}, macOS's placeholder python3, and the Command Line Tools "
+            f"are not installed; {fix}"
+        ]
+    version = _version_tuple(probed.get("version"))
+    if version is None:
+        return path, "devpi_python", [f"python: devpi_python is {named}, which did not say its version; {fix}"]
+    if version[:2] < PYTHON_MINIMUM:
+        return path, "devpi_python", [
+            f"python: devpi_python is {named}, which is Python {probed['version']}; devpi-server "
+            f"{DEVPI_SERVER_VERSION} with its locked dependencies needs Python {python_name(PYTHON_MINIMUM)} "
+            f"or newer: {fix}"
+        ]
+    return path, f"Python {probed['version']}, devpi_python", []
+
+
+def check(
+    config: DevpiConfig,
+    *,
+    tools: dict,
+    readiness: dict,
+    needs: Needs,
+) -> tuple[Tools, list[str]]:
+    """The tools this run uses and every problem that must stop it (empty: go ahead)."""
+    problems: list[str] = []
+    paths = config.paths
+
+    # uv
+    uv, bootstrap_python = tools.get("uv"), None
+    if config.uv is not None:
+        uv_source = "devpi_uv" if uv else "missing"
+        if not uv and needs.venv:
+            problems.append(
+                f"uv: devpi_uv is {config.uv}, which is not an executable file on the host"
+                + ("" if "/" in config.uv else " nor a command on the SSH session's PATH")
+            )
+    elif uv:
+        uv_source = "found"
+    else:
+        uv_source = "missing"
+        candidate = tools.get("bootstrap_python")
+        version = _version_tuple(candidate["version"]) if candidate else None
+        if needs.venv and version is not None and version[:2] >= BOOTSTRAP_PYTHON_MINIMUM:
+            uv, uv_source, bootstrap_python = paths.bootstrap_uv, "bootstrap", candidate["path"]
+        elif needs.venv:
+            problems.append(
+                f"uv: not found ({_looked_in(layout.UV_CANDIDATES)}), and no python3 with venv and pip "
+                f"to bootstrap it from PyPI ({_looked_in(layout.BOOTSTRAP_PYTHON_CANDIDATES)}): "
+                "install uv (e.g. `brew install uv`) or set devpi_uv to its path"
+            )
+
+    # devpi's Python
+    python, python_note, python_problems = resolve_python(config, tools.get("python"))
+    if needs.venv:
+        problems += python_problems
+
+    # Caddy
+    caddy = tools.get("caddy")
+    if config.caddy_bin is not None:
+        caddy_source = "devpi_caddy_bin" if caddy else "missing"
+        if not caddy and needs.caddy_block:
+            problems.append(
+                f"caddy: devpi_caddy_bin is {config.caddy_bin}, which is not an executable file on the host"
+                + ("" if "/" in config.caddy_bin else " nor a command on the SSH session's PATH")
+            )
+    elif caddy:
+        caddy_source = "found"
+    else:
+        caddy_source = "missing"
+        if needs.caddy_block and config.caddy_restart:
+            problems.append(
+                f"caddy: not found ({_looked_in(layout.CADDY_CANDIDATES)}); the new site block is "
+                "validated with it before Caddy is restarted: install Caddy (e.g. `brew install caddy`) "
+                "or set devpi_caddy_bin to its path"
+            )
+
+    user = readiness.get("user") or "the SSH user"
+
+    # launchd
+    domain = readiness.get("domain")
+    if readiness.get("domain_ok") is False:
+        uid = domain.split("/", 1)[1] if domain and "/" in domain else "<uid>"
+        hint = (
+            f"gui/{uid} exists only while {user} is logged in at the Mac's console: log in there, "
+            f"or set devpi_launchd_domain = 'user/{uid}' (the domain an SSH session reaches)"
+            if domain and domain.startswith("gui/")
+            else "check devpi_launchd_domain"
+        )
+        problems.append(
+            f"launchd: the domain {domain} is not reachable from this SSH session "
+            f"(`launchctl print {domain}` exited {readiness.get('domain_status')}); {hint}"
+        )
+
+    # disk space, for the venv (and uv) to be built
+    free_kb = readiness.get("free_kb")
+    if needs.venv and free_kb is not None and free_kb < VENV_BUILD_MB * 1024:
+        df_path = readiness.get("df_path")
+        where = paths.home if df_path == paths.home else f"{df_path}, where {paths.home} will be,"
+        problems.append(
+            f"disk: {where} has {free_kb // 1024} MB free; building devpi's venv needs about "
+            f"{VENV_BUILD_MB} MB: free some space or set devpi_home to a larger file system"
+        )
+
+    # the devpi dirs must be the SSH user's: devpi runs as that user
+    uid = readiness.get("uid")
+    for owned, owner in readiness.get("owners", {}).items():
+        if uid is not None and owner != uid:
+            problems.append(
+                f"ownership: {owned} belongs to uid {owner}, but devpi runs as {user} (uid {uid}): give it "
+                f"to {user} (sudo chown -R), or set devpi_home to a directory of theirs"
+            )
+
+    resolved = Tools(
+        uv=uv,
+        uv_source=uv_source,
+        bootstrap_python=bootstrap_python,
+        caddy=caddy,
+        caddy_source=caddy_source,
+        python=python,
+        python_note=python_note,
+    )
+    return resolved, problems
+
+
+def owned_paths(config: DevpiConfig) -> tuple[str, ...]:
+    """The dirs whose owner the preflight checks."""
+    return (config.paths.home, config.paths.server_dir)
+
+
+def message(host_name: str, problems: list[str]) -> str:
+    lines = "\n".join(f"  - {problem}" for problem in problems)
+    return f"{host_name} is not ready for devpi; nothing was changed. Fix these and rerun:\n{lines}"
+
+
+def with_tools(config: DevpiConfig, tools: Tools) -> DevpiConfig:
+    """The config the operations run with: uv, Caddy and Python as found on the host."""
+    return replace(
+        config,
+        uv=tools.uv if tools.uv is not None else config.uv,
+        caddy_bin=tools.caddy if tools.caddy is not None else config.caddy_bin,
+        python=tools.python,
+    )

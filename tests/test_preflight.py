@@ -1,0 +1,486 @@
+"""
+The preflight: the facts' commands run in local shells against a made-up host (tools
+where a Mac keeps them, fake interpreters, a fake launchctl, ``uname`` and
+``xcode-select``), their pure ``process()``, and the decisions made from them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from facts.batch import command_text
+from facts.host_tools import HostTools, candidate_word
+from facts.preflight import HostReadiness, parse_df
+from operations import preflight as preflight_ops
+from pyinfra_devpi import layout
+from pyinfra_devpi.config import UV_BOOTSTRAP_VERSION, ConfigError, build_config
+from pyinfra_devpi.preflight import VENV_BUILD_MB, Needs, Tools, check, message, with_tools
+
+from .prepared import SHELLS, PreparedHost, Upload, gnu_only_forms, run_op, shell_lines
+
+HOME = "/Users/alice"
+BASE = {"devpi_outside_url": "https://pypi.example.org", "devpi_caddy_restart": "org.caddy"}
+MAC_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
+BOTH = Needs(venv=True, caddy_block=True)
+NEITHER = Needs(venv=False, caddy_block=False)
+
+
+def config_of(**data):
+    return build_config({**BASE, **data}, HOME)
+
+
+def executable(path: Path, text: str = "#!/bin/sh\nexit 0\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def fake_python(path: Path, version: str) -> Path:
+    return executable(path, f"#!/bin/sh\necho {version}\n")
+
+
+def run_fact(fact_cls, shell="/bin/sh", env=None, cwd=None, **kwargs):
+    result = subprocess.run([shell, "-c", command_text(fact_cls, kwargs)], capture_output=True, text=True,
+                            env=env, cwd=cwd, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return fact_cls().process(result.stdout.splitlines())
+
+
+# --------------------------------------------------------------------------- HostTools
+
+
+@pytest.fixture
+def mac(tmp_path):
+    """A made-up host: a HOME and a PATH of its own (only a bin dir of fakes)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    path_dir = tmp_path / "path"
+    path_dir.mkdir()
+    return {"home": home, "path": path_dir, "env": {"HOME": str(home), "PATH": f"{path_dir}:{MAC_PATH}"}}
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_first_candidate_found_wins_and_home_paths_expand(shell, mac, tmp_path):
+    executable(mac["home"] / ".cargo/bin/uv")
+    executable(mac["home"] / ".local/bin/uv")
+    (mac["home"] / ".local/bin/not-executable").write_text("")
+    brew = executable(tmp_path / "brew/bin/caddy")
+    found = run_fact(
+        HostTools, shell, mac["env"],
+        uv=("no-such-uv", "~/.local/bin/not-executable", "~/.cargo/bin/uv", "~/.local/bin/uv"),
+        caddy=("/nowhere/caddy", str(tmp_path / "brew/bin"), str(brew)),  # a directory is not it
+    )
+    assert found == {"uv": f"{mac['home']}/.cargo/bin/uv", "caddy": str(brew), "python": None,
+                     "bootstrap_python": None}
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_bare_name_is_looked_up_on_the_sessions_path(shell, mac):
+    uv = executable(mac["path"] / "uv")
+    found = run_fact(HostTools, shell, mac["env"], uv=("uv", "~/.local/bin/uv"), caddy=("caddy",))
+    assert (found["uv"], found["caddy"]) == (str(uv), None)
+    # a shell builtin is not a program
+    assert run_fact(HostTools, shell, mac["env"], uv=("echo",), caddy=())["uv"] is None
+
+
+def test_layouts_candidates_name_macs_places():
+    assert layout.UV_CANDIDATES[0] == "uv"  # the session's PATH first
+    assert {"~/.local/bin/uv", "/opt/homebrew/bin/uv", "/usr/local/bin/uv"} <= set(layout.UV_CANDIDATES)
+    assert {"/opt/homebrew/bin/caddy", "/usr/local/bin/caddy"} <= set(layout.CADDY_CANDIDATES)
+    assert candidate_word("~/.local/bin/uv") == '"$HOME"/.local/bin/uv'
+    reads = preflight_ops.tools_read(config_of()).kwargs
+    assert reads["uv"] == (*layout.UV_CANDIDATES, "/Users/alice/devpi/tools/bin/uv")  # bootstrapped: last
+    assert reads["python"] is None  # "3.12" is a version for uv, nothing to probe
+    explicit = preflight_ops.tools_read(config_of(devpi_uv="/x/uv", devpi_caddy_bin="caddy2",
+                                                  devpi_python="/py/bin/python3")).kwargs
+    assert (explicit["uv"], explicit["caddy"], explicit["python"]) == (("/x/uv",), ("caddy2",), "/py/bin/python3")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_interpreters_report_their_version(shell, mac, tmp_path):
+    python = fake_python(tmp_path / "py/python3.11", "3.11.9")
+    found = run_fact(HostTools, shell, mac["env"], uv=(), caddy=(), python=str(python))
+    assert found["python"] == {"path": str(python), "version": "3.11.9", "shim": False}
+    broken = executable(tmp_path / "py/broken", "#!/bin/sh\nexit 3\n")
+    found = run_fact(HostTools, shell, mac["env"], uv=(), caddy=(), python=str(broken))
+    assert found["python"] == {"path": str(broken), "version": None, "shim": False}
+    found = run_fact(HostTools, shell, mac["env"], uv=(), caddy=(), python="/no/python")
+    assert found["python"] == {"path": None, "version": None, "shim": False}
+
+
+def test_a_real_interpreter_reports_its_version(mac):
+    found = run_fact(HostTools, "/bin/sh", mac["env"], uv=(), caddy=(), python=sys.executable)
+    assert found["python"]["version"] == "%d.%d.%d" % sys.version_info[:3]
+
+
+@pytest.mark.parametrize("developer_dir", [False, True])
+def test_macos_placeholder_python_runs_only_with_the_command_line_tools(mac, developer_dir):
+    # uname says Darwin; xcode-select -p fails without the Command Line Tools.
+    executable(mac["path"] / "uname", "#!/bin/sh\necho Darwin\n")
+    executable(mac["path"] / "xcode-select", f"#!/bin/sh\nexit {0 if developer_dir else 2}\n")
+    if not os.access(layout.MACOS_PYTHON_SHIM, os.X_OK):
+        pytest.skip(f"{layout.MACOS_PYTHON_SHIM} is not on this machine")
+    if developer_dir and sys.platform == "darwin" and subprocess.run(["xcode-select", "-p"],
+                                                                      capture_output=True).returncode != 0:
+        pytest.skip("this Mac has no Command Line Tools: running its python3 would open an install dialog")
+    found = run_fact(HostTools, "/bin/sh", mac["env"], uv=(), caddy=(), python=layout.MACOS_PYTHON_SHIM)
+    assert found["python"]["shim"] is (not developer_dir)
+    assert (found["python"]["version"] is None) is (not developer_dir)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_bootstrap_python_is_looked_for_only_when_there_is_no_uv(shell, mac, tmp_path):
+    old = fake_python(tmp_path / "a/python3", "oops")  # says no version: skipped
+    good = fake_python(tmp_path / "b/python3", "3.9.6")
+    candidates = (str(old), "/nowhere/python3", str(good))
+    found = run_fact(HostTools, shell, mac["env"], uv=("/no/uv",), caddy=(), bootstrap_python=candidates)
+    assert found["bootstrap_python"] == {"path": str(good), "version": "3.9.6"}
+    uv = executable(tmp_path / "uv")
+    found = run_fact(HostTools, shell, mac["env"], uv=(str(uv),), caddy=(), bootstrap_python=candidates)
+    assert found["bootstrap_python"] is None
+
+
+def test_a_bootstrap_python_needs_venv_and_ensurepip(mac):
+    found = run_fact(HostTools, "/bin/sh", mac["env"], uv=(), caddy=(), bootstrap_python=(sys.executable,))
+    assert found["bootstrap_python"]["version"] == "%d.%d.%d" % sys.version_info[:3]
+
+
+# --------------------------------------------------------------------------- HostReadiness
+
+
+DF_SAMPLES = {
+    "linux": ["Filesystem     1K-blocks     Used Available Use% Mounted on",
+              "/dev/vda       264212084 23087740  83303172  22% /"],
+    "macos": ["Filesystem    1024-blocks      Used Available Capacity iused      ifree %iused  Mounted on",
+              "/dev/disk3s5    482797652 301157296 160946020    66% 2381412 1609460200    0%   /System/Volumes/Data"],
+    "macos-spaces": ["Filesystem 1024-blocks Used Available Capacity iused ifree %iused Mounted on",
+                     "map auto_home 0 0 0 100% 0 0 - /System/Volumes/Data/home"],
+    "wrapped": ["Filesystem 1K-blocks Used Available Use% Mounted on",
+                "/dev/mapper/a-very-long-volume-group-name",
+                "  1000 200 800 20% /srv"],
+}
+
+
+@pytest.mark.parametrize(("sample", "free"), [("linux", 83303172), ("macos", 160946020), ("macos-spaces", 0),
+                                              ("wrapped", 800)])
+def test_df_output_of_both_userlands(sample, free):
+    assert parse_df(DF_SAMPLES[sample]) == free
+
+
+def test_df_garbage_is_unknown_not_an_error():
+    assert parse_df([]) is None
+    assert parse_df(["df: /x: No such file or directory"]) is None
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("status", [0, 112])
+def test_readiness_of_a_made_up_host(shell, status, mac, tmp_path):
+    executable(mac["path"] / "launchctl", f"#!/bin/sh\n[ \"$1 $2\" = 'print gui/501' ] || exit 9\nexit {status}\n")
+    home = tmp_path / "deep/er/devpi"
+    found = run_fact(HostReadiness, shell, mac["env"], domain="gui/501", path=str(home),
+                     owned=(str(tmp_path), str(home / "server-dir")))
+    assert found["domain"] == "gui/501" and found["domain_status"] == status
+    assert found["domain_ok"] is (status == 0)
+    assert found["df_path"] == str(tmp_path)  # the nearest directory that exists
+    assert found["free_kb"] is not None and found["free_kb"] > 0
+    assert found["uid"] == os.getuid() and found["user"]
+    assert found["owners"] == {str(tmp_path): os.stat(tmp_path).st_uid}  # the missing one is not listed
+
+
+def test_readiness_without_launchctl_is_unknown(mac, tmp_path):
+    # A PATH with the tools the fact runs but no launchctl (a Mac has /bin/launchctl).
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for name in ("id", "df", "dirname", "ls", "awk"):
+        (tools / name).symlink_to(shutil.which(name))
+    found = run_fact(HostReadiness, "/bin/sh", {**mac["env"], "PATH": str(tools)},
+                     domain="user/501", path=str(tmp_path), owned=())
+    assert found["domain_ok"] is None and found["domain_status"] is None
+    assert found["free_kb"] is not None
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def tools_fact(uv="/opt/homebrew/bin/uv", caddy="/opt/homebrew/bin/caddy", python=None, bootstrap=None):
+    return {"uv": uv, "caddy": caddy, "python": python, "bootstrap_python": bootstrap}
+
+
+def readiness(domain_ok=True, free_mb=10_000, owners=None, domain="gui/501"):
+    return {"uid": 501, "user": "alice", "domain": domain, "domain_ok": domain_ok,
+            "domain_status": 0 if domain_ok else 112, "df_path": "/Users/alice", "free_kb": free_mb * 1024,
+            "owners": owners if owners is not None else {"/Users/alice/devpi": 501}}
+
+
+def test_a_ready_host_resolves_every_tool():
+    tools, problems = check(config_of(), tools=tools_fact(), readiness=readiness(), needs=BOTH)
+    assert problems == []
+    assert tools.describe() == (
+        "uv: /opt/homebrew/bin/uv (found); caddy: /opt/homebrew/bin/caddy (found); "
+        "devpi's Python: 3.12 (a version uv finds on the host or downloads)"
+    )
+    resolved = with_tools(config_of(), tools)
+    assert (resolved.uv, resolved.caddy_bin, resolved.python) == ("/opt/homebrew/bin/uv", "/opt/homebrew/bin/caddy", "3.12")
+    assert resolved.paths == config_of().paths
+
+
+def test_explicit_keys_win_and_are_named():
+    config = config_of(devpi_uv="/srv/uv", devpi_caddy_bin="/srv/caddy", devpi_python="/srv/python3")
+    tools, problems = check(
+        config, tools=tools_fact("/srv/uv", "/srv/caddy", {"path": "/srv/python3", "version": "3.13.1", "shim": False}),
+        readiness=readiness(), needs=BOTH,
+    )
+    assert problems == []
+    assert tools.describe() == ("uv: /srv/uv (devpi_uv); caddy: /srv/caddy (devpi_caddy_bin); "
+                                "devpi's Python: /srv/python3 (Python 3.13.1, devpi_python)")
+
+
+def test_a_python_command_is_resolved_to_its_path():
+    tools, problems = check(config_of(devpi_python="python3.12"),
+                            tools=tools_fact(python={"path": "/opt/homebrew/bin/python3.12", "version": "3.12.4",
+                                                     "shim": False}),
+                            readiness=readiness(), needs=BOTH)
+    assert problems == [] and tools.python == "/opt/homebrew/bin/python3.12"
+
+
+def test_no_uv_is_bootstrapped_with_the_hosts_python3():
+    config = config_of()
+    tools, problems = check(config, tools=tools_fact(uv=None, bootstrap={"path": "/usr/bin/python3", "version": "3.9.6"}),
+                            readiness=readiness(), needs=BOTH)
+    assert problems == []
+    assert (tools.uv, tools.uv_source, tools.bootstrap_python) == (
+        "/Users/alice/devpi/tools/bin/uv", "bootstrap", "/usr/bin/python3")
+    assert tools.describe().startswith(
+        f"uv: none found; bootstrapping uv {UV_BOOTSTRAP_VERSION} from PyPI into /Users/alice/devpi/tools/bin/uv "
+        "with /usr/bin/python3;")
+    # Only when a venv is to be built.
+    tools, problems = check(config, tools=tools_fact(uv=None, bootstrap={"path": "/usr/bin/python3", "version": "3.9.6"}),
+                            readiness=readiness(), needs=NEITHER)
+    assert problems == [] and tools.uv is None and tools.uv_source == "missing"
+
+
+def test_no_uv_and_no_python_to_bootstrap_it():
+    _, problems = check(config_of(), tools=tools_fact(uv=None), readiness=readiness(), needs=BOTH)
+    (problem,) = problems
+    assert problem.startswith("uv: not found (uv on the SSH session's PATH, ~/.local/bin, ~/.cargo/bin, "
+                              "/opt/homebrew/bin, /usr/local/bin)")
+    assert "set devpi_uv" in problem
+    old = {"path": "/usr/bin/python3", "version": "3.7.3"}  # too old for uv's wheel
+    assert len(check(config_of(), tools=tools_fact(uv=None, bootstrap=old), readiness=readiness(), needs=BOTH)[1]) == 1
+
+
+@pytest.mark.parametrize(
+    ("python", "probed", "expected"),
+    [
+        ("/usr/bin/python3", {"path": "/usr/bin/python3", "version": "3.9.6", "shim": False},
+         "python: devpi_python is /usr/bin/python3, which is Python 3.9.6; devpi-server 6.20.3 with its locked "
+         "dependencies needs Python 3.11 or newer"),
+        ("python3", {"path": "/usr/bin/python3", "version": "3.10.2", "shim": False},
+         "python: devpi_python is python3 (/usr/bin/python3), which is Python 3.10.2"),
+        ("python3", {"path": "/usr/bin/python3", "version": None, "shim": True},
+         "macOS's placeholder python3, and the Command Line Tools are not installed"),
+        ("python3", {"path": None, "version": None, "shim": False},
+         "python: devpi_python is python3, which is not a command on the SSH session's PATH"),
+        ("/opt/py/bin/python", {"path": None, "version": None, "shim": False},
+         "python: devpi_python is /opt/py/bin/python, which is not an executable file"),
+        ("/opt/py/bin/python", {"path": "/opt/py/bin/python", "version": None, "shim": False},
+         "which did not say its version"),
+    ],
+)
+def test_an_interpreter_devpi_cannot_run_on_is_refused(python, probed, expected):
+    _, problems = check(config_of(devpi_python=python), tools=tools_fact(python=probed), readiness=readiness(),
+                        needs=BOTH)
+    (problem,) = problems
+    assert expected in problem and "devpi_python" in problem
+
+
+@pytest.mark.parametrize("request_", ["3.9", "3.10", "3.8.18"])
+def test_a_version_request_below_the_minimum_is_a_config_error(request_):
+    with pytest.raises(ConfigError, match="devpi_python.*needs Python 3.11 or newer"):
+        config_of(devpi_python=request_)
+    assert config_of(devpi_python="3.11").python == "3.11"
+
+
+def test_defaults_are_found_not_named():
+    config = config_of()
+    assert (config.uv, config.caddy_bin, config.python) == (None, None, "3.12")
+
+
+def test_caddy_is_needed_only_to_validate_a_changed_block_for_a_managed_caddy():
+    config = config_of()
+    _, problems = check(config, tools=tools_fact(caddy=None), readiness=readiness(), needs=BOTH)
+    assert problems and problems[0].startswith("caddy: not found (caddy on the SSH session's PATH, "
+                                               "/opt/homebrew/bin, /usr/local/bin)")
+    assert check(config, tools=tools_fact(caddy=None), readiness=readiness(), needs=NEITHER)[1] == []
+    unmanaged = build_config({"devpi_outside_url": "https://pypi.example.org"}, HOME)  # no devpi_caddy_restart
+    tools, problems = check(unmanaged, tools=tools_fact(caddy=None), readiness=readiness(), needs=BOTH)
+    assert problems == [] and "caddy: none found (site block not validated)" in tools.describe()
+    explicit = config_of(devpi_caddy_bin="/x/caddy")
+    assert "devpi_caddy_bin is /x/caddy" in check(explicit, tools=tools_fact(caddy=None), readiness=readiness(),
+                                                  needs=BOTH)[1][0]
+
+
+def test_an_unreachable_gui_domain_says_how_to_fix_it():
+    _, problems = check(config_of(), tools=tools_fact(), readiness=readiness(domain_ok=False), needs=NEITHER)
+    (problem,) = problems
+    assert "the domain gui/501 is not reachable from this SSH session (`launchctl print gui/501` exited 112)" in problem
+    assert "alice is logged in at the Mac's console" in problem
+    assert "devpi_launchd_domain = 'user/501'" in problem
+
+
+def test_too_little_disk_for_a_venv_build():
+    low = readiness(free_mb=VENV_BUILD_MB - 1)
+    (problem,) = check(config_of(), tools=tools_fact(), readiness=low, needs=BOTH)[1]
+    assert problem.startswith(f"disk: /Users/alice, where /Users/alice/devpi will be, has {VENV_BUILD_MB - 1} MB free")
+    assert check(config_of(), tools=tools_fact(), readiness=low, needs=NEITHER)[1] == []
+    unknown = {**readiness(), "free_kb": None}
+    assert check(config_of(), tools=tools_fact(), readiness=unknown, needs=BOTH)[1] == []
+
+
+def test_a_server_dir_of_another_user():
+    owners = {"/Users/alice/devpi": 501, "/Users/alice/devpi/server-dir": 0}
+    (problem,) = check(config_of(), tools=tools_fact(), readiness=readiness(owners=owners), needs=NEITHER)[1]
+    assert problem.startswith("ownership: /Users/alice/devpi/server-dir belongs to uid 0, but devpi runs as alice")
+
+
+def test_everything_missing_is_listed_in_one_message():
+    config = config_of(devpi_python="/usr/bin/python3")
+    _, problems = check(
+        config,
+        tools=tools_fact(uv=None, caddy=None, python={"path": "/usr/bin/python3", "version": "3.9.6", "shim": False}),
+        readiness=readiness(domain_ok=False, free_mb=5, owners={"/Users/alice/devpi/server-dir": 0}),
+        needs=BOTH,
+    )
+    assert [p.split(":", 1)[0] for p in problems] == ["uv", "python", "caddy", "launchd", "disk", "ownership"]
+    text = message("indri", problems)
+    assert text.startswith("indri is not ready for devpi; nothing was changed. Fix these and rerun:\n  - uv: ")
+    assert text.count("\n  - ") == 6
+
+
+# --------------------------------------------------------------------------- the bootstrap
+
+
+def bootstrap_tools(config):
+    return Tools(uv=config.paths.bootstrap_uv, uv_source="bootstrap", bootstrap_python="/usr/bin/python3",
+                 caddy=None, caddy_source="missing", python="3.12", python_note="")
+
+
+def test_uv_bootstrap_uploads_the_hashed_pin_and_keeps_only_the_binary():
+    config = config_of()
+    host = PreparedHost()
+    commands = run_op(preflight_ops.uv_bootstrap, host, config=config, tools=bootstrap_tools(config),
+                      lock="uv==0.13.9 --hash=sha256:00\n")
+    assert [c.dest for c in commands if isinstance(c, Upload)] == [f"/Users/alice/devpi/tools/uv-{UV_BOOTSTRAP_VERSION}.lock.txt"]
+    script = shell_lines(commands)[-1]
+    assert "--require-hashes" in script and "--only-binary=:all:" in script
+    assert "py=/usr/bin/python3" in script and '"$py" -m venv "$new"' in script
+    assert "mv -f /Users/alice/devpi/tools/bin/uv.pyinfra-new /Users/alice/devpi/tools/bin/uv" in script
+    assert all(gnu_only_forms(c) == [] for c in shell_lines(commands))
+    found = Tools(uv="/opt/homebrew/bin/uv", uv_source="found", bootstrap_python=None, caddy=None,
+                  caddy_source="missing", python="3.12", python_note="")
+    assert run_op(preflight_ops.uv_bootstrap, host, config=config, tools=found, lock="") == []
+    assert host.noops == ["uv is /opt/homebrew/bin/uv"]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_uv_bootstrap_without_a_working_python_changes_nothing(shell, tmp_path):
+    config = build_config({**BASE, "devpi_home": str(tmp_path / "devpi")}, HOME)
+    lock = tmp_path / "lock.txt"
+    lock.write_text("uv==0.13.9 --hash=sha256:00\n")
+    python = executable(tmp_path / "no venv here", "#!/bin/sh\nexit 1\n")
+    script = preflight_ops.bootstrap_script(config, str(python), str(lock))
+    result = subprocess.run([shell, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"{python} could not make a venv (python3 -m venv) to bootstrap uv into" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "devpi").iterdir()) == []  # the scratch venv is gone
+
+
+def test_preflight_commands_use_no_gnu_only_forms():
+    config = config_of()
+    commands = [
+        command_text(HostTools, preflight_ops.tools_read(config).kwargs),
+        command_text(HostReadiness, preflight_ops.readiness_read(config, "gui/501").kwargs),
+        preflight_ops.bootstrap_script(config, "/usr/bin/python3", "/x.lock.txt"),
+    ]
+    assert {c: gnu_only_forms(c) for c in commands if gnu_only_forms(c)} == {}
+
+
+# --------------------------------------------------------------------------- the deploy's use
+
+
+class FactsHost(PreparedHost):
+    """Answers the preflight's two facts; records what was asked."""
+
+    def __init__(self, tools, readiness):
+        super().__init__()
+        self.answers = {"HostTools": tools, "HostReadiness": readiness}
+
+    def get_fact(self, cls, **kwargs):
+        self.asked.append((cls.__name__, kwargs))
+        return self.answers[cls.__name__]
+
+
+def run_ready(host, config, needs=BOTH):
+    from types import SimpleNamespace
+
+    from pyinfra.context import ctx_host, ctx_state
+
+    with ctx_host.use(host), ctx_state.use(SimpleNamespace(is_executing=False, config=SimpleNamespace(DIFF=False))):
+        return preflight_ops.ready(config, "gui/501", needs)
+
+
+def test_ready_reads_exactly_what_reads_declares_and_says_the_tools_once():
+    from pyinfra_devpi.snapshot import FactRead
+
+    config = config_of()
+    host = FactsHost(tools_fact(), readiness())
+    tools = run_ready(host, config)
+    declared = {(r.fact.__name__, r.arguments) for r in preflight_ops.reads(config, "gui/501")}
+    assert {(name, FactRead.of(object, **kwargs).arguments) for name, kwargs in host.asked} == declared
+    assert host.logged == [tools.describe()]
+
+
+def test_ready_refuses_with_every_problem():
+    from pyinfra_devpi.errors import DeployError
+
+    host = FactsHost(tools_fact(uv=None, caddy=None), readiness(domain_ok=False))
+    with pytest.raises(DeployError) as error:
+        run_ready(host, config_of())
+    assert str(error.value).startswith("prepared is not ready for devpi; nothing was changed.")
+    assert str(error.value).count("\n  - ") == 3  # uv, caddy, launchd
+    assert host.logged == []
+
+
+# --------------------------------------------------------------------------- hostile values
+
+
+HOSTILE = "$(touch pwned-a) `touch pwned-b` \"; touch pwned-c; ' ; touch pwned-d %s \\ ~"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_hostile_paths_in_the_preflight_facts_run_nothing(shell, mac, tmp_path):
+    value = HOSTILE
+    odd = tmp_path / value
+    uv = executable(odd / "uv")
+    python = fake_python(odd / "python3", "3.12.1")
+    found = run_fact(HostTools, shell, mac["env"], tmp_path, uv=(f"/nowhere/{value}", str(uv)), caddy=(value,),
+                     python=str(python), bootstrap_python=(value,))
+    assert found["uv"] == str(uv) and found["caddy"] is None
+    assert found["python"] == {"path": str(python), "version": "3.12.1", "shim": False}
+    found = run_fact(HostReadiness, shell, mac["env"], tmp_path, domain=f"gui/{value}", path=str(odd / "devpi"),
+                     owned=(str(odd), str(odd / "devpi")))
+    assert found["df_path"] == str(odd) and found["owners"] == {str(odd): os.getuid()}
+    assert found["domain"] == f"gui/{value}"
+    # the bootstrap script's failure path names the interpreter as it is
+    config = build_config({**BASE, "devpi_home": str(odd / "devpi")}, HOME)
+    script = preflight_ops.bootstrap_script(config, str(odd / "no-python"), str(odd / "lock.txt"))
+    result = subprocess.run([shell, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 1 and f"{odd}/no-python could not make a venv" in result.stderr
+    assert sorted(tmp_path.rglob("pwned-*")) == []
