@@ -122,6 +122,8 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
         'ln -s "$new" "$link"',
         f'{python} -I -c {q(replace)} "$link" "$live"',
         "swapped=1",
+        # Where the health gate rolls back to if this venv's devpi does not come up.
+        f'printf \'%s\\n\' "$prev" > {q(paths.venv_previous)}',
         prune_script(paths),
     ]
     return "\n".join(lines)
@@ -280,28 +282,39 @@ def init(config: DevpiConfig, password_hash=None):
     yield init_script(config)
 
 
-def wait_healthy_script(url: str, timeout: int, err_log: str, nodeinfo: str | None = None) -> str:
+def wait_healthy_script(
+    url: str, timeout: int, err_log: str, nodeinfo: str | None = None, rollback: dict | None = None,
+) -> str:
     """Poll ``GET /+api`` until it answers 200 from *this* server dir's devpi.
 
     devpi sends its server dir's uuid (``.nodeinfo``) in ``X-DEVPI-UUID`` on every
     answer: a 200 from another devpi on the port (a job under an old label, a previous
     ``devpi_home``) is not health. On timeout, say what answered and print the
     error log's tail.
+
+    ``rollback`` (after this run swapped in a new venv): ``version`` (the devpi-server
+    that failed), ``previous`` (the file naming the venv it replaced), ``live`` (the
+    venv link) and ``target`` (the job's ``domain/label``). When the new venv's devpi
+    does not come up, the link goes back to the previous venv, the job restarts, and
+    the gate waits again; the run still fails, naming the version that failed.
     """
     api = url.rstrip("/") + "/+api"
     want = (
         f"want=$(sed -n 's/.*\"uuid\": *\"\\([^\"]*\\)\".*/\\1/p' {q(nodeinfo)} 2>/dev/null | head -n 1); "
         if nodeinfo else "want=; "
     )
-    return (
-        want
-        + f"end=$(($(date +%s) + {int(timeout)})); code=000; got=; "
+    wait = (
+        "healthy() { "
+        f"end=$(($(date +%s) + {int(timeout)})); code=000; got=; "
         "while :; do "
         f"hdr=$(curl -s -D - -o /dev/null --max-time 5 {q(api)} 2>/dev/null | tr -d '\\r') || true; "
         "code=$(printf '%s\\n' \"$hdr\" | sed -n 's/^HTTP\\/[0-9.]* \\([0-9]*\\).*/\\1/p' | tail -n 1); "
         "got=$(printf '%s\\n' \"$hdr\" | sed -n 's/^[Xx]-[Dd][Ee][Vv][Pp][Ii]-[Uu][Uu][Ii][Dd]: *//p' | tail -n 1); "
-        'if [ "${code:-000}" = 200 ] && { [ -z "$want" ] || [ "$got" = "$want" ]; }; then exit 0; fi; '
-        'if [ "$(date +%s)" -ge "$end" ]; then '
+        'if [ "${code:-000}" = 200 ] && { [ -z "$want" ] || [ "$got" = "$want" ]; }; then return 0; fi; '
+        'if [ "$(date +%s)" -ge "$end" ]; then return 1; fi; '
+        "sleep 0.3; done; }; "
+    )
+    report = (
         'if [ "${code:-000}" = 200 ]; then '
         + say(
             "another devpi answers on %s: its server dir is %s, this one's is %s. A job under an old "
@@ -313,19 +326,48 @@ def wait_healthy_script(url: str, timeout: int, err_log: str, nodeinfo: str | No
             f"devpi did not answer 200 on %s within {int(timeout)}s (last status: %s). Last lines of %s:",
             q(api), '"${code:-000}"', q(err_log),
         )
-        + f"; tail -n 40 {q(err_log)} >&2 2>/dev/null; exit 1; fi; "
-        "sleep 0.3; done"
+        + f"; tail -n 40 {q(err_log)} >&2 2>/dev/null; "
     )
+    back = ""
+    if rollback:
+        replace = "import os, sys; os.replace(sys.argv[1], sys.argv[2])"
+        back = (
+            f"prev=$(head -n 1 {q(rollback['previous'])} 2>/dev/null || true); live={q(rollback['live'])}; "
+            'if [ -n "$prev" ] && [ -x "$prev"/bin/python ]; then '
+            + say(
+                f"devpi-server {rollback['version']} failed the health gate: rolling back to the previous "
+                "venv %s",
+                '"$prev"',
+            )
+            + f'; rm -f "$live"{layout.TRANSIENT_SUFFIX}; ln -s "$prev" "$live"{layout.TRANSIENT_SUFFIX}; '
+            f'"$prev"/bin/python -I -c {q(replace)} "$live"{layout.TRANSIENT_SUFFIX} "$live"; '
+            f"launchctl kickstart -k {q(rollback['target'])}; "
+            "if healthy; then "
+            + say(f"rolled back: devpi answers again from %s; devpi-server {rollback['version']} is not in use",
+                  '"$prev"')
+            + "; else "
+            + say("the rollback did not bring devpi back either (last status: %s)", '"${code:-000}"')
+            + "; fi; fi; "
+        )
+    return want + wait + "if healthy; then exit 0; fi; " + report + back + "exit 1"
 
 
 @operation
-def wait_healthy(config: DevpiConfig, after=()):
+def wait_healthy(config: DevpiConfig, after=(), new_venv=(), target: str | None = None):
     """After a (re)start, wait (bounded) for ``GET /+api`` to answer 200.
 
     + after: the operations that may have (re)started devpi; nothing to wait for
       when none of them changed anything
+    + new_venv: the operation that swaps in a new venv: when it changed something
+      and devpi then fails the gate, roll back to the previous venv
+    + target: the job's ``domain/label`` (restarted by a rollback)
     """
     if not any_changed(after):
         host.noop("devpi was not (re)started")
         return
-    yield wait_healthy_script(config.local_url, config.health_timeout, config.paths.err_log, config.paths.nodeinfo)
+    paths = config.paths
+    rollback = None
+    if any_changed(new_venv) and target:
+        rollback = {"version": config.server_version, "previous": paths.venv_previous, "live": paths.venv,
+                    "target": target}
+    yield wait_healthy_script(config.local_url, config.health_timeout, paths.err_log, paths.nodeinfo, rollback)

@@ -203,7 +203,10 @@ def devpi_service():
         restart_after=[venv_op, config_op],
         directories=[paths.log_dir],
     )
-    health_op = devpi.wait_healthy(name="Wait for devpi to answer", config=config, after=[agent_op])
+    health_op = devpi.wait_healthy(
+        name="Wait for devpi to answer", config=config, after=[agent_op], new_venv=[venv_op],
+        target=f"{domain}/{config.label}",
+    )
     caddy_op = caddy.site(
         name="Caddy site block for devpi",
         path=paths.caddy_site_file,

@@ -130,6 +130,9 @@ class Layout:
     # devpi_home ------------------------------------------------------------
     venv = _Under("home", "venv")  # the live venv: a symlink to one of venvs_dir's
     venvs_dir = _Under("home", "venvs")
+    # The venv the live link pointed at before the last swap: where a failed
+    # upgrade rolls back to (written by the venv build, read by the health gate).
+    venv_previous = _Under("home", "venv.previous")
     server_dir = _Under("home", "server-dir")
     nodeinfo = _Under("server_dir", NODEINFO)
     serverversion = _Under("server_dir", SERVERVERSION)

@@ -74,3 +74,61 @@ def test_nothing_listening_times_out_with_the_log_tail(shell, tmp_path):
     assert result.returncode == 1
     assert "did not answer 200 on http://127.0.0.1:9/+api within 1s (last status: 000)" in result.stderr
     assert "Traceback: boom" in result.stderr
+
+
+def test_a_new_venv_whose_devpi_fails_the_gate_is_rolled_back(tmp_path):
+    """The swapped-in venv's devpi never answers: the link goes back to the previous
+    venv, the job restarts (a stand-in launchctl starts a devpi-like server), the gate
+    waits again, and the run still fails naming the version."""
+    import socket
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    home = tmp_path / "home"
+    (home / "venvs").mkdir(parents=True)
+    old, new = home / "venvs" / "old", home / "venvs" / "new"
+    for venv in (old, new):
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / "python").symlink_to(sys.executable)
+    live = home / "venv"
+    live.symlink_to(new)
+    (home / "venv.previous").write_text(f"{old}\n")
+    server = tmp_path / "server.py"
+    server.write_text(
+        "import http.server, sys\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def log_message(self, *a): pass\n"
+        "    def do_GET(self):\n"
+        f"        self.send_response(200); self.send_header('X-DEVPI-UUID', {OURS!r})\n"
+        "        self.send_header('Content-Length', '0'); self.end_headers()\n"
+        f"http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "launchctl.calls"
+    fake = bin_dir / "launchctl"
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" >> {calls}\n'
+        f'{sys.executable} {server} >/dev/null 2>&1 &\necho $! > {tmp_path / "server.pid"}\n'
+    )
+    fake.chmod(0o755)
+    rollback = {"version": "6.20.99", "previous": str(home / "venv.previous"), "live": str(live),
+                "target": "gui/501/net.devpi"}
+    script = wait_healthy_script(f"http://127.0.0.1:{port}", 2, str(tmp_path / "err.log"), nodeinfo(tmp_path), rollback)
+    assert gnu_only_forms(script) == []
+    import os
+
+    try:
+        result = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    finally:
+        pid_file = tmp_path / "server.pid"
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), 15)
+    assert result.returncode == 1
+    assert f"devpi-server 6.20.99 failed the health gate: rolling back to the previous venv {old}" in result.stderr
+    assert f"rolled back: devpi answers again from {old}" in result.stderr
+    assert os.readlink(live) == str(old)
+    assert calls.read_text() == "kickstart -k gui/501/net.devpi\n"

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from .common import LOOPBACK, HarnessError
 from .logs import tail
@@ -46,10 +46,15 @@ def build_wheel(
     name: str,
     version: str,
     requires: Iterable[str] = (),
+    *,
+    modules: dict[str, str] | None = None,
+    scripts: dict[str, str] | None = None,
 ) -> WheelInfo:
     """Write a minimal pure-Python ``py3-none-any`` wheel by hand (no build backend, no
     network): package ``<name_with_underscores>`` with ``__version__``, METADATA, WHEEL and a
-    RECORD with sha256 digests. Byte-for-byte reproducible (fixed zip timestamps)."""
+    RECORD with sha256 digests. Byte-for-byte reproducible (fixed zip timestamps).
+    ``modules``: more modules of the package (``{"main": source}``); ``scripts``: console
+    scripts (``{"devpi-server": "devpi_server.main:main"}``)."""
     requires = tuple(requires)
     dist = re.sub(r"[-_.]+", "_", name).lower()
     dist_info = f"{dist}-{version}.dist-info"
@@ -58,7 +63,12 @@ def build_wheel(
             f'"""{name} {version}: a package built by the e2e harness."""\n'
             f'__version__ = "{version}"\n'
         ).encode(),
+        **{f"{dist}/{module}.py": source.encode() for module, source in (modules or {}).items()},
     }
+    if scripts:
+        files[f"{dist_info}/entry_points.txt"] = (
+            "[console_scripts]\n" + "".join(f"{n} = {target}\n" for n, target in scripts.items())
+        ).encode()
     metadata = [
         "Metadata-Version: 2.1",
         f"Name: {name}",
@@ -123,9 +133,10 @@ class Upstream:
                 return info
         raise KeyError((name, version))
 
-    def add_project(self, name: str, version: str, requires: Iterable[str] = ()) -> WheelInfo:
-        """Build one more wheel and republish the index (served immediately)."""
-        info = build_wheel(self.root / "files", name, version, requires)
+    def add_project(self, name: str, version: str, requires: Iterable[str] = (), **wheel: Any) -> WheelInfo:
+        """Build one more wheel (``build_wheel``'s keywords) and republish the index
+        (served immediately)."""
+        info = build_wheel(self.root / "files", name, version, requires, **wheel)
         self.wheels[info.filename] = info
         self.write_index()
         return info

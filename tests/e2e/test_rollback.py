@@ -1,0 +1,54 @@
+"""A new devpi-server that installs and imports but cannot start is rolled back."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from .harness import start_upstream
+from .stack import start_stack
+
+pytestmark = pytest.mark.e2e
+
+BROKEN_SERVER = (
+    'DATABASE_VERSION = "4"\n'
+    "import sys\n"
+    "def main():\n"
+    '    if "--version" in sys.argv:\n'
+    '        print("6.20.99")\n'
+    "        return 0\n"
+    '    sys.stderr.write("devpi-server 6.20.99: a release that cannot start (built by the e2e test)\\n")\n'
+    "    return 1\n"
+)
+
+
+@pytest.fixture
+def upstream(tools, tmp_path):
+    """A private hermetic index: the broken release must not show up in other tests'."""
+    index = start_upstream(tmp_path / "upstream", python=tools.python3)
+    yield index
+    index.stop()
+
+
+def test_a_bad_upgrade_is_rolled_back_to_the_previous_venv(sshd, launchd, upstream, tmp_path):
+    # devpi-server 6.20.99 and devpi-web 5.1.99 install and import, report their
+    # version, and exit at once when started; setuptools is what the pins also ask for.
+    upstream.add_project("devpi-server", "6.20.99", modules={"main": BROKEN_SERVER},
+                         scripts={"devpi-server": "devpi_server.main:main"})
+    upstream.add_project("devpi-web", "5.1.99", modules={"main": ""})
+    upstream.add_project("setuptools", "80.0")
+    with start_stack(sshd, launchd, upstream, tmp_path / "stack", "rollback", caddy=False) as stack:
+        good = os.path.realpath(stack.devpi_home / "venv")
+        pid = stack.wait_healthy()
+
+        result = stack.deploy(check=False, devpi_server_version="6.20.99", devpi_web_version="5.1.99",
+                              devpi_index_url=upstream.url, devpi_health_timeout=8)
+
+        assert result.returncode != 0, result.describe()
+        assert "devpi-server 6.20.99 failed the health gate: rolling back to the previous venv" in result.output
+        assert "rolled back: devpi answers again from" in result.output, result.describe()
+        assert "a release that cannot start" in result.output  # the error log's tail
+        assert os.path.realpath(stack.devpi_home / "venv") == good
+        assert stack.wait_healthy() != pid  # restarted, from the good venv
+        assert stack.api_ok()
