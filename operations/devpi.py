@@ -331,16 +331,18 @@ def wait_healthy_script(
     back = ""
     if rollback:
         replace = "import os, sys; os.replace(sys.argv[1], sys.argv[2])"
+        prev_python = layout.venv_bin('"$prev"', "python")
         back = (
             f"prev=$(head -n 1 {q(rollback['previous'])} 2>/dev/null || true); live={q(rollback['live'])}; "
-            'if [ -n "$prev" ] && [ -x "$prev"/bin/python ]; then '
+            f'if [ -n "$prev" ] && [ -x {prev_python} ]; then '
             + say(
                 f"devpi-server {rollback['version']} failed the health gate: rolling back to the previous "
                 "venv %s",
                 '"$prev"',
             )
             + f'; rm -f "$live"{layout.TRANSIENT_SUFFIX}; ln -s "$prev" "$live"{layout.TRANSIENT_SUFFIX}; '
-            f'"$prev"/bin/python -I -c {q(replace)} "$live"{layout.TRANSIENT_SUFFIX} "$live"; '
+            f'{prev_python} -I -c {q(replace)} '
+            f'"$live"{layout.TRANSIENT_SUFFIX} "$live"; '
             f"launchctl kickstart -k {q(rollback['target'])}; "
             "if healthy; then "
             + say(f"rolled back: devpi answers again from %s; devpi-server {rollback['version']} is not in use",
