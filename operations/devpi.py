@@ -27,6 +27,11 @@ from .triggers import any_changed
 q = shlex.quote
 
 
+# Swap a symlink in one rename (POSIX ``mv`` cannot replace a link to a directory
+# atomically on every system); run by a venv's own Python.
+RENAME = "import os, sys; os.replace(sys.argv[1], sys.argv[2])"
+
+
 def say(message: str, *shell_values: str) -> str:
     """A shell command printing ``message`` to stderr; ``%s`` in it takes each of
     ``shell_values`` (shell expressions such as ``"$version"``, expanded by the host)."""
@@ -75,7 +80,6 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
         "import sys, devpi_server, devpi_web.main; "
         "from devpi_server.main import DATABASE_VERSION as v; print(v)"
     )
-    replace = "import os, sys; os.replace(sys.argv[1], sys.argv[2])"
     python = layout.venv_bin('"$new"', "python")
     devpi_server = layout.venv_bin('"$new"', "devpi-server")
     lines = [
@@ -120,7 +124,7 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
         f'link="$live"{layout.TRANSIENT_SUFFIX}',
         'rm -f "$link"',
         'ln -s "$new" "$link"',
-        f'{python} -I -c {q(replace)} "$link" "$live"',
+        f'{python} -I -c {q(RENAME)} "$link" "$live"',
         "swapped=1",
         # Where the health gate rolls back to if this venv's devpi does not come up.
         f'printf \'%s\\n\' "$prev" > {q(paths.venv_previous)}',
@@ -330,7 +334,6 @@ def wait_healthy_script(
     )
     back = ""
     if rollback:
-        replace = "import os, sys; os.replace(sys.argv[1], sys.argv[2])"
         prev_python = layout.venv_bin('"$prev"', "python")
         back = (
             f"prev=$(head -n 1 {q(rollback['previous'])} 2>/dev/null || true); live={q(rollback['live'])}; "
@@ -341,7 +344,7 @@ def wait_healthy_script(
                 '"$prev"',
             )
             + f'; rm -f "$live"{layout.TRANSIENT_SUFFIX}; ln -s "$prev" "$live"{layout.TRANSIENT_SUFFIX}; '
-            f'{prev_python} -I -c {q(replace)} '
+            f'{prev_python} -I -c {q(RENAME)} '
             f'"$live"{layout.TRANSIENT_SUFFIX} "$live"; '
             f"launchctl kickstart -k {q(rollback['target'])}; "
             "if healthy; then "
