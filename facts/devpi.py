@@ -127,8 +127,9 @@ class VenvVersions(FactBase):
     """
     The devpi-server and devpi-web versions installed in a venv. Returns ``None``
     when there is no venv interpreter, else a dict: ``devpi-server``, ``devpi-web``
-    (each a version or ``None``), ``python`` (from ``pyvenv.cfg``), and ``path`` (the
-    venv's real directory, the live link resolved).
+    (each a version or ``None``), ``python`` (from ``pyvenv.cfg``), ``path`` (the
+    venv's real directory, the live link resolved) and ``link`` (what the live link
+    says, as written; ``None`` when the venv is a real directory, e.g. made by hand).
 
     Read from the ``.dist-info`` directory names rather than by importing
     ``importlib.metadata`` in the venv: this fact runs on every converge, and the
@@ -145,6 +146,7 @@ class VenvVersions(FactBase):
             f"v={quoted}; "
             f"if [ -x {python} ]; then "
             'echo "path=$(cd "$v" && pwd -P)"; '
+            'if [ -L "$v" ]; then echo "link=$(readlink "$v")"; fi; '
             f'{python} -I -S -c "" 2>/dev/null || echo "broken=true"; '
             f'for d in {globs}; do if [ -d "$d" ]; then echo "dist=${{d##*/}}"; fi; done; '
             'if [ -f "$v/pyvenv.cfg" ]; then '
@@ -161,6 +163,7 @@ class VenvVersions(FactBase):
         result = {name: None for name in _DISTS}
         result["python"] = values.get("python") or None
         result["path"] = values["path"]
+        result["link"] = values.get("link") or None
         if values.get("broken") == "true":
             # The interpreter exists but cannot run: report no versions, so it is rebuilt.
             return result

@@ -57,10 +57,14 @@ def server_dir(config: DevpiConfig) -> dict:
 
 
 def venv_is_current(config: DevpiConfig, installed: dict | None) -> bool:
+    """The live venv holds the pinned versions and is one this deploy built (the link
+    points into ``venvs/``): a venv made otherwise (by hand, by the Ansible role this
+    deploy replaces) is not built from the lock, so it is rebuilt like an upgrade."""
     return bool(
         installed
         and installed.get("devpi-server") == config.server_version
-        and installed.get("devpi-web") == config.web_version,
+        and installed.get("devpi-web") == config.web_version
+        and (installed.get("link") or "").startswith(config.paths.venvs_dir + "/"),
     )
 
 

@@ -162,7 +162,11 @@ def test_venv_versions_from_metadata_dirs(tmp_path, shell):
     ])
     fact = run_fact(VenvVersions, shell=shell, venv=str(venv))
     assert fact == {"devpi-server": "6.21.0", "devpi-web": "5.2.0", "python": "3.12.4",
-                    "path": str(venv.resolve())}
+                    "path": str(venv.resolve()), "link": None}
+    # the live venv as the deploy makes it: a link into venvs/, reported as written
+    live = tmp_path / "live"
+    live.symlink_to(venv)
+    assert run_fact(VenvVersions, shell=shell, venv=str(live))["link"] == str(venv)
 
 
 def test_venv_whose_interpreter_cannot_run_reports_no_versions(tmp_path):

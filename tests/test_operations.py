@@ -69,7 +69,8 @@ def converged(config) -> PreparedHost:
             "has_serverversion": True, "serverversion": "4", "has_database": True, "complete": True,
             "secret_file": {"exists": True, "mode": "-rw-------"},
         },
-        venv={"devpi-server": "6.20.3", "devpi-web": "5.1.1", "python": "3.11.7", "path": "/x"},
+        venv={"devpi-server": "6.20.3", "devpi-web": "5.1.1", "python": "3.11.7", "path": "/x",
+              "link": f"{config.paths.venvs_dir}/devpi-server-6.20.3-web-5.1.1-20261130-1"},
         files={
             config.paths.plist_file: render_plist(config),
             config.paths.config_file: render_server_yaml(config),
@@ -799,3 +800,13 @@ def test_init_reads_the_root_password_while_planning_only_in_a_real_run(config, 
     # executing: the hash is made from the secret read once per run
     assert in_context(host, provider).unmask().startswith("$argon2")
     assert len(resolved) == 1
+
+
+def test_a_venv_not_built_by_the_deploy_is_rebuilt_like_an_upgrade(config):
+    """The Ansible role's venv: a real directory with the pinned versions, not built
+    from this project's lock. It is rebuilt and swapped in (and moved aside, kept)."""
+    host = converged(config)
+    host.venv = {**host.venv, "link": None}
+    steps = converge(host, config)
+    assert any("uv" in c and "pip install" in c for c in shell_lines(steps["venv"]))
+    assert launchctl_verbs(steps["agent"]) == ["kickstart -k"]
