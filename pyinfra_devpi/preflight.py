@@ -111,6 +111,17 @@ def resolve_python(config: DevpiConfig, probed: dict | None) -> tuple[str, str, 
     return path, f"Python {probed['version']}, devpi_python", []
 
 
+def _explicit_tool(what: str, key: str, value: str, found, needed: bool, problems: list[str]) -> str:
+    """The source of a tool the operator named (``key``); a problem when it is needed
+    and not there."""
+    if not found and needed:
+        problems.append(
+            f"{what}: {key} is {value}, which is not an executable file on the host"
+            + ("" if "/" in value else " nor a command on the SSH session's PATH")
+        )
+    return key if found else "missing"
+
+
 def check(
     config: DevpiConfig,
     *,
@@ -125,12 +136,7 @@ def check(
     # uv
     uv, bootstrap_python = tools.get("uv"), None
     if config.uv is not None:
-        uv_source = "devpi_uv" if uv else "missing"
-        if not uv and needs.venv:
-            problems.append(
-                f"uv: devpi_uv is {config.uv}, which is not an executable file on the host"
-                + ("" if "/" in config.uv else " nor a command on the SSH session's PATH")
-            )
+        uv_source = _explicit_tool("uv", "devpi_uv", config.uv, uv, needs.venv, problems)
     elif uv:
         uv_source = "found"
     else:
@@ -154,12 +160,7 @@ def check(
     # Caddy
     caddy = tools.get("caddy")
     if config.caddy_bin is not None:
-        caddy_source = "devpi_caddy_bin" if caddy else "missing"
-        if not caddy and needs.caddy_block:
-            problems.append(
-                f"caddy: devpi_caddy_bin is {config.caddy_bin}, which is not an executable file on the host"
-                + ("" if "/" in config.caddy_bin else " nor a command on the SSH session's PATH")
-            )
+        caddy_source = _explicit_tool("caddy", "devpi_caddy_bin", config.caddy_bin, caddy, needs.caddy_block, problems)
     elif caddy:
         caddy_source = "found"
     else:
