@@ -13,7 +13,6 @@ from pyinfra.api.exceptions import FactProcessError
 
 from facts.batch import FactBatch, command_text
 from facts.devpi import ServerDir, VenvVersions
-from facts.files import FileContents
 from facts.launchd import LaunchdJob
 from pyinfra_devpi import snapshot
 from pyinfra_devpi.snapshot import FactRead

@@ -8,7 +8,6 @@ real devpi is exercised end to end in tests/e2e/test_users_indexes.py).
 from __future__ import annotations
 
 import base64
-import io
 import json
 import socket
 import subprocess
@@ -24,15 +23,12 @@ from pyinfra.api.exceptions import FactProcessError
 from facts.users_indexes import UsersIndexes
 from operations import users_indexes as users_indexes_op
 from pyinfra_devpi.config import ConfigError, build_config
-from pyinfra_devpi.users_indexes import plan as plan_script
-from pyinfra_devpi.users_indexes.plan import AFTER_INIT, PlanError, describe, plan, split_userlist
 from pyinfra_devpi import tunnel
-
-
-from pyinfra_devpi.users_indexes.plan import AFTER_INIT, ROOT_PYPI_INIT, PlanError, describe, plan, split_userlist
 from pyinfra_devpi.secrets import SecretRef
+from pyinfra_devpi.users_indexes import plan as plan_script
+from pyinfra_devpi.users_indexes.plan import AFTER_INIT, ROOT_PYPI_INIT, PlanError, describe, plan, split_userlist
 
-from .prepared import PreparedHost, Upload, gnu_only_forms, run_op, shell_lines
+from .prepared import PreparedHost, run_op
 
 HOME = "/Users/alice"
 BASE = {"devpi_root_password": "env:ROOT_PW", "devpi_outside_url": "https://pypi.example.org"}

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
 from .. import checks
 from ..errors import ConfigError

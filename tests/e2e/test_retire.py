@@ -24,7 +24,7 @@ def test_renamed_label_retires_the_old_job(sshd, launchd, upstream, tmp_path):
             assert new_pid is not None
             assert stack.api_ok()
             # The job that answers is the new one (the old one would have kept the port).
-            assert f"e2e.retire.renamed.err.log" in launchd.print(new_label).stdout
+            assert "e2e.retire.renamed.err.log" in launchd.print(new_label).stdout
             assert stack.deploy(devpi_label=new_label).grand_total()[0] == 0
             assert launchd.pid(new_label) == new_pid
         finally:
