@@ -83,8 +83,9 @@ def site(
     if not commands:
         host.log("Caddy's restart failed after the block last changed: restarting it again", logger.info)
     marker = q(pending_marker)
-    yield from commands
     if commands:
-        # Recorded before the attempt: a failed (or killed) restart is retried next run.
+        # Recorded before the block moves in: a run killed after the move, or a
+        # restart that fails, leaves it, and the next run restarts Caddy.
         yield f": > {marker}"
+    yield from commands
     yield f"( {restart_command(restart, domain)} ) && rm -f {marker}"
