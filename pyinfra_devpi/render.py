@@ -8,6 +8,7 @@ equal and changes nothing.
 
 from __future__ import annotations
 
+import mimetypes
 import re
 from pathlib import Path
 
@@ -107,6 +108,35 @@ def caddy_token(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# Release files are immutable (a version's file never changes under its name), so
+# Caddy's answers from ``+files`` carry a year-long cache lifetime, as devpi's nginx
+# template does with ``expires max`` (devpi itself sends ``max-age=365000000,
+# immutable, public``).
+RELEASE_FILE_CACHE_CONTROL = "public, max-age=31536000, immutable"
+
+# The release-file suffixes PyPI and devpi know. devpi answers ``/+f/`` with
+# ``mimetypes.guess_type(name)[0]`` or ``application/octet-stream`` (devpi-server's
+# ``gethttpheaders``), so Caddy answers the same for the same file: a wheel is
+# ``application/octet-stream`` (Caddy's own guess would be none, or ``application/zip``
+# from the host's mime.types), an sdist ``application/x-tar``. Python's built-in table
+# (``MimeTypes()`` reads no system file) makes the table the same on every controller.
+RELEASE_FILE_SUFFIXES = (".whl", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip", ".egg", ".exe", ".msi")
+DEFAULT_RELEASE_FILE_TYPE = "application/octet-stream"
+
+
+def release_file_types() -> list[tuple[str, str]]:
+    """``(regular expression on the path, Content-Type)`` for each type devpi sends other
+    than the default, longest suffixes first."""
+    table = mimetypes.MimeTypes()
+    by_type: dict[str, list[str]] = {}
+    for suffix in RELEASE_FILE_SUFFIXES:
+        content_type = table.guess_type("x" + suffix)[0] or DEFAULT_RELEASE_FILE_TYPE
+        if content_type != DEFAULT_RELEASE_FILE_TYPE:
+            # "[.]", not "\\.": a Caddyfile token keeps a backslash as it is only unquoted.
+            by_type.setdefault(content_type, []).append(suffix.replace(".", "[.]"))
+    return [(f"~({'|'.join(suffixes)})$", content_type) for content_type, suffixes in sorted(by_type.items())]
+
+
 def render_caddy_site(config: DevpiConfig) -> str:
     template = _environment(autoescape=False).get_template("devpi.caddy.j2")
     # Caddy sets (replaces) the header, so a client cannot choose the URLs devpi
@@ -119,6 +149,9 @@ def render_caddy_site(config: DevpiConfig) -> str:
             max_body_size=config.caddy_max_body_size,
             block_changelog=not replication,
             files_root=caddy_token(config.paths.files_dir) if config.caddy_serve_files else None,
+            file_types=[(caddy_token(pattern), caddy_token(kind)) for pattern, kind in release_file_types()],
+            default_file_type=caddy_token(DEFAULT_RELEASE_FILE_TYPE),
+            cache_control=caddy_token(RELEASE_FILE_CACHE_CONTROL),
             upstream=config.local_url.removeprefix("http://"),
             outside_url=caddy_token(outside_url),
         ),

@@ -132,3 +132,50 @@ def test_caddy_without_outside_url_uses_the_request_origin(tmp_path):
 def test_replication_role_keeps_changelog_open():
     config = config_for(devpi_server_options={"role": "primary"})
     assert "+changelog" not in render_caddy_site(config)
+
+
+def _adapted_routes(json_text):
+    import json
+
+    def walk(node):
+        if isinstance(node, dict):
+            yield node
+            for value in node.values():
+                yield from walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from walk(value)
+
+    return list(walk(json.loads(json_text)))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a-1.0-py3-none-any.whl", "a-1.0.tar.gz", "a-1.0.tgz", "a-1.0.tar.bz2", "a-1.0.tar.xz", "a-1.0.zip",
+     "a-1.0.egg", "a-1.0.win32.exe", "a-1.0.whl.metadata"],
+)
+def test_caddy_types_release_files_as_devpi_does(tmp_path, name):
+    """Caddy's map (as Caddy adapted it) gives each release file the Content-Type devpi's
+    ``gethttpheaders`` sends: ``mimetypes.guess_type(name)[0]`` or application/octet-stream."""
+    import mimetypes
+    import re
+
+    result = caddy_adapt(tmp_path, render_caddy_site(config_for()))
+    assert result.returncode == 0, result.stderr
+    (mapper,) = [n for n in _adapted_routes(result.stdout) if n.get("handler") == "map"]
+    path = f"/root/pypi/+f/abc/def0123456789/{name}"
+    found = [m["outputs"][0] for m in mapper["mappings"] if re.search(m["input_regexp"], path)]
+    got = found[0] if found else mapper["defaults"][0]
+    assert got == (mimetypes.MimeTypes().guess_type(name)[0] or "application/octet-stream")
+
+
+def test_caddy_answers_release_files_with_a_long_immutable_lifetime(tmp_path):
+    result = caddy_adapt(tmp_path, render_caddy_site(config_for()))
+    headers = [n for n in _adapted_routes(result.stdout) if n.get("handler") == "headers"]
+    (release,) = [h for h in headers if "Cache-Control" in str(h)]
+    assert release["response"]["set"]["Cache-Control"] == ["public, max-age=31536000, immutable"]
+    assert release["response"]["set"]["Content-Type"] == ["{devpi_release_file_type}"]
+
+
+def test_no_file_headers_without_the_offload():
+    assert "Cache-Control" not in render_caddy_site(config_for(devpi_caddy_serve_files=False))

@@ -9,6 +9,7 @@ Nothing here asserts a duration: every check is about answers, bytes or memory.
 from __future__ import annotations
 
 import hashlib
+import mimetypes
 import re
 import subprocess
 from collections import Counter
@@ -64,6 +65,10 @@ def concurrent_first_requests(stack: DeployedStack, project: str, **index_option
     index = stack.api.new_mirror(stack.upstream.url, **index_options)
     answers = simultaneous(CLIENTS, lambda i: simple_page(stack.devpi_url, index, project))
     return [a if isinstance(a, Exception) else (a[0], len(a[1])) for a in answers]
+
+
+def lower_keys(headers: dict) -> dict:
+    return {k.lower(): v for k, v in headers.items()}
 
 
 def file_url_of(base: str, index: str, project: str) -> str:
@@ -219,6 +224,12 @@ def test_release_file_is_served_by_caddy_with_devpi_stopped(stack, serve_files):
     stored = stack.server_dir / "+files" / urlsplit(url).path.lstrip("/")
     wait_until(stored.is_file, 30, 0.05, f"devpi to store {stored}")
     never_stored = url.replace(wheel.filename, "hermetic_beta-9.9-py3-none-any.whl")
+    # devpi's own answer for the stored file, and other kinds of release files in its store
+    by_devpi = lower_keys(http("GET", stack.devpi_url + urlsplit(url).path)[1])
+    others = {}
+    for name in ("hermetic-beta-2.0.tar.gz", "hermetic_beta-2.0.zip", "hermetic-beta-2.0.tar.bz2"):
+        (stored.parent / name).write_bytes(b"not really a " + name.encode())
+        others[name] = url.replace(wheel.filename, name)
 
     stack.stop_devpi()
     try:
@@ -229,6 +240,17 @@ def test_release_file_is_served_by_caddy_with_devpi_stopped(stack, serve_files):
             assert got[0] == 200 and hashlib.sha256(got[2]).hexdigest() == wheel.sha256
             assert head[0] == 200 and int(head[1]["Content-Length"]) == wheel.path.stat().st_size
             assert head[2] == b""
+            # devpi's headers on Caddy's answers: the type devpi sends for the same file
+            # (a wheel: application/octet-stream), and a year-long immutable lifetime
+            for answer in (lower_keys(got[1]), lower_keys(head[1])):
+                assert answer["content-type"] == by_devpi["content-type"] == "application/octet-stream"
+                assert answer["cache-control"] == "public, max-age=31536000, immutable"
+            for name, other in others.items():
+                status, headers, _ = http("GET", other)
+                # devpi types a file by mimetypes.guess_type(name) (gethttpheaders)
+                assert status == 200, name
+                assert lower_keys(headers)["content-type"] == mimetypes.guess_type(name)[0], name
+                assert lower_keys(headers)["cache-control"] == "public, max-age=31536000, immutable"
         else:
             assert (got[0], head[0]) == (502, 502)
         assert http("GET", never_stored)[0] == 502  # not on disk: proxied to devpi
