@@ -48,7 +48,7 @@ def venv_read(config: DevpiConfig) -> FactRead:
 
 def reads(config: DevpiConfig) -> list:
     """What this module's operations read from the host."""
-    return [server_dir_read(config), venv_read(config), config.paths.config_file]
+    return [server_dir_read(config), venv_read(config), config.paths.config_file, config.paths.logging_config]
 
 
 def server_dir(config: DevpiConfig) -> dict:
@@ -199,6 +199,19 @@ def server_config(config: DevpiConfig, content: str):
 
 
 @operation
+def logging_config(config: DevpiConfig, content: str):
+    """Write devpi's logging config (``--logger-cfg``: the rotating handler and its bound),
+    and make the log dir it names: every devpi program reading the YAML config (devpi-init
+    too) opens the log file, and cannot make its directory."""
+    commands = list(write_text(config.paths.logging_config, content, mode="644"))
+    if not commands:
+        host.noop(f"{config.paths.logging_config} is up to date")
+        return
+    yield f"mkdir -p {q(config.paths.log_dir)}"
+    yield from commands
+
+
+@operation
 def secret(config: DevpiConfig):
     """Create devpi's secret file once, with devpi's own generator.
 
@@ -292,13 +305,15 @@ def init(config: DevpiConfig, password_hash=None):
 
 def wait_healthy_script(
     url: str, timeout: int, err_log: str, nodeinfo: str | None = None, rollback: dict | None = None,
+    server_log: str | None = None,
 ) -> str:
     """Poll ``GET /+api`` until it answers 200 from *this* server dir's devpi.
 
     devpi sends its server dir's uuid (``.nodeinfo``) in ``X-DEVPI-UUID`` on every
     answer: a 200 from another devpi on the port (a job under an old label, a previous
     ``devpi_home``) is not health. On timeout, say what answered and print the
-    error log's tail.
+    error log's tail (launchd's stderr file: a traceback from before devpi's logging is
+    set up) and of ``server_log`` (what devpi logged, errors included).
 
     ``rollback`` (after this run swapped in a new venv): ``version`` (the devpi-server
     that failed), ``previous`` (the file naming the venv it replaced), ``live`` (the
@@ -336,6 +351,10 @@ def wait_healthy_script(
         )
         + f"; tail -n 40 {q(err_log)} >&2 2>/dev/null; "
     )
+    if server_log:
+        report += (
+            say("Last lines of %s:", q(server_log)) + f"; tail -n 20 {q(server_log)} >&2 2>/dev/null; "
+        )
     back = ""
     if rollback:
         prev_python = layout.venv_bin('"$prev"', "python")
@@ -379,4 +398,6 @@ def wait_healthy(config: DevpiConfig, after=(), new_venv=(), target: str | None 
     if any_changed(new_venv) and target:
         rollback = {"version": config.server_version, "previous": paths.venv_previous, "live": paths.venv,
                     "target": target}
-    yield wait_healthy_script(config.local_url, config.health_timeout, paths.err_log, paths.nodeinfo, rollback)
+    yield wait_healthy_script(
+        config.local_url, config.health_timeout, paths.err_log, paths.nodeinfo, rollback, server_log=paths.server_log,
+    )

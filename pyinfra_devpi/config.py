@@ -98,6 +98,13 @@ VERSION_RE = re.compile(r"^\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?$")
 DOMAIN_RE = re.compile(r"^(gui|user)/\d+$")
 SIZE_RE = re.compile(r"^[1-9][0-9]*(KB|MB|GB)?$")
 PROCESS_TYPES = ("Standard", "Background", "Adaptive", "Interactive")
+# devpi's log bound (``devpi_log_max_bytes`` per file, ``devpi_log_backups`` rotated
+# copies): 10 MiB x (1 + 4) = at most ~50 MB on disk. A request writes ~2 lines
+# (~200 bytes), so 10 MiB holds ~50,000 requests.
+DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_LOG_BACKUPS = 4
+MIN_LOG_BYTES = 4096
+MAX_LOG_BYTES = 2**40
 # Generous but finite: a value near 2**63 would wrap in the host's shell arithmetic.
 MAX_SECONDS = 24 * 3600
 
@@ -234,6 +241,18 @@ def _secret(where, value):
         raise ConfigError(f"host data {where} is invalid: {e}") from None
 
 
+def _log_bytes(where, value):
+    return checks.integer(
+        where, value, minimum=MIN_LOG_BYTES, maximum=MAX_LOG_BYTES,
+        allowed=f"use a number of bytes from {MIN_LOG_BYTES} to {MAX_LOG_BYTES}, e.g. 10485760 (10 MiB)",
+    )
+
+
+def _log_backups(where, value):
+    # RotatingFileHandler never rotates with 0 backups: the file would grow forever.
+    return checks.integer(where, value, minimum=1, maximum=100, allowed="use a whole number from 1 to 100")
+
+
 _size = checks.matches(SIZE_RE, "use a size such as '200MB' (units: KB, MB, GB)")
 
 
@@ -316,6 +335,11 @@ class DevpiConfig:
     # None: "<label>.out.log" / "<label>.err.log".
     out_log: str | None = key("devpi_out_log", None, _log_name, optional=True)
     err_log: str | None = key("devpi_err_log", None, _log_name, optional=True)
+    # None: "<label>.log". devpi's own log (every request), rotated by devpi itself.
+    server_log: str | None = key("devpi_server_log", None, _log_name, optional=True)
+    # The bound of devpi's log: each file at most this size, this many rotated copies.
+    log_max_bytes: int = key("devpi_log_max_bytes", DEFAULT_LOG_MAX_BYTES, _log_bytes)
+    log_backups: int = key("devpi_log_backups", DEFAULT_LOG_BACKUPS, _log_backups)
     root_password: SecretRef | None = key("devpi_root_password", None, _secret, optional=True)
     index_url: str | None = key("devpi_index_url", None, _url, optional=True)
     # A version request ("3.12": uv finds or downloads it), a path or a command name.
@@ -354,6 +378,7 @@ class DevpiConfig:
             label=self.label,
             out_log_name=self.out_log or f"{self.label}.out.log",
             err_log_name=self.err_log or f"{self.label}.err.log",
+            server_log_name=self.server_log or f"{self.label}.log",
             caddy_site_file=self.caddy_site_file,
         )
 
@@ -388,6 +413,7 @@ class DevpiConfig:
                 "port": self.port,
                 "serverdir": self.paths.server_dir,
                 "secretfile": self.paths.secret_file,
+                "logger-cfg": self.paths.logging_config,
             },
         )
         return dict(sorted(options.items()))
@@ -460,6 +486,9 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
     paths = config.paths
     if paths.err_log == paths.out_log:
         raise fail("`devpi_err_log`", paths.err_log_name, "use a file name different from devpi_out_log")
+    if paths.server_log in (paths.out_log, paths.err_log):
+        raise fail("`devpi_server_log`", paths.server_log_name,
+                   "use a file name different from devpi_out_log and devpi_err_log (launchd holds those open)")
     _check_site_file(paths)
     return config
 

@@ -22,7 +22,7 @@ from pyinfra_devpi.config import SERVER_DB_VERSION, UV_BOOTSTRAP_VERSION, DevpiC
 from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, SQLITE
 from pyinfra_devpi.preflight import Needs, with_tools
-from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
+from pyinfra_devpi.render import render_caddy_site, render_logging_config, render_plist, render_server_yaml
 from pyinfra_devpi.run_secrets import hash_once, is_dry_run
 from pyinfra_devpi.snapshot import FactRead, prefetch, read
 from pyinfra_devpi.users_indexes.plan import PlanError
@@ -180,6 +180,10 @@ def devpi_service():
     if tools.uv_source == "bootstrap":
         bootstrap_op = preflight.uv_bootstrap(name="Bootstrap uv", config=config, tools=tools, lock=read_uv_lock())
     venv_op = devpi.venv(name="Install devpi venv", config=config, lock=read_lock(config))
+    # Before the YAML config that names it: devpi reads it at start-up.
+    logging_op = devpi.logging_config(
+        name="Write devpi's logging config", config=config, content=render_logging_config(config)
+    )
     config_op = devpi.server_config(
         name="Write devpi-server config", config=config, content=render_server_yaml(config)
     )
@@ -200,7 +204,7 @@ def devpi_service():
         plist=render_plist(config),
         plist_path=paths.plist_file,
         domain=domain,
-        restart_after=[venv_op, config_op],
+        restart_after=[venv_op, logging_op, config_op],
         directories=[paths.log_dir],
     )
     health_op = devpi.wait_healthy(
@@ -235,6 +239,6 @@ def devpi_service():
     deploy_lock.release(
         name="Release the deploy lock",
         config=config,
-        after=[op for op in (bootstrap_op, venv_op, config_op, secret_op, init_op, retire_op, agent_op, health_op,
+        after=[op for op in (bootstrap_op, venv_op, logging_op, config_op, secret_op, init_op, retire_op, agent_op, health_op,
                             caddy_op, api_op, prewarm_op) if op is not None],
     )

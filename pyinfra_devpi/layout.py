@@ -125,6 +125,7 @@ class Layout:
     label: str
     out_log_name: str
     err_log_name: str
+    server_log_name: str
     caddy_site_file: str
 
     # devpi_home ------------------------------------------------------------
@@ -138,6 +139,9 @@ class Layout:
     serverversion = _Under("server_dir", SERVERVERSION)
     files_dir = _Under("server_dir", FILES_DIR)
     config_file = _Under("home", "devpi-server.yml")
+    # devpi's logging (``--logger-cfg``, named in the YAML config): a dictConfig whose
+    # rotating handler keeps ``server_log`` and its numbered backups within the bound.
+    logging_config = _Under("home", "devpi-logging.json")
     secret_file = _Under("home", "secret")
     # The 0600 file that carries root's password hash to devpi-init, removed at once.
     root_hash_upload = _Under("home", ".root-passwd-hash.pyinfra")
@@ -178,6 +182,13 @@ class Layout:
     plist_file = _Under("launch_agents_dir", named_by="label", suffix=PLIST_SUFFIX)
     out_log = _Under("log_dir", named_by="out_log_name")
     err_log = _Under("log_dir", named_by="err_log_name")
+    # Everything devpi logs (each request), rotated by devpi's own handler: launchd
+    # keeps out_log/err_log open, so renaming those would not rotate them.
+    server_log = _Under("log_dir", named_by="server_log_name")
+
+    def server_log_backups(self, count: int) -> list[str]:
+        """The rotated copies of ``server_log`` (``RotatingFileHandler``: ``<log>.1`` …)."""
+        return [f"{self.server_log}.{n}" for n in range(1, count + 1)]
 
     def managed(self) -> dict[str, str]:
         """The files the deploy writes, by what they are (for messages and checks)."""
@@ -189,5 +200,7 @@ class Layout:
             "plist": self.plist_file,
             "out log": self.out_log,
             "err log": self.err_log,
+            "server log": self.server_log,
+            "logging config": self.logging_config,
             "Caddy site block": self.caddy_site_file,
         }

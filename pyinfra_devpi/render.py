@@ -8,6 +8,7 @@ equal and changes nothing.
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import re
 from pathlib import Path
@@ -60,6 +61,38 @@ def render_plist(config: DevpiConfig) -> str:
             stderr_path=config.paths.err_log,
         ),
     )
+
+
+# devpi's own log line format (devpi_server/log.py).
+LOG_FORMAT = "%(asctime)s %(levelname)-5.5s %(message)s"
+
+
+def render_logging_config(config: DevpiConfig) -> str:
+    """devpi's ``--logger-cfg`` (a ``logging.config.dictConfig``, read as JSON by its
+    ``.json`` name): everything devpi logs goes to ``server_log`` through a
+    ``RotatingFileHandler`` that keeps it under ``devpi_log_max_bytes``, with
+    ``devpi_log_backups`` rotated copies. devpi rotates its own file, so the handle
+    launchd keeps open (stdout/stderr) is not involved: those catch only what bypasses
+    logging, such as a traceback before logging is set up. Loggers devpi made before
+    this config is read keep working (``disable_existing_loggers``: false)."""
+    level = "DEBUG" if config.server_options.get("debug") else "INFO"
+    document = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"devpi": {"format": LOG_FORMAT}},
+        "handlers": {
+            "rotating": {
+                "class": "logging.handlers.RotatingFileHandler",
+                "filename": config.paths.server_log,
+                "maxBytes": config.log_max_bytes,
+                "backupCount": config.log_backups,
+                "encoding": "utf-8",
+                "formatter": "devpi",
+            },
+        },
+        "root": {"level": level, "handlers": ["rotating"]},
+    }
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=True) + "\n"
 
 
 def yaml_scalar(value: object) -> str:

@@ -26,6 +26,9 @@ BAD_VALUES = {
     "devpi_launch_agents_dir": ["LaunchAgents", "/a/../b"],
     "devpi_out_log": ["logs/out.log", "..", ""],
     "devpi_err_log": ["a/b", 3],
+    "devpi_server_log": ["..", "a/b", "", 7],
+    "devpi_log_max_bytes": [0, 4095, -1, "10MB", True, 1.5],
+    "devpi_log_backups": [0, 101, "3", False],
     "devpi_root_password": ["hunter2", "op://only-vault", "env:", "env:1BAD", "file:", "vault:x/y"],
     "devpi_index_url": ["not a url", "file:///simple"],
     # Versions below what the locked tree needs are refused before anything is planned.
@@ -169,6 +172,13 @@ def test_same_log_file_for_both_streams_is_refused():
     with pytest.raises(ConfigError) as error:
         build_config({**BASE, "devpi_out_log": "devpi.log", "devpi_err_log": "devpi.log"}, HOME)
     assert "devpi_err_log" in str(error.value)
+
+
+@pytest.mark.parametrize("launchd_log", ["devpi_out_log", "devpi_err_log"])
+def test_devpis_rotated_log_is_not_a_file_launchd_holds_open(launchd_log):
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, launchd_log: "devpi.log", "devpi_server_log": "devpi.log"}, HOME)
+    assert "devpi_server_log" in str(error.value)
 
 
 def test_server_options_override_defaults():

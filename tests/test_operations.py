@@ -3,6 +3,7 @@ Each row of DESIGN.md's lifecycle table yields exactly its commands; a converged
 host yields none. Operations run under prepared facts (see ``prepared.py``).
 """
 
+import dataclasses
 import shlex
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from operations import caddy, devpi, launchd, retire
 from pyinfra_devpi.config import build_config
 from pyinfra_devpi.preflight import Tools, with_tools
-from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
+from pyinfra_devpi.render import render_caddy_site, render_logging_config, render_plist, render_server_yaml
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from .prepared import Meta, PreparedHost, Upload, gnu_only_forms, run_op, shell_lines
@@ -74,6 +75,7 @@ def converged(config) -> PreparedHost:
         files={
             config.paths.plist_file: render_plist(config),
             config.paths.config_file: render_server_yaml(config),
+            config.paths.logging_config: render_logging_config(config),
             config.caddy_site_file: render_caddy_site(config),
         },
     )
@@ -103,6 +105,7 @@ def converge(host, config, password_hash=None, executing=True, diff=False):
         return Meta(bool(commands))
 
     venv_op = run("venv", devpi.venv, config=config, lock="pinned==1.0 --hash=sha256:00\n")
+    logging_op = run("logging", devpi.logging_config, config=config, content=render_logging_config(config))
     config_op = run("config", devpi.server_config, config=config, content=render_server_yaml(config))
     run("secret", devpi.secret, config=config)
     run("init", devpi.init, config=config, password_hash=(lambda: password_hash) if password_hash else None)
@@ -112,7 +115,7 @@ def converge(host, config, password_hash=None, executing=True, diff=False):
     )
     agent_op = run(
         "agent", launchd.agent, label=config.label, plist=render_plist(config),
-        plist_path=config.paths.plist_file, domain=DOMAIN, restart_after=[venv_op, config_op],
+        plist_path=config.paths.plist_file, domain=DOMAIN, restart_after=[venv_op, logging_op, config_op],
         directories=[config.paths.log_dir],
     )
     run("health", devpi.wait_healthy, config=config, after=[agent_op])
@@ -141,6 +144,7 @@ def test_converged_host_yields_nothing(config):
     # Each operation says why it has nothing to do, as pyinfra's own operations do.
     assert host.noops == [
         "devpi-server 6.20.3 + devpi-web 5.1.1 are installed",
+        "/Users/alice/devpi/devpi-logging.json is up to date",
         "/Users/alice/devpi/devpi-server.yml is up to date",
         "devpi's secret file /Users/alice/devpi/secret exists",
         "/Users/alice/devpi/server-dir is initialised",
@@ -180,8 +184,8 @@ def test_converged_host_reads_each_fact_once(config):
     from pyinfra_devpi.snapshot import prefetch
 
     host = converged(config)
-    prefetch(host, [config.paths.plist_file, config.paths.config_file, config.caddy_site_file,
-                    config.paths.caddy_restart_pending])
+    prefetch(host, [config.paths.plist_file, config.paths.config_file, config.paths.logging_config,
+                    config.caddy_site_file, config.paths.caddy_restart_pending])
     converge(host, config)
     converge(host, config)  # the second pass (execution after change detection)
     asked = [name for name, _ in host.asked]
@@ -243,6 +247,15 @@ def test_yaml_change_restarts_without_reloading_the_plist(config):
     assert [c.dest for c in steps["config"] if isinstance(c, Upload)] == [config.paths.config_file + ".pyinfra-new"]
     assert launchctl_verbs(steps["agent"]) == ["kickstart -k"]
     assert steps["venv"] == [] and steps["init"] == []
+
+
+def test_a_new_log_bound_restarts_devpi_without_reloading_the_plist(config):
+    host = converged(config)
+    bigger = dataclasses.replace(config, log_max_bytes=config.log_max_bytes * 2)
+    steps = converge(host, bigger)
+    assert steps["logging"] and not steps["config"] and not steps["venv"]
+    assert launchctl_verbs(steps["agent"]) == ["kickstart -k"]
+    assert steps["health"]
 
 
 def test_plist_change_boots_out_and_bootstraps(config):
@@ -593,9 +606,11 @@ def init_host(tmp_path, devpi_init: str | None = None):
     from argon2 import PasswordHasher
 
     config = build_config(
-        {"devpi_home": str(tmp_path / "devpi home"), "devpi_outside_url": "https://pypi.example.org"},
+        {"devpi_home": str(tmp_path / "devpi home"), "devpi_outside_url": "https://pypi.example.org",
+         "devpi_log_dir": str(tmp_path / "logs")},
         str(tmp_path),
     )
+    Path(config.log_dir).mkdir()
     home = Path(config.paths.home)
     home.mkdir(mode=0o700)
     venv = Path(config.paths.venv)
@@ -607,6 +622,7 @@ def init_host(tmp_path, devpi_init: str | None = None):
         fake.write_text("#!/bin/sh\n" + devpi_init)
         fake.chmod(0o755)
     Path(config.paths.config_file).write_text(render_server_yaml(config))
+    Path(config.paths.logging_config).write_text(render_logging_config(config))
     Path(config.paths.root_hash_upload).write_text(PasswordHasher(memory_cost=64, time_cost=1, parallelism=1).hash("root pw"))
     return config
 
@@ -635,7 +651,8 @@ def test_init_script_replaces_a_killed_runs_transient_dir_and_an_empty_server_di
     assert result.returncode == 0, result.stderr
     assert listing(config.paths.server_dir) == [".nodeinfo", ".serverversion", ".sqlite"]
     assert Path(config.paths.server_dir).stat().st_mode & 0o777 == 0o700
-    assert listing(config.paths.home) == ["devpi-server.yml", "server-dir", "venv"]  # no hash file, no transient
+    # no hash file, no transient
+    assert listing(config.paths.home) == ["devpi-logging.json", "devpi-server.yml", "server-dir", "venv"]
     assert hash_text not in result.stdout + result.stderr
     # devpi-init ran without root/pypi
     from pyinfra_devpi.layout import SQLITE
@@ -651,7 +668,7 @@ def test_init_script_leaves_the_server_dir_alone_when_devpi_init_dies(tmp_path):
     result = run_init(config)
     assert result.returncode != 0
     assert not Path(config.paths.server_dir).exists()
-    assert listing(config.paths.home) == ["devpi-server.yml", "venv"]
+    assert listing(config.paths.home) == ["devpi-logging.json", "devpi-server.yml", "venv"]
 
 
 def test_init_script_refuses_an_incomplete_init(tmp_path):
@@ -664,7 +681,7 @@ def test_init_script_refuses_an_incomplete_init(tmp_path):
     assert result.returncode != 0
     assert "devpi-init left no .sqlite in" in result.stderr
     assert listing(config.paths.server_dir) == []
-    assert listing(config.paths.home) == ["devpi-server.yml", "server-dir", "venv"]
+    assert listing(config.paths.home) == ["devpi-logging.json", "devpi-server.yml", "server-dir", "venv"]
 
 
 def test_init_script_never_replaces_a_server_dir_that_filled_up(tmp_path):
@@ -678,7 +695,7 @@ def test_init_script_never_replaces_a_server_dir_that_filled_up(tmp_path):
     assert result.returncode != 0
     assert "is no longer empty" in result.stderr
     assert listing(config.paths.server_dir) == ["data"]
-    assert listing(config.paths.home) == ["devpi-server.yml", "server-dir", "venv"]
+    assert listing(config.paths.home) == ["devpi-logging.json", "devpi-server.yml", "server-dir", "venv"]
 
 
 def test_init_script_initialises_a_symlinked_server_dir_where_it_points(tmp_path):

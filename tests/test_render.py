@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pyinfra_devpi.config import build_config
-from pyinfra_devpi.render import render_caddy_site, render_plist, render_server_yaml
+from pyinfra_devpi.render import render_caddy_site, render_logging_config, render_plist, render_server_yaml
 
 CADDY = Path(sys.executable).parent / "caddy"
 ODD_HOME = "/Users/a & b/<devpi> \"x\" \\ é \U0001f986"
@@ -179,3 +179,36 @@ def test_caddy_answers_release_files_with_a_long_immutable_lifetime(tmp_path):
 
 def test_no_file_headers_without_the_offload():
     assert "Cache-Control" not in render_caddy_site(config_for(devpi_caddy_serve_files=False))
+
+
+def test_devpi_reads_its_logging_config_from_the_yaml(tmp_path):
+    config = config_for(devpi_home=ODD_HOME)
+    assert load_with_devpi(tmp_path, render_server_yaml(config)).args.logger_cfg == f"{ODD_HOME}/devpi-logging.json"
+
+
+def test_the_logging_config_keeps_devpis_log_within_the_bound(tmp_path):
+    """devpi's own code reads the file (``_configure_logging``) and then logs far more than
+    the bound: every file stays at or under ``devpi_log_max_bytes``, ``devpi_log_backups``
+    of them plus the live one."""
+    import json
+
+    config = config_for(devpi_log_dir=str(tmp_path / "logs"), devpi_log_max_bytes=8192, devpi_log_backups=2)
+    (tmp_path / "logs").mkdir()
+    cfg = tmp_path / "devpi-logging.json"
+    cfg.write_text(render_logging_config(config))
+    assert json.loads(cfg.read_text())["handlers"]["rotating"]["filename"] == config.paths.server_log
+    script = (
+        "import argparse, logging, sys\n"
+        "from devpi_server.log import configure_logging\n"
+        "configure_logging(argparse.Namespace(logger_cfg=sys.argv[1], debug=False))\n"
+        "log = logging.getLogger('devpi_server.views')\n"
+        "for i in range(5000): log.info('[req%d] GET /+api', i)\n"
+        "print('only this on stdout')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(cfg)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "only this on stdout\n"  # no record reached stdout (launchd's file)
+    files = sorted((tmp_path / "logs").iterdir())
+    assert [f.name for f in files] == ["net.devpi.log", "net.devpi.log.1", "net.devpi.log.2"]
+    assert all(f.stat().st_size <= 8192 for f in files)
+    assert "[req4999] GET /+api" in files[0].read_text()
