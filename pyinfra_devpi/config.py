@@ -97,6 +97,7 @@ LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 VERSION_RE = re.compile(r"^\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?$")
 DOMAIN_RE = re.compile(r"^(gui|user)/\d+$")
 SIZE_RE = re.compile(r"^[1-9][0-9]*(KB|MB|GB)?$")
+STATUS_FORMATS = ("table", "json")
 PROCESS_TYPES = ("Standard", "Background", "Adaptive", "Interactive")
 # devpi's log bound (``devpi_log_max_bytes`` per file, ``devpi_log_backups`` rotated
 # copies): 10 MiB x (1 + 4) = at most ~50 MB on disk. A request writes ~2 lines
@@ -241,6 +242,12 @@ def _secret(where, value):
         raise ConfigError(f"host data {where} is invalid: {e}") from None
 
 
+def _status_format(where, value):
+    if value not in STATUS_FORMATS:
+        raise fail(where, value, f"use one of {', '.join(STATUS_FORMATS)}")
+    return value
+
+
 def _log_bytes(where, value):
     return checks.integer(
         where, value, minimum=MIN_LOG_BYTES, maximum=MAX_LOG_BYTES,
@@ -368,6 +375,8 @@ class DevpiConfig:
     # requirements/lock file on the controller; fetched through <index> after a converge.
     prewarm: tuple = key("devpi_prewarm", None, _prewarm)
     prewarm_index: str = key("devpi_prewarm_index", "root/pypi", _prewarm_index)
+    # deploys/status.py: a table for people, or one JSON object per host for machines.
+    status_format: str = key("devpi_status_format", "table", _status_format)
 
     @functools.cached_property
     def paths(self) -> Layout:

@@ -1,0 +1,449 @@
+"""
+``deploys/status.py``: devpi's state on a host in one command, changing nothing and
+reading no secret. One remote round trip: every fact below, the login session included,
+runs in one ``FactBatch``.
+
+The session (``LaunchdSession``: the SSH user's home) is what turns ``~/`` in host data
+into paths; it is read in the same batch as the facts that use those paths. So the
+facts' commands are built from a *probe* config whose home is ``PROBE_HOME``, and each
+command's ``PROBE_HOME`` becomes ``"$HOME"`` before it runs (``at_home``); the report is
+then made with the real config (``~/`` expanded with the home the session reported).
+
+The report is a list of sections (``SECTIONS``), each declaring the facts it reads and
+turning their values into fields, problems (devpi is not serving: the run fails, so it
+works as a monitoring check) and warnings (a deploy would change something). More
+sections (e.g. backups) plug in with ``register_section``; they ride in the same batch.
+
+Output: a table on stdout (``devpi_status_format = "table"``, the default) or one JSON
+object per host and line (``"json"``, e.g. ``--data devpi_status_format=json``);
+pyinfra's own output goes to stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Callable
+
+import click
+from pyinfra import host, logger, state
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import FactProcessError
+
+from facts.batch import FactBatch, command_text
+from facts.devpi import ServerDir, VenvVersions
+from facts.files import FileContents
+from facts.launchd import LaunchdJob, LaunchdSession
+from facts.status import DevpiAnswers, DiskUsage, LogTail
+
+from . import prewarm as pw
+from .config import DevpiConfig, build_config
+from .errors import DeployError
+from .render import render_caddy_site
+from .snapshot import FactRead
+
+# The home the facts' commands are built with; ``"$HOME"`` on the host (``at_home``).
+# Only characters shlex.quote leaves bare, so it appears verbatim in every command.
+PROBE_HOME = "/__pyinfra_devpi_status_home__"
+
+# Lines of each log the report shows.
+LOG_LINES = 10
+
+
+def at_home(command: str) -> str:
+    """``command`` with ``PROBE_HOME`` as the host's ``$HOME``: inside a single-quoted
+    word (``'/probe/a b'`` → ``"$HOME"'/a b'``) and bare (``/probe/x`` → ``"$HOME"/x``)."""
+    return command.replace("'" + PROBE_HOME, "\"$HOME\"'").replace(PROBE_HOME, '"$HOME"')
+
+
+@dataclasses.dataclass
+class Part:
+    """One section's share of the report."""
+
+    fields: dict
+    problems: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+class Unreadable(Exception):
+    """A fact of the batch failed or could not be parsed."""
+
+
+@dataclasses.dataclass
+class Found:
+    """What a section's ``report`` gets: the real config, the domain, and the facts as read."""
+
+    config: DevpiConfig
+    domain: str
+    values: dict
+    errors: dict
+
+    def get(self, read: FactRead):
+        if read in self.errors:
+            raise Unreadable(self.errors[read])
+        return self.values[read]
+
+    def file(self, probe_read: FactRead, path: str) -> str | None:
+        """A file of a ``FileContents`` read (keyed by the host's real paths)."""
+        return (self.get(probe_read) or {}).get(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """A part of the report: ``reads(probe)`` lists its facts (built from the probe config),
+    ``report(found, probe)`` turns them into a ``Part``."""
+
+    name: str
+    reads: Callable[[DevpiConfig], list[FactRead]]
+    report: Callable[[Found, DevpiConfig], Part]
+
+
+def _server_dir(probe: DevpiConfig) -> FactRead:
+    return FactRead.of(ServerDir, path=probe.paths.server_dir)
+
+
+def _venv(probe: DevpiConfig) -> FactRead:
+    return FactRead.of(VenvVersions, venv=probe.paths.venv)
+
+
+def _job(probe: DevpiConfig) -> FactRead:
+    # No domain given: the job's fact picks it on the host by the session rule.
+    return FactRead.of(LaunchdJob, label=probe.label, domain=probe.launchd_domain)
+
+
+def _answers(probe: DevpiConfig) -> FactRead:
+    return FactRead.of(DevpiAnswers, url=probe.local_url)
+
+
+def _files(probe: DevpiConfig) -> FactRead:
+    return FactRead.of(FileContents, paths=(probe.paths.caddy_site_file, probe.paths.prewarm_marker))
+
+
+def _files_usage(probe: DevpiConfig) -> FactRead:
+    return FactRead.of(DiskUsage, path=probe.paths.files_dir)
+
+
+def _err_tail(probe: DevpiConfig) -> FactRead:
+    return FactRead.of(LogTail, path=probe.paths.err_log, lines=LOG_LINES)
+
+
+def _log_tail(probe: DevpiConfig) -> FactRead:
+    return FactRead.of(LogTail, path=probe.paths.server_log, lines=LOG_LINES)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def versions_report(found: Found, probe: DevpiConfig) -> Part:
+    config = found.config
+    installed = found.get(_venv(probe))
+    part = Part({
+        "pinned": {"devpi-server": config.server_version, "devpi-web": config.web_version},
+        "installed": None if installed is None else {
+            "devpi-server": installed.get("devpi-server"), "devpi-web": installed.get("devpi-web"),
+            "python": installed.get("python"), "venv": installed.get("path"),
+        },
+    })
+    if installed is None:
+        part.problems.append(f"no venv at {config.paths.venv}")
+    elif (installed.get("devpi-server"), installed.get("devpi-web")) != (config.server_version, config.web_version):
+        part.warnings.append(
+            f"installed devpi-server {installed.get('devpi-server')} + devpi-web {installed.get('devpi-web')}, "
+            f"pinned {config.server_version} + {config.web_version}: a deploy would build a new venv",
+        )
+    return part
+
+
+def launchd_report(found: Found, probe: DevpiConfig) -> Part:
+    job = found.get(_job(probe))
+    target = f"{found.domain}/{found.config.label}"
+    if isinstance(job, dict) and job.get("launchctl_available") is False:
+        return Part({"loaded": False}, problems=["launchctl is not available on this host"])
+    if not job:
+        return Part(
+            {"loaded": False, "domain": found.domain, "label": found.config.label},
+            problems=[f"{target} is not loaded (stopped): a deploy loads it again"],
+        )
+    fields = {
+        "loaded": True,
+        "domain": job.get("domain") or found.domain,
+        "label": found.config.label,
+        "state": job.get("state"),
+        "pid": job.get("pid"),
+        "runs": job.get("runs"),
+        "last_exit_code": job.get("last_exit_code"),
+        "last_exit_signal": job.get("last_exit_signal"),
+        "disabled": job.get("disabled"),
+        "plist": job.get("path"),
+    }
+    part = Part(fields)
+    if job.get("state") != "running" or job.get("pid") is None:
+        last = (f"last exit code {job.get('last_exit_code')}" if job.get("last_exit_code") is not None
+                else f"last exit {job.get('last_exit_signal') or 'unknown'}")
+        part.problems.append(f"{target} is loaded but not running ({job.get('state')}; {last}; runs {job.get('runs')})")
+    if job.get("disabled"):
+        part.warnings.append(f"{target} is disabled: it will not load at the next login")
+    return part
+
+
+def event_queue_messages(status: dict, now: int | None) -> list[tuple[str, str]]:
+    """devpi-web's own rule for its event queue (``devpiweb_get_status_info``):
+    ``(level, message)`` with level ``fatal`` or ``warn``."""
+    serial, event_serial = status.get("serial"), status.get("event-serial")
+    if now is None or not isinstance(serial, int) or not isinstance(event_serial, int) or serial <= event_serial:
+        return []
+    in_sync_at = status.get("event-serial-in-sync-at")
+    processed_at = status.get("event-serial-timestamp")
+    commit_at = status.get("last-commit-timestamp") or now
+    sync_age = None if in_sync_at is None else now - in_sync_at
+    processed_age = None if processed_at is None else now - processed_at
+    found = []
+    if sync_age is None and processed_age is None:
+        if now - commit_at > 300:
+            found.append(("fatal", "the event processing doesn't seem to start"))
+    elif sync_age is None or sync_age > 21600:
+        found.append(("fatal", "the event processing hasn't been in sync for more than 6 hours"))
+    elif sync_age > 3600:
+        found.append(("warn", "the event processing hasn't been in sync for more than 1 hour"))
+    if sync_age is not None and (processed_age is None or processed_age > 1800):
+        found.append(("fatal", "no changes processed by plugins for more than 30 minutes"))
+    elif sync_age is not None and processed_age > 300:
+        found.append(("warn", "no changes processed by plugins for more than 5 minutes"))
+    return found
+
+
+def http_report(found: Found, probe: DevpiConfig) -> Part:
+    config = found.config
+    answers = found.get(_answers(probe))
+    server_dir = found.get(_server_dir(probe))
+    want = ((server_dir or {}).get("nodeinfo") or {}).get("uuid")
+    status = answers["status"] or {}
+    fields = {
+        "url": config.local_url,
+        "api_status": answers["api_status"],
+        "uuid": answers["uuid"],
+        "server_dir_uuid": want,
+        "running_version": (status.get("versioninfo") or {}).get("devpi-server"),
+        "serial": status.get("serial"),
+        "event_serial": status.get("event-serial"),
+        "event_queue": (status["serial"] - status["event-serial"])
+        if isinstance(status.get("serial"), int) and isinstance(status.get("event-serial"), int) else None,
+    }
+    part = Part(fields)
+    if answers["api_status"] != 200:
+        got = "nothing answers" if answers["api_status"] is None else f"it answers {answers['api_status']}"
+        part.problems.append(f"GET {config.local_url}/+api: {got}")
+    elif want and answers["uuid"] != want:
+        part.problems.append(
+            f"another devpi answers on {config.local_url} (server dir uuid {answers['uuid']}, "
+            f"this one's is {want}): a job under an old label or a previous devpi_home holds the port",
+        )
+    elif not status:
+        part.warnings.append(f"GET {config.local_url}/+status gave no status")
+    for level, message in event_queue_messages(status, answers["now"]):
+        (part.problems if level == "fatal" else part.warnings).append(f"devpi: {message}")
+    running = fields["running_version"]
+    if running and running != config.server_version:
+        part.warnings.append(f"devpi-server {running} is running, {config.server_version} is pinned")
+    return part
+
+
+def disk_report(found: Found, probe: DevpiConfig) -> Part:
+    usage = found.get(_files_usage(probe))
+    return Part({"files_dir": found.config.paths.files_dir, "files_kib": None if usage is None else usage["kib"]})
+
+
+def prewarm_report(found: Found, probe: DevpiConfig) -> Part:
+    config = found.config
+    if not config.prewarm:
+        return Part({"configured": False, "marker": None})
+    marker = found.file(_files(probe), config.paths.prewarm_marker)
+    digest = pw.digest(config.prewarm, config.prewarm_index, config.indexes.get(config.prewarm_index))
+    warm = pw.is_warm(marker, digest, found.get(_server_dir(probe)) or {})
+    part = Part({"configured": True, "projects": len(config.prewarm), "index": config.prewarm_index,
+                 "marker": config.paths.prewarm_marker if marker is not None else None, "warm": warm})
+    if not warm:
+        part.warnings.append(f"{config.prewarm_index} is not warm for devpi_prewarm: a deploy would warm it")
+    return part
+
+
+def caddy_report(found: Found, probe: DevpiConfig) -> Part:
+    config = found.config
+    on_host = found.file(_files(probe), config.paths.caddy_site_file)
+    same = on_host == render_caddy_site(config)
+    part = Part({"site_file": config.paths.caddy_site_file, "exists": on_host is not None, "as_deployed": same})
+    if on_host is None:
+        part.warnings.append(f"no Caddy site block at {config.paths.caddy_site_file}: a deploy writes it")
+    elif not same:
+        part.warnings.append(f"{config.paths.caddy_site_file} differs from what the deploy writes: a deploy replaces it")
+    return part
+
+
+def logs_report(found: Found, probe: DevpiConfig) -> Part:
+    paths = found.config.paths
+    fields = {}
+    for name, read, path in (("err_log", _err_tail(probe), paths.err_log), ("log", _log_tail(probe), paths.server_log)):
+        tail = found.get(read)
+        fields[name] = {"path": path, "size": None if tail is None else tail["size"],
+                        "last_lines": [] if tail is None else tail["lines"]}
+    return Part(fields)
+
+
+SECTIONS: list[Section] = [
+    Section("versions", lambda probe: [_venv(probe)], versions_report),
+    Section("launchd", lambda probe: [_job(probe)], launchd_report),
+    Section("http", lambda probe: [_answers(probe), _server_dir(probe)], http_report),
+    Section("disk", lambda probe: [_files_usage(probe)], disk_report),
+    Section("prewarm", lambda probe: [_files(probe), _server_dir(probe)], prewarm_report),
+    Section("caddy", lambda probe: [_files(probe)], caddy_report),
+    Section("logs", lambda probe: [_err_tail(probe), _log_tail(probe)], logs_report),
+]
+
+
+def register_section(section: Section) -> None:
+    """Add a section to every later status report (after the built-in ones), e.g. one
+    that reports backups; its reads ride in the same round trip."""
+    if any(s.name == section.name for s in SECTIONS):
+        raise ValueError(f"a status section named {section.name!r} exists already")
+    SECTIONS.append(section)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_all(reads: list[FactRead]) -> tuple[dict, dict]:
+    """Every read in one ``FactBatch``: ``(values, errors)`` by read."""
+    reads = list(dict.fromkeys(reads))
+    commands = [at_home(command_text(r.fact, r.kwargs)) for r in reads]
+    results = host.get_fact(FactBatch, commands=commands)
+    values, errors = {}, {}
+    if not isinstance(results, list) or len(results) != len(reads):
+        return {}, {r: "the fact batch gave no result" for r in reads}
+    for fact_read, result in zip(reads, results):
+        if result["status"] != 0:
+            errors[fact_read] = f"{fact_read.fact.__name__} exited {result['status']}"
+            continue
+        fact = fact_read.fact()
+        try:
+            values[fact_read] = fact.process(result["lines"]) if result["lines"] else fact.default()
+        except FactProcessError as error:
+            errors[fact_read] = f"{fact_read.fact.__name__}: {error}"
+    return values, errors
+
+
+def collect(data: dict) -> dict:
+    """The report for the current host: one round trip, then every section."""
+    probe = build_config(data, PROBE_HOME)
+    session_read = FactRead.of(LaunchdSession)
+    reads = [session_read] + [r for section in SECTIONS for r in section.reads(probe)]
+    values, errors = read_all(reads)
+    session = values.get(session_read)
+    if not session or not session.get("home"):
+        return {"healthy": False, "problems": [f"could not read the login session: {errors.get(session_read)}"],
+                "warnings": [], "sections": {}}
+    if not session.get("launchctl"):
+        return {"healthy": False, "problems": [f"launchd is not available on {host.name}"], "warnings": [],
+                "sections": {}}
+    config = build_config(data, session["home"])
+    found = Found(config, config.launchd_domain or session["domain"], values, errors)
+    report = {"healthy": True, "problems": [], "warnings": [], "sections": {}}
+    for section in SECTIONS:
+        try:
+            part = section.report(found, probe)
+        except Unreadable as error:
+            part = Part({"unreadable": str(error)}, problems=[f"{section.name}: could not read the host ({error})"])
+        report["sections"][section.name] = part.fields
+        report["problems"] += part.problems
+        report["warnings"] += part.warnings
+    report["healthy"] = not report["problems"]
+    return report
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _kib(kib: int | None) -> str:
+    if kib is None:
+        return "missing"
+    return f"{kib / 1024:.1f} MiB" if kib >= 1024 else f"{kib} KiB"
+
+
+def summary_lines(sections: dict) -> list[tuple[str, str]]:
+    """(label, text) rows of the built-in sections; other sections as their fields."""
+    rows = []
+    v = sections.get("versions")
+    if v and "pinned" in v:
+        installed = v["installed"] or {}
+        rows.append(("versions", f"pinned devpi-server {v['pinned']['devpi-server']} + devpi-web "
+                     f"{v['pinned']['devpi-web']}; installed {installed.get('devpi-server')} + "
+                     f"{installed.get('devpi-web')} (Python {installed.get('python')})"))
+    j = sections.get("launchd")
+    if j and "loaded" in j:
+        if j["loaded"]:
+            exit_ = j["last_exit_code"] if j["last_exit_code"] is not None else j.get("last_exit_signal")
+            rows.append(("launchd", f"{j['domain']}/{j['label']}: {j['state']}, pid {j['pid']}, runs {j['runs']}, "
+                         f"last exit {exit_}"))
+        else:
+            rows.append(("launchd", f"{j.get('domain')}/{j.get('label')}: not loaded"))
+    h = sections.get("http")
+    if h and "url" in h:
+        rows.append(("http", f"{h['url']}/+api: {h['api_status'] or 'no answer'}"
+                     + (f", uuid {h['uuid']}" if h["uuid"] else "")
+                     + (f"; devpi-server {h['running_version']}" if h["running_version"] else "")))
+        if h["serial"] is not None:
+            rows.append(("status", f"serial {h['serial']}, event serial {h['event_serial']} "
+                         f"(queue {h['event_queue']})"))
+    d = sections.get("disk")
+    if d and "files_dir" in d:
+        rows.append(("disk", f"{_kib(d['files_kib'])} in {d['files_dir']}"))
+    p = sections.get("prewarm")
+    if p and "configured" in p:
+        rows.append(("prewarm", f"{p['index']}: {'warm' if p['warm'] else 'not warm'} for {p['projects']} projects"
+                     if p["configured"] else "devpi_prewarm is not set"))
+    c = sections.get("caddy")
+    if c and "site_file" in c:
+        rows.append(("caddy", f"{c['site_file']}: " + ("missing" if not c["exists"] else
+                     "as the deploy writes it" if c["as_deployed"] else "differs from what the deploy writes")))
+    for name, fields in sections.items():
+        if name not in ("versions", "launchd", "http", "disk", "prewarm", "caddy", "logs"):
+            rows.append((name, json.dumps(fields, sort_keys=True)))
+    return rows
+
+
+def format_table(name: str, report: dict) -> str:
+    verdict = "healthy" if report["healthy"] else "UNHEALTHY"
+    lines = [f"devpi on {name}: {verdict}"]
+    for label, text in summary_lines(report["sections"]):
+        lines.append(f"  {label:<9} {text}")
+    for problem in report["problems"]:
+        lines.append(f"  problem   {problem}")
+    for warning in report["warnings"]:
+        lines.append(f"  warning   {warning}")
+    for key in ("err_log", "log"):
+        log = (report["sections"].get("logs") or {}).get(key)
+        if log:
+            size = "missing" if log["size"] is None else f"{log['size']} bytes"
+            lines.append(f"  {key:<9} {log['path']} ({size})" + (", last lines:" if log["last_lines"] else ""))
+            lines += [f"    {line}" for line in log["last_lines"]]
+    return "\n".join(lines)
+
+
+@deploy("devpi status")
+def devpi_status():
+    """Report devpi's state on the host; fail the host when devpi is not serving."""
+    data = host.data.dict()
+    report = collect(data)
+    if build_config(data, PROBE_HOME).status_format == "json":
+        click.echo(json.dumps({"host": host.name, **report}, sort_keys=True))
+    else:
+        click.echo(format_table(host.name, report))
+    if report["healthy"]:
+        return
+    reasons = "; ".join(report["problems"])
+    if len(state.active_hosts) > 1:
+        # Other hosts still get their report; the run exits non-zero at the end.
+        logger.error(f"{host.print_prefix}devpi is unhealthy: {reasons}")
+        state.fail_hosts({host})
+        return
+    raise DeployError(f"devpi on {host.name} is unhealthy: {reasons}")
+
