@@ -95,3 +95,34 @@ class FileMode(FactBase):
         if len(mode) != 10:
             raise FactProcessError(f"FileMode: unexpected output {output[:3]!r}")
         return {"mode": mode, "physical": values.get("physical") or None}
+
+
+class PathsFound(FactBase):
+    """
+    Returns ``{path: {"kind": "link" | "dir" | "file", "kib": disk used}}`` for each
+    path that exists (a symlink is reported as a link, not followed; ``du -sk`` of
+    it is the link's own), ``None`` for one that does not.
+
+    + paths: the paths (a tuple)
+    """
+
+    def command(self, paths):
+        quoted = " ".join(shlex.quote(p) for p in paths)
+        return (
+            f"for f in {quoted}; do "
+            'if [ -L "$f" ]; then k=link; elif [ -d "$f" ]; then k=dir; elif [ -e "$f" ]; then k=file; '
+            'else echo "@missing $f"; continue; fi; '
+            'echo "@found $k $(du -sk "$f" 2>/dev/null | cut -f1) $f"; done'
+        )
+
+    def process(self, output):
+        found: dict[str, dict | None] = {}
+        for line in output:
+            if line.startswith("@missing "):
+                found[line[len("@missing "):]] = None
+            elif line.startswith("@found "):
+                kind, kib, path = line[len("@found "):].split(" ", 2)
+                found[path] = {"kind": kind, "kib": int(kib) if kib.isdigit() else None}
+            elif line.strip():
+                raise FactProcessError(f"PathsFound: unexpected line {line!r}")
+        return found

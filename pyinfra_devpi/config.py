@@ -377,6 +377,8 @@ class DevpiConfig:
     prewarm_index: str = key("devpi_prewarm_index", "root/pypi", _prewarm_index)
     # deploys/status.py: a table for people, or one JSON object per host for machines.
     status_format: str = key("devpi_status_format", "table", _status_format)
+    # deploys/devpi_uninstall.py: also remove devpi's data, venvs, config and logs.
+    uninstall_purge: bool = key("devpi_uninstall_purge", False, checks.boolean)
 
     @functools.cached_property
     def paths(self) -> Layout:

@@ -190,6 +190,28 @@ class Layout:
         """The rotated copies of ``server_log`` (``RotatingFileHandler``: ``<log>.1`` …)."""
         return [f"{self.server_log}.{n}" for n in range(1, count + 1)]
 
+    def removable(self, log_backups: int) -> list[tuple[str, str]]:
+        """What the deploy left in devpi_home and the log dir, by what it is, in the order
+        a purge removes it (the uninstall keeps all of it unless told to purge). Only these
+        exact paths: nothing else in devpi_home or the log dir is the deploy's."""
+        return [
+            ("server dir (devpi's data: uploads, users, indexes, the mirror's cache)", self.server_dir),
+            ("live venv link", self.venv),
+            ("venvs", self.venvs_dir),
+            ("record of the previous venv", self.venv_previous),
+            ("devpi-server config", self.config_file),
+            ("logging config", self.logging_config),
+            ("secret file (signs logins)", self.secret_file),
+            ("record of the users' password references", self.users_state_file),
+            ("prewarm marker", self.prewarm_marker),
+            ("Caddy restart marker", self.caddy_restart_pending),
+            ("tools (uv the deploy bootstrapped)", self.tools_dir),
+            ("stdout log", self.out_log),
+            ("stderr log", self.err_log),
+            ("devpi's log", self.server_log),
+            *((f"devpi's log, rotated copy {n}", path) for n, path in enumerate(self.server_log_backups(log_backups), 1)),
+        ]
+
     def managed(self) -> dict[str, str]:
         """The files the deploy writes, by what they are (for messages and checks)."""
         return {

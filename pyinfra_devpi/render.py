@@ -170,6 +170,13 @@ def release_file_types() -> list[tuple[str, str]]:
     return [(f"~({'|'.join(suffixes)})$", content_type) for content_type, suffixes in sorted(by_type.items())]
 
 
+def render_caddy_removed(config: DevpiConfig) -> str:
+    """What the uninstall leaves at the site file instead of the block: nothing Caddy
+    serves, but still a file, so a Caddyfile that imports it by name keeps loading."""
+    template = _environment(autoescape=False).get_template("devpi-removed.caddy.j2")
+    return _finish(template.render(site_file=config.paths.caddy_site_file))
+
+
 def render_caddy_site(config: DevpiConfig) -> str:
     template = _environment(autoescape=False).get_template("devpi.caddy.j2")
     # Caddy sets (replaces) the header, so a client cannot choose the URLs devpi

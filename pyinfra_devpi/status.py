@@ -141,7 +141,7 @@ def versions_report(found: Found, probe: DevpiConfig) -> Part:
         "pinned": {"devpi-server": config.server_version, "devpi-web": config.web_version},
         "installed": None if installed is None else {
             "devpi-server": installed.get("devpi-server"), "devpi-web": installed.get("devpi-web"),
-            "python": installed.get("python"), "venv": installed.get("path"),
+            "python": installed.get("python"), "path": installed.get("path"),
         },
     })
     if installed is None:

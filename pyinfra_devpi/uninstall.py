@@ -1,0 +1,109 @@
+"""
+The packaged uninstall (``deploys/devpi_uninstall.py``): devpi taken off a host.
+
+Boots the job out (in both launchd domains) and removes its plist, removes the Caddy
+site block (restarting Caddy the configured way), and runs the registered extra steps
+(``register_step``: e.g. a backup agent's own removal). Everything devpi keeps (the
+server dir, the venvs, the config, the secret, the logs) stays where it is, and the run
+says what and where, unless ``devpi_uninstall_purge`` is set: then those exact paths
+(``Layout.removable``) are removed, each named in the plan, and devpi_home too once
+nothing else is left in it. A deploy afterwards brings devpi back on the kept data.
+
+Two remote commands to plan, as for the deploy (the session, then one fact batch); the
+deploy lock is taken by the first change, and a second uninstall changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from pyinfra import host, logger
+from pyinfra.api import deploy
+
+from facts.launchd import LaunchdSession
+from operations import deploy_lock
+from operations import uninstall as ops
+
+from .config import DevpiConfig, build_config
+from .errors import DeployError
+from .render import render_caddy_removed
+from .snapshot import FactRead, prefetch, read
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """An extra part of the uninstall (after the Caddy block, before a purge):
+    ``reads(config, domain)`` (prefetched with the rest), ``run(config, domain)`` (calls its
+    operations, returns their results, which the lock's release waits for) and
+    ``kept(config)`` (``(what, path)`` it leaves, named in the report)."""
+
+    name: str
+    reads: Callable[[DevpiConfig, str], list]
+    run: Callable[[DevpiConfig, str], list]
+    kept: Callable[[DevpiConfig], list] = lambda config: []
+
+
+STEPS: list[Step] = []
+
+
+def register_step(step: Step) -> None:
+    """Add a step to every later uninstall (e.g. removing a backup agent)."""
+    if any(s.name == step.name for s in STEPS):
+        raise ValueError(f"an uninstall step named {step.name!r} exists already")
+    STEPS.append(step)
+
+
+def _size(found: dict) -> str:
+    kib = found.get("kib")
+    if kib is None:
+        return found["kind"]
+    return f"{found['kind']}, {kib / 1024:.1f} MiB" if kib >= 1024 else f"{found['kind']}, {kib} KiB"
+
+
+def describe_leftovers(config: DevpiConfig, found: dict) -> list[str]:
+    """What the uninstall keeps (or, with the purge, removes), each with its path."""
+    present = [(what, path, found[path]) for what, path in config.paths.removable(config.log_backups) if found.get(path)]
+    if not present:
+        return [f"nothing of devpi's is left in {config.paths.home} or {config.paths.log_dir}"]
+    if config.uninstall_purge:
+        head = "devpi_uninstall_purge is set: removes"
+    else:
+        head = "kept (a deploy brings devpi back on them; devpi_uninstall_purge = True removes them)"
+    return [f"{head}:"] + [f"  {what}: {path} ({_size(info)})" for what, path, info in present]
+
+
+@deploy("devpi uninstall")
+def devpi_uninstall():
+    """Take devpi off the host; keep its data unless ``devpi_uninstall_purge``."""
+    session = read(host, FactRead.of(LaunchdSession))
+    if not session["launchctl"]:
+        raise DeployError(f"launchd is not available on {host.name} (no launchctl on the SSH user's PATH)")
+    config = build_config(host.data.dict(), session["home"])
+    domain = config.launchd_domain or session["domain"]
+    prefetch(host, [
+        *deploy_lock.reads(config),
+        *ops.reads(config, domain),
+        *(r for step in STEPS for r in step.reads(config, domain)),
+    ])
+    deploy_lock.begin(config)
+    for line in describe_leftovers(config, read(host, ops.paths_read(config))):
+        host.log(line, logger.info)
+    for step in STEPS:
+        for what, path in step.kept(config):
+            host.log(f"  {what}: {path} (kept by {step.name})", logger.info)
+
+    changes = [
+        ops.job(name=f"Boot out and remove the LaunchAgent {config.label}", config=config, domain=domain),
+        ops.caddy_block(name="Remove the Caddy site block for devpi", config=config, domain=domain,
+                        removed=render_caddy_removed(config)),
+    ]
+    for step in STEPS:
+        changes += step.run(config, domain)
+    purge_op = None
+    if config.uninstall_purge:
+        purge_op = ops.purge(name="Purge devpi's data, venvs, config and logs", config=config)
+        changes.append(purge_op)
+    deploy_lock.release(name="Release the deploy lock", config=config, after=changes)
+    if purge_op is not None:
+        ops.home(name=f"Remove {config.paths.home} if nothing else is in it", config=config, after=[purge_op])

@@ -1,0 +1,141 @@
+"""deploys/status.py's pure parts: commands built for the host's $HOME, devpi's event
+queue rule, and the sections' verdicts from prepared facts."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from facts.batch import command_text
+from facts.files import FileContents
+from facts.status import DevpiAnswers, DiskUsage, LogTail
+from pyinfra_devpi import status
+from pyinfra_devpi.config import build_config
+from pyinfra_devpi.render import render_caddy_site
+
+DATA = {"devpi_outside_url": "https://pypi.example.org", "devpi_home": "~/dev pi/it's"}
+
+
+def run(command: str, home) -> list[str]:
+    result = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, env={"HOME": str(home),
+                            "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_commands_built_for_the_probe_home_read_the_hosts_home(tmp_path):
+    home = tmp_path / "a home"
+    probe = build_config(DATA, status.PROBE_HOME)
+    real = build_config(DATA, str(home))
+    marker = real.paths.prewarm_marker
+    (tmp_path / "a home" / "dev pi" / "it's").mkdir(parents=True)
+    with open(marker, "w") as f:
+        f.write("warm\n")
+    command = status.at_home(command_text(FileContents, {"paths": (probe.paths.prewarm_marker,)}))
+    assert status.PROBE_HOME not in command
+    assert FileContents().process(run(command, home)) == {marker: "warm\n"}
+    usage = status.at_home(command_text(DiskUsage, {"path": probe.paths.home}))
+    assert DiskUsage().process(run(usage, home))["kib"] >= 0
+
+
+def test_log_tail_and_missing_files(tmp_path):
+    log = tmp_path / "err.log"
+    log.write_text("".join(f"line {i}\n" for i in range(30)))
+    tail = LogTail().process(run(LogTail().command(str(log), 3), tmp_path))
+    assert tail == {"size": log.stat().st_size, "lines": ["line 27", "line 28", "line 29"]}
+    assert LogTail().process(run(LogTail().command(str(tmp_path / "none"), 3), tmp_path)) is None
+    assert DiskUsage().process(run(DiskUsage().command(str(tmp_path / "none")), tmp_path)) is None
+
+
+def test_nothing_answering_is_no_status():
+    output = run(DevpiAnswers().command("http://127.0.0.1:9"), "/")
+    assert DevpiAnswers().process(output)["api_status"] is None
+    assert DevpiAnswers().process(output)["status"] is None
+
+
+NOW = 1_800_000_000
+
+
+@pytest.mark.parametrize(
+    ("status_", "levels"),
+    [
+        ({"serial": 5, "event-serial": 5}, []),
+        ({"serial": 9, "event-serial": 5, "last-commit-timestamp": NOW - 10}, []),  # just started
+        ({"serial": 9, "event-serial": 5, "last-commit-timestamp": NOW - 400}, ["fatal"]),
+        ({"serial": 9, "event-serial": 5, "event-serial-in-sync-at": NOW - 60, "event-serial-timestamp": NOW - 60},
+         []),
+        ({"serial": 9, "event-serial": 5, "event-serial-in-sync-at": NOW - 4000, "event-serial-timestamp": NOW - 400},
+         ["warn", "warn"]),
+        ({"serial": 9, "event-serial": 5, "event-serial-in-sync-at": NOW - 30000,
+          "event-serial-timestamp": NOW - 2000}, ["fatal", "fatal"]),
+    ],
+)
+def test_the_event_queue_is_judged_as_devpi_web_does(status_, levels):
+    assert [level for level, _ in status.event_queue_messages(status_, NOW)] == levels
+
+
+def found_for(values: dict, data=None):
+    data = data or {"devpi_outside_url": "https://pypi.example.org"}
+    probe = build_config(data, status.PROBE_HOME)
+    config = build_config(data, "/Users/alice")
+    return status.Found(config, "gui/501", values, {}), probe, config
+
+
+def test_a_stopped_job_and_a_crash_loop_are_problems():
+    found, probe, _ = found_for({})
+    found.values[status._job(probe)] = None
+    part = status.launchd_report(found, probe)
+    assert part.fields["loaded"] is False and "is not loaded (stopped)" in part.problems[0]
+    found.values[status._job(probe)] = {"loaded": True, "state": "spawn scheduled", "pid": None, "runs": 7,
+                                        "last_exit_code": 2, "domain": "gui/501", "disabled": False}
+    part = status.launchd_report(found, probe)
+    assert "not running (spawn scheduled; last exit code 2; runs 7)" in part.problems[0]
+
+
+def test_another_devpi_on_the_port_is_a_problem():
+    found, probe, _ = found_for({})
+    found.values[status._answers(probe)] = {"api_status": 200, "uuid": "other", "status": {}, "now": NOW}
+    found.values[status._server_dir(probe)] = {"nodeinfo": {"uuid": "mine"}}
+    assert "another devpi answers" in status.http_report(found, probe).problems[0]
+
+
+def test_the_caddy_block_is_compared_with_what_the_deploy_writes():
+    found, probe, config = found_for({})
+    found.values[status._files(probe)] = {config.paths.caddy_site_file: render_caddy_site(config)}
+    part = status.caddy_report(found, probe)
+    assert part.fields["as_deployed"] is True and not part.warnings
+    found.values[status._files(probe)] = {config.paths.caddy_site_file: "x"}
+    assert status.caddy_report(found, probe).warnings
+
+
+def test_an_unreadable_fact_is_a_problem_of_its_section():
+    found, probe, _ = found_for({})
+    found.errors[status._venv(probe)] = "VenvVersions exited 1"
+    with pytest.raises(status.Unreadable):
+        status.versions_report(found, probe)
+
+
+def test_sections_can_be_added_once():
+    section = status.Section("extra-test", lambda probe: [], lambda found, probe: status.Part({"n": 1}))
+    status.register_section(section)
+    try:
+        with pytest.raises(ValueError):
+            status.register_section(section)
+    finally:
+        status.SECTIONS.remove(section)
+
+
+def test_the_table_names_the_verdict_and_every_problem():
+    report = {"healthy": False, "problems": ["x is not loaded (stopped)"], "warnings": ["w"], "sections": {}}
+    table = status.format_table("indri", report)
+    assert table.splitlines()[0] == "devpi on indri: UNHEALTHY"
+    assert "problem   x is not loaded (stopped)" in table and "warning   w" in table
+
+
+def test_no_gnu_only_forms_in_the_status_commands():
+    from .prepared import gnu_only_forms
+
+    probe = build_config(DATA, status.PROBE_HOME)
+    commands = [status.at_home(command_text(r.fact, r.kwargs)) for s in status.SECTIONS for r in s.reads(probe)]
+    assert commands and [form for c in commands for form in gnu_only_forms(c)] == []
