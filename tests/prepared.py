@@ -18,7 +18,7 @@ from pyinfra.context import ctx_host, ctx_state
 
 from facts.deploy_lock import DeployLock
 from facts.devpi import ServerDir, VenvVersions
-from facts.files import FileContents, FileMode
+from facts.files import FileContents, FileMode, PathsFound
 from facts.launchd import LaunchdJob
 from facts.managed_agents import ManagedAgents
 
@@ -47,6 +47,8 @@ class PreparedHost:
     # deploy wrote ({path: {"label", "arguments"}}) in the LaunchAgents dir.
     elsewhere: dict | None = None
     agents: dict = field(default_factory=dict)
+    # PathsFound answers: {path: {"kind", "kib"}}; a path not named is missing.
+    paths: dict = field(default_factory=dict)
     name: str = "prepared"
     print_prefix: str = "[prepared] "
 
@@ -64,6 +66,8 @@ class PreparedHost:
             return {path: self.files.get(path) for path in kwargs["paths"]}
         if cls is DeployLock:
             return self.lock
+        if cls is PathsFound:
+            return {path: self.paths.get(path) for path in kwargs["paths"]}
         if cls is FileMode:
             path = kwargs["path"]
             if path in self.modes:

@@ -1,0 +1,116 @@
+"""The uninstall's operations under prepared facts: what each yields, and nothing on a
+host it already cleaned."""
+
+from __future__ import annotations
+
+import pytest
+
+from operations import uninstall
+from pyinfra_devpi.config import build_config
+from pyinfra_devpi.render import render_caddy_removed, render_caddy_site
+from pyinfra_devpi.uninstall import describe_leftovers
+
+from .prepared import Meta, PreparedHost, Upload, gnu_only_forms, run_op, shell_lines
+
+DOMAIN = "gui/501"
+
+
+@pytest.fixture
+def config():
+    return build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_caddy_restart": "net.caddy"},
+                        "/Users/alice")
+
+
+def installed(config) -> PreparedHost:
+    return PreparedHost(
+        job={"loaded": True, "state": "running", "pid": 42},
+        files={config.paths.plist_file: "<plist/>", config.caddy_site_file: render_caddy_site(config)},
+        paths={path: {"kind": "dir", "kib": 2048} for _, path in config.paths.removable(config.log_backups)},
+    )
+
+
+def gone(config) -> PreparedHost:
+    return PreparedHost(job=None, files={config.caddy_site_file: render_caddy_removed(config)})
+
+
+def run_all(host, config, purge=False):
+    steps = {
+        "job": run_op(uninstall.job, host, config=config, domain=DOMAIN),
+        "caddy": run_op(uninstall.caddy_block, host, config=config, domain=DOMAIN,
+                        removed=render_caddy_removed(config)),
+    }
+    if purge:
+        steps["purge"] = run_op(uninstall.purge, host, config=config)
+        steps["home"] = run_op(uninstall.home, host, config=config, after=[Meta(bool(steps["purge"]))])
+    return steps
+
+
+def test_an_installed_devpi_is_booted_out_and_its_block_emptied(config):
+    steps = run_all(installed(config), config)
+    job = shell_lines(steps["job"])
+    assert job[0].startswith("launchctl bootout gui/501/net.devpi") and "while launchctl print" in job[0]
+    assert job[-1] == f"rm -f {config.paths.plist_file}"
+    caddy = steps["caddy"]
+    # marked, the empty file moved in, Caddy restarted, the mark cleared
+    assert ": > /Users/alice/devpi/caddy-restart.pending" in caddy[0]
+    (upload,) = [c for c in caddy if isinstance(c, Upload)]
+    assert "devpi was uninstalled" in upload.content and "reverse_proxy" not in upload.content
+    assert caddy[-1] == "( launchctl kickstart -k gui/501/net.caddy ) && rm -f /Users/alice/devpi/caddy-restart.pending"
+    for command in job + shell_lines(caddy):
+        assert gnu_only_forms(command) == []
+
+
+def test_the_job_loaded_in_the_other_domain_is_booted_out_there_too(config):
+    host = gone(config)
+    host.elsewhere = {"loaded": True, "state": "running", "pid": 7}
+    (command,) = shell_lines(run_op(uninstall.job, host, config=config, domain=DOMAIN))
+    assert command.startswith("launchctl bootout user/501/net.devpi")
+
+
+def test_an_uninstalled_host_yields_nothing(config):
+    host = gone(config)
+    steps = run_all(host, config, purge=True)
+    assert steps == {"job": [], "caddy": [], "purge": [], "home": []}
+    assert len(host.noops) == 4
+
+
+def test_a_block_the_deploy_did_not_write_is_left_alone(config):
+    host = gone(config)
+    host.files[config.caddy_site_file] = "pypi.example.org {\n\trespond hello\n}\n"
+    assert run_op(uninstall.caddy_block, host, config=config, domain=DOMAIN, removed=render_caddy_removed(config)) == []
+
+
+def test_a_failed_caddy_restart_is_retried(config):
+    host = gone(config)
+    host.files[config.paths.caddy_restart_pending] = ""
+    (command,) = run_op(uninstall.caddy_block, host, config=config, domain=DOMAIN, removed=render_caddy_removed(config))
+    assert command.startswith("( launchctl kickstart -k gui/501/net.caddy )")
+
+
+def test_the_purge_removes_exactly_the_named_paths(config):
+    steps = run_all(installed(config), config, purge=True)
+    removed = [c.removeprefix("rm -rf ") for c in steps["purge"]]
+    assert removed == [path for _, path in config.paths.removable(config.log_backups)]
+    assert config.paths.server_dir in removed and config.paths.home not in removed
+    assert config.caddy_site_file not in removed and config.paths.plist_file not in removed
+    (home,) = steps["home"]
+    assert "rmdir" in home and ".pyinfra-deploy.serial" in home
+
+
+def test_without_the_purge_nothing_of_devpis_data_is_touched(config):
+    steps = run_all(installed(config), config)
+    text = "\n".join(shell_lines(steps["job"]) + shell_lines(steps["caddy"]))
+    for _, path in config.paths.removable(config.log_backups):
+        if path != config.paths.caddy_restart_pending:
+            assert path not in text
+
+
+def test_the_report_names_what_is_kept_or_removed(config):
+    found = {config.paths.server_dir: {"kind": "dir", "kib": 4096}, config.paths.err_log: {"kind": "file", "kib": 3}}
+    kept = describe_leftovers(config, found)
+    assert kept[0].startswith("kept (a deploy brings devpi back on them")
+    assert "  server dir (devpi's data: uploads, users, indexes, the mirror's cache): " \
+        "/Users/alice/devpi/server-dir (dir, 4.0 MiB)" in kept
+    assert "  stderr log: /Users/alice/Library/Logs/net.devpi.err.log (file, 3 KiB)" in kept
+    purge = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_uninstall_purge": True}, "/Users/alice")
+    assert describe_leftovers(purge, found)[0] == "devpi_uninstall_purge is set: removes:"
