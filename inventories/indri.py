@@ -16,6 +16,7 @@ hosts = [
             "devpi_log_dir": "/Users/erichblume/Library/Logs",
             "devpi_out_log": "mcquack.devpi.out.log",
             "devpi_err_log": "mcquack.devpi.err.log",
+            "devpi_server_log": "mcquack.devpi.log",
             "devpi_outside_url": "https://pypi.ops.eblu.me",
             "devpi_root_password": "op://vault/devpi/root password",
             # What the operator used to create by hand after the first install. eblume

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable
+from typing import Callable
 
 import click
 from pyinfra import host, logger, state
@@ -380,7 +380,7 @@ def summary_lines(sections: dict) -> list[tuple[str, str]]:
     j = sections.get("launchd")
     if j and "loaded" in j:
         if j["loaded"]:
-            exit_ = j["last_exit_code"] if j["last_exit_code"] is not None else j.get("last_exit_signal")
+            exit_ = j["last_exit_code"] if j["last_exit_code"] is not None else j.get("last_exit_signal") or "-"
             rows.append(("launchd", f"{j['domain']}/{j['label']}: {j['state']}, pid {j['pid']}, runs {j['runs']}, "
                          f"last exit {exit_}"))
         else:

@@ -158,8 +158,9 @@ def test_first_converge_never_fetches_a_project_list(sshd, launchd, tools, tmp_p
             asked = mirror.requests()[asked_before:]
             assert "GET /simple/hermetic-alpha/ HTTP/1.1" in asked
             assert not [r for r in asked if r.startswith("GET /simple/ ")], asked
-            # devpi logs to stdout: read both of the job's logs
-            log = "".join(p.read_text(errors="replace") for p in sorted(stack.err_log.parent.glob(f"{stack.label}.*.log")))
+            # every log of the job: devpi's own (<label>.log, rotated copies too) and launchd's
+            log = "".join(p.read_text(errors="replace") for p in sorted(stack.err_log.parent.glob(f"{stack.label}*.log*")))
+            assert "GET /root/pypi/+simple/hermetic-alpha/" in log  # devpi's request log is among them
             assert "fetching remote projects" not in log, [
                 line for line in log.splitlines() if "remote projects" in line or "projects list" in line
             ]
