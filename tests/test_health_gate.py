@@ -76,6 +76,20 @@ def test_nothing_listening_times_out_with_the_log_tail(shell, tmp_path):
     assert "Traceback: boom" in result.stderr
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_timeout_shows_devpis_own_log_too(shell, tmp_path):
+    """An error devpi logs (after its logging is set up) is in its rotated log, not in
+    launchd's stderr file: the gate shows the tails of both."""
+    (tmp_path / "err.log").write_text("")
+    (tmp_path / "devpi.log").write_text("2026-11-30 12:00:00 ERROR could not bind 127.0.0.1:9\n")
+    script = wait_healthy_script("http://127.0.0.1:9", 1, str(tmp_path / "err.log"), nodeinfo(tmp_path),
+                                 server_log=str(tmp_path / "devpi.log"))
+    result = run(shell, script)
+    assert result.returncode == 1
+    assert f"Last lines of {tmp_path / 'devpi.log'}:" in result.stderr
+    assert "ERROR could not bind 127.0.0.1:9" in result.stderr
+
+
 def test_a_new_venv_whose_devpi_fails_the_gate_is_rolled_back(tmp_path):
     """The swapped-in venv's devpi never answers: the link goes back to the previous
     venv, the job restarts (a stand-in launchctl starts a devpi-like server), the gate
