@@ -12,7 +12,7 @@ from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
 from facts._output import key_values, print_block, script, split_blocks
-from pyinfra_devpi.layout import BACKUP_MANIFEST, BACKUP_PREFIX
+from pyinfra_devpi.layout import BACKUP_EXPORT_DIR, BACKUP_MANIFEST, BACKUP_PREFIX, DATAINDEX
 
 
 class Backups(FactBase):
@@ -61,4 +61,53 @@ class Backups(FactBase):
             "last_failure": status.get("last_failure"),
             "status_unreadable": unreadable,
             "now": int(values["now"]),
+        }
+
+
+# The manifest's top-level keys the restore shows (the file list is not read).
+_SUMMARY_KEYS = ("name", "created", "devpi_server", "serverversion", "file_count", "size", "include_mirrored_files")
+
+
+class BackupSource(FactBase):
+    """
+    One backup as a restore sees it. Returns ``None`` when ``path`` is not a
+    directory, else a dict: ``path`` (physical), ``has_manifest``, ``has_dataindex``
+    (devpi-export's ``dataindex.json``), and the manifest's summary (``name``,
+    ``created``, ``devpi_server``, ``serverversion``, ``file_count``, ``size``,
+    ``include_mirrored_files``; ``None`` each when missing).
+
+    + path: the backup's directory
+    """
+
+    def command(self, path):
+        keys = "|".join(_SUMMARY_KEYS)
+        return script([
+            f"b={shlex.quote(path)}",
+            'if [ ! -d "$b" ]; then echo "missing=true"; else',
+            'echo "path=$(cd "$b" && pwd -P)"',
+            f'm="$b"/{BACKUP_MANIFEST}',
+            'if [ -f "$m" ]; then echo "has_manifest=true"; '
+            f"grep -E '^ \"({keys})\": ' \"$m\" | sed 's/^ \"\\([a-z_]*\\)\": */summary.\\1=/; s/,$//'; fi",
+            f'if [ -f "$b"/{BACKUP_EXPORT_DIR}/{DATAINDEX} ]; then echo "has_dataindex=true"; fi',
+            "fi",
+        ])
+
+    def process(self, output):
+        values = key_values(output)
+        if values.get("missing") == "true":
+            return None
+        if "path" not in values:
+            raise FactProcessError(f"BackupSource: unexpected output: {output[:3]!r}")
+        summary = {}
+        for key in _SUMMARY_KEYS:
+            raw = values.get(f"summary.{key}")
+            try:
+                summary[key] = json.loads(raw) if raw is not None else None
+            except ValueError:
+                summary[key] = None
+        return {
+            "path": values["path"],
+            "has_manifest": values.get("has_manifest") == "true",
+            "has_dataindex": values.get("has_dataindex") == "true",
+            **summary,
         }

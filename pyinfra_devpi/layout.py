@@ -68,6 +68,8 @@ BACKUP_LABEL_SUFFIX = ".backup"
 BACKUP_PREFIX = "devpi-backup-"
 BACKUP_MANIFEST = "manifest.json"
 BACKUP_EXPORT_DIR = "export"
+# What devpi-export writes at the top of its dump: users, indexes, file list.
+DATAINDEX = "dataindex.json"
 # A restore imports into ``<server dir>.restoring.pyinfra-new``, and keeps the dir it
 # replaces as ``<server dir>.before-restore-<stamp>``.
 RESTORING_SUFFIX = ".restoring" + TRANSIENT_SUFFIX
@@ -173,6 +175,9 @@ class Layout:
     backup_status = _Under("home", "backup.status.json")
     default_backup_dir = _Under("home", DEFAULT_BACKUP_DIR_NAME)
     # A restore's new server dir while it is imported and checked.
+    # The log of a restore's trial devpi (the restored dir on a spare port).
+    restore_trial_log = _Under("home", "restore-trial.log")
+
     @property
     def restoring_dir(self) -> str:
         return self.server_dir + RESTORING_SUFFIX
