@@ -144,8 +144,9 @@ def test_backup_and_restore_bring_back_every_upload(host, upstream, tools, tmp_p
         assert step in dry.output, dry.output
     assert not host.server_dir.with_name("server-dir.restoring.pyinfra-new").exists()
 
-    restored = host.pyinfra("deploys/devpi_restore.py", "--data", f"devpi_restore_from={kept[-1]}")
+    restored = host.pyinfra("deploys/devpi_restore.py", "-vvv", "--data", f"devpi_restore_from={kept[-1]}")
     assert "the restored server dir answered on spare port" in restored.output, restored.describe()
+    assert "all match the manifest" in restored.output
     host.wait_healthy()
     # every file, user, index and ACL as before; alice logs in with her password
     assert file_digests(host) == digests
