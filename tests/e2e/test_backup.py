@@ -170,6 +170,11 @@ def test_backup_and_restore_bring_back_every_upload(host, upstream, tools, tmp_p
     assert rerun.grand_total()[0] == 0, rerun.describe()
 
 
+def on_disk(host, disk) -> list[str]:
+    """What the tmpfs holds, seen from the SSH sessions' mount namespace (where it is mounted)."""
+    return sorted(host.sshd.run(f"ls -A {disk}", check=True).stdout.split())
+
+
 def test_a_backup_into_a_full_disk_fails_cleanly_and_keeps_older_backups(host, tmp_path):
     disk = host.root / "small-disk"
     disk.mkdir(exist_ok=True)
@@ -179,26 +184,27 @@ def test_a_backup_into_a_full_disk_fails_cleanly_and_keeps_older_backups(host, t
         host.update(devpi_backup={"hour": 3, "minute": 17, "keep": 3, "dir": str(disk)})
         host.deploy()
         good = run_backup(host)["last_success"]["name"]
-        # fill the disk but for a few KB: the next export cannot fit
+        # fill the disk: the next export cannot fit
         host.sshd.run(f"dd if=/dev/zero of={disk}/filler bs=64k 2>/dev/null", check=False)
         failed = run_backup(host)
         failure = failed["last_failure"]
         assert failure["exit_code"] != 0
         assert any("No space left" in line or "Errno 28" in line for line in failure["log_tail"]), failure
         assert failed["last_success"]["name"] == good
-        names = sorted(p.name for p in disk.iterdir() if p.name != "filler")
-        assert names == [good]  # the older backup intact, no temporary dir left
-        assert (disk / good / "manifest.json").exists()
-        # the fact reports it, and the plan says no more than that (the good one is fresh)
+        # the older backup intact, no temporary dir left
+        assert on_disk(host, disk) == sorted([good, "filler"])
+        host.sshd.run(f"test -s {disk}/{good}/manifest.json", check=True)
+        # the fact reports it
         fact = host.fact("facts.backup.Backups", f"status_file={host.devpi_home / 'backup.status.json'}",
                          f"directory={disk}")
         assert fact["last_failure"]["exit_code"] == failure["exit_code"] and fact["count"] == 1
+
+        # unset: the backup job and its plist go; the backups stay
+        host.update(devpi_backup=None)
+        host.deploy()
+        assert host.launchd.print(backup_label(host)).returncode != 0
+        assert not (host.home / "Library/LaunchAgents" / f"{backup_label(host)}.plist").exists()
+        assert good in on_disk(host, disk)
     finally:
         host.launchd.run("bootout", host.launchd.target(backup_label(host)), check=False)
         host.sshd.run(f"umount {disk}", check=False)
-    # unset: the backup job and its plist go; the backups stay
-    host.update(devpi_backup=None)
-    host.deploy()
-    assert host.launchd.print(backup_label(host)).returncode != 0
-    assert not (host.home / "Library/LaunchAgents" / f"{backup_label(host)}.plist").exists()
-    assert any((host.devpi_home / "backups").iterdir())
