@@ -43,14 +43,16 @@ def bootout_command(target: str) -> str:
     )
 
 
-def bootstrap_command(domain: str, target: str, plist_path: str) -> str:
+def bootstrap_command(domain: str, target: str, plist_path: str, delay: float = BOOTSTRAP_DELAY) -> str:
     """``launchctl bootstrap`` with launchd's transient errors handled.
 
     Error 5 (EIO) is launchctl's catch-all and 37 (EALREADY) is answered while an
     old instance is still being torn down: both are retried for a while. If they
     persist, ``print`` tells whether the job is in fact loaded (someone else loaded
-    it); only then is 5 taken as "already loaded".
+    it); only then is 5 taken as "already loaded". ``delay``: seconds between attempts
+    (shorter where devpi is down meanwhile, as in a restore).
     """
+    attempts = max(BOOTSTRAP_ATTEMPTS, int(BOOTSTRAP_ATTEMPTS * BOOTSTRAP_DELAY / delay))
     plist = shlex.quote(plist_path)
     return (
         f"i=0; while :; do "
@@ -58,10 +60,10 @@ def bootstrap_command(domain: str, target: str, plist_path: str) -> str:
         "if [ $rc -eq 0 ]; then break; fi; "
         "if [ $rc -ne 5 ] && [ $rc -ne 37 ]; then echo \"$out\" >&2; exit $rc; fi; "
         "i=$((i + 1)); "
-        f"if [ $i -ge {BOOTSTRAP_ATTEMPTS} ]; then "
+        f"if [ $i -ge {attempts} ]; then "
         f"if launchctl print {target} >/dev/null 2>&1; then break; fi; "
         "echo \"$out\" >&2; exit $rc; fi; "
-        f"sleep {BOOTSTRAP_DELAY}; done"
+        f"sleep {delay}; done"
     )
 
 

@@ -33,6 +33,10 @@ from .launchd import bootout_command, bootstrap_command
 
 q = shlex.quote
 
+# Seconds between bootstrap attempts after the swap (launchd refuses the label for a
+# moment after its bootout).
+BOOTSTRAP_RETRY = 0.1
+
 # How long the trial devpi may take to answer, and to stop.
 TRIAL_TIMEOUT = 120
 TRIAL_STOP_TIMEOUT = 30
@@ -190,7 +194,8 @@ def swap_command(config: DevpiConfig, domain: str, loaded: bool) -> str:
     lines += [
         f'{q(paths.bin("python"))} -I -c {q(SWAP)} "$new" "$live" {keep} || exit $?',
         f"launchctl enable {target} || exit $?",
-        bootstrap_command(domain, target, paths.plist_file),
+        # devpi is down until this succeeds: retry often while launchd lets the old job go
+        bootstrap_command(domain, target, paths.plist_file, delay=BOOTSTRAP_RETRY),
     ]
     return "\n".join(lines)
 
