@@ -20,7 +20,7 @@ from pyinfra_devpi import checks
 from pyinfra_devpi.config import DevpiConfig, build_config
 from pyinfra_devpi.errors import ConfigError, DeployError
 from pyinfra_devpi.layout import BACKUP_EXPORT_DIR, BACKUP_MANIFEST, DATAINDEX
-from pyinfra_devpi.snapshot import FactRead, prefetch, read
+from pyinfra_devpi.snapshot import FactRead, file_content, prefetch, read
 
 RESTORE_KEY = "devpi_restore_from"
 USAGE = f"pyinfra INVENTORY deploys/devpi_restore.py --data {RESTORE_KEY}=<backup name or path>"
@@ -81,7 +81,7 @@ def devpi_restore():
     deploy_lock.begin(config)
     found = read(host, restore.source_read(path))
     check_source(path, found)
-    if read(host, devpi.venv_read(config)) is None or launchd_plist_missing(paths.plist_file):
+    if read(host, devpi.venv_read(config)) is None or file_content(host, paths.plist_file) is None:
         raise DeployError(f"{host.name} has no converged devpi ({paths.venv}, {paths.plist_file}): "
                           "run deploys/devpi.py first, then restore")
     host.log(
@@ -96,8 +96,3 @@ def devpi_restore():
     health_op = devpi.wait_healthy(name="Wait for the restored devpi to answer", config=config, after=[restore_op])
     deploy_lock.release(name="Release the deploy lock", config=config, after=[restore_op, health_op])
 
-
-def launchd_plist_missing(plist_path: str) -> bool:
-    from pyinfra_devpi.snapshot import file_content
-
-    return file_content(host, plist_path) is None

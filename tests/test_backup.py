@@ -316,3 +316,18 @@ def test_the_swap_keeps_the_previous_dir(tmp_path, exchange):
     os.rename(live, tmp_path / "elsewhere")
     subprocess.run([sys.executable, "-c", restore.SWAP, str(new), str(live), str(tmp_path / "k2")], check=True)
     assert (live / "which").read_text() == "again" and not (tmp_path / "k2").exists()
+
+
+def test_restore_refuses_what_is_not_a_finished_backup():
+    from pyinfra_devpi.errors import DeployError
+    from pyinfra_devpi.restore import check_source
+
+    for found, says in (
+        (None, "there is no backup at /b"),
+        ({"has_manifest": False, "has_dataindex": True}, "has no manifest.json"),
+        ({"has_manifest": True, "has_dataindex": False}, "not a devpi-export dump"),
+    ):
+        with pytest.raises(DeployError) as error:
+            check_source("/b", found)
+        assert says in str(error.value)
+    check_source("/b", {"has_manifest": True, "has_dataindex": True})
