@@ -21,11 +21,16 @@ Sections:
            and without devpi_prewarm
   memory   devpi RSS after an install workload and after idling, idle CPU; deployed
            defaults vs devpi's (Whoosh indexer, argon2 defaults)
+  backup   the backup job (launchctl kickstart) and the restore deploy, for a few small
+           uploads and for ~BACKUP_LARGE_MB of generated wheels: wall time, and devpi's
+           availability meanwhile (/+api polled every 20 ms: failures, slowest answer,
+           longest gap)
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import datetime as dt
 import json
@@ -58,7 +63,7 @@ TOP_LEVEL = ["requests", "rich", "httpx", "flask", "python-dateutil", "attrs", "
 CLIENTS = 8
 DEVPI_ARGON2 = {"argon2-memory-cost": 524288, "argon2-time-cost": 16, "argon2-parallelism": 8}
 DEVPI_DEFAULTS = {"indexer-backend": "whoosh", **DEVPI_ARGON2}
-SECTIONS = ("rerun", "first", "restart", "install", "memory", "namelist")
+SECTIONS = ("rerun", "first", "restart", "install", "memory", "namelist", "backup")
 
 
 def log(message: str) -> None:
@@ -548,6 +553,109 @@ def bench_namelist(env: Env, settle: float) -> dict:
 # --------------------------------------------------------------------------- report
 
 
+# --------------------------------------------------------------------------- backup
+
+BACKUP_LARGE_MB = 200
+BACKUP_WHEEL_MB = 10
+
+
+class Poller:
+    """Polls ``GET /+api`` every 20 ms in a thread: every answer's time and status."""
+
+    def __init__(self, url: str):
+        import threading
+        self.url, self.samples, self.stop = url + "/+api", [], False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop:
+            t = time.monotonic()
+            try:
+                status, _, _ = h.http("GET", self.url, timeout=10)
+            except Exception:  # noqa: BLE001 - refused while devpi is down
+                status = 0
+            self.samples.append((t, time.monotonic() - t, status))
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop = True
+        self.thread.join()
+
+    def summary(self) -> dict:
+        failed = [s for s in self.samples if s[2] != 200]
+        gap, start = 0.0, None
+        for t, took, status in self.samples:
+            if status != 200 and start is None:
+                start = t
+            elif status == 200 and start is not None:
+                gap, start = max(gap, t + took - start), None
+        return {"polls": len(self.samples), "failed": len(failed),
+                "slowest_s": max((s[1] for s in self.samples), default=None), "longest_down_s": gap}
+
+
+def upload_data(env: Env, stack: st.DeployedStack, total_mb: int, work: Path) -> int:
+    """Random-content wheels (incompressible) uploaded as root to root/bench; bytes uploaded."""
+    dc.ensure_index(stack.devpi_url, stack.root_auth, "root/bench", bases=[])
+    size = 0
+    count = max(1, total_mb // BACKUP_WHEEL_MB) if total_mb >= BACKUP_WHEEL_MB else 6
+    per = BACKUP_WHEEL_MB * 2**20 if total_mb >= BACKUP_WHEEL_MB else 4096
+    for i in range(count):
+        wheel = h.build_wheel(work, f"bench-blob-{total_mb}-{i}", "1.0",
+                              modules={"blob": "import base64\nB = %r\n" % base64.b85encode(os.urandom(per)).decode()})
+        published = dc.uv_publish(env.tools.uv, wheel.path, f"{stack.devpi_url}/root/bench/", "root", stack.password)
+        if published.returncode != 0:
+            raise h.HarnessError(published.stderr)
+        size += wheel.path.stat().st_size
+        wheel.path.unlink()
+    return size
+
+
+def backup_once(stack: st.DeployedStack) -> dict:
+    status_file = stack.devpi_home / "backup.status.json"
+    before = status_file.read_text() if status_file.exists() else ""
+    label = stack.label + ".backup"
+    with Poller(stack.devpi_url) as poll:
+        t0 = time.monotonic()
+        stack.launchd.run("kickstart", stack.launchd.target(label), local=True)
+        h.wait_until(lambda: status_file.exists() and status_file.read_text() != before
+                     and stack.launchd.pid(label) is None, 1800, 0.05, "the backup to finish")
+        wall = time.monotonic() - t0
+    status = json.loads(status_file.read_text())
+    if "last_failure" in status and status["last_failure"]["epoch"] >= status.get("last_success", {}).get("epoch", 0):
+        raise h.HarnessError(f"backup failed: {status['last_failure']}")
+    return {"wall_s": wall, "program_s": status["last_success"]["seconds"], "size": status["last_success"]["size"],
+            "files": status["last_success"]["files"], "name": status["last_success"]["name"], **poll.summary()}
+
+
+def restore_once(stack: st.DeployedStack, name: str) -> dict:
+    with Poller(stack.devpi_url) as poll:
+        t0 = time.monotonic()
+        run = stack.pyinfra("deploys/devpi_restore.py", "--data", f"devpi_restore_from={name}", check=False)
+        wall = time.monotonic() - t0
+    if run.returncode != 0:
+        raise h.HarnessError("restore failed:\n" + "\n".join(run.output.splitlines()[-40:]))
+    return {"wall_s": wall, **poll.summary()}
+
+
+def bench_backup(env: Env, reps: int) -> dict:
+    results = {}
+    for case, mb in (("small", 0), ("large", BACKUP_LARGE_MB)):
+        stack = env.stack(f"backup-{case}", devpi_backup={"hour": 3, "minute": 17, "keep": 2})
+        stack.wait_healthy()
+        work = env.root / f"wheels-{case}"
+        work.mkdir()
+        uploaded = upload_data(env, stack, mb, work)
+        backups = [backup_once(stack) for _ in range(1 if case == "large" else reps)]
+        restore = restore_once(stack, backups[-1]["name"])
+        results[case] = {"uploaded_bytes": uploaded, "backups": backups, "restore": restore}
+        stack.stop()
+    return results
+
+
 def machine(tools: h.ToolPaths) -> dict:
     cpu = platform.processor() or ""
     try:
@@ -741,7 +849,25 @@ def report(results: dict) -> str:
                              mb(r["after_settle"]["peak_rss_kb"]), str(r["name_list_fetches"])])
         out.append(table(["", "RSS after converge", f"RSS {n['deployed']['settle_s']:.0f} s later", "peak",
                           "name-list fetches"], rows))
+    if "backup" in results:
+        out.extend(backup_report(results))
     return "\n".join(out) + "\n"
+
+
+def backup_report(results: dict) -> list[str]:
+    out = ["\n### Backups and restore\n"]
+    rows = []
+    for case, r in results["backup"].items():
+        mib = r["uploaded_bytes"] / 2**20
+        for b in r["backups"][:1]:
+            rows.append([f"backup ({case}: {b['files']} files, {b['size'] / 2**20:.1f} MiB)", fmt(b["wall_s"]),
+                         fmt(b["program_s"]), f"{b['failed']} / {b['polls']}", fmt(b["slowest_s"]),
+                         fmt(b["longest_down_s"])])
+        x = r["restore"]
+        rows.append([f"restore ({case}, {mib:.1f} MiB uploaded)", fmt(x["wall_s"]), "–", f"{x['failed']} / {x['polls']}",
+                     fmt(x["slowest_s"]), fmt(x["longest_down_s"])])
+    out.append(table(["", "wall", "backup program", "/+api failures / polls", "slowest /+api", "longest down"], rows))
+    return out
 
 
 def headline(results: dict) -> list[tuple[str, str, str]]:
@@ -863,6 +989,7 @@ def main(argv: list[str] | None = None) -> int:
         "install": lambda: bench_install(env, reps),
         "memory": lambda: bench_memory(env, idle),
         "namelist": lambda: bench_namelist(env, 30 if args.quick else 60),
+        "backup": lambda: bench_backup(env, reps),
     }
     try:
         for section in SECTIONS:

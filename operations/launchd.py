@@ -23,7 +23,7 @@ from pyinfra import host
 
 from facts.files import FileMode
 from facts.launchd import LaunchdJob
-from pyinfra_devpi.snapshot import FactRead, read
+from pyinfra_devpi.snapshot import FactRead, file_content, read
 
 from .announce import log_once, operation
 from .textfile import text_differs, write_text
@@ -43,14 +43,16 @@ def bootout_command(target: str) -> str:
     )
 
 
-def bootstrap_command(domain: str, target: str, plist_path: str) -> str:
+def bootstrap_command(domain: str, target: str, plist_path: str, delay: float = BOOTSTRAP_DELAY) -> str:
     """``launchctl bootstrap`` with launchd's transient errors handled.
 
     Error 5 (EIO) is launchctl's catch-all and 37 (EALREADY) is answered while an
     old instance is still being torn down: both are retried for a while. If they
     persist, ``print`` tells whether the job is in fact loaded (someone else loaded
-    it); only then is 5 taken as "already loaded".
+    it); only then is 5 taken as "already loaded". ``delay``: seconds between attempts
+    (shorter where devpi is down meanwhile, as in a restore).
     """
+    attempts = max(BOOTSTRAP_ATTEMPTS, int(BOOTSTRAP_ATTEMPTS * BOOTSTRAP_DELAY / delay))
     plist = shlex.quote(plist_path)
     return (
         f"i=0; while :; do "
@@ -58,10 +60,10 @@ def bootstrap_command(domain: str, target: str, plist_path: str) -> str:
         "if [ $rc -eq 0 ]; then break; fi; "
         "if [ $rc -ne 5 ] && [ $rc -ne 37 ]; then echo \"$out\" >&2; exit $rc; fi; "
         "i=$((i + 1)); "
-        f"if [ $i -ge {BOOTSTRAP_ATTEMPTS} ]; then "
+        f"if [ $i -ge {attempts} ]; then "
         f"if launchctl print {target} >/dev/null 2>&1; then break; fi; "
         "echo \"$out\" >&2; exit $rc; fi; "
-        f"sleep {BOOTSTRAP_DELAY}; done"
+        f"sleep {delay}; done"
     )
 
 
@@ -142,6 +144,7 @@ def agent(
     domain: str,
     restart_after=(),
     directories=(),
+    keep_running: bool = True,
 ):
     """
     Make launchd run the LaunchAgent ``label`` from ``plist``.
@@ -153,6 +156,9 @@ def agent(
     + restart_after: operations whose change must restart the job (``kickstart -k``)
     + directories: directories the definition names (its log dir): made before the job
       is (re)loaded, since launchd creates a log file but not its directory
+    + keep_running: a service (devpi) runs all the time: one that is not running is
+      kickstarted. ``False`` for a job launchd starts on a schedule (the backup job):
+      loaded and enabled is all it needs; it is never started by the deploy.
 
     | observed                                   | commands                         |
     | plist changed, job loaded                  | write plist, bootout, bootstrap  |
@@ -195,11 +201,36 @@ def agent(
         commands += [*make_dirs, bootout_command(target), bootstrap_command(domain, target, plist_path)]
     elif not loaded:
         commands += [*make_dirs, bootstrap_command(domain, target, plist_path)]
+    elif not keep_running:
+        pass  # launchd starts it when its calendar says so
     elif not _is_running(job):
         commands.append(f"launchctl kickstart {target}")
     elif any_changed(restart_after):
         commands.append(f"launchctl kickstart -k {target}")
 
     if not commands:
-        host.noop(f"{domain}/{label} is loaded, enabled and running its current definition")
+        running = "running " if keep_running else ""
+        host.noop(f"{domain}/{label} is loaded, enabled and {running}its current definition")
+    yield from commands
+
+
+@operation
+def absent(label: str, domain: str, plist_path: str):
+    """
+    No LaunchAgent ``label``: boot the job out (a run in progress is stopped) and
+    remove its plist. Reads what ``agent`` reads (``reads(label, domain, plist_path)``).
+
+    | observed                   | commands                 |
+    | job loaded                 | bootout                  |
+    | plist on disk              | rm -f plist              |
+    """
+    target = shlex.quote(f"{domain}/{label}")
+    job = read(host, job_read(label, domain))
+    commands = []
+    if job and job.get("loaded"):
+        commands.append(bootout_command(target))
+    if file_content(host, plist_path) is not None:
+        commands.append(f"rm -f {shlex.quote(plist_path)}")
+    if not commands:
+        host.noop(f"no LaunchAgent {label}")
     yield from commands

@@ -54,7 +54,7 @@ def bootout_and_wait(target: str) -> str:
 
 
 @operation
-def old_agents(label: str, domain: str, plist_path: str, config_file: str, agents_dir: str):
+def old_agents(label: str, domain: str, plist_path: str, config_file: str, agents_dir: str, keep=()):
     """
     Boot out and remove this deploy's LaunchAgent under an old label, and its label
     loaded in the other launchd domain.
@@ -62,6 +62,7 @@ def old_agents(label: str, domain: str, plist_path: str, config_file: str, agent
     + label, domain, plist_path: the job as it should be
     + config_file: devpi's config file: a marked plist that runs devpi with it is ours
     + agents_dir: where the plists live
+    + keep: labels of this devpi's other LaunchAgents (the backup job): not retired
     """
     commands = []
     elsewhere = read(host, _elsewhere_read(label, domain))
@@ -70,7 +71,7 @@ def old_agents(label: str, domain: str, plist_path: str, config_file: str, agent
         host.log(f"{label} is also loaded in {other_domain(domain)}: booting it out there", logger.info)
         commands.append(bootout_and_wait(target))
     for path, agent in sorted(read(host, _agents_read(agents_dir)).items()):
-        if path == plist_path or agent["label"] == label:
+        if path == plist_path or agent["label"] == label or agent["label"] in keep:
             continue
         if config_file not in agent["arguments"]:
             logger.warning(

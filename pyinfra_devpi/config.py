@@ -10,6 +10,7 @@ deploys' keys (a Caddy deploy's ``caddy_email``) pass untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import re
@@ -317,6 +318,50 @@ def _server_options(where, value):
     return out
 
 
+@dataclass(frozen=True)
+class BackupConfig:
+    """``devpi_backup``: when the backup job runs (daily, host's local time), how many
+    good backups it keeps, where it writes them (None: ``<devpi_home>/backups``), and
+    whether the mirrors' cached files go in too."""
+
+    hour: int
+    minute: int
+    keep: int
+    dir: str | None
+    mirrored_files: bool
+
+
+BACKUP_KEYS = ("hour", "minute", "keep", "dir", "mirrored_files")
+MAX_BACKUPS_KEPT = 1000
+
+
+def _backup(where, value):
+    """``{"hour": 3, "minute": 17, "keep": 14, "dir": "~/devpi/backups", "mirrored_files": False}``;
+    hour and minute are required, the rest default."""
+    example = '{"hour": 3, "minute": 17, "keep": 14}'
+    if not isinstance(value, dict):
+        raise fail(where, value, f"use a mapping such as {example}, or leave it unset for no backups")
+    unknown = sorted(str(k) for k in value if k not in BACKUP_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"host data {where} has unknown key(s) {', '.join(unknown)}: use {', '.join(BACKUP_KEYS)}",
+        )
+    for required in ("hour", "minute"):
+        if required not in value:
+            raise ConfigError(f"host data {where} needs {required!r}: e.g. {example} (daily at 03:17)")
+    hour = checks.integer(f"{where} ['hour']", value["hour"], minimum=0, maximum=23,
+                          allowed="use an hour from 0 to 23 (the host's local time)")
+    minute = checks.integer(f"{where} ['minute']", value["minute"], minimum=0, maximum=59,
+                            allowed="use a minute from 0 to 59")
+    keep = checks.integer(f"{where} ['keep']", value.get("keep", 14), minimum=1, maximum=MAX_BACKUPS_KEPT,
+                          allowed=f"use how many good backups to keep, from 1 to {MAX_BACKUPS_KEPT}")
+    directory = value.get("dir")
+    if directory is not None:
+        directory = _path(f"{where} ['dir']", directory)
+    mirrored = checks.boolean(f"{where} ['mirrored_files']", value.get("mirrored_files", False))
+    return BackupConfig(hour=hour, minute=minute, keep=keep, dir=directory, mirrored_files=mirrored)
+
+
 def key(name: str, default: Any, check: Callable[[str, Any], Any], *, optional: bool = False):
     """Declare a config field: its host-data key, its default and its check.
 
@@ -379,6 +424,8 @@ class DevpiConfig:
     status_format: str = key("devpi_status_format", "table", _status_format)
     # deploys/devpi_uninstall.py: also remove devpi's data, venvs, config and logs.
     uninstall_purge: bool = key("devpi_uninstall_purge", False, checks.boolean)
+    # Scheduled backups (pyinfra_devpi/backup.py): None, no backup job.
+    backup: BackupConfig | None = key("devpi_backup", None, _backup, optional=True)
 
     @functools.cached_property
     def paths(self) -> Layout:
@@ -392,6 +439,13 @@ class DevpiConfig:
             server_log_name=self.server_log or f"{self.label}.log",
             caddy_site_file=self.caddy_site_file,
         )
+
+    @property
+    def backup_dir(self) -> str:
+        """Where backups go (and where a restore looks for a backup named without a path)."""
+        if self.backup is not None and self.backup.dir is not None:
+            return self.backup.dir
+        return self.paths.default_backup_dir
 
     @property
     def venv_name(self) -> str:
@@ -467,8 +521,11 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
     for name, spec in KEYS.items():
         value = spec.check(f"`{name}`", data.get(name, spec.default))
         if spec.check is _path and value.startswith("~/"):
-            value = f"{user_home}{value[1:]}".rstrip("/") or "/"
+            value = _expand(value, user_home)
         values[spec.field] = value
+    backup = values["backup"]
+    if backup is not None and backup.dir is not None and backup.dir.startswith("~/"):
+        values["backup"] = dataclasses.replace(backup, dir=_expand(backup.dir, user_home))
 
     check_together(values["users"], values["indexes"])
 
@@ -501,7 +558,28 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
         raise fail("`devpi_server_log`", paths.server_log_name,
                    "use a file name different from devpi_out_log and devpi_err_log (launchd holds those open)")
     _check_site_file(paths)
+    if config.backup is not None:
+        _check_backup_dir(config)
     return config
+
+
+def _expand(path: str, user_home: str) -> str:
+    """``~/...`` in the SSH user's home."""
+    return f"{user_home}{path[1:]}".rstrip("/") or "/"
+
+
+def _check_backup_dir(config: DevpiConfig) -> None:
+    """Backups must not land in the server dir (a backup of a backup, every night) nor
+    on a file the deploy owns."""
+    directory = PurePosixPath(config.backup_dir)
+    server_dir = PurePosixPath(config.paths.server_dir)
+    owned = {PurePosixPath(path) for path in config.paths.managed().values()}
+    if server_dir in (directory, *directory.parents) or directory in owned or directory == PurePosixPath(config.home):
+        raise fail(
+            "`devpi_backup` ['dir']", config.backup_dir,
+            f"use a directory of its own outside the server dir, such as {config.paths.default_backup_dir!r} "
+            "(or, better, one on another disk)",
+        )
 
 
 def _check_site_file(paths: Layout) -> None:

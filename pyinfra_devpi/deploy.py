@@ -16,13 +16,15 @@ from pyinfra.api import deploy
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from facts.launchd import LaunchdSession
-from operations import caddy, deploy_lock, devpi, launchd, preflight, prewarm, retire, users_indexes
+from operations import backup, caddy, deploy_lock, devpi, launchd, preflight, prewarm, retire, users_indexes
 from operations.textfile import text_differs
 from pyinfra_devpi.config import SERVER_DB_VERSION, UV_BOOTSTRAP_VERSION, DevpiConfig, build_config
 from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, SQLITE
 from pyinfra_devpi.preflight import Needs, with_tools
-from pyinfra_devpi.render import render_caddy_site, render_logging_config, render_plist, render_server_yaml
+from pyinfra_devpi.render import (
+    render_backup_plist, render_caddy_site, render_logging_config, render_plist, render_server_yaml,
+)
 from pyinfra_devpi.run_secrets import hash_once, is_dry_run
 from pyinfra_devpi.snapshot import FactRead, prefetch, read
 from pyinfra_devpi.users_indexes.plan import PlanError
@@ -156,6 +158,7 @@ def devpi_service():
             *caddy.reads(paths.caddy_site_file, paths.caddy_restart_pending),
             *users_indexes.reads(config),
             *prewarm.reads(config),
+            *backup.reads(config, domain),
         ],
     )
     # Refuses the run while another deploy holds the lock; from here on, every
@@ -197,6 +200,7 @@ def devpi_service():
         plist_path=paths.plist_file,
         config_file=paths.config_file,
         agents_dir=paths.launch_agents_dir,
+        keep=(paths.backup_label,),
     )
     agent_op = launchd.agent(
         name="LaunchAgent " + config.label,
@@ -211,6 +215,31 @@ def devpi_service():
         name="Wait for devpi to answer", config=config, after=[agent_op], new_venv=[venv_op],
         target=f"{domain}/{config.label}",
     )
+    # Scheduled backups: a second LaunchAgent that launchd starts daily (never started
+    # by the deploy), or none once devpi_backup is unset (its backups stay).
+    if config.backup is not None:
+        backup.warn_if_stale(config)
+        backup_ops = [
+            backup.program(name="Backup program", config=config),
+            launchd.agent(
+                name="LaunchAgent " + paths.backup_label,
+                label=paths.backup_label,
+                plist=render_backup_plist(config),
+                plist_path=paths.backup_plist_file,
+                domain=domain,
+                directories=[paths.log_dir],
+                keep_running=False,
+            ),
+        ]
+    else:
+        backup_ops = [
+            launchd.absent(
+                name="No LaunchAgent " + paths.backup_label,
+                label=paths.backup_label,
+                domain=domain,
+                plist_path=paths.backup_plist_file,
+            ),
+        ]
     caddy_op = caddy.site(
         name="Caddy site block for devpi",
         path=paths.caddy_site_file,
@@ -239,6 +268,6 @@ def devpi_service():
     deploy_lock.release(
         name="Release the deploy lock",
         config=config,
-        after=[op for op in (bootstrap_op, venv_op, logging_op, config_op, secret_op, init_op, retire_op, agent_op, health_op,
-                            caddy_op, api_op, prewarm_op) if op is not None],
+        after=[op for op in (bootstrap_op, venv_op, logging_op, config_op, secret_op, init_op, retire_op, agent_op,
+                            health_op, *backup_ops, caddy_op, api_op, prewarm_op) if op is not None],
     )

@@ -57,6 +57,24 @@ DEPLOY_SERIAL = ".pyinfra-deploy.serial"
 # A LaunchAgent's plist is ``<label>.plist`` in the LaunchAgents dir.
 PLIST_SUFFIX = ".plist"
 
+# Backups (``devpi_backup``, pyinfra_devpi/backup.py): a second LaunchAgent,
+# ``<label>.backup``, runs the backup program (``<home>/bin/devpi-backup.py``, run by
+# the live venv's Python) which writes ``devpi-backup-<UTC stamp>`` directories, each
+# with ``manifest.json``, into the backup dir (default ``<home>/backups``); a backup is
+# written under ``.devpi-backup-<stamp>-<pid>.pyinfra-new`` there first and renamed
+# into place. Its last success and failure go to ``<home>/backup.status.json``.
+DEFAULT_BACKUP_DIR_NAME = "backups"
+BACKUP_LABEL_SUFFIX = ".backup"
+BACKUP_PREFIX = "devpi-backup-"
+BACKUP_MANIFEST = "manifest.json"
+BACKUP_EXPORT_DIR = "export"
+# What devpi-export writes at the top of its dump: users, indexes, file list.
+DATAINDEX = "dataindex.json"
+# A restore imports into ``<server dir>.restoring.pyinfra-new``, and keeps the dir it
+# replaces as ``<server dir>.before-restore-<stamp>``.
+RESTORING_SUFFIX = ".restoring" + TRANSIENT_SUFFIX
+BEFORE_RESTORE_SUFFIX = ".before-restore-"
+
 # Where a Mac keeps the tools the deploy runs. A non-interactive SSH command on macOS
 # gets PATH=/usr/bin:/bin:/usr/sbin:/sbin: Homebrew's bin (``/opt/homebrew/bin`` on
 # Apple silicon, ``/usr/local/bin`` on Intel) and uv's installer dir (``~/.local/bin``,
@@ -156,6 +174,25 @@ class Layout:
     tools_dir = _Under("home", "tools")
     bootstrap_uv = _Under("tools_dir", "bin/uv")  # the last of the uv candidates
     uv_build_venv = _Under("tools_dir", "uv-venv" + TRANSIENT_SUFFIX)
+    # Backups: the program the backup job runs, its status record, the default dir.
+    backup_program = _Under("home", "bin/devpi-backup.py")
+    backup_status = _Under("home", "backup.status.json")
+    default_backup_dir = _Under("home", DEFAULT_BACKUP_DIR_NAME)
+    # A restore's new server dir while it is imported and checked.
+    # The log of a restore's trial devpi (the restored dir on a spare port).
+    restore_trial_log = _Under("home", "restore-trial.log")
+
+    @property
+    def restoring_dir(self) -> str:
+        return self.server_dir + RESTORING_SUFFIX
+
+    def before_restore(self, stamp: str) -> str:
+        """Where a restore keeps the server dir it replaced (``stamp`` may be a shell word)."""
+        return f"{self.server_dir}{BEFORE_RESTORE_SUFFIX}{stamp}"
+
+    @property
+    def backup_label(self) -> str:
+        return self.label + BACKUP_LABEL_SUFFIX
 
     @property
     def venv_prune_glob(self) -> str:
@@ -211,6 +248,9 @@ class Layout:
             ("devpi's log", self.server_log),
             *((f"devpi's log, rotated copy {n}", path) for n, path in enumerate(self.server_log_backups(log_backups), 1)),
         ]
+    # The backup job's plist beside the main one, and its log (stdout and stderr).
+    backup_plist_file = _Under("launch_agents_dir", named_by="backup_label", suffix=PLIST_SUFFIX)
+    backup_log = _Under("log_dir", named_by="backup_label", suffix=".log")
 
     def managed(self) -> dict[str, str]:
         """The files the deploy writes, by what they are (for messages and checks)."""

@@ -93,6 +93,34 @@ def render_logging_config(config: DevpiConfig) -> str:
         "root": {"level": level, "handlers": ["rotating"]},
     }
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=True) + "\n"
+# The backup job works in the background: launchd may throttle its CPU and IO, so it
+# competes less with devpi answering requests.
+BACKUP_PROCESS_TYPE = "Background"
+
+
+def render_backup_plist(config: DevpiConfig) -> str:
+    """The backup job's plist: daily at ``devpi_backup``'s hour and minute (the host's
+    local time); no RunAtLoad, no KeepAlive: it runs when the calendar (or a
+    ``launchctl kickstart``) says so, once."""
+    from .backup import program_arguments as backup_arguments
+
+    backup = config.backup
+    if backup is None:
+        raise ValueError("devpi_backup is unset: there is no backup job")
+    template = _environment(autoescape=True).get_template("devpi-backup.plist.j2")
+    return _finish(
+        template.render(
+            label=config.paths.backup_label,
+            program_arguments=backup_arguments(config),
+            working_directory=config.paths.home,
+            environment=[("LANG", "en_US.UTF-8"), ("PYTHONUNBUFFERED", "1")],
+            session_types=SESSION_TYPES,
+            hour=backup.hour,
+            minute=backup.minute,
+            process_type=BACKUP_PROCESS_TYPE,
+            log_path=config.paths.backup_log,
+        ),
+    )
 
 
 def yaml_scalar(value: object) -> str:

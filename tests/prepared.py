@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
+from facts.backup import Backups, BackupSource
 from facts.deploy_lock import DeployLock
 from facts.devpi import ServerDir, VenvVersions
 from facts.files import FileContents, FileMode, PathsFound
@@ -49,11 +50,21 @@ class PreparedHost:
     agents: dict = field(default_factory=dict)
     # PathsFound answers: {path: {"kind", "kib"}}; a path not named is missing.
     paths: dict = field(default_factory=dict)
+    # Other LaunchAgents (the backup job) by label; the Backups fact; BackupSource by path.
+    jobs: dict = field(default_factory=dict)
+    backups: dict | None = None
+    sources: dict = field(default_factory=dict)
     name: str = "prepared"
     print_prefix: str = "[prepared] "
 
     def get_fact(self, cls, **kwargs):
         self.asked.append((cls.__name__, kwargs))
+        if cls is LaunchdJob and kwargs["label"] in self.jobs:
+            return self.jobs[kwargs["label"]]
+        if cls is Backups:
+            return self.backups
+        if cls is BackupSource:
+            return self.sources.get(kwargs["path"])
         if cls is LaunchdJob:
             return self.elsewhere if kwargs["domain"].startswith("user/") else self.job
         if cls is ManagedAgents:

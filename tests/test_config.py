@@ -101,6 +101,17 @@ BAD_VALUES = {
         5,
     ],
     "devpi_prewarm_index": ["pypi", "root/", "/root/pypi", "root/pypi/+simple", 5, None],
+    "devpi_backup": [
+        "daily", 3, {}, {"hour": 3}, {"minute": 5}, {"hour": 24, "minute": 0}, {"hour": -1, "minute": 0},
+        {"hour": 3, "minute": 60}, {"hour": "3", "minute": 0}, {"hour": True, "minute": 0},
+        {"hour": 3, "minute": 0, "keep": 0}, {"hour": 3, "minute": 0, "keep": 1001},
+        {"hour": 3, "minute": 0, "keep": "14"}, {"hour": 3, "minute": 0, "dir": "backups"},
+        {"hour": 3, "minute": 0, "dir": "/tmp/a\nb"}, {"hour": 3, "minute": 0, "dir": "/tmp/../etc"},
+        # inside the server dir, or the devpi home itself
+        {"hour": 3, "minute": 0, "dir": "~/devpi/server-dir"}, {"hour": 3, "minute": 0, "dir": "~/devpi/server-dir/b"},
+        {"hour": 3, "minute": 0, "dir": "~/devpi"},
+        {"hour": 3, "minute": 0, "mirrored_files": "yes"}, {"hour": 3, "minute": 0, "when": "daily"},
+    ],
 }
 
 
@@ -219,3 +230,27 @@ def test_devpi_home_is_a_directory_of_its_own(home):
     with pytest.raises(ConfigError, match="`devpi_home`.*a directory of its own"):
         build_config({**BASE, "devpi_home": home}, HOME)
     assert build_config({**BASE, "devpi_home": "~/srv/"}, HOME).home == HOME + "/srv"
+
+
+def test_backup_defaults_and_paths():
+    config = build_config({**BASE, "devpi_backup": {"hour": 3, "minute": 17}}, HOME)
+    assert (config.backup.hour, config.backup.minute, config.backup.keep, config.backup.mirrored_files) == (
+        3, 17, 14, False)
+    assert config.backup_dir == f"{HOME}/devpi/backups"
+    assert config.paths.backup_label == "net.devpi.backup"
+    assert config.paths.backup_plist_file == f"{HOME}/Library/LaunchAgents/net.devpi.backup.plist"
+    moved = build_config({**BASE, "devpi_backup": {"hour": 0, "minute": 0, "keep": 3, "dir": "~/Backups/devpi",
+                                                   "mirrored_files": True}}, HOME)
+    assert moved.backup_dir == f"{HOME}/Backups/devpi" and moved.backup.mirrored_files
+    # unset: no backups; a restore still looks in the default dir
+    assert build_config(BASE, HOME).backup is None
+    assert build_config(BASE, HOME).backup_dir == f"{HOME}/devpi/backups"
+
+
+def test_backup_errors_say_the_fix():
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, "devpi_backup": {"hour": 3}}, HOME)
+    assert "`devpi_backup` needs 'minute'" in str(error.value) and '"minute": 17' in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, "devpi_backup": {"hour": 3, "minute": 0, "dir": "~/devpi/server-dir/b"}}, HOME)
+    assert "outside the server dir" in str(error.value)

@@ -69,3 +69,25 @@ def test_say_expands_only_the_shell_values_it_is_given(shell, pwned):
     value = f"$(touch {pwned}/x) %s"
     result = run(shell, f"v={shlex.quote(value)}; " + say("got %s, not " + value.replace("%", "%%"), '"$v"'))
     assert result.stderr == f"got {value}, not {value}\n"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("template", HOSTILE)
+def test_restore_steps_take_paths_literally(shell, template, pwned, tmp_path):
+    """Each restore step, with a hostile devpi home and backup path, on a host without
+    devpi: every step fails, and runs nothing the values name."""
+    from operations import restore
+
+    hostile = template.format(pwned=pwned).replace("/", "_")
+    home = tmp_path / hostile / "devpi"
+    home.mkdir(parents=True)
+    config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_home": str(home)}, "/Users/alice")
+    backup = str(tmp_path / hostile / "backups" / hostile)
+    steps = [
+        restore.verify_command(config, backup), restore.import_command(config, backup),
+        restore.fsck_command(config), restore.trial_command(config),
+    ]
+    for step in steps:
+        result = run(shell, step)
+        assert result.returncode != 0, step
+    assert not Path(config.paths.restoring_dir).exists()  # the import's trap removed its dir

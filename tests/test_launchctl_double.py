@@ -544,3 +544,23 @@ def test_the_gui_domain_exists_only_for_the_console_user(double):
     double.ok("print", USER)
     (double.state / "console_uid").write_text(f"{UID}\n")
     double.ok("print", GUI)
+
+
+def test_a_calendar_job_runs_once_per_kickstart(double):
+    """The backup job: StartCalendarInterval, no RunAtLoad, no KeepAlive. Loading it
+    starts nothing; ``kickstart`` runs the program once, and after it exits (0) it is
+    not restarted, as launchd does for an on-demand job."""
+    marker = double.tmp / "runs.txt"
+    program = [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write('ran\\n')", str(marker)]
+    plist = double.plist("net.devpi.backup", program=program, RunAtLoad=None, KeepAlive=None,
+                         StartCalendarInterval={"Hour": 3, "Minute": 17})
+    double.ok("bootstrap", GUI, str(plist))
+    time.sleep(0.3)
+    info = double.info("net.devpi.backup")
+    assert info["state"] == "not running" and info["runs"] == "0" and not marker.exists()
+    double.ok("kickstart", f"{GUI}/net.devpi.backup")
+    assert wait_for(lambda: double.info("net.devpi.backup").get("last exit code") == "0")
+    time.sleep(0.5)
+    info = double.info("net.devpi.backup")
+    assert info["state"] == "not running" and info["runs"] == "1"
+    assert marker.read_text() == "ran\n"

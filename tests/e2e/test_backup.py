@@ -1,0 +1,210 @@
+"""Scheduled backups and the restore, end to end with real devpi: a user's uploads are
+backed up by the backup LaunchAgent's own program (run on demand with ``launchctl
+kickstart``), the server dir is lost, and the restore brings back every file, user,
+index and ACL; a backup into a full disk fails cleanly and keeps the older ones."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from . import devpi_client
+from .harness import build_wheel, count_remote_commands, wait_until
+from .stack import start_stack
+
+pytestmark = pytest.mark.e2e
+
+ALICE_REF = "op://e2e/devpi/alice"
+ALICE_PW = "alice-backup-Pa55"
+PROJECTS = ("bk-alpha", "bk-beta", "bk-gamma")
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory, sshd, launchd, upstream):
+    with start_stack(
+        sshd, launchd, upstream, tmp_path_factory.mktemp("backup"), "backup", caddy=False,
+        secrets={ALICE_REF: ALICE_PW},
+        devpi_throttle_interval=1,
+        devpi_users={"alice": {"email": "alice@e2e.test", "password": ALICE_REF}},
+        devpi_indexes={
+            "root/pypi": {"mirror_url": upstream.url},
+            "alice/dev": {"bases": ["root/pypi"], "acl_upload": ["alice"]},
+            "alice/stable": {"bases": ["alice/dev"], "volatile": False},
+        },
+        devpi_backup={"hour": 3, "minute": 17, "keep": 2},
+    ) as stack:
+        yield stack
+
+
+def backup_label(host) -> str:
+    return host.label + ".backup"
+
+
+def status(host) -> dict:
+    path = host.devpi_home / "backup.status.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def run_backup(host, previous: dict | None = None) -> dict:
+    """``launchctl kickstart`` the backup job and wait until it has exited; its status."""
+    before = json.dumps(status(host), sort_keys=True)
+    host.launchd.kickstart(backup_label(host), kill=False)
+    wait_until(lambda: json.dumps(status(host), sort_keys=True) != before
+               and host.launchd.pid(backup_label(host)) is None,
+               300, 0.2, "the backup job to finish", detail=lambda: log_tail(host))
+    return status(host)
+
+
+def log_tail(host) -> str:
+    log = host.home / "Library/Logs" / f"{backup_label(host)}.log"
+    return log.read_text()[-3000:] if log.exists() else "(no backup log)"
+
+
+def file_digests(host) -> dict[str, str]:
+    """Every release file on alice's indexes: name -> sha256 of what devpi serves."""
+    digests = {}
+    for index in ("alice/dev", "alice/stable"):
+        for project in PROJECTS:
+            status_code, _ = devpi_client.simple_page(host.devpi_url, index, project)
+            if status_code != 200:
+                continue
+            for name, url in devpi_client.simple_links(host.devpi_url, index, project).items():
+                if "/alice/" in url:
+                    digests[f"{index}/{name}"] = devpi_client.sha256(devpi_client.download(url))
+    return digests
+
+
+def users_and_indexes(host) -> dict:
+    """Users with their settings and indexes (ACLs, bases, ...), without volatile bits."""
+    state = host.state()
+    for user in state.values():
+        user.pop("created", None)
+        user.pop("modified", None)
+    return state
+
+
+def test_backup_and_restore_bring_back_every_upload(host, upstream, tools, tmp_path):
+    # alice uploads several packages to her stage index; two go on to the non-volatile one
+    for project in PROJECTS:
+        for version in ("1.0", "1.1"):
+            wheel = build_wheel(tmp_path / "dist", project, version, ["hermetic-alpha>=1.0"] if project == "bk-alpha" else [])
+            published = devpi_client.uv_publish(tools.uv, wheel.path, f"{host.devpi_url}/alice/dev/", "alice", ALICE_PW)
+            assert published.returncode == 0, published.stdout + published.stderr
+    wheel = build_wheel(tmp_path / "dist", "bk-gamma", "2.0")
+    published = devpi_client.uv_publish(tools.uv, wheel.path, f"{host.devpi_url}/alice/stable/", "alice", ALICE_PW)
+    assert published.returncode == 0, published.stdout + published.stderr
+    digests, state = file_digests(host), users_and_indexes(host)
+    assert len(digests) >= 7
+
+    # the job is loaded, never started by the deploy; launchctl kickstart runs it once
+    printed = host.launchd.print(backup_label(host)).stdout
+    assert "state = not running" in printed and "runs = 0" in printed
+    first = run_backup(host)
+    assert first["last_success"]["name"].startswith("devpi-backup-")
+    assert "last_failure" not in first
+    backups = host.devpi_home / "backups"
+    (name,) = [p.name for p in backups.iterdir()]
+    manifest = json.loads((backups / name / "manifest.json").read_text())
+    assert manifest["file_count"] == len(manifest["files"]) and manifest["serverversion"] == "4"
+    assert {f["sha256"] for f in manifest["files"]} >= set(digests.values())
+    # the fact, from the CLI
+    fact = host.fact("facts.backup.Backups", f"status_file={host.devpi_home / 'backup.status.json'}",
+                     f"directory={backups}")
+    assert fact["count"] == 1 and fact["newest"] == name
+    assert fact["last_success"]["size"] == manifest["size"] > 0
+
+    # a rerun with backups configured changes nothing, in two remote commands
+    pid = host.pid()
+    rerun = host.deploy("--debug")
+    assert rerun.grand_total()[0] == 0, rerun.describe()
+    assert count_remote_commands(rerun.output) == 2
+    assert host.pid() == pid
+
+    # keep=2: a third backup prunes the oldest
+    time.sleep(1.1)  # backups are named by the second
+    second = run_backup(host)
+    time.sleep(1.1)
+    third = run_backup(host)
+    kept = sorted(p.name for p in backups.iterdir())
+    assert kept == sorted([second["last_success"]["name"], third["last_success"]["name"]])
+
+    # the server dir is lost: devpi stops, its dir goes, the deploy makes a new, empty one
+    host.stop_devpi()
+    lost = host.server_dir.with_name("lost-server-dir")
+    host.server_dir.rename(lost)
+    host.deploy()
+    assert host.login("alice", ALICE_PW) == 200  # the deploy made alice again, with no uploads
+    assert file_digests(host) == {}
+    empty_uuid = json.loads((host.server_dir / ".nodeinfo").read_text())["uuid"]
+
+    dry = host.pyinfra("deploys/devpi_restore.py", "--dry", "--diff", "--data", f"devpi_restore_from={kept[-1]}")
+    for step in ("verify the backup", "devpi-import", "devpi-fsck", "trial: devpi-server", "swap the restored"):
+        assert step in dry.output, dry.output
+    assert not host.server_dir.with_name("server-dir.restoring.pyinfra-new").exists()
+
+    restored = host.pyinfra("deploys/devpi_restore.py", "-vvv", "--data", f"devpi_restore_from={kept[-1]}")
+    assert "the restored server dir answered on spare port" in restored.output, restored.describe()
+    assert "all match the manifest" in restored.output
+    host.wait_healthy()
+    # every file, user, index and ACL as before; alice logs in with her password
+    assert file_digests(host) == digests
+    assert users_and_indexes(host) == state
+    assert host.login("alice", ALICE_PW) == 200
+    # devpi answers with the restored dir's identity; the replaced dir is kept
+    uuid = json.loads((host.server_dir / ".nodeinfo").read_text())["uuid"]
+    assert uuid != empty_uuid
+    (kept_dir,) = [p for p in host.devpi_home.iterdir() if ".before-restore-" in p.name]
+    assert json.loads((kept_dir / ".nodeinfo").read_text())["uuid"] == empty_uuid
+    assert not host.server_dir.with_name("server-dir.restoring.pyinfra-new").exists()
+
+    # installs from the restored index work (bk-alpha's dependency through root/pypi)
+    venv_python = devpi_client.make_venv(tools.uv, tools.python3, tmp_path / "venv", seed=True)
+    install = devpi_client.install("pip", tools.uv, venv_python, f"{host.devpi_url}/alice/stable/+simple/",
+                                   ["bk-alpha==1.1", "bk-gamma==2.0"], timeout=300)
+    assert install.returncode == 0, install.stdout + install.stderr
+
+    # and the deploy is happy with the restored dir
+    rerun = host.deploy()
+    assert rerun.grand_total()[0] == 0, rerun.describe()
+
+
+def on_disk(host, disk) -> list[str]:
+    """What the tmpfs holds, seen from the SSH sessions' mount namespace (where it is mounted)."""
+    return sorted(host.sshd.run(f"ls -A {disk}", check=True).stdout.split())
+
+
+def test_a_backup_into_a_full_disk_fails_cleanly_and_keeps_older_backups(host, tmp_path):
+    disk = host.root / "small-disk"
+    disk.mkdir(exist_ok=True)
+    # a 4 MB tmpfs in the SSH sessions' mount namespace (where the backup job runs)
+    host.sshd.run(f"mount -t tmpfs -o size=4m tmpfs {disk}", check=True)
+    try:
+        host.update(devpi_backup={"hour": 3, "minute": 17, "keep": 3, "dir": str(disk)})
+        host.deploy()
+        good = run_backup(host)["last_success"]["name"]
+        # fill the disk: the next export cannot fit
+        host.sshd.run(f"dd if=/dev/zero of={disk}/filler bs=64k 2>/dev/null", check=False)
+        failed = run_backup(host)
+        failure = failed["last_failure"]
+        assert failure["exit_code"] != 0
+        assert any("No space left" in line or "Errno 28" in line for line in failure["log_tail"]), failure
+        assert failed["last_success"]["name"] == good
+        # the older backup intact, no temporary dir left
+        assert on_disk(host, disk) == sorted([good, "filler"])
+        host.sshd.run(f"test -s {disk}/{good}/manifest.json", check=True)
+        # the fact reports it
+        fact = host.fact("facts.backup.Backups", f"status_file={host.devpi_home / 'backup.status.json'}",
+                         f"directory={disk}")
+        assert fact["last_failure"]["exit_code"] == failure["exit_code"] and fact["count"] == 1
+
+        # unset: the backup job and its plist go; the backups stay
+        host.update(devpi_backup=None)
+        host.deploy()
+        assert host.launchd.print(backup_label(host)).returncode != 0
+        assert not (host.home / "Library/LaunchAgents" / f"{backup_label(host)}.plist").exists()
+        assert good in on_disk(host, disk)
+    finally:
+        host.launchd.run("bootout", host.launchd.target(backup_label(host)), check=False)
+        host.sshd.run(f"umount {disk}", check=False)
