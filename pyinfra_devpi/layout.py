@@ -243,9 +243,12 @@ class Layout:
             ("prewarm marker", self.prewarm_marker),
             ("Caddy restart marker", self.caddy_restart_pending),
             ("tools (uv the deploy bootstrapped)", self.tools_dir),
+            ("backup program", self.backup_program),
+            ("record of the last backups", self.backup_status),
             ("stdout log", self.out_log),
             ("stderr log", self.err_log),
             ("devpi's log", self.server_log),
+            ("backup job's log", self.backup_log),
             *((f"devpi's log, rotated copy {n}", path) for n, path in enumerate(self.server_log_backups(log_backups), 1)),
         ]
     # The backup job's plist beside the main one, and its log (stdout and stderr).

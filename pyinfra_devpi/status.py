@@ -30,12 +30,14 @@ from pyinfra import host, logger, state
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import FactProcessError
 
+from facts.backup import Backups
 from facts.batch import FactBatch, command_text
 from facts.devpi import ServerDir, VenvVersions
 from facts.files import FileContents
 from facts.launchd import LaunchdJob, LaunchdSession
 from facts.status import DevpiAnswers, DiskUsage, LogTail
 
+from . import backup as bk
 from . import prewarm as pw
 from .config import DevpiConfig, build_config
 from .errors import DeployError
@@ -121,6 +123,13 @@ def _files(probe: DevpiConfig) -> FactRead:
 
 def _files_usage(probe: DevpiConfig) -> FactRead:
     return FactRead.of(DiskUsage, path=probe.paths.files_dir)
+
+
+def _backups(probe: DevpiConfig) -> list[FactRead]:
+    if probe.backup is None:
+        return []
+    return [FactRead.of(Backups, status_file=probe.paths.backup_status, directory=probe.backup_dir),
+            FactRead.of(DiskUsage, path=probe.backup_dir)]
 
 
 def _err_tail(probe: DevpiConfig) -> FactRead:
@@ -279,6 +288,30 @@ def caddy_report(found: Found, probe: DevpiConfig) -> Part:
     return part
 
 
+def backups_report(found: Found, probe: DevpiConfig) -> Part:
+    """The scheduled backups (``devpi_backup``): how many are kept, the last good one and
+    the last failure, the disk they use; a warning when the last good one is stale."""
+    config = found.config
+    if config.backup is None:
+        return Part({"configured": False})
+    backups_read, usage_read = _backups(probe)
+    backups = found.get(backups_read) or {}
+    usage = found.get(usage_read)
+    part = Part({
+        "configured": True,
+        "dir": config.backup_dir,
+        "count": backups.get("count"),
+        "newest": backups.get("newest"),
+        "last_success": backups.get("last_success"),
+        "last_failure": backups.get("last_failure"),
+        "kib": None if usage is None else usage["kib"],
+    })
+    stale = bk.staleness(backups or None, config.backup_dir)
+    if stale:
+        part.warnings.append(stale)
+    return part
+
+
 def logs_report(found: Found, probe: DevpiConfig) -> Part:
     paths = found.config.paths
     fields = {}
@@ -296,6 +329,7 @@ SECTIONS: list[Section] = [
     Section("disk", lambda probe: [_files_usage(probe)], disk_report),
     Section("prewarm", lambda probe: [_files(probe), _server_dir(probe)], prewarm_report),
     Section("caddy", lambda probe: [_files(probe)], caddy_report),
+    Section("backups", _backups, backups_report),
     Section("logs", lambda probe: [_err_tail(probe), _log_tail(probe)], logs_report),
 ]
 
@@ -404,8 +438,18 @@ def summary_lines(sections: dict) -> list[tuple[str, str]]:
     if c and "site_file" in c:
         rows.append(("caddy", f"{c['site_file']}: " + ("missing" if not c["exists"] else
                      "as the deploy writes it" if c["as_deployed"] else "differs from what the deploy writes")))
+    b = sections.get("backups")
+    if b and "configured" in b:
+        if not b["configured"]:
+            rows.append(("backups", "devpi_backup is not set"))
+        else:
+            success = b["last_success"] or {}
+            failure = b["last_failure"] or {}
+            rows.append(("backups", f"{b['count']} in {b['dir']} ({_kib(b['kib'])}); last good "
+                         f"{success.get('name') or 'none'}"
+                         + (f"; last failure {failure.get('time')} (exit {failure.get('exit_code')})" if failure else "")))
     for name, fields in sections.items():
-        if name not in ("versions", "launchd", "http", "disk", "prewarm", "caddy", "logs"):
+        if name not in ("versions", "launchd", "http", "disk", "prewarm", "caddy", "backups", "logs"):
             rows.append((name, json.dumps(fields, sort_keys=True)))
     return rows
 

@@ -22,7 +22,7 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 
 from facts.launchd import LaunchdSession
-from operations import deploy_lock
+from operations import deploy_lock, launchd
 from operations import uninstall as ops
 
 from .config import DevpiConfig, build_config
@@ -44,7 +44,26 @@ class Step:
     kept: Callable[[DevpiConfig], list] = lambda config: []
 
 
-STEPS: list[Step] = []
+def _backup_job_reads(config: DevpiConfig, domain: str) -> list:
+    paths = config.paths
+    return launchd.reads(paths.backup_label, domain, paths.backup_plist_file)
+
+
+def _backup_job_removal(config: DevpiConfig, domain: str) -> list:
+    paths = config.paths
+    return [launchd.absent(name=f"Boot out and remove the LaunchAgent {paths.backup_label}",
+                           label=paths.backup_label, domain=domain, plist_path=paths.backup_plist_file)]
+
+
+def _backups_kept(config: DevpiConfig) -> list:
+    # Backups are the copy of last resort: even a purge leaves them.
+    return [("backups", config.backup_dir)] if config.backup is not None else []
+
+
+# The scheduled backup job (devpi_backup) goes with devpi; its backups stay.
+BACKUP_JOB = Step("the backup job", _backup_job_reads, _backup_job_removal, _backups_kept)
+
+STEPS: list[Step] = [BACKUP_JOB]
 
 
 def register_step(step: Step) -> None:

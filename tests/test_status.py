@@ -139,3 +139,24 @@ def test_no_gnu_only_forms_in_the_status_commands():
     probe = build_config(DATA, status.PROBE_HOME)
     commands = [status.at_home(command_text(r.fact, r.kwargs)) for s in status.SECTIONS for r in s.reads(probe)]
     assert commands and [form for c in commands for form in gnu_only_forms(c)] == []
+
+
+def test_backups_are_reported_and_a_stale_one_is_warned_about():
+    data = {"devpi_outside_url": "https://pypi.example.org", "devpi_backup": {"hour": 3, "minute": 17, "keep": 3}}
+    found, probe, config = found_for({}, data)
+    backups, usage = status._backups(probe)
+    found.values[backups] = {"count": 2, "names": ["a", "b"], "newest": "b", "now": NOW,
+                             "last_success": {"name": "b", "epoch": NOW - 3600, "time": "t"}, "last_failure": None}
+    found.values[usage] = {"kib": 2048}
+    part = status.backups_report(found, probe)
+    assert part.fields["count"] == 2 and part.fields["kib"] == 2048 and part.fields["dir"] == config.backup_dir
+    assert not part.warnings
+    found.values[backups]["last_success"]["epoch"] = NOW - 3 * 24 * 3600
+    assert "older than twice the daily schedule" in status.backups_report(found, probe).warnings[0]
+    assert "b" in dict(status.summary_lines({"backups": part.fields}))["backups"]
+
+
+def test_without_backups_the_status_reads_nothing_for_them():
+    found, probe, _ = found_for({})
+    assert status._backups(probe) == []
+    assert status.backups_report(found, probe).fields == {"configured": False}

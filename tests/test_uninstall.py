@@ -114,3 +114,23 @@ def test_the_report_names_what_is_kept_or_removed(config):
     assert "  stderr log: /Users/alice/Library/Logs/net.devpi.err.log (file, 3 KiB)" in kept
     purge = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_uninstall_purge": True}, "/Users/alice")
     assert describe_leftovers(purge, found)[0] == "devpi_uninstall_purge is set: removes:"
+
+
+def test_the_backup_job_goes_and_its_backups_stay_even_with_the_purge():
+    from operations import launchd
+    from pyinfra_devpi import uninstall as deploy
+
+    data = {"devpi_outside_url": "https://pypi.example.org", "devpi_backup": {"hour": 3, "minute": 0},
+            "devpi_uninstall_purge": True}
+    config = build_config(data, "/Users/alice")
+    paths = config.paths
+    host = PreparedHost(jobs={paths.backup_label: {"loaded": True, "state": "not running"}},
+                        files={paths.backup_plist_file: "<plist/>"})
+    (step,) = [s for s in deploy.STEPS if s.name == "the backup job"]
+    commands = shell_lines(run_op(launchd.absent, host, label=paths.backup_label, domain=DOMAIN,
+                                  plist_path=paths.backup_plist_file))
+    assert any(f"bootout gui/501/{paths.backup_label}" in c for c in commands)
+    assert commands[-1] == f"rm -f {paths.backup_plist_file}"
+    assert step.kept(config) == [("backups", config.backup_dir)]
+    assert all(not path.startswith(config.backup_dir) for _, path in paths.removable(config.log_backups))
+    assert paths.backup_program in dict((p, w) for w, p in paths.removable(config.log_backups))
