@@ -57,6 +57,14 @@ class ServerDir(FactBase):
             parts += [
                 f"s={shlex.quote(secret_file)}",
                 'if [ -f "$s" ]; then echo "secret_mode=' + mode_of('"$s"') + '"; else echo "secret_mode="; fi',
+                # A server dir the deploy has not managed yet (no secret file), e.g. one
+                # brought over from another machine: who owns its entries, and which are
+                # group/world-writable (symlinks aside). Only then: a rerun walks nothing.
+                'if [ ! -f "$s" ] && [ -d "$d" ]; then u=$(id -u); '
+                'f=$(find "$d" ! -user "$u" -print 2>/dev/null); '
+                'w=$(find "$d" ! -type l \\( -perm -020 -o -perm -002 \\) -print 2>/dev/null); '
+                'echo "foreign_count=$(printf "%s" "$f" | grep -c .)"; echo "foreign_first=$(printf "%s\\n" "$f" | head -n 1)"; '
+                'echo "writable_count=$(printf "%s" "$w" | grep -c .)"; echo "writable_first=$(printf "%s\\n" "$w" | head -n 1)"; fi',
             ]
         return script(parts)
 
@@ -115,6 +123,12 @@ class ServerDir(FactBase):
         }
         if secret is not None:
             result["secret_file"] = secret
+        if "foreign_count" in values:
+            # Only for a dir not managed yet: {"count", "first"} of each kind.
+            result["foreign_owned"] = {"count": int(values["foreign_count"] or 0),
+                                       "first": values.get("foreign_first") or None}
+            result["writable_by_others"] = {"count": int(values["writable_count"] or 0),
+                                            "first": values.get("writable_first") or None}
         return result
 
 
