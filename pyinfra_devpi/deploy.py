@@ -48,7 +48,8 @@ def read_uv_lock() -> str:
     return (LOCKS_DIR / f"uv-{UV_BOOTSTRAP_VERSION}.txt").read_text(encoding="utf-8")
 
 
-def check_server_dir(config: DevpiConfig, server_dir: dict, venv_build: bool = True) -> None:
+def check_server_dir(config: DevpiConfig, server_dir: dict, venv_build: bool = True,
+                     live_db_version: str | None = None) -> None:
     """Refuse server dirs that the pinned devpi must not initialise or open.
 
     A missing or empty dir is initialised; a complete one (devpi-init finished) is
@@ -81,7 +82,10 @@ def check_server_dir(config: DevpiConfig, server_dir: dict, venv_build: bool = T
             "initialises a new server dir",
         )
     major = config.server_version.split(".")[0]
-    wanted = DB_VERSIONS.get(major)
+    # The database version the pinned devpi uses: the live venv's own (``VenvVersions``)
+    # when it stays; for a venv still to be built, the release table's (the build
+    # checks the new venv's own, and refuses or upgrades on a difference).
+    wanted = DB_VERSIONS.get(major) if venv_build else (live_db_version or DB_VERSIONS.get(major))
     if server_dir["has_serverversion"] and server_dir["serverversion"] is None:
         restore = (
             f"if devpi-server {major}.x wrote it, put its database version ({wanted}) back "
@@ -200,14 +204,16 @@ def devpi_service():
     caddy_site = render_caddy_site(config)
     # The preflight: everything this run needs from the host, or one message listing
     # what is missing; then the operations run with the tools as found on the host.
+    live_venv = read(host, devpi.venv_read(config))
     needs = Needs(
-        venv=not devpi.venv_is_current(config, read(host, devpi.venv_read(config))),
+        venv=not devpi.venv_is_current(config, live_venv),
         caddy_block=text_differs(paths.caddy_site_file, caddy_site),
     )
     tools = preflight.ready(config, domain, needs)
     config = with_tools(config, tools)
     server_dir = devpi.server_dir(config)
-    check_server_dir(config, server_dir, venv_build=needs.venv)
+    check_server_dir(config, server_dir, venv_build=needs.venv,
+                     live_db_version=(live_venv or {}).get("database_version"))
     fresh = devpi.needs_init(server_dir)
     # The password is read (1Password may prompt) only when init will run.
     password_hash = plan_init_secret(config) if fresh else None
@@ -221,7 +227,7 @@ def devpi_service():
     upgrade_op = server_dir_ops.upgrade(
         name="Move the server dir to the new database version", config=config, domain=domain,
         venv_op=venv_op, server_db_version=server_dir["serverversion"],
-        wanted_db_version=DB_VERSIONS.get(config.server_version.split(".")[0]),
+        wanted_db_version=DB_VERSIONS.get(config.server_version.split(".")[0]) if needs.venv else None,
     )
     # A server dir brought over from elsewhere: devpi-fsck with the new venv before
     # devpi first starts on it.

@@ -162,7 +162,12 @@ def test_venv_versions_from_metadata_dirs(tmp_path, shell):
     ])
     fact = run_fact(VenvVersions, shell=shell, venv=str(venv))
     assert fact == {"devpi-server": "6.21.0", "devpi-web": "5.2.0", "python": "3.12.4",
-                    "path": str(venv.resolve()), "link": None}
+                    "path": str(venv.resolve()), "link": None, "database_version": None}
+    # devpi-server's database version, read from its source as devpi writes it
+    main = venv / "lib/python3.12/site-packages/devpi_server/main.py"
+    main.parent.mkdir()
+    main.write_text('import sys\n\nDATABASE_VERSION = "5"\n\n\ndef check():\n    pass\n')
+    assert run_fact(VenvVersions, shell=shell, venv=str(venv))["database_version"] == "5"
     # the live venv as the deploy makes it: a link into venvs/, reported as written
     live = tmp_path / "live"
     live.symlink_to(venv)
