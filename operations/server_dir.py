@@ -20,6 +20,7 @@ from __future__ import annotations
 import shlex
 
 from pyinfra import host, logger
+from pyinfra.api import FunctionCommand, StringCommand
 
 from pyinfra_devpi import layout
 from pyinfra_devpi.config import DevpiConfig
@@ -72,13 +73,13 @@ def probe_function() -> str:
 def export_import_script(timeout: int) -> str:
     """Shell functions that move a server dir's data into a new one and check it.
 
-    ``export_import FROM_VENV FROM_DIR TO_VENV TO_DIR EXPORT_DIR CONFIG``:
+    ``export_import FROM_VENV FROM_DIR TO_VENV TO_DIR EXPORT_DIR CONFIG LOG``:
     ``devpi-export`` of ``FROM_DIR`` with ``FROM_VENV`` into ``EXPORT_DIR`` (which must
     not exist), ``devpi-import`` with ``TO_VENV`` into ``TO_DIR`` (devpi-import makes
     the server dir itself: ``.serverversion``, ``.nodeinfo`` with a new uuid, users
     with their password hashes as exported, so no secret is needed; ``root/pypi``
     comes from the export with its settings, ``mirror_no_project_list`` included),
-    then checks ``TO_DIR`` holds devpi's three files.
+    then checks ``TO_DIR`` holds devpi's three files. Both tools' output goes to ``LOG``.
 
     ``check_on_spare VENV DIR CONFIG EXPORT_DIR``: start that devpi on a free loopback
     port (offline, its own process, stopped by its pid), wait for ``/+api`` from
@@ -91,10 +92,12 @@ def export_import_script(timeout: int) -> str:
     return "\n".join(
         [
             "export_import() {",
-            f'  {B1X} --configfile "$6" --serverdir "$2" "$5" >&2 || {{ '
-            + say("devpi-export of %s failed (output above)", '"$2"') + "; return 1; }",
-            f'  {B3I} --configfile "$6" --serverdir "$4" "$5" >&2 || {{ '
-            + say("devpi-import into %s failed (output above)", '"$4"') + "; return 1; }",
+            f'  {B1X} --configfile "$6" --serverdir "$2" "$5" >"$7" 2>&1 || {{ '
+            + say("devpi-export of %s failed; the end of its output (%s):", '"$2"', '"$7"')
+            + '; tail -n 30 "$7" >&2; return 1; }',
+            f'  {B3I} --configfile "$6" --serverdir "$4" "$5" >>"$7" 2>&1 || {{ '
+            + say("devpi-import into %s failed; the end of its output (%s):", '"$4"', '"$7"')
+            + '; tail -n 30 "$7" >&2; return 1; }',
             f'  for x in {files}; do if [ ! -s "$4/$x" ]; then '
             + say("devpi-import left no %s in %s", '"$x"', '"$4"') + "; return 1; fi; done",
             "}",
@@ -184,7 +187,7 @@ def upgrade_script(config: DevpiConfig, domain: str) -> str:
         "t0=$(date +%s)",
         say("stopping devpi for the export (database version %s to %s)", '"$olddb"', '"$newdb"'),
         "stopped=1; stop_job || fail",
-        'export_import "$old" "$sd" "$new" "$nsd" "$exp" "$cfg" || fail',
+        f'export_import "$old" "$sd" "$new" "$nsd" "$exp" "$cfg" {q(paths.upgrade_log)} || fail',
         'check_on_spare "$new" "$nsd" "$cfg" "$exp" || fail',
         # The swap: the old server dir is kept under a name that says what it was.
         f'kept={layout.kept_server_dir(chr(34) + "$sd" + chr(34), chr(34) + "$olddb" + chr(34))}',
@@ -231,7 +234,8 @@ def upgrade_script(config: DevpiConfig, domain: str) -> str:
 def upgrade_steps(config: DevpiConfig, found: str | None, wanted: str | None) -> str:
     """What the upgrade will do, for the plan (``--dry`` shows it)."""
     paths = config.paths
-    versions = f"from database version {found} to {wanted}" if found and wanted else "to the new database version"
+    versions = (f"from database version {found} to {wanted}" if found and wanted and found != wanted
+                else "to the new devpi's database version")
     return (
         f"devpi_allow_export_import: if devpi-server {config.server_version} uses another database version "
         f"than {paths.server_dir} ({found or 'unknown'}), this run moves the data {versions}: "
@@ -291,4 +295,19 @@ def upgrade(config: DevpiConfig, domain: str, venv_op=None, server_db_version: s
         host.noop(f"{config.paths.server_dir} holds no data to move over")
         return
     log_once(upgrade_steps(config, server_db_version, wanted_db_version), logger.info)
-    yield upgrade_script(config, domain)
+    yield reported(upgrade_script(config, domain))
+
+
+def reported(script: str) -> FunctionCommand:
+    """Run ``script`` on the host and show what it says (its stderr) in the run's
+    output, success or not: pyinfra prints a command's output only when it fails (or
+    at ``-vvv``), and an upgrade says which dirs it kept and how long devpi was down."""
+
+    def run_on_host(state, host):
+        ok, output = host.run_shell_command(StringCommand(script), print_output=False)
+        for line in output.stderr_lines:
+            host.log(line, logger.info if ok else logger.error)
+        return ok
+
+    run_on_host.shown_as = script  # what --diff's "Will run:" shows (announce.describe)
+    return FunctionCommand(run_on_host, (), {})

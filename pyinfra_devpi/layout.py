@@ -162,6 +162,8 @@ class Layout:
     # Written by a venv build whose devpi uses another database version than the server
     # dir (with devpi_allow_export_import): the new venv, not yet live; read by the upgrade.
     upgrade_pending = _Under("home", "upgrade" + TRANSIENT_SUFFIX)
+    # devpi-export's and devpi-import's output of the last upgrade (kept for reading).
+    upgrade_log = _Under("home", "upgrade.log")
     server_dir = _Under("home", "server-dir")
     nodeinfo = _Under("server_dir", NODEINFO)
     serverversion = _Under("server_dir", SERVERVERSION)
