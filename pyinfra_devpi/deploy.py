@@ -126,6 +126,8 @@ def check_brought_over(config: DevpiConfig, server_dir: dict) -> None:
     """A server dir this deploy has not managed yet (the ``ServerDir`` fact reports
     owners and modes only then): every entry the SSH user's, none group/world-writable
     (devpi's data, and its users' password hashes, would be open to other users)."""
+    if not server_dir["has_data"]:
+        return  # an empty dir is replaced by devpi-init's, whatever its mode
     path = config.paths.server_dir
     foreign = server_dir.get("foreign_owned") or {}
     if foreign.get("count"):
