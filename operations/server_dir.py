@@ -118,6 +118,11 @@ def export_import_script(timeout: int) -> str:
     )
 
 
+def as_function(command: str) -> str:
+    """A command for a shell function's body: its ``exit`` becomes ``return``."""
+    return command.replace("exit $rc", "return $rc")
+
+
 def upgrade_script(config: DevpiConfig, domain: str) -> str:
     """Move the server dir's data to the new venv's database version, if the venv build
     left a venv waiting for it (``layout.upgrade_pending``); else do nothing.
@@ -153,8 +158,9 @@ def upgrade_script(config: DevpiConfig, domain: str) -> str:
         probe_function(),
         export_import_script(timeout),
         "stopped=; spare=",
-        "start_job() { " + bootstrap_command(domain, target, paths.plist_file) + "; }",
-        "stop_job() { " + bootout_command(target) + f"; down \"$url\" {timeout}; }}",
+        # As functions: a launchctl failure returns (the caller restores), never exits.
+        "start_job() { " + as_function(bootstrap_command(domain, target, paths.plist_file)) + "; }",
+        "stop_job() { " + as_function(bootout_command(target)) + f"; down \"$url\" {timeout}; }}",
         # Before the swap the live server dir was never touched: drop the new one.
         "fail() { rc=$?; if [ -n \"$spare\" ]; then kill \"$spare\" 2>/dev/null; fi; "
         'rm -rf "$nsd" "$exp"; '
