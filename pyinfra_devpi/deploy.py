@@ -49,7 +49,7 @@ def read_uv_lock() -> str:
 
 
 def check_server_dir(config: DevpiConfig, server_dir: dict, venv_build: bool = True,
-                     live_db_version: str | None = None) -> None:
+                     live_venv: dict | None = None) -> None:
     """Refuse server dirs that the pinned devpi must not initialise or open.
 
     A missing or empty dir is initialised; a complete one (devpi-init finished) is
@@ -82,10 +82,7 @@ def check_server_dir(config: DevpiConfig, server_dir: dict, venv_build: bool = T
             "initialises a new server dir",
         )
     major = config.server_version.split(".")[0]
-    # The database version the pinned devpi uses: the live venv's own (``VenvVersions``)
-    # when it stays; for a venv still to be built, the release table's (the build
-    # checks the new venv's own, and refuses or upgrades on a difference).
-    wanted = DB_VERSIONS.get(major) if venv_build else (live_db_version or DB_VERSIONS.get(major))
+    wanted = planned_db_version(config, venv_build, live_venv)
     if server_dir["has_serverversion"] and server_dir["serverversion"] is None:
         restore = (
             f"if devpi-server {major}.x wrote it, put its database version ({wanted}) back "
@@ -120,6 +117,21 @@ def check_server_dir(config: DevpiConfig, server_dir: dict, venv_build: bool = T
             "start devpi on it; nothing is deleted automatically. Move it aside and rerun to "
             "initialise a new one, or import its data with devpi-import",
         )
+
+
+def planned_db_version(config: DevpiConfig, venv_build: bool, live_venv: dict | None) -> str | None:
+    """The database version the pinned devpi will use, as far as the plan can know: the
+    live venv's own (``VenvVersions`` reads it from its source) when the venv stays, or
+    when the new one is of the same major release (the table's own rule); otherwise
+    the release table's. The venv build checks the new venv's own, and refuses (or,
+    with the opt-in, upgrades) on a difference the plan could not see."""
+    major = config.server_version.split(".")[0]
+    live = live_venv or {}
+    live_db = live.get("database_version")
+    same_major = (live.get("devpi-server") or "").split(".")[0] == major
+    if live_db and (not venv_build or same_major):
+        return live_db
+    return DB_VERSIONS.get(major)
 
 
 def check_brought_over(config: DevpiConfig, server_dir: dict) -> None:
@@ -214,8 +226,7 @@ def devpi_service():
     tools = preflight.ready(config, domain, needs)
     config = with_tools(config, tools)
     server_dir = devpi.server_dir(config)
-    check_server_dir(config, server_dir, venv_build=needs.venv,
-                     live_db_version=(live_venv or {}).get("database_version"))
+    check_server_dir(config, server_dir, venv_build=needs.venv, live_venv=live_venv)
     fresh = devpi.needs_init(server_dir)
     # The password is read (1Password may prompt) only when init will run.
     password_hash = plan_init_secret(config) if fresh else None
@@ -229,7 +240,7 @@ def devpi_service():
     upgrade_op = server_dir_ops.upgrade(
         name="Move the server dir to the new database version", config=config, domain=domain,
         venv_op=venv_op, server_db_version=server_dir["serverversion"],
-        wanted_db_version=DB_VERSIONS.get(config.server_version.split(".")[0]) if needs.venv else None,
+        wanted_db_version=planned_db_version(config, needs.venv, live_venv),
     )
     # A server dir brought over from elsewhere: devpi-fsck with the new venv before
     # devpi first starts on it.

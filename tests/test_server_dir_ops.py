@@ -45,17 +45,25 @@ def test_with_the_opt_in_another_version_passes_when_a_venv_is_built_only():
     config = make_config(devpi_allow_export_import=True)
     check_server_dir(config, other_version(config), venv_build=True)
     with pytest.raises(DeployError) as error:
-        check_server_dir(config, other_version(config), venv_build=False, live_db_version="4")
+        check_server_dir(config, other_version(config), venv_build=False,
+                         live_venv={"devpi-server": "6.20.3", "database_version": "4"})
     assert "no venv is built here" in str(error.value)
 
 
-def test_a_staying_venv_is_compared_by_its_own_database_version():
-    # devpi-server 6.20.99 with database version 5 (after an upgrade): its own version counts.
+def test_the_live_venvs_own_database_version_counts_for_its_major_release():
+    # devpi-server 6.20.99 with database version 5 (after an upgrade): its own version
+    # counts while it stays, and for a new venv of the same major (a devpi-web bump).
     config = make_config(devpi_server_version="6.20.99")
     found = {**converged(config).server_dir, "serverversion": "5"}
-    check_server_dir(config, found, venv_build=False, live_db_version="5")
+    live = {"devpi-server": "6.20.99", "database_version": "5"}
+    check_server_dir(config, found, venv_build=False, live_venv=live)
+    check_server_dir(config, found, venv_build=True, live_venv=live)
     with pytest.raises(DeployError):
-        check_server_dir(config, found, venv_build=False, live_db_version="4")
+        check_server_dir(config, found, venv_build=False, live_venv={**live, "database_version": "4"})
+    # another major release: the table's version, here 6.x's "4" for 5.x's dir "3"
+    with pytest.raises(DeployError):
+        check_server_dir(make_config(), {**found, "serverversion": "3"}, venv_build=True,
+                         live_venv={"devpi-server": "5.5.0", "database_version": "3"})
 
 
 @pytest.mark.parametrize("field, fix", [("foreign_owned", "chown -R"), ("writable_by_others", "chmod -R go-w")])

@@ -23,6 +23,7 @@ from .stack import start_stack
 pytestmark = pytest.mark.e2e
 
 NEW_SERVER = "6.20.99"
+FAILING_SERVER = "6.20.98"
 LOCK = REPO / "locks" / "devpi-6.20.3-5.1.1.txt"
 
 
@@ -36,7 +37,17 @@ def devpi_wheels(tmp_path_factory, tools) -> list[Path]:
         "devpi_server/main.py": ('DATABASE_VERSION = "4"', 'DATABASE_VERSION = "5"'),
         "devpi_server/__init__.py": ('__version__ = "6.20.3"', f'__version__ = "{NEW_SERVER}"'),
     })
-    return [*wheels, new]
+    # 6.20.98: the same database version 5, but its devpi-import fails
+    failing = rebuild_wheel(server, root / "rebuilt", FAILING_SERVER, {
+        "devpi_server/main.py": ('DATABASE_VERSION = "4"', 'DATABASE_VERSION = "5"'),
+        "devpi_server/__init__.py": ('__version__ = "6.20.3"', f'__version__ = "{FAILING_SERVER}"'),
+        "devpi_server/importexport.py": (
+            '""" devpi-import command line entry point. """',
+            '""" devpi-import command line entry point. """\n'
+            '    raise SystemExit("devpi-import 6.20.98: an import that fails (built by the e2e test)")',
+        ),
+    })
+    return [*wheels, new, failing]
 
 
 @pytest.fixture
@@ -105,3 +116,24 @@ def test_a_new_database_version_is_refused_then_moved_over_with_the_opt_in(sshd,
         # The next run finds everything as it should be.
         again = stack.deploy(**bump)
         assert again.grand_total()[0] == 0, again.describe()
+
+
+def test_a_failed_import_leaves_the_server_dir_and_the_service_as_they_were(sshd, launchd, upstream, tmp_path):
+    with start_stack(sshd, launchd, upstream, tmp_path / "stack", "dbfail", caddy=False) as stack:
+        server_dir, venv = tree(stack.server_dir), stack.venv_target()
+        uuid = (stack.server_dir / ".nodeinfo").read_text()
+
+        result = stack.deploy("--data", "devpi_allow_export_import=true", check=False,
+                              devpi_server_version=FAILING_SERVER, devpi_index_url=upstream.url)
+
+        assert result.returncode != 0, result.describe()
+        assert "an import that fails" in result.output  # devpi-import's own words, from upgrade.log
+        assert "devpi runs again on the unchanged server dir" in result.output, result.describe()
+        assert "the upgrade across database versions failed" in result.output
+        # devpi's own files and every release file as they were (devpi restarted: its
+        # database may have been written since)
+        kept = lambda t: {k: v for k, v in t.items() if k in (".serverversion", ".nodeinfo") or k.startswith("+")}  # noqa: E731
+        assert kept(tree(stack.server_dir)) == kept(server_dir) and stack.venv_target() == venv
+        assert not list(stack.devpi_home.glob("server-dir.*"))  # no transient or kept dir left
+        stack.wait_healthy()
+        assert (stack.server_dir / ".nodeinfo").read_text() == uuid
