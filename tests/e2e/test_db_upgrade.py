@@ -97,6 +97,15 @@ def test_a_new_database_version_is_refused_then_moved_over_with_the_opt_in(sshd,
         assert stack.venv_target() == venv and stack.pid() == pid
         assert sorted(os.listdir(stack.devpi_home / "venvs")) == venvs  # the new venv was removed
 
+        # A dry run with it lists every step, changes nothing and reads no secret.
+        dry = stack.deploy("--dry", "--diff", "--data", "devpi_allow_export_import=true", **bump)
+        for step in ("stop devpi", "devpi-export with the live venv", "devpi-import with the new venv",
+                     "spare loopback port", "server-dir.before-db4-<time> (kept)", "No secret is read",
+                     "Will run: # the server dir's data to the new venv's database version"):
+            assert step in dry.output, dry.describe()
+        assert stack.password not in dry.output and "Will read devpi_root_password" not in dry.output
+        assert tree(stack.server_dir) == server_dir and stack.pid() == pid
+
         # With it: exported, imported, checked, swapped; the old dir kept.
         result = stack.deploy("--data", "devpi_allow_export_import=true", **bump)
         assert f"upgraded {stack.server_dir} from database version 4 to 5" in result.output, result.describe()
