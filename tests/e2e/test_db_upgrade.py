@@ -24,6 +24,7 @@ pytestmark = pytest.mark.e2e
 
 NEW_SERVER = "6.20.99"
 FAILING_SERVER = "6.20.98"
+OFFLINE_ONLY_SERVER = "6.20.97"
 LOCK = REPO / "locks" / "devpi-6.20.3-5.1.1.txt"
 
 
@@ -47,7 +48,21 @@ def devpi_wheels(tmp_path_factory, tools) -> list[Path]:
             '    raise SystemExit("devpi-import 6.20.98: an import that fails (built by the e2e test)")',
         ),
     })
-    return [*wheels, new, failing]
+    # 6.20.97: database version 5, but it starts only offline: the check on the spare
+    # port (offline) passes, the job (online) fails after the swap
+    offline_only = rebuild_wheel(server, root / "rebuilt", OFFLINE_ONLY_SERVER, {
+        "devpi_server/main.py": ('DATABASE_VERSION = "4"', 'DATABASE_VERSION = "5"'),
+        "devpi_server/__init__.py": ('__version__ = "6.20.3"', f'__version__ = "{OFFLINE_ONLY_SERVER}"'),
+    })
+    offline_only = rebuild_wheel(offline_only, root / "rebuilt-offline", OFFLINE_ONLY_SERVER, {
+        "devpi_server/main.py": (
+            '    """ devpi-server command line entry point. """\n',
+            '    """ devpi-server command line entry point. """\n'
+            '    if not {"--offline-mode", "--version"} & set(sys.argv):\n'
+            '        raise SystemExit("devpi-server 6.20.97: starts only offline (built by the e2e test)")\n',
+        ),
+    })
+    return [*wheels, new, failing, offline_only]
 
 
 @pytest.fixture
@@ -154,3 +169,26 @@ def test_a_failed_import_leaves_the_server_dir_and_the_service_as_they_were(sshd
         assert not list(stack.devpi_home.glob("server-dir.*"))  # no transient or kept dir left
         stack.wait_healthy()
         assert (stack.server_dir / ".nodeinfo").read_text() == uuid
+
+
+def test_a_new_server_dir_that_fails_after_the_swap_is_rolled_back(sshd, launchd, upstream, tmp_path):
+    with start_stack(sshd, launchd, upstream, tmp_path / "stack", "dbrollback", caddy=False) as stack:
+        venv = stack.venv_target()
+        uuid = (stack.server_dir / ".nodeinfo").read_text()
+
+        result = stack.deploy("--data", "devpi_allow_export_import=true", check=False,
+                              devpi_server_version=OFFLINE_ONLY_SERVER, devpi_index_url=upstream.url,
+                              devpi_health_timeout=20)
+
+        assert result.returncode != 0, result.describe()
+        assert "devpi did not answer from the new server dir within 20s: putting the old server dir and venv " \
+            "back" in result.output, result.describe()
+        assert "starts only offline" in result.output  # the error log's tail
+        assert "rolled back: devpi answers again from" in result.output
+        assert (stack.server_dir / ".serverversion").read_text().strip() == "4"
+        assert (stack.server_dir / ".nodeinfo").read_text() == uuid
+        assert stack.venv_target() == venv
+        (failed,) = stack.devpi_home.glob("server-dir.failed-db5-*")  # the new dir, kept
+        assert (failed / ".serverversion").read_text().strip() == "5"
+        assert not list(stack.devpi_home.glob("server-dir.before-db*"))
+        stack.wait_healthy()
