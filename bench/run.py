@@ -25,6 +25,9 @@ Sections:
            uploads and for ~BACKUP_LARGE_MB of generated wheels: wall time, and devpi's
            availability meanwhile (/+api polled every 20 ms: failures, slowest answer,
            longest gap)
+  dbupgrade  an upgrade across database versions (devpi_allow_export_import) of a server
+           dir with a user, an index and 10 uploads: wall time, the upgrade step, and
+           how long /+api did not answer (polled every 50 ms)
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ TOP_LEVEL = ["requests", "rich", "httpx", "flask", "python-dateutil", "attrs", "
 CLIENTS = 8
 DEVPI_ARGON2 = {"argon2-memory-cost": 524288, "argon2-time-cost": 16, "argon2-parallelism": 8}
 DEVPI_DEFAULTS = {"indexer-backend": "whoosh", **DEVPI_ARGON2}
-SECTIONS = ("rerun", "first", "restart", "install", "memory", "namelist", "backup")
+SECTIONS = ("rerun", "first", "restart", "install", "memory", "namelist", "backup", "dbupgrade")
 
 
 def log(message: str) -> None:
@@ -550,6 +553,87 @@ def bench_namelist(env: Env, settle: float) -> dict:
     return out
 
 
+# -- an upgrade across database versions
+
+
+DB_LOCK = REPO / "locks" / "devpi-6.20.3-5.1.1.txt"
+DB_NEW_SERVER = "6.20.99"
+
+
+def db_upgrade_wheels(tools: h.ToolPaths) -> list[Path]:
+    """The locked tree's wheels (fetched once into bench/.cache) and devpi-server 6.20.99
+    with database version 5 (tests/e2e/test_db_upgrade.py builds the same)."""
+    cache = CACHE / "dbupgrade-wheels"
+    wheels = sorted(cache.glob("*.whl")) if cache.is_dir() else []
+    if not wheels:
+        wheels = h.wheels_of_lock(DB_LOCK, cache, tools.uv, tools.python3)
+    (server,) = [w for w in wheels if w.name.startswith("devpi_server-")]
+    new = h.rebuild_wheel(server, CACHE / "dbupgrade-rebuilt", DB_NEW_SERVER, {
+        "devpi_server/main.py": ('DATABASE_VERSION = "4"', 'DATABASE_VERSION = "5"'),
+        "devpi_server/__init__.py": ('__version__ = "6.20.3"', f'__version__ = "{DB_NEW_SERVER}"'),
+    })
+    return [*wheels, new]
+
+
+def unavailable(samples: list[tuple[float, bool]]) -> tuple[float, float]:
+    """(longest window, total time) in which /+api did not answer 200."""
+    longest = total = 0.0
+    start = None
+    for t, ok in samples:
+        if not ok and start is None:
+            start = t
+        elif ok and start is not None:
+            longest, total, start = max(longest, t - start), total + t - start, None
+    if start is not None:
+        longest, total = max(longest, samples[-1][0] - start), total + samples[-1][0] - start
+    return longest, total
+
+
+def bench_dbupgrade(env: Env, reps: int, uploads: int = 10) -> dict:
+    import threading
+
+    env.upstream.add_wheels(db_upgrade_wheels(env.tools))
+    runs = []
+    for rep in range(reps):
+        stack = env.stack("dbupgrade", caddy=False)
+        dc.ensure_user(stack.devpi_url, stack.root_auth, "alice", "alice-pw")
+        dc.ensure_index(stack.devpi_url, stack.root_auth, "alice/dev", bases=["root/pypi"], acl_upload=["alice"])
+        for i in range(uploads):
+            wheel = h.build_wheel(env.root / f"dbupgrade-{rep}", f"bench-upload-{i}", "1.0")
+            done = dc.uv_publish(env.tools.uv, wheel.path, f"{stack.devpi_url}/alice/dev/", "alice", "alice-pw")
+            if done.returncode != 0:
+                raise h.HarnessError(done.stdout + done.stderr)
+        samples: list[tuple[float, bool]] = []
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.is_set():
+                samples.append((time.monotonic(), stack.api_ok(timeout=1)))
+                time.sleep(0.05)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        log(f"dbupgrade: run {rep + 1}")
+        run = run_deploy(stack, "--data", "devpi_allow_export_import=true", devpi_server_version=DB_NEW_SERVER,
+                         devpi_index_url=env.upstream.url)
+        stack.wait_healthy()
+        time.sleep(0.5)
+        stop.set()
+        poller.join()
+        longest, total = unavailable(samples)
+        said = re.search(r"in (\d+)s of downtime", run.output)
+        steps = dict(phases(run))
+        runs.append({
+            "wall_s": run.duration,
+            "upgrade_step_s": steps.get("Starting operation: devpi | Move the server dir to the new database version"),
+            "venv_step_s": steps.get("Starting operation: devpi | Install devpi venv"),
+            "longest_unavailable_s": longest, "unavailable_s": total,
+            "script_downtime_s": int(said.group(1)) if said else None,
+        })
+        stack.stop()
+    return {"uploads": uploads, "runs": runs}
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -837,6 +921,24 @@ def report(results: dict) -> str:
         out.append(table(["config", "peak after the converge (start + logins)", "final peak set by",
                           "peak growth by scenario (≥ 1 MB)"],
                          peaks))
+    if "dbupgrade" in results:
+        d = results["dbupgrade"]
+        runs = d["runs"]
+
+        def row(label: str, key: str) -> list[str]:
+            values = [r[key] for r in runs if r.get(key) is not None]
+            return [label, fmt(median(values)), fmt(min(values) if values else None),
+                    fmt(max(values) if values else None)]
+
+        out.append(f"\n### Upgrade across database versions (a user, an index, {d['uploads']} uploads)\n")
+        out.append(table(["", "median", "min", "max"], [
+            row("whole run (venv build from the loopback upstream, upgrade, restart, health)", "wall_s"),
+            row("the venv build", "venv_step_s"),
+            row("the upgrade step (stop, export, import, check on a spare port, swap, start)", "upgrade_step_s"),
+            row("devpi down, as the upgrade reports it (whole seconds)", "script_downtime_s"),
+            row("longest window without a 200 from /+api", "longest_unavailable_s"),
+            row("all windows without a 200 (the upgrade, then the run's kickstart -k)", "unavailable_s"),
+        ]))
     if "namelist" in results:
         n = results["namelist"]
         mb = lambda kb: fmt(kb / 1024 if kb is not None else None, " MB", 0)  # noqa: E731
@@ -990,6 +1092,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory": lambda: bench_memory(env, idle),
         "namelist": lambda: bench_namelist(env, 30 if args.quick else 60),
         "backup": lambda: bench_backup(env, reps),
+        "dbupgrade": lambda: bench_dbupgrade(env, reps),
     }
     try:
         for section in SECTIONS:

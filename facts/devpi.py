@@ -57,6 +57,14 @@ class ServerDir(FactBase):
             parts += [
                 f"s={shlex.quote(secret_file)}",
                 'if [ -f "$s" ]; then echo "secret_mode=' + mode_of('"$s"') + '"; else echo "secret_mode="; fi',
+                # A server dir the deploy has not managed yet (no secret file), e.g. one
+                # brought over from another machine: who owns its entries, and which are
+                # group/world-writable (symlinks aside). Only then: a rerun walks nothing.
+                'if [ ! -f "$s" ] && [ -d "$d" ]; then u=$(id -u); '
+                'f=$(find "$d" ! -user "$u" -print 2>/dev/null); '
+                'w=$(find "$d" ! -type l \\( -perm -020 -o -perm -002 \\) -print 2>/dev/null); '
+                'echo "foreign_count=$(printf "%s" "$f" | grep -c .)"; echo "foreign_first=$(printf "%s\\n" "$f" | head -n 1)"; '
+                'echo "writable_count=$(printf "%s" "$w" | grep -c .)"; echo "writable_first=$(printf "%s\\n" "$w" | head -n 1)"; fi',
             ]
         return script(parts)
 
@@ -115,6 +123,12 @@ class ServerDir(FactBase):
         }
         if secret is not None:
             result["secret_file"] = secret
+        if "foreign_count" in values:
+            # Only for a dir not managed yet: {"count", "first"} of each kind.
+            result["foreign_owned"] = {"count": int(values["foreign_count"] or 0),
+                                       "first": values.get("foreign_first") or None}
+            result["writable_by_others"] = {"count": int(values["writable_count"] or 0),
+                                            "first": values.get("writable_first") or None}
         return result
 
 
@@ -129,7 +143,9 @@ class VenvVersions(FactBase):
     when there is no venv interpreter, else a dict: ``devpi-server``, ``devpi-web``
     (each a version or ``None``), ``python`` (from ``pyvenv.cfg``), ``path`` (the
     venv's real directory, the live link resolved) and ``link`` (what the live link
-    says, as written; ``None`` when the venv is a real directory, e.g. made by hand).
+    says, as written; ``None`` when the venv is a real directory, e.g. made by hand) and
+    ``database_version`` (``DATABASE_VERSION`` in its devpi-server's source: the
+    ``.serverversion`` it reads and writes).
 
     Read from the ``.dist-info`` directory names rather than by importing
     ``importlib.metadata`` in the venv: this fact runs on every converge, and the
@@ -149,6 +165,10 @@ class VenvVersions(FactBase):
             'if [ -L "$v" ]; then echo "link=$(readlink "$v")"; fi; '
             f'{python} -I -S -c "" 2>/dev/null || echo "broken=true"; '
             f'for d in {globs}; do if [ -d "$d" ]; then echo "dist=${{d##*/}}"; fi; done; '
+            # devpi-server's database version, read from its source (no import: ~1 ms).
+            "for m in \"$v\"/lib/python*/site-packages/devpi_server/main.py; do if [ -f \"$m\" ]; then "
+            "sed -n 's/^DATABASE_VERSION *= *\"\\([^\"]*\\)\".*/database_version=\\1/p' \"$m\"; "
+            "fi; done; "
             'if [ -f "$v/pyvenv.cfg" ]; then '
             "sed -n 's/^version_info *= */python=/p; s/^version *= */python=/p' \"$v/pyvenv.cfg\"; fi; "
             'else echo "missing=true"; fi'
@@ -164,6 +184,7 @@ class VenvVersions(FactBase):
         result["python"] = values.get("python") or None
         result["path"] = values["path"]
         result["link"] = values.get("link") or None
+        result["database_version"] = values.get("database_version") or None
         if values.get("broken") == "true":
             # The interpreter exists but cannot run: report no versions, so it is rebuilt.
             return result

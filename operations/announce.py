@@ -21,6 +21,9 @@ from pyinfra.api import operation as pyinfra_operation
 def describe(command) -> str:
     if isinstance(command, FileUploadCommand):
         return f"upload {command.dest}"
+    if isinstance(command, FunctionCommand) and getattr(command.function, "shown_as", None):
+        # A script the controller runs on the host to report its output (server_dir.reported).
+        return describe(command.function.shown_as)
     if isinstance(command, FunctionCommand):
         # Runs on the controller; its docstring's first line says what it does.
         doc = (command.function.__doc__ or command.function.__name__).strip().splitlines()[0]

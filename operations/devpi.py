@@ -91,7 +91,9 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
         f"venv under venvs/, then point the live venv link at it",
         "set -e",
         f"home={q(paths.home)}; venvs={q(paths.venvs_dir)}; live={q(paths.venv)}",
-        f"uv={q(config.uv)}; sv={q(paths.serverversion)}",
+        f"uv={q(config.uv)}; sv={q(paths.serverversion)}; pending={q(paths.upgrade_pending)}",
+        # A killed run's record of a venv waiting for an export/import upgrade.
+        'rm -f "$pending"',
         'command -v "$uv" >/dev/null 2>&1 || { '
         + say("uv not found on the target as %s: install uv or set devpi_uv to its path", '"$uv"')
         + "; exit 127; }",
@@ -114,13 +116,7 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
         f'if [ "$version" != {q(config.server_version)} ]; then '
         + say(f"the new venv reports devpi-server %s, expected {config.server_version}", '"$version"')
         + "; exit 1; fi",
-        'if [ -f "$sv" ] && [ "$(head -n 1 "$sv")" != "$db" ]; then '
-        + say(
-            f"devpi-server {config.server_version} uses database version %s but %s holds version %s; "
-            "export with the old version (devpi-export) and import into a new server dir (devpi-import)",
-            '"$db"', '"${sv%/*}"', '"$(head -n 1 "$sv")"',
-        )
-        + "; exit 1; fi",
+        db_version_check(config),
         'prev=$(cd "$live" 2>/dev/null && pwd -P || true)',
         # A venv made by hand (a real directory) is moved aside, not deleted.
         'if [ -d "$live" ] && [ ! -L "$live" ]; then '
@@ -135,6 +131,44 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
         prune_script(paths),
     ]
     return "\n".join(lines)
+
+
+def opt_in_hint() -> str:
+    """How the operator allows an upgrade across database versions."""
+    return (
+        "to move the data over with devpi-export and devpi-import (the old server dir is kept), rerun "
+        "with `--data devpi_allow_export_import=true` (or set devpi_allow_export_import = True in the "
+        "host's inventory data)"
+    )
+
+
+def db_version_check(config: DevpiConfig) -> str:
+    """In the venv build, after ``$db`` (the new devpi's database version) is known:
+    a server dir holding another version is refused (the new venv is removed, nothing
+    live changed), or, with ``devpi_allow_export_import``, the new venv is left
+    beside the live one, not swapped in, and named in the pending file for the
+    upgrade (``operations/server_dir.py``), which runs next."""
+    found = '"$(head -n 1 "$sv")"'
+    differs = 'if [ -f "$sv" ] && [ "$(head -n 1 "$sv")" != "$db" ]; then '
+    if config.allow_export_import:
+        return (
+            differs
+            + say(
+                f"devpi-server {config.server_version} uses database version %s but %s holds version %s: "
+                "the data moves over with devpi-export and devpi-import (devpi_allow_export_import)",
+                '"$db"', '"${sv%/*}"', found,
+            )
+            + "; printf '%s\\n' \"$new\" > \"$pending\"; exit 0; fi"
+        )
+    return (
+        differs
+        + say(
+            f"devpi-server {config.server_version} uses database version %s but %s holds version %s: "
+            f"refusing to start it on that dir; nothing live was changed. {opt_in_hint()}",
+            '"$db"', '"${sv%/*}"', found,
+        )
+        + "; exit 1; fi"
+    )
 
 
 def prune_script(paths) -> str:

@@ -380,6 +380,9 @@ class DevpiConfig:
     host: str = key("devpi_host", "127.0.0.1", _host)
     port: int = key("devpi_port", 3141, _port)
     allow_remote_bind: bool = key("devpi_allow_remote_bind", False, checks.boolean)
+    # A new devpi-server whose database version differs from the server dir's: move
+    # the data over with devpi-export / devpi-import (operations/server_dir.py).
+    allow_export_import: bool = key("devpi_allow_export_import", False, checks.boolean)
     outside_url: str | None = key("devpi_outside_url", None, _url, optional=True)
     label: str = key("devpi_label", "net.devpi", _label)
     log_dir: str = key("devpi_log_dir", layout.DEFAULT_LOG_DIR, _path)

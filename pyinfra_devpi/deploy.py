@@ -17,6 +17,7 @@ from pyinfra.api.hiddenvalue import HiddenValue
 
 from facts.launchd import LaunchdSession
 from operations import backup, caddy, deploy_lock, devpi, launchd, preflight, prewarm, retire, users_indexes
+from operations import server_dir as server_dir_ops
 from operations.textfile import text_differs
 from pyinfra_devpi.config import SERVER_DB_VERSION, UV_BOOTSTRAP_VERSION, DevpiConfig, build_config
 from pyinfra_devpi.errors import DeployError
@@ -49,11 +50,17 @@ def read_uv_lock() -> str:
     return (LOCKS_DIR / f"uv-{UV_BOOTSTRAP_VERSION}.txt").read_text(encoding="utf-8")
 
 
-def check_server_dir(config: DevpiConfig, server_dir: dict) -> None:
+def check_server_dir(config: DevpiConfig, server_dir: dict, venv_build: bool = True,
+                     live_venv: dict | None = None) -> None:
     """Refuse server dirs that the pinned devpi must not initialise or open.
 
     A missing or empty dir is initialised; a complete one (devpi-init finished) is
-    used; anything else is refused, named for what it is, and never deleted.
+    used; anything else is refused, named for what it is, and never deleted. A
+    ``.serverversion`` of another database version is refused unless
+    ``devpi_allow_export_import`` is set and a new venv is built (``venv_build``):
+    the upgrade exports with the live venv and imports with the new one. A dir the
+    deploy has not managed yet (brought over from elsewhere) must belong to the SSH
+    user and be writable by nobody else (``check_brought_over``).
     """
     if not server_dir["exists"]:
         return
@@ -77,7 +84,7 @@ def check_server_dir(config: DevpiConfig, server_dir: dict) -> None:
             "initialises a new server dir",
         )
     major = config.server_version.split(".")[0]
-    wanted = DB_VERSIONS.get(major)
+    wanted = planned_db_version(config, venv_build, live_venv)
     if server_dir["has_serverversion"] and server_dir["serverversion"] is None:
         restore = (
             f"if devpi-server {major}.x wrote it, put its database version ({wanted}) back "
@@ -91,17 +98,64 @@ def check_server_dir(config: DevpiConfig, server_dir: dict) -> None:
         )
     found = server_dir["serverversion"]
     if found is not None and wanted is not None and found != wanted:
-        raise DeployError(
-            f"{config.paths.serverversion} is {found!r} but devpi-server {config.server_version} "
-            f"uses database version {wanted!r}: refusing to start it on that dir. Export the "
-            "data with the devpi-server that wrote it (devpi-export) and import it into a new "
-            "server dir with this one (devpi-import)",
-        )
+        if not config.allow_export_import:
+            raise DeployError(
+                f"{config.paths.serverversion} is {found!r} but devpi-server {config.server_version} "
+                f"uses database version {wanted!r}: refusing to start it on that dir; nothing was "
+                f"changed. {devpi.opt_in_hint()}",
+            )
+        if not venv_build:
+            raise DeployError(
+                f"{config.paths.serverversion} is {found!r} but devpi-server {config.server_version} "
+                f"(the live venv) uses database version {wanted!r}: devpi_allow_export_import exports "
+                "with the live venv while a new one is built, and no venv is built here. Export the "
+                "data with the devpi-server that wrote it (devpi-export) and import it into an empty "
+                "server dir with this one (devpi-import)",
+            )
+    check_brought_over(config, server_dir)
     if server_dir["has_data"] and not server_dir["complete"]:
         raise DeployError(
             f"{path} is not a complete devpi server dir (it lacks {SERVERVERSION}): refusing to "
             "start devpi on it; nothing is deleted automatically. Move it aside and rerun to "
             "initialise a new one, or import its data with devpi-import",
+        )
+
+
+def planned_db_version(config: DevpiConfig, venv_build: bool, live_venv: dict | None) -> str | None:
+    """The database version the pinned devpi will use, as far as the plan can know: the
+    live venv's own (``VenvVersions`` reads it from its source) when the venv stays, or
+    when the new one is of the same major release (the table's own rule); otherwise
+    the release table's. The venv build checks the new venv's own, and refuses (or,
+    with the opt-in, upgrades) on a difference the plan could not see."""
+    major = config.server_version.split(".")[0]
+    live = live_venv or {}
+    live_db = live.get("database_version")
+    same_major = (live.get("devpi-server") or "").split(".")[0] == major
+    if live_db and (not venv_build or same_major):
+        return live_db
+    return DB_VERSIONS.get(major)
+
+
+def check_brought_over(config: DevpiConfig, server_dir: dict) -> None:
+    """A server dir this deploy has not managed yet (the ``ServerDir`` fact reports
+    owners and modes only then): every entry the SSH user's, none group/world-writable
+    (devpi's data, and its users' password hashes, would be open to other users)."""
+    if not server_dir["has_data"]:
+        return  # an empty dir is replaced by devpi-init's, whatever its mode
+    path = config.paths.server_dir
+    foreign = server_dir.get("foreign_owned") or {}
+    if foreign.get("count"):
+        raise DeployError(
+            f"{path} was brought over from elsewhere and {foreign['count']} of its entries (e.g. "
+            f"{foreign['first']}) belong to another user than the SSH user, who runs devpi: nothing was "
+            f"changed. Fix: chown -R \"$(id -un)\" {shlex.quote(path)} (as root, on the host)",
+        )
+    writable = server_dir.get("writable_by_others") or {}
+    if writable.get("count"):
+        raise DeployError(
+            f"{path} was brought over from elsewhere and {writable['count']} of its entries (e.g. "
+            f"{writable['first']}) are group- or world-writable: nothing was changed. Fix: chmod -R "
+            f"go-w {shlex.quote(path)}",
         )
 
 
@@ -167,14 +221,15 @@ def devpi_service():
     caddy_site = render_caddy_site(config)
     # The preflight: everything this run needs from the host, or one message listing
     # what is missing; then the operations run with the tools as found on the host.
+    live_venv = read(host, devpi.venv_read(config))
     needs = Needs(
-        venv=not devpi.venv_is_current(config, read(host, devpi.venv_read(config))),
+        venv=not devpi.venv_is_current(config, live_venv),
         caddy_block=text_differs(paths.caddy_site_file, caddy_site),
     )
     tools = preflight.ready(config, domain, needs)
     config = with_tools(config, tools)
     server_dir = devpi.server_dir(config)
-    check_server_dir(config, server_dir)
+    check_server_dir(config, server_dir, venv_build=needs.venv, live_venv=live_venv)
     fresh = devpi.needs_init(server_dir)
     # The password is read (1Password may prompt) only when init will run.
     password_hash = plan_init_secret(config) if fresh else None
@@ -183,6 +238,16 @@ def devpi_service():
     if tools.uv_source == "bootstrap":
         bootstrap_op = preflight.uv_bootstrap(name="Bootstrap uv", config=config, tools=tools, lock=read_uv_lock())
     venv_op = devpi.venv(name="Install devpi venv", config=config, lock=read_lock(config))
+    # With devpi_allow_export_import: a new devpi with another database version gets
+    # the data through devpi-export / devpi-import (its venv is swapped in there).
+    upgrade_op = server_dir_ops.upgrade(
+        name="Move the server dir to the new database version", config=config, domain=domain,
+        venv_op=venv_op, server_db_version=server_dir["serverversion"],
+        wanted_db_version=planned_db_version(config, needs.venv, live_venv),
+    )
+    # A server dir brought over from elsewhere: devpi-fsck with the new venv before
+    # devpi first starts on it.
+    adopt_op = server_dir_ops.adopt(name="Check the server dir brought over (devpi-fsck)", config=config)
     # Before the YAML config that names it: devpi reads it at start-up.
     logging_op = devpi.logging_config(
         name="Write devpi's logging config", config=config, content=render_logging_config(config)
@@ -268,6 +333,6 @@ def devpi_service():
     deploy_lock.release(
         name="Release the deploy lock",
         config=config,
-        after=[op for op in (bootstrap_op, venv_op, logging_op, config_op, secret_op, init_op, retire_op, agent_op,
-                            health_op, *backup_ops, caddy_op, api_op, prewarm_op) if op is not None],
+        after=[op for op in (bootstrap_op, venv_op, upgrade_op, adopt_op, logging_op, config_op, secret_op, init_op,
+                            retire_op, agent_op, health_op, *backup_ops, caddy_op, api_op, prewarm_op) if op is not None],
     )

@@ -33,6 +33,16 @@ FILES_DIR = "+files"
 # server dir (devpi-init writes into ``server-dir.pyinfra-new``).
 TRANSIENT_SUFFIX = ".pyinfra-new"
 
+# An upgrade across database versions (operations/server_dir.py) exports into
+# ``<server dir>.export.pyinfra-new``, imports into ``<server dir>.pyinfra-new`` and
+# keeps the server dir it replaced as ``<server dir>.before-db<old version>-<stamp>``;
+# a new dir that failed after the swap is kept as ``<server dir>.failed-db<version>-<stamp>``.
+EXPORT_SUFFIX = ".export"
+KEPT_INFIX = ".before-db"
+FAILED_INFIX = ".failed-db"
+# The log of the new server dir's check on a spare port, in the export dir.
+CHECK_LOG = "check.log"
+
 # Every venv the deploy builds is named ``devpi-server-<v>-web-<v>-<timestamp>-<pid>``
 # under ``venvs/`` (the pid of the building shell: two builds never share a directory,
 # even in the same second); older ones are pruned by this prefix. While it is built, a
@@ -97,6 +107,22 @@ def transient(path: str) -> str:
     return path + TRANSIENT_SUFFIX
 
 
+def kept_server_dir(server_dir: str, db_version: str) -> str:
+    """Where an upgrade keeps the server dir it replaced (shell words: ``server_dir`` and
+    ``db_version`` may be quoted shell variables; the stamp is expanded by the host)."""
+    return f"{server_dir}{KEPT_INFIX}{db_version}-{VENV_STAMP_SHELL}"
+
+
+def failed_server_dir(server_dir: str, db_version: str) -> str:
+    """Where an upgrade keeps a new server dir whose devpi failed after the swap."""
+    return f"{server_dir}{FAILED_INFIX}{db_version}-{VENV_STAMP_SHELL}"
+
+
+def export_dir(server_dir: str) -> str:
+    """Where an upgrade's devpi-export writes (removed once imported)."""
+    return transient(f"{server_dir}{EXPORT_SUFFIX}")
+
+
 def venv_bin(venv: str, name: str) -> str:
     """A program in a venv; ``venv`` may be a quoted shell variable such as ``"$new"``."""
     return f"{venv}/bin/{name}"
@@ -152,6 +178,11 @@ class Layout:
     # The venv the live link pointed at before the last swap: where a failed
     # upgrade rolls back to (written by the venv build, read by the health gate).
     venv_previous = _Under("home", "venv.previous")
+    # Written by a venv build whose devpi uses another database version than the server
+    # dir (with devpi_allow_export_import): the new venv, not yet live; read by the upgrade.
+    upgrade_pending = _Under("home", "upgrade" + TRANSIENT_SUFFIX)
+    # devpi-export's and devpi-import's output of the last upgrade (kept for reading).
+    upgrade_log = _Under("home", "upgrade.log")
     server_dir = _Under("home", "server-dir")
     nodeinfo = _Under("server_dir", NODEINFO)
     serverversion = _Under("server_dir", SERVERVERSION)

@@ -15,6 +15,7 @@ BAD_VALUES = {
     "devpi_host": ["pypi.example.org", "", 127],
     "devpi_port": [0, 65536, "3141", True, 31.41],
     "devpi_allow_remote_bind": ["yes", 1],
+    "devpi_allow_export_import": ["true", 1],
     "devpi_outside_url": [
         "pypi.example.org", "ftp://x", 5,
         # It is the Caddy site address by default: one token, no Caddyfile syntax.

@@ -115,6 +115,23 @@ def test_server_dir_reports_secret_file_without_its_content(tmp_path):
     ] == {"exists": False, "mode": None}
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_server_dir_not_managed_yet_reports_owners_and_modes(tmp_path, shell):
+    # no secret file yet (brought over): its entries are walked; a managed one is not
+    sd = tmp_path / "sd"
+    (sd / "+files").mkdir(parents=True)
+    (sd / ".sqlite").write_bytes(b"x")
+    (sd / "+files" / "a b.whl").write_bytes(b"y")
+    (sd / "+files" / "a b.whl").chmod(0o664)
+    (sd / "link").symlink_to("+files")  # a symlink's own mode is not a problem
+    fact = run_fact(ServerDir, shell=shell, path=str(sd), secret_file=str(tmp_path / "secret"))
+    assert fact["writable_by_others"] == {"count": 1, "first": str(sd / "+files" / "a b.whl")}
+    assert fact["foreign_owned"] == {"count": 0, "first": None}
+    (tmp_path / "secret").write_text("s")
+    managed = run_fact(ServerDir, shell=shell, path=str(sd), secret_file=str(tmp_path / "secret"))
+    assert "writable_by_others" not in managed and "foreign_owned" not in managed
+
+
 def test_server_dir_garbage_raises():
     with pytest.raises(FactProcessError):
         ServerDir().process(["something else"])
@@ -162,7 +179,12 @@ def test_venv_versions_from_metadata_dirs(tmp_path, shell):
     ])
     fact = run_fact(VenvVersions, shell=shell, venv=str(venv))
     assert fact == {"devpi-server": "6.21.0", "devpi-web": "5.2.0", "python": "3.12.4",
-                    "path": str(venv.resolve()), "link": None}
+                    "path": str(venv.resolve()), "link": None, "database_version": None}
+    # devpi-server's database version, read from its source as devpi writes it
+    main = venv / "lib/python3.12/site-packages/devpi_server/main.py"
+    main.parent.mkdir()
+    main.write_text('import sys\n\nDATABASE_VERSION = "5"\n\n\ndef check():\n    pass\n')
+    assert run_fact(VenvVersions, shell=shell, venv=str(venv))["database_version"] == "5"
     # the live venv as the deploy makes it: a link into venvs/, reported as written
     live = tmp_path / "live"
     live.symlink_to(venv)

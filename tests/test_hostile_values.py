@@ -91,3 +91,23 @@ def test_restore_steps_take_paths_literally(shell, template, pwned, tmp_path):
         result = run(shell, step)
         assert result.returncode != 0, step
     assert not Path(config.paths.restoring_dir).exists()  # the import's trap removed its dir
+def test_upgrade_refusal_takes_the_paths_literally(shell, template, pwned, tmp_path):
+    # The upgrade's first failure path: no live venv that reads the server dir's version.
+    from operations.server_dir import upgrade_script
+
+    home = tmp_path / template.format(pwned=pwned).replace("/", "_")
+    config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_home": str(home),
+                           "devpi_allow_export_import": True}, "/Users/alice")
+    new = home / "venvs" / "new"
+    (new / "bin").mkdir(parents=True)
+    for name, body in (("devpi-import", "exit 0"), ("python", "echo 5")):
+        (new / "bin" / name).write_text(f"#!/bin/sh\n{body}\n")
+        (new / "bin" / name).chmod(0o755)
+    (home / "server-dir").mkdir()
+    (home / "server-dir" / ".serverversion").write_text("4")
+    Path(config.paths.upgrade_pending).write_text(f"{new}\n")
+    result = run(shell, upgrade_script(config, "gui/501"))
+    assert result.returncode == 1
+    assert f"{home}/server-dir holds database version 4, but the live venv (none) is no devpi-server" \
+        in result.stderr
+    assert not Path(config.paths.upgrade_pending).exists()

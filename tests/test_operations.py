@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from operations import caddy, devpi, launchd, retire
+from operations import server_dir as server_dir_ops
 from pyinfra_devpi.config import build_config
 from pyinfra_devpi.preflight import Tools, with_tools
 from pyinfra_devpi.render import render_caddy_site, render_logging_config, render_plist, render_server_yaml
@@ -105,6 +106,8 @@ def converge(host, config, password_hash=None, executing=True, diff=False):
         return Meta(bool(commands))
 
     venv_op = run("venv", devpi.venv, config=config, lock="pinned==1.0 --hash=sha256:00\n")
+    run("upgrade", server_dir_ops.upgrade, config=config, domain=DOMAIN, venv_op=venv_op)
+    run("adopt", server_dir_ops.adopt, config=config)
     logging_op = run("logging", devpi.logging_config, config=config, content=render_logging_config(config))
     config_op = run("config", devpi.server_config, config=config, content=render_server_yaml(config))
     run("secret", devpi.secret, config=config)
@@ -144,6 +147,8 @@ def test_converged_host_yields_nothing(config):
     # Each operation says why it has nothing to do, as pyinfra's own operations do.
     assert host.noops == [
         "devpi-server 6.20.3 + devpi-web 5.1.1 are installed",
+        "no upgrade across database versions (devpi_allow_export_import unset, or no new venv)",
+        "/Users/alice/devpi/server-dir is new or already managed by this deploy",
         "/Users/alice/devpi/devpi-logging.json is up to date",
         "/Users/alice/devpi/devpi-server.yml is up to date",
         "devpi's secret file /Users/alice/devpi/secret exists",

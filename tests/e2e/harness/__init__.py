@@ -25,7 +25,8 @@ ad-hoc debugging sessions can use them without pytest fixtures. One module a par
 * ``runner``: :func:`write_inventory`, :func:`run_pyinfra`, :class:`PyinfraResult`: drive
   the real pyinfra CLI over that sshd; :func:`count_remote_commands` /
   :func:`remote_commands`: count what a run executed.
-* ``upstream``: :func:`build_wheel`, :func:`start_upstream` / :class:`Upstream`: a static
+* ``upstream``: :func:`build_wheel`, :func:`rebuild_wheel` (a real wheel as another
+  version, edited), :func:`wheels_of_lock`, :func:`start_upstream` / :class:`Upstream`: a static
   PEP 503 index of self-built wheels served by ``python3 -m http.server``.
 * ``op``: :class:`FakeOp`, the controller-side ``op`` double (``tests/e2e/fakes/op``).
 * ``launchd``: :class:`LaunchdDouble`, :func:`launchd_shutdown`, :func:`start_caddy_job`:
@@ -83,7 +84,16 @@ from .runner import (
 )
 from .sshd import PASSTHROUGH_ENV, SshServer, build_session_env, sshd_setenv_line, start_sshd
 from .tools import ToolPaths, controller_python, find_tools, path_without_venv, resolve_controller_tool
-from .upstream import DEFAULT_UPSTREAM_PROJECTS, Upstream, WheelInfo, build_wheel, normalize_name, start_upstream
+from .upstream import (
+    DEFAULT_UPSTREAM_PROJECTS,
+    Upstream,
+    WheelInfo,
+    build_wheel,
+    normalize_name,
+    rebuild_wheel,
+    start_upstream,
+    wheels_of_lock,
+)
 
 __all__ = [
     "CADDY_BIN", "CADDY_PLACEHOLDER_BODY", "CI_HINT", "CONTROLLER_FAKES_DIR", "DEBUG_COMMAND_RE",
@@ -96,6 +106,6 @@ __all__ = [
     "count_remote_commands", "cpu_seconds", "fail_missing", "find_tools", "free_port", "http", "http_ok",
     "launchd_shutdown", "listening_addresses", "normalize_name", "path_without_venv", "port_open",
     "proc_memory", "pyinfra_env", "remote_commands", "require_executable", "resolve_controller_tool",
-    "run_pyinfra", "simultaneous", "spawn", "sshd_setenv_line", "start_caddy_job", "start_sshd", "start_upstream",
+    "run_pyinfra", "simultaneous", "spawn", "sshd_setenv_line", "start_caddy_job", "start_sshd", "start_upstream", "rebuild_wheel", "wheels_of_lock",
     "stop_process", "tail", "wait_for_port", "wait_gone", "wait_until", "write_caddyfile", "write_inventory",
 ]

@@ -231,3 +231,55 @@ def start_upstream(
             upstream.stop()
             last_error = f"{error}\n{tail(upstream.log_path)}"
     raise HarnessError(f"upstream index did not start:\n{last_error}")
+
+
+def rebuild_wheel(wheel: Path, dest_dir: Path, version: str, edits: dict[str, tuple[str, str]]) -> Path:
+    """A copy of a real pure-Python wheel as another ``version``, with ``edits``
+    (``{"pkg/module.py": (old, new)}``: each ``old`` must occur) applied: the dist-info
+    renamed, METADATA's version and the RECORD's digests rewritten. Returns the new wheel."""
+    name, old_version = wheel.name.split("-")[:2]
+    old_info, new_info = f"{name}-{old_version}.dist-info", f"{name}-{version}.dist-info"
+    files: dict[str, bytes] = {}
+    with zipfile.ZipFile(wheel) as archive:
+        for item in archive.infolist():
+            files[item.filename.replace(old_info, new_info, 1)] = archive.read(item)
+    for rel, (old, new) in edits.items():
+        text = files[rel].decode()
+        if old not in text:
+            raise HarnessError(f"{wheel.name}: {old!r} not in {rel}")
+        files[rel] = text.replace(old, new).encode()
+    metadata = files[f"{new_info}/METADATA"].decode()
+    files[f"{new_info}/METADATA"] = metadata.replace(f"\nVersion: {old_version}\n", f"\nVersion: {version}\n", 1).encode()
+    record = []
+    for rel, data in files.items():
+        if rel == f"{new_info}/RECORD":
+            continue
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{rel},sha256={digest},{len(data)}")
+    record.append(f"{new_info}/RECORD,,")
+    files[f"{new_info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    path = dest_dir / wheel.name.replace(f"-{old_version}-", f"-{version}-", 1)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for rel, data in files.items():
+            info = zipfile.ZipInfo(rel, date_time=_ZIP_DATE)
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
+    return path
+
+
+def wheels_of_lock(lock: Path, dest_dir: Path, uv: Path | str, python: Path | str) -> list[Path]:
+    """Every wheel of a hashed requirements lock (sdists built into wheels), fetched from
+    PyPI with pip in a scratch venv (``pip wheel --isolated``: the machine's pip config
+    and find-links are not used)."""
+    scratch = dest_dir.parent / (dest_dir.name + "-pip")
+    subprocess.run([str(uv), "venv", "--quiet", "--seed", "--python", str(python), str(scratch)], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    proc = subprocess.run(
+        [str(scratch / "bin" / "pip"), "wheel", "--isolated", "--quiet", "--require-hashes", "-r", str(lock),
+         "-w", str(dest_dir)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    if proc.returncode != 0:
+        raise HarnessError(f"pip wheel -r {lock} failed:\n{proc.stdout}{proc.stderr}")
+    return sorted(dest_dir.glob("*.whl"))
