@@ -17,7 +17,7 @@ from pyinfra import host
 from pyinfra_devpi.config import DevpiConfig
 from pyinfra_devpi.search import WHOOSH, SearchPlan
 
-from .announce import operation
+from .announce import ProgressCommand, operation
 from .devpi import wait_healthy_script
 from .textfile import write_text
 
@@ -47,4 +47,4 @@ def switch_on(config: DevpiConfig, plan: SearchPlan, content: str, written: str,
     paths = config.paths
     yield from write_text(paths.config_file, content, mode="600", current=written)
     yield f"launchctl kickstart -k {shlex.quote(target)}"
-    yield wait_healthy_script(config.local_url, config.health_timeout, paths.err_log, paths.nodeinfo)
+    yield ProgressCommand(wait_healthy_script(config.local_url, config.health_timeout, paths.err_log, paths.nodeinfo))
