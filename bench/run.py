@@ -776,7 +776,8 @@ def report(results: dict) -> str:
                              mb(r["after_restart_settle"]["peak_rss_kb"]), str(r["name_list_fetches"])])
         settle = next(r["settle_s"] for r in n.values() if isinstance(r, dict))
         out.append(table(["", "indexer", "RSS after converge", f"RSS {settle:.0f} s later", "CPU in those s",
-                          f"RSS {settle:.0f} s after a restart", "CPU in those s", "peak", "name-list fetches"],
+                          f"RSS {settle:.0f} s after a restart", "CPU in those s", "peak since the restart",
+                          "name-list fetches"],
                          rows))
     return "\n".join(out) + "\n"
 

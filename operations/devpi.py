@@ -113,7 +113,8 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
                  "and their dependencies"),
         f'"$uv" pip install --quiet --python {python}{index} {requirements}',
         progress("venv: checking that the new venv imports and reports the pinned version"),
-        f"db=$({python} -I -c {q(check)})",
+        # (pyramid's pkg_resources deprecation warning is noise in the progress output)
+        f"db=$({python} -I -W ignore::UserWarning -c {q(check)})",
         f"version=$({devpi_server} --version 2>/dev/null)",
         f'if [ "$version" != {q(config.server_version)} ]; then '
         + say(f"the new venv reports devpi-server %s, expected {config.server_version}", '"$version"')
@@ -259,7 +260,10 @@ def init_script(config: DevpiConfig) -> str:
         "trap 'rc=$?; if [ $rc -ne 0 ]; then rm -rf \"$new\"; fi' EXIT",
         '(umask 077; mkdir "$new")',
         progress("devpi-init: initialising a new server dir (root's password hash, devpi's database)"),
-        f"{q(paths.bin('devpi-init'))} --configfile {q(paths.config_file)} --serverdir \"$new\" --no-root-pypi",
+        # devpi-init's log (no secret in it) is shown only when it fails: the progress
+        # output stays the deploy's own lines.
+        f"if ! out=$({q(paths.bin('devpi-init'))} --configfile {q(paths.config_file)} --serverdir \"$new\" "
+        '--no-root-pypi 2>&1); then printf \'%s\\n\' "$out" >&2; exit 1; fi',
         f'for x in {checks}; do if [ ! -s "$new/$x" ]; then '
         + say("devpi-init left no %s in %s: the server dir was not replaced", '"$x"', '"$new"')
         + "; exit 1; fi; done",
