@@ -128,7 +128,7 @@ def test_prewarmed_projects_install_for_concurrent_cold_clients(stack, tools, tm
     assert f"prewarm: warmed {len(WARM_NAMES)} projects on {index}" in warmed.output, warmed.describe()
     first_marker = marker.read_text()
     # one page per project, fetched by the host in the listed order
-    fetched = re.findall(r"prewarm: ([\w.-]+): (\d+) files", warmed.output)
+    fetched = re.findall(r"prewarm \d+/\d+: ([\w.-]+) \((\d+) files\)", warmed.output)
     assert [name for name, _ in fetched] == WARM_NAMES
 
     # 8 clients with no cache at all install the whole tree at once, through Caddy.
