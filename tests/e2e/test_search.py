@@ -55,7 +55,8 @@ def backend(stack) -> str:
 
 
 def test_search_finds_a_private_upload_and_a_mirrored_project_after_a_restart(sshd, launchd, upstream, tools,
-                                                                              tmp_path):
+                                                                              tmp_path, e2e_log_dirs):
+    e2e_log_dirs.append(tmp_path)  # devpi's logs, shown if the test fails
     since = len(upstream.requests())
     with start_stack(
         sshd, launchd, upstream, tmp_path / "stack", "search", caddy=False, secrets={EBLUME_REF: EBLUME_PW},
@@ -85,7 +86,9 @@ def test_search_finds_a_private_upload_and_a_mirrored_project_after_a_restart(ss
         assert name_list_fetches(upstream, since) == []
 
 
-def test_an_existing_host_gets_the_flag_first_then_whoosh_in_one_run(sshd, launchd, upstream, tmp_path):
+def test_an_existing_host_gets_the_flag_first_then_whoosh_in_one_run(sshd, launchd, upstream, tmp_path,
+                                                                     e2e_log_dirs):
+    e2e_log_dirs.append(tmp_path)
     # The host as the Ansible role left it, but with the null backend: root/pypi without
     # mirror_no_project_list (devpi loads the name list when the mirror is created).
     unflagged = {"mirror_url": upstream.url, "mirror_no_project_list": False}
