@@ -69,7 +69,7 @@ def test_search_finds_a_private_upload_and_a_mirrored_project_after_a_restart(ss
         wheel = build_wheel(tmp_path / "dist", "e2e-findme", "1.0")
         publish = devpi_client.uv_publish(tools.uv, wheel.path, f"{stack.devpi_url}/eblume/dev/", "eblume", EBLUME_PW)
         assert publish.returncode == 0, publish.stderr
-        wait_until(lambda: found(stack, "findme", "e2e-findme"), 60, 0.5, "the private upload to be searchable",
+        wait_until(lambda: found(stack, "findme", "e2e-findme"), 120, 0.5, "the private upload to be searchable",
                    detail=lambda: search(stack, "findme")[-2000:])
 
         # a project fetched through the mirror is indexed at devpi's next start
@@ -77,7 +77,7 @@ def test_search_finds_a_private_upload_and_a_mirrored_project_after_a_restart(ss
         assert status == 200 and links
         launchd.kickstart(stack.label)
         stack.wait_healthy()
-        wait_until(lambda: found(stack, "hermetic", "hermetic-alpha"), 60, 0.5,
+        wait_until(lambda: found(stack, "hermetic", "hermetic-alpha"), 120, 0.5,
                    "the mirrored project to be searchable after a restart",
                    detail=lambda: search(stack, "hermetic")[-2000:])
 
