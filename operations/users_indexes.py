@@ -35,7 +35,9 @@ from pyinfra_devpi.run_secrets import hash_once, is_dry_run, resolve_once
 from pyinfra_devpi.secrets import SecretError
 from pyinfra_devpi.snapshot import FactRead, read
 from pyinfra_devpi.tunnel import json_requester
-from pyinfra_devpi.users_indexes.plan import AFTER_INIT, LOCAL_ONLY, ApplyError, PlanError, apply, describe, markers_file, plan
+from pyinfra_devpi.users_indexes.plan import (
+    AFTER_INIT, LOCAL_ONLY, ApplyError, PlanError, apply, describe, markers_file, plan,
+)
 
 from .announce import operation
 

@@ -40,9 +40,9 @@ def test_the_long_steps_are_progress_commands():
     from pyinfra_devpi.render import render_server_yaml
     from pyinfra_devpi.search import NULL, WHOOSH, SearchPlan
 
-    from .prepared import Meta, PreparedHost
-    from .prepared import prepared_state
     from pyinfra.context import ctx_host, ctx_state
+
+    from .prepared import Meta, PreparedHost, prepared_state
 
     config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_root_password": "env:PW",
                            "devpi_prewarm": ["a", "b"]}, "/Users/alice")
