@@ -163,7 +163,7 @@ def test_prewarm_fails_loudly_naming_the_project(stack):
     result = stack.deploy(devpi_prewarm=["warm-base", "no-such-project"], devpi_prewarm_index=index, check=False)
     assert result.returncode != 0
     assert "answered 404 for project 'no-such-project'" in result.output
-    assert "prewarm: warm-base: 1 files" in result.output  # the ones before it were warmed
+    assert "prewarm 1/2: warm-base (1 files)" in result.output  # the ones before it were warmed
     assert (marker.read_text() if marker.exists() else None) == before  # no marker for a failed list
 
 
