@@ -107,7 +107,7 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
         "if [ $rc -ne 0 ] && [ -z \"$swapped\" ]; then rm -rf \"$new\"; fi' EXIT",
         # uv reads project files from the working directory: build from a neutral one.
         'cd "$venvs"',
-        progress(f"venv: creating %s with Python {config.python} (uv)", '"${new##*/}"'),
+        progress("venv: creating %s with Python %s (uv)", '"${new##*/}"', q(config.python)),
         f'"$uv" venv --quiet --python {q(config.python)} "$new"',
         progress(f"venv: installing devpi-server {config.server_version} + devpi-web {config.web_version} "
                  "and their dependencies"),

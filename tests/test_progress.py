@@ -61,3 +61,17 @@ def test_the_long_steps_are_progress_commands():
     assert isinstance(last(search.switch_on, config=config, plan=SearchPlan(NULL, switch_on=True),
                            content=render_server_yaml(config, WHOOSH), written=render_server_yaml(config, NULL),
                            target="gui/501/net.devpi"), ProgressCommand)
+
+
+def test_a_value_with_a_percent_sign_is_printed_as_it_is():
+    import subprocess
+
+    from operations.devpi import build_venv_script
+    from pyinfra_devpi.config import build_config
+
+    config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_python": "/opt/py%n%s/python3"},
+                          "/Users/alice")
+    script = build_venv_script(config, "x")
+    line = next(line for line in script.splitlines() if line.startswith("printf 'venv: creating"))
+    out = subprocess.run(["/bin/sh", "-c", "new=/v/devpi-1; " + line], capture_output=True, text=True, check=True)
+    assert out.stdout == "venv: creating devpi-1 with Python /opt/py%n%s/python3 (uv)\n"
