@@ -72,6 +72,8 @@ def test_a_value_with_a_percent_sign_is_printed_as_it_is():
     config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_python": "/opt/py%n%s/python3"},
                           "/Users/alice")
     script = build_venv_script(config, "x")
-    line = next(line for line in script.splitlines() if line.startswith("printf 'venv: creating"))
-    out = subprocess.run(["/bin/sh", "-c", "new=/v/devpi-1; " + line], capture_output=True, text=True, check=True)
+    lines = script.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("printf 'venv: creating"))
+    command = "\n".join(lines[start:start + 2])  # the format's newline is inside its quotes
+    out = subprocess.run(["/bin/sh", "-c", "new=/v/devpi-1; " + command], capture_output=True, text=True, check=True)
     assert out.stdout == "venv: creating devpi-1 with Python /opt/py%n%s/python3 (uv)\n"
