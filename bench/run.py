@@ -20,7 +20,7 @@ Sections:
            with and without Caddy serving /+f/ from disk; concurrent cold clients with
            and without devpi_prewarm
   memory   devpi RSS after an install workload and after idling, idle CPU; deployed
-           defaults vs devpi's (Whoosh indexer, argon2 defaults)
+           defaults vs devpi's argon2 defaults
   backup   the backup job (launchctl kickstart) and the restore deploy, for a few small
            uploads and for ~BACKUP_LARGE_MB of generated wheels: wall time, and devpi's
            availability meanwhile (/+api polled every 20 ms: failures, slowest answer,
@@ -65,7 +65,8 @@ WHEELS_TXT = BENCH / "wheels.txt"
 TOP_LEVEL = ["requests", "rich", "httpx", "flask", "python-dateutil", "attrs", "packaging"]
 CLIENTS = 8
 DEVPI_ARGON2 = {"argon2-memory-cost": 524288, "argon2-time-cost": 16, "argon2-parallelism": 8}
-DEVPI_DEFAULTS = {"indexer-backend": "whoosh", **DEVPI_ARGON2}
+# devpi-web's Whoosh is the deploy's default now (devpi_search); the rest of devpi's defaults:
+DEVPI_DEFAULTS = dict(DEVPI_ARGON2)
 SECTIONS = ("rerun", "first", "restart", "install", "memory", "namelist", "backup", "dbupgrade")
 
 
@@ -509,6 +510,11 @@ def bench_memory(env: Env, idle: float) -> dict:
 # --------------------------------------------------------------------------- PyPI-sized name list
 
 PYPI_NAMES = 700_000  # about what PyPI's /simple/ lists
+NAMELIST_TITLES = (
+    ("whoosh", "as deployed: Whoosh search"),
+    ("null", "`devpi_search = False`"),
+    ("project_list_on", "`mirror_no_project_list: False` (search stays off)"),
+)
 
 
 def pypi_sized_upstream(env: Env, names: int = PYPI_NAMES) -> h.Upstream:
@@ -523,28 +529,55 @@ def pypi_sized_upstream(env: Env, names: int = PYPI_NAMES) -> h.Upstream:
     return upstream
 
 
+# What bench_namelist deploys: (label, host data). ``whoosh`` is the default (devpi_search
+# True, root/pypi flagged from devpi's first start); ``null`` turns search off;
+# ``project_list_on`` unflags the mirror (the deploy then keeps search off: null backend).
+NAMELIST_CASES = (
+    ("whoosh", {}),
+    ("null", {"devpi_search": False}),
+    ("project_list_on", {"mirror_no_project_list": False}),
+)
+
+
 def bench_namelist(env: Env, settle: float) -> dict:
-    """devpi's memory right after a first converge whose mirror's upstream lists a
-    PyPI-sized name list: as deployed (``mirror_no_project_list`` from the first start),
-    and with the flag off (the cost the deploy avoids)."""
+    """devpi's memory and CPU after a first converge whose mirror's upstream lists a
+    PyPI-sized name list, then idle for ``settle`` seconds, then after a restart and
+    the same idle time: devpi-web's Whoosh search (the default) against the null
+    backend, and with ``mirror_no_project_list`` off (the cost the deploy avoids)."""
     upstream = pypi_sized_upstream(env)
     out: dict[str, Any] = {"names": PYPI_NAMES}
     try:
-        for label, flag in (("deployed", None), ("project_list_on", False)):
+        for label, data in NAMELIST_CASES:
             spec = {"mirror_url": upstream.url}
-            if flag is not None:
-                spec["mirror_no_project_list"] = flag
+            data = dict(data)
+            if "mirror_no_project_list" in data:
+                spec["mirror_no_project_list"] = data.pop("mirror_no_project_list")
             before = len(upstream.requests())
             t = time.monotonic()
-            stack = env.stack(f"namelist-{label}", devpi_indexes={"root/pypi": spec})
+            stack = env.stack(f"namelist-{label}", devpi_indexes={"root/pypi": spec}, **data)
             converge_s = time.monotonic() - t
             pid = stack.wait_healthy()
-            at_converge = h.proc_memory(pid)
+            at_converge, cpu0, t0 = h.proc_memory(pid), h.cpu_seconds(pid), time.monotonic()
             time.sleep(settle)  # devpi-web loads and indexes the list in the background
+            cpu1, t1 = h.cpu_seconds(pid), time.monotonic()
+            settled = h.proc_memory(pid)
+            backend = next((line.split(":", 1)[1].strip().strip('"')
+                            for line in (stack.devpi_home / "devpi-server.yml").read_text().splitlines()
+                            if line.strip().startswith("indexer-backend:")), None)
+            # a restart: Whoosh indexes the projects devpi knows at every start
+            env.launchd.kickstart(stack.label)
+            pid = stack.wait_healthy()
+            at_restart, rcpu0, r0 = h.proc_memory(pid), h.cpu_seconds(pid), time.monotonic()
+            time.sleep(settle)
+            rcpu1, r1 = h.cpu_seconds(pid), time.monotonic()
             fetched = [r for r in upstream.requests()[before:] if r.startswith("GET /simple/ ")]
             out[label] = {
-                "converge_s": converge_s, "after_converge": at_converge, "after_settle": h.proc_memory(pid),
-                "settle_s": settle, "name_list_fetches": len(fetched),
+                "backend": backend, "converge_s": converge_s, "after_converge": at_converge,
+                "after_settle": settled, "settle_s": settle, "settle_cpu_s": cpu1 - cpu0,
+                "settle_cpu_percent": 100 * (cpu1 - cpu0) / (t1 - t0),
+                "after_restart": at_restart, "after_restart_settle": h.proc_memory(pid),
+                "restart_cpu_s": rcpu1 - rcpu0, "restart_cpu_percent": 100 * (rcpu1 - rcpu0) / (r1 - r0),
+                "name_list_fetches": len(fetched),
             }
             log(f"namelist: {label}: {out[label]}")
             stack.stop()
@@ -944,13 +977,18 @@ def report(results: dict) -> str:
         mb = lambda kb: fmt(kb / 1024 if kb is not None else None, " MB", 0)  # noqa: E731
         out.append(f"\n### First converge against an upstream listing {n['names']:,} project names\n")
         rows = []
-        for label, title in (("deployed", "as deployed"), ("project_list_on", "`mirror_no_project_list: False`")):
-            if label in n:
+        for label, title in NAMELIST_TITLES:
+            if label in n and "settle_cpu_s" in n[label]:
                 r = n[label]
-                rows.append([title, mb(r["after_converge"]["rss_kb"]), mb(r["after_settle"]["rss_kb"]),
-                             mb(r["after_settle"]["peak_rss_kb"]), str(r["name_list_fetches"])])
-        out.append(table(["", "RSS after converge", f"RSS {n['deployed']['settle_s']:.0f} s later", "peak",
-                          "name-list fetches"], rows))
+                rows.append([title, str(r.get("backend")), mb(r["after_converge"]["rss_kb"]),
+                             mb(r["after_settle"]["rss_kb"]), f"{r['settle_cpu_s']:.1f} s",
+                             mb(r["after_restart_settle"]["rss_kb"]), f"{r['restart_cpu_s']:.1f} s",
+                             mb(r["after_restart_settle"]["peak_rss_kb"]), str(r["name_list_fetches"])])
+        settle = next(r["settle_s"] for r in n.values() if isinstance(r, dict))
+        out.append(table(["", "indexer", "RSS after converge", f"RSS {settle:.0f} s later", "CPU in those s",
+                          f"RSS {settle:.0f} s after a restart", "CPU in those s", "peak since the restart",
+                          "name-list fetches"],
+                         rows))
     if "backup" in results:
         out.extend(backup_report(results))
     return "\n".join(out) + "\n"
@@ -1038,6 +1076,8 @@ def headline(results: dict) -> list[tuple[str, str, str]]:
     if "namelist" in results:
         n = results["namelist"]
         for label, title, target in (("deployed", "as deployed", "≤ 120 MB from the first start on"),
+                                     ("whoosh", "as deployed (Whoosh search)", "≤ 120 MB, as with null"),
+                                     ("null", "devpi_search False (null)", ""),
                                      ("project_list_on", "with mirror_no_project_list off", "")):
             if label in n:
                 r = n[label]

@@ -12,10 +12,37 @@ service. Commands are shown in pyinfra's masked form, so a secret never appears.
 from __future__ import annotations
 
 import functools
+import shlex
 
 from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
 from pyinfra.api import operation as pyinfra_operation
+from pyinfra.connectors.util import CommandOutput
+
+
+class ProgressCommand(StringCommand):
+    """A host command whose output is the operator's progress report: each line is
+    printed as it arrives (``[host] prewarm 37/120: numpy (58 files)``), at every
+    verbosity. pyinfra prints a command's output only with ``-vvv``, so a long step
+    would otherwise be silent; the lines go to stderr as pyinfra's own do, so
+    ``--json`` keeps stdout to its JSON. The script writes progress to stdout and
+    problems to stderr (shown in red); nothing secret is ever in either.
+    """
+
+    def execute(self, state, host, connector_arguments):
+        connector_arguments.update(self.connector_arguments)
+        status, output = host.run_shell_command(
+            self, print_output=True, print_input=state.print_input, **connector_arguments,
+        )
+        # A failed command's output is printed again unless pyinfra printed it: here it
+        # was, line by line, already.
+        return status, output if state.print_output else CommandOutput([])
+
+
+def progress(message: str, *shell_values: str) -> str:
+    """A shell command printing one progress line to stdout (``ProgressCommand`` shows
+    it); ``%s`` takes each of ``shell_values`` (shell expressions, expanded by the host)."""
+    return f"printf {shlex.quote(message + chr(10))} {' '.join(shell_values)}".rstrip()
 
 
 def describe(command) -> str:

@@ -20,7 +20,7 @@ from pyinfra_devpi import deploy_lock, layout
 from pyinfra_devpi.config import DevpiConfig
 from pyinfra_devpi.snapshot import FactRead, read
 
-from .announce import operation
+from .announce import ProgressCommand, operation, progress
 from .textfile import write_text
 from .triggers import any_changed
 
@@ -109,9 +109,14 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
         "if [ $rc -ne 0 ] && [ -z \"$swapped\" ]; then rm -rf \"$new\"; fi' EXIT",
         # uv reads project files from the working directory: build from a neutral one.
         'cd "$venvs"',
+        progress("venv: creating %s with Python %s (uv)", '"${new##*/}"', q(config.python)),
         f'"$uv" venv --quiet --python {q(config.python)} "$new"',
+        progress(f"venv: installing devpi-server {config.server_version} + devpi-web {config.web_version} "
+                 "and their dependencies"),
         f'"$uv" pip install --quiet --python {python}{index} {requirements}',
-        f"db=$({python} -I -c {q(check)})",
+        progress("venv: checking that the new venv imports and reports the pinned version"),
+        # (pyramid's pkg_resources deprecation warning is noise in the progress output)
+        f"db=$({python} -I -W ignore::UserWarning -c {q(check)})",
         f"version=$({devpi_server} --version 2>/dev/null)",
         f'if [ "$version" != {q(config.server_version)} ]; then '
         + say(f"the new venv reports devpi-server %s, expected {config.server_version}", '"$version"')
@@ -129,6 +134,7 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
         # Where the health gate rolls back to if this venv's devpi does not come up.
         f'printf \'%s\\n\' "$prev" > {q(paths.venv_previous)}',
         prune_script(paths),
+        progress("venv: %s is live", '"${new##*/}"'),
     ]
     return "\n".join(lines)
 
@@ -220,7 +226,7 @@ def venv(config: DevpiConfig, lock: str | None = None):
                 "setuptools<=81",
             )
         )
-    yield build_venv_script(config, requirements)
+    yield ProgressCommand(build_venv_script(config, requirements))
 
 
 @operation
@@ -300,7 +306,11 @@ def init_script(config: DevpiConfig) -> str:
         'rm -rf "$new"',
         "trap 'rc=$?; if [ $rc -ne 0 ]; then rm -rf \"$new\"; fi' EXIT",
         '(umask 077; mkdir "$new")',
-        f"{q(paths.bin('devpi-init'))} --configfile {q(paths.config_file)} --serverdir \"$new\" --no-root-pypi",
+        progress("devpi-init: initialising a new server dir (root's password hash, devpi's database)"),
+        # devpi-init's log (no secret in it) is shown only when it fails: the progress
+        # output stays the deploy's own lines.
+        f"if ! out=$({q(paths.bin('devpi-init'))} --configfile {q(paths.config_file)} --serverdir \"$new\" "
+        '--no-root-pypi 2>&1); then printf \'%s\\n\' "$out" >&2; exit 1; fi',
         f'for x in {checks}; do if [ ! -s "$new/$x" ]; then '
         + say("devpi-init left no %s in %s: the server dir was not replaced", '"$x"', '"$new"')
         + "; exit 1; fi; done",
@@ -308,6 +318,7 @@ def init_script(config: DevpiConfig) -> str:
         + say("%s is no longer empty: not replacing it with the new server dir", '"$sd"')
         + "; exit 1; fi",
         'mv "$new" "$sd"',
+        progress("devpi-init: %s is initialised", '"$sd"'),
     ]
     return "\n".join(lines)
 
@@ -334,7 +345,11 @@ def init(config: DevpiConfig, password_hash=None):
     # Before execution (--dry, change detection) there is nothing to upload.
     content = password_hash().unmask() if state.is_executing else ""
     yield FileUploadCommand(BytesIO(content.encode("utf-8")), paths.root_hash_upload)
-    yield init_script(config)
+    yield ProgressCommand(init_script(config))
+
+
+# How often (seconds) the health wait says it is still waiting.
+HEALTH_PROGRESS_EVERY = 5
 
 
 def wait_healthy_script(
@@ -362,13 +377,17 @@ def wait_healthy_script(
     )
     wait = (
         "healthy() { "
-        f"end=$(($(date +%s) + {int(timeout)})); code=000; got=; "
+        f"start=$(date +%s); end=$((start + {int(timeout)})); said=$start; code=000; got=; "
         "while :; do "
         f"hdr=$(curl -s -D - -o /dev/null --max-time 5 {q(api)} 2>/dev/null | tr -d '\\r') || true; "
         "code=$(printf '%s\\n' \"$hdr\" | sed -n 's/^HTTP\\/[0-9.]* \\([0-9]*\\).*/\\1/p' | tail -n 1); "
         "got=$(printf '%s\\n' \"$hdr\" | sed -n 's/^[Xx]-[Dd][Ee][Vv][Pp][Ii]-[Uu][Uu][Ii][Dd]: *//p' | tail -n 1); "
         'if [ "${code:-000}" = 200 ] && { [ -z "$want" ] || [ "$got" = "$want" ]; }; then return 0; fi; '
-        'if [ "$(date +%s)" -ge "$end" ]; then return 1; fi; '
+        'now=$(date +%s); if [ "$now" -ge "$end" ]; then return 1; fi; '
+        f'if [ $((now - said)) -ge {HEALTH_PROGRESS_EVERY} ]; then said=$now; '
+        + progress(f"waiting for devpi on %s: %ss of {int(timeout)}s (last status: %s)",
+                   q(api), '"$((now - start))"', '"${code:-000}"')
+        + "; fi; "
         "sleep 0.3; done; }; "
     )
     report = (
@@ -432,6 +451,7 @@ def wait_healthy(config: DevpiConfig, after=(), new_venv=(), target: str | None 
     if any_changed(new_venv) and target:
         rollback = {"version": config.server_version, "previous": paths.venv_previous, "live": paths.venv,
                     "target": target}
-    yield wait_healthy_script(
-        config.local_url, config.health_timeout, paths.err_log, paths.nodeinfo, rollback, server_log=paths.server_log,
+    yield ProgressCommand(
+        wait_healthy_script(config.local_url, config.health_timeout, paths.err_log, paths.nodeinfo, rollback,
+                            server_log=paths.server_log),
     )

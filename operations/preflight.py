@@ -21,7 +21,7 @@ from pyinfra_devpi.config import UV_BOOTSTRAP_VERSION, DevpiConfig, python_reque
 from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.snapshot import FactRead, read
 
-from .announce import operation
+from .announce import ProgressCommand, operation, progress
 from .devpi import say
 
 q = shlex.quote
@@ -77,6 +77,7 @@ def bootstrap_script(config: DevpiConfig, python: str, lock_path: str) -> str:
         'rm -rf "$new"',
         "trap 'rc=$?; rm -rf \"$new\"; exit $rc' EXIT",
         'cd "$home"',
+        progress(f"uv: bootstrapping uv {UV_BOOTSTRAP_VERSION} from PyPI (hash-checked wheel) with %s", '"$py"'),
         '"$py" -m venv "$new" || { '
         + say("%s could not make a venv (python3 -m venv) to bootstrap uv into", '"$py"')
         + "; exit 1; }",
@@ -108,4 +109,4 @@ def uv_bootstrap(config: DevpiConfig, tools: decide.Tools, lock: str):
     lock_path = config.paths.uv_lock_upload(UV_BOOTSTRAP_VERSION)
     yield f"(umask 077; mkdir -p {q(config.paths.home)}) && mkdir -p {q(config.paths.tools_dir)}"
     yield FileUploadCommand(BytesIO(lock.encode("utf-8")), lock_path)
-    yield bootstrap_script(config, tools.bootstrap_python, lock_path)
+    yield ProgressCommand(bootstrap_script(config, tools.bootstrap_python, lock_path))

@@ -19,7 +19,7 @@ from pyinfra_devpi.config import DevpiConfig
 from pyinfra_devpi.layout import transient
 from pyinfra_devpi.snapshot import file_content
 
-from .announce import operation
+from .announce import ProgressCommand, operation
 from .triggers import any_changed
 
 q = shlex.quote
@@ -64,4 +64,4 @@ def projects(config: DevpiConfig, server_dir: dict, mirror: dict | None = None, 
     if pw.is_warm(marker, digest, server_dir) and not any_changed(after):
         host.noop(f"{config.prewarm_index} is warm for these {len(config.prewarm)} projects")
         return
-    yield prewarm_command(config, digest)
+    yield ProgressCommand(prewarm_command(config, digest))

@@ -25,14 +25,20 @@ def text_differs(path: str, content: str) -> bool:
     return file_content(host, path) != content
 
 
-def write_text(path: str, content: str, mode: str = "644", before_move: str | None = None):
+# ``write_text``'s ``current`` when the file holds what the run found on the host.
+AS_FOUND = object()
+
+
+def write_text(path: str, content: str, mode: str = "644", before_move: str | None = None, current=AS_FOUND):
     """Yield the commands that make ``path`` hold ``content`` (none when it already does).
 
     ``before_move`` is a shell command run on the new file (``{new}`` is replaced
     with its quoted path) before it replaces the old one; if it fails, the old file
-    stays and the run stops.
+    stays and the run stops. ``current``: what the file holds by then, when an earlier
+    operation of this run writes it (default: as the run found it).
     """
-    current = file_content(host, path)
+    if current is AS_FOUND:
+        current = file_content(host, path)
     if current == content:
         return
 

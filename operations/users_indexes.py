@@ -28,13 +28,16 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand
 
 from facts.users_indexes import UsersIndexes
+from pyinfra_devpi import search
 from pyinfra_devpi.config import DevpiConfig
 from pyinfra_devpi.layout import transient
 from pyinfra_devpi.run_secrets import hash_once, is_dry_run, resolve_once
 from pyinfra_devpi.secrets import SecretError
 from pyinfra_devpi.snapshot import FactRead, read
 from pyinfra_devpi.tunnel import json_requester
-from pyinfra_devpi.users_indexes.plan import LOCAL_ONLY, ApplyError, PlanError, apply, describe, markers_file, plan
+from pyinfra_devpi.users_indexes.plan import (
+    AFTER_INIT, LOCAL_ONLY, ApplyError, PlanError, apply, describe, markers_file, plan,
+)
 
 from .announce import operation
 
@@ -63,6 +66,15 @@ def reads(config: DevpiConfig) -> list:
 
 def current(config: DevpiConfig) -> dict | None:
     return read(host, _users_indexes_read(config))
+
+
+def found_indexes(config: DevpiConfig, fresh: bool = False) -> dict | None:
+    """devpi's indexes as this run starts from: what devpi-init leaves for a server dir
+    the run initialises, devpi's answer otherwise (None: devpi did not answer)."""
+    if fresh:
+        return dict(AFTER_INIT["indexes"])
+    facts = current(config) if reads(config) else None
+    return None if facts is None else facts["indexes"]
 
 
 def planned(config: DevpiConfig, fresh: bool = False) -> list[dict] | None:
@@ -141,11 +153,24 @@ def prepare(config: DevpiConfig, fresh: bool = False) -> None:
         secrets.password_hash(name)
 
 
-def apply_through_connection(state, host, config: DevpiConfig, markers: dict) -> bool:
+def refuse_unflagged_mirrors(current: dict, actions: list) -> None:
+    """While devpi runs with Whoosh: refuse a plan that leaves a mirror loading its
+    upstream's whole project list (Whoosh would index it at once)."""
+    unflagged = search.unflagged_mirrors(search.indexes_after(current["indexes"], actions))
+    if unflagged:
+        raise ApplyError(
+            f"devpi runs with devpi-web's Whoosh search, and these changes would leave {', '.join(unflagged)} "
+            "loading its upstream's whole project list, which Whoosh would index (tens of CPU-minutes, "
+            "more than a GB): nothing was changed. Run the deploy again (it turns search off before such a "
+            "change), or keep mirror_no_project_list True",
+        )
+
+
+def apply_through_connection(state, host, config: DevpiConfig, markers: dict, whoosh: bool = False) -> bool:
     """Apply the users/indexes plan to devpi's API through the SSH connection.
 
     Runs on the controller while pyinfra executes, then records the password markers
-    on the host."""
+    on the host. ``whoosh``: devpi runs with Whoosh (``refuse_unflagged_mirrors``)."""
     request = json_requester(host, config.local_address, config.port, timeout=max(30, config.health_timeout))
     recorded = dict(markers)
     ok = True
@@ -154,6 +179,7 @@ def apply_through_connection(state, host, config: DevpiConfig, markers: dict) ->
             request, desired_users(config), config.indexes, markers, RunSecrets(config),
             timeout=config.health_timeout, what=config.local_url,
             out=lambda line: host.log(f"devpi: {line}", logger.info),
+            check=refuse_unflagged_mirrors if whoosh else None,
         )
     except (ApplyError, PlanError, SecretError, OSError) as error:
         host.log_styled(f"devpi users and indexes: {error}", fg="red", log_func=logger.error)
@@ -176,12 +202,14 @@ def _record(host, config: DevpiConfig, markers: dict) -> bool:
 
 
 @operation
-def users_indexes(config: DevpiConfig, fresh: bool = False):
+def users_indexes(config: DevpiConfig, fresh: bool = False, whoosh: bool = False):
     """
     Create, patch or delete devpi users and indexes so devpi holds what the data declares.
 
     + config: the validated deploy config (``users``, ``indexes``, the local URL)
     + fresh: the server dir is initialised by this run (devpi cannot answer yet)
+    + whoosh: devpi runs with Whoosh by then: a change that would leave a mirror
+      without ``mirror_no_project_list`` is refused
     """
     actions = planned(config, fresh)
     if actions == []:
@@ -189,4 +217,4 @@ def users_indexes(config: DevpiConfig, fresh: bool = False):
         return
     facts = None if fresh else current(config)
     markers = dict((facts or {}).get("passwords") or {})
-    yield FunctionCommand(apply_through_connection, (config, markers), {})
+    yield FunctionCommand(apply_through_connection, (config, markers), {"whoosh": whoosh})

@@ -48,8 +48,9 @@ SERVER_DB_VERSION = "4"
 
 # devpi-server options the deploy renders into the YAML config unless the operator
 # overrides them. Why each one:
-# - indexer-backend null: devpi-web's Whoosh indexing of PyPI's ~930k names costs
-#   ~30 CPU-minutes and >1 GB of RSS, and restarts after every restart.
+# (devpi-web's ``indexer-backend`` is not among them: ``devpi_search`` chooses it, and
+# the deploy names Whoosh only once no mirror loads its upstream's whole project list;
+# pyinfra_devpi/search.py.)
 # - request-timeout: devpi's 5 s default is shorter than a cold mirror fetch.
 # - argon2 costs: devpi's defaults (512 MiB, t=16, p=8) spend 5-10 s and ~580 MB at
 #   every start deriving a key from the secret file. The secret is 32 random bytes,
@@ -57,7 +58,6 @@ SERVER_DB_VERSION = "4"
 # - restrict-modify root: devpi's default lets anyone who reaches it create users and
 #   indexes (an anonymous ``PUT /<name>`` answers 201); the deploy manages them as root.
 DEFAULT_SERVER_OPTIONS: dict[str, Any] = {
-    "indexer-backend": "null",
     "restrict-modify": "root",
     "request-timeout": 30,
     "argon2-memory-cost": 8192,
@@ -75,7 +75,6 @@ SERVER_OPTION_TYPES: dict[str, type] = {
     "max-request-body-size": int,
     "request-timeout": int,
     "connection-limit": int,
-    "indexer-backend": str,
     "argon2-memory-cost": int,
     "argon2-time-cost": int,
     "argon2-parallelism": int,
@@ -296,6 +295,12 @@ def _server_options(where, value):
     out = {}
     for name, option in value.items():
         wanted = SERVER_OPTION_TYPES.get(name)
+        if name == "indexer-backend":
+            raise ConfigError(
+                f"host data {where} sets 'indexer-backend': devpi-web's search is chosen by "
+                "`devpi_search` (True: Whoosh, switched on once every mirror has "
+                "mirror_no_project_list; False: the null backend, no search); remove the option",
+            )
         if wanted is None:
             raise ConfigError(
                 f"host data {where} has unknown devpi-server option {name!r}: "
@@ -303,8 +308,6 @@ def _server_options(where, value):
                 "(host, port and paths have their own devpi_* keys)",
             )
         ok = isinstance(option, wanted) and not (wanted is int and isinstance(option, bool))
-        if name == "indexer-backend" and option is None:
-            option, ok = "null", True
         if ok and isinstance(option, str):
             ok = bool(option.strip()) and not checks.has_control(option)
         if ok and wanted is int and name == "threads":
@@ -402,6 +405,9 @@ class DevpiConfig:
     # None: found on the host (layout.UV_CANDIDATES), else bootstrapped from PyPI.
     uv: str | None = key("devpi_uv", None, _command_name, optional=True)
     server_options: dict = key("devpi_server_options", {}, _server_options)
+    # devpi-web's search: Whoosh (True), written into the config only once no mirror
+    # loads its upstream's whole project list (pyinfra_devpi/search.py), or null (False).
+    search: bool = key("devpi_search", True, checks.boolean)
     launchd_domain: str | None = key("devpi_launchd_domain", None, _domain, optional=True)
     process_type: str = key("devpi_process_type", "Standard", _process_type)
     throttle_interval: int = key("devpi_throttle_interval", 10, _seconds)
@@ -470,10 +476,11 @@ class DevpiConfig:
         # Both are checked by build_config: one of them is set.
         return self.caddy_site_address or self.outside_url
 
-    @property
-    def server_yaml_options(self) -> dict[str, Any]:
-        """Everything that goes under ``devpi-server:`` in the YAML config, sorted."""
+    def server_yaml_options(self, indexer_backend: str) -> dict[str, Any]:
+        """Everything that goes under ``devpi-server:`` in the YAML config, sorted;
+        ``indexer_backend`` as the run decided it (``search.decide``)."""
         options = dict(DEFAULT_SERVER_OPTIONS)
+        options["indexer-backend"] = indexer_backend
         options.update(self.server_options)
         options.update(
             {

@@ -16,9 +16,10 @@ from pyinfra.api import deploy
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from facts.launchd import LaunchdSession
-from operations import backup, caddy, deploy_lock, devpi, launchd, preflight, prewarm, retire, users_indexes
+from operations import backup, caddy, deploy_lock, devpi, launchd, preflight, prewarm, retire, search, users_indexes
 from operations import server_dir as server_dir_ops
 from operations.textfile import text_differs
+from pyinfra_devpi import search as search_plan
 from pyinfra_devpi.config import SERVER_DB_VERSION, UV_BOOTSTRAP_VERSION, DevpiConfig, build_config
 from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, SQLITE
@@ -27,7 +28,7 @@ from pyinfra_devpi.render import (
     render_backup_plist, render_caddy_site, render_logging_config, render_plist, render_server_yaml,
 )
 from pyinfra_devpi.run_secrets import hash_once, is_dry_run
-from pyinfra_devpi.snapshot import FactRead, prefetch, read
+from pyinfra_devpi.snapshot import FactRead, file_content, prefetch, read
 from pyinfra_devpi.users_indexes.plan import PlanError
 
 LOCKS_DIR = Path(__file__).resolve().parent.parent / "locks"
@@ -211,6 +212,7 @@ def devpi_service():
             *launchd.reads(config.label, domain, paths.plist_file),
             *caddy.reads(paths.caddy_site_file, paths.caddy_restart_pending),
             *users_indexes.reads(config),
+            *search.reads(config),
             *prewarm.reads(config),
             *backup.reads(config, domain),
         ],
@@ -237,6 +239,22 @@ def devpi_service():
     bootstrap_op = None
     if tools.uv_source == "bootstrap":
         bootstrap_op = preflight.uv_bootstrap(name="Bootstrap uv", config=config, tools=tools, lock=read_uv_lock())
+    # devpi-web's search: Whoosh only once no mirror loads its upstream's whole
+    # project list (pyinfra_devpi/search.py); else null, and maybe Whoosh after the
+    # users/indexes step has flagged the mirrors.
+    try:
+        searching = search_plan.decide(
+            config.search,
+            users_indexes.found_indexes(config, fresh),
+            users_indexes.planned(config, fresh),
+            search_plan.backend_in(file_content(host, paths.config_file)),
+        )
+    except PlanError as error:
+        raise DeployError(f"{host.name}: {error}") from None
+    if searching.message:
+        host.log(searching.message, logger.warning if searching.warn else logger.info)
+    server_yaml = render_server_yaml(config, searching.backend)
+
     venv_op = devpi.venv(name="Install devpi venv", config=config, lock=read_lock(config))
     # With devpi_allow_export_import: a new devpi with another database version gets
     # the data through devpi-export / devpi-import (its venv is swapped in there).
@@ -253,7 +271,7 @@ def devpi_service():
         name="Write devpi's logging config", config=config, content=render_logging_config(config)
     )
     config_op = devpi.server_config(
-        name="Write devpi-server config", config=config, content=render_server_yaml(config)
+        name="Write devpi-server config", config=config, content=server_yaml
     )
     secret_op = devpi.secret(name="Create devpi secret file", config=config)
     init_op = devpi.init(name="Initialise devpi server dir", config=config, password_hash=password_hash)
@@ -320,7 +338,17 @@ def devpi_service():
         users_indexes.prepare(config, fresh=fresh)
     except PlanError as error:
         raise DeployError(f"{host.name}: {error}") from None
-    api_op = users_indexes.users_indexes(name="devpi users and indexes", config=config, fresh=fresh)
+    api_op = users_indexes.users_indexes(
+        name="devpi users and indexes", config=config, fresh=fresh, whoosh=searching.backend == search_plan.WHOOSH,
+    )
+    search_op = search.switch_on(
+        name="Switch devpi-web search on (Whoosh)",
+        config=config,
+        plan=searching,
+        content=render_server_yaml(config, search_plan.WHOOSH),
+        written=server_yaml,
+        target=f"{domain}/{config.label}",
+    )
     # Last: devpi is up (waited for above). Only when the list or the mirror changed.
     # The mirror's declared settings are part of the marker: changing them warms again.
     prewarm_op = prewarm.projects(
@@ -334,5 +362,6 @@ def devpi_service():
         name="Release the deploy lock",
         config=config,
         after=[op for op in (bootstrap_op, venv_op, upgrade_op, adopt_op, logging_op, config_op, secret_op, init_op,
-                            retire_op, agent_op, health_op, *backup_ops, caddy_op, api_op, prewarm_op) if op is not None],
+                            retire_op, agent_op, health_op, *backup_ops, caddy_op, api_op, search_op, prewarm_op)
+               if op is not None],
     )

@@ -223,7 +223,7 @@ class Links(HTMLParser):
             self.count += 1
 
 
-for name in names:
+for number, name in enumerate(names, 1):
     page = "%s/%s/+simple/%s/" % (url, index, name)
     request = urllib.request.Request(page, headers={"Accept": "text/html"})
     try:
@@ -247,7 +247,8 @@ for name in names:
             "time (devpi's cold-mirror race, docs/cold-mirror-race.md). Nothing was retried; "
             "rerun the deploy to warm it again." % (page, name)
         )
-    print("prewarm: %s: %d files" % (name, links.count))
+    # one line per project, as it is done: the operator's progress (flushed: stdout is a pipe)
+    print("prewarm %d/%d: %s (%d files)" % (number, len(names), name, links.count), flush=True)
 
 with open(nodeinfo, encoding="utf-8") as handle:
     uuid = json.load(handle)["uuid"]
@@ -255,5 +256,5 @@ with open(tmp, "w", encoding="utf-8") as handle:
     handle.write("%s %s\n" % (digest, uuid))
 os.chmod(tmp, 0o644)
 os.replace(tmp, marker)
-print("prewarm: warmed %d projects on %s" % (len(names), index))
+print("prewarm: warmed %d projects on %s" % (len(names), index), flush=True)
 '''

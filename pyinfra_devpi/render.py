@@ -153,9 +153,11 @@ def yaml_double_quoted(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def render_server_yaml(config: DevpiConfig) -> str:
+def render_server_yaml(config: DevpiConfig, indexer_backend: str) -> str:
+    """devpi-server's YAML config; ``indexer_backend`` (devpi-web's search) as the run
+    decided it (``pyinfra_devpi.search.decide``)."""
     template = _environment(autoescape=False).get_template("devpi-server.yml.j2")
-    options = [(name, yaml_scalar(value)) for name, value in config.server_yaml_options.items()]
+    options = [(name, yaml_scalar(value)) for name, value in config.server_yaml_options(indexer_backend).items()]
     return _finish(template.render(options=options))
 
 

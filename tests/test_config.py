@@ -45,6 +45,9 @@ BAD_VALUES = {
         {"host": "0.0.0.0"},
         {"threads": 0},  # devpi accepts connections and never answers
         {"restrict-modify": "root\n"},
+        # devpi_search chooses devpi-web's indexer (only once every mirror is flagged)
+        {"indexer-backend": "whoosh"},
+        {"indexer-backend": None},
         ["threads", 4],
     ],
     "devpi_launchd_domain": ["system", "gui/alice", "gui/501/x"],
@@ -52,6 +55,7 @@ BAD_VALUES = {
     "devpi_throttle_interval": [0, -1, "10", True],
     "devpi_health_timeout": [0, 1.5, 10**19],
     "devpi_lock_wait": [-5, "60", 1.5],
+    "devpi_search": ["yes", 1, None],
     "devpi_users": [
         ["eblume"],
         {"root": {"password": "env:PW"}},
@@ -197,10 +201,11 @@ def test_devpis_rotated_log_is_not_a_file_launchd_holds_open(launchd_log):
 
 def test_server_options_override_defaults():
     config = build_config({**BASE, "devpi_server_options": {"threads": 8, "argon2-time-cost": 3}}, HOME)
-    options = config.server_yaml_options
+    options = config.server_yaml_options("whoosh")
     assert options["threads"] == 8
     assert options["argon2-time-cost"] == 3
-    assert options["indexer-backend"] == "null"  # untouched default stays
+    assert options["restrict-modify"] == "root"  # untouched default stays
+    assert options["indexer-backend"] == "whoosh"  # as the run decided it (search.decide)
     assert options["serverdir"] == config.paths.server_dir
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -146,3 +147,13 @@ def test_a_new_venv_whose_devpi_fails_the_gate_is_rolled_back(tmp_path):
     assert f"rolled back: devpi answers again from {old}" in result.stderr
     assert os.readlink(live) == str(old)
     assert calls.read_text() == "kickstart -k gui/501/net.devpi\n"
+
+
+def test_a_long_wait_says_it_is_still_waiting(tmp_path):
+    """Every few seconds the wait prints a progress line (stdout: what ProgressCommand
+    shows at pyinfra's default verbosity); the failure itself goes to stderr."""
+    result = run("/bin/sh", wait_healthy_script("http://127.0.0.1:9", 7, str(tmp_path / "err.log"), nodeinfo(tmp_path)))
+    assert result.returncode == 1
+    assert re.search(r"^waiting for devpi on http://127\.0\.0\.1:9/\+api: \d+s of 7s \(last status: 000\)$",
+                     result.stdout, re.M), result.stdout
+    assert "did not answer 200" in result.stderr and "did not answer" not in result.stdout

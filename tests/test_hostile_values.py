@@ -91,6 +91,10 @@ def test_restore_steps_take_paths_literally(shell, template, pwned, tmp_path):
         result = run(shell, step)
         assert result.returncode != 0, step
     assert not Path(config.paths.restoring_dir).exists()  # the import's trap removed its dir
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("template", HOSTILE)
 def test_upgrade_refusal_takes_the_paths_literally(shell, template, pwned, tmp_path):
     # The upgrade's first failure path: no live venv that reads the server dir's version.
     from operations.server_dir import upgrade_script

@@ -14,6 +14,7 @@ from operations import server_dir as server_dir_ops
 from pyinfra_devpi.config import build_config
 from pyinfra_devpi.preflight import Tools, with_tools
 from pyinfra_devpi.render import render_caddy_site, render_logging_config, render_plist, render_server_yaml
+from pyinfra_devpi.search import WHOOSH
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from .prepared import Meta, PreparedHost, Upload, gnu_only_forms, run_op, shell_lines
@@ -75,7 +76,7 @@ def converged(config) -> PreparedHost:
               "link": f"{config.paths.venvs_dir}/devpi-server-6.20.3-web-5.1.1-20261130-1"},
         files={
             config.paths.plist_file: render_plist(config),
-            config.paths.config_file: render_server_yaml(config),
+            config.paths.config_file: render_server_yaml(config, WHOOSH),
             config.paths.logging_config: render_logging_config(config),
             config.caddy_site_file: render_caddy_site(config),
         },
@@ -109,7 +110,7 @@ def converge(host, config, password_hash=None, executing=True, diff=False):
     run("upgrade", server_dir_ops.upgrade, config=config, domain=DOMAIN, venv_op=venv_op)
     run("adopt", server_dir_ops.adopt, config=config)
     logging_op = run("logging", devpi.logging_config, config=config, content=render_logging_config(config))
-    config_op = run("config", devpi.server_config, config=config, content=render_server_yaml(config))
+    config_op = run("config", devpi.server_config, config=config, content=render_server_yaml(config, WHOOSH))
     run("secret", devpi.secret, config=config)
     run("init", devpi.init, config=config, password_hash=(lambda: password_hash) if password_hash else None)
     run(
@@ -247,7 +248,7 @@ def test_missing_venv_is_built(config):
 
 def test_yaml_change_restarts_without_reloading_the_plist(config):
     host = converged(config)
-    host.files[config.paths.config_file] = render_server_yaml(config).replace("30", "5")
+    host.files[config.paths.config_file] = render_server_yaml(config, WHOOSH).replace("30", "5")
     steps = converge(host, config)
     assert [c.dest for c in steps["config"] if isinstance(c, Upload)] == [config.paths.config_file + ".pyinfra-new"]
     assert launchctl_verbs(steps["agent"]) == ["kickstart -k"]
@@ -626,7 +627,7 @@ def init_host(tmp_path, devpi_init: str | None = None):
         fake = venv / "bin" / "devpi-init"
         fake.write_text("#!/bin/sh\n" + devpi_init)
         fake.chmod(0o755)
-    Path(config.paths.config_file).write_text(render_server_yaml(config))
+    Path(config.paths.config_file).write_text(render_server_yaml(config, WHOOSH))
     Path(config.paths.logging_config).write_text(render_logging_config(config))
     Path(config.paths.root_hash_upload).write_text(PasswordHasher(memory_cost=64, time_cost=1, parallelism=1).hash("root pw"))
     return config

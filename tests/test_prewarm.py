@@ -314,7 +314,8 @@ def test_script_warms_one_at_a_time_then_writes_the_marker(tmp_path, stub):
     assert proc.returncode == 0, proc.stderr
     assert server.requests == ["/root/pypi/+simple/a/", "/root/pypi/+simple/b/"]
     assert server.max_active == 1
-    assert "a: 2 files" in proc.stdout and "b: 1 files" in proc.stdout
+    # one progress line per project, as it is done
+    assert "prewarm 1/2: a (2 files)" in proc.stdout and "prewarm 2/2: b (1 files)" in proc.stdout
     assert marker.read_text() == f"d1g {UUID}\n"
 
 

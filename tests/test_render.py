@@ -9,6 +9,7 @@ import pytest
 
 from pyinfra_devpi.config import build_config
 from pyinfra_devpi.render import render_caddy_site, render_logging_config, render_plist, render_server_yaml
+from pyinfra_devpi.search import NULL, WHOOSH, backend_in
 
 CADDY = Path(sys.executable).parent / "caddy"
 ODD_HOME = "/Users/a & b/<devpi> \"x\" \\ é \U0001f986"
@@ -50,7 +51,7 @@ def test_plist_launchd_semantics():
 def test_rendering_is_deterministic():
     a, b = config_for(devpi_server_options={"threads": 4}), config_for(devpi_server_options={"threads": 4})
     assert render_plist(a) == render_plist(b)
-    assert render_server_yaml(a) == render_server_yaml(b)
+    assert render_server_yaml(a, WHOOSH) == render_server_yaml(b, WHOOSH)
     assert render_caddy_site(a) == render_caddy_site(b)
 
 
@@ -70,7 +71,7 @@ def test_yaml_is_read_by_devpi_server(tmp_path):
         devpi_port=4141,
         devpi_server_options={"threads": 7, "offline-mode": True, "mirror-cache-expiry": 600},
     )
-    args = load_with_devpi(tmp_path, render_server_yaml(config)).args
+    args = load_with_devpi(tmp_path, render_server_yaml(config, WHOOSH)).args
     assert args.port == 4141
     assert args.host == "127.0.0.1"
     assert args.serverdir == f"{ODD_HOME}/server-dir"
@@ -81,14 +82,21 @@ def test_yaml_is_read_by_devpi_server(tmp_path):
     assert args.request_timeout == 30
     # the cheap key derivation this deploy sets instead of devpi's 512 MiB / t=16 / p=8
     assert (args.argon2_memory_cost, args.argon2_time_cost, args.argon2_parallelism) == (8192, 2, 1)
-    assert args.indexer_backend == "null"
+    assert args.indexer_backend == "whoosh"
     # only root creates and modifies users and indexes (devpi's default: anyone)
     assert args.restrict_modify == "root"
 
 
+def test_the_decided_indexer_backend_is_what_devpi_web_reads(tmp_path):
+    config = config_for()
+    assert load_with_devpi(tmp_path, render_server_yaml(config, NULL)).args.indexer_backend == "null"
+    assert backend_in(render_server_yaml(config, NULL)) == "null"
+    assert backend_in(render_server_yaml(config, WHOOSH)) == "whoosh"
+
+
 def test_restrict_modify_is_the_operators_to_widen(tmp_path):
     config = config_for(devpi_server_options={"restrict-modify": "root,eblume"})
-    assert load_with_devpi(tmp_path, render_server_yaml(config)).args.restrict_modify == "root,eblume"
+    assert load_with_devpi(tmp_path, render_server_yaml(config, WHOOSH)).args.restrict_modify == "root,eblume"
 
 
 def caddy_adapt(tmp_path, text):
@@ -183,7 +191,7 @@ def test_no_file_headers_without_the_offload():
 
 def test_devpi_reads_its_logging_config_from_the_yaml(tmp_path):
     config = config_for(devpi_home=ODD_HOME)
-    assert load_with_devpi(tmp_path, render_server_yaml(config)).args.logger_cfg == f"{ODD_HOME}/devpi-logging.json"
+    assert load_with_devpi(tmp_path, render_server_yaml(config, WHOOSH)).args.logger_cfg == f"{ODD_HOME}/devpi-logging.json"
 
 
 def test_the_logging_config_keeps_devpis_log_within_the_bound(tmp_path):

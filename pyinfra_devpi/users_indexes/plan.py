@@ -298,16 +298,20 @@ def apply(
     timeout: float = 60,
     what: str = "devpi",
     out: Callable[[str], None] = print,
+    check: Callable[[dict, list], None] | None = None,
 ) -> dict:
     """Make devpi hold the declared users and indexes.
 
     ``markers`` (the password markers recorded on the host) is updated in place as
     each action succeeds, so a caller can record what was done even when a later
     action fails. ``out`` gets one line per action done (never a secret). Raises
-    ``ApplyError`` or ``PlanError``.
+    ``ApplyError`` or ``PlanError``. ``check(current, actions)`` may refuse the plan
+    (raising ``ApplyError``) before any call is made.
     """
     current = read_current(request, timeout, what)
     actions = plan(users, indexes, current, markers)
+    if check is not None:
+        check(current, actions)
 
     auth = None
     if any(a["op"] not in LOCAL_ONLY for a in actions):

@@ -133,7 +133,7 @@ def test_prewarmed_projects_install_for_concurrent_cold_clients(stack, tools, tm
     assert f"prewarm: warmed {len(WARM_NAMES)} projects on {index}" in warmed.output, warmed.describe()
     first_marker = marker.read_text()
     # one page per project, fetched by the host in the listed order
-    fetched = re.findall(r"prewarm: ([\w.-]+): (\d+) files", warmed.output)
+    fetched = re.findall(r"prewarm \d+/\d+: ([\w.-]+) \((\d+) files\)", warmed.output)
     assert [name for name, _ in fetched] == WARM_NAMES
 
     # 8 clients with no cache at all install the whole tree at once, through Caddy.
@@ -168,7 +168,7 @@ def test_prewarm_fails_loudly_naming_the_project(stack):
     result = stack.deploy(devpi_prewarm=["warm-base", "no-such-project"], devpi_prewarm_index=index, check=False)
     assert result.returncode != 0
     assert "answered 404 for project 'no-such-project'" in result.output
-    assert "prewarm: warm-base: 1 files" in result.output  # the ones before it were warmed
+    assert "prewarm 1/2: warm-base (1 files)" in result.output  # the ones before it were warmed
     assert (marker.read_text() if marker.exists() else None) == before  # no marker for a failed list
 
 

@@ -1,0 +1,50 @@
+"""
+devpi-web's search switched on after the users/indexes step (``pyinfra_devpi/search.py``).
+
+On a host where a mirror loads its upstream's whole project list (one the Ansible role
+made: ``root/pypi`` without ``mirror_no_project_list``), the run writes the config with
+the null backend first; the users/indexes step sets the flag while devpi still runs
+without Whoosh; then this operation writes the config naming Whoosh, restarts devpi
+and waits for it, so devpi never starts with Whoosh and an unflagged mirror.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+
+from pyinfra_devpi.config import DevpiConfig
+from pyinfra_devpi.search import WHOOSH, SearchPlan
+
+from .announce import ProgressCommand, operation
+from .devpi import wait_healthy_script
+from .textfile import write_text
+
+
+def reads(config: DevpiConfig) -> list:
+    """Nothing of its own: the config file (``devpi.reads``) and devpi's indexes
+    (``users_indexes.reads``) decide the plan, which the deploy hands over."""
+    return []
+
+
+@operation
+def switch_on(config: DevpiConfig, plan: SearchPlan, content: str, written: str, target: str):
+    """
+    Switch devpi-web's search on (Whoosh) once every mirror has ``mirror_no_project_list``.
+
+    + plan: the run's ``SearchPlan`` (nothing to do unless ``switch_on``)
+    + content: the YAML config naming Whoosh
+    + written: the config as the run's earlier write left it (naming null)
+    + target: the job's ``domain/label``, restarted with the new config
+    """
+    if not plan.switch_on:
+        if plan.backend == WHOOSH:
+            host.noop("devpi-web's search (Whoosh) is on from devpi's start")
+        else:
+            host.noop("devpi-web's search stays off" + ("" if config.search else " (devpi_search is False)"))
+        return
+    paths = config.paths
+    yield from write_text(paths.config_file, content, mode="600", current=written)
+    yield f"launchctl kickstart -k {shlex.quote(target)}"
+    yield ProgressCommand(wait_healthy_script(config.local_url, config.health_timeout, paths.err_log, paths.nodeinfo))

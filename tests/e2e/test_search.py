@@ -1,0 +1,129 @@
+"""devpi-web's search (``devpi_search``, on by default): a private upload is found, a
+mirrored project after a restart, and devpi never runs Whoosh while a mirror loads its
+upstream's whole project list (the upstream is never asked for its ``/simple/`` root).
+
+An existing host whose ``root/pypi`` lacks ``mirror_no_project_list`` (what the Ansible
+role's devpi-init made) is switched in one run: the flag under the null backend first,
+then Whoosh and a restart. Memory and CPU are measured in ``bench/`` (``namelist``).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+import pytest
+
+from . import devpi_client
+from .harness import build_wheel, http, start_upstream, wait_until
+from .stack import start_stack
+
+pytestmark = pytest.mark.e2e
+
+EBLUME_REF = "op://vault/devpi/eblume password"
+EBLUME_PW = "eblume search Pa55"
+
+
+@pytest.fixture
+def upstream(tools, tmp_path):
+    """A private upstream: its request log is this test's alone."""
+    index = start_upstream(tmp_path / "upstream", python=tools.python3)
+    yield index
+    index.stop()
+
+
+def name_list_fetches(upstream, since: int = 0) -> list[str]:
+    """The upstream's ``/simple/`` root (its whole project list) asked for since ``since``."""
+    return [r for r in upstream.requests()[since:] if r.startswith("GET /simple/ ")]
+
+
+def search(stack, query: str) -> str:
+    status, _, body = http("GET", f"{stack.devpi_url}/+search?{urllib.parse.urlencode({'query': query})}",
+                           headers={"Accept": "text/html"})
+    assert status == 200, body[:500]
+    return body.decode("utf-8", "replace")
+
+
+def found(stack, query: str, project: str) -> bool:
+    page = search(stack, query)
+    return f"/{project}" in page or f">{project}<" in page
+
+
+def backend(stack) -> str:
+    text = (stack.devpi_home / "devpi-server.yml").read_text()
+    return next(line.split(":", 1)[1].strip().strip('"') for line in text.splitlines()
+                if line.strip().startswith("indexer-backend:"))
+
+
+def test_search_finds_a_private_upload_and_a_mirrored_project_after_a_restart(sshd, launchd, upstream, tools,
+                                                                              tmp_path, e2e_log_dirs):
+    e2e_log_dirs.append(tmp_path)  # devpi's logs, shown if the test fails
+    since = len(upstream.requests())
+    with start_stack(
+        sshd, launchd, upstream, tmp_path / "stack", "search", caddy=False, secrets={EBLUME_REF: EBLUME_PW},
+        devpi_users={"eblume": {"password": EBLUME_REF}},
+        devpi_indexes={"root/pypi": {"mirror_url": upstream.url}, "eblume/dev": {"bases": ["root/pypi"]}},
+    ) as stack:
+        assert backend(stack) == "whoosh"  # a new server dir: Whoosh from devpi's first start
+        stack.wait_healthy()
+
+        wheel = build_wheel(tmp_path / "dist", "e2e-findme", "1.0")
+        publish = devpi_client.uv_publish(tools.uv, wheel.path, f"{stack.devpi_url}/eblume/dev/", "eblume", EBLUME_PW)
+        assert publish.returncode == 0, publish.stderr
+        wait_until(lambda: found(stack, "findme", "e2e-findme"), 120, 0.5, "the private upload to be searchable",
+                   detail=lambda: search(stack, "findme")[-2000:])
+
+        # a project fetched through the mirror is indexed at devpi's next start
+        status, links = devpi_client.simple_page(stack.devpi_url, "root/pypi", "hermetic-alpha")
+        assert status == 200 and links
+        launchd.kickstart(stack.label)
+        stack.wait_healthy()
+        wait_until(lambda: found(stack, "hermetic", "hermetic-alpha"), 120, 0.5,
+                   "the mirrored project to be searchable after a restart",
+                   detail=lambda: search(stack, "hermetic")[-2000:])
+
+        # a rerun changes nothing, and nothing ever asked the upstream for its whole name list
+        assert stack.deploy().grand_total()[0] == 0
+        assert name_list_fetches(upstream, since) == []
+
+
+def test_an_existing_host_gets_the_flag_first_then_whoosh_in_one_run(sshd, launchd, upstream, tmp_path,
+                                                                     e2e_log_dirs):
+    e2e_log_dirs.append(tmp_path)
+    # The host as the Ansible role left it, but with the null backend: root/pypi without
+    # mirror_no_project_list (devpi loads the name list when the mirror is created).
+    unflagged = {"mirror_url": upstream.url, "mirror_no_project_list": False}
+    with start_stack(sshd, launchd, upstream, tmp_path / "stack", "switch", caddy=False, devpi_search=False,
+                     devpi_indexes={"root/pypi": unflagged}) as stack:
+        assert backend(stack) == "null"
+        assert stack.state()["root"]["indexes"]["pypi"]["mirror_no_project_list"] is False
+        before = stack.wait_healthy()
+        since = len(upstream.requests())
+
+        dry = stack.deploy("--dry", devpi_indexes={"root/pypi": {"mirror_url": upstream.url}}, devpi_search=True)
+        assert "switched on once root/pypi has mirror_no_project_list" in dry.output, dry.describe()
+
+        stack.update(devpi_search=True, devpi_indexes={"root/pypi": {"mirror_url": upstream.url}})
+        result = stack.deploy()
+        out = result.output
+        # the flag under the null backend, then the config naming Whoosh, then a restart
+        assert out.index("set index root/pypi's mirror_no_project_list to True") < out.index(
+            "Switch devpi-web search on"), result.describe()
+        assert backend(stack) == "whoosh"
+        assert stack.state()["root"]["indexes"]["pypi"]["mirror_no_project_list"] is True
+        assert stack.wait_healthy() != before
+        # devpi never ran Whoosh with the unflagged mirror: devpi-web opened its Whoosh
+        # index only after the flag was set, and nothing loaded the name list again
+        log = (stack.home / "Library/Logs" / f"{stack.label}.out.log").read_text()  # devpi logs to stdout
+        assert log.index("PATCH /root/pypi") < log.index("for Whoosh index files"), log[-3000:]
+        assert name_list_fetches(upstream, since) == []
+        # and the next run has nothing left to do
+        assert stack.deploy().grand_total()[0] == 0
+
+
+def test_a_declared_unflagged_mirror_keeps_search_off_with_a_warning(sshd, launchd, upstream, tmp_path):
+    unflagged = {"mirror_url": upstream.url, "mirror_no_project_list": False}
+    with start_stack(sshd, launchd, upstream, tmp_path / "stack", "nosearch", caddy=False,
+                     devpi_indexes={"root/pypi": unflagged}) as stack:
+        result = stack.deploy()
+        assert backend(stack) == "null"
+        assert "devpi-web's search stays off" in result.output and "root/pypi" in result.output

@@ -1,0 +1,142 @@
+"""devpi-web's search (``devpi_search``): Whoosh only once no mirror loads its
+upstream's whole project list (pyinfra_devpi/search.py, operations/search.py)."""
+
+import pytest
+
+from operations import search as search_op
+from operations.users_indexes import refuse_unflagged_mirrors
+from pyinfra_devpi.config import build_config
+from pyinfra_devpi.render import render_server_yaml
+from pyinfra_devpi.search import NULL, WHOOSH, SearchPlan, backend_in, decide, indexes_after, unflagged_mirrors
+from pyinfra_devpi.users_indexes.plan import AFTER_INIT, ApplyError, plan
+from pyinfra_devpi.users_indexes.spec import check_indexes
+
+from .prepared import PreparedHost, Upload, run_op, shell_lines
+
+FLAGGED = {"type": "mirror", "mirror_url": "https://pypi.org/simple/", "mirror_no_project_list": True}
+UNFLAGGED = {"type": "mirror", "mirror_url": "https://pypi.org/simple/"}  # as the Ansible role's devpi-init made it
+STAGE = {"type": "stage", "bases": ["root/pypi"]}
+
+
+def declared(**extra):
+    return check_indexes("`devpi_indexes`", extra)
+
+
+def decision(current, host_backend=None, search=True, **indexes):
+    actions = None if current is None else plan({}, declared(**indexes), {"users": {"root": {}}, "indexes": current})
+    return decide(search, current, actions, host_backend)
+
+
+def test_a_new_server_dir_gets_whoosh_from_the_start():
+    # devpi-init --no-root-pypi; root/pypi is created with the flag by the users/indexes step
+    actions = plan({}, declared(), None)
+    assert decide(True, AFTER_INIT["indexes"], actions, None) == SearchPlan(WHOOSH)
+
+
+def test_every_mirror_flagged_gets_whoosh_at_once():
+    assert decision({"root/pypi": FLAGGED, "eblume/dev": STAGE}, host_backend=NULL) == SearchPlan(WHOOSH)
+
+
+def test_an_unflagged_root_pypi_is_flagged_under_null_then_whoosh_is_switched_on():
+    result = decision({"root/pypi": UNFLAGGED}, host_backend=None)
+    assert result.backend == NULL and result.switch_on
+    assert "root/pypi" in result.message and "restarts once more" in result.message
+
+
+def test_a_host_running_whoosh_with_an_unflagged_mirror_goes_to_null_first():
+    result = decision({"root/pypi": UNFLAGGED}, host_backend=WHOOSH)
+    assert (result.backend, result.switch_on) == (NULL, True)
+
+
+@pytest.mark.parametrize("indexes, current", [
+    # declared with the flag off: the operator's choice keeps search off, with a warning
+    ({"root/pypi": {"mirror_no_project_list": False}}, {"root/pypi": FLAGGED}),
+    # a new mirror declared without the flag: devpi would load its list when it is created
+    ({"root/other": {"type": "mirror", "mirror_url": "https://example.org/simple/"}}, {"root/pypi": FLAGGED}),
+    # a mirror made by hand, not declared: the deploy does not touch it
+    ({}, {"root/pypi": FLAGGED, "root/hand": UNFLAGGED}),
+])
+def test_a_mirror_that_stays_unflagged_keeps_search_off(indexes, current):
+    result = decision(current, host_backend=WHOOSH, **indexes)
+    assert (result.backend, result.switch_on, result.warn) == (NULL, False, True)
+    assert "mirror_no_project_list" in result.message
+
+
+def test_a_mirror_deleted_by_the_run_does_not_hold_search_back():
+    result = decision({"root/pypi": FLAGGED, "root/hand": {**UNFLAGGED, "volatile": True}},
+                      **{"root/hand": {"state": "absent"}})
+    assert (result.backend, result.switch_on) == (NULL, True)
+
+
+def test_devpi_not_answering_keeps_what_the_host_runs():
+    assert decision(None, host_backend=WHOOSH) == SearchPlan(WHOOSH)
+    result = decision(None, host_backend=NULL)
+    assert (result.backend, result.switch_on) == (NULL, False)
+    assert "next run" in result.message
+    assert decision(None, host_backend=None).backend == NULL
+
+
+def test_search_off_is_null_whatever_the_host_holds():
+    assert decision({"root/pypi": FLAGGED}, search=False) == SearchPlan(NULL)
+
+
+def test_the_indexes_after_the_plan():
+    current = {"root/pypi": UNFLAGGED, "old/x": STAGE}
+    actions = [
+        {"op": "patch_index", "name": "root/pypi", "body": {"mirror_no_project_list": True}},
+        {"op": "create_index", "name": "root/m", "body": dict(UNFLAGGED)},
+        {"op": "delete_user", "name": "old"},
+    ]
+    after = indexes_after(current, actions)
+    assert set(after) == {"root/pypi", "root/m"}
+    assert unflagged_mirrors(after) == ["root/m"]
+    assert current["root/pypi"] == UNFLAGGED  # not modified
+
+
+def test_backend_in_reads_the_rendered_config():
+    config = build_config({"devpi_outside_url": "https://pypi.example.org"}, "/Users/alice")
+    assert backend_in(render_server_yaml(config, WHOOSH)) == WHOOSH
+    assert backend_in(render_server_yaml(config, NULL)) == NULL
+    assert backend_in(None) is None and backend_in("devpi-server:\n  port: 1\n") is None
+
+
+def test_while_devpi_runs_whoosh_no_change_may_leave_a_mirror_unflagged():
+    current = {"users": {"root": {}}, "indexes": {"root/pypi": FLAGGED}}
+    refuse_unflagged_mirrors(current, [])  # nothing to refuse
+    with pytest.raises(ApplyError, match="root/pypi"):
+        refuse_unflagged_mirrors(current, [
+            {"op": "patch_index", "name": "root/pypi", "body": {"mirror_no_project_list": False}},
+        ])
+
+
+# --------------------------------------------------------------------------- the operation
+
+
+@pytest.fixture
+def config():
+    return build_config({"devpi_outside_url": "https://pypi.example.org"}, "/Users/alice")
+
+
+def test_switch_on_writes_whoosh_over_the_null_config_restarts_and_waits(config):
+    null_yaml, whoosh_yaml = render_server_yaml(config, NULL), render_server_yaml(config, WHOOSH)
+    # the host held whoosh when the run started (a hand-made state): the earlier write
+    # put null there, so the switch writes whoosh again
+    host = PreparedHost(files={config.paths.config_file: whoosh_yaml})
+    commands = run_op(search_op.switch_on, host, config=config, plan=SearchPlan(NULL, switch_on=True),
+                      content=whoosh_yaml, written=null_yaml, target="gui/501/net.devpi")
+    uploads = [c for c in commands if isinstance(c, Upload)]
+    assert [u.content for u in uploads] == [whoosh_yaml]
+    lines = shell_lines(commands)
+    assert any("launchctl kickstart -k gui/501/net.devpi" in c for c in lines)
+    # the restart, then the health gate
+    assert "/+api" in lines[-1] and "kickstart" in lines[-2]
+
+
+@pytest.mark.parametrize("plan, reason", [
+    (SearchPlan(WHOOSH), "on from devpi's start"),
+    (SearchPlan(NULL), "stays off"),
+])
+def test_no_switch_no_command(config, plan, reason):
+    host = PreparedHost()
+    assert run_op(search_op.switch_on, host, config=config, plan=plan, content="x", written="y", target="t") == []
+    assert reason in host.noops[0]
