@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 from io import BytesIO
 
-from pyinfra import host, state
+from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand
 
 from facts.devpi import ServerDir, VenvVersions
@@ -20,7 +20,7 @@ from pyinfra_devpi import deploy_lock, layout
 from pyinfra_devpi.config import DevpiConfig
 from pyinfra_devpi.snapshot import FactRead, read
 
-from .announce import operation
+from .announce import log_once, operation
 from .textfile import write_text
 from .triggers import any_changed
 
@@ -380,3 +380,41 @@ def wait_healthy(config: DevpiConfig, after=(), new_venv=(), target: str | None 
         rollback = {"version": config.server_version, "previous": paths.venv_previous, "live": paths.venv,
                     "target": target}
     yield wait_healthy_script(config.local_url, config.health_timeout, paths.err_log, paths.nodeinfo, rollback)
+
+
+def format_kib(kib: int) -> str:
+    """A size as ``du -sk`` measures it, for a message: ``820 KB``, ``34 MB``, ``1.2 GB``."""
+    if kib < 1024:
+        return f"{kib} KB"
+    if kib < 1024 * 1024:
+        return f"{round(kib / 1024)} MB"
+    return f"{kib / 1024 / 1024:.1f} GB"
+
+
+@operation
+def orphaned_index(config: DevpiConfig):
+    """
+    Report devpi-web's Whoosh search index in the server dir (``.indices``) when the
+    configured indexer does not use it (the Ansible role's devpi ran devpi-web's default,
+    Whoosh; this deploy's default is ``null``), with its size; remove it only when
+    ``devpi_remove_orphaned_index`` is set. Runs after the health wait: the devpi that
+    answers then runs this config, so nothing writes the index any more.
+    """
+    paths = config.paths
+    kib = server_dir(config)["whoosh_index_kib"]
+    if kib is None:
+        host.noop(f"no Whoosh search index in {paths.server_dir}")
+        return
+    if config.whoosh_index == paths.whoosh_index:
+        host.noop(f"{paths.whoosh_index} is devpi-web's search index (indexer-backend whoosh)")
+        return
+    found = (
+        f"{paths.server_dir} holds an orphaned Whoosh search index {layout.WHOOSH_INDEX_DIR} "
+        f"({format_kib(kib)}), unused with indexer-backend {config.server_yaml_options['indexer-backend']}"
+    )
+    if not config.remove_orphaned_index:
+        log_once(f"{found}; set devpi_remove_orphaned_index = True to remove it")
+        host.noop(f"{paths.whoosh_index} kept (devpi_remove_orphaned_index is not set)")
+        return
+    log_once(f"{found}: removing it (devpi_remove_orphaned_index)", logger.info)
+    yield f"rm -rf {q(paths.whoosh_index)}"

@@ -344,6 +344,10 @@ class DevpiConfig:
     # requirements/lock file on the controller; fetched through <index> after a converge.
     prewarm: tuple = key("devpi_prewarm", None, _prewarm)
     prewarm_index: str = key("devpi_prewarm_index", "root/pypi", _prewarm_index)
+    # Remove the server dir's Whoosh search index (``.indices``, e.g. left by the
+    # Ansible role) when the configured indexer does not use it; otherwise it is
+    # only reported.
+    remove_orphaned_index: bool = key("devpi_remove_orphaned_index", False, checks.boolean)
 
     @functools.cached_property
     def paths(self) -> Layout:
@@ -376,6 +380,20 @@ class DevpiConfig:
     def site_address(self) -> str:
         # Both are checked by build_config: one of them is set.
         return self.caddy_site_address or self.outside_url
+
+    @property
+    def whoosh_index(self) -> str | None:
+        """Where devpi-web keeps its Whoosh search index with this config: the server
+        dir's ``.indices`` (its default), the ``path`` of ``whoosh:path=...``, or None
+        with another indexer (``null``)."""
+        name, _, settings = str(self.server_yaml_options["indexer-backend"]).partition(":")
+        if name != "whoosh":
+            return None
+        for setting in settings.split(","):
+            option, _, value = setting.partition("=")
+            if option == "path" and value:
+                return value
+        return self.paths.whoosh_index
 
     @property
     def server_yaml_options(self) -> dict[str, Any]:

@@ -207,6 +207,8 @@ def devpi_service():
         name="Wait for devpi to answer", config=config, after=[agent_op], new_venv=[venv_op],
         target=f"{domain}/{config.label}",
     )
+    # After the health wait: the devpi that answers runs this config's indexer.
+    index_op = devpi.orphaned_index(name="Orphaned Whoosh search index", config=config)
     caddy_op = caddy.site(
         name="Caddy site block for devpi",
         path=paths.caddy_site_file,
@@ -236,5 +238,5 @@ def devpi_service():
         name="Release the deploy lock",
         config=config,
         after=[op for op in (bootstrap_op, venv_op, config_op, secret_op, init_op, retire_op, agent_op, health_op,
-                            caddy_op, api_op, prewarm_op) if op is not None],
+                            index_op, caddy_op, api_op, prewarm_op) if op is not None],
     )

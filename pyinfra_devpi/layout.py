@@ -27,6 +27,9 @@ NODEINFO = ".nodeinfo"
 SERVERVERSION = ".serverversion"
 SQLITE = ".sqlite"
 FILES_DIR = "+files"
+# devpi-web's Whoosh search index, where its default indexer keeps it (devpi-web's
+# whoosh_index.py: ``<server dir>/.indices`` unless ``indexer-backend`` names a path).
+WHOOSH_INDEX_DIR = ".indices"
 
 # A file the deploy writes goes to ``<path>.pyinfra-new`` first and is renamed into
 # place, so launchd, devpi and Caddy never read a half-written file; so does a new
@@ -137,6 +140,7 @@ class Layout:
     nodeinfo = _Under("server_dir", NODEINFO)
     serverversion = _Under("server_dir", SERVERVERSION)
     files_dir = _Under("server_dir", FILES_DIR)
+    whoosh_index = _Under("server_dir", WHOOSH_INDEX_DIR)
     config_file = _Under("home", "devpi-server.yml")
     secret_file = _Under("home", "secret")
     # The 0600 file that carries root's password hash to devpi-init, removed at once.

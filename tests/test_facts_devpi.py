@@ -115,6 +115,18 @@ def test_server_dir_reports_secret_file_without_its_content(tmp_path):
     ] == {"exists": False, "mode": None}
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_server_dir_reports_the_whoosh_index_and_its_size(initialised_dir, tmp_path, shell):
+    assert run_fact(ServerDir, shell, path=str(initialised_dir))["whoosh_index_kib"] is None
+    assert run_fact(ServerDir, shell, path=str(tmp_path / "nope"))["whoosh_index_kib"] is None
+    server_dir = tmp_path / "server dir"
+    shutil.copytree(initialised_dir, server_dir)
+    (server_dir / ".indices").mkdir()
+    (server_dir / ".indices" / "_project_1.seg").write_bytes(os.urandom(300 * 1024))
+    kib = run_fact(ServerDir, shell, path=str(server_dir))["whoosh_index_kib"]
+    assert 300 <= kib < 400
+
+
 def test_server_dir_garbage_raises():
     with pytest.raises(FactProcessError):
         ServerDir().process(["something else"])

@@ -4,6 +4,7 @@ host yields none. Operations run under prepared facts (see ``prepared.py``).
 """
 
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,7 @@ def converged(config) -> PreparedHost:
             "exists": True, "is_dir": True, "mode": "drwx------", "entries": 6, "has_data": True,
             "initialised": True, "nodeinfo": {"role": "standalone", "uuid": "u"},
             "has_serverversion": True, "serverversion": "4", "has_database": True, "complete": True,
+            "whoosh_index_kib": None,
             "secret_file": {"exists": True, "mode": "-rw-------"},
         },
         venv={"devpi-server": "6.20.3", "devpi-web": "5.1.1", "python": "3.11.7", "path": "/x",
@@ -85,7 +87,8 @@ def fresh(config) -> PreparedHost:
         server_dir={
             "exists": False, "is_dir": False, "mode": None, "entries": 0, "has_data": False,
             "initialised": False, "nodeinfo": None, "has_serverversion": False, "serverversion": None,
-            "has_database": False, "complete": False, "secret_file": {"exists": False, "mode": None},
+            "has_database": False, "complete": False, "whoosh_index_kib": None,
+            "secret_file": {"exists": False, "mode": None},
         },
         venv=None,
         files={},
@@ -116,6 +119,7 @@ def converge(host, config, password_hash=None, executing=True, diff=False):
         directories=[config.paths.log_dir],
     )
     run("health", devpi.wait_healthy, config=config, after=[agent_op])
+    run("index", devpi.orphaned_index, config=config)
     run(
         "caddy", caddy.site, path=config.caddy_site_file, content=render_caddy_site(config),
         restart=config.caddy_restart, domain=DOMAIN, pending_marker=config.paths.caddy_restart_pending,
@@ -147,6 +151,7 @@ def test_converged_host_yields_nothing(config):
         "no LaunchAgent of this devpi under another label or domain",
         "gui/501/net.devpi is loaded, enabled and running its current definition",
         "devpi was not (re)started",
+        "no Whoosh search index in /Users/alice/devpi/server-dir",
         "/Users/alice/.config/caddy/sites/devpi.caddy is up to date",
     ]
 
@@ -812,3 +817,69 @@ def test_a_venv_not_built_by_the_deploy_is_rebuilt_like_an_upgrade(config):
     steps = converge(host, config)
     assert any("uv" in c and "pip install" in c for c in shell_lines(steps["venv"]))
     assert launchctl_verbs(steps["agent"]) == ["kickstart -k"]
+
+
+# The Ansible role's devpi-web indexed with Whoosh into <server dir>/.indices; this
+# deploy's indexer-backend null leaves it unused.
+
+
+def test_an_orphaned_whoosh_index_is_reported_with_its_size_and_kept(config):
+    host = converged(config)
+    host.server_dir = {**host.server_dir, "whoosh_index_kib": 34 * 1024 + 100}
+    steps = converge(host, config)
+    assert steps == {name: [] for name in steps}  # a report, not a change
+    assert (
+        "/Users/alice/devpi/server-dir holds an orphaned Whoosh search index .indices (34 MB), unused with "
+        "indexer-backend null; set devpi_remove_orphaned_index = True to remove it"
+    ) in host.logged
+    assert "/Users/alice/devpi/server-dir/.indices kept (devpi_remove_orphaned_index is not set)" in host.noops
+
+
+def test_an_orphaned_whoosh_index_is_removed_only_when_asked(tmp_path):
+    config = with_tools(build_config(
+        {"devpi_outside_url": "https://pypi.example.org", "devpi_home": str(tmp_path / "my devpi"),
+         "devpi_remove_orphaned_index": True},
+        "/Users/alice",
+    ), FOUND)
+    host = converged(config)
+    host.server_dir = {**host.server_dir, "whoosh_index_kib": 3 * 1024 * 1024}
+    steps = converge(host, config)
+    assert steps["index"] == [f"rm -rf {shlex.quote(config.paths.whoosh_index)}"]
+    assert any("orphaned Whoosh search index .indices (3.0 GB)" in m and "removing it" in m for m in host.logged)
+    # the command removes the index and nothing else of the server dir
+    index = Path(config.paths.whoosh_index)
+    (index / "sub").mkdir(parents=True)
+    (index / "sub" / "MAIN.toc").write_text("x")
+    (index.parent / ".nodeinfo").write_text("{}")
+    subprocess.run(["/bin/sh", "-c", steps["index"][0]], check=True)
+    assert sorted(p.name for p in index.parent.iterdir()) == [".nodeinfo"]
+
+
+@pytest.mark.parametrize("backend", ["whoosh", "whoosh:path=/Users/alice/devpi/server-dir/.indices"])
+def test_the_whoosh_index_in_use_is_neither_reported_nor_removed(backend):
+    config = with_tools(build_config(
+        {"devpi_outside_url": "https://pypi.example.org", "devpi_remove_orphaned_index": True,
+         "devpi_server_options": {"indexer-backend": backend}},
+        "/Users/alice",
+    ), FOUND)
+    host = converged(config)
+    host.files[config.paths.config_file] = render_server_yaml(config)
+    host.server_dir = {**host.server_dir, "whoosh_index_kib": 2048}
+    steps = converge(host, config)
+    assert steps["index"] == []
+    assert not any("orphaned" in m for m in host.logged)
+    assert "/Users/alice/devpi/server-dir/.indices is devpi-web's search index (indexer-backend whoosh)" in host.noops
+
+
+def test_a_whoosh_index_kept_elsewhere_orphans_the_server_dirs(config):
+    config = with_tools(build_config(
+        {"devpi_outside_url": "https://pypi.example.org",
+         "devpi_server_options": {"indexer-backend": "whoosh:path=/Volumes/fast/indices"}},
+        "/Users/alice",
+    ), FOUND)
+    assert config.whoosh_index == "/Volumes/fast/indices"
+    host = converged(config)
+    host.server_dir = {**host.server_dir, "whoosh_index_kib": 12}
+    run_op(devpi.orphaned_index, host, config=config)
+    assert any("orphaned Whoosh search index .indices (12 KB), unused with indexer-backend "
+               "whoosh:path=/Volumes/fast/indices" in m for m in host.logged)
