@@ -80,9 +80,12 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
     """
     paths = config.paths
     index = f" --index-url {q(config.index_url)}" if config.index_url else ""
+    # One interpreter proves the venv imports and says what it holds: the database
+    # version and devpi-server's own version (a second interpreter for
+    # ``devpi-server --version`` would import, and on a new venv byte-compile, it all again).
     check = (
-        "import sys, devpi_server, devpi_web.main; "
-        "from devpi_server.main import DATABASE_VERSION as v; print(v)"
+        "import devpi_server, devpi_web.main; "
+        "from devpi_server.main import DATABASE_VERSION as v; print(v, devpi_server.__version__)"
     )
     python = layout.venv_bin('"$new"', "python")
     devpi_server = layout.venv_bin('"$new"', "devpi-server")
@@ -109,9 +112,9 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
         'cd "$venvs"',
         f'"$uv" venv --quiet --python {q(config.python)} "$new"',
         f'"$uv" pip install --quiet --python {python}{index} {requirements}',
-        f"db=$({python} -I -c {q(check)})",
-        f"version=$({devpi_server} --version 2>/dev/null)",
-        f'if [ "$version" != {q(config.server_version)} ]; then '
+        f"found=$({python} -I -c {q(check)})",
+        'db=${found%% *}; version=${found#* }',
+        f'if [ ! -x {devpi_server} ] || [ "$version" != {q(config.server_version)} ]; then '
         + say(f"the new venv reports devpi-server %s, expected {config.server_version}", '"$version"')
         + "; exit 1; fi",
         'if [ -f "$sv" ] && [ "$(head -n 1 "$sv")" != "$db" ]; then '
