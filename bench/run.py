@@ -568,7 +568,11 @@ class Downtime:
     def _poll(self) -> None:
         while not self._stop.is_set():
             t = time.monotonic()
-            self.samples.append((t, h.http_ok(self.url + "/+api", timeout=1)))
+            try:
+                ok = h.http_ok(self.url + "/+api", timeout=1)
+            except Exception:  # noqa: BLE001 - a connection cut mid-answer (devpi stopping) is a failed poll
+                ok = False
+            self.samples.append((t, ok))
             self._stop.wait(max(0.0, POLL_INTERVAL - (time.monotonic() - t)))
 
     def __enter__(self) -> Downtime:
@@ -579,27 +583,44 @@ class Downtime:
         self._stop.set()
         self._thread.join()
 
-    def result(self) -> dict:
-        longest, failed, start = 0.0, 0, None
+    def result(self, since: float) -> dict:
+        """The figures; ``window``: the longest outage's start and end, in seconds after
+        ``since`` (a ``time.monotonic()`` value: the run's start)."""
+        longest, failed, start, window = 0.0, 0, None, None
         for t, ok in self.samples:
             if not ok:
                 failed += 1
                 start = t if start is None else start
             elif start is not None:
-                longest, start = max(longest, t - start), None
+                if t - start > longest:
+                    longest, window = t - start, (start - since, t - since)
+                start = None
         if start is not None:  # still down at the end
-            longest = max(longest, self.samples[-1][0] - start + POLL_INTERVAL)
-        return {"longest_s": longest, "failed_polls": failed, "polls": len(self.samples)}
+            end = self.samples[-1][0] + POLL_INTERVAL
+            if end - start > longest:
+                longest, window = end - start, (start - since, end - since)
+        return {"longest_s": longest, "failed_polls": failed, "polls": len(self.samples), "window": window}
 
 
 def measured_run(stack: st.DeployedStack, **overrides) -> dict:
     """One deploy run with devpi's downtime measured; the run may fail (a rollback)."""
     with Downtime(stack.devpi_url) as down:
+        since = time.monotonic()
         run = stack.deploy(check=False, **overrides)
         # a failing poll at the very end is downtime too: poll on until devpi answers
         h.wait_until(lambda: stack.api_ok(timeout=1), 120, 0.05, "devpi to answer after the run")
         time.sleep(2 * POLL_INTERVAL)
-    return {**down.result(), "wall_s": run.duration, "returncode": run.returncode}
+    # The operations running while devpi did not answer (pyinfra's progress lines).
+    result = {**down.result(since), "wall_s": run.duration, "returncode": run.returncode, "phases": phases(run)}
+    if result["window"]:
+        begin, end = result["window"]
+        at, during = 0.0, []
+        for label, seconds in result["phases"]:
+            if at < end and at + seconds > begin:
+                during.append(label)
+            at += seconds
+        result["during"] = during
+    return result
 
 
 def bench_takeover(env: Env, reps: int) -> dict:
@@ -623,6 +644,8 @@ def bench_takeover(env: Env, reps: int) -> dict:
             result = measured_run(stack, devpi_out_log="role.out.log", devpi_err_log="role.err.log")
             if result["returncode"] != 0:
                 raise h.HarnessError(f"takeover run failed: {result}")
+            # The reference, on the machine as loaded as it is now: one plain restart.
+            result["restart_to_healthy_s"] = restart_once(stack, busy=False)["to_healthy_s"]
             log(f"takeover: {result}")
             runs.append(result)
         finally:
@@ -660,6 +683,7 @@ def bench_upgrade(env: Env, reps: int) -> dict:
             if result["returncode"] != 0:
                 raise h.HarnessError(f"version change failed: {result}")
             result["direction"] = direction
+            result["restart_to_healthy_s"] = restart_once(stack, busy=False)["to_healthy_s"]
             log(f"upgrade: {result}")
             bumps.append(result)
     if "devpi-server" not in {w.name for w in env.upstream.wheels.values()}:
@@ -784,12 +808,14 @@ def report(results: dict) -> str:
     if "takeover" in results or "upgrade" in results:
         rows = []
         for title, samples in downtime_rows(results):
+            restarts = [s["restart_to_healthy_s"] for s in samples if s.get("restart_to_healthy_s")]
             rows.append([title, fmt(median([s["longest_s"] for s in samples]), digits=1),
                          fmt(max(s["longest_s"] for s in samples), digits=1),
                          str(max(s["failed_polls"] for s in samples)), fmt(median([s["wall_s"] for s in samples]), digits=1),
-                         str(len(samples))])
+                         fmt(median(restarts), digits=1) if restarts else "–", str(len(samples))])
         out.append(f"\n### Downtime: longest run of failed `/+api` polls (every {POLL_INTERVAL * 1000:.0f} ms)\n")
-        out.append(table(["run", "median", "max", "failed polls (max)", "run wall time", "runs"], rows))
+        out.append(table(["run", "median", "max", "failed polls (max)", "run wall time",
+                          "a plain `kickstart -k` to healthy, right after", "runs"], rows))
     if "restart" in results:
         rows = []
         for key, samples in results["restart"].items():
@@ -923,7 +949,7 @@ def downtime_rows(results: dict) -> list[tuple[str, list[dict]]]:
     if "upgrade" in results:
         u = results["upgrade"]
         rows.append((f"version change ({OLD_PAIR[0]} ↔ {DEVPI_PAIR[0]})", u["bumps"]))
-        if u["rollbacks"]:
+        if u.get("rollbacks"):
             timeout = u["rollbacks"][0]["health_timeout_s"]
             rows.append((f"bad upgrade rolled back (devpi_health_timeout = {timeout})", u["rollbacks"]))
     return rows

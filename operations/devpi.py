@@ -201,9 +201,20 @@ def server_config(config: DevpiConfig, content: str):
     yield from commands
 
 
+# What devpi-gen-secret writes (devpi_server.config.new_secret: 32 random bytes,
+# base64), written by the venv's Python with the standard library alone: 0600 from its
+# first byte, never over an existing file (O_EXCL). devpi-gen-secret would load devpi
+# and its plugins first, about a second of a first converge, to write 44 bytes.
+GEN_SECRET = (
+    "import base64, os, secrets, sys; "
+    "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600); "
+    "os.write(fd, base64.b64encode(secrets.token_bytes(32))); os.close(fd)"
+)
+
+
 @operation
 def secret(config: DevpiConfig):
-    """Create devpi's secret file once, with devpi's own generator.
+    """Create devpi's secret file once: what ``devpi-gen-secret`` writes (``GEN_SECRET``).
 
     The secret signs login tokens: a persistent one keeps logins valid across
     restarts. It is never rewritten, so existing tokens stay valid.
@@ -215,8 +226,7 @@ def secret(config: DevpiConfig):
     # devpi refuses a secret file whose directory is group/world writable.
     yield (
         f"(umask 077; mkdir -p {q(paths.home)}) && chmod 700 {q(paths.home)} && "
-        f"{q(paths.bin('devpi-gen-secret'))} --configfile {q(paths.config_file)} "
-        f"--secretfile {q(paths.secret_file)} >/dev/null && chmod 600 {q(paths.secret_file)}"
+        f"{q(paths.bin('python'))} -I -c {q(GEN_SECRET)} {q(paths.secret_file)}"
     )
 
 
@@ -323,7 +333,7 @@ def wait_healthy_script(
         "got=$(printf '%s\\n' \"$hdr\" | sed -n 's/^[Xx]-[Dd][Ee][Vv][Pp][Ii]-[Uu][Uu][Ii][Dd]: *//p' | tail -n 1); "
         'if [ "${code:-000}" = 200 ] && { [ -z "$want" ] || [ "$got" = "$want" ]; }; then return 0; fi; '
         'if [ "$(date +%s)" -ge "$end" ]; then return 1; fi; '
-        "sleep 0.3; done; }; "
+        "sleep 0.1; done; }; "
     )
     report = (
         'if [ "${code:-000}" = 200 ]; then '

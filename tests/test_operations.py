@@ -205,7 +205,7 @@ def test_fresh_host_builds_everything_in_order(config):
     # with the uv the preflight found, and the Python version uv finds or downloads
     assert "uv=/opt/homebrew/bin/uv;" in steps["venv"][-1] and "--python 3.12 " in steps["venv"][-1]
     assert [c.dest for c in steps["config"] if isinstance(c, Upload)] == [config.paths.config_file + ".pyinfra-new"]
-    assert "devpi-gen-secret" in steps["secret"][0]
+    assert "secrets.token_bytes(32)" in steps["secret"][0] and "/Users/alice/devpi/secret" in steps["secret"][0]
     assert any("devpi-init" in c for c in shell_lines(steps["init"]))
     assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
     assert len(steps["health"]) == 1 and "/+api" in steps["health"][0]
@@ -491,7 +491,7 @@ def test_secret_file_is_created_once(config):
     host = converged(config)
     host.server_dir = {**host.server_dir, "secret_file": {"exists": False, "mode": None}}
     steps = converge(host, config)
-    assert len(steps["secret"]) == 1 and "--secretfile" in steps["secret"][0]
+    assert len(steps["secret"]) == 1 and steps["secret"][0].endswith(" /Users/alice/devpi/secret")
     assert converge(converged(config), config)["secret"] == []
 
 
@@ -883,3 +883,20 @@ def test_a_whoosh_index_kept_elsewhere_orphans_the_server_dirs(config):
     run_op(devpi.orphaned_index, host, config=config)
     assert any("orphaned Whoosh search index .indices (12 KB), unused with indexer-backend "
                "whoosh:path=/Volumes/fast/indices" in m for m in host.logged)
+
+
+def test_the_secret_file_is_what_devpi_gen_secret_writes_and_never_overwritten(tmp_path):
+    """devpi_server.config.new_secret: base64 of 32 random bytes; 0600; an existing
+    secret (tokens signed with it) is never replaced."""
+    import base64
+    import os
+    import sys
+
+    secret = tmp_path / "secret"
+    run = [sys.executable, "-I", "-c", devpi.GEN_SECRET, str(secret)]
+    subprocess.run(run, check=True)
+    assert len(base64.b64decode(secret.read_bytes(), validate=True)) == 32
+    assert os.stat(secret).st_mode & 0o777 == 0o600
+    before = secret.read_bytes()
+    assert subprocess.run(run, capture_output=True).returncode != 0
+    assert secret.read_bytes() == before
