@@ -68,7 +68,7 @@ def venv_is_current(config: DevpiConfig, installed: dict | None) -> bool:
     )
 
 
-def build_venv_script(config: DevpiConfig, requirements: str) -> str:
+def build_venv_script(config: DevpiConfig, requirements: str, sync: bool = False) -> str:
     """Build a new venv beside the live one, prove it, then swap the live link.
 
     The live venv is never modified: the new one gets a fresh directory under
@@ -77,6 +77,11 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
     (a symlink) move to it with one rename. The previous venv is kept for a
     rollback; older ones are removed, except a venv another build is still making
     (``prune_script``). A failed build removes its own directory.
+
+    ``sync``: ``requirements`` is a complete lock (every package pinned and hashed):
+    ``uv pip sync`` installs exactly it without resolving anything (``uv pip install``
+    of the same file resolves it again and revalidates its index pages: measured 5.4 s
+    against 0.9 s with a warm cache).
     """
     paths = config.paths
     index = f" --index-url {q(config.index_url)}" if config.index_url else ""
@@ -111,7 +116,7 @@ def build_venv_script(config: DevpiConfig, requirements: str) -> str:
         # uv reads project files from the working directory: build from a neutral one.
         'cd "$venvs"',
         f'"$uv" venv --quiet --python {q(config.python)} "$new"',
-        f'"$uv" pip install --quiet --python {python}{index} {requirements}',
+        f'"$uv" pip {"sync" if sync else "install"} --quiet --python {python}{index} {requirements}',
         f"found=$({python} -I -c {q(check)})",
         'db=${found%% *}; version=${found#* }',
         f'if [ ! -x {devpi_server} ] || [ "$version" != {q(config.server_version)} ]; then '
@@ -178,7 +183,7 @@ def venv(config: DevpiConfig, lock: str | None = None):
         lock_path = config.paths.lock_upload(config.venv_name)
         yield f"mkdir -p {q(config.paths.venvs_dir)}"
         yield FileUploadCommand(BytesIO(lock.encode("utf-8")), lock_path)
-        requirements = f"--require-hashes -r {q(lock_path)}"
+        requirements = f"--require-hashes {q(lock_path)}"
     else:
         requirements = " ".join(
             q(p)
@@ -189,7 +194,7 @@ def venv(config: DevpiConfig, lock: str | None = None):
                 "setuptools<=81",
             )
         )
-    yield build_venv_script(config, requirements)
+    yield build_venv_script(config, requirements, sync=lock is not None)
 
 
 @operation

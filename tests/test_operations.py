@@ -201,7 +201,8 @@ def test_fresh_host_builds_everything_in_order(config):
     assert [c.dest for c in steps["venv"] if isinstance(c, Upload)] == [
         f"{config.paths.venvs_dir}/{config.venv_name}.lock.txt"
     ]
-    assert "uv\" pip install" in steps["venv"][-1] and "--require-hashes" in steps["venv"][-1]
+    # the lock installed as it is, nothing resolved
+    assert "uv\" pip sync" in steps["venv"][-1] and "--require-hashes" in steps["venv"][-1]
     # with the uv the preflight found, and the Python version uv finds or downloads
     assert "uv=/opt/homebrew/bin/uv;" in steps["venv"][-1] and "--python 3.12 " in steps["venv"][-1]
     assert [c.dest for c in steps["config"] if isinstance(c, Upload)] == [config.paths.config_file + ".pyinfra-new"]
@@ -815,7 +816,7 @@ def test_a_venv_not_built_by_the_deploy_is_rebuilt_like_an_upgrade(config):
     host = converged(config)
     host.venv = {**host.venv, "link": None}
     steps = converge(host, config)
-    assert any("uv" in c and "pip install" in c for c in shell_lines(steps["venv"]))
+    assert any("uv" in c and "pip sync" in c for c in shell_lines(steps["venv"]))
     assert launchctl_verbs(steps["agent"]) == ["kickstart -k"]
 
 
