@@ -28,6 +28,9 @@ Sections:
   dbupgrade  an upgrade across database versions (devpi_allow_export_import) of a server
            dir with a user, an index and 10 uploads: wall time, the upgrade step, and
            how long /+api did not answer (polled every 50 ms)
+  takeover the run that takes over the Ansible role's install: devpi's downtime (the
+           longest run of failed /+api polls, every 100 ms)
+  upgrade  devpi's downtime during a version bump, and during a rolled-back bad upgrade
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -67,7 +71,8 @@ CLIENTS = 8
 DEVPI_ARGON2 = {"argon2-memory-cost": 524288, "argon2-time-cost": 16, "argon2-parallelism": 8}
 # devpi-web's Whoosh is the deploy's default now (devpi_search); the rest of devpi's defaults:
 DEVPI_DEFAULTS = dict(DEVPI_ARGON2)
-SECTIONS = ("rerun", "first", "restart", "install", "memory", "namelist", "backup", "dbupgrade")
+SECTIONS = ("rerun", "first", "restart", "install", "memory", "namelist", "backup", "dbupgrade", "takeover", "upgrade")
+POLL_INTERVAL = 0.1  # seconds between /+api polls while measuring downtime
 
 
 def log(message: str) -> None:
@@ -667,6 +672,160 @@ def bench_dbupgrade(env: Env, reps: int, uploads: int = 10) -> dict:
     return {"uploads": uploads, "runs": runs}
 
 
+# --------------------------------------------------------------------------- downtime
+
+
+class Downtime:
+    """``GET /+api`` every :data:`POLL_INTERVAL` in a thread while a run changes the
+    host: the longest run of failed polls (seconds from the first failed poll of a run to
+    the next poll that succeeded) is how long devpi did not answer."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.samples: list[tuple[float, bool]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                ok = h.http_ok(self.url + "/+api", timeout=1)
+            except Exception:  # noqa: BLE001 - a connection cut mid-answer (devpi stopping) is a failed poll
+                ok = False
+            self.samples.append((t, ok))
+            self._stop.wait(max(0.0, POLL_INTERVAL - (time.monotonic() - t)))
+
+    def __enter__(self) -> Downtime:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def result(self, since: float) -> dict:
+        """The figures; ``window``: the longest outage's start and end, in seconds after
+        ``since`` (a ``time.monotonic()`` value: the run's start)."""
+        longest, failed, start, window = 0.0, 0, None, None
+        for t, ok in self.samples:
+            if not ok:
+                failed += 1
+                start = t if start is None else start
+            elif start is not None:
+                if t - start > longest:
+                    longest, window = t - start, (start - since, t - since)
+                start = None
+        if start is not None:  # still down at the end
+            end = self.samples[-1][0] + POLL_INTERVAL
+            if end - start > longest:
+                longest, window = end - start, (start - since, end - since)
+        return {"longest_s": longest, "failed_polls": failed, "polls": len(self.samples), "window": window}
+
+
+def measured_run(stack: st.DeployedStack, **overrides) -> dict:
+    """One deploy run with devpi's downtime measured; the run may fail (a rollback)."""
+    with Downtime(stack.devpi_url) as down:
+        since = time.monotonic()
+        run = stack.deploy(check=False, **overrides)
+        # a failing poll at the very end is downtime too: poll on until devpi answers
+        h.wait_until(lambda: stack.api_ok(timeout=1), 120, 0.05, "devpi to answer after the run")
+        time.sleep(2 * POLL_INTERVAL)
+    # The operations running while devpi did not answer (pyinfra's progress lines).
+    result = {**down.result(since), "wall_s": run.duration, "returncode": run.returncode, "phases": phases(run)}
+    if result["window"]:
+        begin, end = result["window"]
+        at, during = 0.0, []
+        for label, seconds in result["phases"]:
+            if at < end and at + seconds > begin:
+                during.append(label)
+            at += seconds
+        result["during"] = during
+    return result
+
+
+def bench_takeover(env: Env, reps: int) -> dict:
+    """A fresh Ansible-made install each time (tests/e2e/harness/ansible.py), then the
+    deploy's takeover run."""
+    runs = []
+    for i in range(reps):
+        stack = env.stack(f"takeover{i}", deploy=False, caddy=False)
+        logs = stack.home / "Library/Logs"
+        role = h.install_ansible_devpi(
+            env.launchd, env.tools, home=stack.devpi_home, label=stack.label, port=stack.devpi_port,
+            launch_agents_dir=stack.home / "Library/LaunchAgents", out_log=logs / "role.out.log",
+            err_log=logs / "role.err.log", outside_url=f"http://{h.LOOPBACK}:8141", root_password=stack.password,
+            python=stack.data["devpi_python"],
+        )
+        upload = h.build_wheel(stack.root / "dist", "takeover-pkg", "1.0")
+        h.populate(role, root_password=stack.password, mirror_url=env.upstream.url, user="alice",
+                   user_password="alice-Pa55", index="dev", upload=upload.path, uv=env.tools.uv,
+                   mirrored=("hermetic-alpha", "hermetic_alpha-1.0-py3-none-any.whl"))
+        try:
+            result = measured_run(stack, devpi_out_log="role.out.log", devpi_err_log="role.err.log")
+            if result["returncode"] != 0:
+                raise h.HarnessError(f"takeover run failed: {result}")
+            # The reference, on the machine as loaded as it is now: one plain restart.
+            result["restart_to_healthy_s"] = restart_once(stack, busy=False)["to_healthy_s"]
+            log(f"takeover: {result}")
+            runs.append(result)
+        finally:
+            env.launchd.run("bootout", f"user/{env.sshd.uid}/{stack.label}", check=False)
+            stack.stop()
+    return {"runs": runs}
+
+
+BAD_SERVER = (
+    'DATABASE_VERSION = "4"\n'
+    "import sys\n"
+    "def main():\n"
+    '    if "--version" in sys.argv:\n'
+    '        print("6.20.99")\n'
+    "        return 0\n"
+    '    sys.stderr.write("devpi-server 6.20.99 cannot start (built by bench/)\\n")\n'
+    "    return 1\n"
+)
+OLD_PAIR = ("6.20.2", "5.1.0")
+DEVPI_PAIR = ("6.20.3", "5.1.1")  # uv resolves these pins (no lock file); the deploy's default pair is locked
+
+
+def bench_upgrade(env: Env, reps: int) -> dict:
+    """devpi's downtime while the deploy changes its version (the pinned pair and the
+    previous release, back and forth: a new venv built beside the live one, swapped in,
+    ``kickstart -k``, the health wait), and while it rolls back a release that installs
+    but cannot start (the previous venv back, ``kickstart -k``, healthy again)."""
+    stack = env.stack("upgrade")
+    old = {"devpi_server_version": OLD_PAIR[0], "devpi_web_version": OLD_PAIR[1]}
+    run_deploy(stack, **old)  # warm uv's cache for the old pair
+    bumps = []
+    for i in range(reps):
+        for direction, overrides in (("up", {}), ("down", old)):
+            result = measured_run(stack, **overrides)
+            if result["returncode"] != 0:
+                raise h.HarnessError(f"version change failed: {result}")
+            result["direction"] = direction
+            result["restart_to_healthy_s"] = restart_once(stack, busy=False)["to_healthy_s"]
+            log(f"upgrade: {result}")
+            bumps.append(result)
+    if "devpi-server" not in {w.name for w in env.upstream.wheels.values()}:
+        env.upstream.add_project("devpi-server", "6.20.99", modules={"main": BAD_SERVER},
+                                 scripts={"devpi-server": "devpi_server.main:main"})
+        env.upstream.add_project("devpi-web", "5.1.99", modules={"main": ""})
+        env.upstream.add_project("setuptools", "80.0")
+    timeout = 10
+    rollbacks = []
+    for i in range(reps):
+        result = measured_run(stack, devpi_server_version="6.20.99", devpi_web_version="5.1.99",
+                              devpi_index_url=env.upstream.url, devpi_health_timeout=timeout)
+        if result["returncode"] == 0:
+            raise h.HarnessError("the bad upgrade did not fail")
+        result["health_timeout_s"] = timeout
+        log(f"rollback: {result}")
+        rollbacks.append(result)
+    stack.stop()
+    return {"bumps": bumps, "rollbacks": rollbacks}
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -867,6 +1026,20 @@ def report(results: dict) -> str:
         rows.append(["**total, to healthy**", fmt(median([run["wall_s"] for run in runs]))])
         out.append(f"\n### First converge on an empty home, warm uv cache (median of {len(runs)}; steps ≥ 0.05 s)\n")
         out.append(table(["step", "time"], rows))
+    if "first" in results:
+        out.append("\nWhere it goes (medians): " + ", ".join(
+            f"{name} {fmt(value)}" for name, value in first_breakdown(results["first"]["runs"]).items()) + ".\n")
+    if "takeover" in results or "upgrade" in results:
+        rows = []
+        for title, samples in downtime_rows(results):
+            restarts = [s["restart_to_healthy_s"] for s in samples if s.get("restart_to_healthy_s")]
+            rows.append([title, fmt(median([s["longest_s"] for s in samples]), digits=1),
+                         fmt(max(s["longest_s"] for s in samples), digits=1),
+                         str(max(s["failed_polls"] for s in samples)), fmt(median([s["wall_s"] for s in samples]), digits=1),
+                         fmt(median(restarts), digits=1) if restarts else "–", str(len(samples))])
+        out.append(f"\n### Downtime: longest run of failed `/+api` polls (every {POLL_INTERVAL * 1000:.0f} ms)\n")
+        out.append(table(["run", "median", "max", "failed polls (max)", "run wall time",
+                          "a plain `kickstart -k` to healthy, right after", "runs"], rows))
     if "restart" in results:
         rows = []
         for key, samples in results["restart"].items():
@@ -1010,6 +1183,43 @@ def backup_report(results: dict) -> list[str]:
     return out
 
 
+# The first converge's steps (pyinfra's "--> Starting operation" lines), by what they are.
+FIRST_STEPS = {
+    "venv build": ("Install devpi venv",),
+    "devpi-init": ("Initialise devpi server dir",),
+    "first start (bootstrap, then /+api 200)": ("LaunchAgent ", "Wait for devpi to answer"),
+    "users/indexes (root/pypi)": ("devpi users and indexes",),
+    "prewarm": ("Warm the mirror",),
+}
+
+
+def first_breakdown(runs: list[dict]) -> dict[str, float]:
+    """Median seconds per kind of step; the rest (interpreter start, connecting, the
+    facts, the small operations, pyinfra's own bookkeeping) is "pyinfra and the rest"."""
+    per_run = []
+    for run in runs:
+        kinds = dict.fromkeys([*FIRST_STEPS, "pyinfra and the rest"], 0.0)
+        for label, seconds in run["phases"]:
+            kind = next((k for k, names in FIRST_STEPS.items() if any(n in label for n in names)),
+                        "pyinfra and the rest")
+            kinds[kind] += seconds
+        per_run.append(kinds)
+    return {k: median([r[k] for r in per_run]) for k in per_run[0]} if per_run else {}
+
+
+def downtime_rows(results: dict) -> list[tuple[str, list[dict]]]:
+    rows = []
+    if "takeover" in results:
+        rows.append(("takeover of the Ansible role's install", results["takeover"]["runs"]))
+    if "upgrade" in results:
+        u = results["upgrade"]
+        rows.append((f"version change ({OLD_PAIR[0]} ↔ {DEVPI_PAIR[0]})", u["bumps"]))
+        if u.get("rollbacks"):
+            timeout = u["rollbacks"][0]["health_timeout_s"]
+            rows.append((f"bad upgrade rolled back (devpi_health_timeout = {timeout})", u["rollbacks"]))
+    return rows
+
+
 def headline(results: dict) -> list[tuple[str, str, str]]:
     """The figures the issue sets targets for, as (measure, value, target) rows."""
     rows: list[tuple[str, str, str]] = []
@@ -1024,7 +1234,13 @@ def headline(results: dict) -> list[tuple[str, str, str]]:
     if "first" in results:
         runs = results["first"]["runs"]
         rows.append(("first converge to healthy (empty home, warm uv cache)",
-                     fmt(median([run["wall_s"] for run in runs])), ""))
+                     fmt(median([run["wall_s"] for run in runs])), "≤ 8 s"))
+    for title, samples in downtime_rows(results):
+        target = next((t for start, t in (("takeover", "≤ 1 s"), ("version", "≤ 1 s"), ("bad upgrade", "≤ 3 s"))
+                       if title.startswith(start)), "")
+        rows.append((f"downtime, {title}: median (max)",
+                     f"{fmt(median([s['longest_s'] for s in samples]), digits=1)} "
+                     f"({fmt(max(s['longest_s'] for s in samples), digits=1)})", target))
     if "restart" in results:
         res = results["restart"]
 
@@ -1133,6 +1349,8 @@ def main(argv: list[str] | None = None) -> int:
         "namelist": lambda: bench_namelist(env, 30 if args.quick else 60),
         "backup": lambda: bench_backup(env, reps),
         "dbupgrade": lambda: bench_dbupgrade(env, reps),
+        "takeover": lambda: bench_takeover(env, reps),
+        "upgrade": lambda: bench_upgrade(env, reps),
     }
     try:
         for section in SECTIONS:

@@ -15,7 +15,7 @@ from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
 from facts._output import key_values, mode_of, print_block, script, split_blocks
-from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, SQLITE, venv_bin
+from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, SQLITE, WHOOSH_INDEX_DIR, venv_bin
 
 # The keys devpi-server writes into ``.nodeinfo`` that are useful to an operator.
 NODEINFO_KEYS = ("role", "uuid", "nodeinfo_version", "primary-url")
@@ -35,7 +35,9 @@ class ServerDir(FactBase):
     ``nodeinfo`` (role, uuid, ...), ``has_serverversion`` (the file exists),
     ``serverversion`` (its first line; ``None`` when missing or empty), ``has_database``
     (a non-empty ``.sqlite``), ``complete`` (all three: what a finished devpi-init
-    leaves); with ``secret_file``: ``secret_file`` (``exists``/``mode``, never the content).
+    leaves), ``whoosh_index_kib`` (the size of devpi-web's Whoosh search index
+    ``.indices`` in KiB, ``du -sk``; ``None`` when there is none); with ``secret_file``:
+    ``secret_file`` (``exists``/``mode``, never the content).
     A dir that ``has_data`` but is not ``complete`` is neither new nor usable.
     """
 
@@ -50,6 +52,8 @@ class ServerDir(FactBase):
             f'v="$d"/{SERVERVERSION}; n="$d"/{NODEINFO}; db="$d"/{SQLITE}',
             'if [ -f "$v" ]; then echo "has_serverversion=true"; echo "serverversion=$(head -n 1 "$v")"; fi',
             'if [ -f "$db" ] && [ -s "$db" ]; then echo "has_database=true"; fi',
+            f'i="$d"/{WHOOSH_INDEX_DIR}',
+            'if [ -d "$i" ]; then echo "whoosh_index_kib=$(du -sk "$i" 2>/dev/null | awk \'{print $1}\')"; fi',
             print_block('"$n"', "nodeinfo"),
             "fi",
         ]
@@ -84,7 +88,7 @@ class ServerDir(FactBase):
             result = {
                 "exists": False, "is_dir": False, "mode": None, "entries": 0, "has_data": False,
                 "initialised": False, "nodeinfo": None, "has_serverversion": False, "serverversion": None,
-                "has_database": False, "complete": False,
+                "has_database": False, "complete": False, "whoosh_index_kib": None,
             }
             if secret is not None:
                 result["secret_file"] = secret
@@ -108,6 +112,7 @@ class ServerDir(FactBase):
         entries = int(values.get("entries") or 0)
         serverversion = values.get("serverversion") or None
         has_database = values.get("has_database") == "true"
+        index_kib = values.get("whoosh_index_kib")
         result = {
             "exists": True,
             "is_dir": values.get("is_dir") == "true",
@@ -120,6 +125,8 @@ class ServerDir(FactBase):
             "serverversion": serverversion,
             "has_database": has_database,
             "complete": nodeinfo is not None and has_database and serverversion is not None,
+            # A dir du cannot size (unreadable) still exists: 0, so it is reported.
+            "whoosh_index_kib": None if index_kib is None else int(index_kib) if index_kib.isdigit() else 0,
         }
         if secret is not None:
             result["secret_file"] = secret

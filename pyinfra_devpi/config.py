@@ -435,6 +435,10 @@ class DevpiConfig:
     uninstall_purge: bool = key("devpi_uninstall_purge", False, checks.boolean)
     # Scheduled backups (pyinfra_devpi/backup.py): None, no backup job.
     backup: BackupConfig | None = key("devpi_backup", None, _backup, optional=True)
+    # Remove the server dir's Whoosh search index (``.indices``, e.g. left by the
+    # Ansible role) when the configured indexer does not use it; otherwise it is
+    # only reported.
+    remove_orphaned_index: bool = key("devpi_remove_orphaned_index", False, checks.boolean)
 
     @functools.cached_property
     def paths(self) -> Layout:

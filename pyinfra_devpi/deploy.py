@@ -298,6 +298,12 @@ def devpi_service():
         name="Wait for devpi to answer", config=config, after=[agent_op], new_venv=[venv_op],
         target=f"{domain}/{config.label}",
     )
+    # After the health wait: the devpi that answers runs this config's indexer. An index
+    # the run's final indexer uses (Whoosh, maybe switched on below) is not orphaned.
+    index_op = devpi.orphaned_index(
+        name="Orphaned Whoosh search index", config=config,
+        indexer_backend=search_plan.WHOOSH if searching.switch_on else searching.backend,
+    )
     # Scheduled backups: a second LaunchAgent that launchd starts daily (never started
     # by the deploy), or none once devpi_backup is unset (its backups stay).
     if config.backup is not None:
@@ -362,6 +368,7 @@ def devpi_service():
         name="Release the deploy lock",
         config=config,
         after=[op for op in (bootstrap_op, venv_op, upgrade_op, adopt_op, logging_op, config_op, secret_op, init_op,
-                            retire_op, agent_op, health_op, *backup_ops, caddy_op, api_op, search_op, prewarm_op)
+                            retire_op, agent_op, health_op, index_op, *backup_ops, caddy_op, api_op, search_op,
+                            prewarm_op)
                if op is not None],
     )

@@ -27,6 +27,9 @@ NODEINFO = ".nodeinfo"
 SERVERVERSION = ".serverversion"
 SQLITE = ".sqlite"
 FILES_DIR = "+files"
+# devpi-web's Whoosh search index, where its default indexer keeps it (devpi-web's
+# whoosh_index.py: ``<server dir>/.indices`` unless ``indexer-backend`` names a path).
+WHOOSH_INDEX_DIR = ".indices"
 
 # A file the deploy writes goes to ``<path>.pyinfra-new`` first and is renamed into
 # place, so launchd, devpi and Caddy never read a half-written file; so does a new
@@ -187,6 +190,7 @@ class Layout:
     nodeinfo = _Under("server_dir", NODEINFO)
     serverversion = _Under("server_dir", SERVERVERSION)
     files_dir = _Under("server_dir", FILES_DIR)
+    whoosh_index = _Under("server_dir", WHOOSH_INDEX_DIR)
     config_file = _Under("home", "devpi-server.yml")
     # devpi's logging (``--logger-cfg``, named in the YAML config): a dictConfig whose
     # rotating handler keeps ``server_log`` and its numbered backups within the bound.

@@ -94,6 +94,7 @@ BAD_VALUES = {
     "devpi_caddy_site_address": ["", "a {", 'x"y', "pypi.example.org #x", "a\nb", "a b"],
     "devpi_caddy_restart": ["not a label!", {"cmd": "x"}, {"command": ""}, 5, "org.caddy\n", {"command": "caddy reload\nrm -rf /"}],
     "devpi_caddy_serve_files": ["no", None],
+    "devpi_remove_orphaned_index": ["yes", 1, None],
     "devpi_caddy_max_body_size": ["200 MB", "lots", 200, "0MB"],
     "devpi_caddy_bin": ["", 7],
     "devpi_prewarm": [

@@ -132,6 +132,17 @@ def test_a_server_dir_not_managed_yet_reports_owners_and_modes(tmp_path, shell):
     assert "writable_by_others" not in managed and "foreign_owned" not in managed
 
 
+def test_server_dir_reports_the_whoosh_index_and_its_size(initialised_dir, tmp_path, shell):
+    assert run_fact(ServerDir, shell, path=str(initialised_dir))["whoosh_index_kib"] is None
+    assert run_fact(ServerDir, shell, path=str(tmp_path / "nope"))["whoosh_index_kib"] is None
+    server_dir = tmp_path / "server dir"
+    shutil.copytree(initialised_dir, server_dir)
+    (server_dir / ".indices").mkdir()
+    (server_dir / ".indices" / "_project_1.seg").write_bytes(os.urandom(300 * 1024))
+    kib = run_fact(ServerDir, shell, path=str(server_dir))["whoosh_index_kib"]
+    assert 300 <= kib < 400
+
+
 def test_server_dir_garbage_raises():
     with pytest.raises(FactProcessError):
         ServerDir().process(["something else"])

@@ -564,3 +564,21 @@ def test_a_calendar_job_runs_once_per_kickstart(double):
     info = double.info("net.devpi.backup")
     assert info["state"] == "not running" and info["runs"] == "1"
     assert marker.read_text() == "ran\n"
+
+
+def test_legacy_load_over_ssh_loads_into_the_user_domain(double):
+    """What the Ansible role ran over SSH: ``launchctl load -w <plist>``. The job lands in
+    user/<uid> (the SSH session's), even without LimitLoadToSessionType; the gui domain
+    does not have it."""
+    plist = double.plist("net.devpi.legacy", LimitLoadToSessionType=None)
+    double.ok("disable", f"{USER}/net.devpi.legacy")
+    double.ok("load", "-w", str(plist))
+    assert wait_for(lambda: double.pid("net.devpi.legacy", USER))
+    assert double.run("print", f"{GUI}/net.devpi.legacy").returncode == 113
+    assert '"net.devpi.legacy" => enabled' in double.ok("print-disabled", USER).stdout
+    # loaded already: refused like bootstrap, under legacy load's own title
+    again = double.run("load", str(plist))
+    assert again.returncode == 5 and "Load failed: 5: Input/output error" in again.stderr
+    assert double.run("load").returncode == 64
+    double.ok("bootout", f"{USER}/net.devpi.legacy")
+    assert double.run("print", f"{USER}/net.devpi.legacy").returncode == 113

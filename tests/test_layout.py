@@ -33,6 +33,7 @@ ON_HOST = [
     r"\.plist$",
     r"\.lock\.txt",
     r"pre-existing-",
+    r"\.indices",
 ]
 
 
@@ -74,7 +75,7 @@ def test_the_layout_module_holds_each_fragment():
     paths = config.paths
     everything = [
         text, paths.venv, paths.venvs_dir, paths.server_dir, paths.nodeinfo, paths.serverversion,
-        paths.files_dir, paths.config_file, paths.plist_file, paths.users_state_file,
+        paths.files_dir, paths.whoosh_index, paths.config_file, paths.plist_file, paths.users_state_file,
         paths.prewarm_marker, paths.root_hash_upload, paths.lock_upload("x"),
         paths.bin("python"), paths.out_log, paths.caddy_site_file,
     ]

@@ -5,6 +5,7 @@ host yields none. Operations run under prepared facts (see ``prepared.py``).
 
 import dataclasses
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from operations import server_dir as server_dir_ops
 from pyinfra_devpi.config import build_config
 from pyinfra_devpi.preflight import Tools, with_tools
 from pyinfra_devpi.render import render_caddy_site, render_logging_config, render_plist, render_server_yaml
-from pyinfra_devpi.search import WHOOSH
+from pyinfra_devpi.search import NULL, WHOOSH
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from .prepared import Meta, PreparedHost, Upload, gnu_only_forms, run_op, shell_lines
@@ -70,6 +71,7 @@ def converged(config) -> PreparedHost:
             "exists": True, "is_dir": True, "mode": "drwx------", "entries": 6, "has_data": True,
             "initialised": True, "nodeinfo": {"role": "standalone", "uuid": "u"},
             "has_serverversion": True, "serverversion": "4", "has_database": True, "complete": True,
+            "whoosh_index_kib": None,
             "secret_file": {"exists": True, "mode": "-rw-------"},
         },
         venv={"devpi-server": "6.20.3", "devpi-web": "5.1.1", "python": "3.11.7", "path": "/x",
@@ -89,7 +91,8 @@ def fresh(config) -> PreparedHost:
         server_dir={
             "exists": False, "is_dir": False, "mode": None, "entries": 0, "has_data": False,
             "initialised": False, "nodeinfo": None, "has_serverversion": False, "serverversion": None,
-            "has_database": False, "complete": False, "secret_file": {"exists": False, "mode": None},
+            "has_database": False, "complete": False, "whoosh_index_kib": None,
+            "secret_file": {"exists": False, "mode": None},
         },
         venv=None,
         files={},
@@ -123,6 +126,7 @@ def converge(host, config, password_hash=None, executing=True, diff=False):
         directories=[config.paths.log_dir],
     )
     run("health", devpi.wait_healthy, config=config, after=[agent_op])
+    run("index", devpi.orphaned_index, config=config, indexer_backend=WHOOSH)
     run(
         "caddy", caddy.site, path=config.caddy_site_file, content=render_caddy_site(config),
         restart=config.caddy_restart, domain=DOMAIN, pending_marker=config.paths.caddy_restart_pending,
@@ -157,6 +161,7 @@ def test_converged_host_yields_nothing(config):
         "no LaunchAgent of this devpi under another label or domain",
         "gui/501/net.devpi is loaded, enabled and running its current definition",
         "devpi was not (re)started",
+        "no Whoosh search index in /Users/alice/devpi/server-dir",
         "/Users/alice/.config/caddy/sites/devpi.caddy is up to date",
     ]
 
@@ -206,11 +211,12 @@ def test_fresh_host_builds_everything_in_order(config):
     assert [c.dest for c in steps["venv"] if isinstance(c, Upload)] == [
         f"{config.paths.venvs_dir}/{config.venv_name}.lock.txt"
     ]
-    assert "uv\" pip install" in steps["venv"][-1] and "--require-hashes" in steps["venv"][-1]
+    # the lock installed as it is, nothing resolved
+    assert "uv\" pip sync" in steps["venv"][-1] and "--require-hashes" in steps["venv"][-1]
     # with the uv the preflight found, and the Python version uv finds or downloads
     assert "uv=/opt/homebrew/bin/uv;" in steps["venv"][-1] and "--python 3.12 " in steps["venv"][-1]
     assert [c.dest for c in steps["config"] if isinstance(c, Upload)] == [config.paths.config_file + ".pyinfra-new"]
-    assert "devpi-gen-secret" in steps["secret"][0]
+    assert "secrets.token_bytes(32)" in steps["secret"][0] and "/Users/alice/devpi/secret" in steps["secret"][0]
     assert any("devpi-init" in c for c in shell_lines(steps["init"]))
     assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
     assert len(steps["health"]) == 1 and "/+api" in steps["health"][0]
@@ -505,7 +511,7 @@ def test_secret_file_is_created_once(config):
     host = converged(config)
     host.server_dir = {**host.server_dir, "secret_file": {"exists": False, "mode": None}}
     steps = converge(host, config)
-    assert len(steps["secret"]) == 1 and "--secretfile" in steps["secret"][0]
+    assert len(steps["secret"]) == 1 and steps["secret"][0].endswith(" /Users/alice/devpi/secret")
     assert converge(converged(config), config)["secret"] == []
 
 
@@ -833,5 +839,70 @@ def test_a_venv_not_built_by_the_deploy_is_rebuilt_like_an_upgrade(config):
     host = converged(config)
     host.venv = {**host.venv, "link": None}
     steps = converge(host, config)
-    assert any("uv" in c and "pip install" in c for c in shell_lines(steps["venv"]))
+    assert any("uv" in c and "pip sync" in c for c in shell_lines(steps["venv"]))
     assert launchctl_verbs(steps["agent"]) == ["kickstart -k"]
+
+
+# The Ansible role's devpi-web indexed with Whoosh into <server dir>/.indices; this
+# deploy's indexer-backend null leaves it unused.
+
+
+def test_an_orphaned_whoosh_index_is_reported_with_its_size_and_kept(config):
+    host = converged(config)
+    host.server_dir = {**host.server_dir, "whoosh_index_kib": 34 * 1024 + 100}
+    assert run_op(devpi.orphaned_index, host, config=config, indexer_backend=NULL) == []  # a report, not a change
+    assert (
+        "/Users/alice/devpi/server-dir holds an orphaned Whoosh search index .indices (34 MB), unused with "
+        "indexer-backend null; set devpi_remove_orphaned_index = True to remove it"
+    ) in host.logged
+    assert "/Users/alice/devpi/server-dir/.indices kept (devpi_remove_orphaned_index is not set)" in host.noops
+
+
+def test_an_orphaned_whoosh_index_is_removed_only_when_asked(tmp_path):
+    config = with_tools(build_config(
+        {"devpi_outside_url": "https://pypi.example.org", "devpi_home": str(tmp_path / "my devpi"),
+         "devpi_remove_orphaned_index": True, "devpi_search": False},
+        "/Users/alice",
+    ), FOUND)
+    host = converged(config)
+    host.server_dir = {**host.server_dir, "whoosh_index_kib": 3 * 1024 * 1024}
+    commands = run_op(devpi.orphaned_index, host, config=config, indexer_backend=NULL)
+    assert commands == [f"rm -rf {shlex.quote(config.paths.whoosh_index)}"]
+    assert any("orphaned Whoosh search index .indices (3.0 GB)" in m and "removing it" in m for m in host.logged)
+    # the command removes the index and nothing else of the server dir
+    index = Path(config.paths.whoosh_index)
+    (index / "sub").mkdir(parents=True)
+    (index / "sub" / "MAIN.toc").write_text("x")
+    (index.parent / ".nodeinfo").write_text("{}")
+    subprocess.run(["/bin/sh", "-c", commands[0]], check=True)
+    assert sorted(p.name for p in index.parent.iterdir()) == [".nodeinfo"]
+
+
+def test_the_whoosh_index_in_use_is_neither_reported_nor_removed():
+    config = with_tools(build_config(
+        {"devpi_outside_url": "https://pypi.example.org", "devpi_remove_orphaned_index": True},
+        "/Users/alice",
+    ), FOUND)
+    host = converged(config)
+    host.server_dir = {**host.server_dir, "whoosh_index_kib": 2048}
+    steps = converge(host, config)
+    assert steps["index"] == []
+    assert not any("orphaned" in m for m in host.logged)
+    assert "/Users/alice/devpi/server-dir/.indices is devpi-web's search index (indexer-backend whoosh)" in host.noops
+
+
+def test_the_secret_file_is_what_devpi_gen_secret_writes_and_never_overwritten(tmp_path):
+    """devpi_server.config.new_secret: base64 of 32 random bytes; 0600; an existing
+    secret (tokens signed with it) is never replaced."""
+    import base64
+    import os
+    import sys
+
+    secret = tmp_path / "secret"
+    run = [sys.executable, "-I", "-c", devpi.GEN_SECRET, str(secret)]
+    subprocess.run(run, check=True)
+    assert len(base64.b64decode(secret.read_bytes(), validate=True)) == 32
+    assert os.stat(secret).st_mode & 0o777 == 0o600
+    before = secret.read_bytes()
+    assert subprocess.run(run, capture_output=True).returncode != 0
+    assert secret.read_bytes() == before

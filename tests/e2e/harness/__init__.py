@@ -32,6 +32,8 @@ ad-hoc debugging sessions can use them without pytest fixtures. One module a par
 * ``launchd``: :class:`LaunchdDouble`, :func:`launchd_shutdown`, :func:`start_caddy_job`:
   the ``tests/fakes/launchctl`` double and a Caddy LaunchAgent running under it.
 * ``logs``: :func:`tail`, :func:`collect_logs` for failure reports.
+* ``ansible``: :func:`install_ansible_devpi` / :class:`AnsibleDevpi`, :func:`populate`,
+  :func:`write_proxy_block`: a devpi as the Ansible role this deploy replaces left it.
 
 Nothing here is ever skipped: a missing tool fails with a message saying that
 ``.ci/run`` should install it.
@@ -39,6 +41,7 @@ Nothing here is ever skipped: a missing tool fails with a message saying that
 
 from __future__ import annotations
 
+from .ansible import AnsibleDevpi, install_ansible_devpi, populate, write_proxy_block
 from .common import (
     CADDY_BIN,
     CI_HINT,
@@ -96,6 +99,7 @@ from .upstream import (
 )
 
 __all__ = [
+    "AnsibleDevpi", "install_ansible_devpi", "populate", "write_proxy_block",
     "CADDY_BIN", "CADDY_PLACEHOLDER_BODY", "CI_HINT", "CONTROLLER_FAKES_DIR", "DEBUG_COMMAND_RE",
     "DEFAULT_UPSTREAM_PROJECTS", "E2E_DIR", "HOMEBREW_BIN", "LAUNCHCTL_DOUBLE", "LOOPBACK",
     "MAC_LAUNCHCTL", "MAC_SSH_PATH", "UV_INSTALLER_DIR", "install_user_tools", "namespace_argv", "OP_DOUBLE", "PASSTHROUGH_ENV",

@@ -1,0 +1,160 @@
+"""Day one on indri: the deploy takes over the devpi the Ansible role installed (issue 11).
+
+The harness builds the role's install (``harness/ansible.py``): a venv made in place and
+not from the lock, a server dir from ``devpi-init`` with devpi-web's Whoosh index, the
+job under the deploy's label running ``devpi-server`` with flags (no config, no secret
+file), loaded with legacy ``launchctl load`` over SSH (so in ``user/<uid>``, while the
+deploy works in ``gui/<uid>``), users, an index and an upload made by hand. Then:
+``--dry --diff`` (no secret read, nothing changed), the takeover, a rerun, and the
+removal of the orphaned Whoosh index on request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+
+from . import devpi_client as devpi
+from .harness import build_wheel, install_ansible_devpi, populate, write_proxy_block
+from .harness.ansible import ROLE_DRIFT
+from .stack import start_stack
+
+pytestmark = pytest.mark.e2e
+
+ROOT_REF = "op://vault/devpi/root password"
+ALICE_REF = "op://vault/devpi/alice password"
+ALICE_PASSWORD = "alice's Pa55"
+# The role wrote its logs under names of its own (indri: mcquack.devpi.*.log).
+OUT_LOG, ERR_LOG = "e2e.role.out.log", "e2e.role.err.log"
+MIRRORED = ("hermetic-alpha", "hermetic_alpha-1.0-py3-none-any.whl")
+
+
+def digests(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, by relative path."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def tree_kib(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) // 1024
+
+
+def test_the_ansible_install_is_taken_over_with_its_data_intact(sshd, launchd, upstream, tools, tmp_path):
+    uid = sshd.uid
+    with start_stack(
+        sshd, launchd, upstream, tmp_path / "stack", "takeover", deploy=False, secrets={ALICE_REF: ALICE_PASSWORD},
+        devpi_root_password=ROOT_REF, devpi_out_log=OUT_LOG, devpi_err_log=ERR_LOG,
+        devpi_users={"alice": {"password": ALICE_REF}}, devpi_indexes={"alice/dev": {"bases": ["root/pypi"]}},
+    ) as stack:
+        legacy_target = f"user/{uid}/{stack.label}"
+        try:
+            # ---- the host as the role left it
+            write_proxy_block(stack.site_file, stack.caddy_url, stack.devpi_port)
+            launchd.kickstart(stack.caddy_label)
+            logs = stack.home / "Library/Logs"
+            role = install_ansible_devpi(
+                launchd, tools, home=stack.devpi_home, label=stack.label, port=stack.devpi_port,
+                launch_agents_dir=stack.home / "Library/LaunchAgents", out_log=logs / OUT_LOG,
+                err_log=logs / ERR_LOG, outside_url=stack.caddy_url, root_password=stack.password,
+                python=stack.data["devpi_python"],
+            )
+            upload = build_wheel(tmp_path / "dist", "takeover-pkg", "1.0")
+            populate(role, root_password=stack.password, mirror_url=upstream.url, user="alice",
+                     user_password=ALICE_PASSWORD, index="dev", upload=upload.path, uv=tools.uv, mirrored=MIRRORED)
+            stack.wait_caddy()
+            assert launchd.run("print", legacy_target, check=False).returncode == 0
+            assert launchd.print(stack.label).returncode != 0  # not in the deploy's domain
+            indices = role.server_dir / ".indices"
+            assert indices.is_dir()
+            files = role.server_dir / "+files"
+            before = {
+                "files": digests(files),
+                "nodeinfo": (role.server_dir / ".nodeinfo").read_bytes(),
+                "state": stack.state(),
+                "links": devpi.simple_links(stack.devpi_url, "alice/dev", "takeover-pkg"),
+                "err_log": role.err_log.read_bytes(),
+                "out_log": role.out_log.read_bytes(),
+                "plist": role.plist.read_bytes(),
+            }
+            assert upload.filename in {Path(f).name for f in before["files"]}
+            assert MIRRORED[1] in {Path(f).name for f in before["files"]}
+            assert before["err_log"]  # the role's devpi logged its start
+
+            # ---- review: reads no secret, changes nothing, shows every step
+            dry = stack.deploy("--dry", "--diff")
+            assert stack.op.calls() == []
+            out = dry.output
+            assert f"Will read devpi_root_password ({ROOT_REF}) when applied" in out, dry.describe()
+            assert "Will run: # build devpi-server 6.20.3 + devpi-web 5.1.1 in a new venv" in out
+            assert f"{stack.label} is also loaded in user/{uid}: booting it out there" in out
+            assert re.search(rf"Will run: launchctl bootout '?{re.escape(legacy_target)}", out), out
+            assert re.search(r"Will run: .*launchctl bootstrap", out), out
+            assert "Will set index root/pypi's mirror_no_project_list to True" in out
+            assert re.search(r"holds an orphaned Whoosh search index \.indices \(\d+ (KB|MB)\), unused with "
+                             r"indexer-backend null; set devpi_remove_orphaned_index = True to remove it", out)
+            assert (stack.devpi_home / "venv").is_dir() and not (stack.devpi_home / "venv").is_symlink()
+            assert role.plist.read_bytes() == before["plist"]
+            assert not (stack.devpi_home / "devpi-server.yml").exists()
+            assert not (stack.devpi_home / "secret").exists()
+            assert launchd.run("print", legacy_target, check=False).returncode == 0
+
+            # ---- the takeover
+            result = stack.deploy()
+            pid = stack.wait_healthy()
+            stack.wait_caddy()
+            assert launchd.run("print", legacy_target, check=False).returncode != 0  # gone from user/<uid>
+            printed = stack.printed()
+            assert str(stack.devpi_home / "devpi-server.yml") in printed  # the deploy's definition
+            # the data, as it was: every file, devpi's identity, users, indexes, uploads
+            after = digests(files)
+            assert {f: after.get(f) for f in before["files"]} == before["files"]
+            assert (role.server_dir / ".nodeinfo").read_bytes() == before["nodeinfo"]
+            expected = before["state"]
+            expected["root"]["indexes"]["pypi"]["mirror_no_project_list"] = True  # the deploy's one change
+            assert stack.state() == expected
+            assert devpi.simple_links(stack.devpi_url, "alice/dev", "takeover-pkg") == before["links"]
+            (url,) = before["links"].values()
+            assert devpi.sha256(devpi.download(url)) == upload.sha256
+            assert stack.login("alice", ALICE_PASSWORD) == 200
+            assert stack.login("root", stack.password) == 200
+            # the logs go on where the role's left off
+            assert role.err_log.read_bytes().startswith(before["err_log"])
+            assert role.out_log.read_bytes().startswith(before["out_log"])
+            assert len(role.err_log.read_bytes()) > len(before["err_log"])
+            # the role's venv rebuilt from the lock; the old one kept aside
+            venv_target = Path(stack.venv_target())
+            assert venv_target.parent == stack.devpi_home / "venvs"
+            (kept,) = (stack.devpi_home / "venvs").glob("pre-existing-*")
+            assert (kept / "bin" / "devpi-server").exists()
+            assert list(kept.glob(f"lib/python*/site-packages/{ROLE_DRIFT.replace('==', '-')}.dist-info"))
+            assert not list(venv_target.glob(f"lib/python*/site-packages/{ROLE_DRIFT.replace('==', '-')}.dist-info"))
+            # the orphaned Whoosh index: reported with its size, kept
+            size = re.search(r"holds an orphaned Whoosh search index \.indices \((\d+) (KB|MB)\)", result.output)
+            assert size, result.describe()
+            assert int(size.group(1)) > 0
+            # (compared from here: the role's devpi wrote to it until it was stopped)
+            kept_index = digests(indices)
+            assert kept_index
+
+            # ---- a rerun changes nothing, and still reports the index
+            again = stack.deploy()
+            assert again.grand_total()[0] == 0, again.describe()
+            assert "orphaned Whoosh search index .indices" in again.output
+            assert stack.pid() == pid
+            assert digests(indices) == kept_index
+
+            # ---- removed when the operator asks, and nothing else touched
+            removed = stack.deploy(devpi_remove_orphaned_index=True)
+            assert "removing it (devpi_remove_orphaned_index)" in removed.output, removed.describe()
+            assert not indices.exists()
+            assert stack.pid() == pid and stack.api_ok()
+            assert {f: digests(files).get(f) for f in before["files"]} == before["files"]
+            assert (role.server_dir / ".nodeinfo").read_bytes() == before["nodeinfo"]
+            final = stack.deploy(devpi_remove_orphaned_index=True)
+            assert final.grand_total()[0] == 0
+            assert "orphaned" not in final.output
+        finally:
+            launchd.run("bootout", legacy_target, check=False)
