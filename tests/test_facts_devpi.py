@@ -132,6 +132,7 @@ def test_a_server_dir_not_managed_yet_reports_owners_and_modes(tmp_path, shell):
     assert "writable_by_others" not in managed and "foreign_owned" not in managed
 
 
+@pytest.mark.parametrize("shell", SHELLS)
 def test_server_dir_reports_the_whoosh_index_and_its_size(initialised_dir, tmp_path, shell):
     assert run_fact(ServerDir, shell, path=str(initialised_dir))["whoosh_index_kib"] is None
     assert run_fact(ServerDir, shell, path=str(tmp_path / "nope"))["whoosh_index_kib"] is None

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from pyinfra_devpi.search import WHOOSH, backend_in
+
 from . import devpi_client as devpi
 from .harness import build_wheel, install_ansible_devpi, populate, write_proxy_block
 from .harness.ansible import ROLE_DRIFT
@@ -93,8 +95,8 @@ def test_the_ansible_install_is_taken_over_with_its_data_intact(sshd, launchd, u
             assert re.search(rf"Will run: launchctl bootout '?{re.escape(legacy_target)}", out), out
             assert re.search(r"Will run: .*launchctl bootstrap", out), out
             assert "Will set index root/pypi's mirror_no_project_list to True" in out
-            assert re.search(r"holds an orphaned Whoosh search index \.indices \(\d+ (KB|MB)\), unused with "
-                             r"indexer-backend null; set devpi_remove_orphaned_index = True to remove it", out)
+            # search comes back on the role's index once root/pypi has the flag: not orphaned
+            assert "orphaned" not in out
             assert (stack.devpi_home / "venv").is_dir() and not (stack.devpi_home / "venv").is_symlink()
             assert role.plist.read_bytes() == before["plist"]
             assert not (stack.devpi_home / "devpi-server.yml").exists()
@@ -131,29 +133,39 @@ def test_the_ansible_install_is_taken_over_with_its_data_intact(sshd, launchd, u
             assert (kept / "bin" / "devpi-server").exists()
             assert list(kept.glob(f"lib/python*/site-packages/{ROLE_DRIFT.replace('==', '-')}.dist-info"))
             assert not list(venv_target.glob(f"lib/python*/site-packages/{ROLE_DRIFT.replace('==', '-')}.dist-info"))
-            # the orphaned Whoosh index: reported with its size, kept
-            size = re.search(r"holds an orphaned Whoosh search index \.indices \((\d+) (KB|MB)\)", result.output)
-            assert size, result.describe()
+            # devpi-web's search is back (flag first, then Whoosh): the role's index is in use
+            assert "orphaned" not in result.output
+            assert backend_in((stack.devpi_home / "devpi-server.yml").read_text()) == WHOOSH
+
+            # ---- a rerun changes nothing
+            again = stack.deploy()
+            assert again.grand_total()[0] == 0, again.describe()
+            assert stack.pid() == pid
+
+            # ---- search off: the index is orphaned, reported with its size, kept
+            off = stack.deploy(devpi_search=False)
+            size = re.search(r"holds an orphaned Whoosh search index \.indices \((\d+) (KB|MB)\), unused with "
+                             r"indexer-backend null; set devpi_remove_orphaned_index = True to remove it", off.output)
+            assert size, off.describe()
             assert int(size.group(1)) > 0
-            # (compared from here: the role's devpi wrote to it until it was stopped)
+            pid = stack.wait_healthy()
+            # (compared from here: the devpi running Whoosh wrote to it until it restarted)
             kept_index = digests(indices)
             assert kept_index
-
-            # ---- a rerun changes nothing, and still reports the index
-            again = stack.deploy()
+            again = stack.deploy(devpi_search=False)
             assert again.grand_total()[0] == 0, again.describe()
             assert "orphaned Whoosh search index .indices" in again.output
             assert stack.pid() == pid
             assert digests(indices) == kept_index
 
             # ---- removed when the operator asks, and nothing else touched
-            removed = stack.deploy(devpi_remove_orphaned_index=True)
+            removed = stack.deploy(devpi_search=False, devpi_remove_orphaned_index=True)
             assert "removing it (devpi_remove_orphaned_index)" in removed.output, removed.describe()
             assert not indices.exists()
             assert stack.pid() == pid and stack.api_ok()
             assert {f: digests(files).get(f) for f in before["files"]} == before["files"]
             assert (role.server_dir / ".nodeinfo").read_bytes() == before["nodeinfo"]
-            final = stack.deploy(devpi_remove_orphaned_index=True)
+            final = stack.deploy(devpi_search=False, devpi_remove_orphaned_index=True)
             assert final.grand_total()[0] == 0
             assert "orphaned" not in final.output
         finally:
