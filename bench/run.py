@@ -775,16 +775,6 @@ def bench_takeover(env: Env, reps: int) -> dict:
     return {"runs": runs}
 
 
-BAD_SERVER = (
-    'DATABASE_VERSION = "4"\n'
-    "import sys\n"
-    "def main():\n"
-    '    if "--version" in sys.argv:\n'
-    '        print("6.20.99")\n'
-    "        return 0\n"
-    '    sys.stderr.write("devpi-server 6.20.99 cannot start (built by bench/)\\n")\n'
-    "    return 1\n"
-)
 OLD_PAIR = ("6.20.2", "5.1.0")
 DEVPI_PAIR = ("6.20.3", "5.1.1")  # uv resolves these pins (no lock file); the deploy's default pair is locked
 
@@ -808,10 +798,7 @@ def bench_upgrade(env: Env, reps: int) -> dict:
             log(f"upgrade: {result}")
             bumps.append(result)
     if "devpi-server" not in {w.name for w in env.upstream.wheels.values()}:
-        env.upstream.add_project("devpi-server", "6.20.99", modules={"main": BAD_SERVER},
-                                 scripts={"devpi-server": "devpi_server.main:main"})
-        env.upstream.add_project("devpi-web", "5.1.99", modules={"main": ""})
-        env.upstream.add_project("setuptools", "80.0")
+        h.add_unstartable_devpi(env.upstream, "built by bench/")
     timeout = 10
     rollbacks = []
     for i in range(reps):

@@ -6,21 +6,10 @@ import os
 
 import pytest
 
-from .harness import start_upstream
+from .harness import add_unstartable_devpi, start_upstream
 from .stack import start_stack
 
 pytestmark = pytest.mark.e2e
-
-BROKEN_SERVER = (
-    'DATABASE_VERSION = "4"\n'
-    "import sys\n"
-    "def main():\n"
-    '    if "--version" in sys.argv:\n'
-    '        print("6.20.99")\n'
-    "        return 0\n"
-    '    sys.stderr.write("devpi-server 6.20.99: a release that cannot start (built by the e2e test)\\n")\n'
-    "    return 1\n"
-)
 
 
 @pytest.fixture
@@ -33,11 +22,8 @@ def upstream(tools, tmp_path):
 
 def test_a_bad_upgrade_is_rolled_back_to_the_previous_venv(sshd, launchd, upstream, tmp_path):
     # devpi-server 6.20.99 and devpi-web 5.1.99 install and import, report their
-    # version, and exit at once when started; setuptools is what the pins also ask for.
-    upstream.add_project("devpi-server", "6.20.99", modules={"main": BROKEN_SERVER},
-                         scripts={"devpi-server": "devpi_server.main:main"})
-    upstream.add_project("devpi-web", "5.1.99", modules={"main": ""})
-    upstream.add_project("setuptools", "80.0")
+    # version, and exit at once when started.
+    add_unstartable_devpi(upstream, "built by the e2e test")
     with start_stack(sshd, launchd, upstream, tmp_path / "stack", "rollback", caddy=False) as stack:
         good = os.path.realpath(stack.devpi_home / "venv")
         pid = stack.wait_healthy()

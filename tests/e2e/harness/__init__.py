@@ -91,6 +91,7 @@ from .upstream import (
     DEFAULT_UPSTREAM_PROJECTS,
     Upstream,
     WheelInfo,
+    add_unstartable_devpi,
     build_wheel,
     normalize_name,
     rebuild_wheel,
@@ -110,6 +111,6 @@ __all__ = [
     "count_remote_commands", "cpu_seconds", "fail_missing", "find_tools", "free_port", "http", "http_ok",
     "launchd_shutdown", "listening_addresses", "normalize_name", "path_without_venv", "port_open",
     "proc_memory", "pyinfra_env", "remote_commands", "require_executable", "resolve_controller_tool",
-    "run_pyinfra", "simultaneous", "spawn", "sshd_setenv_line", "start_caddy_job", "start_sshd", "start_upstream", "rebuild_wheel", "wheels_of_lock",
+    "run_pyinfra", "simultaneous", "spawn", "sshd_setenv_line", "start_caddy_job", "start_sshd", "start_upstream", "rebuild_wheel", "wheels_of_lock", "add_unstartable_devpi",
     "stop_process", "tail", "wait_for_port", "wait_gone", "wait_until", "write_caddyfile", "write_inventory",
 ]

@@ -283,3 +283,28 @@ def wheels_of_lock(lock: Path, dest_dir: Path, uv: Path | str, python: Path | st
     if proc.returncode != 0:
         raise HarnessError(f"pip wheel -r {lock} failed:\n{proc.stdout}{proc.stderr}")
     return sorted(dest_dir.glob("*.whl"))
+
+
+# devpi-server / devpi-web releases that install, import and report their version, but
+# exit at once when started: what a rollback is tested and measured with.
+UNSTARTABLE_SERVER = "6.20.99"
+UNSTARTABLE_WEB = "5.1.99"
+
+
+def add_unstartable_devpi(upstream: Upstream, built_by: str) -> None:
+    """Add devpi-server UNSTARTABLE_SERVER and devpi-web UNSTARTABLE_WEB to ``upstream``
+    (setuptools too, which the pins also ask for)."""
+    main = (
+        'DATABASE_VERSION = "4"\n'
+        "import sys\n"
+        "def main():\n"
+        '    if "--version" in sys.argv:\n'
+        f'        print("{UNSTARTABLE_SERVER}")\n'
+        "        return 0\n"
+        f'    sys.stderr.write("devpi-server {UNSTARTABLE_SERVER}: a release that cannot start ({built_by})\\n")\n'
+        "    return 1\n"
+    )
+    upstream.add_project("devpi-server", UNSTARTABLE_SERVER, modules={"main": main},
+                         scripts={"devpi-server": "devpi_server.main:main"})
+    upstream.add_project("devpi-web", UNSTARTABLE_WEB, modules={"main": ""})
+    upstream.add_project("setuptools", "80.0")
