@@ -34,7 +34,8 @@ def venv_uv_version(stack) -> str | None:
 
 
 def tools_line(result) -> list[str]:
-    return [line for line in result.output.splitlines() if "] uv: " in line]
+    """The plan's line naming the tools the run uses (not the bootstrap's progress lines)."""
+    return [line for line in result.output.splitlines() if "] uv: " in line and "; caddy: " in line]
 
 
 def test_uv_and_caddy_are_found_outside_path_and_named_once(sshd, launchd, upstream, tools, tmp_path):
