@@ -75,8 +75,10 @@ def upstream(tools, tmp_path, devpi_wheels):
 
 
 #: What a running devpi rewrites on its own: the serial of the last event it processed
-#: (devpi-web's handlers run after an upload is committed).
+#: (devpi-web's handlers run after an upload is committed), and devpi-web's Whoosh
+#: search index, which its indexer thread writes in the background.
 BOOKKEEPING = {".event_serial"}
+SEARCH_INDEX = ".indices"
 
 
 def tree(path: Path) -> dict[str, str]:
@@ -87,7 +89,7 @@ def tree(path: Path) -> dict[str, str]:
         for name in sorted(dirs + files):
             full = Path(root) / name
             rel = str(full.relative_to(path))
-            if rel in BOOKKEEPING:
+            if rel in BOOKKEEPING or rel.split(os.sep)[0] == SEARCH_INDEX:
                 continue
             if full.is_symlink():
                 out[rel] = "-> " + os.readlink(full)
