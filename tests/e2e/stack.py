@@ -93,6 +93,11 @@ class DeployedStack:
         return self.home / "Library/Logs" / f"{self.label}.err.log"
 
     @property
+    def server_log(self) -> Path:
+        """devpi's own log (every request), written through its rotating handler."""
+        return self.home / "Library/Logs" / f"{self.label}.log"
+
+    @property
     def label(self) -> str:
         return f"e2e.{self.name}.devpi"
 

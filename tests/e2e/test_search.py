@@ -113,7 +113,7 @@ def test_an_existing_host_gets_the_flag_first_then_whoosh_in_one_run(sshd, launc
         assert stack.wait_healthy() != before
         # devpi never ran Whoosh with the unflagged mirror: devpi-web opened its Whoosh
         # index only after the flag was set, and nothing loaded the name list again
-        log = (stack.home / "Library/Logs" / f"{stack.label}.out.log").read_text()  # devpi logs to stdout
+        log = stack.server_log.read_text()
         assert log.index("PATCH /root/pypi") < log.index("for Whoosh index files"), log[-3000:]
         assert name_list_fetches(upstream, since) == []
         # and the next run has nothing left to do
