@@ -155,8 +155,12 @@ def prepare(config: DevpiConfig, fresh: bool = False) -> None:
 
 def refuse_unflagged_mirrors(current: dict, actions: list) -> None:
     """While devpi runs with Whoosh: refuse a plan that leaves a mirror loading its
-    upstream's whole project list (Whoosh would index it at once)."""
-    unflagged = search.unflagged_mirrors(search.indexes_after(current["indexes"], actions))
+    upstream's whole project list (Whoosh would index it at once). A mirror that was
+    already unflagged (made by hand) is not this plan's doing: devpi indexes it anyway,
+    and refusing would stop every later run (the plan warns about it instead)."""
+    already = set(search.unflagged_mirrors(current["indexes"]))
+    unflagged = [name for name in search.unflagged_mirrors(search.indexes_after(current["indexes"], actions))
+                 if name not in already]
     if unflagged:
         raise ApplyError(
             f"devpi runs with devpi-web's Whoosh search, and these changes would leave {', '.join(unflagged)} "

@@ -107,6 +107,11 @@ def test_while_devpi_runs_whoosh_no_change_may_leave_a_mirror_unflagged():
         refuse_unflagged_mirrors(current, [
             {"op": "patch_index", "name": "root/pypi", "body": {"mirror_no_project_list": False}},
         ])
+    # a mirror someone made by hand without the flag is not this plan's doing
+    by_hand = {"type": "mirror", "mirror_url": "https://pypi.org/simple/"}
+    refuse_unflagged_mirrors({"users": {"root": {}}, "indexes": {"root/pypi": FLAGGED, "root/hand": by_hand}}, [
+        {"op": "patch_index", "name": "root/pypi", "body": {"title": "PyPI"}},
+    ])
 
 
 # --------------------------------------------------------------------------- the operation
