@@ -43,6 +43,11 @@ def program_arguments(config: DevpiConfig) -> list[str]:
     return [config.paths.bin("devpi-server"), "--configfile", config.paths.config_file]
 
 
+# Both jobs' environment: launchd starts jobs with a bare one; a UTF-8 locale keeps
+# devpi's file handling independent of the login shell's settings.
+JOB_ENVIRONMENT = [("LANG", "en_US.UTF-8"), ("PYTHONUNBUFFERED", "1")]
+
+
 def render_plist(config: DevpiConfig) -> str:
     """The LaunchAgent plist; values are XML-escaped by the template's autoescape."""
     template = _environment(autoescape=True).get_template("devpi.plist.j2")
@@ -51,9 +56,7 @@ def render_plist(config: DevpiConfig) -> str:
             label=config.label,
             program_arguments=program_arguments(config),
             working_directory=config.paths.home,
-            # launchd starts jobs with a bare environment; a UTF-8 locale keeps
-            # devpi's file handling independent of the login shell's settings.
-            environment=[("LANG", "en_US.UTF-8"), ("PYTHONUNBUFFERED", "1")],
+            environment=JOB_ENVIRONMENT,
             session_types=SESSION_TYPES,
             throttle_interval=config.throttle_interval,
             process_type=config.process_type,
@@ -113,7 +116,7 @@ def render_backup_plist(config: DevpiConfig) -> str:
             label=config.paths.backup_label,
             program_arguments=backup_arguments(config),
             working_directory=config.paths.home,
-            environment=[("LANG", "en_US.UTF-8"), ("PYTHONUNBUFFERED", "1")],
+            environment=JOB_ENVIRONMENT,
             session_types=SESSION_TYPES,
             hour=backup.hour,
             minute=backup.minute,
