@@ -157,3 +157,101 @@ def test_a_long_wait_says_it_is_still_waiting(tmp_path):
     assert re.search(r"^waiting for devpi on http://127\.0\.0\.1:9/\+api: \d+s of 7s \(last status: 000\)$",
                      result.stdout, re.M), result.stdout
     assert "did not answer 200" in result.stderr and "did not answer" not in result.stdout
+
+
+# --- the gate watches the job's process (the launchctl double stands in for launchd)
+
+@pytest.fixture
+def launchd(tmp_path):
+    """The launchctl double as ``launchctl`` on PATH, and its state."""
+    import os
+
+    from .test_launchctl_double import LAUNCHCTL, Double
+
+    double = Double(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "launchctl").symlink_to(LAUNCHCTL)
+    double.env["PATH"] = f"{bin_dir}:{os.environ['PATH']}"
+    yield double
+    double.cleanup()
+
+
+def serving_after(port, delay):
+    """A devpi-like /+api on ``port`` (our uuid) that starts answering after ``delay``."""
+    import sys
+
+    return [sys.executable, "-c", (
+        "import http.server, time\n"
+        f"time.sleep({delay})\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def log_message(self, *a): pass\n"
+        "    def do_GET(self):\n"
+        f"        self.send_response(200); self.send_header('X-DEVPI-UUID', {OURS!r})\n"
+        "        self.send_header('Content-Length', '0'); self.end_headers()\n"
+        f"http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
+    )]
+
+
+def wait_for_state(launchd, label, state):
+    from .test_launchctl_double import wait_for
+
+    return wait_for(lambda: launchd.info(label).get("state") == state, timeout=10)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("lives", [0, 1.5], ids=["gone-before-the-gate-looks", "seen-running-then-gone"])
+def test_a_devpi_that_exits_fails_the_gate_at_once_with_launchds_account(launchd, tmp_path, lives):
+    """devpi exits before it answers (a venv that cannot start, a taken port): the gate
+    does not wait out its timeout. It says the process exited and shows launchd's state
+    and exit status, then the logs, as a timeout does."""
+    import sys
+
+    from .test_launchctl_double import GUI
+
+    err_log = tmp_path / "err.log"
+    program = [sys.executable, "-c", f"import sys, time; time.sleep({lives}); "
+               "print('ImportError: no devpi here', file=sys.stderr); sys.exit(1)"]
+    plist = launchd.plist("net.devpi.gate", program=program, StandardErrorPath=str(err_log), ThrottleInterval=30)
+    launchd.ok("bootstrap", GUI, str(plist))
+    if not lives:
+        assert wait_for_state(launchd, "net.devpi.gate", "spawn scheduled")
+    script = wait_healthy_script(f"http://127.0.0.1:{free_port()}", 120, str(err_log), nodeinfo(tmp_path),
+                                 job=f"{GUI}/net.devpi.gate")
+    assert gnu_only_forms(script) == []
+    result = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=100, env=launchd.env)
+    assert result.returncode == 1
+    assert re.search(r"devpi exited before it answered on http://127\.0\.0\.1:\d+/\+api\. "
+                     rf"launchd reports for {GUI}/net\.devpi\.gate:", result.stderr), result.stderr
+    assert "\tlast exit code = 1" in result.stderr
+    assert "did not answer 200" not in result.stderr
+    assert "ImportError: no devpi here" in result.stderr  # the error log's tail
+
+
+def test_a_restart_during_the_wait_is_followed_not_taken_for_an_exit(launchd, tmp_path):
+    """``kickstart -k`` while the gate waits replaces devpi's process: the pid the gate
+    watched is gone, but launchd runs the job again, so the gate waits for the new one."""
+    import time
+
+    from .test_launchctl_double import GUI
+
+    port = free_port()
+    plist = launchd.plist("net.devpi.follow", program=serving_after(port, 1.5))
+    launchd.ok("bootstrap", GUI, str(plist))
+    first = launchd.pid("net.devpi.follow")
+    script = wait_healthy_script(f"http://127.0.0.1:{port}", 60, str(tmp_path / "err.log"), nodeinfo(tmp_path),
+                                 job=f"{GUI}/net.devpi.follow")
+    gate = subprocess.Popen(["/bin/sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=launchd.env)
+    time.sleep(0.5)  # the gate has seen the first pid by now (it polls every 0.1 s)
+    launchd.ok("kickstart", "-k", f"{GUI}/net.devpi.follow")
+    out, err = gate.communicate(timeout=60)
+    assert launchd.pid("net.devpi.follow") != first
+    assert gate.returncode == 0, err

@@ -29,9 +29,12 @@ def test_a_bad_upgrade_is_rolled_back_to_the_previous_venv(sshd, launchd, upstre
         pid = stack.wait_healthy()
 
         result = stack.deploy(check=False, devpi_server_version="6.20.99", devpi_web_version="5.1.99",
-                              devpi_index_url=upstream.url, devpi_health_timeout=8)
+                              devpi_index_url=upstream.url, devpi_health_timeout=60)
 
         assert result.returncode != 0, result.describe()
+        # The gate saw the new devpi exit and did not wait out its 60 s: launchd's account.
+        assert "exited before it answered" in result.output, result.describe()
+        assert "last exit code = " in result.output
         assert "devpi-server 6.20.99 failed the health gate: rolling back to the previous venv" in result.output
         assert "rolled back: devpi answers again from" in result.output, result.describe()
         assert "a release that cannot start" in result.output  # the error log's tail
