@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from operations import caddy, devpi, launchd, retire
+from pyinfra_devpi.launchd_scope import JobPlace
 from operations import server_dir as server_dir_ops
 from pyinfra_devpi.config import build_config
 from pyinfra_devpi.preflight import Tools, with_tools
@@ -99,9 +100,15 @@ def fresh(config) -> PreparedHost:
     )
 
 
-def converge(host, config, password_hash=None, executing=True, diff=False):
+def place_of(config) -> JobPlace:
+    return JobPlace(scope=config.launchd_scope, agent_domain=DOMAIN, uid=501, user="alice", group="staff")
+
+
+def converge(host, config, password_hash=None, executing=True, diff=False, place=None):
     """The deploy's operations in the deploy's order, chained the way it chains them."""
     steps = {}
+    place = place or place_of(config)
+    domain = place.domain
 
     def run(name, op, **kwargs):
         commands = run_op(op, host, executing=executing, diff=diff, **kwargs)
@@ -110,26 +117,30 @@ def converge(host, config, password_hash=None, executing=True, diff=False):
         return Meta(bool(commands))
 
     venv_op = run("venv", devpi.venv, config=config, lock="pinned==1.0 --hash=sha256:00\n")
-    run("upgrade", server_dir_ops.upgrade, config=config, domain=DOMAIN, venv_op=venv_op)
+    run("upgrade", server_dir_ops.upgrade, config=config, domain=domain, venv_op=venv_op, sudo=place.sudo)
     run("adopt", server_dir_ops.adopt, config=config)
     logging_op = run("logging", devpi.logging_config, config=config, content=render_logging_config(config))
     config_op = run("config", devpi.server_config, config=config, content=render_server_yaml(config, WHOOSH))
     run("secret", devpi.secret, config=config)
     run("init", devpi.init, config=config, password_hash=(lambda: password_hash) if password_hash else None)
     run(
-        "retire", retire.old_agents, label=config.label, domain=DOMAIN, plist_path=config.paths.plist_file,
+        "retire", retire.old_agents, label=config.label, place=place, plist_path=config.paths.plist_file,
         config_file=config.paths.config_file, agents_dir=config.launch_agents_dir,
+        keep=(config.paths.backup_label,), other_plists=config.paths.other_scope_plists,
     )
     agent_op = run(
-        "agent", launchd.agent, label=config.label, plist=render_plist(config),
-        plist_path=config.paths.plist_file, domain=DOMAIN, restart_after=[venv_op, logging_op, config_op],
-        directories=[config.paths.log_dir],
+        "agent", launchd.agent, label=config.label, plist=render_plist(config, place.run_as),
+        plist_path=config.paths.plist_file, domain=domain, restart_after=[venv_op, logging_op, config_op],
+        directories=[config.paths.log_dir], sudo=place.sudo, root_owned=place.daemon,
+        staged=config.paths.staged(config.paths.plist_file),
+        log_files=(config.paths.out_log, config.paths.err_log) if place.daemon else (),
     )
-    run("health", devpi.wait_healthy, config=config, after=[agent_op])
+    run("health", devpi.wait_healthy, config=config, after=[agent_op], new_venv=[venv_op],
+        target=place.target(config.label), sudo=place.sudo)
     run("index", devpi.orphaned_index, config=config, indexer_backend=WHOOSH)
     run(
         "caddy", caddy.site, path=config.caddy_site_file, content=render_caddy_site(config),
-        restart=config.caddy_restart, domain=DOMAIN, pending_marker=config.paths.caddy_restart_pending,
+        restart=config.caddy_restart, domain=place.agent_domain, pending_marker=config.paths.caddy_restart_pending,
         caddy_bin=None,
     )
     return steps
@@ -158,7 +169,7 @@ def test_converged_host_yields_nothing(config):
         "/Users/alice/devpi/devpi-server.yml is up to date",
         "devpi's secret file /Users/alice/devpi/secret exists",
         "/Users/alice/devpi/server-dir is initialised",
-        "no LaunchAgent of this devpi under another label or domain",
+        "no job of this devpi under another label, domain or scope",
         "gui/501/net.devpi is loaded, enabled and running its current definition",
         "devpi was not (re)started",
         "no Whoosh search index in /Users/alice/devpi/server-dir",
@@ -175,7 +186,8 @@ def test_the_operation_modules_declare_exactly_what_their_operations_read(config
     declared = set()
     for item in [
         *devpi.reads(config),
-        *retire.reads(config.label, DOMAIN, config.launch_agents_dir),
+        *retire.reads((config.label, config.paths.backup_label), place_of(config), config.launch_agents_dir,
+                      config.paths.other_scope_plists),
         *launchd.reads(config.label, DOMAIN, config.paths.plist_file),
         *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending),
     ]:
@@ -196,12 +208,13 @@ def test_converged_host_reads_each_fact_once(config):
 
     host = converged(config)
     prefetch(host, [config.paths.plist_file, config.paths.config_file, config.paths.logging_config,
-                    config.caddy_site_file, config.paths.caddy_restart_pending])
+                    config.caddy_site_file, config.paths.caddy_restart_pending, *config.paths.other_scope_plists])
     converge(host, config)
     converge(host, config)  # the second pass (execution after change detection)
     asked = [name for name, _ in host.asked]
     assert sorted(asked) == [
-        "FileContents", "FileMode", "LaunchdJob", "LaunchdJob", "ManagedAgents", "ServerDir", "VenvVersions",
+        "FileContents", "FileMode", "LaunchdJob", "LaunchdJob", "LaunchdJob", "LaunchdJob", "LaunchdJob",
+        "ManagedAgents", "ServerDir", "VenvVersions",
     ]
 
 
