@@ -7,12 +7,20 @@ import pytest
 
 from operations import uninstall
 from pyinfra_devpi.config import build_config
+from pyinfra_devpi.launchd_scope import JobPlace
 from pyinfra_devpi.render import render_caddy_removed, render_caddy_site
 from pyinfra_devpi.uninstall import describe_leftovers
 
 from .prepared import Meta, PreparedHost, Upload, gnu_only_forms, run_op, shell_lines
 
 DOMAIN = "gui/501"
+PLACE = JobPlace(scope="agent", agent_domain=DOMAIN, uid=501, user="alice", group="staff")
+
+
+def job_op(host, config, place=PLACE):
+    paths = config.paths
+    return run_op(uninstall.job, host, label=config.label, place=place,
+                  plists=(paths.agent_plist_file, paths.daemon_plist_file), daemon_plists=(paths.daemon_plist_file,))
 
 
 @pytest.fixture
@@ -35,7 +43,7 @@ def gone(config) -> PreparedHost:
 
 def run_all(host, config, purge=False):
     steps = {
-        "job": run_op(uninstall.job, host, config=config, domain=DOMAIN),
+        "job": job_op(host, config),
         "caddy": run_op(uninstall.caddy_block, host, config=config, domain=DOMAIN,
                         removed=render_caddy_removed(config)),
     }
@@ -63,7 +71,7 @@ def test_an_installed_devpi_is_booted_out_and_its_block_emptied(config):
 def test_the_job_loaded_in_the_other_domain_is_booted_out_there_too(config):
     host = gone(config)
     host.elsewhere = {"loaded": True, "state": "running", "pid": 7}
-    (command,) = shell_lines(run_op(uninstall.job, host, config=config, domain=DOMAIN))
+    (command,) = shell_lines(job_op(host, config))
     assert command.startswith("launchctl bootout user/501/net.devpi")
 
 
