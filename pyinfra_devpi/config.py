@@ -221,8 +221,8 @@ def _scope(where, value):
         raise fail(
             where, value,
             "use 'agent' (a LaunchAgent: runs while the SSH user is logged in at the console, or "
-            "with auto-login) or 'daemon' (a LaunchDaemon in /Library/LaunchDaemons that starts at "
-            "boot without a login, run as the SSH user; installed with sudo -n)",
+            "with auto-login) or 'daemon' (a LaunchDaemon that starts at boot without a login, run "
+            "as the SSH user; installed with sudo -n)",
         )
     return value
 

@@ -919,3 +919,120 @@ def test_the_secret_file_is_what_devpi_gen_secret_writes_and_never_overwritten(t
     before = secret.read_bytes()
     assert subprocess.run(run, capture_output=True).returncode != 0
     assert secret.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- the daemon scope
+
+
+@pytest.fixture
+def daemon_config():
+    return with_tools(build_config(
+        {
+            "devpi_root_password": "env:PW",
+            "devpi_outside_url": "https://pypi.example.org",
+            "devpi_caddy_restart": "org.caddy",
+            "devpi_launchd_scope": "daemon",
+        },
+        "/Users/alice",
+    ), FOUND)
+
+
+def daemon_converged(config) -> PreparedHost:
+    host = converged(config)
+    host.job_domain = "system"
+    host.job = {**host.job, "domain": "system"}
+    host.files[config.paths.plist_file] = render_plist(config, ("alice", "staff"))
+    return host
+
+
+def test_a_fresh_host_gets_a_root_owned_launchdaemon_through_sudo(daemon_config):
+    config = daemon_config
+    steps = converge(fresh(config), config, password_hash=HiddenValue(PASSWORD_HASH))
+    agent = steps["agent"]
+    # Uploaded as the SSH user into devpi_home, copied into place as root, root:wheel 0644.
+    (upload,) = [c for c in agent if isinstance(c, Upload)]
+    assert upload.dest == "/Users/alice/devpi/net.devpi.plist.pyinfra-new"
+    assert "<key>UserName</key>\n\t<string>alice</string>" in upload.content
+    assert "<key>GroupName</key>\n\t<string>staff</string>" in upload.content
+    assert "LimitLoadToSessionType" not in upload.content
+    lines = shell_lines(agent)
+    new = "/Library/LaunchDaemons/net.devpi.plist.pyinfra-new"
+    assert lines[0] == (
+        f"{{ sudo -n mkdir -p /Library/LaunchDaemons && sudo -n cp {upload.dest} {new} && "
+        f"sudo -n chown 0:0 {new} && sudo -n chmod 644 {new} && "
+        f"sudo -n mv -f {new} /Library/LaunchDaemons/net.devpi.plist; }} || "
+        f"{{ rc=$?; sudo -n rm -f {new}; rm -f {upload.dest}; exit $rc; }}; rm -f {upload.dest}"
+    )
+    assert lines[1] == "sudo -n launchctl enable system/net.devpi"
+    # The logs are the SSH user's before launchd (root) opens them.
+    assert lines[3] == "touch /Users/alice/Library/Logs/net.devpi.out.log /Users/alice/Library/Logs/net.devpi.err.log"
+    assert "out=$(sudo -n launchctl bootstrap system /Library/LaunchDaemons/net.devpi.plist 2>&1)" in lines[4]
+    # print needs no root
+    assert "if launchctl print system/net.devpi" in lines[4]
+    # Caddy's job stays the SSH user's.
+    assert "gui/501/org.caddy" in steps["caddy"][-1]
+    for command in lines:
+        assert gnu_only_forms(command) == []
+
+
+def test_a_converged_launchdaemon_yields_nothing(daemon_config):
+    host = daemon_converged(daemon_config)
+    steps = converge(host, daemon_config)
+    assert steps == {name: [] for name in steps}
+    assert "system/net.devpi is loaded, enabled and running its current definition" in host.noops
+
+
+def test_a_launchdaemon_plist_not_owned_by_root_is_given_back_to_root(daemon_config):
+    host = daemon_converged(daemon_config)
+    host.modes[daemon_config.paths.plist_file] = {"mode": "-rw-rw-r--", "physical": daemon_config.paths.plist_file,
+                                                  "owner": 501}
+    lines = shell_lines(converge(host, daemon_config)["agent"])
+    assert lines == ["sudo -n chown 0:0 /Library/LaunchDaemons/net.devpi.plist",
+                     "sudo -n chmod 644 /Library/LaunchDaemons/net.devpi.plist"]
+
+
+def test_a_restart_of_a_launchdaemon_goes_through_sudo(daemon_config):
+    host = daemon_converged(daemon_config)
+    host.venv = {**host.venv, "devpi-server": "6.20.2"}
+    steps = converge(host, daemon_config)
+    assert shell_lines(steps["agent"]) == ["sudo -n launchctl kickstart -k system/net.devpi"]
+    # the health gate's rollback restarts the same way
+    assert "sudo -n launchctl kickstart -k system/net.devpi" in steps["health"][0]
+
+
+def test_root_needs_no_sudo_for_a_launchdaemon(daemon_config):
+    place = JobPlace(scope="daemon", agent_domain="gui/0", uid=0, user="root", group="wheel")
+    lines = shell_lines(converge(fresh(daemon_config), daemon_config, password_hash=HiddenValue(PASSWORD_HASH),
+                                 place=place)["agent"])
+    assert not any("sudo" in line for line in lines)
+    assert lines[0].startswith("{ mkdir -p /Library/LaunchDaemons && cp ")
+    assert "out=$(launchctl bootstrap system " in lines[-1]
+
+
+def test_switching_to_the_daemon_retires_the_launchagent_first(daemon_config):
+    config = daemon_config
+    host = fresh(config)
+    host.job_domain = "system"
+    host.elsewhere = loaded_job(config)  # the LaunchAgent in gui/501
+    agent_plist = "/Users/alice/Library/LaunchAgents/net.devpi.plist"
+    host.files[agent_plist] = "<plist/>"
+    steps = converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
+    retired = shell_lines(steps["retire"])
+    assert retired[0].startswith("launchctl bootout gui/501/net.devpi ")
+    assert "while launchctl print gui/501/net.devpi" in retired[0]
+    assert retired[-1] == f"rm -f {agent_plist}"  # the SSH user's own: no sudo
+    assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
+
+
+def test_switching_back_to_the_agent_retires_the_launchdaemon_through_sudo(config):
+    host = fresh(config)
+    host.system = {**loaded_job(config), "domain": "system"}
+    host.files["/Library/LaunchDaemons/net.devpi.plist"] = "<plist/>"
+    steps = converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
+    retired = shell_lines(steps["retire"])
+    assert retired[0].startswith("sudo -n launchctl bootout system/net.devpi ")
+    # waiting needs no root: anyone may print the system domain
+    assert "while launchctl print system/net.devpi" in retired[0]
+    assert retired[-1] == "sudo -n rm -f /Library/LaunchDaemons/net.devpi.plist"
+    assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
+    assert "sudo" not in " ".join(shell_lines(steps["agent"]))

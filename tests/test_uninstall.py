@@ -142,3 +142,17 @@ def test_the_backup_job_goes_and_its_backups_stay_even_with_the_purge():
     assert step.kept(config) == [("backups", config.backup_dir)]
     assert all(not path.startswith(config.backup_dir) for _, path in paths.removable(config.log_backups))
     assert paths.backup_program in dict((p, w) for w, p in paths.removable(config.log_backups))
+
+
+def test_a_launchdaemon_is_booted_out_and_removed_through_sudo(config):
+    host = gone(config)
+    host.job_domain = "system"
+    host.job = {"loaded": True, "state": "running", "pid": 42}
+    host.files[config.paths.daemon_plist_file] = "<plist/>"
+    job = shell_lines(job_op(host, config))
+    assert job[0].startswith("sudo -n launchctl bootout system/net.devpi ")
+    assert "while launchctl print system/net.devpi" in job[0]
+    assert job[-1] == "sudo -n rm -f /Library/LaunchDaemons/net.devpi.plist"
+    # As root, no sudo.
+    root = JobPlace(scope="daemon", agent_domain="gui/0", uid=0, user="root", group="wheel")
+    assert not any("sudo" in c for c in shell_lines(job_op(host, config, place=root)))
