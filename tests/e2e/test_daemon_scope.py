@@ -62,7 +62,7 @@ def stack(admin: OtherUser, admin_host, upstream) -> DeployedStack:
     sshd, launchd, daemons = admin_host
     deployed = start_stack(sshd, launchd, upstream, admin.area / "stack", "daemon", deploy=False, caddy=False,
                            devpi_python=SYSTEM_PYTHON, devpi_launchd_scope="daemon",
-                           devpi_launch_daemons_dir=daemons)
+                           devpi_launch_daemons_dir=daemons, devpi_backup={"hour": 3, "minute": 17})
     admin.own(deployed.root)
     deployed.daemons = daemons
     with deployed:
@@ -99,6 +99,10 @@ def daemon_plist(stack: DeployedStack) -> Path:
     return stack.daemons / f"{stack.label}.plist"
 
 
+def backup_label(stack: DeployedStack) -> str:
+    return f"{stack.label}.backup"
+
+
 def assert_runs_as_daemon(stack: DeployedStack, admin: OtherUser) -> int:
     printed = system_print(stack)
     assert printed.returncode == 0, printed.stderr
@@ -110,6 +114,11 @@ def assert_runs_as_daemon(stack: DeployedStack, admin: OtherUser) -> int:
     assert stack.launchd.print(stack.label).returncode != 0  # no LaunchAgent beside it
     assert not stack.plist.exists()
     assert stack.api_ok()
+    # The backup job follows the scope: a LaunchDaemon too, run as the same user.
+    backup = system_print(stack, backup_label(stack))
+    assert backup.returncode == 0 and f"\tusername = {admin.name}" in backup.stdout, backup.stderr
+    assert (stack.daemons / f"{backup_label(stack)}.plist").stat().st_uid == 0
+    assert stack.launchd.print(backup_label(stack)).returncode != 0
     return pid
 
 
@@ -146,6 +155,10 @@ def test_2_switching_back_to_the_agent_leaves_no_daemon(stack, admin):
     assert uid_of(pid) == admin.uid
     assert stack.plist.exists() and stack.plist.stat().st_uid == admin.uid
     assert uuid_of(stack) == uuid
+    # the backup job moved with it
+    assert system_print(stack, backup_label(stack)).returncode == 113
+    assert not (stack.daemons / f"{backup_label(stack)}.plist").exists()
+    assert stack.launchd.print(backup_label(stack)).returncode == 0
     assert stack.deploy().grand_total()[0] == 0
 
 
@@ -190,4 +203,6 @@ def test_5_the_uninstall_takes_the_daemon_off(stack):
     assert uninstall.ok, uninstall.describe()
     assert system_print(stack).returncode == 113
     assert not daemon_plist(stack).exists()
+    assert system_print(stack, backup_label(stack)).returncode == 113
+    assert list(stack.daemons.iterdir()) == []
     assert (stack.server_dir / ".nodeinfo").exists()  # the data stays
