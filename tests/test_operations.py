@@ -1036,3 +1036,34 @@ def test_switching_back_to_the_agent_retires_the_launchdaemon_through_sudo(confi
     assert retired[-1] == "sudo -n rm -f /Library/LaunchDaemons/net.devpi.plist"
     assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
     assert "sudo" not in " ".join(shell_lines(steps["agent"]))
+
+
+def test_the_daemon_scope_reads_only_what_the_modules_declare(daemon_config):
+    """The same guarantee for a LaunchDaemon: everything in the one batch, nothing read
+    through sudo."""
+    from operations import caddy as caddy_op
+    from pyinfra_devpi.snapshot import FactRead
+
+    config = daemon_config
+    place = place_of(config)
+    declared = set()
+    for item in [
+        *devpi.reads(config),
+        *retire.reads((config.label, config.paths.backup_label), place, config.launch_agents_dir,
+                      config.paths.other_scope_plists),
+        *launchd.reads(config.label, place.domain, config.paths.plist_file),
+        *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending),
+    ]:
+        declared.add(("file", item) if isinstance(item, str) else (item.fact.__name__, item.arguments))
+    fresh_host = fresh(config)
+    fresh_host.job_domain = "system"
+    for host in (daemon_converged(config), fresh_host):
+        converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
+        asked = set()
+        for name, kwargs in host.asked:
+            if name == "FileContents":
+                asked.update(("file", path) for path in kwargs["paths"])
+            else:
+                asked.add((name, FactRead.of(object, **kwargs).arguments))
+        assert asked == declared
+    assert ("LaunchdJob", FactRead.of(object, label="net.devpi", domain="system").arguments) in declared
