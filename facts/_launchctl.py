@@ -516,4 +516,6 @@ def parse_session(output: list[str]) -> dict:
         "console_uid": int(console) if console.isdigit() else None,
         "domain": values["domain"],
         "launchctl": values["launchctl"] == "true",
+        "user": values.get("user") or None,
+        "group": values.get("group") or None,
     }

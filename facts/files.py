@@ -67,12 +67,13 @@ class FileContents(FactBase):
 class FileMode(FactBase):
     """
     Returns ``{"mode": <ls -l mode string>, "physical": <path with its directory's
-    symlinks resolved>}`` for a file the deploy owns (following a symlink at ``path``,
+    symlinks resolved>, "owner": <numeric owner>}`` for a file the deploy owns (following a symlink at ``path``,
     as a program opening it does), or ``None`` when it is missing.
 
     + path: the file
 
-    launchd refuses a plist that is group- or world-writable, and reports the path it
+    launchd refuses a plist that is group- or world-writable (a LaunchDaemon's also when
+    root does not own it), and reports the path it
     loaded a job from; the physical path lets a caller accept either spelling.
     """
 
@@ -82,6 +83,7 @@ class FileMode(FactBase):
         return (
             f"if [ -e {f} ]; then "
             f'echo "mode=$(ls -lLd {f} 2>/dev/null | cut -c1-10)"; '
+            f"echo \"owner=$(ls -lnLd {f} 2>/dev/null | awk '{{print $3}}')\"; "
             f'd=$(cd -P "$(dirname {f})" 2>/dev/null && pwd -P) && '
             f'echo "physical=$d/$(basename {f})"; '
             "else echo missing; fi"
@@ -94,7 +96,9 @@ class FileMode(FactBase):
         mode = values.get("mode", "")
         if len(mode) != 10:
             raise FactProcessError(f"FileMode: unexpected output {output[:3]!r}")
-        return {"mode": mode, "physical": values.get("physical") or None}
+        owner = values.get("owner", "")
+        return {"mode": mode, "physical": values.get("physical") or None,
+                "owner": int(owner) if owner.isdigit() else None}
 
 
 class PathsFound(FactBase):

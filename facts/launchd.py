@@ -119,8 +119,9 @@ class LaunchdJob(FactBase):
 
 class LaunchdSession(FactBase):
     """
-    Who the SSH user is to launchd: uid, home, the console owner (``None`` when
-    unknown), and the domain a LaunchAgent of theirs belongs in, as ``_DOMAIN_SHELL``
+    Who the SSH user is to launchd: uid, user and primary group names (a LaunchDaemon's
+    ``UserName`` / ``GroupName``), home, the console owner (``None`` when unknown), and
+    the domain a LaunchAgent of theirs belongs in, as ``_DOMAIN_SHELL``
     decides it on the host. ``launchctl`` tells whether launchd is there at all (it is
     not on Linux).
     """
@@ -129,7 +130,7 @@ class LaunchdSession(FactBase):
         return (
             _DOMAIN_SHELL
             + "printf '%s\\n' \"uid=$uid\" \"home=$HOME\" \"console_uid=$console_uid\" "
-            + '"domain=$domain"; '
+            + '"domain=$domain" "user=$(id -un)" "group=$(id -gn)"; '
             + "if command -v launchctl >/dev/null 2>&1; then echo launchctl=true; "
             + "else echo launchctl=false; fi"
         )

@@ -7,7 +7,11 @@ besides its tools (``facts/host_tools.py``).
 * the free space of the file system that will hold ``devpi_home`` (``df -k`` of the
   nearest directory that exists: BSD and GNU ``df`` alike);
 * the numeric owner of each path asked about (``ls -lnd``: BSD and GNU alike), and
-  the SSH user's uid.
+  the SSH user's uid;
+* whether the SSH user may run commands as root without a password (``sudo -n true``),
+  asked only when the run may need root (a LaunchDaemon: ``root``, or one of ``root_if``
+  exists, e.g. the LaunchDaemon's plist a switch back to a LaunchAgent removes) and the
+  user is not root. ``-n``: sudo fails at once instead of prompting.
 
 Command output protocol (one script, always exits 0)::
 
@@ -18,6 +22,8 @@ Command output protocol (one script, always exits 0)::
     df_path=<the directory df was asked about>
     @df / <df -k output> / @end
     owner=<uid> <path>           one line per asked path that exists
+    sudo_status=<exit status of sudo -n true | missing (no sudo) | none (not asked)>
+    sudo_error=<the first line sudo printed>
 """
 
 from __future__ import annotations
@@ -59,9 +65,11 @@ class HostReadiness(FactBase):
     + domain: the launchd domain the deploy will use (``gui/<uid>``, ``user/<uid>``)
     + path: the directory whose file system must have room (``devpi_home``)
     + owned: paths whose owner must be the SSH user
+    + root: the run needs root (a LaunchDaemon): ask sudo
+    + root_if: ask sudo when one of these paths exists
     """
 
-    def command(self, domain, path, owned=()):
+    def command(self, domain, path, owned=(), root=False, root_if=()):
         parts = [
             'printf \'uid=%s\\nuser=%s\\n\' "$(id -u)" "$(id -un)"',
             f"printf 'domain=%s\\n' {q(domain)}",
@@ -79,6 +87,15 @@ class HostReadiness(FactBase):
                 'if [ -e "$p" ] || [ -L "$p" ]; then '
                 'printf \'owner=%s %s\\n\' "$(ls -lnd "$p" | awk \'{print $3}\')" "$p"; fi'
             )
+        ask = "true" if root else " || ".join(f"[ -e {q(p)} ]" for p in root_if) or "false"
+        parts.append(
+            f'if [ "$(id -u)" != 0 ] && {{ {ask}; }}; then '
+            "if command -v sudo >/dev/null 2>&1; then "
+            'out=$(sudo -n true 2>&1 </dev/null); echo "sudo_status=$?"; '
+            'printf \'sudo_error=%s\\n\' "$(printf \'%s\\n\' "$out" | head -n 1)"; '
+            "else echo sudo_status=missing; fi; "
+            "else echo sudo_status=none; fi"
+        )
         return script(parts)
 
     def process(self, output):
@@ -93,7 +110,11 @@ class HostReadiness(FactBase):
                 uid, _, owned_path = line[len("owner="):].partition(" ")
                 if uid.isdigit():
                     owners[owned_path] = int(uid)
+        sudo = values.get("sudo_status", "none")
         return {
+            # True / False: sudo -n works / does not; "missing": no sudo; None: not asked.
+            "sudo_ok": None if sudo == "none" else "missing" if sudo == "missing" else sudo == "0",
+            "sudo_error": values.get("sudo_error") or None,
             "uid": int(values["uid"]) if values["uid"].isdigit() else None,
             "user": values.get("user") or None,
             "domain": values.get("domain"),

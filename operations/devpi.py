@@ -504,7 +504,7 @@ def wait_healthy_script(
             + f'; rm -f "$live"{layout.TRANSIENT_SUFFIX}; ln -s "$prev" "$live"{layout.TRANSIENT_SUFFIX}; '
             f'{prev_python} -I -c {q(RENAME)} '
             f'"$live"{layout.TRANSIENT_SUFFIX} "$live"; '
-            f"launchctl kickstart -k {q(rollback['target'])}; "
+            f"{rollback.get('sudo', '')}launchctl kickstart -k {q(rollback['target'])}; "
             "if healthy; then "
             + say(f"rolled back: devpi answers again from %s; devpi-server {rollback['version']} is not in use",
                   '"$prev"')
@@ -516,7 +516,7 @@ def wait_healthy_script(
 
 
 @operation
-def wait_healthy(config: DevpiConfig, after=(), new_venv=(), target: str | None = None):
+def wait_healthy(config: DevpiConfig, after=(), new_venv=(), target: str | None = None, sudo: str = ""):
     """After a (re)start, wait (bounded) for ``GET /+api`` to answer 200.
 
     + after: the operations that may have (re)started devpi; nothing to wait for
@@ -524,7 +524,8 @@ def wait_healthy(config: DevpiConfig, after=(), new_venv=(), target: str | None 
     + new_venv: the operation that swaps in a new venv: when it changed something
       and devpi then fails the gate, roll back to the previous venv
     + target: the job's ``domain/label``: watched by the gate (a devpi that exits fails it
-      at once), restarted by a rollback
+      at once; ``launchctl print`` of the system domain needs no root), restarted by a rollback
+    + sudo: the prefix of that restart (``"sudo -n "`` for the system domain), or empty
     """
     if not any_changed(after):
         host.noop("devpi was not (re)started")
@@ -533,7 +534,7 @@ def wait_healthy(config: DevpiConfig, after=(), new_venv=(), target: str | None 
     rollback = None
     if any_changed(new_venv) and target:
         rollback = {"version": config.server_version, "previous": paths.venv_previous, "live": paths.venv,
-                    "target": target}
+                    "target": target, "sudo": sudo}
     yield ProgressCommand(
         wait_healthy_script(config.local_url, config.health_timeout, paths.err_log, paths.nodeinfo, rollback,
                             server_log=paths.server_log, job=target),

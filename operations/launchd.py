@@ -1,5 +1,6 @@
 """
-A launchd LaunchAgent: its plist on disk and the job launchd has loaded from it.
+A launchd job (a LaunchAgent, or a LaunchDaemon run as the SSH user: ``devpi_launchd_scope``,
+``pyinfra_devpi/launchd_scope.py``): its plist on disk and the job launchd has loaded from it.
 
 Only launchctl's modern verbs are used (``enable``, ``bootstrap``, ``bootout``,
 ``kickstart``, ``print``). launchd reads a plist when the job is bootstrapped and
@@ -26,7 +27,7 @@ from facts.launchd import LaunchdJob
 from pyinfra_devpi.snapshot import FactRead, file_content, read
 
 from .announce import log_once, operation
-from .textfile import text_differs, write_text
+from .textfile import text_differs, write_root_text, write_text
 from .triggers import any_changed
 
 # How long `bootstrap` keeps retrying while launchd is still tearing the previous
@@ -35,28 +36,31 @@ BOOTSTRAP_ATTEMPTS = 20
 BOOTSTRAP_DELAY = 0.5
 
 
-def bootout_command(target: str) -> str:
+def bootout_command(target: str, sudo: str = "") -> str:
     # 3 (ESRCH) and 113 ("Could not find service") mean it was not loaded: fine.
+    # ``sudo``: the prefix for the system domain (``"sudo -n "``), or empty.
     return (
-        f"launchctl bootout {target}; rc=$?; "
+        f"{sudo}launchctl bootout {target}; rc=$?; "
         'if [ $rc -ne 0 ] && [ $rc -ne 3 ] && [ $rc -ne 113 ]; then exit $rc; fi'
     )
 
 
-def bootstrap_command(domain: str, target: str, plist_path: str, delay: float = BOOTSTRAP_DELAY) -> str:
+def bootstrap_command(domain: str, target: str, plist_path: str, delay: float = BOOTSTRAP_DELAY,
+                      sudo: str = "") -> str:
     """``launchctl bootstrap`` with launchd's transient errors handled.
 
     Error 5 (EIO) is launchctl's catch-all and 37 (EALREADY) is answered while an
     old instance is still being torn down: both are retried for a while. If they
     persist, ``print`` tells whether the job is in fact loaded (someone else loaded
     it); only then is 5 taken as "already loaded". ``delay``: seconds between attempts
-    (shorter where devpi is down meanwhile, as in a restore).
+    (shorter where devpi is down meanwhile, as in a restore). ``sudo``: the prefix for
+    the system domain (``"sudo -n "``), or empty; ``print`` needs none.
     """
     attempts = max(BOOTSTRAP_ATTEMPTS, int(BOOTSTRAP_ATTEMPTS * BOOTSTRAP_DELAY / delay))
     plist = shlex.quote(plist_path)
     return (
         f"i=0; while :; do "
-        f"out=$(launchctl bootstrap {domain} {plist} 2>&1); rc=$?; "
+        f"out=$({sudo}launchctl bootstrap {domain} {plist} 2>&1); rc=$?; "
         "if [ $rc -eq 0 ]; then break; fi; "
         "if [ $rc -ne 5 ] && [ $rc -ne 37 ]; then echo \"$out\" >&2; exit $rc; fi; "
         "i=$((i + 1)); "
@@ -81,7 +85,8 @@ def reads(label: str, domain: str, plist_path: str) -> list:
 
 
 # The plist's mode: launchd refuses (error 122, or 5 for a non-root caller) a plist
-# that is group- or world-writable; the deploy keeps it at 0644.
+# that is group- or world-writable; the deploy keeps it at 0644. A LaunchDaemon's plist
+# must also be root's ("Path had bad ownership/permissions"): root:wheel (uid/gid 0).
 PLIST_MODE = "644"
 PLIST_MODE_STRING = "-rw-r--r--"
 
@@ -145,6 +150,10 @@ def agent(
     restart_after=(),
     directories=(),
     keep_running: bool = True,
+    sudo: str = "",
+    root_owned: bool = False,
+    staged: str | None = None,
+    log_files=(),
 ):
     """
     Make launchd run the LaunchAgent ``label`` from ``plist``.
@@ -159,11 +168,19 @@ def agent(
     + keep_running: a service (devpi) runs all the time: one that is not running is
       kickstarted. ``False`` for a job launchd starts on a schedule (the backup job):
       loaded and enabled is all it needs; it is never started by the deploy.
+    + sudo: the prefix of every ``launchctl`` command that changes the domain and of every
+      command on a root-owned plist (``"sudo -n "`` for the system domain when the SSH
+      user is not root; else empty)
+    + root_owned: a LaunchDaemon's plist: written root:wheel 0644 through ``staged`` (a
+      path in devpi_home where its content is uploaded first)
+    + log_files: files the job's definition names (its logs), created empty as the SSH
+      user before the job is (re)loaded: launchd opens a LaunchDaemon's log files as
+      root, so one it created would be root's and the job's user could not reopen it
 
     | observed                                   | commands                         |
     | plist changed, job loaded                  | write plist, bootout, bootstrap  |
     | plist changed, not loaded                  | write plist, enable, bootstrap   |
-    | plist mode not 0644                        | chmod 644 (then as below)        |
+    | plist mode not 0644 (daemon: not root's)   | chmod 644 (chown 0:0)            |
     | loaded job differs from the plist          | bootout, bootstrap               |
     | not loaded                                 | enable, bootstrap                |
     | loaded, disabled                           | enable (then as below)           |
@@ -176,10 +193,16 @@ def agent(
     loaded = bool(job and job.get("loaded"))
     plist_changed = text_differs(plist_path, plist)
 
-    commands = list(write_text(plist_path, plist, mode=PLIST_MODE))
-    if not plist_changed and mode is not None and mode["mode"] != PLIST_MODE_STRING:
-        # launchd refuses a group/world-writable plist at the next bootstrap.
-        commands.append(f"chmod {PLIST_MODE} {shlex.quote(plist_path)}")
+    if root_owned:
+        commands = list(write_root_text(plist_path, plist, staged, sudo, mode=PLIST_MODE))
+    else:
+        commands = list(write_text(plist_path, plist, mode=PLIST_MODE))
+    if not plist_changed and mode is not None:
+        if root_owned and mode.get("owner") != 0:
+            commands.append(f"{sudo}chown 0:0 {shlex.quote(plist_path)}")
+        if mode["mode"] != PLIST_MODE_STRING:
+            # launchd refuses a group/world-writable plist at the next bootstrap.
+            commands.append(f"{sudo}chmod {PLIST_MODE} {shlex.quote(plist_path)}")
 
     # A loaded job runs the definition launchd read when it was bootstrapped: a run
     # stopped between writing the plist and reloading leaves the file right and the
@@ -193,20 +216,23 @@ def agent(
 
     # A disabled job cannot be bootstrapped and would not load at the next login.
     if not loaded or job.get("disabled"):
-        commands.append(f"launchctl enable {target}")
+        commands.append(f"{sudo}launchctl enable {target}")
 
     make_dirs = [f"mkdir -p {' '.join(shlex.quote(d) for d in directories)}"] if directories else []
+    if log_files:
+        make_dirs.append(f"touch {' '.join(shlex.quote(f) for f in log_files)}")
     if loaded and (plist_changed or drift):
         # The loaded job keeps its cached definition until it is booted out.
-        commands += [*make_dirs, bootout_command(target), bootstrap_command(domain, target, plist_path)]
+        commands += [*make_dirs, bootout_command(target, sudo),
+                     bootstrap_command(domain, target, plist_path, sudo=sudo)]
     elif not loaded:
-        commands += [*make_dirs, bootstrap_command(domain, target, plist_path)]
+        commands += [*make_dirs, bootstrap_command(domain, target, plist_path, sudo=sudo)]
     elif not keep_running:
         pass  # launchd starts it when its calendar says so
     elif not _is_running(job):
-        commands.append(f"launchctl kickstart {target}")
+        commands.append(f"{sudo}launchctl kickstart {target}")
     elif any_changed(restart_after):
-        commands.append(f"launchctl kickstart -k {target}")
+        commands.append(f"{sudo}launchctl kickstart -k {target}")
 
     if not commands:
         running = "running " if keep_running else ""
@@ -215,7 +241,7 @@ def agent(
 
 
 @operation
-def absent(label: str, domain: str, plist_path: str):
+def absent(label: str, domain: str, plist_path: str, sudo: str = ""):
     """
     No LaunchAgent ``label``: boot the job out (a run in progress is stopped) and
     remove its plist. Reads what ``agent`` reads (``reads(label, domain, plist_path)``).
@@ -223,14 +249,16 @@ def absent(label: str, domain: str, plist_path: str):
     | observed                   | commands                 |
     | job loaded                 | bootout                  |
     | plist on disk              | rm -f plist              |
+
+    ``sudo``: the prefix for the system domain and a LaunchDaemon's plist, or empty.
     """
     target = shlex.quote(f"{domain}/{label}")
     job = read(host, job_read(label, domain))
     commands = []
     if job and job.get("loaded"):
-        commands.append(bootout_command(target))
+        commands.append(bootout_command(target, sudo))
     if file_content(host, plist_path) is not None:
-        commands.append(f"rm -f {shlex.quote(plist_path)}")
+        commands.append(f"{sudo}rm -f {shlex.quote(plist_path)}")
     if not commands:
         host.noop(f"no LaunchAgent {label}")
     yield from commands

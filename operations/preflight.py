@@ -19,6 +19,7 @@ from pyinfra_devpi import layout
 from pyinfra_devpi import preflight as decide
 from pyinfra_devpi.config import UV_BOOTSTRAP_VERSION, DevpiConfig, python_request
 from pyinfra_devpi.errors import DeployError
+from pyinfra_devpi.launchd_scope import JobPlace
 from pyinfra_devpi.snapshot import FactRead, read
 
 from .announce import ProgressCommand, operation, progress
@@ -36,20 +37,24 @@ def tools_read(config: DevpiConfig) -> FactRead:
     )
 
 
-def readiness_read(config: DevpiConfig, domain: str) -> FactRead:
-    return FactRead.of(HostReadiness, domain=domain, path=config.paths.home, owned=decide.owned_paths(config))
+def readiness_read(config: DevpiConfig, domain: str, place: JobPlace) -> FactRead:
+    # sudo is asked about for a LaunchDaemon, or when a LaunchDaemon's plist is there to
+    # be retired (a switch back to the agent scope).
+    root_if = () if place.daemon else (config.paths.daemon_plist_file, config.paths.daemon_backup_plist_file)
+    return FactRead.of(HostReadiness, domain=domain, path=config.paths.home, owned=decide.owned_paths(config),
+                       root=place.needs_sudo, root_if=root_if)
 
 
-def reads(config: DevpiConfig, domain: str) -> list:
+def reads(config: DevpiConfig, domain: str, place: JobPlace) -> list:
     """What the preflight reads from the host."""
-    return [tools_read(config), readiness_read(config, domain)]
+    return [tools_read(config), readiness_read(config, domain, place)]
 
 
-def ready(config: DevpiConfig, domain: str, needs: decide.Needs) -> decide.Tools:
+def ready(config: DevpiConfig, domain: str, needs: decide.Needs, place: JobPlace) -> decide.Tools:
     """The tools this run uses, said once in the plan; or the run refused with every
     problem in one message."""
     tools, problems = decide.check(
-        config, tools=read(host, tools_read(config)), readiness=read(host, readiness_read(config, domain)),
+        config, tools=read(host, tools_read(config)), readiness=read(host, readiness_read(config, domain, place)),
         needs=needs,
     )
     if problems:

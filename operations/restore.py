@@ -180,7 +180,7 @@ def trial_command(config: DevpiConfig) -> str:
     ])
 
 
-def swap_command(config: DevpiConfig, domain: str, loaded: bool) -> str:
+def swap_command(config: DevpiConfig, domain: str, loaded: bool, sudo: str = "") -> str:
     paths = config.paths
     target = q(f"{domain}/{config.label}")
     keep = q(paths.server_dir + layout.BEFORE_RESTORE_SUFFIX) + '"$stamp"'
@@ -190,18 +190,18 @@ def swap_command(config: DevpiConfig, domain: str, loaded: bool) -> str:
         f"new={q(paths.restoring_dir)}; live={q(paths.server_dir)}",
     ]
     if loaded:
-        lines.append(f"{{ {bootout_command(target)}; }} || exit $?")
+        lines.append(f"{{ {bootout_command(target, sudo)}; }} || exit $?")
     lines += [
         f'{q(paths.bin("python"))} -I -c {q(SWAP)} "$new" "$live" {keep} || exit $?',
-        f"launchctl enable {target} || exit $?",
+        f"{sudo}launchctl enable {target} || exit $?",
         # devpi is down until this succeeds: retry often while launchd lets the old job go
-        bootstrap_command(domain, target, paths.plist_file, delay=BOOTSTRAP_RETRY),
+        bootstrap_command(domain, target, paths.plist_file, delay=BOOTSTRAP_RETRY, sudo=sudo),
     ]
     return "\n".join(lines)
 
 
 @operation
-def server_dir(config: DevpiConfig, backup: str, domain: str, job: dict | None):
+def server_dir(config: DevpiConfig, backup: str, domain: str, job: dict | None, sudo: str = ""):
     """
     Replace the server dir with one imported from ``backup`` (see the module doc).
 
@@ -216,4 +216,4 @@ def server_dir(config: DevpiConfig, backup: str, domain: str, job: dict | None):
     yield import_command(config, backup)
     yield fsck_command(config)
     yield trial_command(config)
-    yield swap_command(config, domain, loaded)
+    yield swap_command(config, domain, loaded, sudo)

@@ -1,9 +1,12 @@
 """
 Retire what the deploy left under another name: its LaunchAgent under an old label
-(``devpi_label`` renamed), and its own label loaded in the other launchd domain
-(``gui/<uid>`` vs ``user/<uid>``: a job loaded from another kind of session, e.g.
-with legacy ``launchctl load`` over SSH). Either would keep devpi's port, so the new
-job could not bind it while the old one went on answering.
+(``devpi_label`` renamed), and its own labels (devpi's and the backup job's) loaded in
+another launchd domain (``gui/<uid>`` vs ``user/<uid>``: a job loaded from another kind
+of session, e.g. with legacy ``launchctl load`` over SSH; or ``system`` vs the user's
+domains after ``devpi_launchd_scope`` changed) with the other scope's plists. Either
+would keep devpi's port, so the new job could not bind it while the old one went on
+answering. The system domain and /Library/LaunchDaemons are changed through ``sudo -n``
+(``JobPlace.prefix``) unless the SSH user is root.
 
 Only plists carrying the deploy's marker and running devpi with this deploy's config
 file are retired: a marked plist for another devpi home is reported, never touched.
@@ -17,7 +20,8 @@ from pyinfra import host, logger
 
 from facts.launchd import LaunchdJob
 from facts.managed_agents import ManagedAgents
-from pyinfra_devpi.snapshot import FactRead, read
+from pyinfra_devpi.launchd_scope import JobPlace
+from pyinfra_devpi.snapshot import FactRead, file_content, read
 
 from .announce import operation
 
@@ -33,20 +37,26 @@ def _agents_read(agents_dir: str) -> FactRead:
     return FactRead.of(ManagedAgents, directory=agents_dir)
 
 
-def _elsewhere_read(label: str, domain: str) -> FactRead:
-    return FactRead.of(LaunchdJob, label=label, domain=other_domain(domain))
+def _job_elsewhere_read(label: str, domain: str) -> FactRead:
+    return FactRead.of(LaunchdJob, label=label, domain=domain)
 
 
-def reads(label: str, domain: str, agents_dir: str) -> list:
-    return [_agents_read(agents_dir), _elsewhere_read(label, domain)]
+def reads(labels: tuple[str, ...], place: JobPlace, agents_dir: str, other_plists: tuple[str, ...]) -> list:
+    """What ``old_agents`` reads: the deploy's plists in the LaunchAgents dir, its labels
+    in every domain they must not be loaded in, and the other scope's plists."""
+    return [
+        _agents_read(agents_dir),
+        *(_job_elsewhere_read(label, domain) for label in labels for domain in place.elsewhere),
+        *other_plists,
+    ]
 
 
-def bootout_and_wait(target: str) -> str:
+def bootout_and_wait(target: str, sudo: str = "") -> str:
     """Boot ``target`` out and fail unless launchd lets it go within ~10 s. The
     bootout's own status is not trusted: it differs between a job that is not loaded
     and a domain that does not exist (no GUI login), and both are fine here."""
     return (
-        f"launchctl bootout {q(target)} >/dev/null 2>&1 || true; "
+        f"{sudo}launchctl bootout {q(target)} >/dev/null 2>&1 || true; "
         f"i=0; while launchctl print {q(target)} >/dev/null 2>&1; do i=$((i + 1)); "
         f"if [ $i -ge 40 ]; then echo {q(target + ' is still loaded after bootout')} >&2; exit 1; fi; "
         "sleep 0.25; done"
@@ -54,22 +64,31 @@ def bootout_and_wait(target: str) -> str:
 
 
 @operation
-def old_agents(label: str, domain: str, plist_path: str, config_file: str, agents_dir: str, keep=()):
+def old_agents(label: str, place: JobPlace, plist_path: str, config_file: str, agents_dir: str, keep=(),
+               other_plists=()):
     """
-    Boot out and remove this deploy's LaunchAgent under an old label, and its label
-    loaded in the other launchd domain.
+    Boot out and remove this deploy's LaunchAgent under an old label, its labels loaded
+    in another launchd domain, and the other scope's plists.
 
-    + label, domain, plist_path: the job as it should be
+    + label, place, plist_path: the job as it should be
     + config_file: devpi's config file: a marked plist that runs devpi with it is ours
-    + agents_dir: where the plists live
-    + keep: labels of this devpi's other LaunchAgents (the backup job): not retired
+    + agents_dir: where the LaunchAgents' plists live
+    + keep: labels of this devpi's other jobs (the backup job): not retired under an old
+      label, but booted out of the other domains like devpi's own
+    + other_plists: the other scope's plists (devpi's and the backup job's), removed
     """
     commands = []
-    elsewhere = read(host, _elsewhere_read(label, domain))
-    if elsewhere and elsewhere.get("loaded"):
-        target = f"{other_domain(domain)}/{label}"
-        host.log(f"{label} is also loaded in {other_domain(domain)}: booting it out there", logger.info)
-        commands.append(bootout_and_wait(target))
+    for job_label in (label, *keep):
+        for where in place.elsewhere:
+            elsewhere = read(host, _job_elsewhere_read(job_label, where))
+            if elsewhere and elsewhere.get("loaded"):
+                host.log(f"{job_label} is also loaded in {where}: booting it out there", logger.info)
+                commands.append(bootout_and_wait(f"{where}/{job_label}", place.prefix(where)))
+    for path in other_plists:
+        if file_content(host, path) is not None:
+            host.log(f"{path} is this devpi's plist for the other devpi_launchd_scope: removing it", logger.info)
+            sudo = place.as_root if not path.startswith(agents_dir + "/") else ""
+            commands.append(f"{sudo}rm -f {q(path)}")
     for path, agent in sorted(read(host, _agents_read(agents_dir)).items()):
         if path == plist_path or agent["label"] == label or agent["label"] in keep:
             continue
@@ -80,9 +99,9 @@ def old_agents(label: str, domain: str, plist_path: str, config_file: str, agent
             )
             continue
         host.log(f"{agent['label']} is this devpi under an old label: retiring it", logger.info)
-        for target in (f"{domain}/{agent['label']}", f"{other_domain(domain)}/{agent['label']}"):
+        for target in (f"{place.agent_domain}/{agent['label']}", f"{other_domain(place.agent_domain)}/{agent['label']}"):
             commands.append(bootout_and_wait(target))
         commands.append(f"rm -f {q(path)}")
     if not commands:
-        host.noop("no LaunchAgent of this devpi under another label or domain")
+        host.noop("no job of this devpi under another label, domain or scope")
     yield from commands

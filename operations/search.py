@@ -29,7 +29,7 @@ def reads(config: DevpiConfig) -> list:
 
 
 @operation
-def switch_on(config: DevpiConfig, plan: SearchPlan, content: str, written: str, target: str):
+def switch_on(config: DevpiConfig, plan: SearchPlan, content: str, written: str, target: str, sudo: str = ""):
     """
     Switch devpi-web's search on (Whoosh) once every mirror has ``mirror_no_project_list``.
 
@@ -37,6 +37,7 @@ def switch_on(config: DevpiConfig, plan: SearchPlan, content: str, written: str,
     + content: the YAML config naming Whoosh
     + written: the config as the run's earlier write left it (naming null)
     + target: the job's ``domain/label``, restarted with the new config
+    + sudo: the prefix of that restart (``"sudo -n "`` for the system domain), or empty
     """
     if not plan.switch_on:
         if plan.backend == WHOOSH:
@@ -46,5 +47,5 @@ def switch_on(config: DevpiConfig, plan: SearchPlan, content: str, written: str,
         return
     paths = config.paths
     yield from write_text(paths.config_file, content, mode="600", current=written)
-    yield f"launchctl kickstart -k {shlex.quote(target)}"
+    yield f"{sudo}launchctl kickstart -k {shlex.quote(target)}"
     yield ProgressCommand(wait_healthy_script(config.local_url, config.health_timeout, paths.err_log, paths.nodeinfo))

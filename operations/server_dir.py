@@ -123,7 +123,7 @@ def as_function(command: str) -> str:
     return command.replace("exit $rc", "return $rc")
 
 
-def upgrade_script(config: DevpiConfig, domain: str) -> str:
+def upgrade_script(config: DevpiConfig, domain: str, sudo: str = "") -> str:
     """Move the server dir's data to the new venv's database version, if the venv build
     left a venv waiting for it (``layout.upgrade_pending``); else do nothing.
 
@@ -135,7 +135,8 @@ def upgrade_script(config: DevpiConfig, domain: str) -> str:
     never touched: any failure removes the transient dirs and starts the old job
     again. A failure after the swap puts the old dir and the old venv back (the new
     dir is kept as ``<server dir>.failed-db<new>-<stamp>``) and starts devpi again.
-    The run fails in both cases, naming what failed.
+    The run fails in both cases, naming what failed. ``sudo``: the prefix of the
+    launchctl commands for the system domain (``"sudo -n "``), or empty.
     """
     paths = config.paths
     target = q(f"{domain}/{config.label}")
@@ -159,8 +160,8 @@ def upgrade_script(config: DevpiConfig, domain: str) -> str:
         export_import_script(timeout),
         "stopped=; spare=",
         # As functions: a launchctl failure returns (the caller restores), never exits.
-        "start_job() { " + as_function(bootstrap_command(domain, target, paths.plist_file)) + "; }",
-        "stop_job() { " + as_function(bootout_command(target)) + f"; down \"$url\" {timeout}; }}",
+        "start_job() { " + as_function(bootstrap_command(domain, target, paths.plist_file, sudo=sudo)) + "; }",
+        "stop_job() { " + as_function(bootout_command(target, sudo)) + f"; down \"$url\" {timeout}; }}",
         # Before the swap the live server dir was never touched: drop the new one.
         "fail() { rc=$?; if [ -n \"$spare\" ]; then kill \"$spare\" 2>/dev/null; fi; "
         'rm -rf "$nsd" "$exp"; '
@@ -285,7 +286,7 @@ def adopt(config: DevpiConfig):
 
 @operation
 def upgrade(config: DevpiConfig, domain: str, venv_op=None, server_db_version: str | None = None,
-            wanted_db_version: str | None = None):
+            wanted_db_version: str | None = None, sudo: str = ""):
     """
     With ``devpi_allow_export_import``, after a new venv was built: move the server
     dir's data to its database version when the build found that it differs (the
@@ -301,7 +302,7 @@ def upgrade(config: DevpiConfig, domain: str, venv_op=None, server_db_version: s
         host.noop(f"{config.paths.server_dir} holds no data to move over")
         return
     log_once(upgrade_steps(config, server_db_version, wanted_db_version), logger.info)
-    yield reported(upgrade_script(config, domain))
+    yield reported(upgrade_script(config, domain, sudo))
 
 
 def reported(script: str) -> FunctionCommand:

@@ -29,6 +29,39 @@ def text_differs(path: str, content: str) -> bool:
 AS_FOUND = object()
 
 
+def _show_diff(path: str, current: str | None, content: str) -> None:
+    if state.config.DIFF:
+        verb = "create" if current is None else "modify"
+        host.log(f"Will {verb} {format_text(path, bold=True)}", logger.info)
+        old_lines = [] if current is None else current.splitlines(keepends=True)
+        for line in generate_color_diff(old_lines, content.splitlines(keepends=True)):
+            logger.info("  %s", line)
+        logger.info("")
+
+
+def write_root_text(path: str, content: str, staged: str, as_root: str, mode: str = "644"):
+    """Yield the commands that make ``path`` (in a root-owned dir, e.g. a LaunchDaemon's
+    plist) hold ``content``, owned by root (uid and gid 0: root:wheel on macOS) with
+    ``mode``; none when it already does. The content is uploaded to ``staged`` (a path
+    of the SSH user's), copied as root to ``<path>.pyinfra-new``, given its owner and mode
+    there and renamed into place, so launchd never reads a half-written or
+    wrongly-owned file. ``as_root``: the prefix of each root command (``"sudo -n "``,
+    or empty for root)."""
+    current = file_content(host, path)
+    if current == content:
+        return
+    _show_diff(path, current, content)
+    directory = path.rsplit("/", 1)[0] or "/"
+    new, path_q, staged_q = shlex.quote(transient(path)), shlex.quote(path), shlex.quote(staged)
+    yield FileUploadCommand(BytesIO(content.encode("utf-8")), staged)
+    make_dir = f"{as_root}mkdir -p {shlex.quote(directory)} && " if current is None else ""
+    yield (
+        f"{{ {make_dir}{as_root}cp {staged_q} {new} && {as_root}chown 0:0 {new} && "
+        f"{as_root}chmod {mode} {new} && {as_root}mv -f {new} {path_q}; }}"
+        f" || {{ rc=$?; {as_root}rm -f {new}; rm -f {staged_q}; exit $rc; }}; rm -f {staged_q}"
+    )
+
+
 def write_text(path: str, content: str, mode: str = "644", before_move: str | None = None, current=AS_FOUND):
     """Yield the commands that make ``path`` hold ``content`` (none when it already does).
 
@@ -42,13 +75,7 @@ def write_text(path: str, content: str, mode: str = "644", before_move: str | No
     if current == content:
         return
 
-    if state.config.DIFF:
-        verb = "create" if current is None else "modify"
-        host.log(f"Will {verb} {format_text(path, bold=True)}", logger.info)
-        old_lines = [] if current is None else current.splitlines(keepends=True)
-        for line in generate_color_diff(old_lines, content.splitlines(keepends=True)):
-            logger.info("  %s", line)
-        logger.info("")
+    _show_diff(path, current, content)
 
     directory = path.rsplit("/", 1)[0] or "/"
     new = transient(path)

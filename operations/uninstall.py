@@ -16,12 +16,13 @@ from pyinfra import host, logger
 from facts.files import PathsFound
 from facts.managed_agents import MARKER
 from pyinfra_devpi.config import DevpiConfig
+from pyinfra_devpi.launchd_scope import SYSTEM_DOMAIN, JobPlace, agent_domains
 from pyinfra_devpi.snapshot import FactRead, file_content, read
 
 from .announce import operation
 from .caddy import restart_command
 from .launchd import job_read
-from .retire import bootout_and_wait, other_domain
+from .retire import bootout_and_wait
 from .textfile import write_text
 
 q = shlex.quote
@@ -31,13 +32,22 @@ def paths_read(config: DevpiConfig) -> FactRead:
     return FactRead.of(PathsFound, paths=tuple(path for _, path in config.paths.removable(config.log_backups)))
 
 
-def reads(config: DevpiConfig, domain: str) -> list:
+def all_domains(place: JobPlace) -> tuple[str, ...]:
+    """Every domain a job of the deploy's may be loaded in, whatever the scope: the SSH
+    user's two and the system domain."""
+    return (*agent_domains(place.uid), SYSTEM_DOMAIN)
+
+
+def job_reads(label: str, place: JobPlace, plists: tuple[str, ...]) -> list:
+    """What ``job`` reads for ``label``: the job in every domain, and its plists."""
+    return [*(job_read(label, where) for where in all_domains(place)), *plists]
+
+
+def reads(config: DevpiConfig, place: JobPlace) -> list:
     """What the uninstall reads from the host."""
     paths = config.paths
     return [
-        job_read(config.label, domain),
-        job_read(config.label, other_domain(domain)),
-        paths.plist_file,
+        *job_reads(config.label, place, (paths.agent_plist_file, paths.daemon_plist_file)),
         paths.caddy_site_file,
         paths.caddy_restart_pending,
         paths_read(config),
@@ -45,19 +55,22 @@ def reads(config: DevpiConfig, domain: str) -> list:
 
 
 @operation
-def job(config: DevpiConfig, domain: str):
-    """Boot the job out (in both launchd domains: the deploy's and the other) and wait until
-    launchd lets it go; then remove its plist, so it does not load at the next login."""
-    paths = config.paths
+def job(label: str, place: JobPlace, plists: tuple[str, ...], daemon_plists: tuple[str, ...] = ()):
+    """Boot the job ``label`` out in every domain it is loaded in (the SSH user's and the
+    system domain: either scope) and wait until launchd lets it go; then remove its plists
+    (a LaunchAgent's and a LaunchDaemon's), so it does not load at the next login or boot.
+    The system domain and ``daemon_plists`` are changed as root (``sudo -n`` unless the
+    SSH user is root)."""
     commands = []
-    for where in (domain, other_domain(domain)):
-        loaded = read(host, job_read(config.label, where))
+    for where in all_domains(place):
+        loaded = read(host, job_read(label, where))
         if loaded and loaded.get("loaded"):
-            commands.append(bootout_and_wait(f"{where}/{config.label}"))
-    if file_content(host, paths.plist_file) is not None:
-        commands.append(f"rm -f {q(paths.plist_file)}")
+            commands.append(bootout_and_wait(f"{where}/{label}", place.prefix(where)))
+    for path in plists:
+        if file_content(host, path) is not None:
+            commands.append(f"{place.as_root if path in daemon_plists else ''}rm -f {q(path)}")
     if not commands:
-        host.noop(f"{config.label} is not loaded and {paths.plist_file} does not exist")
+        host.noop(f"{label} is not loaded and {' / '.join(plists)} do not exist")
     yield from commands
 
 

@@ -99,6 +99,7 @@ DOMAIN_RE = re.compile(r"^(gui|user)/\d+$")
 SIZE_RE = re.compile(r"^[1-9][0-9]*(KB|MB|GB)?$")
 STATUS_FORMATS = ("table", "json")
 PROCESS_TYPES = ("Standard", "Background", "Adaptive", "Interactive")
+LAUNCHD_SCOPES = (layout.AGENT_SCOPE, layout.DAEMON_SCOPE)
 # devpi's log bound (``devpi_log_max_bytes`` per file, ``devpi_log_backups`` rotated
 # copies): 10 MiB x (1 + 4) = at most ~50 MB on disk. A request writes ~2 lines
 # (~200 bytes), so 10 MiB holds ~50,000 requests.
@@ -213,6 +214,17 @@ def _python(where, value):
 
 
 _domain = checks.matches(DOMAIN_RE, "use 'gui/<uid>' or 'user/<uid>', or leave unset to auto-detect")
+
+
+def _scope(where, value):
+    if value not in LAUNCHD_SCOPES:
+        raise fail(
+            where, value,
+            "use 'agent' (a LaunchAgent: runs while the SSH user is logged in at the console, or "
+            "with auto-login) or 'daemon' (a LaunchDaemon that starts at boot without a login, run "
+            "as the SSH user; installed with sudo -n)",
+        )
+    return value
 
 
 def _process_type(where, value):
@@ -409,6 +421,10 @@ class DevpiConfig:
     # loads its upstream's whole project list (pyinfra_devpi/search.py), or null (False).
     search: bool = key("devpi_search", True, checks.boolean)
     launchd_domain: str | None = key("devpi_launchd_domain", None, _domain, optional=True)
+    # "agent": a LaunchAgent in gui/<uid> or user/<uid>; "daemon": a LaunchDaemon in the
+    # system domain with UserName = the SSH user (starts at boot; needs root: sudo -n).
+    launchd_scope: str = key("devpi_launchd_scope", layout.AGENT_SCOPE, _scope)
+    launch_daemons_dir: str = key("devpi_launch_daemons_dir", layout.DEFAULT_LAUNCH_DAEMONS_DIR, _path)
     process_type: str = key("devpi_process_type", "Standard", _process_type)
     throttle_interval: int = key("devpi_throttle_interval", 10, _seconds)
     health_timeout: int = key("devpi_health_timeout", 60, _seconds)
@@ -446,6 +462,8 @@ class DevpiConfig:
             home=self.home,
             log_dir=self.log_dir,
             launch_agents_dir=self.launch_agents_dir,
+            launch_daemons_dir=self.launch_daemons_dir,
+            scope=self.launchd_scope,
             label=self.label,
             out_log_name=self.out_log or f"{self.label}.out.log",
             err_log_name=self.err_log or f"{self.label}.err.log",
@@ -563,6 +581,13 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
         # The public URL is then the block's address: it must be one Caddyfile token.
         _site_address("`devpi_outside_url` (the Caddy site address unless `devpi_caddy_site_address` is set)",
                       values["outside_url"])
+
+    if values["launchd_scope"] == layout.DAEMON_SCOPE and values["launchd_domain"] is not None:
+        raise ConfigError(
+            f"host data `devpi_launchd_domain` = {values['launchd_domain']!r} names a LaunchAgent's domain, "
+            "but `devpi_launchd_scope` is 'daemon' (the job loads into the system domain): unset "
+            "devpi_launchd_domain, or set devpi_launchd_scope = 'agent'",
+        )
 
     config = DevpiConfig(**values)
     paths = config.paths

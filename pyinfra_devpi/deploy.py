@@ -22,6 +22,7 @@ from operations.textfile import text_differs
 from pyinfra_devpi import search as search_plan
 from pyinfra_devpi.config import SERVER_DB_VERSION, UV_BOOTSTRAP_VERSION, DevpiConfig, build_config
 from pyinfra_devpi.errors import DeployError
+from pyinfra_devpi.launchd_scope import job_place
 from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, SQLITE
 from pyinfra_devpi.preflight import Needs, with_tools
 from pyinfra_devpi.render import (
@@ -187,7 +188,8 @@ def plan_init_secret(config: DevpiConfig):
 
 @deploy("devpi")
 def devpi_service():
-    """Converge devpi-server + devpi-web as a LaunchAgent behind a Caddy site block."""
+    """Converge devpi-server + devpi-web as a LaunchAgent (or a LaunchDaemon run as the SSH
+    user: ``devpi_launchd_scope``) behind a Caddy site block."""
     session = read(host, FactRead.of(LaunchdSession))
     if not session["launchctl"]:
         raise DeployError(
@@ -195,7 +197,10 @@ def devpi_service():
             "this deploy runs devpi as a macOS LaunchAgent and needs a macOS host",
         )
     config = build_config(host.data.dict(), session["home"])
-    domain = config.launchd_domain or session["domain"]
+    # Where the jobs live: the SSH user's domain (a LaunchAgent) or the system domain (a
+    # LaunchDaemon, changed through sudo -n unless the SSH user is root).
+    place = job_place(config, session)
+    domain = place.domain
     paths = config.paths
 
     # Everything the plan reads from the host, in one round trip: each operation
@@ -206,9 +211,10 @@ def devpi_service():
         host,
         [
             *deploy_lock.reads(config),
-            *preflight.reads(config, domain),
+            *preflight.reads(config, domain, place),
             *devpi.reads(config),
-            *retire.reads(config.label, domain, paths.launch_agents_dir),
+            *retire.reads((config.label, paths.backup_label), place, paths.launch_agents_dir,
+                          paths.other_scope_plists),
             *launchd.reads(config.label, domain, paths.plist_file),
             *caddy.reads(paths.caddy_site_file, paths.caddy_restart_pending),
             *users_indexes.reads(config),
@@ -224,11 +230,16 @@ def devpi_service():
     # The preflight: everything this run needs from the host, or one message listing
     # what is missing; then the operations run with the tools as found on the host.
     live_venv = read(host, devpi.venv_read(config))
+    # Root (sudo -n) for a LaunchDaemon, or for the one a switch back to the agent retires.
+    daemon_leftovers = not place.daemon and any(
+        file_content(host, p) is not None for p in (paths.daemon_plist_file, paths.daemon_backup_plist_file)
+    )
     needs = Needs(
         venv=not devpi.venv_is_current(config, live_venv),
         caddy_block=text_differs(paths.caddy_site_file, caddy_site),
+        root=place.needs_sudo or (daemon_leftovers and place.uid != 0),
     )
-    tools = preflight.ready(config, domain, needs)
+    tools = preflight.ready(config, domain, needs, place)
     config = with_tools(config, tools)
     server_dir = devpi.server_dir(config)
     check_server_dir(config, server_dir, venv_build=needs.venv, live_venv=live_venv)
@@ -259,7 +270,7 @@ def devpi_service():
     # With devpi_allow_export_import: a new devpi with another database version gets
     # the data through devpi-export / devpi-import (its venv is swapped in there).
     upgrade_op = server_dir_ops.upgrade(
-        name="Move the server dir to the new database version", config=config, domain=domain,
+        name="Move the server dir to the new database version", config=config, domain=domain, sudo=place.sudo,
         venv_op=venv_op, server_db_version=server_dir["serverversion"],
         wanted_db_version=planned_db_version(config, needs.venv, live_venv),
     )
@@ -277,26 +288,34 @@ def devpi_service():
     init_op = devpi.init(name="Initialise devpi server dir", config=config, password_hash=password_hash)
     # Before the job is (re)loaded: an old job would keep devpi's port.
     retire_op = retire.old_agents(
-        name="Retire this devpi's LaunchAgent under another label or domain",
+        name="Retire this devpi's job under another label, domain or scope",
         label=config.label,
-        domain=domain,
+        place=place,
         plist_path=paths.plist_file,
         config_file=paths.config_file,
         agents_dir=paths.launch_agents_dir,
         keep=(paths.backup_label,),
+        other_plists=paths.other_scope_plists,
     )
+    kind = "LaunchDaemon " if place.daemon else "LaunchAgent "
+    # A LaunchDaemon's plist is root's (written through sudo -n); its logs are made the
+    # SSH user's before launchd (root) would create them.
+    job_files = dict(root_owned=place.daemon, sudo=place.sudo)
     agent_op = launchd.agent(
-        name="LaunchAgent " + config.label,
+        name=kind + config.label,
         label=config.label,
-        plist=render_plist(config),
+        plist=render_plist(config, place.run_as),
         plist_path=paths.plist_file,
         domain=domain,
         restart_after=[venv_op, logging_op, config_op],
         directories=[paths.log_dir],
+        staged=paths.staged(paths.plist_file),
+        log_files=(paths.out_log, paths.err_log) if place.daemon else (),
+        **job_files,
     )
     health_op = devpi.wait_healthy(
         name="Wait for devpi to answer", config=config, after=[agent_op], new_venv=[venv_op],
-        target=f"{domain}/{config.label}",
+        target=f"{domain}/{config.label}", sudo=place.sudo,
     )
     # After the health wait: the devpi that answers runs this config's indexer. An index
     # the run's final indexer uses (Whoosh, maybe switched on below) is not orphaned.
@@ -311,22 +330,26 @@ def devpi_service():
         backup_ops = [
             backup.program(name="Backup program", config=config),
             launchd.agent(
-                name="LaunchAgent " + paths.backup_label,
+                name=kind + paths.backup_label,
                 label=paths.backup_label,
-                plist=render_backup_plist(config),
+                plist=render_backup_plist(config, place.run_as),
                 plist_path=paths.backup_plist_file,
                 domain=domain,
                 directories=[paths.log_dir],
                 keep_running=False,
+                staged=paths.staged(paths.backup_plist_file),
+                log_files=(paths.backup_log,) if place.daemon else (),
+                **job_files,
             ),
         ]
     else:
         backup_ops = [
             launchd.absent(
-                name="No LaunchAgent " + paths.backup_label,
+                name="No " + kind + paths.backup_label,
                 label=paths.backup_label,
                 domain=domain,
                 plist_path=paths.backup_plist_file,
+                sudo=place.sudo,
             ),
         ]
     caddy_op = caddy.site(
@@ -334,7 +357,8 @@ def devpi_service():
         path=paths.caddy_site_file,
         content=caddy_site,
         restart=config.caddy_restart,
-        domain=domain,
+        # Caddy's own job is the SSH user's (e.g. `brew services`), whatever devpi's scope.
+        domain=place.agent_domain,
         pending_marker=paths.caddy_restart_pending,
         caddy_bin=config.caddy_bin,
     )
@@ -354,6 +378,7 @@ def devpi_service():
         content=render_server_yaml(config, search_plan.WHOOSH),
         written=server_yaml,
         target=f"{domain}/{config.label}",
+        sudo=place.sudo,
     )
     # Last: devpi is up (waited for above). Only when the list or the mirror changed.
     # The mirror's declared settings are part of the marker: changing them warms again.

@@ -3,7 +3,8 @@ Where everything the deploy owns lives on the host: every path and file name,
 derived here and nowhere else.
 
 The config builds one ``Layout`` (``config.paths``) from the operator's directories
-(``devpi_home``, ``devpi_log_dir``, ``devpi_launch_agents_dir``, the label, the
+(``devpi_home``, ``devpi_log_dir``, ``devpi_launch_agents_dir`` or
+``devpi_launch_daemons_dir`` as ``devpi_launchd_scope`` says, the label, the
 log names and ``devpi_caddy_site_file``); operations, facts and scripts ask it for
 paths instead of assembling them. ``tests/test_layout.py`` greps the product code
 for the literals below so a new path cannot be written anywhere else.
@@ -17,6 +18,9 @@ from dataclasses import dataclass
 DEFAULT_HOME = "~/devpi"
 DEFAULT_LOG_DIR = "~/Library/Logs"
 DEFAULT_LAUNCH_AGENTS_DIR = "~/Library/LaunchAgents"
+# Where a LaunchDaemon's plist lives (``devpi_launchd_scope = "daemon"``): the system's
+# dir, owned by root; the deploy writes there only through ``sudo -n``.
+DEFAULT_LAUNCH_DAEMONS_DIR = "/Library/LaunchDaemons"
 DEFAULT_CADDY_SITE_FILE = "~/.config/caddy/sites/devpi.caddy"
 
 # devpi's own files in a server dir (devpi-server's source), in the order devpi-init
@@ -67,8 +71,13 @@ DEPLOY_LOCK_TAKEOVER = ".pyinfra-deploy.lock.takeover"
 DEPLOY_SERIAL = ".pyinfra-deploy.serial"
 
 
-# A LaunchAgent's plist is ``<label>.plist`` in the LaunchAgents dir.
+# A job's plist is ``<label>.plist`` in the LaunchAgents dir (scope "agent") or the
+# LaunchDaemons dir (scope "daemon"). A LaunchDaemon's plist is staged in devpi_home
+# (``<home>/<label>.plist.pyinfra-new``: the SSH user cannot write the root-owned dir)
+# and copied into place as root through ``<plist>.pyinfra-new``.
 PLIST_SUFFIX = ".plist"
+AGENT_SCOPE = "agent"
+DAEMON_SCOPE = "daemon"
 
 # Backups (``devpi_backup``, pyinfra_devpi/backup.py): a second LaunchAgent,
 # ``<label>.backup``, runs the backup program (``<home>/bin/devpi-backup.py``, run by
@@ -174,6 +183,8 @@ class Layout:
     err_log_name: str
     server_log_name: str
     caddy_site_file: str
+    launch_daemons_dir: str = DEFAULT_LAUNCH_DAEMONS_DIR
+    scope: str = AGENT_SCOPE  # "agent" | "daemon": where the plists are
 
     # devpi_home ------------------------------------------------------------
     venv = _Under("home", "venv")  # the live venv: a symlink to one of venvs_dir's
@@ -251,7 +262,41 @@ class Layout:
         return f"{self.tools_dir}/uv-{version}.lock.txt"
 
     # launchd ------------------------------------------------------------------
-    plist_file = _Under("launch_agents_dir", named_by="label", suffix=PLIST_SUFFIX)
+    # The plists of both scopes: the deploy writes its scope's, and retires the other's.
+    agent_plist_file = _Under("launch_agents_dir", named_by="label", suffix=PLIST_SUFFIX)
+    daemon_plist_file = _Under("launch_daemons_dir", named_by="label", suffix=PLIST_SUFFIX)
+    agent_backup_plist_file = _Under("launch_agents_dir", named_by="backup_label", suffix=PLIST_SUFFIX)
+    daemon_backup_plist_file = _Under("launch_daemons_dir", named_by="backup_label", suffix=PLIST_SUFFIX)
+
+    @property
+    def daemon(self) -> bool:
+        return self.scope == DAEMON_SCOPE
+
+    @property
+    def jobs_dir(self) -> str:
+        """Where this scope's plists are."""
+        return self.launch_daemons_dir if self.daemon else self.launch_agents_dir
+
+    @property
+    def plist_file(self) -> str:
+        return self.daemon_plist_file if self.daemon else self.agent_plist_file
+
+    @property
+    def backup_plist_file(self) -> str:
+        return self.daemon_backup_plist_file if self.daemon else self.agent_backup_plist_file
+
+    @property
+    def other_scope_plists(self) -> tuple[str, str]:
+        """The main and backup plists of the scope not in use (retired when found)."""
+        if self.daemon:
+            return (self.agent_plist_file, self.agent_backup_plist_file)
+        return (self.daemon_plist_file, self.daemon_backup_plist_file)
+
+    def staged(self, plist: str) -> str:
+        """Where a root-owned plist's new content is uploaded first (in devpi_home, the
+        SSH user's), before it is copied into place as root."""
+        return f"{self.home}/{plist.rsplit('/', 1)[-1]}{TRANSIENT_SUFFIX}"
+
     out_log = _Under("log_dir", named_by="out_log_name")
     err_log = _Under("log_dir", named_by="err_log_name")
     # Everything devpi logs (each request), rotated by devpi's own handler: launchd
@@ -286,8 +331,7 @@ class Layout:
             ("backup job's log", self.backup_log),
             *((f"devpi's log, rotated copy {n}", path) for n, path in enumerate(self.server_log_backups(log_backups), 1)),
         ]
-    # The backup job's plist beside the main one, and its log (stdout and stderr).
-    backup_plist_file = _Under("launch_agents_dir", named_by="backup_label", suffix=PLIST_SUFFIX)
+    # The backup job's log (stdout and stderr); its plist is beside the main one (above).
     backup_log = _Under("log_dir", named_by="backup_label", suffix=".log")
 
     def managed(self) -> dict[str, str]:

@@ -41,6 +41,9 @@ class Needs:
 
     venv: bool  # a venv will be built (uv, Python, disk space)
     caddy_block: bool  # a changed Caddy site block will be validated and moved in
+    # the run changes the system domain or /Library/LaunchDaemons as a user who is not
+    # root (a LaunchDaemon, or one to retire): passwordless sudo
+    root: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,16 +181,22 @@ def check(
     domain = readiness.get("domain")
     if readiness.get("domain_ok") is False:
         uid = domain.split("/", 1)[1] if domain and "/" in domain else "<uid>"
-        hint = (
-            f"gui/{uid} exists only while {user} is logged in at the Mac's console: log in there, "
-            f"or set devpi_launchd_domain = 'user/{uid}' (the domain an SSH session reaches)"
-            if domain and domain.startswith("gui/")
-            else "check devpi_launchd_domain"
-        )
+        if domain and domain.startswith("gui/"):
+            hint = (f"gui/{uid} exists only while {user} is logged in at the Mac's console: log in there, "
+                    f"or set devpi_launchd_domain = 'user/{uid}' (the domain an SSH session reaches)")
+        elif domain == "system":
+            hint = "launchd's system domain should answer anyone: is this a Mac?"
+        else:
+            hint = "check devpi_launchd_domain"
         problems.append(
             f"launchd: the domain {domain} is not reachable from this SSH session "
             f"(`launchctl print {domain}` exited {readiness.get('domain_status')}); {hint}"
         )
+
+    # root, for a LaunchDaemon (installed through sudo -n, never a password prompt)
+    sudo_ok = readiness.get("sudo_ok")
+    if needs.root and sudo_ok in (False, "missing"):
+        problems.append(sudo_problem(config, user, sudo_ok, readiness.get("sudo_error")))
 
     # disk space, for the venv (and uv) to be built
     free_kb = readiness.get("free_kb")
@@ -218,6 +227,32 @@ def check(
         python_note=python_note,
     )
     return resolved, problems
+
+
+# What the deploy runs as root for a LaunchDaemon (each through ``sudo -n``): the
+# plist's copy, owner, mode and rename, its removal, and launchctl on the system domain.
+ROOT_COMMANDS = ("launchctl", "cp", "chown", "chmod", "mv", "rm", "mkdir")
+
+
+def sudo_problem(config: DevpiConfig, user: str, sudo_ok, error: str | None) -> str:
+    """The preflight's message when the run needs root and ``sudo -n`` does not give it."""
+    if config.launchd_scope == "daemon":
+        why = (f"devpi_launchd_scope = 'daemon' installs a LaunchDaemon ({config.paths.plist_file}, launchd's "
+               "system domain), which needs root")
+    else:
+        why = (f"this devpi's LaunchDaemon ({config.paths.daemon_plist_file}) is to be removed now that "
+               "devpi_launchd_scope is 'agent', which needs root")
+    if sudo_ok == "missing":
+        found = "and there is no sudo on the SSH session's PATH"
+    else:
+        found = "and `sudo -n true` failed" + (f" ({error})" if error else "") + " (the deploy never types a password)"
+    return (
+        f"sudo: {why}, {found}: allow {user} passwordless sudo, e.g. "
+        f"`echo '{user} ALL=(root) NOPASSWD: ALL' | sudo tee /etc/sudoers.d/pyinfra-devpi && "
+        "sudo chmod 0440 /etc/sudoers.d/pyinfra-devpi` (the commands it runs as root: "
+        f"{', '.join(ROOT_COMMANDS)}; `sudo -n true` is how it checks), or deploy as root, "
+        "or keep devpi_launchd_scope = 'agent' (with auto-login)"
+    )
 
 
 def owned_paths(config: DevpiConfig) -> tuple[str, ...]:

@@ -21,7 +21,18 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
 # launchd loads a LaunchAgent only in the session types listed: Aqua for the GUI
 # login session (gui/<uid>), Background for user/<uid> (e.g. logged in over SSH only).
+# An agent-only key (launchd.plist(5)): a LaunchDaemon gets none (its session is the
+# system's), and UserName / GroupName instead: launchd starts it as that user
+# (initgroups, setgid, setuid) with HOME, USER, LOGNAME and SHELL from their record.
 SESSION_TYPES = ("Aqua", "Background")
+
+
+def _job_keys(run_as: tuple[str, str] | None) -> dict:
+    """The keys that differ between a LaunchAgent (``run_as`` None) and a LaunchDaemon
+    run as ``(user, group)``."""
+    if run_as is None:
+        return {"session_types": SESSION_TYPES, "user_name": None, "group_name": None}
+    return {"session_types": (), "user_name": run_as[0], "group_name": run_as[1]}
 
 
 def _environment(autoescape: bool) -> Environment:
@@ -48,8 +59,9 @@ def program_arguments(config: DevpiConfig) -> list[str]:
 JOB_ENVIRONMENT = [("LANG", "en_US.UTF-8"), ("PYTHONUNBUFFERED", "1")]
 
 
-def render_plist(config: DevpiConfig) -> str:
-    """The LaunchAgent plist; values are XML-escaped by the template's autoescape."""
+def render_plist(config: DevpiConfig, run_as: tuple[str, str] | None = None) -> str:
+    """The job's plist: a LaunchAgent, or with ``run_as`` (user, group) a LaunchDaemon
+    run as that user; values are XML-escaped by the template's autoescape."""
     template = _environment(autoescape=True).get_template("devpi.plist.j2")
     return _finish(
         template.render(
@@ -57,7 +69,7 @@ def render_plist(config: DevpiConfig) -> str:
             program_arguments=program_arguments(config),
             working_directory=config.paths.home,
             environment=JOB_ENVIRONMENT,
-            session_types=SESSION_TYPES,
+            **_job_keys(run_as),
             throttle_interval=config.throttle_interval,
             process_type=config.process_type,
             stdout_path=config.paths.out_log,
@@ -101,7 +113,7 @@ def render_logging_config(config: DevpiConfig) -> str:
 BACKUP_PROCESS_TYPE = "Background"
 
 
-def render_backup_plist(config: DevpiConfig) -> str:
+def render_backup_plist(config: DevpiConfig, run_as: tuple[str, str] | None = None) -> str:
     """The backup job's plist: daily at ``devpi_backup``'s hour and minute (the host's
     local time); no RunAtLoad, no KeepAlive: it runs when the calendar (or a
     ``launchctl kickstart``) says so, once."""
@@ -117,7 +129,7 @@ def render_backup_plist(config: DevpiConfig) -> str:
             program_arguments=backup_arguments(config),
             working_directory=config.paths.home,
             environment=JOB_ENVIRONMENT,
-            session_types=SESSION_TYPES,
+            **_job_keys(run_as),
             hour=backup.hour,
             minute=backup.minute,
             process_type=BACKUP_PROCESS_TYPE,

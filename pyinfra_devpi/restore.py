@@ -19,6 +19,7 @@ from operations import deploy_lock, devpi, launchd, restore
 from pyinfra_devpi import checks
 from pyinfra_devpi.config import DevpiConfig, build_config
 from pyinfra_devpi.errors import ConfigError, DeployError
+from pyinfra_devpi.launchd_scope import job_place
 from pyinfra_devpi.layout import BACKUP_EXPORT_DIR, BACKUP_MANIFEST, DATAINDEX
 from pyinfra_devpi.snapshot import FactRead, file_content, prefetch, read
 
@@ -66,7 +67,8 @@ def devpi_restore():
     if source is None:
         raise ConfigError(f"say which backup to restore: {USAGE}")
     config = build_config(data, session["home"])
-    domain = config.launchd_domain or session["domain"]
+    place = job_place(config, session)
+    domain = place.domain
     paths = config.paths
     path = backup_path(config, source, session["home"])
 
@@ -92,7 +94,7 @@ def devpi_restore():
     )
     job = read(host, launchd.job_read(config.label, domain))
     restore_op = restore.server_dir(name="Restore the server dir from " + found["path"], config=config,
-                                    backup=path, domain=domain, job=job)
+                                    backup=path, domain=domain, job=job, sudo=place.sudo)
     health_op = devpi.wait_healthy(name="Wait for the restored devpi to answer", config=config, after=[restore_op])
     deploy_lock.release(name="Release the deploy lock", config=config, after=[restore_op, health_op])
 

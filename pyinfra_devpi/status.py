@@ -41,6 +41,7 @@ from . import backup as bk
 from . import prewarm as pw
 from .config import DevpiConfig, build_config
 from .errors import DeployError
+from .launchd_scope import DAEMON_SCOPE, SYSTEM_DOMAIN
 from .render import render_caddy_site
 from .snapshot import FactRead
 
@@ -109,7 +110,10 @@ def _venv(probe: DevpiConfig) -> FactRead:
 
 
 def _job(probe: DevpiConfig) -> FactRead:
-    # No domain given: the job's fact picks it on the host by the session rule.
+    # A LaunchDaemon is in the system domain (readable without root). A LaunchAgent: with
+    # no domain given, the job's fact picks it on the host by the session rule.
+    if probe.launchd_scope == DAEMON_SCOPE:
+        return FactRead.of(LaunchdJob, label=probe.label, domain=SYSTEM_DOMAIN)
     return FactRead.of(LaunchdJob, label=probe.label, domain=probe.launchd_domain)
 
 
@@ -170,11 +174,13 @@ def launchd_report(found: Found, probe: DevpiConfig) -> Part:
         return Part({"loaded": False}, problems=["launchctl is not available on this host"])
     if not job:
         return Part(
-            {"loaded": False, "domain": found.domain, "label": found.config.label},
+            {"loaded": False, "scope": found.config.launchd_scope, "domain": found.domain,
+             "label": found.config.label},
             problems=[f"{target} is not loaded (stopped): a deploy loads it again"],
         )
     fields = {
         "loaded": True,
+        "scope": found.config.launchd_scope,
         "domain": job.get("domain") or found.domain,
         "label": found.config.label,
         "state": job.get("state"),
@@ -191,7 +197,8 @@ def launchd_report(found: Found, probe: DevpiConfig) -> Part:
                 else f"last exit {job.get('last_exit_signal') or 'unknown'}")
         part.problems.append(f"{target} is loaded but not running ({job.get('state')}; {last}; runs {job.get('runs')})")
     if job.get("disabled"):
-        part.warnings.append(f"{target} is disabled: it will not load at the next login")
+        when = "boot" if found.config.launchd_scope == DAEMON_SCOPE else "login"
+        part.warnings.append(f"{target} is disabled: it will not load at the next {when}")
     return part
 
 
@@ -379,7 +386,8 @@ def collect(data: dict) -> dict:
         return {"healthy": False, "problems": [f"launchd is not available on {host.name}"], "warnings": [],
                 "sections": {}}
     config = build_config(data, session["home"])
-    found = Found(config, config.launchd_domain or session["domain"], values, errors)
+    domain = SYSTEM_DOMAIN if config.launchd_scope == DAEMON_SCOPE else config.launchd_domain or session["domain"]
+    found = Found(config, domain, values, errors)
     report = {"healthy": True, "problems": [], "warnings": [], "sections": {}}
     for section in SECTIONS:
         try:

@@ -1,7 +1,8 @@
 """
 The packaged uninstall (``deploys/devpi_uninstall.py``): devpi taken off a host.
 
-Boots the job out (in both launchd domains) and removes its plist, removes the Caddy
+Boots the job out (in every launchd domain: the SSH user's two and the system domain, so
+either ``devpi_launchd_scope``) and removes its plists, removes the Caddy
 site block (restarting Caddy the configured way), and runs the registered extra steps
 (``register_step``: e.g. a backup agent's own removal). Everything devpi keeps (the
 server dir, the venvs, the config, the secret, the logs) stays where it is, and the run
@@ -22,11 +23,12 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 
 from facts.launchd import LaunchdSession
-from operations import deploy_lock, launchd
+from operations import deploy_lock
 from operations import uninstall as ops
 
 from .config import DevpiConfig, build_config
 from .errors import DeployError
+from .launchd_scope import JobPlace, job_place
 from .render import render_caddy_removed
 from .snapshot import FactRead, prefetch, read
 
@@ -34,25 +36,29 @@ from .snapshot import FactRead, prefetch, read
 @dataclasses.dataclass(frozen=True)
 class Step:
     """An extra part of the uninstall (after the Caddy block, before a purge):
-    ``reads(config, domain)`` (prefetched with the rest), ``run(config, domain)`` (calls its
+    ``reads(config, place)`` (prefetched with the rest; ``place``: the run's
+    ``JobPlace``, whose ``domain`` is the jobs' domain), ``run(config, place)`` (calls its
     operations, returns their results, which the lock's release waits for) and
     ``kept(config)`` (``(what, path)`` it leaves, named in the report)."""
 
     name: str
-    reads: Callable[[DevpiConfig, str], list]
-    run: Callable[[DevpiConfig, str], list]
+    reads: Callable[[DevpiConfig, JobPlace], list]
+    run: Callable[[DevpiConfig, JobPlace], list]
     kept: Callable[[DevpiConfig], list] = lambda config: []
 
 
-def _backup_job_reads(config: DevpiConfig, domain: str) -> list:
-    paths = config.paths
-    return launchd.reads(paths.backup_label, domain, paths.backup_plist_file)
+def _backup_plists(config: DevpiConfig) -> tuple[str, str]:
+    return (config.paths.agent_backup_plist_file, config.paths.daemon_backup_plist_file)
 
 
-def _backup_job_removal(config: DevpiConfig, domain: str) -> list:
+def _backup_job_reads(config: DevpiConfig, place: JobPlace) -> list:
+    return ops.job_reads(config.paths.backup_label, place, _backup_plists(config))
+
+
+def _backup_job_removal(config: DevpiConfig, place: JobPlace) -> list:
     paths = config.paths
-    return [launchd.absent(name=f"Boot out and remove the LaunchAgent {paths.backup_label}",
-                           label=paths.backup_label, domain=domain, plist_path=paths.backup_plist_file)]
+    return [ops.job(name=f"Boot out and remove the job {paths.backup_label}", label=paths.backup_label,
+                    place=place, plists=_backup_plists(config), daemon_plists=(paths.daemon_backup_plist_file,))]
 
 
 def _backups_kept(config: DevpiConfig) -> list:
@@ -99,11 +105,11 @@ def devpi_uninstall():
     if not session["launchctl"]:
         raise DeployError(f"launchd is not available on {host.name} (no launchctl on the SSH user's PATH)")
     config = build_config(host.data.dict(), session["home"])
-    domain = config.launchd_domain or session["domain"]
+    place = job_place(config, session)
     prefetch(host, [
         *deploy_lock.reads(config),
-        *ops.reads(config, domain),
-        *(r for step in STEPS for r in step.reads(config, domain)),
+        *ops.reads(config, place),
+        *(r for step in STEPS for r in step.reads(config, place)),
     ])
     deploy_lock.begin(config)
     for line in describe_leftovers(config, read(host, ops.paths_read(config))):
@@ -113,12 +119,15 @@ def devpi_uninstall():
             host.log(f"  {what}: {path} (kept by {step.name})", logger.info)
 
     changes = [
-        ops.job(name=f"Boot out and remove the LaunchAgent {config.label}", config=config, domain=domain),
-        ops.caddy_block(name="Remove the Caddy site block for devpi", config=config, domain=domain,
+        ops.job(name=f"Boot out and remove the job {config.label}", label=config.label, place=place,
+                plists=(config.paths.agent_plist_file, config.paths.daemon_plist_file),
+                daemon_plists=(config.paths.daemon_plist_file,)),
+        # Caddy's own job is the SSH user's (e.g. `brew services`), whatever devpi's scope.
+        ops.caddy_block(name="Remove the Caddy site block for devpi", config=config, domain=place.agent_domain,
                         removed=render_caddy_removed(config)),
     ]
     for step in STEPS:
-        changes += step.run(config, domain)
+        changes += step.run(config, place)
     purge_op = None
     if config.uninstall_purge:
         purge_op = ops.purge(name="Purge devpi's data, venvs, config and logs", config=config)

@@ -48,6 +48,10 @@ class PreparedHost:
     # deploy wrote ({path: {"label", "arguments"}}) in the LaunchAgents dir.
     elsewhere: dict | None = None
     agents: dict = field(default_factory=dict)
+    # The domain ``job`` (and ``jobs``) are loaded in; launchd's view of the label in the
+    # system domain when that is not it (a LaunchDaemon left by the other scope).
+    job_domain: str = "gui/501"
+    system: dict | None = None
     # PathsFound answers: {path: {"kind", "kib"}}; a path not named is missing.
     paths: dict = field(default_factory=dict)
     # Other LaunchAgents (the backup job) by label; the Backups fact; BackupSource by path.
@@ -59,14 +63,21 @@ class PreparedHost:
 
     def get_fact(self, cls, **kwargs):
         self.asked.append((cls.__name__, kwargs))
+        domain = kwargs.get("domain") if cls is LaunchdJob else None
         if cls is LaunchdJob and kwargs["label"] in self.jobs:
-            return self.jobs[kwargs["label"]]
+            return self.jobs[kwargs["label"]] if domain in (None, self.job_domain) else None
         if cls is Backups:
             return self.backups
         if cls is BackupSource:
             return self.sources.get(kwargs["path"])
         if cls is LaunchdJob:
-            return self.elsewhere if kwargs["domain"].startswith("user/") else self.job
+            if domain is None or domain == self.job_domain:
+                return self.job
+            if domain == "system":
+                return _of_label(self.system, kwargs["label"])
+            if domain.startswith("user/") or self.job_domain == "system":
+                return _of_label(self.elsewhere, kwargs["label"])
+            return self.job
         if cls is ManagedAgents:
             return self.agents
         if cls is ServerDir:
@@ -85,7 +96,7 @@ class PreparedHost:
                 return self.modes[path]
             if self.files.get(path) is None:
                 return None
-            return {"mode": "-rw-r--r--", "physical": path}
+            return {"mode": "-rw-r--r--", "physical": path, "owner": 0 if path.startswith("/Library/") else 501}
         raise AssertionError(f"unexpected fact {cls.__name__}")
 
     def log(self, message, log_func=None):
@@ -93,6 +104,11 @@ class PreparedHost:
 
     def noop(self, description):
         self.noops.append(description)
+
+
+def _of_label(job: dict | None, label: str) -> dict | None:
+    """A job prepared for another domain answers for its own label (any, if it names none)."""
+    return job if job is None or job.get("label") in (None, label) else None
 
 
 def as_text(command) -> str | Upload:

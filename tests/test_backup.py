@@ -331,3 +331,19 @@ def test_restore_refuses_what_is_not_a_finished_backup():
             check_source("/b", found)
         assert says in str(error.value)
     check_source("/b", {"has_manifest": True, "has_dataindex": True})
+
+
+def test_a_restore_restarts_a_launchdaemon_through_sudo():
+    from operations.restore import swap_command
+    from operations.server_dir import upgrade_script
+    from pyinfra_devpi.config import build_config
+
+    config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_launchd_scope": "daemon"},
+                          "/Users/alice")
+    swap = swap_command(config, "system", loaded=True, sudo="sudo -n ")
+    assert "sudo -n launchctl bootout system/net.devpi;" in swap
+    assert "sudo -n launchctl enable system/net.devpi" in swap
+    assert "out=$(sudo -n launchctl bootstrap system /Library/LaunchDaemons/net.devpi.plist 2>&1)" in swap
+    upgrade = upgrade_script(config, "system", "sudo -n ")
+    assert "sudo -n launchctl bootout system/net.devpi;" in upgrade
+    assert "out=$(sudo -n launchctl bootstrap system /Library/LaunchDaemons/net.devpi.plist 2>&1)" in upgrade

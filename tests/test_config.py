@@ -25,6 +25,7 @@ BAD_VALUES = {
     "devpi_label": ["net devpi", "", "../x", "-x", "net.devpi\n", "net.devpi\x00"],
     "devpi_log_dir": ["Library/Logs", None],
     "devpi_launch_agents_dir": ["LaunchAgents", "/a/../b"],
+    "devpi_launch_daemons_dir": ["LaunchDaemons", "/a/../b", 1],
     "devpi_out_log": ["logs/out.log", "..", ""],
     "devpi_err_log": ["a/b", 3],
     "devpi_server_log": ["..", "a/b", "", 7],
@@ -51,6 +52,7 @@ BAD_VALUES = {
         ["threads", 4],
     ],
     "devpi_launchd_domain": ["system", "gui/alice", "gui/501/x"],
+    "devpi_launchd_scope": ["Daemon", "system", "", None, True],
     "devpi_process_type": ["Fast", "standard"],
     "devpi_throttle_interval": [0, -1, "10", True],
     "devpi_health_timeout": [0, 1.5, 10**19],
@@ -261,3 +263,33 @@ def test_backup_errors_say_the_fix():
     with pytest.raises(ConfigError) as error:
         build_config({**BASE, "devpi_backup": {"hour": 3, "minute": 0, "dir": "~/devpi/server-dir/b"}}, HOME)
     assert "outside the server dir" in str(error.value)
+
+
+def test_the_daemon_scope_moves_the_plists_to_the_launch_daemons_dir():
+    config = build_config({**BASE, "devpi_launchd_scope": "daemon"}, "/Users/alice")
+    paths = config.paths
+    assert paths.plist_file == "/Library/LaunchDaemons/net.devpi.plist"
+    assert paths.backup_plist_file == "/Library/LaunchDaemons/net.devpi.backup.plist"
+    # The other scope's plists are what a switch retires.
+    assert paths.other_scope_plists == ("/Users/alice/Library/LaunchAgents/net.devpi.plist",
+                                        "/Users/alice/Library/LaunchAgents/net.devpi.backup.plist")
+    # Logs, server dir and venv stay the SSH user's.
+    assert paths.out_log.startswith("/Users/alice/Library/Logs/")
+    assert paths.server_dir.startswith("/Users/alice/devpi/")
+    agent = build_config(BASE, "/Users/alice").paths
+    assert agent.plist_file == "/Users/alice/Library/LaunchAgents/net.devpi.plist"
+    assert agent.other_scope_plists == ("/Library/LaunchDaemons/net.devpi.plist",
+                                        "/Library/LaunchDaemons/net.devpi.backup.plist")
+
+
+def test_a_bad_scope_names_the_key_and_both_choices():
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, "devpi_launchd_scope": "system"}, "/Users/alice")
+    message = str(error.value)
+    assert "devpi_launchd_scope" in message and "'agent'" in message and "'daemon'" in message
+
+
+def test_a_launchd_domain_with_the_daemon_scope_is_refused():
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, "devpi_launchd_scope": "daemon", "devpi_launchd_domain": "gui/501"}, "/Users/alice")
+    assert "devpi_launchd_domain" in str(error.value) and "devpi_launchd_scope" in str(error.value)

@@ -25,7 +25,7 @@ def test_mode_of_a_file(tmp_path, mode, shown):
     path = tmp_path / "it's a plist.plist"
     path.write_text("x")
     path.chmod(mode)
-    assert read(path) == {"mode": shown, "physical": str(path)}
+    assert read(path) == {"mode": shown, "physical": str(path), "owner": os.getuid()}
 
 
 def test_missing_file_is_none(tmp_path):

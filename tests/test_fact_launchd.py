@@ -918,6 +918,8 @@ SESSION = [
     "console_uid=501",
     "domain=gui/501",
     "launchctl=true",
+    "user=alice",
+    "group=staff",
 ]
 
 
@@ -935,6 +937,9 @@ def test_session_process_reports_what_the_command_printed():
         "console_uid": 501,
         "domain": "gui/501",
         "launchctl": True,
+        # a LaunchDaemon's UserName / GroupName
+        "user": "alice",
+        "group": "staff",
     }
     # The domain is the command's choice: process does not decide it again.
     both = session_output(console_uid="501", domain="user/501", launchctl="false")

@@ -495,8 +495,8 @@ def test_usage_errors(double):
 
     assert double.run("bootstrap", GUI).returncode == 64
     assert double.run("kickstart", "-z", f"{GUI}/x").returncode == 64
-    system = double.run("print", "system/com.apple.x")
-    assert system.returncode == 125 and "not emulated" in system.stderr
+    session = double.run("print", "session/100008/com.apple.x")
+    assert session.returncode == 125 and "not emulated" in session.stderr
     other = double.run("print", f"gui/{UID + 1}/x")
     assert other.returncode in (1, 112)
 
@@ -582,3 +582,122 @@ def test_legacy_load_over_ssh_loads_into_the_user_domain(double):
     assert double.run("load").returncode == 64
     double.ok("bootout", f"{USER}/net.devpi.legacy")
     assert double.run("print", f"{USER}/net.devpi.legacy").returncode == 113
+
+
+# --------------------------------------------------------------------------- the system domain
+# A LaunchDaemon: root loads it, anyone reads it, it runs as its UserName. These tests act
+# as root and as another user (``nobody``), so they need root (CI runs as root).
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="acts as root and as another user")
+SYSTEM_PATH = "/usr/bin:/bin"
+
+
+@pytest.fixture
+def shared(tmp_path):
+    """A double whose state dir, work dir and logs another user can reach (pytest's
+    tmp_path is root's alone); the state dir is that user's, as the SSH user's is."""
+    import pwd
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="launchctl-system-"))
+    directory.chmod(0o755)
+    nobody = pwd.getpwnam("nobody")
+    d = Double(directory)
+    d.state.mkdir()
+    os.chown(d.state, nobody.pw_uid, nobody.pw_gid)
+    (directory / "work").mkdir(mode=0o777)
+    (directory / "work").chmod(0o777)
+    d.env["PATH"] = SYSTEM_PATH
+    d.nobody = nobody
+    yield d
+    d.run("_double-shutdown")
+    d.cleanup()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def as_nobody(double, *args):
+    return subprocess.run([str(LAUNCHCTL), *args], env=double.env, capture_output=True, text=True, timeout=30,
+                          user="nobody")
+
+
+def daemon_plist(double, label, **keys):
+    """A LaunchDaemon run as ``nobody``: writes its report (pid, uid, groups, env) into
+    the shared work dir; root's, 0644."""
+    work = double.tmp / "work"
+    program = ["/usr/bin/python3", "-c", SLEEPER.replace('"sid": os.getsid(0)}',
+               '"sid": os.getsid(0), "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups()}'),
+               str(work / f"{label}.report.json")]
+    data = {"Label": label, "ProgramArguments": program, "WorkingDirectory": str(work),
+            "StandardOutPath": str(work / f"{label}.out.log"), "StandardErrorPath": str(work / f"{label}.err.log"),
+            "RunAtLoad": True, "KeepAlive": True, "UserName": "nobody", "GroupName": "nogroup",
+            "EnvironmentVariables": {"LANG": "en_US.UTF-8"}}
+    data.update(keys)
+    data = {k: v for k, v in data.items() if v is not None}
+    path = double.tmp / f"{label}.plist"
+    path.write_bytes(plistlib.dumps(data))
+    path.chmod(0o644)
+    return path
+
+
+@needs_root
+def test_anyone_reads_the_system_domain_but_only_root_changes_it(shared):
+    plist = daemon_plist(shared, "net.devpi.daemon")
+    missing = as_nobody(shared, "print", "system/net.devpi.daemon")
+    assert missing.returncode == 113
+    assert missing.stderr == 'Bad request.\nCould not find service "net.devpi.daemon" in domain for system\n'
+    refused = as_nobody(shared, "bootstrap", "system", str(plist))
+    assert (refused.returncode, refused.stderr) == (1, "Bootstrap failed: 1: Operation not permitted\n")
+    for verb in ("enable", "disable", "kickstart"):
+        result = as_nobody(shared, verb, "system/net.devpi.daemon")
+        assert (result.returncode, result.stderr) == (1, f"Could not {verb} service: 1: Operation not permitted\n")
+
+    shared.ok("bootstrap", "system", str(plist))
+    printed = as_nobody(shared, "print", "system/net.devpi.daemon")
+    assert printed.returncode == 0, printed.stderr
+    info = fields(printed.stdout)
+    assert info["type"] == "LaunchDaemon" and info["domain"] == "system" and info["state"] == "running"
+    assert info["username"] == "nobody"
+    assert "net.devpi.daemon" in as_nobody(shared, "print", "system").stdout
+    assert as_nobody(shared, "print-disabled", "system").returncode == 0
+    out = as_nobody(shared, "bootout", "system/net.devpi.daemon")
+    assert (out.returncode, out.stderr) == (1, "Boot-out failed: 1: Operation not permitted\n")
+    shared.ok("bootout", "system/net.devpi.daemon")
+    assert as_nobody(shared, "print", "system/net.devpi.daemon").returncode == 113
+    # What root did in the state dir stays usable by its owner (the SSH user's own jobs).
+    assert as_nobody(shared, "print-disabled", f"user/{shared.nobody.pw_uid}").returncode == 0
+    assert as_nobody(shared, "enable", f"user/{shared.nobody.pw_uid}/net.devpi.x").returncode == 0
+
+
+@needs_root
+def test_a_daemon_runs_as_its_user_with_launchds_environment(shared):
+    plist = daemon_plist(shared, "net.devpi.asuser")
+    shared.ok("bootstrap", "system", str(plist))
+    report = wait_for(lambda: shared.read_report("work/net.devpi.asuser"), 10)
+    assert report, (shared.tmp / "work" / "net.devpi.asuser.err.log").read_text()
+    nogroup = __import__("grp").getgrnam("nogroup").gr_gid
+    assert (report["uid"], report["gid"]) == (shared.nobody.pw_uid, nogroup)
+    assert set(report["groups"]) == set(os.getgrouplist("nobody", nogroup))  # initgroups
+    env = report["env"]
+    assert (env["HOME"], env["USER"], env["LOGNAME"], env["SHELL"]) == (
+        shared.nobody.pw_dir, "nobody", "nobody", shared.nobody.pw_shell)
+    assert env["LANG"] == "en_US.UTF-8" and env["XPC_SERVICE_NAME"] == "net.devpi.asuser"
+    # launchd opened the logs as root: a log that was not there is root's now.
+    assert (shared.tmp / "work" / "net.devpi.asuser.out.log").stat().st_uid == 0
+    shared.ok("bootout", "system/net.devpi.asuser")
+    assert wait_for(lambda: not alive(report["pid"]), 5)
+
+
+@needs_root
+def test_a_daemon_plist_must_be_roots_and_not_writable_by_others(shared):
+    plist = daemon_plist(shared, "net.devpi.owner")
+    os.chown(plist, shared.nobody.pw_uid, shared.nobody.pw_gid)
+    result = shared.run("bootstrap", "system", str(plist), env={"LAUNCHCTL_DOUBLE_RICH_ERRORS": "1"})
+    assert result.returncode == 122
+    assert result.stderr == f"{plist}: Path had bad ownership/permissions\nBootstrap failed: 122: Path had bad ownership/permissions\n"
+    os.chown(plist, 0, 0)
+    plist.chmod(0o664)
+    assert shared.run("bootstrap", "system", str(plist), env={"LAUNCHCTL_DOUBLE_RICH_ERRORS": "1"}).returncode == 122
+    # An agent's session type does not fit the system domain.
+    agent = daemon_plist(shared, "net.devpi.agentish", LimitLoadToSessionType=["Aqua", "Background"])
+    assert shared.run("bootstrap", "system", str(agent), env={"LAUNCHCTL_DOUBLE_RICH_ERRORS": "1"}).returncode == 134

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from operations import caddy, devpi, launchd, retire
+from pyinfra_devpi.launchd_scope import JobPlace
 from operations import server_dir as server_dir_ops
 from pyinfra_devpi.config import build_config
 from pyinfra_devpi.preflight import Tools, with_tools
@@ -99,9 +100,15 @@ def fresh(config) -> PreparedHost:
     )
 
 
-def converge(host, config, password_hash=None, executing=True, diff=False):
+def place_of(config) -> JobPlace:
+    return JobPlace(scope=config.launchd_scope, agent_domain=DOMAIN, uid=501, user="alice", group="staff")
+
+
+def converge(host, config, password_hash=None, executing=True, diff=False, place=None):
     """The deploy's operations in the deploy's order, chained the way it chains them."""
     steps = {}
+    place = place or place_of(config)
+    domain = place.domain
 
     def run(name, op, **kwargs):
         commands = run_op(op, host, executing=executing, diff=diff, **kwargs)
@@ -110,26 +117,30 @@ def converge(host, config, password_hash=None, executing=True, diff=False):
         return Meta(bool(commands))
 
     venv_op = run("venv", devpi.venv, config=config, lock="pinned==1.0 --hash=sha256:00\n")
-    run("upgrade", server_dir_ops.upgrade, config=config, domain=DOMAIN, venv_op=venv_op)
+    run("upgrade", server_dir_ops.upgrade, config=config, domain=domain, venv_op=venv_op, sudo=place.sudo)
     run("adopt", server_dir_ops.adopt, config=config)
     logging_op = run("logging", devpi.logging_config, config=config, content=render_logging_config(config))
     config_op = run("config", devpi.server_config, config=config, content=render_server_yaml(config, WHOOSH))
     run("secret", devpi.secret, config=config)
     run("init", devpi.init, config=config, password_hash=(lambda: password_hash) if password_hash else None)
     run(
-        "retire", retire.old_agents, label=config.label, domain=DOMAIN, plist_path=config.paths.plist_file,
+        "retire", retire.old_agents, label=config.label, place=place, plist_path=config.paths.plist_file,
         config_file=config.paths.config_file, agents_dir=config.launch_agents_dir,
+        keep=(config.paths.backup_label,), other_plists=config.paths.other_scope_plists,
     )
     agent_op = run(
-        "agent", launchd.agent, label=config.label, plist=render_plist(config),
-        plist_path=config.paths.plist_file, domain=DOMAIN, restart_after=[venv_op, logging_op, config_op],
-        directories=[config.paths.log_dir],
+        "agent", launchd.agent, label=config.label, plist=render_plist(config, place.run_as),
+        plist_path=config.paths.plist_file, domain=domain, restart_after=[venv_op, logging_op, config_op],
+        directories=[config.paths.log_dir], sudo=place.sudo, root_owned=place.daemon,
+        staged=config.paths.staged(config.paths.plist_file),
+        log_files=(config.paths.out_log, config.paths.err_log) if place.daemon else (),
     )
-    run("health", devpi.wait_healthy, config=config, after=[agent_op])
+    run("health", devpi.wait_healthy, config=config, after=[agent_op], new_venv=[venv_op],
+        target=place.target(config.label), sudo=place.sudo)
     run("index", devpi.orphaned_index, config=config, indexer_backend=WHOOSH)
     run(
         "caddy", caddy.site, path=config.caddy_site_file, content=render_caddy_site(config),
-        restart=config.caddy_restart, domain=DOMAIN, pending_marker=config.paths.caddy_restart_pending,
+        restart=config.caddy_restart, domain=place.agent_domain, pending_marker=config.paths.caddy_restart_pending,
         caddy_bin=None,
     )
     return steps
@@ -158,7 +169,7 @@ def test_converged_host_yields_nothing(config):
         "/Users/alice/devpi/devpi-server.yml is up to date",
         "devpi's secret file /Users/alice/devpi/secret exists",
         "/Users/alice/devpi/server-dir is initialised",
-        "no LaunchAgent of this devpi under another label or domain",
+        "no job of this devpi under another label, domain or scope",
         "gui/501/net.devpi is loaded, enabled and running its current definition",
         "devpi was not (re)started",
         "no Whoosh search index in /Users/alice/devpi/server-dir",
@@ -175,7 +186,8 @@ def test_the_operation_modules_declare_exactly_what_their_operations_read(config
     declared = set()
     for item in [
         *devpi.reads(config),
-        *retire.reads(config.label, DOMAIN, config.launch_agents_dir),
+        *retire.reads((config.label, config.paths.backup_label), place_of(config), config.launch_agents_dir,
+                      config.paths.other_scope_plists),
         *launchd.reads(config.label, DOMAIN, config.paths.plist_file),
         *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending),
     ]:
@@ -196,12 +208,13 @@ def test_converged_host_reads_each_fact_once(config):
 
     host = converged(config)
     prefetch(host, [config.paths.plist_file, config.paths.config_file, config.paths.logging_config,
-                    config.caddy_site_file, config.paths.caddy_restart_pending])
+                    config.caddy_site_file, config.paths.caddy_restart_pending, *config.paths.other_scope_plists])
     converge(host, config)
     converge(host, config)  # the second pass (execution after change detection)
     asked = [name for name, _ in host.asked]
     assert sorted(asked) == [
-        "FileContents", "FileMode", "LaunchdJob", "LaunchdJob", "ManagedAgents", "ServerDir", "VenvVersions",
+        "FileContents", "FileMode", "LaunchdJob", "LaunchdJob", "LaunchdJob", "LaunchdJob", "LaunchdJob",
+        "ManagedAgents", "ServerDir", "VenvVersions",
     ]
 
 
@@ -906,3 +919,151 @@ def test_the_secret_file_is_what_devpi_gen_secret_writes_and_never_overwritten(t
     before = secret.read_bytes()
     assert subprocess.run(run, capture_output=True).returncode != 0
     assert secret.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- the daemon scope
+
+
+@pytest.fixture
+def daemon_config():
+    return with_tools(build_config(
+        {
+            "devpi_root_password": "env:PW",
+            "devpi_outside_url": "https://pypi.example.org",
+            "devpi_caddy_restart": "org.caddy",
+            "devpi_launchd_scope": "daemon",
+        },
+        "/Users/alice",
+    ), FOUND)
+
+
+def daemon_converged(config) -> PreparedHost:
+    host = converged(config)
+    host.job_domain = "system"
+    host.job = {**host.job, "domain": "system"}
+    host.files[config.paths.plist_file] = render_plist(config, ("alice", "staff"))
+    return host
+
+
+def test_a_fresh_host_gets_a_root_owned_launchdaemon_through_sudo(daemon_config):
+    config = daemon_config
+    steps = converge(fresh(config), config, password_hash=HiddenValue(PASSWORD_HASH))
+    agent = steps["agent"]
+    # Uploaded as the SSH user into devpi_home, copied into place as root, root:wheel 0644.
+    (upload,) = [c for c in agent if isinstance(c, Upload)]
+    assert upload.dest == "/Users/alice/devpi/net.devpi.plist.pyinfra-new"
+    assert "<key>UserName</key>\n\t<string>alice</string>" in upload.content
+    assert "<key>GroupName</key>\n\t<string>staff</string>" in upload.content
+    assert "LimitLoadToSessionType" not in upload.content
+    lines = shell_lines(agent)
+    new = "/Library/LaunchDaemons/net.devpi.plist.pyinfra-new"
+    assert lines[0] == (
+        f"{{ sudo -n mkdir -p /Library/LaunchDaemons && sudo -n cp {upload.dest} {new} && "
+        f"sudo -n chown 0:0 {new} && sudo -n chmod 644 {new} && "
+        f"sudo -n mv -f {new} /Library/LaunchDaemons/net.devpi.plist; }} || "
+        f"{{ rc=$?; sudo -n rm -f {new}; rm -f {upload.dest}; exit $rc; }}; rm -f {upload.dest}"
+    )
+    assert lines[1] == "sudo -n launchctl enable system/net.devpi"
+    # The logs are the SSH user's before launchd (root) opens them.
+    assert lines[3] == "touch /Users/alice/Library/Logs/net.devpi.out.log /Users/alice/Library/Logs/net.devpi.err.log"
+    assert "out=$(sudo -n launchctl bootstrap system /Library/LaunchDaemons/net.devpi.plist 2>&1)" in lines[4]
+    # print needs no root
+    assert "if launchctl print system/net.devpi" in lines[4]
+    # Caddy's job stays the SSH user's.
+    assert "gui/501/org.caddy" in steps["caddy"][-1]
+    for command in lines:
+        assert gnu_only_forms(command) == []
+
+
+def test_a_converged_launchdaemon_yields_nothing(daemon_config):
+    host = daemon_converged(daemon_config)
+    steps = converge(host, daemon_config)
+    assert steps == {name: [] for name in steps}
+    assert "system/net.devpi is loaded, enabled and running its current definition" in host.noops
+
+
+def test_a_launchdaemon_plist_not_owned_by_root_is_given_back_to_root(daemon_config):
+    host = daemon_converged(daemon_config)
+    host.modes[daemon_config.paths.plist_file] = {"mode": "-rw-rw-r--", "physical": daemon_config.paths.plist_file,
+                                                  "owner": 501}
+    lines = shell_lines(converge(host, daemon_config)["agent"])
+    assert lines == ["sudo -n chown 0:0 /Library/LaunchDaemons/net.devpi.plist",
+                     "sudo -n chmod 644 /Library/LaunchDaemons/net.devpi.plist"]
+
+
+def test_a_restart_of_a_launchdaemon_goes_through_sudo(daemon_config):
+    host = daemon_converged(daemon_config)
+    host.venv = {**host.venv, "devpi-server": "6.20.2"}
+    steps = converge(host, daemon_config)
+    assert shell_lines(steps["agent"]) == ["sudo -n launchctl kickstart -k system/net.devpi"]
+    # the health gate's rollback restarts the same way
+    assert "sudo -n launchctl kickstart -k system/net.devpi" in steps["health"][0]
+
+
+def test_root_needs_no_sudo_for_a_launchdaemon(daemon_config):
+    place = JobPlace(scope="daemon", agent_domain="gui/0", uid=0, user="root", group="wheel")
+    lines = shell_lines(converge(fresh(daemon_config), daemon_config, password_hash=HiddenValue(PASSWORD_HASH),
+                                 place=place)["agent"])
+    assert not any("sudo" in line for line in lines)
+    assert lines[0].startswith("{ mkdir -p /Library/LaunchDaemons && cp ")
+    assert "out=$(launchctl bootstrap system " in lines[-1]
+
+
+def test_switching_to_the_daemon_retires_the_launchagent_first(daemon_config):
+    config = daemon_config
+    host = fresh(config)
+    host.job_domain = "system"
+    host.elsewhere = loaded_job(config)  # the LaunchAgent in gui/501
+    agent_plist = "/Users/alice/Library/LaunchAgents/net.devpi.plist"
+    host.files[agent_plist] = "<plist/>"
+    steps = converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
+    retired = shell_lines(steps["retire"])
+    assert retired[0].startswith("launchctl bootout gui/501/net.devpi ")
+    assert "while launchctl print gui/501/net.devpi" in retired[0]
+    assert retired[-1] == f"rm -f {agent_plist}"  # the SSH user's own: no sudo
+    assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
+
+
+def test_switching_back_to_the_agent_retires_the_launchdaemon_through_sudo(config):
+    host = fresh(config)
+    host.system = {**loaded_job(config), "domain": "system"}
+    host.files["/Library/LaunchDaemons/net.devpi.plist"] = "<plist/>"
+    steps = converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
+    retired = shell_lines(steps["retire"])
+    assert retired[0].startswith("sudo -n launchctl bootout system/net.devpi ")
+    # waiting needs no root: anyone may print the system domain
+    assert "while launchctl print system/net.devpi" in retired[0]
+    assert retired[-1] == "sudo -n rm -f /Library/LaunchDaemons/net.devpi.plist"
+    assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
+    assert "sudo" not in " ".join(shell_lines(steps["agent"]))
+
+
+def test_the_daemon_scope_reads_only_what_the_modules_declare(daemon_config):
+    """The same guarantee for a LaunchDaemon: everything in the one batch, nothing read
+    through sudo."""
+    from operations import caddy as caddy_op
+    from pyinfra_devpi.snapshot import FactRead
+
+    config = daemon_config
+    place = place_of(config)
+    declared = set()
+    for item in [
+        *devpi.reads(config),
+        *retire.reads((config.label, config.paths.backup_label), place, config.launch_agents_dir,
+                      config.paths.other_scope_plists),
+        *launchd.reads(config.label, place.domain, config.paths.plist_file),
+        *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending),
+    ]:
+        declared.add(("file", item) if isinstance(item, str) else (item.fact.__name__, item.arguments))
+    fresh_host = fresh(config)
+    fresh_host.job_domain = "system"
+    for host in (daemon_converged(config), fresh_host):
+        converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
+        asked = set()
+        for name, kwargs in host.asked:
+            if name == "FileContents":
+                asked.update(("file", path) for path in kwargs["paths"])
+            else:
+                asked.add((name, FactRead.of(object, **kwargs).arguments))
+        assert asked == declared
+    assert ("LaunchdJob", FactRead.of(object, label="net.devpi", domain="system").arguments) in declared

@@ -21,6 +21,7 @@ from operations import preflight as preflight_ops
 from pyinfra_devpi import layout
 from pyinfra_devpi.config import UV_BOOTSTRAP_VERSION, ConfigError, build_config
 from pyinfra_devpi.preflight import VENV_BUILD_MB, Needs, Tools, check, message, with_tools
+from pyinfra_devpi.launchd_scope import JobPlace
 
 from .prepared import SHELLS, PreparedHost, Upload, gnu_only_forms, run_op, shell_lines
 
@@ -28,6 +29,8 @@ HOME = "/Users/alice"
 BASE = {"devpi_outside_url": "https://pypi.example.org", "devpi_caddy_restart": "org.caddy"}
 MAC_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
 BOTH = Needs(venv=True, caddy_block=True)
+AGENT = JobPlace(scope="agent", agent_domain="gui/501", uid=501, user="alice", group="staff")
+DAEMON = JobPlace(scope="daemon", agent_domain="gui/501", uid=501, user="alice", group="staff")
 NEITHER = Needs(venv=False, caddy_block=False)
 
 
@@ -406,7 +409,8 @@ def test_preflight_commands_use_no_gnu_only_forms():
     config = config_of()
     commands = [
         command_text(HostTools, preflight_ops.tools_read(config).kwargs),
-        command_text(HostReadiness, preflight_ops.readiness_read(config, "gui/501").kwargs),
+        command_text(HostReadiness, preflight_ops.readiness_read(config, "gui/501", AGENT).kwargs),
+        command_text(HostReadiness, preflight_ops.readiness_read(config, "system", DAEMON).kwargs),
         preflight_ops.bootstrap_script(config, "/usr/bin/python3", "/x.lock.txt"),
     ]
     assert {c: gnu_only_forms(c) for c in commands if gnu_only_forms(c)} == {}
@@ -427,13 +431,14 @@ class FactsHost(PreparedHost):
         return self.answers[cls.__name__]
 
 
-def run_ready(host, config, needs=BOTH):
+def run_ready(host, config, needs=BOTH, place=None):
     from types import SimpleNamespace
 
     from pyinfra.context import ctx_host, ctx_state
 
+    place = place or AGENT
     with ctx_host.use(host), ctx_state.use(SimpleNamespace(is_executing=False, config=SimpleNamespace(DIFF=False))):
-        return preflight_ops.ready(config, "gui/501", needs)
+        return preflight_ops.ready(config, place.domain, needs, place)
 
 
 def test_ready_reads_exactly_what_reads_declares_and_says_the_tools_once():
@@ -442,7 +447,7 @@ def test_ready_reads_exactly_what_reads_declares_and_says_the_tools_once():
     config = config_of()
     host = FactsHost(tools_fact(), readiness())
     tools = run_ready(host, config)
-    declared = {(r.fact.__name__, r.arguments) for r in preflight_ops.reads(config, "gui/501")}
+    declared = {(r.fact.__name__, r.arguments) for r in preflight_ops.reads(config, "gui/501", AGENT)}
     assert {(name, FactRead.of(object, **kwargs).arguments) for name, kwargs in host.asked} == declared
     assert host.logged == [tools.describe()]
 
@@ -484,3 +489,86 @@ def test_hostile_paths_in_the_preflight_facts_run_nothing(shell, mac, tmp_path):
     result = subprocess.run([shell, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 1 and f"{odd}/no-python could not make a venv" in result.stderr
     assert sorted(tmp_path.rglob("pwned-*")) == []
+
+
+# --------------------------------------------------------------------------- root, for a LaunchDaemon
+
+
+ROOT = Needs(venv=False, caddy_block=False, root=True)
+
+
+def test_a_launchdaemon_without_passwordless_sudo_is_refused_with_the_fix():
+    config = config_of(devpi_launchd_scope="daemon")
+    found = {**readiness(domain="system"), "sudo_ok": False, "sudo_error": "sudo: a password is required"}
+    _, problems = check(config, tools=tools_fact(), readiness=found, needs=ROOT)
+    (problem,) = problems
+    assert problem.startswith("sudo: devpi_launchd_scope = 'daemon' installs a LaunchDaemon "
+                              "(/Library/LaunchDaemons/net.devpi.plist, launchd's system domain), which needs root")
+    assert "`sudo -n true` failed (sudo: a password is required)" in problem
+    assert "alice ALL=(root) NOPASSWD: ALL" in problem and "deploy as root" in problem
+    # The whole refusal, as the operator reads it: nothing changed, every problem listed.
+    assert message("indri", problems).startswith("indri is not ready for devpi; nothing was changed.")
+
+
+def test_no_sudo_at_all_is_named_as_such():
+    config = config_of(devpi_launchd_scope="daemon")
+    _, problems = check(config, tools=tools_fact(), readiness={**readiness(), "sudo_ok": "missing"}, needs=ROOT)
+    assert ["there is no sudo on the SSH session's PATH" in p for p in problems] == [True]
+
+
+def test_switching_back_to_the_agent_needs_sudo_to_remove_the_launchdaemon():
+    _, problems = check(config_of(), tools=tools_fact(), readiness={**readiness(), "sudo_ok": False}, needs=ROOT)
+    assert ["LaunchDaemon (/Library/LaunchDaemons/net.devpi.plist) is to be removed" in p for p in problems] == [True]
+
+
+@pytest.mark.parametrize("sudo_ok", [True, None])
+def test_passwordless_sudo_or_root_is_enough(sudo_ok):
+    config = config_of(devpi_launchd_scope="daemon")
+    _, problems = check(config, tools=tools_fact(), readiness={**readiness(), "sudo_ok": sudo_ok}, needs=ROOT)
+    assert problems == []
+
+
+@pytest.fixture
+def as_other_user():
+    """Run a command as a user who is not root (``nobody`` when the tests run as root), in a
+    directory that user can reach."""
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="preflight-sudo-"))
+    directory.chmod(0o755)
+    user = {"user": "nobody"} if os.geteuid() == 0 else {}
+    yield directory, user
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("sudo", "expected"), [
+    ("#!/bin/sh\necho 'sudo: a password is required' >&2\nexit 1\n", (False, "sudo: a password is required")),
+    ('#!/bin/sh\n[ "$1" = -n ] && [ "$2" = true ] || exit 99\nexit 0\n', (True, None)),
+    (None, ("missing", None)),
+])
+def test_the_fact_asks_sudo_without_a_prompt_only_when_root_is_needed(as_other_user, sudo, expected):
+    directory, user = as_other_user
+    tools = directory / "bin"
+    tools.mkdir()
+    for name in ("id", "dirname", "df", "ls", "awk", "head", "printf"):
+        real = shutil.which(name)
+        if real:
+            (tools / name).symlink_to(real)
+    if sudo is not None:
+        executable(tools / "sudo", sudo)
+    env = {"PATH": str(tools), "HOME": str(directory)}
+    plist = directory / "net.devpi.plist"
+
+    def ask(**kwargs):
+        command = command_text(HostReadiness, {"domain": "system", "path": str(directory), **kwargs})
+        result = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, env=env, timeout=60,
+                                **user)
+        assert result.returncode == 0, result.stderr
+        found = HostReadiness().process(result.stdout.splitlines())
+        return found["sudo_ok"], found["sudo_error"]
+
+    assert ask(root=True) == expected
+    # Not needed (no LaunchDaemon, none to retire): sudo is not asked.
+    assert ask(root_if=(str(plist),)) == (None, None)
+    plist.write_text("<plist/>")
+    assert ask(root_if=(str(plist),)) == expected

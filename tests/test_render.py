@@ -220,3 +220,26 @@ def test_the_logging_config_keeps_devpis_log_within_the_bound(tmp_path):
     assert [f.name for f in files] == ["net.devpi.log", "net.devpi.log.1", "net.devpi.log.2"]
     assert all(f.stat().st_size <= 8192 for f in files)
     assert "[req4999] GET /+api" in files[0].read_text()
+
+
+@pytest.mark.parametrize("backup", [False, True])
+def test_a_launchdaemon_runs_as_the_ssh_user_without_an_agents_session_types(backup):
+    from pyinfra_devpi.render import render_backup_plist
+
+    config = config_for(devpi_launchd_scope="daemon", devpi_backup={"hour": 3, "minute": 17})
+    render = render_backup_plist if backup else render_plist
+    daemon = plistlib.loads(render(config, ("alice", "staff")).encode())
+    agent = plistlib.loads(render(config).encode())
+    assert (daemon["UserName"], daemon["GroupName"]) == ("alice", "staff")
+    assert "LimitLoadToSessionType" not in daemon
+    assert agent["LimitLoadToSessionType"] == ["Aqua", "Background"] and "UserName" not in agent
+    # Everything else is the agent's: the same program, environment and logs in the user's home.
+    rest = {k: v for k, v in daemon.items() if k not in ("UserName", "GroupName")}
+    assert rest == {k: v for k, v in agent.items() if k != "LimitLoadToSessionType"}
+    assert daemon["StandardErrorPath"].startswith("/Users/alice/Library/Logs/")
+
+
+def test_user_and_group_names_are_escaped_in_the_plist():
+    text = render_plist(config_for(devpi_launchd_scope="daemon"), ("a&b", "<staff>"))
+    assert plistlib.loads(text.encode())["UserName"] == "a&b"
+    assert "<string>&lt;staff&gt;</string>" in text

@@ -160,3 +160,17 @@ def test_without_backups_the_status_reads_nothing_for_them():
     found, probe, _ = found_for({})
     assert status._backups(probe) == []
     assert status.backups_report(found, probe).fields == {"configured": False}
+
+
+def test_a_launchdaemon_is_read_in_the_system_domain_without_root():
+    data = {"devpi_outside_url": "https://pypi.example.org", "devpi_launchd_scope": "daemon"}
+    probe = build_config(data, status.PROBE_HOME)
+    assert status._job(probe).arguments == status.FactRead.of(object, label="net.devpi", domain="system").arguments
+    found = status.Found(build_config(data, "/Users/alice"), "system", {}, {})
+    found.values[status._job(probe)] = {"loaded": True, "state": "running", "pid": 77, "runs": 1, "domain": "system",
+                                        "disabled": True}
+    part = status.launchd_report(found, probe)
+    assert (part.fields["scope"], part.fields["domain"]) == ("daemon", "system")
+    assert part.problems == [] and part.warnings == ["system/net.devpi is disabled: it will not load at the next boot"]
+    rows = dict(status.summary_lines({"launchd": part.fields}))
+    assert rows["launchd"].startswith("system/net.devpi: running, pid 77")

@@ -7,12 +7,20 @@ import pytest
 
 from operations import uninstall
 from pyinfra_devpi.config import build_config
+from pyinfra_devpi.launchd_scope import JobPlace
 from pyinfra_devpi.render import render_caddy_removed, render_caddy_site
 from pyinfra_devpi.uninstall import describe_leftovers
 
 from .prepared import Meta, PreparedHost, Upload, gnu_only_forms, run_op, shell_lines
 
 DOMAIN = "gui/501"
+PLACE = JobPlace(scope="agent", agent_domain=DOMAIN, uid=501, user="alice", group="staff")
+
+
+def job_op(host, config, place=PLACE):
+    paths = config.paths
+    return run_op(uninstall.job, host, label=config.label, place=place,
+                  plists=(paths.agent_plist_file, paths.daemon_plist_file), daemon_plists=(paths.daemon_plist_file,))
 
 
 @pytest.fixture
@@ -35,7 +43,7 @@ def gone(config) -> PreparedHost:
 
 def run_all(host, config, purge=False):
     steps = {
-        "job": run_op(uninstall.job, host, config=config, domain=DOMAIN),
+        "job": job_op(host, config),
         "caddy": run_op(uninstall.caddy_block, host, config=config, domain=DOMAIN,
                         removed=render_caddy_removed(config)),
     }
@@ -63,7 +71,7 @@ def test_an_installed_devpi_is_booted_out_and_its_block_emptied(config):
 def test_the_job_loaded_in_the_other_domain_is_booted_out_there_too(config):
     host = gone(config)
     host.elsewhere = {"loaded": True, "state": "running", "pid": 7}
-    (command,) = shell_lines(run_op(uninstall.job, host, config=config, domain=DOMAIN))
+    (command,) = shell_lines(job_op(host, config))
     assert command.startswith("launchctl bootout user/501/net.devpi")
 
 
@@ -134,3 +142,17 @@ def test_the_backup_job_goes_and_its_backups_stay_even_with_the_purge():
     assert step.kept(config) == [("backups", config.backup_dir)]
     assert all(not path.startswith(config.backup_dir) for _, path in paths.removable(config.log_backups))
     assert paths.backup_program in dict((p, w) for w, p in paths.removable(config.log_backups))
+
+
+def test_a_launchdaemon_is_booted_out_and_removed_through_sudo(config):
+    host = gone(config)
+    host.job_domain = "system"
+    host.job = {"loaded": True, "state": "running", "pid": 42}
+    host.files[config.paths.daemon_plist_file] = "<plist/>"
+    job = shell_lines(job_op(host, config))
+    assert job[0].startswith("sudo -n launchctl bootout system/net.devpi ")
+    assert "while launchctl print system/net.devpi" in job[0]
+    assert job[-1] == "sudo -n rm -f /Library/LaunchDaemons/net.devpi.plist"
+    # As root, no sudo.
+    root = JobPlace(scope="daemon", agent_domain="gui/0", uid=0, user="root", group="wheel")
+    assert not any("sudo" in c for c in shell_lines(job_op(host, config, place=root)))

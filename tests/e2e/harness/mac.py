@@ -82,11 +82,18 @@ def namespace_argv(root: Path, argv: list[str]) -> list[str]:
             "/bin/sh", "-c", f'{mounts} && exec "$@"', "sh", *argv]
 
 
-def install_user_tools(home: Path, tools: ToolPaths) -> Path:
-    """uv where its installer puts it, under the session's HOME; returns that path."""
+def install_user_tools(home: Path, tools: ToolPaths, owner=None) -> Path:
+    """uv where its installer puts it, under the session's HOME; returns that path.
+    ``owner`` (a ``pwd`` entry): another user's HOME, who cannot reach the controller's
+    uv: a copy of it, theirs."""
     uv = home / UV_INSTALLER_DIR / "uv"
     uv.parent.mkdir(parents=True, exist_ok=True)
     if uv.is_symlink() or uv.exists():
         uv.unlink()
-    uv.symlink_to(tools.uv)
+    if owner is None:
+        uv.symlink_to(tools.uv)
+        return uv
+    shutil.copy2(os.path.realpath(tools.uv), uv)
+    for path in (home / ".local", uv.parent, uv):
+        os.chown(path, owner.pw_uid, owner.pw_gid)
     return uv

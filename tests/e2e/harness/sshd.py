@@ -219,12 +219,16 @@ def build_session_env(
     return env
 
 
-def start_sshd(root: Path, tools: ToolPaths, session_env: dict[str, str], *, attempts: int = 3) -> SshServer:
+def start_sshd(root: Path, tools: ToolPaths, session_env: dict[str, str], *, attempts: int = 3,
+               user: str | None = None) -> SshServer:
     """Start a private sshd under ``root`` (a fresh directory) and prove a real login works.
 
     sshd runs in a private mount namespace with macOS's /bin/launchctl and
     /opt/homebrew/bin/caddy in place, and uv is put in the session HOME's
-    ~/.local/bin (``mac.py``)."""
+    ~/.local/bin (``mac.py``). ``user``: the SSH user when not the harness's own (a
+    throwaway non-root user, ``other_user.py``): ``root`` must then be a directory that
+    user can reach (sshd reads the authorized keys as that user), and uv is copied into
+    their HOME (the controller's is in root's home)."""
     root.mkdir(parents=True, exist_ok=True)
     _ensure_privsep_dir()
     host_key = root / "ssh_host_ed25519_key"
@@ -243,10 +247,13 @@ def start_sshd(root: Path, tools: ToolPaths, session_env: dict[str, str], *, att
     pid_file = root / "sshd.pid"
     log_path = root / "sshd.log"
     config_path = root / "sshd_config"
-    user = pwd.getpwuid(os.getuid()).pw_name
+    entry = pwd.getpwnam(user) if user else pwd.getpwuid(os.getuid())
+    user = entry.pw_name
     host_pub = (host_key.with_suffix(".pub")).read_text().split()
-    home = Path(session_env.get("HOME", pwd.getpwuid(os.getuid()).pw_dir))
-    install_user_tools(home, tools)
+    home = Path(session_env.get("HOME", entry.pw_dir))
+    install_user_tools(home, tools, owner=entry if entry.pw_uid != os.getuid() else None)
+    if entry.pw_uid != os.getuid():
+        authorized_keys.chmod(0o644)
 
     last_error = ""
     for _ in range(attempts):
@@ -303,7 +310,7 @@ def start_sshd(root: Path, tools: ToolPaths, session_env: dict[str, str], *, att
             root=root,
             port=port,
             user=user,
-            uid=os.getuid(),
+            uid=entry.pw_uid,
             host_key=host_key,
             client_key=client_key,
             known_hosts=known_hosts,
