@@ -113,6 +113,13 @@ def purge(config: DevpiConfig):
     commands = [f"rm -rf {q(path)}" for _, path in config.paths.removable(config.log_backups) if found.get(path)]
     if not commands:
         host.noop("nothing of devpi's is left to purge")
+        return
+    # Rotated copies of devpi's log beyond today's devpi_log_backups (``<log>.<n>``, left
+    # from a time the count was larger): named by the log, numbered, so devpi's.
+    commands.append(
+        f"log={q(config.paths.server_log)}; "
+        'for f in "$log".[0-9]*; do case "${f##*.}" in *[!0-9]*) ;; *) rm -f "$f" ;; esac; done'
+    )
     yield from commands
 
 
@@ -127,6 +134,8 @@ def home(config: DevpiConfig, after=()):
         return
     lock = config.paths.deploy_lock
     yield (
+        # The backup program's directory, once the purge emptied it (anything else in it keeps it).
+        f"rmdir {q(config.paths.bin_dir)} 2>/dev/null; "
         f"h={q(config.paths.home)}; if [ -d \"$h\" ] && [ -z \"$(ls -A \"$h\" | grep -v -x -F "
         f"{q(lock.serial.rsplit('/', 1)[1])})\" ]; then rm -f {q(lock.serial)} && rmdir \"$h\"; fi"
     )

@@ -222,6 +222,8 @@ class Layout:
     uv_build_venv = _Under("tools_dir", "uv-venv" + TRANSIENT_SUFFIX)
     # Backups: the program the backup job runs, its status record, the default dir.
     backup_program = _Under("home", "bin/devpi-backup.py")
+    # The backup program's directory: a purge removes it once it is empty.
+    bin_dir = _Under("home", "bin")
     backup_status = _Under("home", "backup.status.json")
     default_backup_dir = _Under("home", DEFAULT_BACKUP_DIR_NAME)
     # A restore's new server dir while it is imported and checked.

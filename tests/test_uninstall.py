@@ -97,8 +97,10 @@ def test_a_failed_caddy_restart_is_retried(config):
 
 def test_the_purge_removes_exactly_the_named_paths(config):
     steps = run_all(installed(config), config, purge=True)
-    removed = [c.removeprefix("rm -rf ") for c in steps["purge"]]
+    *named, rotated = steps["purge"]
+    removed = [c.removeprefix("rm -rf ") for c in named]
     assert removed == [path for _, path in config.paths.removable(config.log_backups)]
+    assert rotated.startswith(f"log={config.paths.server_log}; for f in ")
     assert config.paths.server_dir in removed and config.paths.home not in removed
     assert config.caddy_site_file not in removed and config.paths.plist_file not in removed
     (home,) = steps["home"]

@@ -82,6 +82,10 @@ def test_purge_removes_what_it_names_and_nothing_else(stack):
     logs = stack.home / "Library/Logs"
     other_log = logs / "someone-else.log"
     other_log.write_text("x\n")
+    # rotated copies of devpi's log from a time devpi_log_backups was larger
+    beyond = [logs / f"{stack.label}.log.{n}" for n in (8, 9, 10)]
+    for path in beyond:
+        path.write_text("old\n")
 
     dry = uninstall(stack, "--dry", devpi_uninstall_purge=True)
     assert "devpi_uninstall_purge is set: removes:" in dry.output
@@ -93,6 +97,7 @@ def test_purge_removes_what_it_names_and_nothing_else(stack):
                  stack.devpi_home / "devpi-server.yml", stack.devpi_home / "secret", stack.err_log,
                  logs / f"{stack.label}.out.log", logs / f"{stack.label}.log", stack.plist):
         assert not gone.exists() and not gone.is_symlink(), gone
+    assert not any(path.exists() for path in beyond)
     # what is not the deploy's stays, and so does the home that holds it
     assert mine.read_text() == "the operator's, not the deploy's\n" and other_log.exists()
     assert "devpi was uninstalled" in stack.site_file.read_text()
@@ -100,8 +105,10 @@ def test_purge_removes_what_it_names_and_nothing_else(stack):
     again = uninstall(stack, devpi_uninstall_purge=True)
     assert again.grand_total()[0] == 0, again.describe()
 
-    # with nothing else in it, devpi_home goes too
+    # with nothing else in it, devpi_home goes too, and so does the backup program's dir
     mine.unlink()
     stack.deploy()  # a fresh devpi (new server dir), then purged again
+    (stack.devpi_home / "bin").mkdir()
+    (stack.devpi_home / "bin" / "devpi-backup.py").write_text("# as devpi_backup leaves it\n")
     uninstall(stack, devpi_uninstall_purge=True)
     assert not stack.devpi_home.exists()
