@@ -25,6 +25,7 @@ from pyinfra_devpi.render import render_backup_plist
 from pyinfra_devpi.restore import backup_path
 
 from .prepared import SHELLS, PreparedHost, gnu_only_forms, run_op, shell_lines
+from .test_operations import launchctl_verbs
 
 HOME = "/Users/alice"
 DOMAIN = "gui/501"
@@ -213,8 +214,7 @@ def agent(host, config, keep_running=False):
 
 
 def verbs(commands):
-    return [v for c in shell_lines(commands) for v in ("enable", "bootstrap", "bootout", "kickstart")
-            if f"launchctl {v} " in c]
+    return [v.removesuffix(" -k") for v in launchctl_verbs(commands)]
 
 
 def test_the_backup_job_is_loaded_but_never_started(config):

@@ -4,6 +4,7 @@ host yields none. Operations run under prepared facts (see ``prepared.py``).
 """
 
 import dataclasses
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -147,12 +148,11 @@ def converge(host, config, password_hash=None, executing=True, diff=False, place
 
 
 def launchctl_verbs(commands):
+    """The launchctl verbs that change something, in the order they run (a remote
+    command may run several: ``launchd.one_command``)."""
     verbs = []
     for command in shell_lines(commands):
-        for verb in ("enable", "bootstrap", "bootout", "kickstart -k", "kickstart"):
-            if f"launchctl {verb} " in command:
-                verbs.append(verb)
-                break
+        verbs += re.findall(r"launchctl (enable|bootstrap|bootout|kickstart -k|kickstart) ", command)
     return verbs
 
 
@@ -381,8 +381,9 @@ def test_not_loaded_job_is_enabled_and_bootstrapped(config):
     steps = converge(host, config)
     assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
     # launchd creates the log files, not their directory: made before the load
+    (load,) = steps["agent"]  # one remote command: enable, mkdir, bootstrap
     mkdir = f"mkdir -p {config.paths.log_dir}"
-    assert steps["agent"].index(mkdir) < [i for i, c in enumerate(steps["agent"]) if "bootstrap" in c][0]
+    assert load.index(mkdir) < load.index("launchctl bootstrap")
     assert steps["health"]
 
 
@@ -587,7 +588,8 @@ def test_diff_mode_shows_each_planned_command_masked(config):
     changed = converged(config)
     changed.files[config.paths.plist_file] = "old"
     converge(changed, config, executing=False, diff=True)
-    assert any(m.startswith("Will run: launchctl bootout") for m in changed.logged)
+    assert any(m.startswith("Will run: ") and "launchctl bootout" in m and "launchctl bootstrap" in m
+               for m in changed.logged)
     assert any("Will modify" in m for m in changed.logged)
 
 
@@ -963,12 +965,14 @@ def test_a_fresh_host_gets_a_root_owned_launchdaemon_through_sudo(daemon_config)
         f"sudo -n mv -f {new} /Library/LaunchDaemons/net.devpi.plist; }} || "
         f"{{ rc=$?; sudo -n rm -f {new}; rm -f {upload.dest}; exit $rc; }}; rm -f {upload.dest}"
     )
-    assert lines[1] == "sudo -n launchctl enable system/net.devpi"
+    # One remote command: enable, the log dir, the log files, bootstrap.
+    enable, mkdir, touch, bootstrap = lines[1].split(" && ", 3)
+    assert enable == "{ sudo -n launchctl enable system/net.devpi; }"
     # The logs are the SSH user's before launchd (root) opens them.
-    assert lines[3] == "touch /Users/alice/Library/Logs/net.devpi.out.log /Users/alice/Library/Logs/net.devpi.err.log"
-    assert "out=$(sudo -n launchctl bootstrap system /Library/LaunchDaemons/net.devpi.plist 2>&1)" in lines[4]
+    assert touch == "{ touch /Users/alice/Library/Logs/net.devpi.out.log /Users/alice/Library/Logs/net.devpi.err.log; }"
+    assert "out=$(sudo -n launchctl bootstrap system /Library/LaunchDaemons/net.devpi.plist 2>&1)" in bootstrap
     # print needs no root
-    assert "if launchctl print system/net.devpi" in lines[4]
+    assert "if launchctl print system/net.devpi" in bootstrap
     # Caddy's job stays the SSH user's.
     assert "gui/501/org.caddy" in steps["caddy"][-1]
     for command in lines:
