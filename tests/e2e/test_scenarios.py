@@ -31,20 +31,39 @@ NEW = ("6.20.3", "5.1.1")  # the bump target (installed from locks/devpi-6.20.3-
 OP_REF = "op://vault/devpi/root password"
 
 
-def tree_digest(root: Path, skip=("Library/Logs",)) -> str:
-    """Every path, mode, symlink target and file byte under ``root`` (logs aside)."""
-    digest = hashlib.sha256()
+def tree_digest(root: Path, skip=("Library/Logs",)) -> dict[str, str]:
+    """Every path under ``root`` (logs aside), with a digest of its mode, symlink target
+    and bytes: two of these compare equal when nothing changed, and pytest's diff of
+    unequal ones names the paths that did."""
+    entries = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
         if any(rel == s or rel.startswith(s + "/") for s in skip):
             continue
-        st = path.lstat()
-        digest.update(f"{rel}\0{st.st_mode:o}\0".encode())
+        digest = hashlib.sha256(f"{path.lstat().st_mode:o}\0".encode())
         if path.is_symlink():
             digest.update(os.readlink(path).encode())
         elif path.is_file():
             digest.update(path.read_bytes())
-    return digest.hexdigest()
+        entries[rel] = digest.hexdigest()
+    return entries
+
+
+def settled_tree(root: Path, skip=("Library/Logs",)) -> dict[str, str]:
+    """``tree_digest(root)`` once devpi's own background writes have stopped: devpi-web's
+    Whoosh indexer works through the last changes (``.indices``, and the bytecode of the
+    modules it imports for that) for a while after the run that made them. Two digests
+    a second apart must agree; what a later run changes is then that run's doing."""
+    import time
+
+    previous = tree_digest(root, skip)
+    for _ in range(60):
+        time.sleep(1)
+        current = tree_digest(root, skip)
+        if current == previous:
+            return current
+        previous = current
+    raise AssertionError(f"{root} kept changing for a minute with no deploy running")
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +213,7 @@ def test_4_version_bump_keeps_data(host, tools):
 
 
 def test_5_dry_diff_changes_nothing_and_shows_no_secret(host, tmp_path):
-    before = tree_digest(host.home)
+    before = settled_tree(host.home)
     pid = host.pid()
     result = host.deploy("--dry", "--diff", devpi_throttle_interval=2)
     assert "Will modify" in result.output and f"{host.label}.plist" in result.output
@@ -231,7 +250,7 @@ def test_6_bad_inputs_change_nothing(host):
     from pyinfra_devpi.config import KEYS
 
     assert set(KEYS) <= set(BAD_INPUTS), "every config key needs a bad input here"
-    before, pid = tree_digest(host.home), host.pid()
+    before, pid = settled_tree(host.home), host.pid()
     for key, value in BAD_INPUTS.items():
         result = host.deploy(check=False, **{key: value})
         assert result.returncode != 0, result.describe()
