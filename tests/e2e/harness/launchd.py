@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .common import CADDY_BIN, LAUNCHCTL_DOUBLE, LOOPBACK, HarnessError, require_executable, wait_until
@@ -66,7 +67,19 @@ class LaunchdDouble:
         return int(match.group(1)) if proc.returncode == 0 and match else None
 
     def bootstrap(self, plist: Path) -> subprocess.CompletedProcess:
-        return self.run("bootstrap", self.domain, str(plist))
+        """``launchctl bootstrap``; error 5 right after a bootout of the same label (launchd
+        still tearing the old job down: the double's teardown window) is retried for a
+        few seconds, as the deploy's own bootstrap does."""
+        deadline = time.monotonic() + 5
+        while True:
+            proc = self.run("bootstrap", self.domain, str(plist), check=False)
+            if proc.returncode != 5 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if proc.returncode != 0:
+            raise HarnessError(f"launchctl bootstrap {self.domain} {plist} exited {proc.returncode}\n"
+                               f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc
 
     def bootout(self, label: str) -> subprocess.CompletedProcess:
         return self.run("bootout", self.target(label), check=False)
