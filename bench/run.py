@@ -283,6 +283,16 @@ def bench_first(env: Env, reps: int) -> dict:
     return {"runs": runs}
 
 
+def to_healthy(run: dict) -> float:
+    """Seconds from the run's start to the end of its health wait (devpi answers)."""
+    at = 0.0
+    for label, seconds in run["phases"]:
+        at += seconds
+        if label.endswith("Wait for devpi to answer"):
+            return at
+    return run["wall_s"]
+
+
 def restart_once(stack: st.DeployedStack, busy: bool) -> dict:
     old = stack.wait_healthy()
     burner = None
@@ -1010,7 +1020,8 @@ def report(results: dict) -> str:
             values = [run["phases"][i][1] for run in runs if len(run["phases"]) > i and run["phases"][i][0] == label]
             if median(values) and median(values) >= 0.05:
                 rows.append([re.sub(r"^Starting operation: ([^|]*\| )?", "", label), fmt(median(values))])
-        rows.append(["**total, to healthy**", fmt(median([run["wall_s"] for run in runs]))])
+        rows.append(["**to healthy** (the end of the health wait)", fmt(median([to_healthy(run) for run in runs]))])
+        rows.append(["**total** (the whole run)", fmt(median([run["wall_s"] for run in runs]))])
         out.append(f"\n### First converge on an empty home, warm uv cache (median of {len(runs)}; steps ≥ 0.05 s)\n")
         out.append(table(["step", "time"], rows))
     if "first" in results:
