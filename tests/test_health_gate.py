@@ -48,6 +48,29 @@ def run(shell, script):
     return subprocess.run([shell, "-c", script], capture_output=True, text=True, timeout=60)
 
 
+def free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def devpi_like(port, delay=0.0):
+    """Python source of a server answering every GET on ``port`` with 200 and our
+    ``X-DEVPI-UUID``, after ``delay`` seconds (as devpi after its start-up)."""
+    return (
+        "import http.server, time\n"
+        f"time.sleep({delay})\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def log_message(self, *a): pass\n"
+        "    def do_GET(self):\n"
+        f"        self.send_response(200); self.send_header('X-DEVPI-UUID', {OURS!r})\n"
+        "        self.send_header('Content-Length', '0'); self.end_headers()\n"
+        f"http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
+    )
+
+
 @pytest.mark.parametrize("shell", SHELLS)
 def test_healthy_when_our_server_dir_answers(shell, devpi_answering, tmp_path):
     url, _ = devpi_answering
@@ -95,12 +118,9 @@ def test_a_new_venv_whose_devpi_fails_the_gate_is_rolled_back(tmp_path):
     """The swapped-in venv's devpi never answers: the link goes back to the previous
     venv, the job restarts (a stand-in launchctl starts a devpi-like server), the gate
     waits again, and the run still fails naming the version."""
-    import socket
     import sys
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     home = tmp_path / "home"
     (home / "venvs").mkdir(parents=True)
     old, new = home / "venvs" / "old", home / "venvs" / "new"
@@ -111,15 +131,7 @@ def test_a_new_venv_whose_devpi_fails_the_gate_is_rolled_back(tmp_path):
     live.symlink_to(new)
     (home / "venv.previous").write_text(f"{old}\n")
     server = tmp_path / "server.py"
-    server.write_text(
-        "import http.server, sys\n"
-        "class H(http.server.BaseHTTPRequestHandler):\n"
-        "    def log_message(self, *a): pass\n"
-        "    def do_GET(self):\n"
-        f"        self.send_response(200); self.send_header('X-DEVPI-UUID', {OURS!r})\n"
-        "        self.send_header('Content-Length', '0'); self.end_headers()\n"
-        f"http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
-    )
+    server.write_text(devpi_like(port))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "launchctl.calls"
@@ -178,33 +190,16 @@ def launchd(tmp_path):
 
 
 def serving_after(port, delay):
-    """A devpi-like /+api on ``port`` (our uuid) that starts answering after ``delay``."""
+    """A job's program: a devpi-like /+api on ``port`` that starts answering after ``delay``."""
     import sys
 
-    return [sys.executable, "-c", (
-        "import http.server, time\n"
-        f"time.sleep({delay})\n"
-        "class H(http.server.BaseHTTPRequestHandler):\n"
-        "    def log_message(self, *a): pass\n"
-        "    def do_GET(self):\n"
-        f"        self.send_response(200); self.send_header('X-DEVPI-UUID', {OURS!r})\n"
-        "        self.send_header('Content-Length', '0'); self.end_headers()\n"
-        f"http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
-    )]
+    return [sys.executable, "-c", devpi_like(port, delay)]
 
 
 def wait_for_state(launchd, label, state):
     from .test_launchctl_double import wait_for
 
     return wait_for(lambda: launchd.info(label).get("state") == state, timeout=10)
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize("lives", [0, 1.5], ids=["gone-before-the-gate-looks", "seen-running-then-gone"])

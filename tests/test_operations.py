@@ -968,6 +968,7 @@ def test_a_fresh_host_gets_a_root_owned_launchdaemon_through_sudo(daemon_config)
     # One remote command: enable, the log dir, the log files, bootstrap.
     enable, mkdir, touch, bootstrap = lines[1].split(" && ", 3)
     assert enable == "{ sudo -n launchctl enable system/net.devpi; }"
+    assert mkdir == "{ mkdir -p /Users/alice/Library/Logs; }"
     # The logs are the SSH user's before launchd (root) opens them.
     assert touch == "{ touch /Users/alice/Library/Logs/net.devpi.out.log /Users/alice/Library/Logs/net.devpi.err.log; }"
     assert "out=$(sudo -n launchctl bootstrap system /Library/LaunchDaemons/net.devpi.plist 2>&1)" in bootstrap
