@@ -133,6 +133,17 @@ def _wait_seconds(where, value):
     )
 
 
+# Longer than any restart the deploy makes; beyond it a client had better get its 502.
+MAX_UPSTREAM_WAIT = 300
+
+
+def _upstream_wait(where, value):
+    return checks.integer(
+        where, value, minimum=0, maximum=MAX_UPSTREAM_WAIT,
+        allowed=f"use a whole number of seconds from 0 (no waiting) to {MAX_UPSTREAM_WAIT}",
+    )
+
+
 def _host(where, value):
     try:
         ipaddress.ip_address(value)
@@ -439,6 +450,10 @@ class DevpiConfig:
     caddy_restart: dict | None = key("devpi_caddy_restart", None, _caddy_restart, optional=True)
     caddy_serve_files: bool = key("devpi_caddy_serve_files", True, checks.boolean)
     caddy_max_body_size: str = key("devpi_caddy_max_body_size", "200MB", _size)
+    # How long Caddy holds a request while devpi's port refuses connections (devpi
+    # restarting: a deploy's restart, an upgrade, a takeover), retrying every 100 ms,
+    # before it answers 502; 0: answer 502 at once.
+    caddy_upstream_wait: int = key("devpi_caddy_upstream_wait", 10, _upstream_wait)
     # None: found on the host (layout.CADDY_CANDIDATES).
     caddy_bin: str | None = key("devpi_caddy_bin", None, _command_name, optional=True)
     # Mirror warming (docs/cold-mirror-race.md): project names, or the path of a

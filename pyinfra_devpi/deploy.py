@@ -286,6 +286,20 @@ def devpi_service():
     )
     secret_op = devpi.secret(name="Create devpi secret file", config=config)
     init_op = devpi.init(name="Initialise devpi server dir", config=config, password_hash=password_hash)
+    # Before devpi's job is (re)loaded or restarted: the block holds requests while
+    # devpi's port is closed (devpi_caddy_upstream_wait), so with it in place first, a
+    # restart below (a takeover, an upgrade, a config change) fails no request that
+    # comes through Caddy. It needs nothing from the running devpi.
+    caddy_op = caddy.site(
+        name="Caddy site block for devpi",
+        path=paths.caddy_site_file,
+        content=caddy_site,
+        restart=config.caddy_restart,
+        # Caddy's own job is the SSH user's (e.g. `brew services`), whatever devpi's scope.
+        domain=place.agent_domain,
+        pending_marker=paths.caddy_restart_pending,
+        caddy_bin=config.caddy_bin,
+    )
     # Before the job is (re)loaded: an old job would keep devpi's port.
     retire_op = retire.old_agents(
         name="Retire this devpi's job under another label, domain or scope",
@@ -352,16 +366,6 @@ def devpi_service():
                 sudo=place.sudo,
             ),
         ]
-    caddy_op = caddy.site(
-        name="Caddy site block for devpi",
-        path=paths.caddy_site_file,
-        content=caddy_site,
-        restart=config.caddy_restart,
-        # Caddy's own job is the SSH user's (e.g. `brew services`), whatever devpi's scope.
-        domain=place.agent_domain,
-        pending_marker=paths.caddy_restart_pending,
-        caddy_bin=config.caddy_bin,
-    )
     # devpi_users / devpi_indexes: planned (refused, passwords read) now, applied once
     # devpi is up (waited for above), over its REST API through the SSH connection.
     try:

@@ -222,6 +222,12 @@ def render_caddy_removed(config: DevpiConfig) -> str:
     return _finish(template.render(site_file=config.paths.caddy_site_file))
 
 
+# How often Caddy dials devpi again while holding a request (devpi_caddy_upstream_wait):
+# Caddy's default (250 ms) would add up to that much to each held request once devpi
+# answers again; a refused dial on loopback costs nothing.
+CADDY_UPSTREAM_RETRY_INTERVAL = "100ms"
+
+
 def render_caddy_site(config: DevpiConfig) -> str:
     template = _environment(autoescape=False).get_template("devpi.caddy.j2")
     # Caddy sets (replaces) the header, so a client cannot choose the URLs devpi
@@ -239,5 +245,7 @@ def render_caddy_site(config: DevpiConfig) -> str:
             cache_control=caddy_token(RELEASE_FILE_CACHE_CONTROL),
             upstream=config.local_url.removeprefix("http://"),
             outside_url=caddy_token(outside_url),
+            upstream_wait=f"{config.caddy_upstream_wait}s" if config.caddy_upstream_wait else None,
+            upstream_retry_interval=CADDY_UPSTREAM_RETRY_INTERVAL,
         ),
     )

@@ -98,6 +98,7 @@ BAD_VALUES = {
     "devpi_caddy_serve_files": ["no", None],
     "devpi_remove_orphaned_index": ["yes", 1, None],
     "devpi_caddy_max_body_size": ["200 MB", "lots", 200, "0MB"],
+    "devpi_caddy_upstream_wait": [-1, 301, "10s", 2.5, True, None],
     "devpi_caddy_bin": ["", 7],
     "devpi_prewarm": [
         "requests",  # a string is a file path on the controller: this one does not exist

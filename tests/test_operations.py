@@ -125,6 +125,11 @@ def converge(host, config, password_hash=None, executing=True, diff=False, place
     run("secret", devpi.secret, config=config)
     run("init", devpi.init, config=config, password_hash=(lambda: password_hash) if password_hash else None)
     run(
+        "caddy", caddy.site, path=config.caddy_site_file, content=render_caddy_site(config),
+        restart=config.caddy_restart, domain=place.agent_domain, pending_marker=config.paths.caddy_restart_pending,
+        caddy_bin=None,
+    )
+    run(
         "retire", retire.old_agents, label=config.label, place=place, plist_path=config.paths.plist_file,
         config_file=config.paths.config_file, agents_dir=config.launch_agents_dir,
         keep=(config.paths.backup_label,), other_plists=config.paths.other_scope_plists,
@@ -139,11 +144,6 @@ def converge(host, config, password_hash=None, executing=True, diff=False, place
     run("health", devpi.wait_healthy, config=config, after=[agent_op], new_venv=[venv_op],
         target=place.target(config.label), sudo=place.sudo)
     run("index", devpi.orphaned_index, config=config, indexer_backend=WHOOSH)
-    run(
-        "caddy", caddy.site, path=config.caddy_site_file, content=render_caddy_site(config),
-        restart=config.caddy_restart, domain=place.agent_domain, pending_marker=config.paths.caddy_restart_pending,
-        caddy_bin=None,
-    )
     return steps
 
 
@@ -169,11 +169,11 @@ def test_converged_host_yields_nothing(config):
         "/Users/alice/devpi/devpi-server.yml is up to date",
         "devpi's secret file /Users/alice/devpi/secret exists",
         "/Users/alice/devpi/server-dir is initialised",
+        "/Users/alice/.config/caddy/sites/devpi.caddy is up to date",
         "no job of this devpi under another label, domain or scope",
         "gui/501/net.devpi is loaded, enabled and running its current definition",
         "devpi was not (re)started",
         "no Whoosh search index in /Users/alice/devpi/server-dir",
-        "/Users/alice/.config/caddy/sites/devpi.caddy is up to date",
     ]
 
 

@@ -137,6 +137,26 @@ def test_caddy_without_outside_url_uses_the_request_origin(tmp_path):
     assert "{http.request.scheme}://{http.request.hostport}" in result.stdout
 
 
+def _reverse_proxy(json_text):
+    return next(node for node in _adapted_routes(json_text) if node.get("handler") == "reverse_proxy")
+
+
+@pytest.mark.parametrize("wait, try_duration", [(None, 10), (3, 3), (0, None)])
+def test_caddy_holds_requests_while_devpi_restarts(tmp_path, wait, try_duration):
+    """devpi_caddy_upstream_wait: Caddy dials devpi again every 100 ms for that long
+    (Caddy's load_balancing try_duration/try_interval, in nanoseconds in its JSON)
+    instead of answering 502 while devpi's port is closed; 0 turns it off."""
+    data = {} if wait is None else {"devpi_caddy_upstream_wait": wait}
+    result = caddy_adapt(tmp_path, render_caddy_site(config_for(**data)))
+    assert result.returncode == 0, result.stderr
+    balancing = _reverse_proxy(result.stdout).get("load_balancing", {})
+    if try_duration is None:
+        assert "try_duration" not in balancing
+    else:
+        assert balancing["try_duration"] == try_duration * 1_000_000_000
+        assert balancing["try_interval"] == 100_000_000
+
+
 def test_replication_role_keeps_changelog_open():
     config = config_for(devpi_server_options={"role": "primary"})
     assert "+changelog" not in render_caddy_site(config)
