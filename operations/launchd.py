@@ -20,7 +20,7 @@ from __future__ import annotations
 import plistlib
 import shlex
 
-from pyinfra import host
+from pyinfra import host, logger
 
 from facts.files import FileMode
 from facts.launchd import LaunchdJob
@@ -161,6 +161,7 @@ def agent(
     root_owned: bool = False,
     staged: str | None = None,
     log_files=(),
+    displace=(),
 ):
     """
     Make launchd run the LaunchAgent ``label`` from ``plist``.
@@ -183,6 +184,11 @@ def agent(
     + log_files: files the job's definition names (its logs), created empty as the SSH
       user before the job is (re)loaded: launchd opens a LaunchDaemon's log files as
       root, so one it created would be root's and the job's user could not reopen it
+    + displace: this job loaded in other domains (``retire.loaded_elsewhere``: (what to
+      say, the bootout command)), e.g. the Ansible role's job loaded with legacy
+      ``launchctl load``, which holds devpi's port: booted out in the load command, right
+      before the bootstrap, after the plist is written, so the port is closed only for
+      the switch itself; the job is then (re)started even if nothing else changed
 
     | observed                                   | commands                         |
     | plist changed, job loaded                  | write plist, bootout, bootstrap  |
@@ -227,17 +233,22 @@ def agent(
     make_dirs = [f"mkdir -p {' '.join(shlex.quote(d) for d in directories)}"] if directories else []
     if log_files:
         make_dirs.append(f"touch {' '.join(shlex.quote(f) for f in log_files)}")
+    for message, _ in displace:
+        host.log(message, logger.info)
+    displaced = [bootout for _, bootout in displace]
     if loaded and (plist_changed or drift):
         # The loaded job keeps its cached definition until it is booted out.
-        start = [*make_dirs, bootout_command(target, sudo), bootstrap_command(domain, target, plist_path, sudo=sudo)]
+        start = [*make_dirs, *displaced, bootout_command(target, sudo),
+                 bootstrap_command(domain, target, plist_path, sudo=sudo)]
     elif not loaded:
-        start = [*make_dirs, bootstrap_command(domain, target, plist_path, sudo=sudo)]
+        start = [*make_dirs, *displaced, bootstrap_command(domain, target, plist_path, sudo=sudo)]
     elif not keep_running:
-        start = []  # launchd starts it when its calendar says so
+        start = [*displaced]  # launchd starts it when its calendar says so
     elif not _is_running(job):
-        start = [f"{sudo}launchctl kickstart {target}"]
-    elif any_changed(restart_after):
-        start = [f"{sudo}launchctl kickstart -k {target}"]
+        start = [*displaced, f"{sudo}launchctl kickstart {target}"]
+    elif any_changed(restart_after) or displaced:
+        # Displaced: the other instance may have held the port this one needs.
+        start = [*displaced, f"{sudo}launchctl kickstart -k {target}"]
     else:
         start = []
     if enable or start:

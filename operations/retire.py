@@ -63,9 +63,23 @@ def bootout_and_wait(target: str, sudo: str = "") -> str:
     )
 
 
+def loaded_elsewhere(label: str, place: JobPlace) -> list[tuple[str, str]]:
+    """``label`` loaded in a domain it must not be in: (what to say, the command that
+    boots it out and waits until launchd lets it go), one per such domain."""
+    found = []
+    for where in place.elsewhere:
+        elsewhere = read(host, _job_elsewhere_read(label, where))
+        if elsewhere and elsewhere.get("loaded"):
+            found.append((
+                f"{label} is also loaded in {where}: booting it out there",
+                bootout_and_wait(f"{where}/{label}", place.prefix(where)),
+            ))
+    return found
+
+
 @operation
 def old_agents(label: str, place: JobPlace, plist_path: str, config_file: str, agents_dir: str, keep=(),
-               other_plists=()):
+               other_plists=(), leave=()):
     """
     Boot out and remove this deploy's LaunchAgent under an old label, its labels loaded
     in another launchd domain, and the other scope's plists.
@@ -76,14 +90,16 @@ def old_agents(label: str, place: JobPlace, plist_path: str, config_file: str, a
     + keep: labels of this devpi's other jobs (the backup job): not retired under an old
       label, but booted out of the other domains like devpi's own
     + other_plists: the other scope's plists (devpi's and the backup job's), removed
+    + leave: labels whose jobs in other domains are left to the job's own load command
+      (``launchd.agent``'s ``displace``: booted out right before the bootstrap)
     """
     commands = []
     for job_label in (label, *keep):
-        for where in place.elsewhere:
-            elsewhere = read(host, _job_elsewhere_read(job_label, where))
-            if elsewhere and elsewhere.get("loaded"):
-                host.log(f"{job_label} is also loaded in {where}: booting it out there", logger.info)
-                commands.append(bootout_and_wait(f"{where}/{job_label}", place.prefix(where)))
+        if job_label in leave:
+            continue
+        for message, bootout in loaded_elsewhere(job_label, place):
+            host.log(message, logger.info)
+            commands.append(bootout)
     for path in other_plists:
         if file_content(host, path) is not None:
             host.log(f"{path} is this devpi's plist for the other devpi_launchd_scope: removing it", logger.info)

@@ -310,6 +310,7 @@ def devpi_service():
         agents_dir=paths.launch_agents_dir,
         keep=(paths.backup_label,),
         other_plists=paths.other_scope_plists,
+        leave=(config.label,),
     )
     kind = "LaunchDaemon " if place.daemon else "LaunchAgent "
     # A LaunchDaemon's plist is root's (written through sudo -n); its logs are made the
@@ -325,6 +326,10 @@ def devpi_service():
         directories=[paths.log_dir],
         staged=paths.staged(paths.plist_file),
         log_files=(paths.out_log, paths.err_log) if place.daemon else (),
+        # devpi's label loaded in another domain (the Ansible role's `launchctl load`,
+        # the other scope) holds the port: booted out by the same command that loads
+        # this job, after its plist is written, so the port is closed only for the switch.
+        displace=retire.loaded_elsewhere(config.label, place),
         **job_files,
     )
     health_op = devpi.wait_healthy(

@@ -20,7 +20,7 @@ from pyinfra_devpi.render import render_caddy_site, render_logging_config, rende
 from pyinfra_devpi.search import NULL, WHOOSH
 from pyinfra.api.hiddenvalue import HiddenValue
 
-from .prepared import Meta, PreparedHost, Upload, gnu_only_forms, run_op, shell_lines
+from .prepared import Meta, PreparedHost, Upload, gnu_only_forms, in_context, run_op, shell_lines
 
 DOMAIN = "gui/501"
 TARGET = "gui/501/net.devpi"
@@ -132,14 +132,16 @@ def converge(host, config, password_hash=None, executing=True, diff=False, place
     run(
         "retire", retire.old_agents, label=config.label, place=place, plist_path=config.paths.plist_file,
         config_file=config.paths.config_file, agents_dir=config.launch_agents_dir,
-        keep=(config.paths.backup_label,), other_plists=config.paths.other_scope_plists,
+        keep=(config.paths.backup_label,), other_plists=config.paths.other_scope_plists, leave=(config.label,),
     )
+    displace = in_context(host, retire.loaded_elsewhere, config.label, place, executing=executing)
     agent_op = run(
         "agent", launchd.agent, label=config.label, plist=render_plist(config, place.run_as),
         plist_path=config.paths.plist_file, domain=domain, restart_after=[venv_op, logging_op, config_op],
         directories=[config.paths.log_dir], sudo=place.sudo, root_owned=place.daemon,
         staged=config.paths.staged(config.paths.plist_file),
         log_files=(config.paths.out_log, config.paths.err_log) if place.daemon else (),
+        displace=displace,
     )
     run("health", devpi.wait_healthy, config=config, after=[agent_op], new_venv=[venv_op],
         target=place.target(config.label), sudo=place.sudo)
@@ -616,10 +618,30 @@ def test_the_label_loaded_in_the_other_domain_is_booted_out_there(config):
     host = converged(config)
     host.elsewhere = {**host.job, "domain": "user/501"}
     steps = converge(host, config)
-    (command,) = shell_lines(steps["retire"])
-    assert command.startswith("launchctl bootout user/501/net.devpi ")
-    assert "while launchctl print user/501/net.devpi" in command
+    assert steps["retire"] == []
+    (command,) = shell_lines(steps["agent"])
+    # In the command that restarts this job: the other one may hold devpi's port.
+    bootout = command.index("launchctl bootout user/501/net.devpi ")
+    assert bootout < command.index("while launchctl print user/501/net.devpi") < command.index(
+        "launchctl kickstart -k gui/501/net.devpi")
+    assert launchctl_verbs(steps["agent"]) == ["bootout", "kickstart -k"]
     assert gnu_only_forms(command) == []
+    assert "net.devpi is also loaded in user/501: booting it out there" in host.logged
+
+
+def test_the_role_job_is_booted_out_after_the_new_plist_is_written(config):
+    """The takeover: the Ansible role's job (same label, loaded with legacy `launchctl
+    load` into user/<uid>) keeps answering until the command that bootstraps this one:
+    the plist upload happens while it still runs."""
+    host = fresh(config)
+    host.server_dir = converged(config).server_dir
+    host.elsewhere = {**loaded_job(config), "domain": "user/501"}
+    steps = converge(host, config)
+    assert steps["retire"] == []
+    *upload, load = steps["agent"]
+    assert [c.dest for c in upload if isinstance(c, Upload)] == [config.paths.plist_file + ".pyinfra-new"]
+    assert launchctl_verbs([load]) == ["enable", "bootout", "bootstrap"]
+    assert load.index("launchctl bootout user/501/net.devpi ") < load.index("launchctl bootstrap gui/501 ")
 
 
 # --------------------------------------------------------------------------- the init script, run
@@ -1023,10 +1045,13 @@ def test_switching_to_the_daemon_retires_the_launchagent_first(daemon_config):
     host.files[agent_plist] = "<plist/>"
     steps = converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
     retired = shell_lines(steps["retire"])
-    assert retired[0].startswith("launchctl bootout gui/501/net.devpi ")
-    assert "while launchctl print gui/501/net.devpi" in retired[0]
-    assert retired[-1] == f"rm -f {agent_plist}"  # the SSH user's own: no sudo
-    assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
+    assert retired == [f"rm -f {agent_plist}"]  # the SSH user's own: no sudo
+    # the LaunchAgent is booted out by the command that loads the LaunchDaemon
+    load = shell_lines(steps["agent"])[-1]
+    verbs = launchctl_verbs([load])
+    assert verbs[0] == "enable" and verbs[-1] == "bootstrap" and set(verbs[1:-1]) == {"bootout"}
+    assert "{ launchctl bootout gui/501/net.devpi " in load  # the SSH user's own job: no sudo
+    assert "while launchctl print gui/501/net.devpi" in load
 
 
 def test_switching_back_to_the_agent_retires_the_launchdaemon_through_sudo(config):
@@ -1035,12 +1060,13 @@ def test_switching_back_to_the_agent_retires_the_launchdaemon_through_sudo(confi
     host.files["/Library/LaunchDaemons/net.devpi.plist"] = "<plist/>"
     steps = converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
     retired = shell_lines(steps["retire"])
-    assert retired[0].startswith("sudo -n launchctl bootout system/net.devpi ")
+    assert retired == ["sudo -n rm -f /Library/LaunchDaemons/net.devpi.plist"]
+    load = shell_lines(steps["agent"])[-1]
+    assert "sudo -n launchctl bootout system/net.devpi " in load
     # waiting needs no root: anyone may print the system domain
-    assert "while launchctl print system/net.devpi" in retired[0]
-    assert retired[-1] == "sudo -n rm -f /Library/LaunchDaemons/net.devpi.plist"
-    assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
-    assert "sudo" not in " ".join(shell_lines(steps["agent"]))
+    assert "while launchctl print system/net.devpi" in load
+    assert launchctl_verbs([load]) == ["enable", "bootout", "bootstrap"]
+    assert load.count("sudo") == 1  # only the system domain's bootout; the agent is the user's
 
 
 def test_the_daemon_scope_reads_only_what_the_modules_declare(daemon_config):

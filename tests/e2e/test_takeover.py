@@ -20,7 +20,7 @@ import pytest
 from pyinfra_devpi.search import WHOOSH, backend_in
 
 from . import devpi_client as devpi
-from .harness import build_wheel, install_ansible_devpi, populate, write_proxy_block
+from .harness import Poller, build_wheel, install_ansible_devpi, populate, write_proxy_block
 from .harness.ansible import ROLE_DRIFT
 from .stack import start_stack
 
@@ -92,7 +92,7 @@ def test_the_ansible_install_is_taken_over_with_its_data_intact(sshd, launchd, u
             assert f"Will read devpi_root_password ({ROOT_REF}) when applied" in out, dry.describe()
             assert "Will run: # build devpi-server 6.20.3 + devpi-web 5.1.1 in a new venv" in out
             assert f"{stack.label} is also loaded in user/{uid}: booting it out there" in out
-            assert re.search(rf"Will run: launchctl bootout '?{re.escape(legacy_target)}", out), out
+            assert re.search(rf"Will run: .*launchctl bootout '?{re.escape(legacy_target)}", out), out
             assert re.search(r"Will run: .*launchctl bootstrap", out), out
             assert "Will set index root/pypi's mirror_no_project_list to True" in out
             # search comes back on the role's index once root/pypi has the flag: not orphaned
@@ -103,10 +103,16 @@ def test_the_ansible_install_is_taken_over_with_its_data_intact(sshd, launchd, u
             assert not (stack.devpi_home / "secret").exists()
             assert launchd.run("print", legacy_target, check=False).returncode == 0
 
-            # ---- the takeover
-            result = stack.deploy()
-            pid = stack.wait_healthy()
-            stack.wait_caddy()
+            # ---- the takeover, with devpi polled directly and through Caddy
+            with Poller(stack.devpi_url) as direct, Poller(stack.caddy_url) as proxied:
+                result = stack.deploy()
+                pid = stack.wait_healthy()
+                stack.wait_caddy()
+            # devpi's port was closed during the switch, but Caddy (its new block in place
+            # first) held those requests: none came back 502. (Caddy's own restart, a
+            # kickstart -k of its job, refuses connections for a moment: status 0.)
+            assert direct.failed()
+            assert 502 not in {status for _, status in proxied.failed()}, proxied.failed()
             assert launchd.run("print", legacy_target, check=False).returncode != 0  # gone from user/<uid>
             printed = stack.printed()
             assert str(stack.devpi_home / "devpi-server.yml") in printed  # the deploy's definition

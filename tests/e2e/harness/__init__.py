@@ -73,7 +73,7 @@ from .launchd import (
 )
 from .logs import collect_logs, tail
 from .mac import HOMEBREW_BIN, MAC_LAUNCHCTL, MAC_SSH_PATH, UV_INSTALLER_DIR, install_user_tools, namespace_argv
-from .network import free_port, http, http_ok, listening_addresses, port_open, wait_for_port
+from .network import Poller, free_port, http, http_ok, listening_addresses, port_open, wait_for_port
 from .op import FakeOp
 from .processes import alive, cmdline, cpu_seconds, proc_memory, spawn, stop_process, wait_gone
 from .runner import (
@@ -108,7 +108,7 @@ __all__ = [
     "CaddyJob", "FakeOp", "HarnessError", "LaunchdDouble", "PyinfraResult", "SshServer", "ToolPaths",
     "Upstream", "WheelInfo",
     "alive", "build_session_env", "build_wheel", "cmdline", "collect_logs", "controller_python",
-    "count_remote_commands", "cpu_seconds", "fail_missing", "find_tools", "free_port", "http", "http_ok",
+    "Poller", "count_remote_commands", "cpu_seconds", "fail_missing", "find_tools", "free_port", "http", "http_ok",
     "launchd_shutdown", "listening_addresses", "normalize_name", "path_without_venv", "port_open",
     "proc_memory", "pyinfra_env", "remote_commands", "require_executable", "resolve_controller_tool",
     "run_pyinfra", "simultaneous", "spawn", "sshd_setenv_line", "start_caddy_job", "start_sshd", "start_upstream", "rebuild_wheel", "wheels_of_lock", "add_unstartable_devpi",

@@ -1,10 +1,12 @@
-"""Loopback ports and the one HTTP helper."""
+"""Loopback ports, the one HTTP helper, and a poller of devpi's ``/+api``."""
 
 from __future__ import annotations
 
 import json
 import socket
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -90,3 +92,38 @@ def http_ok(url: str, *, timeout: float = 2) -> bool:
         return http("GET", url, timeout=timeout)[0] == 200
     except OSError:
         return False
+
+
+class Poller:
+    """``GET <url>/+api`` back to back (every 20 ms) in a thread while a test changes the
+    host: every answer's status (0: no connection at all), when it was sent and when it
+    came back (``time.monotonic()``)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.answers: list[tuple[float, int]] = []
+        self.spans: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sent = time.monotonic()
+            try:
+                status = http("GET", self.url + "/+api", headers={"Accept": "application/json"}, timeout=30)[0]
+            except OSError:
+                status = 0
+            self.answers.append((sent, status))
+            self.spans.append((sent, time.monotonic()))
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> "Poller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def failed(self) -> list[tuple[float, int]]:
+        return [(sent, status) for sent, status in self.answers if status != 200]
