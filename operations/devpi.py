@@ -94,7 +94,7 @@ WARM_BYTECODE = (
 )
 
 
-def build_venv_script(config: DevpiConfig, requirements: str, sync: bool = False, warm: bool = True) -> str:
+def build_venv_script(config: DevpiConfig, requirements: str, sync: bool = False) -> str:
     """Build a new venv beside the live one, prove it, then swap the live link.
 
     The live venv is never modified: the new one gets a fresh directory under
@@ -108,12 +108,6 @@ def build_venv_script(config: DevpiConfig, requirements: str, sync: bool = False
     ``uv pip sync`` installs exactly it without resolving anything (``uv pip install``
     of the same file resolves it again and revalidates its index pages: measured 5.4 s
     against 0.9 s with a warm cache).
-
-    ``warm``: also write the bytecode devpi's start needs (``WARM_BYTECODE``), so that
-    the restart onto this venv does not compile it while devpi's port is closed. Not
-    when no devpi is serving (a first install, a devpi that is down): its first start
-    compiles only what it imports (devpi-init has compiled most of it by then), which
-    costs less than compiling every devpi module here (~1.7 s measured).
     """
     paths = config.paths
     index = f" --index-url {q(config.index_url)}" if config.index_url else ""
@@ -123,7 +117,7 @@ def build_venv_script(config: DevpiConfig, requirements: str, sync: bool = False
     check = "\n".join((
         "import devpi_server, devpi_web.main",
         "from devpi_server.main import DATABASE_VERSION as v",
-        *([WARM_BYTECODE] if warm else []),
+        WARM_BYTECODE,
         "print(v, devpi_server.__version__)",
     ))
     python = layout.venv_bin('"$new"', "python")
@@ -240,15 +234,13 @@ def prune_script(paths) -> str:
 
 
 @operation
-def venv(config: DevpiConfig, lock: str | None = None, warm: bool = True):
+def venv(config: DevpiConfig, lock: str | None = None):
     """
     Install the pinned devpi-server and devpi-web into a new venv and make it live.
 
     + config: the validated deploy config
     + lock: the full requirements lock for the pinned pair (``locks/``), or None to
       let uv resolve the pins
-    + warm: write the bytecode devpi's start needs before the swap (a devpi is
-      serving, and its restart onto the new venv should be short)
     """
     installed = read(host, venv_read(config))
     if venv_is_current(config, installed):
@@ -270,7 +262,7 @@ def venv(config: DevpiConfig, lock: str | None = None, warm: bool = True):
                 "setuptools<=81",
             )
         )
-    yield ProgressCommand(build_venv_script(config, requirements, sync=lock is not None, warm=warm))
+    yield ProgressCommand(build_venv_script(config, requirements, sync=lock is not None))
 
 
 @operation

@@ -186,13 +186,6 @@ def plan_init_secret(config: DevpiConfig):
     return lambda: root_password_hash(config)
 
 
-def devpi_running(config: DevpiConfig, place) -> bool:
-    """Whether a devpi of this deploy runs now, as the run found launchd: its job running
-    in its domain, or its label loaded in another one (the Ansible role's job)."""
-    job = read(host, launchd.job_read(config.label, place.domain))
-    return bool(job and job.get("state") == "running") or bool(retire.loaded_elsewhere(config.label, place))
-
-
 @deploy("devpi")
 def devpi_service():
     """Converge devpi-server + devpi-web as a LaunchAgent (or a LaunchDaemon run as the SSH
@@ -273,10 +266,7 @@ def devpi_service():
         host.log(searching.message, logger.warning if searching.warn else logger.info)
     server_yaml = render_server_yaml(config, searching.backend)
 
-    # A devpi serving now is restarted onto a new venv: its bytecode is written first,
-    # to keep that restart short.
-    venv_op = devpi.venv(name="Install devpi venv", config=config, lock=read_lock(config),
-                         warm=devpi_running(config, place))
+    venv_op = devpi.venv(name="Install devpi venv", config=config, lock=read_lock(config))
     # With devpi_allow_export_import: a new devpi with another database version gets
     # the data through devpi-export / devpi-import (its venv is swapped in there).
     upgrade_op = server_dir_ops.upgrade(

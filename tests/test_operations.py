@@ -15,7 +15,6 @@ from operations import caddy, devpi, launchd, retire
 from pyinfra_devpi.launchd_scope import JobPlace
 from operations import server_dir as server_dir_ops
 from pyinfra_devpi.config import build_config
-from pyinfra_devpi.deploy import devpi_running
 from pyinfra_devpi.preflight import Tools, with_tools
 from pyinfra_devpi.render import render_caddy_site, render_logging_config, render_plist, render_server_yaml
 from pyinfra_devpi.search import NULL, WHOOSH
@@ -118,8 +117,7 @@ def converge(host, config, password_hash=None, executing=True, diff=False, place
         steps[name] = commands
         return Meta(bool(commands))
 
-    warm = in_context(host, devpi_running, config, place, executing=executing)
-    venv_op = run("venv", devpi.venv, config=config, lock="pinned==1.0 --hash=sha256:00\n", warm=warm)
+    venv_op = run("venv", devpi.venv, config=config, lock="pinned==1.0 --hash=sha256:00\n")
     run("upgrade", server_dir_ops.upgrade, config=config, domain=domain, venv_op=venv_op, sudo=place.sudo)
     run("adopt", server_dir_ops.adopt, config=config)
     logging_op = run("logging", devpi.logging_config, config=config, content=render_logging_config(config))
@@ -239,25 +237,6 @@ def test_fresh_host_builds_everything_in_order(config):
     assert len(steps["health"]) == 1 and "/+api" in steps["health"][0]
     assert launchctl_verbs(steps["caddy"]) == ["kickstart -k"]
     assert "gui/501/org.caddy" in steps["caddy"][-1]
-
-
-def test_a_new_venv_gets_devpi_bytecode_only_when_a_devpi_is_serving(config):
-    """Written before the swap, the bytecode keeps the restart of a running devpi
-    short; with nothing serving, devpi's first start compiles what it needs."""
-    warms = "pkgutil.iter_modules"  # WARM_BYTECODE, shell-quoted in the script
-    bump = converged(config)
-    bump.venv = {**bump.venv, "devpi-server": "6.20.2"}
-    assert warms in converge(bump, config)["venv"][-1]
-    takeover = fresh(config)
-    takeover.server_dir = converged(config).server_dir
-    takeover.elsewhere = {**loaded_job(config), "domain": "user/501"}  # the role's job
-    assert warms in converge(takeover, config)["venv"][-1]
-    script = converge(fresh(config), config, password_hash=HiddenValue(PASSWORD_HASH))["venv"][-1]
-    assert "import devpi_server, devpi_web.main" in script and warms not in script
-    down = converged(config)
-    down.venv = None
-    down.job = {**down.job, "state": "not running", "pid": None}
-    assert warms not in converge(down, config)["venv"][-1]
 
 
 def test_version_bump_builds_new_venv_and_restarts(config):
