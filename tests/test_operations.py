@@ -239,6 +239,20 @@ def test_fresh_host_builds_everything_in_order(config):
     assert "gui/501/org.caddy" in steps["caddy"][-1]
 
 
+def test_devpi_bytecode_is_written_beside_the_check_and_before_the_swap(config):
+    """A second interpreter writes the bytecode devpi's start needs while the check
+    runs (two cores); the venv goes live only once it is done, and a build that fails
+    stops it before removing the venv."""
+    host = converged(config)
+    host.venv = None
+    script = converge(host, config)["venv"][-1]
+    warm = script.index("pkgutil.iter_modules")
+    started = script.index("& warm_pid=$!")
+    assert warm < started < script.index("found=$(") < script.index('wait "$warm_pid" || true') < script.index("swapped=1")
+    trap = script[script.index("trap '"):]
+    assert trap.index('kill "$warm_pid"') < trap.index('rm -rf "$new"')
+
+
 def test_version_bump_builds_new_venv_and_restarts(config):
     host = converged(config)
     host.venv = {**host.venv, "devpi-server": "6.20.2"}
