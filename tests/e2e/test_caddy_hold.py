@@ -4,11 +4,17 @@ through Caddy, see a slower answer, never a failed one."""
 
 from __future__ import annotations
 
+import base64
+import threading
 import time
+import urllib.error
+import urllib.request
+import uuid
 
 import pytest
 
-from .harness import Poller
+from . import devpi_client as devpi
+from .harness import Poller, build_wheel
 from .stack import start_stack
 
 pytestmark = pytest.mark.e2e
@@ -47,3 +53,58 @@ def test_requests_through_caddy_wait_out_a_restart(sshd, launchd, upstream, tmp_
         direct, proxied = restart_under_polls(stack, devpi_server_options={"threads": 13})
         assert direct.failed()
         assert 502 in {status for _, status in proxied.failed()}, proxied.failed()
+
+
+def legacy_upload(index_url: str, auth: tuple[str, str], wheel) -> int:
+    """One upload the way twine and ``uv publish`` send it (devpi's legacy upload API: a
+    multipart POST), with no retry of its own; the HTTP status."""
+    boundary = uuid.uuid4().hex
+    fields = {":action": "file_upload", "name": wheel.name, "version": wheel.version,
+              "protocol_version": "1", "filetype": "bdist_wheel", "pyversion": "py3"}
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+        for key, value in fields.items()
+    ) + (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="content"; filename="{wheel.filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + wheel.path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(index_url, data=body, method="POST", headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+        "Authorization": "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode(),
+    })
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=60) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@pytest.mark.parametrize("wait", [None, 0])
+def test_an_upload_through_caddy_waits_for_devpi_to_come_back(sshd, launchd, upstream, tmp_path, wait):
+    """A POST with a body (an upload) that reaches Caddy while devpi's port is closed is
+    held and delivered whole once devpi is back; with devpi_caddy_upstream_wait = 0 it
+    gets a 502."""
+    data = {} if wait is None else {"devpi_caddy_upstream_wait": wait}
+    with start_stack(sshd, launchd, upstream, tmp_path / "stack", "holdpost", **data) as stack:
+        stack.wait_caddy()
+        alice = ("alice", "alice-Pa55")
+        devpi.ensure_user(stack.devpi_url, stack.root_auth, *alice)
+        devpi.ensure_index(stack.devpi_url, stack.root_auth, "alice/dev", bases=[], acl_upload=["alice"])
+        wheel = build_wheel(tmp_path / "dist", "held-upload", "1.0")
+
+        stack.stop_devpi()
+        answers: list[int] = []
+        sender = threading.Thread(target=lambda: answers.append(
+            legacy_upload(f"{stack.caddy_url}/alice/dev/", alice, wheel)))
+        sender.start()
+        time.sleep(1)  # the upload waits in Caddy meanwhile
+        if wait == 0:
+            sender.join(60)
+            assert answers == [502]
+            return
+        assert answers == []
+        launchd.bootstrap(stack.plist)
+        sender.join(60)
+        assert answers == [200]
+        (url,) = devpi.simple_links(stack.devpi_url, "alice/dev", "held-upload").values()
+        assert devpi.sha256(devpi.download(url)) == wheel.sha256
