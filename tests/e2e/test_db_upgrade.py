@@ -75,9 +75,11 @@ def upstream(tools, tmp_path, devpi_wheels):
 
 
 #: What a running devpi rewrites on its own: the serial of the last event it processed
-#: (devpi-web's handlers run after an upload is committed), and devpi-web's Whoosh
-#: search index, which its indexer thread writes in the background.
-BOOKKEEPING = {".event_serial"}
+#: (devpi-web's handlers run after an upload is committed; devpi writes it to
+#: ``.event_serial-tmp`` and renames that over it: fileutil.write_int_to_file, so a
+#: snapshot may catch either), and devpi-web's Whoosh search index, which its indexer
+#: thread writes in the background.
+BOOKKEEPING = {".event_serial", ".event_serial-tmp"}
 SEARCH_INDEX = ".indices"
 
 
