@@ -856,42 +856,19 @@ BACKUP_LARGE_MB = 200
 BACKUP_WHEEL_MB = 10
 
 
-class Poller:
-    """Polls ``GET /+api`` every 20 ms in a thread: every answer's time and status."""
-
-    def __init__(self, url: str):
-        import threading
-        self.url, self.samples, self.stop = url + "/+api", [], False
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        while not self.stop:
-            t = time.monotonic()
-            try:
-                status, _, _ = h.http("GET", self.url, timeout=10)
-            except Exception:  # noqa: BLE001 - refused while devpi is down
-                status = 0
-            self.samples.append((t, time.monotonic() - t, status))
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop = True
-        self.thread.join()
-
-    def summary(self) -> dict:
-        failed = [s for s in self.samples if s[2] != 200]
-        gap, start = 0.0, None
-        for t, took, status in self.samples:
-            if status != 200 and start is None:
-                start = t
-            elif status == 200 and start is not None:
-                gap, start = max(gap, t + took - start), None
-        return {"polls": len(self.samples), "failed": len(failed),
-                "slowest_s": max((s[1] for s in self.samples), default=None), "longest_down_s": gap}
+def poll_summary(poll: h.Poller) -> dict:
+    """What a backup or restore cost devpi's availability (``h.Poller``: ``GET /+api``
+    every 20 ms): failed polls, the slowest answer, the longest outage (from the first
+    failed poll to the end of the next answered one)."""
+    samples = [(sent, back, status) for (sent, status), (_, back) in zip(poll.answers, poll.spans)]
+    gap, start = 0.0, None
+    for sent, back, status in samples:
+        if status != 200 and start is None:
+            start = sent
+        elif status == 200 and start is not None:
+            gap, start = max(gap, back - start), None
+    return {"polls": len(samples), "failed": len(poll.failed()),
+            "slowest_s": max((back - sent for sent, back, _ in samples), default=None), "longest_down_s": gap}
 
 
 def upload_data(env: Env, stack: st.DeployedStack, total_mb: int, work: Path) -> int:
@@ -915,7 +892,7 @@ def backup_once(stack: st.DeployedStack) -> dict:
     status_file = stack.devpi_home / "backup.status.json"
     before = status_file.read_text() if status_file.exists() else ""
     label = stack.label + ".backup"
-    with Poller(stack.devpi_url) as poll:
+    with h.Poller(stack.devpi_url) as poll:
         t0 = time.monotonic()
         stack.launchd.run("kickstart", stack.launchd.target(label), local=True)
         h.wait_until(lambda: status_file.exists() and status_file.read_text() != before
@@ -925,17 +902,17 @@ def backup_once(stack: st.DeployedStack) -> dict:
     if "last_failure" in status and status["last_failure"]["epoch"] >= status.get("last_success", {}).get("epoch", 0):
         raise h.HarnessError(f"backup failed: {status['last_failure']}")
     return {"wall_s": wall, "program_s": status["last_success"]["seconds"], "size": status["last_success"]["size"],
-            "files": status["last_success"]["files"], "name": status["last_success"]["name"], **poll.summary()}
+            "files": status["last_success"]["files"], "name": status["last_success"]["name"], **poll_summary(poll)}
 
 
 def restore_once(stack: st.DeployedStack, name: str) -> dict:
-    with Poller(stack.devpi_url) as poll:
+    with h.Poller(stack.devpi_url) as poll:
         t0 = time.monotonic()
         run = stack.pyinfra("deploys/devpi_restore.py", "--data", f"devpi_restore_from={name}", check=False)
         wall = time.monotonic() - t0
     if run.returncode != 0:
         raise h.HarnessError("restore failed:\n" + "\n".join(run.output.splitlines()[-40:]))
-    return {"wall_s": wall, **poll.summary()}
+    return {"wall_s": wall, **poll_summary(poll)}
 
 
 def bench_backup(env: Env, reps: int) -> dict:
