@@ -6,6 +6,10 @@ Caddyfile imports. A changed block is validated before it replaces the old one,
 then Caddy is restarted the configured way. An unchanged block restarts nothing,
 unless an earlier run moved a block into place and its restart failed: a marker
 file says so until a restart succeeds, so the next run restarts Caddy again.
+
+The block's step runs before devpi's job is (re)loaded (its hold covers devpi's
+restart), so its failure must not keep devpi down: the deploy runs it with
+``_ignore_errors`` and ends the run with ``picked_up``, which fails it then.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pyinfra import host, logger
 from pyinfra_devpi.snapshot import file_content
 
 from .announce import operation
+from .triggers import failed
 from .textfile import write_text
 
 q = shlex.quote
@@ -89,3 +94,29 @@ def site(
         yield f": > {marker}"
     yield from commands
     yield f"( {restart_command(restart, domain)} ) && rm -f {marker}"
+
+
+def not_picked_up_message(site_step: str, devpi_url: str) -> str:
+    return (
+        f'Caddy is not serving devpi\'s new site block: the step "{site_step}" failed (its error is '
+        f"above). The run went on without it and converged devpi ({devpi_url}). Fix the cause "
+        "(devpi_caddy_restart, devpi_caddy_bin, Caddy itself) and rerun: the next run puts the block in "
+        "place and restarts Caddy again."
+    )
+
+
+@operation(guarded=False)
+def picked_up(site, message: str):
+    """
+    Fail the run when the Caddy block's step failed earlier in it.
+
+    + site: the ``site`` operation (run with ``_ignore_errors``)
+    + message: what to say: what failed, that devpi was converged, what to fix
+
+    Added to a run only when ``site`` has something to do. Before execution (``--dry``)
+    there is nothing to check; during it, the step's own result decides.
+    """
+    if not failed(site):
+        host.noop("Caddy's site block step did not fail")
+        return
+    yield f"echo {q(message)} >&2; exit 1"

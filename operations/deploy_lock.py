@@ -82,17 +82,26 @@ def release(config: DevpiConfig, after=()):
 class _ReleaseOnError(BaseStateCallback):
     """pyinfra stops a host at its first failed operation, so ``release`` never runs:
     release the lock then. (If even that fails, the lock is stale once the run's
-    connection is gone, and the next run takes it over.)"""
+    connection is gone, and the next run takes it over.) An error the operation
+    ignores (``_ignore_errors``: the Caddy block's step) does not stop the host: the
+    run goes on under the lock."""
 
     @staticmethod
     def operation_host_error(state, host, op_hash, retry_count=0, max_retries=0):
         script = getattr(host, _RELEASE_ATTR, None)
-        if not script:
+        if not script or _ignores_errors(state, host, op_hash):
             return
         try:
             host.run_shell_command(StringCommand(script))
         except Exception as error:  # noqa: BLE001 - never mask the operation's own error
             logger.warning(f"{host.print_prefix}could not release the deploy lock: {error}")
+
+
+def _ignores_errors(state, host, op_hash) -> bool:
+    try:
+        return bool(state.get_op_data_for_host(host, op_hash).global_arguments.get("_ignore_errors"))
+    except (KeyError, AttributeError):
+        return False
 
 
 def _release_on_error() -> None:

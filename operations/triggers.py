@@ -18,3 +18,8 @@ def changed(meta) -> bool:
 
 def any_changed(metas) -> bool:
     return any(changed(meta) for meta in metas)
+
+
+def failed(meta) -> bool:
+    """Whether an operation run with ``_ignore_errors`` failed (known only once it ran)."""
+    return meta.is_complete() and meta.did_error()

@@ -290,8 +290,9 @@ def devpi_service():
     # devpi's port is closed (devpi_caddy_upstream_wait), so with it in place first, a
     # restart below (a takeover, an upgrade, a config change) fails no request that
     # comes through Caddy. It needs nothing from the running devpi.
+    caddy_step = "Caddy site block for devpi"
     caddy_op = caddy.site(
-        name="Caddy site block for devpi",
+        name=caddy_step,
         path=paths.caddy_site_file,
         content=caddy_site,
         restart=config.caddy_restart,
@@ -299,6 +300,9 @@ def devpi_service():
         domain=place.agent_domain,
         pending_marker=paths.caddy_restart_pending,
         caddy_bin=config.caddy_bin,
+        # Its failure (a wrong devpi_caddy_restart) must not keep devpi down: the run
+        # goes on to devpi's job and fails at its end (caddy.picked_up).
+        _ignore_errors=True,
     )
     # Before the job is (re)loaded: an old job would keep devpi's port.
     retire_op = retire.old_agents(
@@ -397,6 +401,12 @@ def devpi_service():
         server_dir=server_dir,
         mirror=config.indexes.get(config.prewarm_index),
     )
+    # The Caddy block's step did not stop the run when it failed: the run fails here,
+    # after devpi was converged. Only in a run where that step has something to do.
+    picked_up_op = caddy.picked_up(
+        name="Check that Caddy picked up the site block", site=caddy_op,
+        message=caddy.not_picked_up_message(caddy_step, config.local_url),
+    ) if caddy_op.will_change else None
     # Any change took the deploy lock: give it back.
     deploy_lock.release(
         name="Release the deploy lock",

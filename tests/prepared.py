@@ -143,13 +143,22 @@ def in_context(host: PreparedHost, func, *args, executing=True, **kwargs):
 class Meta:
     """An executed operation's result, for ``restart_after`` / ``after``."""
 
-    def __init__(self, changed: bool):
+    def __init__(self, changed: bool, failed: bool = False, complete: bool = True):
         self._changed = changed
+        self._failed = failed
+        self._complete = complete
 
     def is_complete(self):
-        return True
+        return self._complete
 
     def did_change(self):
+        return self._changed and not self._failed
+
+    def did_error(self):
+        return self._failed
+
+    @property
+    def will_change(self):
         return self._changed
 
 

@@ -442,6 +442,21 @@ def test_caddy_restart_command(config):
     assert commands[-1] == f"( brew services restart caddy ) && rm -f {marker}"
 
 
+def test_the_run_fails_at_its_end_only_when_the_caddy_step_failed(config):
+    """The Caddy step runs with _ignore_errors (before devpi's job, which must come back
+    even when Caddy's restart is wrong); the check at the end fails the run then, with
+    the message, and only then."""
+    host = converged(config)
+    message = caddy.not_picked_up_message("Caddy site block for devpi", config.local_url)
+    assert "devpi_caddy_restart" in message and config.local_url in message
+    failed = run_op(caddy.picked_up, host, site=Meta(True, failed=True), message=message)
+    assert shell_lines(failed) == [f"echo {shlex.quote(message)} >&2; exit 1"]
+    assert subprocess.run(["sh", "-c", failed[0]], capture_output=True, text=True).stderr.strip() == message
+    assert run_op(caddy.picked_up, host, site=Meta(True), message=message) == []
+    # --dry: the step has not run, so there is nothing to check yet
+    assert run_op(caddy.picked_up, host, site=Meta(True, complete=False), message=message, executing=False) == []
+
+
 def test_a_failed_caddy_restart_is_retried_by_the_next_run(config):
     """The block was moved into place, the restart failed: the marker stays, and the
     next run (block unchanged) restarts Caddy again instead of saying 'No changes'."""
