@@ -122,7 +122,8 @@ def _answers(probe: DevpiConfig) -> FactRead:
 
 
 def _files(probe: DevpiConfig) -> FactRead:
-    return FactRead.of(FileContents, paths=(probe.paths.caddy_site_file, probe.paths.prewarm_marker))
+    return FactRead.of(FileContents, paths=(probe.paths.caddy_site_file, probe.paths.prewarm_marker,
+                                            probe.paths.caddy_restart_pending))
 
 
 def _files_usage(probe: DevpiConfig) -> FactRead:
@@ -287,11 +288,19 @@ def caddy_report(found: Found, probe: DevpiConfig) -> Part:
     config = found.config
     on_host = found.file(_files(probe), config.paths.caddy_site_file)
     same = on_host == render_caddy_site(config)
-    part = Part({"site_file": config.paths.caddy_site_file, "exists": on_host is not None, "as_deployed": same})
+    # The deploy's marker of a block moved in whose Caddy restart has not succeeded.
+    pending = found.file(_files(probe), config.paths.caddy_restart_pending) is not None
+    part = Part({"site_file": config.paths.caddy_site_file, "exists": on_host is not None, "as_deployed": same,
+                 "restart_pending": pending})
     if on_host is None:
         part.warnings.append(f"no Caddy site block at {config.paths.caddy_site_file}: a deploy writes it")
     elif not same:
         part.warnings.append(f"{config.paths.caddy_site_file} differs from what the deploy writes: a deploy replaces it")
+    if pending:
+        part.warnings.append(
+            f"Caddy's restart after the block last changed did not succeed ({config.paths.caddy_restart_pending}): "
+            "Caddy may still serve the old block; fix devpi_caddy_restart and rerun the deploy, which restarts it",
+        )
     return part
 
 
@@ -445,7 +454,8 @@ def summary_lines(sections: dict) -> list[tuple[str, str]]:
     c = sections.get("caddy")
     if c and "site_file" in c:
         rows.append(("caddy", f"{c['site_file']}: " + ("missing" if not c["exists"] else
-                     "as the deploy writes it" if c["as_deployed"] else "differs from what the deploy writes")))
+                     "as the deploy writes it" if c["as_deployed"] else "differs from what the deploy writes")
+                     + ("; Caddy's restart is pending" if c.get("restart_pending") else "")))
     b = sections.get("backups")
     if b and "configured" in b:
         if not b["configured"]:

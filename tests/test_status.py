@@ -109,6 +109,17 @@ def test_the_caddy_block_is_compared_with_what_the_deploy_writes():
     assert status.caddy_report(found, probe).warnings
 
 
+def test_a_pending_caddy_restart_is_a_warning():
+    """A block moved in whose restart failed: the file is as deployed, Caddy is not."""
+    found, probe, config = found_for({})
+    found.values[status._files(probe)] = {config.paths.caddy_site_file: render_caddy_site(config),
+                                          config.paths.caddy_restart_pending: ""}
+    part = status.caddy_report(found, probe)
+    assert part.fields["as_deployed"] is True and part.fields["restart_pending"] is True
+    assert "did not succeed" in part.warnings[0] and "devpi_caddy_restart" in part.warnings[0]
+    assert not part.problems
+
+
 def test_an_unreadable_fact_is_a_problem_of_its_section():
     found, probe, _ = found_for({})
     found.errors[status._venv(probe)] = "VenvVersions exited 1"

@@ -3,6 +3,8 @@ and does not keep a down devpi down."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from .harness import free_port, http
@@ -52,10 +54,17 @@ def test_a_failing_caddy_step_does_not_keep_devpi_down(sshd, launchd, upstream, 
         assert stack.api_ok()
         assert "Wait for devpi to answer" in failed.output
 
-        # The lock went back with the failed run: the next run takes it as usual.
+        # The status says Caddy's restart is pending (the block file itself is as deployed).
         stack.update(devpi_caddy_site_address=new_address)
+        report = stack.pyinfra("deploys/status.py", "--data", "devpi_status_format=json", check=False)
+        caddy = json.loads(report.stdout.strip().splitlines()[-1])["sections"]["caddy"]
+        assert (caddy["as_deployed"], caddy["restart_pending"]) == (True, True), report.describe()
+
+        # The lock went back with the failed run: the next run takes it as usual.
         fixed = stack.deploy()
         assert "left by a deploy that is no longer running" not in fixed.output, fixed.describe()
         assert "Caddy is not serving" not in fixed.output
         assert http("GET", f"{new_address}/+api", headers={"Accept": "application/json"})[0] == 200
         assert stack.deploy().grand_total()[0] == 0
+        report = stack.pyinfra("deploys/status.py", "--data", "devpi_status_format=json")
+        assert json.loads(report.stdout.strip().splitlines()[-1])["sections"]["caddy"]["restart_pending"] is False
