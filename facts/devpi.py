@@ -36,7 +36,8 @@ class ServerDir(FactBase):
     ``serverversion`` (its first line; ``None`` when missing or empty), ``has_database``
     (a non-empty ``.sqlite``), ``complete`` (all three: what a finished devpi-init
     leaves), ``whoosh_index_kib`` (the size of devpi-web's Whoosh search index
-    ``.indices`` in KiB, ``du -sk``; ``None`` when there is none); with ``secret_file``:
+    ``.indices`` in KiB, ``du -sk``; ``None`` when there is none),
+    ``whoosh_project_index`` (devpi-web's project index in it exists: ``_project_*.toc``); with ``secret_file``:
     ``secret_file`` (``exists``/``mode``, never the content).
     A dir that ``has_data`` but is not ``complete`` is neither new nor usable.
     """
@@ -54,6 +55,7 @@ class ServerDir(FactBase):
             'if [ -f "$db" ] && [ -s "$db" ]; then echo "has_database=true"; fi',
             f'i="$d"/{WHOOSH_INDEX_DIR}',
             'if [ -d "$i" ]; then echo "whoosh_index_kib=$(du -sk "$i" 2>/dev/null | awk \'{print $1}\')"; fi',
+            'for t in "$i"/_project_*.toc; do if [ -f "$t" ]; then echo "whoosh_project_index=true"; break; fi; done',
             print_block('"$n"', "nodeinfo"),
             "fi",
         ]
@@ -88,7 +90,7 @@ class ServerDir(FactBase):
             result = {
                 "exists": False, "is_dir": False, "mode": None, "entries": 0, "has_data": False,
                 "initialised": False, "nodeinfo": None, "has_serverversion": False, "serverversion": None,
-                "has_database": False, "complete": False, "whoosh_index_kib": None,
+                "has_database": False, "complete": False, "whoosh_index_kib": None, "whoosh_project_index": False,
             }
             if secret is not None:
                 result["secret_file"] = secret
@@ -127,6 +129,7 @@ class ServerDir(FactBase):
             "complete": nodeinfo is not None and has_database and serverversion is not None,
             # A dir du cannot size (unreadable) still exists: 0, so it is reported.
             "whoosh_index_kib": None if index_kib is None else int(index_kib) if index_kib.isdigit() else 0,
+            "whoosh_project_index": values.get("whoosh_project_index") == "true",
         }
         if secret is not None:
             result["secret_file"] = secret

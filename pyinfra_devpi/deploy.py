@@ -393,6 +393,14 @@ def devpi_service():
         target=f"{domain}/{config.label}",
         sudo=place.sudo,
     )
+    # devpi runs with its final indexer now: devpi-web's index is made here, from one
+    # thread, not by the first upload (operations/search.py).
+    create_index_op = search.create_index(
+        name="Create devpi-web's search index",
+        config=config,
+        whoosh=searching.backend == search_plan.WHOOSH or searching.switch_on,
+        exists=server_dir["whoosh_project_index"],
+    )
     # Last: devpi is up (waited for above). Only when the list or the mirror changed.
     # The mirror's declared settings are part of the marker: changing them warms again.
     prewarm_op = prewarm.projects(
@@ -403,16 +411,17 @@ def devpi_service():
     )
     # The Caddy block's step did not stop the run when it failed: the run fails here,
     # after devpi was converged. Only in a run where that step has something to do.
-    picked_up_op = caddy.picked_up(
-        name="Check that Caddy picked up the site block", site=caddy_op,
-        message=caddy.not_picked_up_message(caddy_step, config.local_url),
-    ) if caddy_op.will_change else None
+    if caddy_op.will_change:
+        caddy.picked_up(
+            name="Check that Caddy picked up the site block", site=caddy_op,
+            message=caddy.not_picked_up_message(caddy_step, config.local_url),
+        )
     # Any change took the deploy lock: give it back.
     deploy_lock.release(
         name="Release the deploy lock",
         config=config,
         after=[op for op in (bootstrap_op, venv_op, upgrade_op, adopt_op, logging_op, config_op, secret_op, init_op,
                             retire_op, agent_op, health_op, index_op, *backup_ops, caddy_op, api_op, search_op,
-                            prewarm_op)
+                            create_index_op, prewarm_op)
                if op is not None],
     )

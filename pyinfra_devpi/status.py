@@ -298,8 +298,9 @@ def caddy_report(found: Found, probe: DevpiConfig) -> Part:
         part.warnings.append(f"{config.paths.caddy_site_file} differs from what the deploy writes: a deploy replaces it")
     if pending:
         part.warnings.append(
-            f"Caddy's restart after the block last changed did not succeed ({config.paths.caddy_restart_pending}): "
-            "Caddy may still serve the old block; fix devpi_caddy_restart and rerun the deploy, which restarts it",
+            f"Caddy has not been restarted since the block last changed ({config.paths.caddy_restart_pending}: "
+            "the restart failed, or the run stopped before it): Caddy may still serve the old block; fix "
+            "devpi_caddy_restart if it failed and rerun the deploy, which restarts Caddy",
         )
     return part
 

@@ -140,8 +140,13 @@ def test_server_dir_reports_the_whoosh_index_and_its_size(initialised_dir, tmp_p
     shutil.copytree(initialised_dir, server_dir)
     (server_dir / ".indices").mkdir()
     (server_dir / ".indices" / "_project_1.seg").write_bytes(os.urandom(300 * 1024))
-    kib = run_fact(ServerDir, shell, path=str(server_dir))["whoosh_index_kib"]
-    assert 300 <= kib < 400
+    fact = run_fact(ServerDir, shell, path=str(server_dir))
+    assert 300 <= fact["whoosh_index_kib"] < 400
+    # segments without the table of contents: devpi-web's project index is not created yet
+    assert fact["whoosh_project_index"] is False
+    (server_dir / ".indices" / "_project_0.toc").write_bytes(b"toc")
+    assert run_fact(ServerDir, shell, path=str(server_dir))["whoosh_project_index"] is True
+    assert run_fact(ServerDir, shell, path=str(tmp_path / "nope"))["whoosh_project_index"] is False
 
 
 def test_server_dir_garbage_raises():

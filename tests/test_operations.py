@@ -73,7 +73,7 @@ def converged(config) -> PreparedHost:
             "exists": True, "is_dir": True, "mode": "drwx------", "entries": 6, "has_data": True,
             "initialised": True, "nodeinfo": {"role": "standalone", "uuid": "u"},
             "has_serverversion": True, "serverversion": "4", "has_database": True, "complete": True,
-            "whoosh_index_kib": None,
+            "whoosh_index_kib": None, "whoosh_project_index": False,
             "secret_file": {"exists": True, "mode": "-rw-------"},
         },
         venv={"devpi-server": "6.20.3", "devpi-web": "5.1.1", "python": "3.11.7", "path": "/x",
@@ -93,7 +93,7 @@ def fresh(config) -> PreparedHost:
         server_dir={
             "exists": False, "is_dir": False, "mode": None, "entries": 0, "has_data": False,
             "initialised": False, "nodeinfo": None, "has_serverversion": False, "serverversion": None,
-            "has_database": False, "complete": False, "whoosh_index_kib": None,
+            "has_database": False, "complete": False, "whoosh_index_kib": None, "whoosh_project_index": False,
             "secret_file": {"exists": False, "mode": None},
         },
         venv=None,

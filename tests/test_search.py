@@ -1,6 +1,10 @@
 """devpi-web's search (``devpi_search``): Whoosh only once no mirror loads its
 upstream's whole project list (pyinfra_devpi/search.py, operations/search.py)."""
 
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
 from operations import search as search_op
@@ -145,3 +149,53 @@ def test_no_switch_no_command(config, plan, reason):
     host = PreparedHost()
     assert run_op(search_op.switch_on, host, config=config, plan=plan, content="x", written="y", target="t") == []
     assert reason in host.noops[0]
+
+
+# devpi-web's Whoosh index: made by one search request once devpi runs with Whoosh, not
+# by the first upload's two racing threads (operations/search.py, create_index).
+
+
+def _search_page(status: int):
+    """A stand-in for devpi answering every GET with ``status``; records the paths."""
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    return server, seen
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_the_search_index_is_created_by_one_search_once_devpi_runs_with_whoosh(status):
+    server, seen = _search_page(status)
+    try:
+        port = server.server_address[1]
+        config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_port": port}, "/Users/alice")
+        (command,) = shell_lines(run_op(search_op.create_index, PreparedHost(), config=config, whoosh=True,
+                                        exists=False))
+        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+    assert seen == ["/+search?query=devpi"]
+    if status == 200:
+        assert done.returncode == 0, done.stderr
+    else:
+        assert done.returncode == 1
+        assert f"devpi-web's search page answered 500 on http://127.0.0.1:{port}/+search?query=devpi" in done.stderr
+
+
+def test_no_search_request_when_the_index_exists_or_search_is_off():
+    config = build_config({"devpi_outside_url": "https://pypi.example.org"}, "/Users/alice")
+    host = PreparedHost()
+    assert run_op(search_op.create_index, host, config=config, whoosh=True, exists=True) == []
+    assert run_op(search_op.create_index, host, config=config, whoosh=False, exists=False) == []
+    assert host.noops == ["devpi-web's search index exists", "devpi-web's search is off: no index to create"]

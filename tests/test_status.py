@@ -116,7 +116,7 @@ def test_a_pending_caddy_restart_is_a_warning():
                                           config.paths.caddy_restart_pending: ""}
     part = status.caddy_report(found, probe)
     assert part.fields["as_deployed"] is True and part.fields["restart_pending"] is True
-    assert "did not succeed" in part.warnings[0] and "devpi_caddy_restart" in part.warnings[0]
+    assert "has not been restarted since the block last changed" in part.warnings[0] and "devpi_caddy_restart" in part.warnings[0]
     assert not part.problems
 
 

@@ -65,6 +65,9 @@ def test_search_finds_a_private_upload_and_a_mirrored_project_after_a_restart(ss
     ) as stack:
         assert backend(stack) == "whoosh"  # a new server dir: Whoosh from devpi's first start
         stack.wait_healthy()
+        # The run made devpi-web's index (one search request): the first upload does not,
+        # from two threads at once, one of which then fails and leaves the upload unsearchable.
+        assert list((stack.server_dir / ".indices").glob("_project_*.toc")), "no Whoosh project index"
 
         wheel = build_wheel(tmp_path / "dist", "e2e-findme", "1.0")
         publish = devpi_client.uv_publish(tools.uv, wheel.path, f"{stack.devpi_url}/eblume/dev/", "eblume", EBLUME_PW)

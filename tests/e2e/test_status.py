@@ -59,7 +59,8 @@ def test_a_healthy_devpi_in_one_round_trip(stack, sshd):
     assert http["running_version"] == "6.20.3"
     assert isinstance(http["serial"], int) and http["event_queue"] >= 0
     assert sections["disk"]["files_dir"] == str(stack.server_dir / "+files")
-    assert sections["caddy"] == {"site_file": str(stack.site_file), "exists": True, "as_deployed": True}
+    assert sections["caddy"] == {"site_file": str(stack.site_file), "exists": True, "as_deployed": True,
+                                 "restart_pending": False}
     assert sections["prewarm"]["configured"] is False
     assert sections["logs"]["err_log"]["path"] == str(stack.err_log)
     assert sections["logs"]["log"]["path"].endswith(f"{stack.label}.log")
