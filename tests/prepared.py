@@ -157,10 +157,6 @@ class Meta:
     def did_error(self):
         return self._failed
 
-    @property
-    def will_change(self):
-        return self._changed
-
 
 # The shells a host script must work under (macOS's sh is bash in POSIX mode or
 # dash-like; Debian's sh is dash).
