@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.deploy_scenarios import first_converge, no_change_rerun
 from tests.test_config import BAD_VALUES
 
 from . import devpi_client as devpi
@@ -89,7 +90,8 @@ def fresh_inventory(host, fresh: Path, path: Path, **changes) -> Path:
 
 
 def test_1_fresh_converge(host, tmp_path, tools):
-    result = host.deploy()
+    # the job loaded from our plist, running, /+api 200 (shared with tests/mac)
+    result, _ = first_converge(host)
     assert "devpi_caddy_restart is unset" not in result.output
 
     # the venv holds the pins
@@ -107,10 +109,6 @@ def test_1_fresh_converge(host, tmp_path, tools):
     assert devpi.login(host.devpi_url, "root", "not the password") == 401
     assert host.op.calls() == [["read", OP_REF]]
 
-    # the job is loaded from our plist and running
-    printed = host.printed()
-    assert f"path = {host.plist}" in printed
-    assert "state = running" in printed and host.pid()
     status, api = devpi.request("GET", f"{host.devpi_url}/+api")
     assert status == 200 and api["type"] == "apiconfig"
 
@@ -137,19 +135,17 @@ def test_1_fresh_converge(host, tmp_path, tools):
 
 
 def test_2_no_change_rerun(host):
-    pid, calls = host.pid(), len(host.op.calls())
-    mark = host.sshd.mark()
-    result = host.deploy("--debug")
-    changed, unchanged = result.grand_total()
-    # an operation that ran any command counts as changed: so every command was a fact
-    assert changed == 0 and unchanged >= 7
-    commands = remote_commands(result.output)
-    # Two round trips: the login session (its home and launchd domain shape the config),
-    # then every fact the plan reads, batched into one command.
-    assert len(commands) == 2, commands
-    assert result.output.count("Getting fact: facts.batch.FactBatch") == 1
-    assert host.sshd.commands_since(mark) == len(commands)
-    assert host.pid() == pid
+    calls, sessions = len(host.op.calls()), []
+
+    def rerun():
+        mark = host.sshd.mark()
+        result = host.deploy("--debug")
+        sessions.append(host.sshd.commands_since(mark))
+        return result
+
+    # no change, two commands on the host, the same pid (shared with tests/mac)
+    result = no_change_rerun(host, rerun)
+    assert sessions == [len(remote_commands(result.output))]
     assert len(host.op.calls()) == calls
 
 

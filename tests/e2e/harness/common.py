@@ -31,8 +31,8 @@ CI_HINT = ".ci/run should install it"
 T = TypeVar("T")
 
 
-class HarnessError(RuntimeError):
-    """The harness itself could not do its job (a daemon did not start, ...)."""
+# One error class for the harness and tests/pyinfra_cli.py (shared with tests/mac).
+from tests.pyinfra_cli import HarnessError  # noqa: E402
 
 
 def fail_missing(what: str, detail: str = "") -> NoReturn:
