@@ -421,9 +421,9 @@ class DevpiConfig:
     )
     home: str = key(
         "devpi_home", layout.DEFAULT_HOME, _path,
-        doc="devpi's directory on the host: the venv at `<home>/venv`, the server dir `<home>/server-dir`, "
-            "the config `<home>/devpi-server.yml`, the secret `<home>/secret`. The deploy makes it 0700 "
-            "and prunes venvs in it, so it must be a directory of its own (not the SSH user's home).",
+        doc="devpi's directory on the host: its venvs, server dir, YAML config and secret live in it. The "
+            "deploy makes it 0700 and prunes venvs in it, so it must be a directory of its own (not the SSH "
+            "user's home).",
     )
     host: str = key(
         "devpi_host", "127.0.0.1", _host,
@@ -508,8 +508,8 @@ class DevpiConfig:
     uv: str | None = key(
         "devpi_uv", None, _command_name, optional=True,
         doc="uv's path on the host, or a command name on the SSH session's PATH. Unset: the first of "
-            f"{_code_list(layout.UV_CANDIDATES)} found (then `<home>/tools/bin/uv`), else uv "
-            f"{UV_BOOTSTRAP_VERSION} bootstrapped from PyPI into `<home>/tools`.",
+            f"{_code_list(layout.UV_CANDIDATES)} found, else uv {UV_BOOTSTRAP_VERSION} bootstrapped from "
+            "PyPI into `<home>/tools` (where later runs find it).",
     )
     server_options: dict = key(
         "devpi_server_options", {}, _server_options,
@@ -593,8 +593,9 @@ class DevpiConfig:
     )
     caddy_serve_files: bool = key(
         "devpi_caddy_serve_files", True, checks.boolean,
-        doc="`True`: Caddy answers `GET`/`HEAD` of `/+f/...` straight from `<server dir>/+files` when "
-            "the file exists, with devpi's headers; `False`: devpi answers every request.",
+        doc="`True`: Caddy answers `GET`/`HEAD` of `/+f/...` straight from the server dir's "
+            f"`{layout.FILES_DIR}` when the file exists, with devpi's headers; `False`: devpi answers every "
+            "request.",
     )
     caddy_max_body_size: str = key(
         "devpi_caddy_max_body_size", "200MB", _size,
@@ -642,8 +643,8 @@ class DevpiConfig:
     )
     remove_orphaned_index: bool = key(
         "devpi_remove_orphaned_index", False, checks.boolean,
-        doc="`True`: remove the server dir's Whoosh search index `.indices` (e.g. left by the Ansible "
-            "role) when devpi runs without Whoosh; `False`: it is only reported, with its size.",
+        doc=f"`True`: remove the server dir's Whoosh search index `{layout.WHOOSH_INDEX_DIR}` (e.g. left by "
+            "the Ansible role) when devpi runs without Whoosh; `False`: it is only reported, with its size.",
     )
 
     @functools.cached_property

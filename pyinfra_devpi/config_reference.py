@@ -49,7 +49,8 @@ def render_key(name: str, spec: Key) -> str:
     if spec.default is None:
         default = "Default: unset."
     else:
-        default = f"Default: {default_text(spec)}; " + ("may be unset (`None`)." if may_be_unset(spec) else "cannot be unset.")
+        unset = "may be unset (`None`)" if may_be_unset(spec) else "cannot be unset"
+        default = f"Default: {default_text(spec)}; {unset}."
     return f"## `{name}`\n\n{default}\n\n{spec.doc}\n"
 
 
