@@ -388,88 +388,264 @@ def _backup(where, value):
     return BackupConfig(hour=hour, minute=minute, keep=keep, dir=directory, mirrored_files=mirrored)
 
 
-def key(name: str, default: Any, check: Callable[[str, Any], Any], *, optional: bool = False):
-    """Declare a config field: its host-data key, its default and its check.
+def key(name: str, default: Any, check: Callable[[str, Any], Any], *, doc: str, optional: bool = False):
+    """Declare a config field: its host-data key, its default, its check and its doc.
 
     ``optional``: ``None`` is accepted (and left as ``None``) without calling the check.
+    ``doc``: what the key is for, what its default means and what it accepts, as
+    docs/configuration.md shows it (Markdown; ``pyinfra_devpi/config_reference.py``).
     """
-    return field(metadata={"key": name, "default": default, "check": _optional(check) if optional else check})
+    return field(metadata={
+        "key": name, "default": default, "check": _optional(check) if optional else check,
+        "optional": optional, "doc": doc,
+    })
+
+
+def _code_list(values) -> str:
+    return ", ".join(f"`{value}`" for value in values)
 
 
 @dataclass(frozen=True)
 class DevpiConfig:
     """The validated configuration; every path absolute. The configuration reference."""
 
-    server_version: str = key("devpi_server_version", DEVPI_SERVER_VERSION, _version)
-    web_version: str = key("devpi_web_version", DEVPI_WEB_VERSION, _version)
-    home: str = key("devpi_home", layout.DEFAULT_HOME, _path)
-    host: str = key("devpi_host", "127.0.0.1", _host)
-    port: int = key("devpi_port", 3141, _port)
-    allow_remote_bind: bool = key("devpi_allow_remote_bind", False, checks.boolean)
-    # A new devpi-server whose database version differs from the server dir's: move
-    # the data over with devpi-export / devpi-import (operations/server_dir.py).
-    allow_export_import: bool = key("devpi_allow_export_import", False, checks.boolean)
-    outside_url: str | None = key("devpi_outside_url", None, _url, optional=True)
-    label: str = key("devpi_label", "net.devpi", _label)
-    log_dir: str = key("devpi_log_dir", layout.DEFAULT_LOG_DIR, _path)
-    launch_agents_dir: str = key("devpi_launch_agents_dir", layout.DEFAULT_LAUNCH_AGENTS_DIR, _path)
-    # None: "<label>.out.log" / "<label>.err.log".
-    out_log: str | None = key("devpi_out_log", None, _log_name, optional=True)
-    err_log: str | None = key("devpi_err_log", None, _log_name, optional=True)
-    # None: "<label>.log". devpi's own log (every request), rotated by devpi itself.
-    server_log: str | None = key("devpi_server_log", None, _log_name, optional=True)
-    # The bound of devpi's log: each file at most this size, this many rotated copies.
-    log_max_bytes: int = key("devpi_log_max_bytes", DEFAULT_LOG_MAX_BYTES, _log_bytes)
-    log_backups: int = key("devpi_log_backups", DEFAULT_LOG_BACKUPS, _log_backups)
-    root_password: SecretRef | None = key("devpi_root_password", None, _secret, optional=True)
-    index_url: str | None = key("devpi_index_url", None, _url, optional=True)
-    # A version request ("3.12": uv finds or downloads it), a path or a command name.
-    python: str = key("devpi_python", DEFAULT_PYTHON, _python)
-    # None: found on the host (layout.UV_CANDIDATES), else bootstrapped from PyPI.
-    uv: str | None = key("devpi_uv", None, _command_name, optional=True)
-    server_options: dict = key("devpi_server_options", {}, _server_options)
-    # devpi-web's search: Whoosh (True), written into the config only once no mirror
-    # loads its upstream's whole project list (pyinfra_devpi/search.py), or null (False).
-    search: bool = key("devpi_search", True, checks.boolean)
-    launchd_domain: str | None = key("devpi_launchd_domain", None, _domain, optional=True)
-    # "agent": a LaunchAgent in gui/<uid> or user/<uid>; "daemon": a LaunchDaemon in the
-    # system domain with UserName = the SSH user (starts at boot; needs root: sudo -n).
-    launchd_scope: str = key("devpi_launchd_scope", layout.AGENT_SCOPE, _scope)
-    launch_daemons_dir: str = key("devpi_launch_daemons_dir", layout.DEFAULT_LAUNCH_DAEMONS_DIR, _path)
-    process_type: str = key("devpi_process_type", "Standard", _process_type)
-    throttle_interval: int = key("devpi_throttle_interval", 10, _seconds)
-    health_timeout: int = key("devpi_health_timeout", 60, _seconds)
-    # How long a run waits for another deploy's lock (pyinfra_devpi/deploy_lock.py).
-    lock_wait: int = key("devpi_lock_wait", 300, _wait_seconds)
-    # Users and indexes devpi should hold (users_indexes/spec.py); root/pypi always
-    # gets mirror_no_project_list=True unless the data says otherwise.
-    users: dict = key("devpi_users", {}, check_users)
-    indexes: dict = key("devpi_indexes", {}, check_indexes)
-    caddy_site_file: str = key("devpi_caddy_site_file", layout.DEFAULT_CADDY_SITE_FILE, _path)
-    caddy_site_address: str | None = key("devpi_caddy_site_address", None, _site_address, optional=True)
-    caddy_restart: dict | None = key("devpi_caddy_restart", None, _caddy_restart, optional=True)
-    caddy_serve_files: bool = key("devpi_caddy_serve_files", True, checks.boolean)
-    caddy_max_body_size: str = key("devpi_caddy_max_body_size", "200MB", _size)
-    # How long Caddy holds a request while devpi's port refuses connections (devpi
-    # restarting: a deploy's restart, an upgrade, a takeover), retrying every 100 ms,
-    # before it answers 502; 0: answer 502 at once.
-    caddy_upstream_wait: int = key("devpi_caddy_upstream_wait", 10, _upstream_wait)
-    # None: found on the host (layout.CADDY_CANDIDATES).
-    caddy_bin: str | None = key("devpi_caddy_bin", None, _command_name, optional=True)
-    # Mirror warming (docs/cold-mirror-race.md): project names, or the path of a
-    # requirements/lock file on the controller; fetched through <index> after a converge.
-    prewarm: tuple = key("devpi_prewarm", None, _prewarm)
-    prewarm_index: str = key("devpi_prewarm_index", "root/pypi", _prewarm_index)
-    # deploys/status.py: a table for people, or one JSON object per host for machines.
-    status_format: str = key("devpi_status_format", "table", _status_format)
-    # deploys/devpi_uninstall.py: also remove devpi's data, venvs, config and logs.
-    uninstall_purge: bool = key("devpi_uninstall_purge", False, checks.boolean)
-    # Scheduled backups (pyinfra_devpi/backup.py): None, no backup job.
-    backup: BackupConfig | None = key("devpi_backup", None, _backup, optional=True)
-    # Remove the server dir's Whoosh search index (``.indices``, e.g. left by the
-    # Ansible role) when the configured indexer does not use it; otherwise it is
-    # only reported.
-    remove_orphaned_index: bool = key("devpi_remove_orphaned_index", False, checks.boolean)
+    server_version: str = key(
+        "devpi_server_version", DEVPI_SERVER_VERSION, _version,
+        doc="The devpi-server release in devpi's venv: an exact PEP 440 version. A bump is a config "
+            "change: the new venv is built beside the live one (from `locks/devpi-<server>-<web>.txt` "
+            "when that lock exists), and the live one stays if anything fails.",
+    )
+    web_version: str = key(
+        "devpi_web_version", DEVPI_WEB_VERSION, _version,
+        doc="The devpi-web release installed beside devpi-server: an exact PEP 440 version.",
+    )
+    home: str = key(
+        "devpi_home", layout.DEFAULT_HOME, _path,
+        doc="devpi's directory on the host: its venvs, server dir, YAML config and secret live in it. The "
+            "deploy makes it 0700 and prunes venvs in it, so it must be a directory of its own (not the SSH "
+            "user's home).",
+    )
+    host: str = key(
+        "devpi_host", "127.0.0.1", _host,
+        doc="The address devpi-server binds: an IP address or `localhost`. One that is not a loopback "
+            "address is refused unless `devpi_allow_remote_bind` is `True`.",
+    )
+    port: int = key("devpi_port", 3141, _port, doc="devpi-server's port (1-65535), which Caddy proxies to.")
+    allow_remote_bind: bool = key(
+        "devpi_allow_remote_bind", False, checks.boolean,
+        doc="`True` lets `devpi_host` be an address that is not a loopback one, making devpi reachable "
+            "from the network past Caddy: the explicit opt-out of loopback.",
+    )
+    # operations/server_dir.py moves the data.
+    allow_export_import: bool = key(
+        "devpi_allow_export_import", False, checks.boolean,
+        doc="`True`: a devpi-server whose database version differs from the server dir's moves the data "
+            "over with `devpi-export` / `devpi-import`; `False`: such a run is refused before any change. "
+            "Usually given for one run: `--data devpi_allow_export_import=true`.",
+    )
+    outside_url: str | None = key(
+        "devpi_outside_url", None, _url, optional=True,
+        doc="The public URL, such as `\"https://pypi.example.org\"`: Caddy sends it to devpi as "
+            "`X-Outside-Url`, and it is the Caddy site address unless `devpi_caddy_site_address` is set. "
+            "Unset: `devpi_caddy_site_address` is required.",
+    )
+    label: str = key(
+        "devpi_label", "net.devpi", _label,
+        doc="The launchd job's label, reverse DNS: the plist is `<label>.plist` in "
+            "`devpi_launch_agents_dir` (a LaunchDaemon's in `devpi_launch_daemons_dir`), the backup job "
+            "is `<label>.backup`, and the log files are named after it unless set.",
+    )
+    log_dir: str = key(
+        "devpi_log_dir", layout.DEFAULT_LOG_DIR, _path,
+        doc="The directory of devpi's log files (`devpi_out_log`, `devpi_err_log`, `devpi_server_log`) "
+            "and of the backup job's.",
+    )
+    launch_agents_dir: str = key(
+        "devpi_launch_agents_dir", layout.DEFAULT_LAUNCH_AGENTS_DIR, _path,
+        doc="Where a LaunchAgent's plist goes (tests point it into a temp dir).",
+    )
+    out_log: str | None = key(
+        "devpi_out_log", None, _log_name, optional=True,
+        doc="The file name, in `devpi_log_dir`, of devpi's stdout as launchd writes it (what bypasses "
+            "devpi's logging). Unset: `<label>.out.log`.",
+    )
+    err_log: str | None = key(
+        "devpi_err_log", None, _log_name, optional=True,
+        doc="The file name, in `devpi_log_dir`, of devpi's stderr as launchd writes it (a traceback "
+            "before devpi's logging is set up). Unset: `<label>.err.log`; it must differ from `devpi_out_log`.",
+    )
+    server_log: str | None = key(
+        "devpi_server_log", None, _log_name, optional=True,
+        doc="The file name, in `devpi_log_dir`, of devpi's own log (every request), rotated by devpi "
+            "itself. Unset: `<label>.log`; it must differ from both launchd logs.",
+    )
+    log_max_bytes: int = key(
+        "devpi_log_max_bytes", DEFAULT_LOG_MAX_BYTES, _log_bytes,
+        doc=f"The size at which devpi rotates its own log, in bytes (at least {MIN_LOG_BYTES}); "
+            "the default, 10 MiB, holds ~50,000 requests. A change restarts devpi.",
+    )
+    log_backups: int = key(
+        "devpi_log_backups", DEFAULT_LOG_BACKUPS, _log_backups,
+        doc="How many rotated copies of its own log devpi keeps (1-100): with the defaults at most ~50 MB "
+            "on disk. A change restarts devpi.",
+    )
+    root_password: SecretRef | None = key(
+        "devpi_root_password", None, _secret, optional=True,
+        doc="A reference to devpi's root password, never the password itself: `op://vault/item/field` "
+            "(`op read` on your machine), `env:NAME` or `file:PATH` (on your machine). Read only when "
+            "needed: to initialise a new server dir (unset, that is refused) or to change users and indexes.",
+    )
+    index_url: str | None = key(
+        "devpi_index_url", None, _url, optional=True,
+        doc="The package index the venv's packages come from (an http(s) URL). Unset: uv's default.",
+    )
+    python: str = key(
+        "devpi_python", DEFAULT_PYTHON, _python,
+        doc="The Python of devpi's venv (uv's `--python`): a version that uv finds or downloads, an "
+            "interpreter's absolute path, or a command name on the SSH session's PATH (probed on the "
+            f"host). Below {python_name(PYTHON_MINIMUM)} is refused: the locked dependencies need it.",
+    )
+    uv: str | None = key(
+        "devpi_uv", None, _command_name, optional=True,
+        doc="uv's path on the host, or a command name on the SSH session's PATH. Unset: the first of "
+            f"{_code_list(layout.UV_CANDIDATES)} found, else uv {UV_BOOTSTRAP_VERSION} bootstrapped from "
+            "PyPI into `<home>/tools` (where later runs find it).",
+    )
+    server_options: dict = key(
+        "devpi_server_options", {}, _server_options,
+        doc="devpi-server options for its YAML config, such as `{\"threads\": 8}`, over the deploy's own "
+            f"({', '.join(f'`{name}: {value}`' for name, value in DEFAULT_SERVER_OPTIONS.items())}). "
+            f"Accepted: {_code_list(sorted(SERVER_OPTION_TYPES))}; host, port and paths have keys of "
+            "their own, and `indexer-backend` is `devpi_search`'s.",
+    )
+    # Whoosh is written into the config only once no mirror loads its upstream's whole
+    # project list (pyinfra_devpi/search.py).
+    search: bool = key(
+        "devpi_search", True, checks.boolean,
+        doc="devpi-web's search. `True`: Whoosh, switched on once no mirror loads its upstream's whole "
+            "project list (`mirror_no_project_list`); `False`: the null backend, no search.",
+    )
+    launchd_domain: str | None = key(
+        "devpi_launchd_domain", None, _domain, optional=True,
+        doc="A LaunchAgent's domain: `gui/<uid>` or `user/<uid>`. Unset: detected from the SSH "
+            "session. Refused with `devpi_launchd_scope = \"daemon\"`.",
+    )
+    launchd_scope: str = key(
+        "devpi_launchd_scope", layout.AGENT_SCOPE, _scope,
+        doc="`\"agent\"`: a LaunchAgent of the SSH user in `gui/<uid>` or `user/<uid>` (runs while they "
+            "are logged in at the console, or with auto-login); `\"daemon\"`: a LaunchDaemon in the "
+            "system domain run as the SSH user, started at boot without a login, installed through "
+            "`sudo -n` (passwordless sudo).",
+    )
+    launch_daemons_dir: str = key(
+        "devpi_launch_daemons_dir", layout.DEFAULT_LAUNCH_DAEMONS_DIR, _path,
+        doc="Where a LaunchDaemon's plist goes (`devpi_launchd_scope = \"daemon\"`; written through "
+            "`sudo -n`; tests point it elsewhere).",
+    )
+    process_type: str = key(
+        "devpi_process_type", "Standard", _process_type,
+        doc=f"launchd's `ProcessType` for devpi's job: one of {_code_list(PROCESS_TYPES)} "
+            "(without one launchd may throttle devpi's CPU and I/O).",
+    )
+    throttle_interval: int = key(
+        "devpi_throttle_interval", 10, _seconds,
+        doc=f"launchd's `ThrottleInterval`: seconds between KeepAlive respawns of devpi (1 to {MAX_SECONDS}).",
+    )
+    health_timeout: int = key(
+        "devpi_health_timeout", 60, _seconds,
+        doc=f"Seconds to wait for devpi's `GET /+api` to answer after a (re)start (1 to {MAX_SECONDS}); a "
+            "new release that does not answer in time is rolled back, and the run fails.",
+    )
+    # pyinfra_devpi/deploy_lock.py
+    lock_wait: int = key(
+        "devpi_lock_wait", 300, _wait_seconds,
+        doc="Seconds a run waits for another deploy's lock on the host before it stops, changing "
+            f"nothing (0: do not wait; at most {MAX_SECONDS}).",
+    )
+    # users_indexes/spec.py
+    users: dict = key(
+        "devpi_users", {}, check_users,
+        doc="The users devpi should hold: `{name: {\"email\", \"password\", \"password_version\", "
+            "\"state\"}}`, each `password` a reference like `devpi_root_password`'s. Only the keys a "
+            "spec names are managed; a user left out is never deleted (`\"state\": \"absent\"` does that).",
+    )
+    indexes: dict = key(
+        "devpi_indexes", {}, check_indexes,
+        doc="The indexes devpi should hold: `{\"user/index\": {\"type\", \"bases\", \"volatile\", "
+            "\"acl_upload\", \"mirror_url\", ..., \"state\"}}`. `root/pypi` always gets "
+            "`mirror_no_project_list: True` unless declared otherwise; an index left out is never deleted.",
+    )
+    caddy_site_file: str = key(
+        "devpi_caddy_site_file", layout.DEFAULT_CADDY_SITE_FILE, _path,
+        doc="Where the deploy writes its Caddy site block; import it from your Caddyfile. It must not be "
+            "a file the deploy owns for devpi, nor inside `devpi_home`.",
+    )
+    caddy_site_address: str | None = key(
+        "devpi_caddy_site_address", None, _site_address, optional=True,
+        doc="What the Caddy block answers to, such as `\"pypi.example.org\"` or "
+            "`\"http://127.0.0.1:8141\"`. Unset: `devpi_outside_url`.",
+    )
+    caddy_restart: dict | None = key(
+        "devpi_caddy_restart", None, _caddy_restart, optional=True,
+        doc="How Caddy is restarted when the block changes: Caddy's launchd label (`kickstart -k`), or "
+            "`{\"command\": \"...\"}`, one line run in the SSH session (e.g. `caddy reload`, which keeps "
+            "Caddy's port open). Unset: the deploy warns that Caddy must be reloaded.",
+    )
+    caddy_serve_files: bool = key(
+        "devpi_caddy_serve_files", True, checks.boolean,
+        doc="`True`: Caddy answers `GET`/`HEAD` of `/+f/...` straight from the server dir's "
+            f"`{layout.FILES_DIR}` when the file exists, with devpi's headers; `False`: devpi answers every "
+            "request.",
+    )
+    caddy_max_body_size: str = key(
+        "devpi_caddy_max_body_size", "200MB", _size,
+        doc="The largest request body Caddy passes on (the upload limit): a size such as `\"200MB\"` "
+            "(units KB, MB, GB).",
+    )
+    caddy_upstream_wait: int = key(
+        "devpi_caddy_upstream_wait", 10, _upstream_wait,
+        doc="Seconds Caddy holds a request while devpi's port refuses connections (devpi restarting), "
+            f"dialling again every 100 ms, before it answers 502 (0: 502 at once; at most {MAX_UPSTREAM_WAIT}).",
+    )
+    caddy_bin: str | None = key(
+        "devpi_caddy_bin", None, _command_name, optional=True,
+        doc="Caddy's path on the host (or a command name), used to validate the block before it replaces "
+            f"the old one. Unset: the first of {_code_list(layout.CADDY_CANDIDATES)} found.",
+    )
+    # Why: docs/cold-mirror-race.md.
+    prewarm: tuple = key(
+        "devpi_prewarm", None, _prewarm,
+        doc="Projects to fetch through the mirror after a converge, so clients find them warm: a list of "
+            "project names, or the path (on your machine) of a requirements file, `uv.lock` or "
+            "`pylock.toml`. Unset: nothing is warmed.",
+    )
+    prewarm_index: str = key(
+        "devpi_prewarm_index", "root/pypi", _prewarm_index,
+        doc="The mirror index (`user/index`) that `devpi_prewarm` warms.",
+    )
+    status_format: str = key(
+        "devpi_status_format", "table", _status_format,
+        doc="`deploys/status.py`'s output: `table` for people, or `json`, one JSON object per host, for "
+            "machines (`--data devpi_status_format=json`).",
+    )
+    uninstall_purge: bool = key(
+        "devpi_uninstall_purge", False, checks.boolean,
+        doc="`True`: `deploys/devpi_uninstall.py` also removes devpi's data, venvs, config and logs; "
+            "`False`: it keeps them. Backups stay either way.",
+    )
+    # pyinfra_devpi/backup.py
+    backup: BackupConfig | None = key(
+        "devpi_backup", None, _backup, optional=True,
+        doc="A daily backup job: `{\"hour\": 3, \"minute\": 17, \"keep\": 14, \"dir\": \"~/devpi/backups\", "
+            "\"mirrored_files\": False}`. `hour` and `minute` (the host's local time) are required; `keep` "
+            f"(1 to {MAX_BACKUPS_KEPT}) defaults to 14, `dir` to `<home>/backups` (not inside the server "
+            "dir), `mirrored_files` (the mirrors' cached files too) to `False`. Unset: no backup job.",
+    )
+    remove_orphaned_index: bool = key(
+        "devpi_remove_orphaned_index", False, checks.boolean,
+        doc=f"`True`: remove the server dir's Whoosh search index `{layout.WHOOSH_INDEX_DIR}` (e.g. left by "
+            "the Ansible role) when devpi runs without Whoosh; `False`: it is only reported, with its size.",
+    )
 
     @functools.cached_property
     def paths(self) -> Layout:
@@ -538,11 +714,16 @@ class Key:
     field: str
     default: Any
     check: Callable[[str, Any], Any]
+    optional: bool
+    doc: str
 
 
 # The configuration reference, by host-data key, derived from the declarations above.
 KEYS: dict[str, Key] = {
-    f.metadata["key"]: Key(f.name, f.metadata["default"], f.metadata["check"]) for f in fields(DevpiConfig)
+    f.metadata["key"]: Key(
+        f.name, f.metadata["default"], f.metadata["check"], optional=f.metadata["optional"], doc=f.metadata["doc"],
+    )
+    for f in fields(DevpiConfig)
 }
 
 
