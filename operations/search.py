@@ -22,12 +22,6 @@ from .devpi import say, wait_healthy_script
 from .textfile import write_text
 
 
-def reads(config: DevpiConfig) -> list:
-    """Nothing of its own: the config file (``devpi.reads``) and devpi's indexes
-    (``users_indexes.reads``) decide the plan, which the deploy hands over."""
-    return []
-
-
 @operation
 def switch_on(config: DevpiConfig, plan: SearchPlan, content: str, written: str, target: str, sudo: str = ""):
     """

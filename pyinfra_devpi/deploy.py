@@ -218,7 +218,6 @@ def devpi_service():
             *launchd.reads(config.label, domain, paths.plist_file),
             *caddy.reads(paths.caddy_site_file, paths.caddy_restart_pending),
             *users_indexes.reads(config),
-            *search.reads(config),
             *prewarm.reads(config),
             *backup.reads(config, domain),
         ],

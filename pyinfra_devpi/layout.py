@@ -234,10 +234,6 @@ class Layout:
     def restoring_dir(self) -> str:
         return self.server_dir + RESTORING_SUFFIX
 
-    def before_restore(self, stamp: str) -> str:
-        """Where a restore keeps the server dir it replaced (``stamp`` may be a shell word)."""
-        return f"{self.server_dir}{BEFORE_RESTORE_SUFFIX}{stamp}"
-
     @property
     def backup_label(self) -> str:
         return self.label + BACKUP_LABEL_SUFFIX
@@ -273,11 +269,6 @@ class Layout:
     @property
     def daemon(self) -> bool:
         return self.scope == DAEMON_SCOPE
-
-    @property
-    def jobs_dir(self) -> str:
-        """Where this scope's plists are."""
-        return self.launch_daemons_dir if self.daemon else self.launch_agents_dir
 
     @property
     def plist_file(self) -> str:

@@ -11,8 +11,7 @@ then made with the real config (``~/`` expanded with the home the session report
 
 The report is a list of sections (``SECTIONS``), each declaring the facts it reads and
 turning their values into fields, problems (devpi is not serving: the run fails, so it
-works as a monitoring check) and warnings (a deploy would change something). More
-sections (e.g. backups) plug in with ``register_section``; they ride in the same batch.
+works as a monitoring check) and warnings (a deploy would change something).
 
 Output: a table on stdout (``devpi_status_format = "table"``, the default) or one JSON
 object per host and line (``"json"``, e.g. ``--data devpi_status_format=json``);
@@ -349,14 +348,6 @@ SECTIONS: list[Section] = [
     Section("backups", _backups, backups_report),
     Section("logs", lambda probe: [_err_tail(probe), _log_tail(probe)], logs_report),
 ]
-
-
-def register_section(section: Section) -> None:
-    """Add a section to every later status report (after the built-in ones), e.g. one
-    that reports backups; its reads ride in the same round trip."""
-    if any(s.name == section.name for s in SECTIONS):
-        raise ValueError(f"a status section named {section.name!r} exists already")
-    SECTIONS.append(section)
 
 
 # --------------------------------------------------------------------------- reading

@@ -3,8 +3,8 @@ The packaged uninstall (``deploys/devpi_uninstall.py``): devpi taken off a host.
 
 Boots the job out (in every launchd domain: the SSH user's two and the system domain, so
 either ``devpi_launchd_scope``) and removes its plists, removes the Caddy
-site block (restarting Caddy the configured way), and runs the registered extra steps
-(``register_step``: e.g. a backup agent's own removal). Everything devpi keeps (the
+site block (restarting Caddy the configured way), and runs its extra steps (``STEPS``:
+the backup job's removal). Everything devpi keeps (the
 server dir, the venvs, the config, the secret, the logs) stays where it is, and the run
 says what and where, unless ``devpi_uninstall_purge`` is set: then those exact paths
 (``Layout.removable``) are removed, each named in the plan, and devpi_home too once
@@ -70,13 +70,6 @@ def _backups_kept(config: DevpiConfig) -> list:
 BACKUP_JOB = Step("the backup job", _backup_job_reads, _backup_job_removal, _backups_kept)
 
 STEPS: list[Step] = [BACKUP_JOB]
-
-
-def register_step(step: Step) -> None:
-    """Add a step to every later uninstall (e.g. removing a backup agent)."""
-    if any(s.name == step.name for s in STEPS):
-        raise ValueError(f"an uninstall step named {step.name!r} exists already")
-    STEPS.append(step)
 
 
 def _size(found: dict) -> str:

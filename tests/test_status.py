@@ -127,16 +127,6 @@ def test_an_unreadable_fact_is_a_problem_of_its_section():
         status.versions_report(found, probe)
 
 
-def test_sections_can_be_added_once():
-    section = status.Section("extra-test", lambda probe: [], lambda found, probe: status.Part({"n": 1}))
-    status.register_section(section)
-    try:
-        with pytest.raises(ValueError):
-            status.register_section(section)
-    finally:
-        status.SECTIONS.remove(section)
-
-
 def test_the_table_names_the_verdict_and_every_problem():
     report = {"healthy": False, "problems": ["x is not loaded (stopped)"], "warnings": ["w"], "sections": {}}
     table = status.format_table("indri", report)
