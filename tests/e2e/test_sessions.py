@@ -100,21 +100,19 @@ def assert_quiet_rerun(host: DeployedStack, runs: int = 1) -> None:
 
 
 def test_the_session_is_the_kinds(host):
-    """The deploy's domain rule and launchctl agree on who is at the console."""
+    """The deploy's own view of the session (its ``LaunchdSession`` fact) and launchctl
+    agree on who is at the console and where the SSH user's agents belong."""
     domain, other = domains(host)
-    console = host.sshd.run("ls -ln /dev/console").stdout.split()[2]
+    session = host.fact("facts.launchd.LaunchdSession")
+    assert (session["domain"], session["uid"]) == (domain, host.sshd.uid)
     if host.kind == "headless":
-        assert console == str(HEADLESS_CONSOLE_OWNER) != str(host.sshd.uid)
+        assert session["console_uid"] == HEADLESS_CONSOLE_OWNER
         assert os.stat("/dev/console").st_uid == 0  # the machine's own console is as it was
         # launchd has no GUI domain for a user who is not at the console (MACOS.md: 125, or 112)
         assert host.launchd.run("print", other, check=False).returncode in (112, 125)
     else:
-        assert console == str(host.sshd.uid)
+        assert session["console_uid"] == host.sshd.uid
     assert host.launchd.run("print", domain, check=False).returncode == 0
-    assert f"domain={domain}" in host.sshd.run(
-        "console_uid=$(ls -ln /dev/console | awk '{print $3}'); "
-        'if [ "$console_uid" = "$(id -u)" ]; then echo domain=gui/$(id -u); else echo domain=user/$(id -u); fi'
-    ).stdout
 
 
 def test_first_converge(host):
