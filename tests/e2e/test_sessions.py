@@ -6,8 +6,8 @@ The core scenarios in both kinds of SSH session a Mac gives the deploy (MACOS.md
     The SSH user is logged in at the console (indri): their LaunchAgents belong in
     ``gui/<uid>`` (the session fixtures ``sshd`` / ``launchd``).
 ``headless``
-    Nobody the SSH user is logged in at the console (a Mac mini): there is no
-    ``gui/<uid>`` (launchctl answers 125 or 112 there), their agents belong in
+    The SSH user is not logged in at the console (a Mac mini nobody is logged in to):
+    there is no ``gui/<uid>`` (launchctl answers 125 or 112 there), their agents belong in
     ``user/<uid>`` (``headless_sshd`` / ``headless_launchd``: /dev/console is someone
     else's in that sshd's namespace).
 

@@ -36,13 +36,6 @@ class LaunchdDouble:
         session is a headless Mac's, ``start_sshd(console_owner=...)``)."""
         return f"{'user' if self.sshd.headless else 'gui'}/{self.sshd.uid}"
 
-    @property
-    def other_domain(self) -> str:
-        """The SSH user's other agent domain (``user/`` for ``gui/`` and back), where the
-        deploy's jobs must not be loaded."""
-        kind, uid = self.domain.split("/")
-        return f"{'gui' if kind == 'user' else 'user'}/{uid}"
-
     def target(self, label: str) -> str:
         return f"{self.domain}/{label}"
 
