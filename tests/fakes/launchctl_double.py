@@ -153,7 +153,8 @@ when its job directory disappears or when it receives SIGTERM.
 NOT emulated
 ------------
 The login/<asid>, session and pid domains (exit 125 with a note); other users'
-domains (exit 1, "Operation not permitted"; as root 112); most of what printing a whole
+domains (exit 1, "Operation not permitted"; as root 112; a gui domain of a user not at
+the console answers 125 first, as above); most of what printing a whole
 domain shows (only its type, handle and services are printed);
 sockets, MachServices, endpoints, event channels and LaunchEvents; StartInterval,
 StartCalendarInterval (accepted, never fires: a test runs such a job with ``kickstart``,
@@ -162,7 +163,10 @@ PathState, OtherJobEnabled, NetworkState and AfterInitialDemand (ignored); UserN
 GroupName and InitGroups outside the system domain (launchd honours them for root's
 agents only); RootDirectory, Nice, resource limits, LowPriorityIO,
 ProcessType semantics (only reported as ``spawn type``); real session types, login and
-logout; jetsam; ExitTimeOut beyond 5 s (capped at 5, which is also real launchd's
+logout (the console owner is read on every call; Terminal.app's Aqua session: every
+caller is taken to come over SSH); the ``state = SIGTERMed`` a job shows while a bootout
+drains it (kxn/codex-remote-feishu#914) and the ``immediate reason = semaphore`` of a
+SuccessfulExit job; jetsam; ExitTimeOut beyond 5 s (capped at 5, which is also real launchd's
 default for agents); ``kickstart -s``; legacy unload/start/stop and every other verb.
 Error 5 is the catch-all it is on real macOS: as a non-root user most bootstrap
 refusals look the same, so consumers must re-probe with ``print``.
