@@ -153,7 +153,8 @@ when its job directory disappears or when it receives SIGTERM.
 NOT emulated
 ------------
 The login/<asid>, session and pid domains (exit 125 with a note); other users'
-domains (exit 1, "Operation not permitted"; as root 112); most of what printing a whole
+domains (exit 1, "Operation not permitted"; as root 112; a gui domain of a user not at
+the console answers 125 first, as above); most of what printing a whole
 domain shows (only its type, handle and services are printed);
 sockets, MachServices, endpoints, event channels and LaunchEvents; StartInterval,
 StartCalendarInterval (accepted, never fires: a test runs such a job with ``kickstart``,
@@ -162,7 +163,10 @@ PathState, OtherJobEnabled, NetworkState and AfterInitialDemand (ignored); UserN
 GroupName and InitGroups outside the system domain (launchd honours them for root's
 agents only); RootDirectory, Nice, resource limits, LowPriorityIO,
 ProcessType semantics (only reported as ``spawn type``); real session types, login and
-logout; jetsam; ExitTimeOut beyond 5 s (capped at 5, which is also real launchd's
+logout (the console owner is read on every call; Terminal.app's Aqua session: every
+caller is taken to come over SSH); the ``state = SIGTERMed`` a job shows while a bootout
+drains it (kxn/codex-remote-feishu#914) and the ``immediate reason = semaphore`` of a
+SuccessfulExit job; jetsam; ExitTimeOut beyond 5 s (capped at 5, which is also real launchd's
 default for agents); ``kickstart -s``; legacy unload/start/stop and every other verb.
 Error 5 is the catch-all it is on real macOS: as a non-root user most bootstrap
 refusals look the same, so consumers must re-probe with ``print``.
@@ -878,11 +882,13 @@ def bootstrap_one(root, target, path, verb_title="Bootstrap", session=None):
 
 def cmd_load(args):
     """Legacy ``load [-w] [-F] [-S sessiontype] <plist>...`` (what an Ansible role or an
-    old script runs). As a normal user, legacy verbs target the GUI (Aqua) session; as
-    root, the system domain (launchctl(1), quoted in facebook/watchman#1220). Here "root"
-    is root through sudo (``via_sudo``): ``sudo launchctl load`` loads into ``system``,
-    with launchctl's warning when the path is a LaunchAgents one
-    (drduh/YubiKey-Guide#504).
+    old script runs). "Legacy subcommands select the target domain based on whether they
+    are executed as root or not. When executed as root, they target the system domain"
+    (launchctl(1), quoted in facebook/watchman#1220); as a normal user, the session type
+    Aqua is the default (-S in launchctl(1); actions/runner PR #2449). Here "root" is root
+    through sudo (``via_sudo``): ``sudo launchctl load`` loads into ``system``, with
+    launchctl's warning when the path is a LaunchAgents one (drduh/YubiKey-Guide#504,
+    nix-darwin/nix-darwin#1255).
 
     For a user, the session asked for is ``-S``'s, else the plist's
     LimitLoadToSessionType, else Aqua (an agent without the key is an Aqua agent:
@@ -1230,8 +1236,8 @@ def coalition_id(label, offset):
 def keepalive_semaphores(keepalive):
     """KeepAlive's dict keys as ``print`` shows them, in a ``semaphores = {…}`` block after
     ``last exit code``: ``SuccessfulExit = false`` as ``successful exit => 0`` (true: 1),
-    ``Crashed`` as ``after crash => 1|0``. Real captures: HsuTse/teamwork-leader's
-    measurement evidence (macOS 14 CI: ``last exit code = 1``, blank line,
+    ``Crashed`` as ``after crash => 1|0``. Real captures: HsuTse/teamwork-leader
+    docs/archives/measurement.v0.1.9.macos-14.partial.md (macOS 14 CI: ``last exit code = 1``, blank line,
     ``\tsemaphores = {\n\t\tsuccessful exit => 0\n\t}``), a Rust parser's note
     "Observed on macOS 15.6.1 (24G90): `launchctl print` normalizes the rendered
     KeepAlive.SuccessfulExit=false setting to `semaphores = { successful exit => 0 }`",
