@@ -48,7 +48,7 @@ _DOMAIN_FIELD_RE = re.compile(r"^(?P<domain>\S+)(?: \[[^\]]*\])?$")
 _LEADING_INT_RE = re.compile(r"^(-?\d+)\b")
 _TRAILING_INT_RE = re.compile(r"(\d+)\s*$")
 
-# Every key a loaded job's dict has, whichever launchctl command it came from.
+# Every key a loaded job's dict has (None, [] or {} when print does not show it).
 _EMPTY_JOB: dict = {
     "loaded": True,
     "launchctl_available": True,
