@@ -35,6 +35,12 @@ CI has no macOS, so the tests build a small "Mac" out of parts (see DESIGN.md, T
     ``upstream.url`` is the ``/simple/`` URL, ``upstream.wheel(name, version).sha256``,
     ``upstream.add_project(name, version, requires)`` publishes more.
 
+``headless_sshd`` / ``headless_launchd`` (session, started on first use)
+    A second Mac, headless (a Mac mini nobody is logged in to): its sshd's namespace
+    bind-mounts a file of uid 65534's over ``/dev/console``, so the SSH user (root) is
+    not the console owner: no ``gui/0``, the deploy's agent domain is ``user/0``. Its own
+    launchd state dir and HOME (``headless_session_env``), shut down like the first.
+
 ``launchd`` (session) / ``caddy_job`` (function factory)
     ``tests/fakes/launchctl`` driven through the ssh session (``launchd.print(label)``,
     ``.pid(label)``, ``.bootstrap(plist)``, ...). ``caddy_job(site_file, port=None)`` runs
@@ -135,7 +141,10 @@ def tools() -> harness.ToolPaths:
 
 @pytest.fixture(scope="session")
 def launchd_state(e2e_root: Path) -> Path:
-    state = e2e_root / "launchd"
+    return _launchd_state(e2e_root / "launchd")
+
+
+def _launchd_state(state: Path) -> Path:
     state.mkdir()
     _SESSION_LOG_DIRS.append(state)
     return state
@@ -145,7 +154,12 @@ def launchd_state(e2e_root: Path) -> Path:
 def session_env(e2e_root: Path, tools: harness.ToolPaths, launchd_state: Path) -> dict[str, str]:
     """The environment of every SSH session (sshd SetEnv). Its finalizer, which runs after
     sshd has stopped, boots out every job the launchctl double holds (whoever started it)."""
-    home = e2e_root / "target-home"
+    yield from _mac_session_env(tools, launchd_state, e2e_root / "target-home")
+
+
+def _mac_session_env(tools: harness.ToolPaths, launchd_state: Path, home: Path):
+    """One Mac's session environment (its launchd state dir, its HOME); at the end, every
+    job of that state dir is booted out."""
     home.mkdir()
     _SESSION_LOG_DIRS.append(home)
     env = harness.build_session_env(tools, launchd_state=launchd_state, home=home)
@@ -178,6 +192,35 @@ def sshd(e2e_root: Path, tools: harness.ToolPaths, session_env: dict[str, str]) 
 def launchd(sshd: SshServer, launchd_state: Path) -> LaunchdDouble:
     """The launchctl double of the session (its jobs are shut down with ``session_env``)."""
     return LaunchdDouble(state_dir=launchd_state, sshd=sshd)
+
+
+# A second Mac, headless: nobody is logged in at its console (it is uid 65534's in its
+# sshd's namespace), so the SSH user (root) has no gui/0 and the deploy picks user/0.
+# Its own launchd state dir, HOME and sshd; started only when a test asks for it.
+
+
+@pytest.fixture(scope="session")
+def headless_launchd_state(e2e_root: Path) -> Path:
+    return _launchd_state(e2e_root / "headless-launchd")
+
+
+@pytest.fixture(scope="session")
+def headless_session_env(e2e_root: Path, tools: harness.ToolPaths, headless_launchd_state: Path) -> dict[str, str]:
+    """``session_env`` of the headless Mac."""
+    yield from _mac_session_env(tools, headless_launchd_state, e2e_root / "headless-home")
+
+
+@pytest.fixture(scope="session")
+def headless_sshd(e2e_root: Path, tools: harness.ToolPaths, headless_session_env: dict[str, str]) -> SshServer:
+    """An sshd whose sessions see /dev/console owned by ``HEADLESS_CONSOLE_OWNER``."""
+    yield from _session_service(start_sshd(e2e_root / "headless-sshd", tools, headless_session_env,
+                                           console_owner=harness.HEADLESS_CONSOLE_OWNER))
+
+
+@pytest.fixture(scope="session")
+def headless_launchd(headless_sshd: SshServer, headless_launchd_state: Path) -> LaunchdDouble:
+    """The headless Mac's launchctl double (its agent domain is ``user/<uid>``)."""
+    return LaunchdDouble(state_dir=headless_launchd_state, sshd=headless_sshd)
 
 
 @pytest.fixture(scope="session")

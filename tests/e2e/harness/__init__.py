@@ -21,7 +21,8 @@ ad-hoc debugging sessions can use them without pytest fixtures. One module a par
 * ``mac``: a Mac's SSH session stood in for: sshd in a private mount namespace where
   ``/bin/launchctl`` is the launchctl double and ``/opt/homebrew/bin/caddy`` is Caddy
   (:func:`namespace_argv`), uv in the session HOME's ``~/.local/bin``
-  (:func:`install_user_tools`).
+  (:func:`install_user_tools`); a headless Mac's console, someone else's
+  (:data:`HEADLESS_CONSOLE_OWNER`).
 * ``runner``: :func:`write_inventory`, :func:`run_pyinfra`, :class:`PyinfraResult`: drive
   the real pyinfra CLI over that sshd; :func:`count_remote_commands` /
   :func:`remote_commands`: count what a run executed.
@@ -72,7 +73,7 @@ from .launchd import (
     write_caddyfile,
 )
 from .logs import collect_logs, tail
-from .mac import HOMEBREW_BIN, MAC_LAUNCHCTL, MAC_SSH_PATH, UV_INSTALLER_DIR, install_user_tools, namespace_argv
+from .mac import HEADLESS_CONSOLE_OWNER, HOMEBREW_BIN, MAC_LAUNCHCTL, MAC_SSH_PATH, UV_INSTALLER_DIR, install_user_tools, namespace_argv
 from .network import Poller, free_port, http, http_ok, listening_addresses, port_open, wait_for_port
 from .op import FakeOp
 from .processes import alive, cmdline, cpu_seconds, proc_memory, spawn, stop_process, wait_gone
@@ -102,7 +103,7 @@ from .upstream import (
 __all__ = [
     "AnsibleDevpi", "install_ansible_devpi", "populate", "write_proxy_block",
     "CADDY_BIN", "CADDY_PLACEHOLDER_BODY", "CI_HINT", "CONTROLLER_FAKES_DIR", "DEBUG_COMMAND_RE",
-    "DEFAULT_UPSTREAM_PROJECTS", "E2E_DIR", "HOMEBREW_BIN", "LAUNCHCTL_DOUBLE", "LOOPBACK",
+    "DEFAULT_UPSTREAM_PROJECTS", "E2E_DIR", "HEADLESS_CONSOLE_OWNER", "HOMEBREW_BIN", "LAUNCHCTL_DOUBLE", "LOOPBACK",
     "MAC_LAUNCHCTL", "MAC_SSH_PATH", "UV_INSTALLER_DIR", "install_user_tools", "namespace_argv", "OP_DOUBLE", "PASSTHROUGH_ENV",
     "PYINFRA_BIN", "REMOTE_FAKES_DIR", "REPO", "SSHD_BIN", "SSH_BIN", "SSH_KEYGEN_BIN", "VENV_BIN",
     "CaddyJob", "FakeOp", "HarnessError", "LaunchdDouble", "PyinfraResult", "SshServer", "ToolPaths",

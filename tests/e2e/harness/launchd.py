@@ -30,14 +30,11 @@ class LaunchdDouble:
 
     @property
     def domain(self) -> str:
-        """``gui/<uid>`` when the SSH user owns the console, else ``user/<uid>`` (the rule
-        the deploy applies; as root on Linux /dev/console is root's, so ``gui/0``)."""
-        try:
-            console_owner = os.stat("/dev/console").st_uid
-        except OSError:
-            console_owner = None
-        kind = "gui" if console_owner == self.sshd.uid else "user"
-        return f"{kind}/{self.sshd.uid}"
+        """The domain of the SSH user's LaunchAgents in this session: ``gui/<uid>`` when
+        they own /dev/console as the session sees it, else ``user/<uid>`` (the rule the
+        deploy applies; as root on Linux /dev/console is root's, so ``gui/0``, unless the
+        session is a headless Mac's, ``start_sshd(console_owner=...)``)."""
+        return f"{'user' if self.sshd.headless else 'gui'}/{self.sshd.uid}"
 
     def target(self, label: str) -> str:
         return f"{self.domain}/{label}"

@@ -14,6 +14,12 @@ neither on that PATH. The harness gives the target's SSH sessions exactly that:
   needs root (CAP_SYS_ADMIN) and overlayfs, as CI's throwaway machine has.
 * uv is ``~/.local/bin/uv`` in the session's sandbox ``HOME`` (a symlink to the
   controller's uv; :func:`install_user_tools`), where uv's installer puts it.
+* Who is at the console: on Linux ``/dev/console`` is root's, so the SSH user (root)
+  owns it, as a Mac's user logged in at the console does (the GUI domain ``gui/<uid>``
+  exists). A headless Mac (a Mac mini nobody is logged in to) has a console that is not
+  the SSH user's: ``namespace_argv(..., console_owner=uid)`` bind-mounts a file of
+  ``uid``'s over ``/dev/console`` in the namespace, so the deploy's domain rule (``ls -ln
+  /dev/console``) and the launchctl double both see someone else there.
 
 The deploy is not told any of this: it finds these places itself (its candidate lists
 name them as macOS has them).
@@ -22,6 +28,7 @@ name them as macOS has them).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -36,6 +43,12 @@ MAC_LAUNCHCTL = "/bin/launchctl"
 HOMEBREW_BIN = "/opt/homebrew/bin"
 #: uv's installer dir, under the session's HOME.
 UV_INSTALLER_DIR = ".local/bin"
+
+#: The console owner of a headless Mac as the harness stands it in: not root (the SSH
+#: user), so root has no GUI domain (nobody, who never logs in anywhere).
+HEADLESS_CONSOLE_OWNER = 65534
+#: Where the device is that tells who is logged in at the console.
+CONSOLE = "/dev/console"
 
 #: The programs stood in for on the target, by where the deploy finds them.
 STANDINS = {MAC_LAUNCHCTL: LAUNCHCTL_DOUBLE, f"{HOMEBREW_BIN}/caddy": CADDY_BIN}
@@ -61,8 +74,20 @@ def _overlay_tree(root: Path) -> list[tuple[Path, str]]:
     return [(upper, target) for target, upper in overlays.items()]
 
 
-def namespace_argv(root: Path, argv: list[str]) -> list[str]:
-    """``argv`` run in a private mount namespace where :data:`STANDINS` are in place.
+def _console_stand_in(root: Path, owner: int) -> Path:
+    """A file of ``owner``'s to bind over /dev/console (only its owner is ever read)."""
+    if not os.path.exists(CONSOLE):
+        raise HarnessError(f"cannot stand in for a headless Mac's console: {CONSOLE} is missing on this machine")
+    console = root / "console"
+    console.parent.mkdir(parents=True, exist_ok=True)
+    console.touch(mode=0o600)
+    os.chown(console, owner, -1)
+    return console
+
+
+def namespace_argv(root: Path, argv: list[str], console_owner: int | None = None) -> list[str]:
+    """``argv`` run in a private mount namespace where :data:`STANDINS` are in place,
+    and, with ``console_owner``, /dev/console is a file of that uid's (a headless Mac).
 
     ``unshare`` execs the shell, which mounts the overlays and execs ``argv``: the
     process keeps its pid (what ``spawn`` returns is ``argv``'s pid)."""
@@ -78,6 +103,8 @@ def namespace_argv(root: Path, argv: list[str]) -> list[str]:
         f"mount -t overlay overlay -o lowerdir={upper}:{target} {target}"
         for upper, target in _overlay_tree(root)
     )
+    if console_owner is not None:
+        mounts += f" && mount --bind {shlex.quote(str(_console_stand_in(root, console_owner)))} {CONSOLE}"
     return [unshare, "--mount", "--propagation", "private", "--",
             "/bin/sh", "-c", f'{mounts} && exec "$@"', "sh", *argv]
 

@@ -2,7 +2,8 @@
 ``known_hosts``, and sessions as a Mac gives them (``mac.py``): ``PATH`` exactly
 macOS's ``/usr/bin:/bin:/usr/sbin:/sbin``, ``/bin/launchctl`` the launchctl double and
 ``/opt/homebrew/bin/caddy`` Caddy in sshd's private mount namespace, uv in
-``~/.local/bin``."""
+``~/.local/bin``; the SSH user at the console, or (``console_owner``) a headless Mac
+whose console is someone else's."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 
 from .common import LOOPBACK, SSH_BIN, HarnessError, wait_until
 from .logs import tail
-from .mac import MAC_SSH_PATH, install_user_tools, namespace_argv
+from .mac import CONSOLE, MAC_SSH_PATH, install_user_tools, namespace_argv
 from .network import free_port, wait_for_port
 from .processes import spawn, stop_process
 from .tools import ToolPaths, uv_cache_dir
@@ -168,6 +169,24 @@ class SshServer:
     def connections_since(self, mark: int) -> int:
         return len(re.findall(r"^Accepted publickey for ", self.log_since(mark), re.M))
 
+    # -- the Mac it stands in for
+    def inside(self, path: str | Path) -> Path:
+        """``path`` as sshd's sessions see it (their mount namespace, through /proc)."""
+        if self.pid is None:
+            raise HarnessError("sshd is not running: its sessions' file system cannot be seen")
+        return Path(f"/proc/{self.pid}/root") / str(path).lstrip("/")
+
+    @property
+    def console_uid(self) -> int:
+        """The owner of /dev/console as the sessions see it: the SSH user's uid on a Mac
+        they are logged in to at the console, another uid on a headless one."""
+        return self.inside(CONSOLE).stat().st_uid
+
+    @property
+    def headless(self) -> bool:
+        """The SSH user is not at the console: launchd gives them no ``gui/<uid>``."""
+        return self.console_uid != self.uid
+
     # -- lifecycle
     @property
     def pid(self) -> int | None:
@@ -220,7 +239,7 @@ def build_session_env(
 
 
 def start_sshd(root: Path, tools: ToolPaths, session_env: dict[str, str], *, attempts: int = 3,
-               user: str | None = None) -> SshServer:
+               user: str | None = None, console_owner: int | None = None) -> SshServer:
     """Start a private sshd under ``root`` (a fresh directory) and prove a real login works.
 
     sshd runs in a private mount namespace with macOS's /bin/launchctl and
@@ -228,7 +247,9 @@ def start_sshd(root: Path, tools: ToolPaths, session_env: dict[str, str], *, att
     ~/.local/bin (``mac.py``). ``user``: the SSH user when not the harness's own (a
     throwaway non-root user, ``other_user.py``): ``root`` must then be a directory that
     user can reach (sshd reads the authorized keys as that user), and uv is copied into
-    their HOME (the controller's is in root's home)."""
+    their HOME (the controller's is in root's home). ``console_owner``: a headless Mac,
+    whose /dev/console is that uid's in sshd's namespace (``mac.namespace_argv``);
+    otherwise the console is the machine's (root's on Linux)."""
     root.mkdir(parents=True, exist_ok=True)
     _ensure_privsep_dir()
     host_key = root / "ssh_host_ed25519_key"
@@ -305,7 +326,8 @@ def start_sshd(root: Path, tools: ToolPaths, session_env: dict[str, str], *, att
         )
         if check.returncode != 0:
             raise HarnessError(f"sshd rejected its config {config_path}:\n{check.stderr}")
-        proc = spawn(namespace_argv(root / "mac", [str(tools.sshd), "-D", "-e", "-f", str(config_path)]), log_path)
+        proc = spawn(namespace_argv(root / "mac", [str(tools.sshd), "-D", "-e", "-f", str(config_path)],
+                                    console_owner=console_owner), log_path)
         server = SshServer(
             root=root,
             port=port,
