@@ -126,7 +126,7 @@ def converge(host, config, password_hash=None, executing=True, diff=False, place
     run("init", devpi.init, config=config, password_hash=(lambda: password_hash) if password_hash else None)
     run(
         "caddy", caddy.site, path=config.caddy_site_file, content=render_caddy_site(config),
-        restart=config.caddy_restart, domain=place.agent_domain, pending_marker=config.paths.caddy_restart_pending,
+        restart=config.caddy_restart, place=place, pending_marker=config.paths.caddy_restart_pending,
         caddy_bin=None,
     )
     run(
@@ -191,7 +191,8 @@ def test_the_operation_modules_declare_exactly_what_their_operations_read(config
         *retire.reads((config.label, config.paths.backup_label), place_of(config), config.launch_agents_dir,
                       config.paths.other_scope_plists),
         *launchd.reads(config.label, DOMAIN, config.paths.plist_file),
-        *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending),
+        *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending, config.caddy_restart,
+                        place_of(config)),
     ]:
         declared.add(("file", item) if isinstance(item, str) else (item.fact.__name__, item.arguments))
     for host in (converged(config), fresh(config)):
@@ -214,9 +215,9 @@ def test_converged_host_reads_each_fact_once(config):
     converge(host, config)
     converge(host, config)  # the second pass (execution after change detection)
     asked = [name for name, _ in host.asked]
+    # LaunchdJob: devpi's label (here and elsewhere), and Caddy's in its three domains.
     assert sorted(asked) == [
-        "FileContents", "FileMode", "LaunchdJob", "LaunchdJob", "LaunchdJob", "LaunchdJob", "LaunchdJob",
-        "ManagedAgents", "ServerDir", "VenvVersions",
+        "FileContents", "FileMode", *["LaunchdJob"] * 8, "ManagedAgents", "ServerDir", "VenvVersions",
     ]
 
 
@@ -435,7 +436,7 @@ def test_caddy_restart_command(config):
     marker = config.paths.caddy_restart_pending
     commands = run_op(
         caddy.site, host, path=config.caddy_site_file, content="x {\n}\n",
-        restart={"command": "brew services restart caddy"}, domain=DOMAIN, pending_marker=marker,
+        restart={"command": "brew services restart caddy"}, place=place_of(config), pending_marker=marker,
     )
     # the restart is marked pending before the block moves in, cleared once it succeeds
     assert commands[0] == f": > {marker}"
@@ -1112,7 +1113,7 @@ def test_the_daemon_scope_reads_only_what_the_modules_declare(daemon_config):
         *retire.reads((config.label, config.paths.backup_label), place, config.launch_agents_dir,
                       config.paths.other_scope_plists),
         *launchd.reads(config.label, place.domain, config.paths.plist_file),
-        *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending),
+        *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending, config.caddy_restart, place),
     ]:
         declared.add(("file", item) if isinstance(item, str) else (item.fact.__name__, item.arguments))
     fresh_host = fresh(config)
