@@ -27,6 +27,7 @@ from pyinfra import host, logger
 
 from facts.launchd import LaunchdJob
 from pyinfra_devpi.launchd_scope import SYSTEM_DOMAIN, JobPlace, agent_domains
+from pyinfra_devpi.preflight import caddy_job_domain
 from pyinfra_devpi.snapshot import FactRead, file_content, read
 
 from .announce import operation
@@ -75,18 +76,6 @@ def found_jobs(restart: dict | None, place: JobPlace) -> dict:
     """``{domain: LaunchdJob}`` for Caddy's label in each domain looked in (empty unless
     the restart is a label)."""
     return {dict(r.arguments)["domain"]: read(host, r) for r in job_reads(restart, place)}
-
-
-def _loaded(job) -> bool:
-    return isinstance(job, dict) and job.get("loaded", True) is not False
-
-
-def loaded_domain(jobs: dict) -> str | None:
-    """The domain Caddy's job is kickstarted in: the first (in lookup order) where it
-    runs, else the first where it is loaded; None when it is loaded nowhere."""
-    loaded = [domain for domain, job in jobs.items() if _loaded(job)]
-    running = [domain for domain in loaded if jobs[domain].get("pid")]
-    return (running or loaded or [None])[0]
 
 
 def restart_command(restart: dict, domain: str, sudo: str = "") -> str:
@@ -143,7 +132,7 @@ def site(
     if "label" in restart:
         # Where it is loaded; the SSH user's domain when nowhere (the preflight refuses
         # a run that would restart it then).
-        domain = loaded_domain(jobs) or place.agent_domain
+        domain = caddy_job_domain(jobs) or place.agent_domain
         command = restart_command(restart, domain, place.prefix(domain))
     else:
         command = restart_command(restart, "")

@@ -202,8 +202,7 @@ def check(
     # Caddy's job, for a restart by label: where it is loaded, or a problem when a
     # restart is due and it is loaded nowhere.
     label = (config.caddy_restart or {}).get("label")
-    if label and needs.caddy_restart and caddy_jobs is not None and not any(
-            isinstance(job, dict) and job.get("loaded", True) is not False for job in caddy_jobs.values()):
+    if label and needs.caddy_restart and caddy_jobs is not None and caddy_job_domain(caddy_jobs) is None:
         problems.append(caddy_not_loaded(label, tuple(caddy_jobs)))
 
     user = readiness.get("user") or "the SSH user"
@@ -259,6 +258,16 @@ def check(
         bootstrapped_version=bootstrapped_version,
     )
     return resolved, problems
+
+
+def caddy_job_domain(jobs: dict) -> str | None:
+    """The domain Caddy's job is kickstarted in, from ``{domain: LaunchdJob}`` in lookup
+    order: the first where it runs, else the first where it is loaded; None when it is
+    loaded nowhere."""
+    loaded = [domain for domain, job in jobs.items()
+              if isinstance(job, dict) and job.get("loaded", True) is not False]
+    running = [domain for domain in loaded if jobs[domain].get("pid")]
+    return (running or loaded or [None])[0]
 
 
 def caddy_not_loaded(label: str, domains: tuple[str, ...]) -> str:
