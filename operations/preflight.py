@@ -45,10 +45,18 @@ def tools_read(config: DevpiConfig) -> FactRead:
 
 def readiness_read(config: DevpiConfig, domain: str, place: JobPlace) -> FactRead:
     # sudo is asked about for a LaunchDaemon, or when a LaunchDaemon's plist is there to
-    # be retired (a switch back to the agent scope).
-    root_if = () if place.daemon else (config.paths.daemon_plist_file, config.paths.daemon_backup_plist_file)
+    # be retired (a switch back to the agent scope), or Caddy's (its kickstart in system).
+    root_if = () if place.daemon else (config.paths.daemon_plist_file, config.paths.daemon_backup_plist_file,
+                                       *caddy_daemon_plist(config))
     return FactRead.of(HostReadiness, domain=domain, path=config.paths.home, owned=decide.owned_paths(config),
                        root=place.needs_sudo, root_if=root_if)
+
+
+def caddy_daemon_plist(config: DevpiConfig) -> tuple[str, ...]:
+    """Where Caddy's LaunchDaemon plist would be (``sudo brew services start caddy``
+    writes /Library/LaunchDaemons/<label>.plist), for a restart by label."""
+    label = (config.caddy_restart or {}).get("label")
+    return (f"{config.paths.launch_daemons_dir}/{label}.plist",) if label else ()
 
 
 def reads(config: DevpiConfig, domain: str, place: JobPlace) -> list:

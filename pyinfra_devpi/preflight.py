@@ -202,10 +202,23 @@ def check(
     # Caddy's job, for a restart by label: where it is loaded, or a problem when a
     # restart is due and it is loaded nowhere.
     label = (config.caddy_restart or {}).get("label")
-    if label and needs.caddy_restart and caddy_jobs is not None and caddy_job_domain(caddy_jobs) is None:
+    caddy_domain = caddy_job_domain(caddy_jobs) if label and caddy_jobs is not None else None
+    if label and needs.caddy_restart and caddy_jobs is not None and caddy_domain is None:
         problems.append(caddy_not_loaded(label, tuple(caddy_jobs)))
 
     user = readiness.get("user") or "the SSH user"
+
+    # Caddy's LaunchDaemon is kickstarted through sudo -n (asked when its plist is there).
+    if (label and needs.caddy_restart and caddy_domain == "system" and readiness.get("uid") != 0
+            and readiness.get("sudo_ok") in (False, "missing")):
+        problems.append(
+            f"caddy: Caddy's launchd label {label} is loaded in system (a LaunchDaemon, e.g. `sudo brew services "
+            f"start caddy`), whose kickstart needs root, and "
+            + ("there is no sudo on the SSH session's PATH" if readiness.get("sudo_ok") == "missing"
+               else "`sudo -n true` failed (the deploy never types a password)")
+            + f": allow {user} passwordless sudo, or set devpi_caddy_restart to {{'command': "
+            "'/opt/homebrew/bin/caddy reload --config <your Caddyfile>'}"
+        )
 
     # launchd
     domain = readiness.get("domain")

@@ -621,6 +621,27 @@ def test_a_caddy_label_loaded_anywhere_or_not_needed_passes():
                      caddy_jobs=no_launchctl)[1]) == 1
 
 
+def test_caddy_in_system_needs_passwordless_sudo_to_be_kickstarted():
+    from facts._launchctl import _EMPTY_JOB
+
+    in_system = {**NOWHERE, "system": {**_EMPTY_JOB, "domain": "system", "pid": 80}}
+    no_sudo = {**readiness(), "sudo_ok": False, "sudo_error": "sudo: a password is required"}
+    (problem,) = check(config_of(), tools=tools_fact(), readiness=no_sudo, needs=RESTARTS_CADDY,
+                       caddy_jobs=in_system)[1]
+    assert problem.startswith("caddy: Caddy's launchd label org.caddy is loaded in system")
+    assert "passwordless sudo" in problem and "caddy reload --config" in problem
+    # root, or sudo that works, or no restart this run: fine
+    as_root = {**no_sudo, "uid": 0, "owners": {"/Users/alice/devpi": 0}}
+    for ready, needs in ((as_root, RESTARTS_CADDY), ({**no_sudo, "sudo_ok": True}, RESTARTS_CADDY),
+                         (no_sudo, BOTH)):
+        assert check(config_of(), tools=tools_fact(), readiness=ready, needs=needs, caddy_jobs=in_system)[1] == []
+    # sudo is asked about when Caddy's LaunchDaemon plist is there
+    root_if = preflight_ops.readiness_read(config_of(), "gui/501", AGENT).kwargs["root_if"]
+    assert "/Library/LaunchDaemons/org.caddy.plist" in root_if
+    command = preflight_ops.readiness_read(config_of(devpi_caddy_restart={"command": "x"}), "gui/501", AGENT)
+    assert not any("caddy" in path for path in command.kwargs["root_if"])
+
+
 def test_ready_looks_for_caddys_label_in_the_three_domains_and_refuses_when_it_is_nowhere():
     from pyinfra_devpi.errors import DeployError
 
