@@ -10,12 +10,15 @@ absolute path) and the fact reports the first candidate that is an executable fi
 Command output protocol (one script, always exits 0)::
 
     uv=<path>                    the first uv candidate found ("" when none)
+    uv_version=<what it prints>  only when that is the deploy's own uv (``bootstrapped``):
+                                 the first line of its ``--version``
     caddy=<path>                 the first caddy candidate found ("" when none)
     python=<path>                only when asked for an interpreter: its path ("" when none)
     python_version=<x.y.z>       what that interpreter reports ("" when it does not run)
     python_shim=true             it is macOS's /usr/bin/python3 without the Command Line Tools
-    bootstrap_python=<path>      only when no uv was found: the first python3 candidate that
-    bootstrap_python_version=... runs and has ``venv`` and ``ensurepip`` (its version)
+    bootstrap_python=<path>      only when no uv was found, or the deploy's own uv is not of
+    bootstrap_python_version=... the ``pinned`` version: the first python3 candidate that
+                                 runs and has ``venv`` and ``ensurepip`` (its version)
 
 Interpreters are started once each (``-I``, a few ms). macOS's ``/usr/bin/python3``
 is run only when ``xcode-select -p`` finds a developer directory: without one it is a
@@ -77,22 +80,37 @@ class HostTools(FactBase):
     """
     The first executable of each candidate list: ``uv``, ``caddy`` (paths, or ``None``);
     with ``python``, that interpreter (``{"path", "version", "shim"}``); when no uv is
-    found, the first python3 of ``bootstrap_python`` that can bootstrap it
-    (``{"path", "version"}``, or ``None``).
+    found (or the deploy's own uv is not the pinned one), the first python3 of
+    ``bootstrap_python`` that can bootstrap it (``{"path", "version"}``, or ``None``);
+    when the uv found is the deploy's own, ``uv_version`` (``x.y.z`` from its
+    ``--version``, ``None`` when it does not say).
 
     + uv: uv candidates (bare names, ``~/`` paths, absolute paths)
     + caddy: caddy candidates
     + python: the interpreter ``devpi_python`` names (a path or command), or None
     + bootstrap_python: python3 candidates for bootstrapping uv
+    + bootstrapped: the path of the uv the deploy bootstraps (the last uv candidate)
+    + pinned: the uv version the deploy bootstraps
     """
 
-    def command(self, uv=(), caddy=(), python=None, bootstrap_python=()):
+    def command(self, uv=(), caddy=(), python=None, bootstrap_python=(), bootstrapped=None, pinned=None):
         parts = [
             *_FUNCTIONS,
             f"uv=$(find_tool {_words(uv)})",
             f"caddy=$(find_tool {_words(caddy)})",
             'printf \'uv=%s\\ncaddy=%s\\n\' "$uv" "$caddy"',
         ]
+        # The deploy's own uv: its version decides whether it is bootstrapped again.
+        own = "false"
+        if bootstrapped:
+            parts.append(
+                f'if [ -n "$uv" ] && [ "$uv" = {q(bootstrapped)} ]; then '
+                'uv_version=$("$uv" --version 2>/dev/null </dev/null | head -n 1); '
+                'printf \'uv_version=%s\\n\' "$uv_version"; fi'
+            )
+            current = f'{q("uv " + pinned)}|{q("uv " + pinned + " ")}*) false ;; ' if pinned else ""
+            own = (f'{{ [ "$uv" = {q(bootstrapped)} ] && '
+                   f'case "$uv_version" in {current}*) true ;; esac; }}')
         if python:
             parts += [
                 f"py=$(find_tool {candidate_word(python)})",
@@ -102,7 +120,7 @@ class HostTools(FactBase):
             ]
         if bootstrap_python:
             parts += [
-                'if [ -z "$uv" ]; then',
+                f'if [ -z "$uv" ] || {own}; then',
                 f"  for c in {_words(bootstrap_python)}; do",
                 '    b=$(find_tool "$c") || continue; [ -n "$b" ] || continue',
                 "    v=$(py_version \"$b\" " + q(_VERSION_WITH_VENV) + ")",
@@ -122,6 +140,11 @@ class HostTools(FactBase):
             "python": None,
             "bootstrap_python": None,
         }
+        if "uv_version" in values:
+            words = values["uv_version"].split()
+            result["uv_version"] = (
+                parse_version(words[1]) if len(words) >= 2 and words[0] == "uv" else None
+            )
         if "python" in values:
             result["python"] = {
                 "path": values["python"] or None,

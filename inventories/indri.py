@@ -28,7 +28,14 @@ hosts = [
             "devpi_indexes": {
                 "eblume/dev": {"bases": ["root/pypi"]},
             },
-            # Caddy runs as its own LaunchAgent; kickstart it when the block changes.
+            # Caddy's own LaunchAgent (the caddy role's `launchctl load`: gui/<uid> while
+            # erichblume owns the console), kickstarted -k where it is loaded when the
+            # block changes: Caddy's ports close while it restarts. The graceful choice is
+            #   {"command": "/Users/erichblume/code/3rd/caddy/bin/caddy reload "
+            #               "--config /Users/erichblume/.config/caddy/Caddyfile"}
+            # (swaps the config in place, wherever Caddy runs), but `caddy reload` talks to
+            # Caddy's admin endpoint, which the role's Caddyfile turns off (`admin off`):
+            # switch to it once the admin endpoint is on (its default, localhost:2019).
             "devpi_caddy_restart": "mcquack.eblume.caddy",
         },
     ),

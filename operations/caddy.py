@@ -10,6 +10,13 @@ file says so until a restart succeeds, so the next run restarts Caddy again.
 The block's step runs before devpi's job is (re)loaded (its hold covers devpi's
 restart), so its failure must not keep devpi down: the deploy runs it with
 ``_ignore_errors`` and ends the run with ``picked_up``, which fails it then.
+
+A restart by launchd label kickstarts Caddy's job where it is loaded: ``brew services
+start caddy`` makes a LaunchAgent in the SSH user's GUI domain, ``sudo brew services
+start caddy`` a LaunchDaemon in ``system``, and a headless Mac's own agents live in
+``user/<uid>`` (../shared/MACOS.md). The label is looked up in the SSH user's domain,
+their other agent domain and ``system`` (``launchctl print`` needs no root there), read
+with the rest of the plan's facts.
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ import shlex
 
 from pyinfra import host, logger
 
-from pyinfra_devpi.snapshot import file_content
+from facts.launchd import LaunchdJob
+from pyinfra_devpi.launchd_scope import SYSTEM_DOMAIN, JobPlace, agent_domains
+from pyinfra_devpi.preflight import caddy_job_domain
+from pyinfra_devpi.snapshot import FactRead, file_content, read
 
 from .announce import operation
 from .triggers import failed
@@ -41,15 +51,39 @@ def validate_command(caddy_bin: str | None) -> str:
     )
 
 
-def reads(path: str, pending_marker: str) -> list:
-    """What ``site`` reads from the host: the site file as it is, and the marker of a
-    restart that has not happened yet."""
-    return [path, pending_marker]
+def reads(path: str, pending_marker: str, restart: dict | None = None, place: JobPlace | None = None) -> list:
+    """What ``site`` reads from the host: the site file as it is, the marker of a
+    restart that has not happened yet, and (for a restart by label) Caddy's job in each
+    domain it may be loaded in."""
+    return [path, pending_marker, *job_reads(restart, place)]
 
 
-def restart_command(restart: dict, domain: str) -> str:
+def job_domains(place: JobPlace) -> tuple[str, ...]:
+    """Where Caddy's job is looked for, in order: the SSH user's domain, their other
+    agent domain, ``system``."""
+    other = [d for d in agent_domains(place.uid) if d != place.agent_domain]
+    return (place.agent_domain, *other, SYSTEM_DOMAIN)
+
+
+def job_reads(restart: dict | None, place: JobPlace | None) -> list:
+    """The ``LaunchdJob`` reads of Caddy's label; none unless the restart is a label."""
+    if not restart or "label" not in restart or place is None:
+        return []
+    return [FactRead.of(LaunchdJob, label=restart["label"], domain=d) for d in job_domains(place)]
+
+
+def found_jobs(restart: dict | None, place: JobPlace) -> dict:
+    """``{domain: LaunchdJob}`` for Caddy's label in each domain looked in (empty unless
+    the restart is a label)."""
+    return {dict(r.arguments)["domain"]: read(host, r) for r in job_reads(restart, place)}
+
+
+def restart_command(restart: dict, domain: str, sudo: str = "") -> str:
+    """The shell command that restarts Caddy: ``kickstart -k`` of its label in ``domain``
+    (``sudo``: the prefix that changes that domain, e.g. ``sudo -n `` for ``system``), or
+    the configured command."""
     if "label" in restart:
-        return f"launchctl kickstart -k {q(domain + '/' + restart['label'])}"
+        return f"{sudo}launchctl kickstart -k {q(domain + '/' + restart['label'])}"
     return restart["command"]
 
 
@@ -58,7 +92,7 @@ def site(
     path: str,
     content: str,
     restart: dict | None,
-    domain: str,
+    place: JobPlace,
     pending_marker: str,
     caddy_bin: str | None = None,
 ):
@@ -69,12 +103,14 @@ def site(
     + content: the rendered block
     + restart: ``{"label": <Caddy's launchd label>}`` (kickstart -k) or
       ``{"command": <shell command>}``; None to leave reloading to the operator
-    + domain: the launchd domain of Caddy's job (for a label)
+    + place: where this run's jobs live (the SSH user's uid and domain): Caddy's label is
+      looked up in their domains and ``system`` (``job_domains``)
     + pending_marker: a file that exists while a moved-in block awaits a restart
     + caddy_bin: the caddy binary used to validate the block (default: PATH)
     """
     commands = list(write_text(path, content, before_move=validate_command(caddy_bin)))
     pending = file_content(host, pending_marker) is not None
+    jobs = found_jobs(restart, place)  # read (prefetched) whether or not Caddy restarts
     if not restart:
         if commands:
             logger.warning(f"{host.print_prefix}devpi_caddy_restart is unset: reload Caddy to pick up {path}")
@@ -93,7 +129,14 @@ def site(
         # restart that fails, leaves it, and the next run restarts Caddy.
         yield f": > {marker}"
     yield from commands
-    yield f"( {restart_command(restart, domain)} ) && rm -f {marker}"
+    if "label" in restart:
+        # Where it is loaded; the SSH user's domain when nowhere (the preflight refuses
+        # a run that would restart it then).
+        domain = caddy_job_domain(jobs) or place.agent_domain
+        command = restart_command(restart, domain, place.prefix(domain))
+    else:
+        command = restart_command(restart, "")
+    yield f"( {command} ) && rm -f {marker}"
 
 
 def not_picked_up_message(site_step: str, devpi_url: str) -> str:

@@ -22,40 +22,55 @@ from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.launchd_scope import JobPlace
 from pyinfra_devpi.snapshot import FactRead, read
 
+from . import caddy
 from .announce import ProgressCommand, operation, progress
 from .devpi import say
 
 q = shlex.quote
+
+# The preflight's uv sources that bootstrap uv: none found, or the deploy's own is old.
+BOOTSTRAPPING = ("bootstrap", "upgrade")
 
 
 def tools_read(config: DevpiConfig) -> FactRead:
     uv = (config.uv,) if config.uv else (*layout.UV_CANDIDATES, config.paths.bootstrap_uv)
     caddy = (config.caddy_bin,) if config.caddy_bin else layout.CADDY_CANDIDATES
     python = None if python_request(config.python) else config.python
+    # The deploy's own uv (never one the operator installed) is checked against the pin.
+    own = {} if config.uv else {"bootstrapped": config.paths.bootstrap_uv, "pinned": UV_BOOTSTRAP_VERSION}
     return FactRead.of(
-        HostTools, uv=uv, caddy=caddy, python=python, bootstrap_python=layout.BOOTSTRAP_PYTHON_CANDIDATES
+        HostTools, uv=uv, caddy=caddy, python=python, bootstrap_python=layout.BOOTSTRAP_PYTHON_CANDIDATES, **own
     )
 
 
 def readiness_read(config: DevpiConfig, domain: str, place: JobPlace) -> FactRead:
     # sudo is asked about for a LaunchDaemon, or when a LaunchDaemon's plist is there to
-    # be retired (a switch back to the agent scope).
-    root_if = () if place.daemon else (config.paths.daemon_plist_file, config.paths.daemon_backup_plist_file)
+    # be retired (a switch back to the agent scope), or Caddy's (its kickstart in system).
+    root_if = () if place.daemon else (config.paths.daemon_plist_file, config.paths.daemon_backup_plist_file,
+                                       *caddy_daemon_plist(config))
     return FactRead.of(HostReadiness, domain=domain, path=config.paths.home, owned=decide.owned_paths(config),
                        root=place.needs_sudo, root_if=root_if)
 
 
+def caddy_daemon_plist(config: DevpiConfig) -> tuple[str, ...]:
+    """Where Caddy's LaunchDaemon plist would be (``sudo brew services start caddy``
+    writes /Library/LaunchDaemons/<label>.plist), for a restart by label."""
+    label = (config.caddy_restart or {}).get("label")
+    return (f"{config.paths.launch_daemons_dir}/{label}.plist",) if label else ()
+
+
 def reads(config: DevpiConfig, domain: str, place: JobPlace) -> list:
-    """What the preflight reads from the host."""
-    return [tools_read(config), readiness_read(config, domain, place)]
+    """What the preflight reads from the host (Caddy's job only for a restart by label)."""
+    return [tools_read(config), readiness_read(config, domain, place), *caddy.job_reads(config.caddy_restart, place)]
 
 
 def ready(config: DevpiConfig, domain: str, needs: decide.Needs, place: JobPlace) -> decide.Tools:
     """The tools this run uses, said once in the plan; or the run refused with every
     problem in one message."""
+    label = (config.caddy_restart or {}).get("label")
     tools, problems = decide.check(
         config, tools=read(host, tools_read(config)), readiness=read(host, readiness_read(config, domain, place)),
-        needs=needs,
+        needs=needs, caddy_jobs=caddy.found_jobs(config.caddy_restart, place) if label else None,
     )
     if problems:
         raise DeployError(decide.message(host.name, problems))
@@ -67,7 +82,9 @@ def ready(config: DevpiConfig, domain: str, needs: decide.Needs, place: JobPlace
 
 def bootstrap_script(config: DevpiConfig, python: str, lock_path: str) -> str:
     """pip-install the pinned uv (``--require-hashes``, wheels only) into a scratch venv made
-    by ``python``, prove it runs, and keep only its binary at ``paths.bootstrap_uv``."""
+    by ``python``, prove it runs, and keep only its binary at ``paths.bootstrap_uv``: a
+    rename over the uv an earlier release bootstrapped, so a run killed midway leaves
+    that one working. Then the other releases' requirement files go."""
     paths = config.paths
     index = f" --index-url {q(config.index_url)}" if config.index_url else ""
     target = paths.bootstrap_uv
@@ -75,7 +92,7 @@ def bootstrap_script(config: DevpiConfig, python: str, lock_path: str) -> str:
     new_python = layout.venv_bin('"$new"', "python")
     new_uv = layout.venv_bin('"$new"', "uv")
     lines = [
-        f"# bootstrap uv {UV_BOOTSTRAP_VERSION} from PyPI into {target} (no uv on the host)",
+        f"# bootstrap uv {UV_BOOTSTRAP_VERSION} from PyPI into {target} (no uv on the host, or an older one there)",
         "set -e",
         f"home={q(paths.home)}; new={q(paths.uv_build_venv)}; py={q(python)}",
         '(umask 077; mkdir -p "$home")',
@@ -96,6 +113,7 @@ def bootstrap_script(config: DevpiConfig, python: str, lock_path: str) -> str:
         f"cp {new_uv} {q(layout.transient(target))}",
         f"chmod 755 {q(layout.transient(target))}",
         f"mv -f {q(layout.transient(target))} {q(target)}",
+        f'for f in {q(paths.tools_dir)}/uv-*.lock.txt; do [ "$f" = {q(lock_path)} ] || rm -f "$f"; done',
     ]
     return "\n".join(lines)
 
@@ -103,12 +121,13 @@ def bootstrap_script(config: DevpiConfig, python: str, lock_path: str) -> str:
 @operation
 def uv_bootstrap(config: DevpiConfig, tools: decide.Tools, lock: str):
     """
-    Install uv into ``<devpi_home>/tools`` when the host has none and a venv must be built.
+    Install uv into ``<devpi_home>/tools`` when the host has none and a venv must be built,
+    or over the uv bootstrapped there before when it is not the pinned release.
 
-    + tools: the preflight's answer (``uv_source == "bootstrap"`` means: do it)
+    + tools: the preflight's answer (``uv_source`` ``"bootstrap"`` or ``"upgrade"``: do it)
     + lock: the hashed requirement for the pinned uv (``locks/uv-<version>.txt``)
     """
-    if tools.uv_source != "bootstrap":
+    if tools.uv_source not in BOOTSTRAPPING:
         host.noop(f"uv is {tools.uv}" if tools.uv else "no venv to build: uv is not needed")
         return
     lock_path = config.paths.uv_lock_upload(UV_BOOTSTRAP_VERSION)

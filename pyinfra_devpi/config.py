@@ -307,8 +307,8 @@ def _caddy_restart(where, value):
     raise fail(
         where,
         value,
-        "use Caddy's launchd label (e.g. 'mcquack.eblume.caddy') or {'command': 'caddy reload ...'}"
-        " (one line)",
+        "use Caddy's launchd label (e.g. 'homebrew.mxcl.caddy': kickstarted where it is loaded) or "
+        "{'command': '/opt/homebrew/bin/caddy reload --config <your Caddyfile>'} (one line; a graceful reload)",
     )
 
 

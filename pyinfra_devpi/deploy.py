@@ -24,7 +24,7 @@ from pyinfra_devpi.config import SERVER_DB_VERSION, UV_BOOTSTRAP_VERSION, DevpiC
 from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.launchd_scope import job_place
 from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, SQLITE
-from pyinfra_devpi.preflight import Needs, with_tools
+from pyinfra_devpi.preflight import Needs, reboot_warning, with_tools
 from pyinfra_devpi.render import (
     render_backup_plist, render_caddy_site, render_logging_config, render_plist, render_server_yaml,
 )
@@ -202,6 +202,10 @@ def devpi_service():
     place = job_place(config, session)
     domain = place.domain
     paths = config.paths
+    # A LaunchAgent in user/<uid> (a headless Mac) is not loaded again at boot.
+    reboot = reboot_warning(place)
+    if reboot:
+        logger.warning(f"{host.print_prefix}{reboot}")
 
     # Everything the plan reads from the host, in one round trip: each operation
     # module says what its operations read, and they read it from this snapshot.
@@ -216,7 +220,7 @@ def devpi_service():
             *retire.reads((config.label, paths.backup_label), place, paths.launch_agents_dir,
                           paths.other_scope_plists),
             *launchd.reads(config.label, domain, paths.plist_file),
-            *caddy.reads(paths.caddy_site_file, paths.caddy_restart_pending),
+            *caddy.reads(paths.caddy_site_file, paths.caddy_restart_pending, config.caddy_restart, place),
             *users_indexes.reads(config),
             *prewarm.reads(config),
             *backup.reads(config, domain),
@@ -233,10 +237,13 @@ def devpi_service():
     daemon_leftovers = not place.daemon and any(
         file_content(host, p) is not None for p in (paths.daemon_plist_file, paths.daemon_backup_plist_file)
     )
+    caddy_block = text_differs(paths.caddy_site_file, caddy_site)
     needs = Needs(
         venv=not devpi.venv_is_current(config, live_venv),
-        caddy_block=text_differs(paths.caddy_site_file, caddy_site),
+        caddy_block=caddy_block,
         root=place.needs_sudo or (daemon_leftovers and place.uid != 0),
+        caddy_restart=bool(config.caddy_restart) and (
+            caddy_block or file_content(host, paths.caddy_restart_pending) is not None),
     )
     tools = preflight.ready(config, domain, needs, place)
     config = with_tools(config, tools)
@@ -247,7 +254,7 @@ def devpi_service():
     password_hash = plan_init_secret(config) if fresh else None
 
     bootstrap_op = None
-    if tools.uv_source == "bootstrap":
+    if tools.uv_source in preflight.BOOTSTRAPPING:
         bootstrap_op = preflight.uv_bootstrap(name="Bootstrap uv", config=config, tools=tools, lock=read_uv_lock())
     # devpi-web's search: Whoosh only once no mirror loads its upstream's whole
     # project list (pyinfra_devpi/search.py); else null, and maybe Whoosh after the
@@ -295,8 +302,8 @@ def devpi_service():
         path=paths.caddy_site_file,
         content=caddy_site,
         restart=config.caddy_restart,
-        # Caddy's own job is the SSH user's (e.g. `brew services`), whatever devpi's scope.
-        domain=place.agent_domain,
+        # Caddy's label is kickstarted where it is loaded: the SSH user's domains or system.
+        place=place,
         pending_marker=paths.caddy_restart_pending,
         caddy_bin=config.caddy_bin,
         # Its failure (a wrong devpi_caddy_restart) must not keep devpi down: the run

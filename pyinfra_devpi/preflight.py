@@ -44,6 +44,8 @@ class Needs:
     # the run changes the system domain or /Library/LaunchDaemons as a user who is not
     # root (a LaunchDaemon, or one to retire): passwordless sudo
     root: bool = False
+    # Caddy will be restarted (its block changes, or an earlier run's restart is pending)
+    caddy_restart: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,17 +53,27 @@ class Tools:
     """The programs the run uses, as resolved on the host."""
 
     uv: str | None  # None: not found and not needed
-    uv_source: str  # "devpi_uv", "found", "bootstrap", "missing"
-    bootstrap_python: str | None  # the python3 that bootstraps uv (uv_source "bootstrap")
+    # "devpi_uv", "found", "bootstrap", "upgrade" (the deploy's own uv, of another
+    # version than UV_BOOTSTRAP_VERSION: bootstrapped again over it), "missing"
+    uv_source: str
+    bootstrap_python: str | None  # the python3 that bootstraps uv (uv_source "bootstrap"/"upgrade")
     caddy: str | None
     caddy_source: str  # "devpi_caddy_bin", "found", "missing"
     python: str  # what ``uv venv --python`` is given
     python_note: str  # how that was decided, for the plan
+    # the version of the uv the deploy bootstrapped earlier, when that is the uv found
+    bootstrapped_version: str | None = None
 
     def describe(self) -> str:
         """One line for the plan: which uv, Caddy and Python the run uses."""
         if self.uv_source == "bootstrap":
             uv = f"none found; bootstrapping uv {UV_BOOTSTRAP_VERSION} from PyPI into {self.uv} with {self.bootstrap_python}"
+        elif self.uv_source == "upgrade":
+            uv = (f"{self.uv} (bootstrapped, uv {self.bootstrapped_version or 'of unknown version'}); "
+                  f"replacing it with uv {UV_BOOTSTRAP_VERSION} from PyPI with {self.bootstrap_python}")
+        elif self.uv_source == "found" and self.bootstrapped_version not in (None, UV_BOOTSTRAP_VERSION):
+            uv = (f"{self.uv} (bootstrapped, uv {self.bootstrapped_version}; uv {UV_BOOTSTRAP_VERSION} is "
+                  "pinned, but no python3 with venv and pip was found to bootstrap it: kept)")
         elif self.uv is None:
             uv = "none found (not needed by this run)"
         else:
@@ -131,20 +143,32 @@ def check(
     tools: dict,
     readiness: dict,
     needs: Needs,
+    caddy_jobs: dict | None = None,
 ) -> tuple[Tools, list[str]]:
-    """The tools this run uses and every problem that must stop it (empty: go ahead)."""
+    """The tools this run uses and every problem that must stop it (empty: go ahead).
+
+    ``caddy_jobs``: ``{domain: LaunchdJob}`` of Caddy's label in each domain it was
+    looked for in (a restart by label), in lookup order."""
     problems: list[str] = []
     paths = config.paths
 
     # uv
-    uv, bootstrap_python = tools.get("uv"), None
+    uv, bootstrap_python, bootstrapped_version = tools.get("uv"), None, None
+    candidate = tools.get("bootstrap_python")
     if config.uv is not None:
         uv_source = _explicit_tool("uv", "devpi_uv", config.uv, uv, needs.venv, problems)
+    elif uv and uv == paths.bootstrap_uv:
+        # The deploy's own uv (never one the operator installed): replaced by the pinned
+        # release when it is another (a new release of this deploy, or a broken binary).
+        uv_source, bootstrapped_version = "found", tools.get("uv_version")
+        version = _version_tuple(candidate["version"]) if candidate else None
+        if (bootstrapped_version != UV_BOOTSTRAP_VERSION and version is not None
+                and version[:2] >= BOOTSTRAP_PYTHON_MINIMUM):
+            uv_source, bootstrap_python = "upgrade", candidate["path"]
     elif uv:
         uv_source = "found"
     else:
         uv_source = "missing"
-        candidate = tools.get("bootstrap_python")
         version = _version_tuple(candidate["version"]) if candidate else None
         if needs.venv and version is not None and version[:2] >= BOOTSTRAP_PYTHON_MINIMUM:
             uv, uv_source, bootstrap_python = paths.bootstrap_uv, "bootstrap", candidate["path"]
@@ -175,7 +199,26 @@ def check(
                 "or set devpi_caddy_bin to its path"
             )
 
+    # Caddy's job, for a restart by label: where it is loaded, or a problem when a
+    # restart is due and it is loaded nowhere.
+    label = (config.caddy_restart or {}).get("label")
+    caddy_domain = caddy_job_domain(caddy_jobs) if label and caddy_jobs is not None else None
+    if label and needs.caddy_restart and caddy_jobs is not None and caddy_domain is None:
+        problems.append(caddy_not_loaded(label, tuple(caddy_jobs)))
+
     user = readiness.get("user") or "the SSH user"
+
+    # Caddy's LaunchDaemon is kickstarted through sudo -n (asked when its plist is there).
+    if (label and needs.caddy_restart and caddy_domain == "system" and readiness.get("uid") != 0
+            and readiness.get("sudo_ok") in (False, "missing")):
+        problems.append(
+            f"caddy: Caddy's launchd label {label} is loaded in system (a LaunchDaemon, e.g. `sudo brew services "
+            f"start caddy`), whose kickstart needs root, and "
+            + ("there is no sudo on the SSH session's PATH" if readiness.get("sudo_ok") == "missing"
+               else "`sudo -n true` failed (the deploy never types a password)")
+            + f": allow {user} passwordless sudo, or set devpi_caddy_restart to {{'command': "
+            "'/opt/homebrew/bin/caddy reload --config <your Caddyfile>'}"
+        )
 
     # launchd
     domain = readiness.get("domain")
@@ -225,8 +268,44 @@ def check(
         caddy_source=caddy_source,
         python=python,
         python_note=python_note,
+        bootstrapped_version=bootstrapped_version,
     )
     return resolved, problems
+
+
+def caddy_job_domain(jobs: dict) -> str | None:
+    """The domain Caddy's job is kickstarted in, from ``{domain: LaunchdJob}`` in lookup
+    order: the first where it runs, else the first where it is loaded; None when it is
+    loaded nowhere."""
+    loaded = [domain for domain, job in jobs.items()
+              if isinstance(job, dict) and job.get("loaded", True) is not False]
+    running = [domain for domain in loaded if jobs[domain].get("pid")]
+    return (running or loaded or [None])[0]
+
+
+def caddy_not_loaded(label: str, domains: tuple[str, ...]) -> str:
+    """The problem when Caddy's launchd label is loaded in none of ``domains``."""
+    return (
+        f"caddy: devpi_caddy_restart is Caddy's launchd label {label}, which is not loaded in "
+        f"{', '.join(domains)} (`launchctl print <domain>/{label}` found nothing), so Caddy cannot be "
+        "restarted to pick up the new site block: load Caddy's job (e.g. `brew services start caddy`), "
+        "or set devpi_caddy_restart to {'command': '/opt/homebrew/bin/caddy reload --config <your "
+        "Caddyfile>'} (a graceful reload that does not go through launchd)"
+    )
+
+
+def reboot_warning(place) -> str | None:
+    """The plan's warning when devpi's LaunchAgent lands in ``user/<uid>`` (a headless
+    Mac): launchd loads ~/Library/LaunchAgents into ``gui/<uid>`` at a console login
+    only, never into ``user/<uid>`` (nix-community/home-manager PR #9660)."""
+    if place.daemon or not place.agent_domain.startswith("user/"):
+        return None
+    return (
+        f"devpi's LaunchAgent is loaded into {place.agent_domain} (the SSH user is not logged in at the "
+        "console), and launchd does not load LaunchAgents there at boot: devpi will not come back after a "
+        "reboot until a rerun of this deploy or a console login; use devpi_launchd_scope = \"daemon\" "
+        "(a LaunchDaemon, started at boot) or automatic login"
+    )
 
 
 # What the deploy runs as root for a LaunchDaemon (each through ``sudo -n``): the

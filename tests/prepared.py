@@ -58,12 +58,17 @@ class PreparedHost:
     jobs: dict = field(default_factory=dict)
     backups: dict | None = None
     sources: dict = field(default_factory=dict)
+    # Other labels' jobs by domain, {(label, domain): job} (e.g. Caddy's): a label named
+    # here is loaded in these domains only.
+    placed: dict = field(default_factory=dict)
     name: str = "prepared"
     print_prefix: str = "[prepared] "
 
     def get_fact(self, cls, **kwargs):
         self.asked.append((cls.__name__, kwargs))
         domain = kwargs.get("domain") if cls is LaunchdJob else None
+        if cls is LaunchdJob and any(label == kwargs["label"] for label, _ in self.placed):
+            return self.placed.get((kwargs["label"], domain))
         if cls is LaunchdJob and kwargs["label"] in self.jobs:
             return self.jobs[kwargs["label"]] if domain in (None, self.job_domain) else None
         if cls is Backups:

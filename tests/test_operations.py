@@ -14,6 +14,7 @@ import pytest
 
 from facts.launchd import LaunchdJob
 from operations import caddy, devpi, launchd, retire
+from pyinfra_devpi.snapshot import FactRead
 from pyinfra_devpi.launchd_scope import JobPlace
 from operations import server_dir as server_dir_ops
 from pyinfra_devpi.config import build_config
@@ -130,7 +131,7 @@ def converge(host, config, password_hash=None, executing=True, diff=False, place
     run("init", devpi.init, config=config, password_hash=(lambda: password_hash) if password_hash else None)
     run(
         "caddy", caddy.site, path=config.caddy_site_file, content=render_caddy_site(config),
-        restart=config.caddy_restart, domain=place.agent_domain, pending_marker=config.paths.caddy_restart_pending,
+        restart=config.caddy_restart, place=place, pending_marker=config.paths.caddy_restart_pending,
         caddy_bin=None,
     )
     run(
@@ -221,7 +222,8 @@ def test_the_operation_modules_declare_exactly_what_their_operations_read(config
         *retire.reads((config.label, config.paths.backup_label), place_of(config), config.launch_agents_dir,
                       config.paths.other_scope_plists),
         *launchd.reads(config.label, DOMAIN, config.paths.plist_file),
-        *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending),
+        *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending, config.caddy_restart,
+                        place_of(config)),
     ]:
         declared.add(("file", item) if isinstance(item, str) else (item.fact.__name__, item.arguments))
     for host in (converged(config), fresh(config)):
@@ -244,9 +246,9 @@ def test_converged_host_reads_each_fact_once(config):
     converge(host, config)
     converge(host, config)  # the second pass (execution after change detection)
     asked = [name for name, _ in host.asked]
+    # LaunchdJob: devpi's label (here and elsewhere), and Caddy's in its three domains.
     assert sorted(asked) == [
-        "FileContents", "FileMode", "LaunchdJob", "LaunchdJob", "LaunchdJob", "LaunchdJob", "LaunchdJob",
-        "ManagedAgents", "ServerDir", "VenvVersions",
+        "FileContents", "FileMode", *["LaunchdJob"] * 8, "ManagedAgents", "ServerDir", "VenvVersions",
     ]
 
 
@@ -507,11 +509,65 @@ def test_caddy_restart_command(config):
     marker = config.paths.caddy_restart_pending
     commands = run_op(
         caddy.site, host, path=config.caddy_site_file, content="x {\n}\n",
-        restart={"command": "brew services restart caddy"}, domain=DOMAIN, pending_marker=marker,
+        restart={"command": "brew services restart caddy"}, place=place_of(config), pending_marker=marker,
     )
     # the restart is marked pending before the block moves in, cleared once it succeeds
     assert commands[0] == f": > {marker}"
     assert commands[-1] == f"( brew services restart caddy ) && rm -f {marker}"
+
+
+def caddy_job(domain: str, pid: int | None = 77) -> dict:
+    from facts._launchctl import _EMPTY_JOB
+
+    return {**_EMPTY_JOB, "source": "print", "domain": domain, "label": "org.caddy",
+            "state": "running" if pid else "not running", "running": bool(pid), "pid": pid}
+
+
+@pytest.mark.parametrize(
+    ("loaded", "uid", "restart"),
+    [
+        # `brew services start caddy` on a Mac the SSH user is logged in to: their GUI domain
+        ({"gui/501": caddy_job("gui/501")}, 501, "launchctl kickstart -k gui/501/org.caddy"),
+        # a headless deploy (user/501) while Caddy runs in the console session's domain
+        ({"user/501": caddy_job("user/501")}, 501, "launchctl kickstart -k user/501/org.caddy"),
+        # `sudo brew services start caddy`: a LaunchDaemon, changed through sudo -n
+        ({"system": caddy_job("system")}, 501, "sudo -n launchctl kickstart -k system/org.caddy"),
+        ({"system": caddy_job("system")}, 0, "launchctl kickstart -k system/org.caddy"),  # root needs no sudo
+        # loaded in two domains: the one where it runs
+        ({"gui/501": caddy_job("gui/501", pid=None), "system": caddy_job("system")}, 501,
+         "sudo -n launchctl kickstart -k system/org.caddy"),
+    ],
+)
+def test_caddy_is_kickstarted_in_the_domain_its_label_is_loaded_in(config, loaded, uid, restart):
+    host = converged(config)
+    host.files[config.caddy_site_file] = "# old block\n"
+    host.placed = {("org.caddy", domain): job for domain, job in loaded.items()}
+    place = JobPlace(scope="agent", agent_domain="gui/501" if uid else "gui/0", uid=uid, user="alice", group="staff")
+    if uid == 0:
+        host.placed = {("org.caddy", "system"): loaded["system"]}
+    commands = run_op(
+        caddy.site, host, path=config.caddy_site_file, content=render_caddy_site(config),
+        restart=config.caddy_restart, place=place, pending_marker=config.paths.caddy_restart_pending,
+    )
+    assert shell_lines(commands)[-1] == f"( {restart} ) && rm -f {config.paths.caddy_restart_pending}"
+    # Looked up in the SSH user's domain, their other one and system: each read once, batched.
+    looked = [kwargs["domain"] for name, kwargs in host.asked if name == "LaunchdJob"]
+    assert looked == [place.agent_domain, *[d for d in (f"gui/{uid}", f"user/{uid}") if d != place.agent_domain],
+                      "system"]
+    assert caddy.job_reads(config.caddy_restart, place) == [
+        FactRead.of(LaunchdJob, label="org.caddy", domain=d) for d in looked]
+
+
+def test_caddy_is_looked_up_only_for_a_restart_by_label(config):
+    place = place_of(config)
+    assert caddy.job_reads({"command": "caddy reload --config /c"}, place) == []
+    assert caddy.job_reads(None, place) == []
+    host = converged(config)
+    host.files[config.caddy_site_file] = "# old block\n"
+    run_op(caddy.site, host, path=config.caddy_site_file, content=render_caddy_site(config),
+           restart={"command": "caddy reload --config /c"}, place=place,
+           pending_marker=config.paths.caddy_restart_pending)
+    assert [name for name, _ in host.asked if name == "LaunchdJob"] == []
 
 
 def test_the_run_fails_at_its_end_only_when_the_caddy_step_failed(config):
@@ -1361,7 +1417,7 @@ def test_the_daemon_scope_reads_only_what_the_modules_declare(daemon_config):
         *retire.reads((config.label, config.paths.backup_label), place, config.launch_agents_dir,
                       config.paths.other_scope_plists),
         *launchd.reads(config.label, place.domain, config.paths.plist_file),
-        *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending),
+        *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending, config.caddy_restart, place),
     ]:
         declared.add(("file", item) if isinstance(item, str) else (item.fact.__name__, item.arguments))
     fresh_host = fresh(config)

@@ -150,6 +150,35 @@ def test_a_bootstrap_python_is_looked_for_only_when_there_is_no_uv(shell, mac, t
     assert found["bootstrap_python"] is None
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_deploys_own_uv_reports_its_version_and_a_python_to_replace_it_when_not_pinned(shell, mac, tmp_path):
+    good = fake_python(tmp_path / "b/python3", "3.9.6")
+    own = tmp_path / "devpi/tools/bin/uv"
+    facts = dict(caddy=(), bootstrap_python=(str(good),), bootstrapped=str(own), pinned="0.13.9")
+    executable(own, '#!/bin/sh\necho "uv 0.12.1 (0123abcd 2026-05-01)"\n')
+    found = run_fact(HostTools, shell, mac["env"], uv=("/no/uv", str(own)), **facts)
+    assert (found["uv"], found["uv_version"]) == (str(own), "0.12.1")
+    assert found["bootstrap_python"] == {"path": str(good), "version": "3.9.6"}
+    # the pinned one: nothing else is run
+    executable(own, '#!/bin/sh\necho "uv 0.13.9 (4567cdef 2026-11-20)"\n')
+    found = run_fact(HostTools, shell, mac["env"], uv=("/no/uv", str(own)), **facts)
+    assert (found["uv_version"], found["bootstrap_python"]) == ("0.13.9", None)
+    # a broken one says no version
+    executable(own, "#!/bin/sh\nexit 1\n")
+    found = run_fact(HostTools, shell, mac["env"], uv=("/no/uv", str(own)), **facts)
+    assert (found["uv_version"], found["bootstrap_python"]["path"]) == (None, str(good))
+    # a uv the operator installed is not asked its version, and no python is looked for
+    operators = executable(tmp_path / "brew/uv", '#!/bin/sh\necho "uv 0.1.0"\n')
+    found = run_fact(HostTools, shell, mac["env"], uv=(str(operators), str(own)), **facts)
+    assert (found["uv"], "uv_version" in found, found["bootstrap_python"]) == (str(operators), False, None)
+
+
+def test_the_tools_read_asks_about_the_deploys_own_uv_unless_devpi_uv_is_set():
+    reads = preflight_ops.tools_read(config_of()).kwargs
+    assert (reads["bootstrapped"], reads["pinned"]) == ("/Users/alice/devpi/tools/bin/uv", UV_BOOTSTRAP_VERSION)
+    assert "bootstrapped" not in preflight_ops.tools_read(config_of(devpi_uv="/x/uv")).kwargs
+
+
 def test_a_bootstrap_python_needs_venv_and_ensurepip(mac):
     found = run_fact(HostTools, "/bin/sh", mac["env"], uv=(), caddy=(), bootstrap_python=(sys.executable,))
     assert found["bootstrap_python"]["version"] == "%d.%d.%d" % sys.version_info[:3]
@@ -268,6 +297,44 @@ def test_no_uv_is_bootstrapped_with_the_hosts_python3():
     tools, problems = check(config, tools=tools_fact(uv=None, bootstrap={"path": "/usr/bin/python3", "version": "3.9.6"}),
                             readiness=readiness(), needs=NEITHER)
     assert problems == [] and tools.uv is None and tools.uv_source == "missing"
+
+
+OWN_UV = "/Users/alice/devpi/tools/bin/uv"
+PY39 = {"path": "/usr/bin/python3", "version": "3.9.6"}
+
+
+@pytest.mark.parametrize("needs", [BOTH, NEITHER])
+def test_a_bootstrapped_uv_of_another_version_is_bootstrapped_again(needs):
+    fact = {**tools_fact(uv=OWN_UV, bootstrap=PY39), "uv_version": "0.12.1"}
+    tools, problems = check(config_of(), tools=fact, readiness=readiness(), needs=needs)
+    assert problems == []
+    assert (tools.uv, tools.uv_source, tools.bootstrap_python) == (OWN_UV, "upgrade", "/usr/bin/python3")
+    assert tools.describe().startswith(
+        f"uv: {OWN_UV} (bootstrapped, uv 0.12.1); replacing it with uv {UV_BOOTSTRAP_VERSION} from PyPI "
+        "with /usr/bin/python3;")
+    # a binary that does not say its version is replaced too
+    fact["uv_version"] = None
+    assert check(config_of(), tools=fact, readiness=readiness(), needs=needs)[0].uv_source == "upgrade"
+
+
+def test_the_pinned_bootstrapped_uv_and_an_operators_uv_are_kept():
+    pinned = {**tools_fact(uv=OWN_UV), "uv_version": UV_BOOTSTRAP_VERSION}
+    tools, problems = check(config_of(), tools=pinned, readiness=readiness(), needs=BOTH)
+    assert (problems, tools.uv_source) == ([], "found")
+    assert tools.describe().startswith(f"uv: {OWN_UV} (found);")
+    # the operator's uv, whatever its version and whatever python is there
+    operators = {**tools_fact(uv="/opt/homebrew/bin/uv", bootstrap=PY39)}
+    assert check(config_of(), tools=operators, readiness=readiness(), needs=BOTH)[0].uv_source == "found"
+    # devpi_uv naming the deploy's own path is the operator's choice
+    named = {**tools_fact(uv=OWN_UV, bootstrap=PY39), "uv_version": "0.12.1"}
+    assert check(config_of(devpi_uv=OWN_UV), tools=named, readiness=readiness(), needs=BOTH)[0].uv_source == "devpi_uv"
+
+
+def test_an_old_bootstrapped_uv_is_kept_with_a_note_when_no_python_can_replace_it():
+    fact = {**tools_fact(uv=OWN_UV), "uv_version": "0.12.1"}
+    tools, problems = check(config_of(), tools=fact, readiness=readiness(), needs=BOTH)
+    assert (problems, tools.uv, tools.uv_source) == ([], OWN_UV, "found")
+    assert f"uv {UV_BOOTSTRAP_VERSION} is pinned, but no python3 with venv and pip was found" in tools.describe()
 
 
 def test_no_uv_and_no_python_to_bootstrap_it():
@@ -408,6 +475,65 @@ def test_uv_bootstrap_without_a_working_python_changes_nothing(shell, tmp_path):
     assert sorted(p.name for p in (tmp_path / "devpi").iterdir()) == []  # the scratch venv is gone
 
 
+# A python3 that makes a "venv" whose pip "installs" a uv reporting ``version``.
+FAKE_BOOTSTRAP_PYTHON = """#!/bin/sh
+case "$1 $2" in
+  "-m venv") mkdir -p "$3/bin" && cp "$0" "$3/bin/python" ;;
+  "-m pip") printf '#!/bin/sh\\necho "uv %s (fake)"\\n' VERSION > "$(dirname "$0")/uv" && chmod 755 "$(dirname "$0")/uv" ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+def bootstrap_home(tmp_path, old_version="0.12.1"):
+    config = build_config({**BASE, "devpi_home": str(tmp_path / "devpi")}, HOME)
+    tools_dir = Path(config.paths.tools_dir)
+    executable(tools_dir / "bin/uv", f'#!/bin/sh\necho "uv {old_version} (old)"\n')
+    (tools_dir / f"uv-{old_version}.lock.txt").write_text("uv==old\n")
+    lock = Path(config.paths.uv_lock_upload(UV_BOOTSTRAP_VERSION))
+    lock.write_text(f"uv=={UV_BOOTSTRAP_VERSION} --hash=sha256:00\n")
+    return config, tools_dir, lock
+
+
+def uv_says(path: Path) -> str:
+    return subprocess.run([str(path)], capture_output=True, text=True).stdout.strip()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_uv_bootstrap_replaces_an_older_bootstrapped_uv_and_its_requirement_file(shell, tmp_path):
+    config, tools_dir, lock = bootstrap_home(tmp_path)
+    python = executable(tmp_path / "python3", FAKE_BOOTSTRAP_PYTHON.replace("VERSION", UV_BOOTSTRAP_VERSION))
+    result = subprocess.run([shell, "-c", preflight_ops.bootstrap_script(config, str(python), str(lock))],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert uv_says(tools_dir / "bin/uv") == f"uv {UV_BOOTSTRAP_VERSION} (fake)"
+    assert sorted(p.name for p in tools_dir.iterdir()) == ["bin", lock.name]
+    assert sorted(p.name for p in (tools_dir / "bin").iterdir()) == ["uv"]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_failed_uv_upgrade_leaves_the_old_uv_working(shell, tmp_path):
+    config, tools_dir, lock = bootstrap_home(tmp_path)
+    # pip "installs" a uv of the wrong version: refused before it goes near the old one
+    python = executable(tmp_path / "python3", FAKE_BOOTSTRAP_PYTHON.replace("VERSION", "0.0.1"))
+    result = subprocess.run([shell, "-c", preflight_ops.bootstrap_script(config, str(python), str(lock))],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"expected uv {UV_BOOTSTRAP_VERSION}" in result.stderr
+    assert uv_says(tools_dir / "bin/uv") == "uv 0.12.1 (old)"
+    assert "uv-0.12.1.lock.txt" in {p.name for p in tools_dir.iterdir()}
+
+
+def test_an_upgrade_runs_the_bootstrap():
+    config = config_of()
+    upgrade = Tools(uv=config.paths.bootstrap_uv, uv_source="upgrade", bootstrap_python="/usr/bin/python3",
+                    caddy=None, caddy_source="missing", python="3.12", python_note="", bootstrapped_version="0.12.1")
+    commands = run_op(preflight_ops.uv_bootstrap, PreparedHost(), config=config, tools=upgrade,
+                      lock="uv==0.13.9 --hash=sha256:00\n")
+    assert [c.dest for c in commands if isinstance(c, Upload)] == [config.paths.uv_lock_upload(UV_BOOTSTRAP_VERSION)]
+    assert f"mv -f {OWN_UV}.pyinfra-new {OWN_UV}" in shell_lines(commands)[-1]
+
+
 def test_preflight_commands_use_no_gnu_only_forms():
     config = config_of()
     commands = [
@@ -431,6 +557,8 @@ class FactsHost(PreparedHost):
 
     def get_fact(self, cls, **kwargs):
         self.asked.append((cls.__name__, kwargs))
+        if cls.__name__ == "LaunchdJob":  # Caddy's job: {domain: job} (not loaded elsewhere)
+            return self.answers.get("LaunchdJob", {}).get(kwargs["domain"])
         return self.answers[cls.__name__]
 
 
@@ -464,6 +592,91 @@ def test_ready_refuses_with_every_problem():
     assert str(error.value).startswith("prepared is not ready for devpi; nothing was changed.")
     assert str(error.value).count("\n  - ") == 3  # uv, caddy, launchd
     assert host.logged == []
+
+
+# --------------------------------------------------------------------------- Caddy's job
+
+RESTARTS_CADDY = Needs(venv=False, caddy_block=True, caddy_restart=True)
+NOWHERE = {"gui/501": None, "user/501": None, "system": None}
+
+
+def test_a_caddy_label_loaded_nowhere_refuses_a_run_that_restarts_caddy():
+    _, problems = check(config_of(), tools=tools_fact(), readiness=readiness(), needs=RESTARTS_CADDY,
+                        caddy_jobs=NOWHERE)
+    (problem,) = problems
+    assert problem.startswith("caddy: devpi_caddy_restart is Caddy's launchd label org.caddy, which is not "
+                              "loaded in gui/501, user/501, system")
+    assert "load Caddy's job" in problem
+    assert "set devpi_caddy_restart to {'command': '/opt/homebrew/bin/caddy reload --config" in problem
+
+
+def test_a_caddy_label_loaded_anywhere_or_not_needed_passes():
+    from facts._launchctl import _EMPTY_JOB
+
+    in_system = {**NOWHERE, "system": {**_EMPTY_JOB, "domain": "system", "pid": 80}}
+    assert check(config_of(), tools=tools_fact(), readiness=readiness(), needs=RESTARTS_CADDY,
+                 caddy_jobs=in_system)[1] == []
+    # no restart this run (the block is unchanged, no restart pending): not required
+    assert check(config_of(), tools=tools_fact(), readiness=readiness(), needs=BOTH, caddy_jobs=NOWHERE)[1] == []
+    # launchctl missing answers "not loaded" too (the launchd problem is reported elsewhere)
+    no_launchctl = {d: {"loaded": False, "launchctl_available": False, "domain": d} for d in NOWHERE}
+    assert len(check(config_of(), tools=tools_fact(), readiness=readiness(), needs=RESTARTS_CADDY,
+                     caddy_jobs=no_launchctl)[1]) == 1
+
+
+def test_caddy_in_system_needs_passwordless_sudo_to_be_kickstarted():
+    from facts._launchctl import _EMPTY_JOB
+
+    in_system = {**NOWHERE, "system": {**_EMPTY_JOB, "domain": "system", "pid": 80}}
+    no_sudo = {**readiness(), "sudo_ok": False, "sudo_error": "sudo: a password is required"}
+    (problem,) = check(config_of(), tools=tools_fact(), readiness=no_sudo, needs=RESTARTS_CADDY,
+                       caddy_jobs=in_system)[1]
+    assert problem.startswith("caddy: Caddy's launchd label org.caddy is loaded in system")
+    assert "passwordless sudo" in problem and "caddy reload --config" in problem
+    # root, or sudo that works, or no restart this run: fine
+    as_root = {**no_sudo, "uid": 0, "owners": {"/Users/alice/devpi": 0}}
+    for ready, needs in ((as_root, RESTARTS_CADDY), ({**no_sudo, "sudo_ok": True}, RESTARTS_CADDY),
+                         (no_sudo, BOTH)):
+        assert check(config_of(), tools=tools_fact(), readiness=ready, needs=needs, caddy_jobs=in_system)[1] == []
+    # sudo is asked about when Caddy's LaunchDaemon plist is there
+    root_if = preflight_ops.readiness_read(config_of(), "gui/501", AGENT).kwargs["root_if"]
+    assert "/Library/LaunchDaemons/org.caddy.plist" in root_if
+    command = preflight_ops.readiness_read(config_of(devpi_caddy_restart={"command": "x"}), "gui/501", AGENT)
+    assert not any("caddy" in path for path in command.kwargs["root_if"])
+
+
+def test_ready_looks_for_caddys_label_in_the_three_domains_and_refuses_when_it_is_nowhere():
+    from pyinfra_devpi.errors import DeployError
+
+    headless = JobPlace(scope="agent", agent_domain="user/501", uid=501, user="alice", group="staff")
+    host = FactsHost(tools_fact(), readiness(domain="user/501"))
+    with pytest.raises(DeployError) as error:
+        run_ready(host, config_of(), needs=RESTARTS_CADDY, place=headless)
+    assert "label org.caddy, which is not loaded in user/501, gui/501, system" in str(error.value)
+    assert [kwargs["domain"] for name, kwargs in host.asked if name == "LaunchdJob"] == [
+        "user/501", "gui/501", "system"]
+    # a restart command: no launchd lookup at all
+    host = FactsHost(tools_fact(), readiness())
+    run_ready(host, config_of(devpi_caddy_restart={"command": "/opt/homebrew/bin/caddy reload --config /c"}),
+              needs=RESTARTS_CADDY)
+    assert [name for name, _ in host.asked] == ["HostTools", "HostReadiness"]
+
+
+# --------------------------------------------------------------------------- after a reboot
+
+
+def test_the_plan_warns_that_a_user_domain_launchagent_does_not_come_back_after_a_reboot():
+    from pyinfra_devpi.preflight import reboot_warning
+
+    headless = JobPlace(scope="agent", agent_domain="user/501", uid=501, user="alice", group="staff")
+    warning = reboot_warning(headless)
+    assert "loaded into user/501" in warning
+    assert "devpi will not come back after a reboot until a rerun of this deploy or a console login" in warning
+    assert 'use devpi_launchd_scope = "daemon"' in warning and "automatic login" in warning
+    # a console login's gui/ domain is loaded again at that login; a LaunchDaemon at boot
+    assert reboot_warning(AGENT) is None
+    assert reboot_warning(JobPlace(scope="daemon", agent_domain="user/501", uid=501, user="alice",
+                                   group="staff")) is None
 
 
 # --------------------------------------------------------------------------- hostile values

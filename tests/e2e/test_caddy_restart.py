@@ -4,10 +4,14 @@ and does not keep a down devpi down."""
 from __future__ import annotations
 
 import json
+import plistlib
+import re
+import time
+from pathlib import Path
 
 import pytest
 
-from .harness import free_port, http
+from .harness import free_port, http, http_ok, remote_commands, wait_until
 from .stack import start_stack
 
 pytestmark = pytest.mark.e2e
@@ -68,3 +72,85 @@ def test_a_failing_caddy_step_does_not_keep_devpi_down(sshd, launchd, upstream, 
         assert stack.deploy().grand_total()[0] == 0
         report = stack.pyinfra("deploys/status.py", "--data", "devpi_status_format=json")
         assert json.loads(report.stdout.strip().splitlines()[-1])["sections"]["caddy"]["restart_pending"] is False
+
+
+def caddy_pid(launchd, domain: str, label: str) -> int | None:
+    printed = launchd.run("print", f"{domain}/{label}", check=False)
+    match = re.search(r"^\s*pid = (\d+)", printed.stdout, re.M)
+    return int(match.group(1)) if printed.returncode == 0 and match else None
+
+
+def load_caddy_in(launchd, domain: str, plist: Path) -> None:
+    """``launchctl bootstrap <domain>``, retried while launchd still tears down the job
+    just booted out elsewhere (error 5)."""
+    deadline = time.monotonic() + 10
+    while True:
+        proc = launchd.run("bootstrap", domain, str(plist), check=False)
+        if proc.returncode != 5 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("where", ["user", "system"])
+def test_caddys_label_is_kickstarted_where_it_is_loaded(sshd, launchd, upstream, tmp_path, where):
+    """Caddy is not always in the deploy's own domain: `sudo brew services start caddy` makes
+    it a LaunchDaemon in system, and a headless deploy's domain is user/<uid> while a console
+    login's Caddy is in gui/<uid>. The deploy kickstarts it where it is loaded; where it is
+    loaded nowhere, the preflight says so before any change."""
+    with start_stack(sshd, launchd, upstream, tmp_path / "stack", f"caddyin{where}") as stack:
+        stack.wait_caddy()
+        label = stack.caddy_label
+        domain = f"user/{sshd.uid}" if where == "user" else "system"
+        assert domain != launchd.domain
+        plist = stack.caddy.plist
+        if where == "system":  # a LaunchDaemon's plist: the system's session, no session type
+            definition = plistlib.loads(plist.read_bytes())
+            del definition["LimitLoadToSessionType"]
+            plist = plist.with_name(f"{label}.daemon.plist")
+            plist.write_bytes(plistlib.dumps(definition))
+        launchd.bootout(label)
+        try:
+            load_caddy_in(launchd, domain, plist)
+            stack.wait_caddy()
+            before = caddy_pid(launchd, domain, label)
+
+            new_address = f"http://127.0.0.1:{free_port()}"
+            stack.update(devpi_caddy_site_address=new_address)
+            moved = stack.deploy()
+            assert caddy_pid(launchd, domain, label) not in (None, before), moved.describe()
+            wait_until(lambda: http_ok(f"{new_address}/+api"), 30, 0.1, f"Caddy to serve {new_address}")
+            assert launchd.run("print", launchd.target(label), check=False).returncode != 0  # not loaded here
+
+            # The lookup is part of the one batch: a rerun costs two remote commands.
+            rerun = stack.deploy("--debug")
+            assert rerun.grand_total()[0] == 0, rerun.describe()
+            assert len(remote_commands(rerun.output)) == 2, remote_commands(rerun.output)
+        finally:
+            launchd.run("bootout", f"{domain}/{label}", check=False)
+
+        # Loaded nowhere: refused before any change, naming the label and where it looked.
+        site = stack.site_file.read_text()
+        refused = stack.deploy(check=False, devpi_caddy_site_address=f"http://127.0.0.1:{free_port()}")
+        assert refused.returncode != 0
+        assert "is not ready for devpi; nothing was changed" in refused.output, refused.describe()
+        assert (f"Caddy's launchd label {label}, which is not loaded in {launchd.domain}, "
+                f"{domain if where == 'user' else f'user/{sshd.uid}'}, system") in refused.output
+        assert "caddy reload --config" in refused.output
+        assert stack.site_file.read_text() == site
+
+
+def test_a_headless_launchagent_is_said_not_to_come_back_after_a_reboot(sshd, launchd, upstream, tmp_path):
+    """Over SSH without a console login the agent lands in user/<uid>, which launchd does
+    not load at boot: the plan says so once, in --dry too; not for gui/<uid>, nor for the
+    daemon scope."""
+    warning = "devpi will not come back after a reboot until a rerun of this deploy or a console login"
+    with start_stack(sshd, launchd, upstream, tmp_path / "stack", "reboot", deploy=False, caddy=False) as stack:
+        assert stack.deploy("--dry").output.count(warning) == 0  # the SSH user owns the console: gui/<uid>
+        # user/<uid>, as the session rule picks it on a headless Mac (or set by hand)
+        dry = stack.deploy("--dry", devpi_launchd_domain=f"user/{sshd.uid}")
+        assert dry.output.count(warning) == 1, dry.describe()
+        assert f"loaded into user/{sshd.uid}" in dry.output
+        assert 'devpi_launchd_scope = "daemon"' in dry.output
+        daemon = stack.deploy("--dry", devpi_launchd_scope="daemon")
+        assert daemon.output.count(warning) == 0, daemon.describe()

@@ -143,5 +143,24 @@ def test_uv_is_bootstrapped_into_devpi_home_when_it_is_nowhere(sshd, launchd, up
             assert f"uv: {bootstrapped} (found)" in tools_line(rerun)[0]
             assert len(remote_commands(rerun.output)) == 2
             assert rerun.grand_total()[0] == 0
+
+            # A new release of this deploy pins another uv: the one an older release
+            # bootstrapped (here: one that says it is 0.12.1, beside that release's
+            # requirement file) is replaced by the pinned one, and its file goes.
+            bootstrapped.write_text('#!/bin/sh\necho "uv 0.12.1 (an older release)"\n')
+            (bootstrapped.parent.parent / "uv-0.12.1.lock.txt").write_text("uv==0.12.1\n")
+            upgraded = stack.deploy()
+            assert (f"uv: {bootstrapped} (bootstrapped, uv 0.12.1); replacing it with uv {UV_BOOTSTRAP_VERSION} "
+                    "from PyPI with /usr/bin/python3") in tools_line(upgraded)[0], upgraded.describe()
+            version = subprocess.run([str(bootstrapped), "--version"], capture_output=True, text=True).stdout
+            assert version.startswith(f"uv {UV_BOOTSTRAP_VERSION}")
+            assert sorted(p.name for p in bootstrapped.parent.parent.iterdir()) == [
+                "bin", f"uv-{UV_BOOTSTRAP_VERSION}.lock.txt"]
+            assert sorted(p.name for p in bootstrapped.parent.iterdir()) == ["uv"]
+            # and then it is left alone: asking its version is part of the one batch
+            again = stack.deploy("--debug")
+            assert f"uv: {bootstrapped} (found)" in tools_line(again)[0]
+            assert len(remote_commands(again.output)) == 2
+            assert again.grand_total()[0] == 0
     finally:
         link.symlink_to(real)
