@@ -87,7 +87,19 @@ class Double:
                         LAUNCHCTL_DOUBLE_RICH_ERRORS="0")
         self.env.pop("LAUNCHCTL_DOUBLE_TEARDOWN_SECONDS", None)
         self.env.pop("LAUNCHCTL_DOUBLE_DEFAULT_SESSION_TYPE", None)
+        self.env.pop("SUDO_UID", None)
         self.pids = set()
+        # The test's user is logged in at the console (gui/<uid> exists) whoever owns
+        # /dev/console here; tests of a headless session rewrite or remove the file.
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.console_uid(UID)
+
+    def console_uid(self, uid):
+        path = self.state / "console_uid"
+        if uid is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(f"{uid}\n")
 
     def run(self, *args, env=None):
         merged = dict(self.env, **(env or {}))
@@ -242,12 +254,6 @@ def test_bootstrap_starts_the_job_as_the_plist_says(double):
     assert report["sid"] == report["pid"]
     assert os.getsid(double.supervisor_pid("net.devpi.a")) != os.getsid(0)
 
-    listed = double.ok("list", "net.devpi.a").stdout
-    assert f'\t"PID" = {report["pid"]};\n' in listed
-    assert '\t"Label" = "net.devpi.a";\n' in listed and '\t"OnDemand" = false;\n' in listed
-    table = double.ok("list").stdout.splitlines()
-    assert table[0] == "PID\tStatus\tLabel"
-    assert f"{report['pid']}\t0\tnet.devpi.a" in table
 
 
 def test_bootstrap_of_a_loaded_job_fails_with_error_5(double):
@@ -331,14 +337,15 @@ def test_bootstrap_right_after_bootout_hits_the_teardown_window(double):
 
 @pytest.mark.parametrize("keepalive", [True, {"SuccessfulExit": False}])
 def test_killed_job_is_restarted_under_keepalive(double, keepalive):
-    double.ok("bootstrap", GUI, str(double.plist("net.devpi.f", KeepAlive=keepalive)))
-    old = wait_for(lambda: double.pid("net.devpi.f"))
+    # in user/<uid>, the SSH session's domain, which `list` shows
+    double.ok("bootstrap", USER, str(double.plist("net.devpi.f", KeepAlive=keepalive)))
+    old = wait_for(lambda: double.pid("net.devpi.f", USER))
     os.kill(old, signal.SIGKILL)
 
-    new = wait_for(lambda: (p := double.pid("net.devpi.f")) and p != old and p, 5)
+    new = wait_for(lambda: (p := double.pid("net.devpi.f", USER)) and p != old and p, 5)
     assert new and new != old
     assert alive(new) and not alive(old)
-    info = double.info("net.devpi.f")
+    info = double.info("net.devpi.f", USER)
     assert info["last terminating signal"] == "Killed: 9"
     assert "last exit code" not in info  # the signal line replaces it
     assert info["runs"] == "2"
@@ -348,13 +355,13 @@ def test_killed_job_is_restarted_under_keepalive(double, keepalive):
 
 
 def test_killed_job_stays_down_without_keepalive(double):
-    double.ok("bootstrap", GUI, str(double.plist("net.devpi.g", KeepAlive=False,
-                                                  ThrottleInterval=0.5)))
-    old = wait_for(lambda: double.pid("net.devpi.g"))
+    double.ok("bootstrap", USER, str(double.plist("net.devpi.g", KeepAlive=False,
+                                                   ThrottleInterval=0.5)))
+    old = wait_for(lambda: double.pid("net.devpi.g", USER))
     os.kill(old, signal.SIGKILL)
-    assert wait_for(lambda: double.info("net.devpi.g")["state"] == "not running")
+    assert wait_for(lambda: double.info("net.devpi.g", USER)["state"] == "not running")
     time.sleep(0.8)  # longer than the ThrottleInterval
-    info = double.info("net.devpi.g")
+    info = double.info("net.devpi.g", USER)
     assert info["state"] == "not running" and "pid" not in info
     assert info["runs"] == "1"
     assert info["active count"] == "0"
@@ -497,8 +504,8 @@ def test_usage_errors(double):
     assert double.run("kickstart", "-z", f"{GUI}/x").returncode == 64
     session = double.run("print", "session/100008/com.apple.x")
     assert session.returncode == 125 and "not emulated" in session.stderr
-    other = double.run("print", f"gui/{UID + 1}/x")
-    assert other.returncode in (1, 112)
+    other = double.run("print", f"gui/{UID + 1}/x")  # not at the console: no such domain
+    assert other.returncode == 125
 
 
 def test_double_shutdown_leaves_no_process(double):
@@ -530,22 +537,6 @@ def test_print_a_domain_lists_its_loaded_services(double):
     assert printed.rstrip().endswith("}") and "net.devpi.dom" in printed
 
 
-def test_the_gui_domain_exists_only_for_the_console_user(double):
-    """With ``console_uid`` naming someone else (the SSH user is not logged in at the
-    console), every verb on gui/<uid> fails as launchctl does for a domain it cannot find;
-    the user domain is still there."""
-    double.state.mkdir(parents=True, exist_ok=True)
-    (double.state / "console_uid").write_text(f"{UID + 1}\n")
-    for args in (("print", GUI), ("print", f"{GUI}/net.devpi.x"),
-                 ("bootstrap", GUI, str(double.plist("net.devpi.gone")))):
-        result = double.run(*args)
-        assert result.returncode == 112, args
-        assert result.stderr == f"Bad request.\nCould not find domain for user gui: {UID}\n"
-    double.ok("print", USER)
-    (double.state / "console_uid").write_text(f"{UID}\n")
-    double.ok("print", GUI)
-
-
 def test_a_calendar_job_runs_once_per_kickstart(double):
     """The backup job: StartCalendarInterval, no RunAtLoad, no KeepAlive. Loading it
     starts nothing; ``kickstart`` runs the program once, and after it exits (0) it is
@@ -566,23 +557,259 @@ def test_a_calendar_job_runs_once_per_kickstart(double):
     assert marker.read_text() == "ran\n"
 
 
-def test_legacy_load_over_ssh_loads_into_the_user_domain(double):
-    """What the Ansible role ran over SSH: ``launchctl load -w <plist>``. The job lands in
-    user/<uid> (the SSH session's), even without LimitLoadToSessionType; the gui domain
-    does not have it."""
-    plist = double.plist("net.devpi.legacy", LimitLoadToSessionType=None)
-    double.ok("disable", f"{USER}/net.devpi.legacy")
-    double.ok("load", "-w", str(plist))
-    assert wait_for(lambda: double.pid("net.devpi.legacy", USER))
-    assert double.run("print", f"{GUI}/net.devpi.legacy").returncode == 113
-    assert '"net.devpi.legacy" => enabled' in double.ok("print-disabled", USER).stdout
-    # loaded already: refused like bootstrap, under legacy load's own title
-    again = double.run("load", str(plist))
-    assert again.returncode == 5 and "Load failed: 5: Input/output error" in again.stderr
-    assert double.run("load").returncode == 64
-    double.ok("bootout", f"{USER}/net.devpi.legacy")
-    assert double.run("print", f"{USER}/net.devpi.legacy").returncode == 113
+# --------------------------------------------------------------------------- macOS over SSH
+# ../shared/MACOS.md, point by point: the domains a session has, legacy verbs, bootout's 36,
+# what print shows of the launch keys.
 
+NO_DOMAIN = "Domain does not support specified action"
+
+
+def test_gui_domain_of_a_user_not_at_the_console_answers_125(double):
+    """Headless (someone else, or nobody, at the console): every verb on gui/<uid> fails
+    with 125 and launchctl's texts (lidge-jun/opencodex#1770, home-manager#4413,
+    hermes-agent#23387); the ``no_gui_status`` knob makes it 112 (Sequoia). user/<uid> is
+    there either way."""
+    double.console_uid(UID + 1)
+    plist = str(double.plist("net.devpi.gone"))
+    expected = {
+        ("print", GUI): f"Could not print domain: 125: {NO_DOMAIN}\n",
+        ("print", f"{GUI}/net.devpi.gone"): f"Could not print domain: 125: {NO_DOMAIN}\n",
+        ("print-disabled", GUI): f"Could not print domain: 125: {NO_DOMAIN}\n",
+        ("bootstrap", GUI, plist): f"Bootstrap failed: 125: {NO_DOMAIN}\n",
+        ("bootout", f"{GUI}/net.devpi.gone"): f"Boot-out failed: 125: {NO_DOMAIN}\n",
+        ("kickstart", "-k", f"{GUI}/net.devpi.gone"):
+            f'Could not kickstart service "net.devpi.gone": 125: {NO_DOMAIN}\n',
+        ("enable", f"{GUI}/net.devpi.gone"):
+            f'Could not enable service "net.devpi.gone": 125: {NO_DOMAIN}\n',
+        ("disable", f"{GUI}/net.devpi.gone"):
+            f'Could not disable service "net.devpi.gone": 125: {NO_DOMAIN}\n',
+    }
+    for args, stderr in expected.items():
+        result = double.run(*args)
+        assert (result.returncode, result.stderr, result.stdout) == (125, stderr, ""), args
+    double.ok("print", USER)
+    double.ok("bootstrap", USER, str(double.plist("net.devpi.bg", LimitLoadToSessionType="Background")))
+
+    (double.state / "no_gui_status").write_text("112\n")
+    for args in expected:
+        result = double.run(*args)
+        assert (result.returncode, result.stderr) == (
+            112, f"Bad request.\nCould not find domain for user gui: {UID}\n"), args
+
+    double.console_uid(UID)  # logged in at the console: the domain is there
+    double.ok("print", GUI)
+
+
+def test_console_owner_is_the_owner_of_dev_console(double):
+    """Without ``console_uid`` the double asks /dev/console, as the deploy does (`ls -ln
+    /dev/console`; Homebrew's services/system.rb): its owner has gui/<uid>; if it is
+    missing, the console is root's (the login window)."""
+    double.console_uid(None)
+    try:
+        owner = os.stat("/dev/console").st_uid
+    except OSError:
+        owner = 0
+    result = double.run("print", GUI)
+    if owner == UID:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert (result.returncode, result.stderr) == (125, f"Could not print domain: 125: {NO_DOMAIN}\n")
+
+
+@pytest.fixture
+def nobody_double(tmp_path):
+    """The double as ``nobody`` would run it: a state dir nobody may write, no knob."""
+    import pwd
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="launchctl-console-"))
+    directory.chmod(0o755)
+    d = Double(directory)
+    d.console_uid(None)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(d.state, nobody.pw_uid, nobody.pw_gid)
+    d.nobody = nobody
+    yield d
+    d.cleanup()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the double as another user")
+def test_a_user_who_does_not_own_dev_console_has_no_gui_domain(nobody_double):
+    """/dev/console is not nobody's: gui/<nobody> is not there, user/<nobody> is."""
+    uid = nobody_double.nobody.pw_uid
+    assert os.stat("/dev/console").st_uid != uid
+    result = as_nobody(nobody_double, "print", f"gui/{uid}")
+    assert (result.returncode, result.stderr) == (125, f"Could not print domain: 125: {NO_DOMAIN}\n")
+    assert as_nobody(nobody_double, "print", f"user/{uid}").returncode == 0
+
+
+def test_gui_user_and_system_domains_hold_separate_jobs(double):
+    """One label, loaded in gui/<uid> and user/<uid> at once: two jobs, two processes,
+    each domain's verbs touch only its own. (Kept as it was; MACOS.md: a user-domain job
+    and a gui-domain job are different jobs.)"""
+    path = double.plist("net.devpi.twice")
+    double.ok("bootstrap", GUI, str(path))
+    double.ok("bootstrap", USER, str(path))
+    gui_pid = wait_for(lambda: double.pid("net.devpi.twice", GUI))
+    user_pid = wait_for(lambda: double.pid("net.devpi.twice", USER))
+    assert gui_pid != user_pid and alive(gui_pid) and alive(user_pid)
+    double.ok("disable", f"{GUI}/net.devpi.twice")
+    assert "net.devpi.twice" not in double.ok("print-disabled", USER).stdout
+    double.ok("bootout", f"{GUI}/net.devpi.twice")
+    assert not alive(gui_pid) and alive(user_pid)
+    assert double.print(f"{GUI}/net.devpi.twice").returncode == 113
+    assert double.pid("net.devpi.twice", USER) == user_pid
+    assert double.print("system/net.devpi.twice").returncode == 113
+
+
+def test_legacy_load_of_an_aqua_agent_by_the_console_owner_lands_in_gui(double):
+    """What the Ansible role ran over SSH on indri, where its user owns the console:
+    ``launchctl load -w <plist>`` of a plist without LimitLoadToSessionType (an Aqua
+    agent) loads it into gui/<uid> (launchctl(1): legacy verbs target the GUI session)."""
+    plist = double.plist("net.devpi.legacy", LimitLoadToSessionType=None)
+    double.ok("disable", f"{GUI}/net.devpi.legacy")
+    double.ok("load", "-w", str(plist))
+    assert wait_for(lambda: double.pid("net.devpi.legacy", GUI))
+    assert double.print(f"{USER}/net.devpi.legacy").returncode == 113
+    assert '"net.devpi.legacy" => enabled' in double.ok("print-disabled", GUI).stdout
+    # loaded already: refused like bootstrap, under legacy load's own title and hint
+    again = double.run("load", str(plist))
+    assert (again.returncode, again.stderr) == (5, (
+        "Load failed: 5: Input/output error\n"
+        "Try running `launchctl bootstrap` as root for richer errors.\n"))  # drduh/YubiKey-Guide#504
+    assert double.run("load").returncode == 64
+    double.ok("bootout", f"{GUI}/net.devpi.legacy")
+
+
+def test_legacy_load_of_an_aqua_agent_over_a_headless_session_loads_nothing(double):
+    """Nobody (or someone else) at the console: launchd has no Aqua session for the
+    caller. Nothing is loaded, launchd's message is printed, and the exit is 0
+    (actions/runner#349, buildkite/agent PR #1960)."""
+    double.console_uid(UID + 1)
+    plist = double.plist("net.devpi.headless", LimitLoadToSessionType=None)
+    result = double.run("load", "-w", str(plist))
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0, "", "Could not find domain for port (Aqua)\n")
+    assert double.print(f"{USER}/net.devpi.headless").returncode == 113
+    assert double.run("print", f"{GUI}/net.devpi.headless").returncode == 125
+    assert not list(double.state.glob("jobs/*/net.devpi.headless"))
+
+
+@pytest.mark.parametrize("how", ["-S Background", "LimitLoadToSessionType"])
+def test_legacy_load_of_a_background_agent_lands_in_user(double, how):
+    """``-S Background`` (buildkite/agent PR #1960) or the plist's own Background session:
+    the job lands in user/<uid>, the SSH session's, whoever owns the console."""
+    double.console_uid(UID + 1)
+    if how == "-S Background":
+        plist = double.plist("net.devpi.bg", LimitLoadToSessionType=None)
+        double.ok("load", "-S", "Background", str(plist))
+    else:
+        plist = double.plist("net.devpi.bg", LimitLoadToSessionType="Background")
+        double.ok("load", str(plist))
+    assert wait_for(lambda: double.pid("net.devpi.bg", USER))
+    double.console_uid(UID)
+    assert double.print(f"{GUI}/net.devpi.bg").returncode == 113
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="loads into the system domain as root")
+def test_legacy_load_through_sudo_lands_in_system(double):
+    """``sudo launchctl load``: root's legacy verbs target the system domain
+    (launchctl(1)), with launchctl's warning for a LaunchAgents path
+    (drduh/YubiKey-Guide#504); ``list`` as root shows the system domain."""
+    agents = double.tmp / "Library" / "LaunchAgents"
+    agents.mkdir(parents=True)
+    plist = double.plist("net.devpi.sudo", LimitLoadToSessionType=None)
+    moved = agents / plist.name
+    plist.rename(moved)
+    sudo = {"SUDO_UID": "501", "SUDO_USER": "someone"}
+    result = double.run("load", "-w", str(moved), env=sudo)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ("Warning: Expecting a LaunchDaemons path since the command was ran as root. "
+                             "Got LaunchAgents instead.\n`launchctl bootstrap` is a recommended alternative.\n")
+    pid = wait_for(lambda: double.pid("net.devpi.sudo", "system"))
+    assert pid and double.print(f"{GUI}/net.devpi.sudo").returncode == 113
+    listed = double.ok("list", "net.devpi.sudo", env=sudo).stdout
+    assert f'\t"PID" = {pid};\n' in listed and '\t"LimitLoadToSessionType" = "System";\n' in listed
+    assert double.run("list", "net.devpi.sudo").returncode == 113  # root's own SSH session: user/0
+    double.ok("bootout", "system/net.devpi.sudo")
+
+
+def test_list_shows_the_callers_session_and_managername_says_background(double):
+    """Legacy ``list`` answers from the caller's own session, over SSH the Background one,
+    user/<uid>; not a chosen domain (Homebrew/brew PR #588). ``managername`` prints
+    ``Background`` over SSH (Mic92/sops-nix#966)."""
+    assert double.ok("managername").stdout == "Background\n"
+    path = double.plist("net.devpi.both")
+    double.ok("bootstrap", GUI, str(path))
+    double.ok("bootstrap", USER, str(path))
+    double.ok("bootstrap", GUI, str(double.plist("net.devpi.guionly")))
+    gui_pid = wait_for(lambda: double.pid("net.devpi.both", GUI))
+    user_pid = wait_for(lambda: double.pid("net.devpi.both", USER))
+    assert wait_for(lambda: double.pid("net.devpi.guionly", GUI))
+
+    listed = double.ok("list", "net.devpi.both").stdout
+    assert f'\t"PID" = {user_pid};\n' in listed
+    assert '\t"Label" = "net.devpi.both";\n' in listed and '\t"OnDemand" = false;\n' in listed
+    assert '\t"LimitLoadToSessionType" = "Background";\n' in listed
+    table = double.ok("list").stdout.splitlines()
+    assert table == ["PID\tStatus\tLabel", f"{user_pid}\t0\tnet.devpi.both"]
+    assert str(gui_pid) not in "\n".join(table)
+    missing = double.run("list", "net.devpi.guionly")
+    assert (missing.returncode, missing.stderr) == (
+        113, 'Could not find service "net.devpi.guionly" in domain for port\n')
+
+
+# A job that shrugs off SIGTERM: it stops only at the SIGKILL after its ExitTimeOut.
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
+
+
+def test_bootout_may_answer_36_while_the_job_stops(double):
+    """With the ``bootout_in_progress`` knob, bootout of a running job answers 36
+    "Operation now in progress" at once (osquery/osquery#5698); the job is still loaded
+    (print finds it) until it has stopped, then it is gone."""
+    (double.state / "bootout_in_progress").write_text("")
+    double.ok("bootstrap", GUI, str(double.plist(
+        "net.devpi.slowstop", program=[sys.executable, "-c", STUBBORN], ExitTimeOut=1)))
+    pid = wait_for(lambda: double.pid("net.devpi.slowstop"))
+    double.remember_pids()
+
+    result = double.run("bootout", f"{GUI}/net.devpi.slowstop")
+    assert (result.returncode, result.stderr) == (36, "Boot-out failed: 36: Operation now in progress\n")
+    assert double.print(f"{GUI}/net.devpi.slowstop").returncode == 0  # still loaded
+    again = double.run("bootout", f"{GUI}/net.devpi.slowstop")
+    assert again.returncode == 36
+    assert wait_for(lambda: double.print(f"{GUI}/net.devpi.slowstop").returncode == 113, 10)
+    assert not alive(pid)
+    gone = double.run("bootout", f"{GUI}/net.devpi.slowstop")
+    assert (gone.returncode, gone.stderr) == (3, "Boot-out failed: 3: No such process\n")
+
+    # a job that is not running is booted out at once, knob or not
+    double.ok("bootstrap", GUI, str(double.plist("net.devpi.idle", RunAtLoad=False, KeepAlive=False)))
+    double.ok("bootout", f"{GUI}/net.devpi.idle")
+    assert double.print(f"{GUI}/net.devpi.idle").returncode == 113
+
+
+@pytest.mark.parametrize(("keepalive", "block"), [
+    ({"SuccessfulExit": False}, "\t\tsuccessful exit => 0\n"),
+    ({"SuccessfulExit": True}, "\t\tsuccessful exit => 1\n"),
+    ({"SuccessfulExit": False, "Crashed": True}, "\t\tsuccessful exit => 0\n\t\tafter crash => 1\n"),
+    (True, None),
+])
+def test_print_shows_minimum_runtime_and_keepalive_semaphores(double, keepalive, block):
+    """ThrottleInterval as ``minimum runtime`` (default 10) and KeepAlive's dict as a
+    ``semaphores`` block after ``last exit code``, as macOS 14/15 print them
+    (HsuTse/teamwork-leader's macOS 14 capture; see the double's keepalive_semaphores)."""
+    double.ok("bootstrap", GUI, str(double.plist("net.devpi.sem", KeepAlive=keepalive,
+                                                 ThrottleInterval=None, RunAtLoad=False,
+                                                 program=[sys.executable, "-c", "import time; time.sleep(300)"])))
+    out = double.print(f"{GUI}/net.devpi.sem").stdout
+    assert fields(out)["minimum runtime"] == "10"
+    if block is None:
+        assert "semaphores" not in out
+    else:
+        assert f"\tlast exit code = (never exited)\n\n\tsemaphores = {{\n{block}\t}}\n\n" in out, out
 
 # --------------------------------------------------------------------------- the system domain
 # A LaunchDaemon: root loads it, anyone reads it, it runs as its UserName. These tests act
@@ -604,7 +831,6 @@ def shared(tmp_path):
     directory.chmod(0o755)
     nobody = pwd.getpwnam("nobody")
     d = Double(directory)
-    d.state.mkdir()
     os.chown(d.state, nobody.pw_uid, nobody.pw_gid)
     (directory / "work").mkdir(mode=0o777)
     (directory / "work").chmod(0o777)

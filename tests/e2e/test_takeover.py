@@ -3,10 +3,11 @@
 The harness builds the role's install (``harness/ansible.py``): a venv made in place and
 not from the lock, a server dir from ``devpi-init`` with devpi-web's Whoosh index, the
 job under the deploy's label running ``devpi-server`` with flags (no config, no secret
-file), loaded with legacy ``launchctl load`` over SSH (so in ``user/<uid>``, while the
-deploy works in ``gui/<uid>``), users, an index and an upload made by hand. Then:
-``--dry --diff`` (no secret read, nothing changed), the takeover, a rerun, and the
-removal of the orphaned Whoosh index on request.
+file), loaded with legacy ``launchctl load`` over SSH by the user who owns the console,
+as on indri (an Aqua agent: it lands in ``gui/<uid>``, the deploy's own domain; MACOS.md,
+launchctl(1)), users, an index and an upload made by hand. Then: ``--dry --diff`` (no
+secret read, nothing changed), the takeover, a rerun that changes nothing (two remote
+commands, the same devpi), and the removal of the orphaned Whoosh index on request.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 from pyinfra_devpi.search import WHOOSH, backend_in
 
 from . import devpi_client as devpi
-from .harness import Poller, build_wheel, install_ansible_devpi, populate, write_proxy_block
+from .harness import Poller, build_wheel, install_ansible_devpi, populate, remote_commands, write_proxy_block
 from .harness.ansible import ROLE_DRIFT
 from .stack import start_stack
 
@@ -51,7 +52,9 @@ def test_the_ansible_install_is_taken_over_with_its_data_intact(sshd, launchd, u
         devpi_root_password=ROOT_REF, devpi_out_log=OUT_LOG, devpi_err_log=ERR_LOG,
         devpi_users={"alice": {"password": ALICE_REF}}, devpi_indexes={"alice/dev": {"bases": ["root/pypi"]}},
     ) as stack:
-        legacy_target = f"user/{uid}/{stack.label}"
+        # As on indri: the SSH user owns the console, so `launchctl load` reaches gui/<uid>.
+        assert launchd.domain == f"gui/{uid}", launchd.domain
+        legacy_target = f"gui/{uid}/{stack.label}"
         try:
             # ---- the host as the role left it
             write_proxy_block(stack.site_file, stack.caddy_url, stack.devpi_port)
@@ -67,8 +70,13 @@ def test_the_ansible_install_is_taken_over_with_its_data_intact(sshd, launchd, u
             populate(role, root_password=stack.password, mirror_url=upstream.url, user="alice",
                      user_password=ALICE_PASSWORD, index="dev", upload=upload.path, uv=tools.uv, mirrored=MIRRORED)
             stack.wait_caddy()
-            assert launchd.run("print", legacy_target, check=False).returncode == 0
-            assert launchd.print(stack.label).returncode != 0  # not in the deploy's domain
+            # the role's job, in gui/<uid>, from the role's plist; not in user/<uid>
+            role_printed = launchd.run("print", legacy_target, check=False)
+            assert role_printed.returncode == 0, role_printed.stderr
+            assert f"\tpath = {role.plist}\n" in role_printed.stdout
+            assert "devpi-server.yml" not in role_printed.stdout
+            assert launchd.run("print", f"user/{uid}/{stack.label}", check=False).returncode == 113
+            role_pid = launchd.pid(stack.label)
             indices = role.server_dir / ".indices"
             assert indices.is_dir()
             files = role.server_dir / "+files"
@@ -91,7 +99,7 @@ def test_the_ansible_install_is_taken_over_with_its_data_intact(sshd, launchd, u
             out = dry.output
             assert f"Will read devpi_root_password ({ROOT_REF}) when applied" in out, dry.describe()
             assert "Will run: # build devpi-server 6.20.3 + devpi-web 5.1.1 in a new venv" in out
-            assert f"{stack.label} is also loaded in user/{uid}: booting it out there" in out
+            assert "is also loaded in" not in out  # one job, in the deploy's own domain
             assert re.search(rf"Will run: .*launchctl bootout '?{re.escape(legacy_target)}", out), out
             assert re.search(r"Will run: .*launchctl bootstrap", out), out
             assert "Will set index root/pypi's mirror_no_project_list to True" in out
@@ -101,7 +109,7 @@ def test_the_ansible_install_is_taken_over_with_its_data_intact(sshd, launchd, u
             assert role.plist.read_bytes() == before["plist"]
             assert not (stack.devpi_home / "devpi-server.yml").exists()
             assert not (stack.devpi_home / "secret").exists()
-            assert launchd.run("print", legacy_target, check=False).returncode == 0
+            assert launchd.pid(stack.label) == role_pid  # the role's devpi, untouched
 
             # ---- the takeover, with devpi polled directly and through Caddy
             with Poller(stack.devpi_url) as direct, Poller(stack.caddy_url) as proxied:
@@ -113,7 +121,8 @@ def test_the_ansible_install_is_taken_over_with_its_data_intact(sshd, launchd, u
             # kickstart -k of its job, refuses connections for a moment: status 0.)
             assert direct.failed()
             assert 502 not in {status for _, status in proxied.failed()}, proxied.failed()
-            assert launchd.run("print", legacy_target, check=False).returncode != 0  # gone from user/<uid>
+            assert pid != role_pid  # the role's job was replaced by the deploy's
+            assert launchd.run("print", f"user/{uid}/{stack.label}", check=False).returncode == 113
             printed = stack.printed()
             assert str(stack.devpi_home / "devpi-server.yml") in printed  # the deploy's definition
             # the data, as it was: every file, devpi's identity, users, indexes, uploads
@@ -144,8 +153,9 @@ def test_the_ansible_install_is_taken_over_with_its_data_intact(sshd, launchd, u
             assert backend_in((stack.devpi_home / "devpi-server.yml").read_text()) == WHOOSH
 
             # ---- a rerun changes nothing
-            again = stack.deploy()
+            again = stack.deploy("--debug")
             assert again.grand_total()[0] == 0, again.describe()
+            assert len(remote_commands(again.output)) == 2, remote_commands(again.output)
             assert stack.pid() == pid
 
             # ---- search off: the index is orphaned, reported with its size, kept

@@ -10,16 +10,18 @@ knows; without it every verb fails with exit 1. Layout (the test harness may rea
 
     .lock                              flock(2) taken by every mutating verb
     console_uid                        optional, written by a test: the uid logged in at
-                                       the console. When present, gui/<uid> exists only
-                                       for that uid (as on macOS, where the GUI domain is
-                                       there only while its user is logged in at the
-                                       console): every verb on another gui/<uid> fails
-                                       with 112. Absent: the current user's gui domain
-                                       always exists.
+                                       the console. Absent: the owner of /dev/console
+                                       as the caller sees it (root, or no
+                                       /dev/console: nobody, the login window).
+    no_gui_status                      optional knob: "112" makes verbs on a missing
+                                       gui/<uid> answer 112 instead of 125.
+    bootout_in_progress                optional knob: bootout of a running job answers
+                                       36 at once and the job stops asynchronously.
     overrides.json                     enable/disable overrides, per domain
     teardown.json                      "<domain>/<label>" -> end of the teardown window
     jobs/<gui_UID|user_UID|system>/<label>/   one directory per loaded job
         job.json                       the parsed plist plus what bootstrap derived
+        stopping                       an asynchronous bootout (36) is under way
         status.json                    written only by the job's supervisor (atomic
                                        replace): supervisor_pid, pid, pgid, state, runs,
                                        last_exit ({"code": n} | {"signal": n}), ...
@@ -42,13 +44,33 @@ re-running the command as root for richer errors."). ``LAUNCHCTL_DOUBLE_DEFAULT_
 
 Domains
 -------
-``gui/<uid>`` and ``user/<uid>`` of the current user, and ``system``. "Anyone may read or
-query the system domain, but root privileges are required to make modifications"
-(launchctl(1)): ``print`` and ``print-disabled`` of ``system`` work for everyone; bootstrap,
-bootout, enable, disable and kickstart there need euid 0, and anyone else gets launchd's
-EPERM: exit 1, "Bootstrap failed: 1: Operation not permitted" / "Boot-out failed: 1: ..." /
-"Could not <verb> service: 1: Operation not permitted" (launchd logs "Caller not allowed
-to perform action ... code = 1: Operation not permitted"). A system job with ``UserName``
+``gui/<uid>`` and ``user/<uid>`` of the current user, and ``system``: three separate sets
+of jobs (a label may be loaded in each at once). Sources are in ../shared/MACOS.md.
+
+* The console owner is ``console_uid`` when present, else ``os.stat("/dev/console")``'s
+  owner (Homebrew's Library/Homebrew/services/system.rb). ``gui/<uid>`` exists only for
+  the console owner: every verb on another ``gui/<uid>`` answers 125 "Domain does not
+  support specified action" ("Could not print domain: 125: ..." for print and
+  print-disabled, "Bootstrap failed: 125: ...", "Boot-out failed: 125: ...", 'Could not
+  kickstart service "<label>": 125: ...' and alike for enable/disable;
+  lidge-jun/opencodex#1770, nix-community/home-manager#4413,
+  NousResearch/hermes-agent#23387), or 112 "Bad request." / "Could not find domain for
+  user gui: <uid>" with the ``no_gui_status`` knob (Sequoia).
+* ``user/<uid>`` always exists (pam_launchd makes it for an SSH session:
+  Mic92/sops-nix#966).
+* "Anyone may read or query the system domain, but root privileges are required to make
+  modifications" (launchctl(1)): ``print`` and ``print-disabled`` of ``system`` work for
+  everyone; bootstrap, bootout, enable, disable and kickstart there need euid 0, and
+  anyone else gets launchd's EPERM: exit 1, "Bootstrap failed: 1: Operation not
+  permitted" / "Boot-out failed: 1: ..." / "Could not <verb> service: 1: Operation not
+  permitted" (launchd logs "Caller not allowed to perform action ... code = 1: Operation
+  not permitted").
+
+Who is root: euid 0. For the legacy verbs (``load``, ``list``), "as root" means through
+sudo (SUDO_UID set): the e2e suite's SSH user is root standing in for a Mac user, whose
+own session is what a root without sudo gets.
+
+A system job with ``UserName``
 (and ``GroupName``, default the user's primary group) is started as that user:
 initgroups (unless ``InitGroups`` is false), setgid, setuid, with SHELL, HOME, USER and
 LOGNAME from the user's record (launchd's ``job_postfork_become_user``); its log files
@@ -67,26 +89,43 @@ bootstrap <domain> <plist>...  load; refused with 5 when the label is loaded or 
 bootout <domain>/<label> | <domain> <plist>...
                                SIGTERM to the job's process group, SIGKILL after the exit
                                timeout, waits until it is gone, unloads; "Boot-out failed:
-                               3: No such process" (exit 3) when not loaded.
+                               3: No such process" (exit 3) when not loaded. With the
+                               ``bootout_in_progress`` knob, a running job's bootout answers
+                               36 "Operation now in progress" at once (osquery/osquery#5698)
+                               and the job stays loaded until it has stopped.
 enable|disable <domain>/<label>  persistent override; disable does not stop a loaded job.
 kickstart [-kp] <domain>/<label> start now, ignoring the throttle (-k: SIGTERM the
                                running instance first, then restart; without -k a running
                                job is left alone, exit 0; -p prints the pid, as
                                "service spawned with pid: N" on a tty); 113 when not
                                loaded, 119 when disabled.
-print <domain>/<label>          macOS 14-style description (values are the double's truth);
-                               113 "Bad request. / Could not find service ..." on stderr.
+print <domain>/<label>          macOS 14-style description (values are the double's truth):
+                               ``minimum runtime`` (ThrottleInterval, default 10), a
+                               ``semaphores = {...}`` block for KeepAlive's SuccessfulExit
+                               (``successful exit => 0|1``) and Crashed (``after crash =>
+                               0|1``); 113 "Bad request. / Could not find service ..." on
+                               stderr.
 print <domain>                  a short description of the domain (type, handle, its
-                               services); 112 when it does not exist (see console_uid).
+                               services); 125 for a gui domain that is not there.
 print-disabled <domain>         ``"label" => disabled|enabled`` (macOS 13+ wording; older
                                releases printed true/false).
-list [label]                    the legacy table / the legacy dict; 113 when unknown.
-load [-w] [-S type] <plist>...  legacy load, as run over SSH: into user/<uid> (the SSH
-                               session's Background session; a plist without
-                               LimitLoadToSessionType is loaded into it); -w clears a
-                               disable override; "Load failed: <n>: ..." on errors.
+list [label]                    the legacy table / the legacy dict of the caller's own
+                               session, not a chosen domain: ``user/<uid>`` (the SSH
+                               session's, Background), ``system`` through sudo; 113 when
+                               unknown there (Homebrew/brew PR #588).
+managername                     ``Background``: the double's callers come over SSH
+                               (Mic92/sops-nix#966).
+load [-w] [-S type] <plist>...  legacy load: an Aqua agent (no LimitLoadToSessionType, no
+                               -S) lands in gui/<uid> when the caller owns the console;
+                               headless it loads nothing, says "Could not find domain for
+                               port (Aqua)" and exits 0 (actions/runner#349); -S Background
+                               (or the plist's key) lands in user/<uid>; through sudo, in
+                               system. -w clears a disable override; "Load failed: <n>: ..."
+                               on errors.
 anything else                   "Unrecognized subcommand: X" + usage, exit 1 (as in the
                                Procursus reimplementation; a bad target specifier is 64).
+_finish-bootout <jobdir>        NOT a launchctl verb: the detached rest of a bootout that
+                               answered 36.
 _double-shutdown                NOT a launchctl verb: boots out every job in the state dir
                                and waits (and SIGKILLs stragglers by recorded pid); the test
                                harness calls it at teardown.
@@ -158,6 +197,7 @@ ERRTEXT = {
     2: "No such file or directory",
     3: "No such process",
     5: "Input/output error",
+    36: "Operation now in progress",
     37: "Operation already in progress",
     112: "Could not find specified domain",
     113: "Could not find specified service",
@@ -167,6 +207,8 @@ ERRTEXT = {
     134: "Service cannot load in requested session",
 }
 HINT = "Try re-running the command as root for richer errors."
+# Legacy load's own hint (drduh/YubiKey-Guide#504).
+LOAD_HINT = "Try running `launchctl bootstrap` as root for richer errors."
 
 SYSEXITS = {
     64: "EX_USAGE", 65: "EX_DATAERR", 66: "EX_NOINPUT", 67: "EX_NOUSER",
@@ -204,6 +246,7 @@ USAGES = {
     "print": "<domain-target> | <service-target>",
     "print-disabled": "<domain-target>",
     "list": "[service-name]",
+    "managername": "",
     "load": "[-wF] [-S <session>] <path> ...",
     "help": "<subcommand>",
 }
@@ -248,6 +291,7 @@ Subcommands:
 \tprint           Prints a description of a domain or service.
 \tprint-disabled  Prints which services are disabled.
 \tlist            Lists information about services.
+\tmanagername     Prints the name of the current launchd session.
 \thelp            Prints the usage for a given subcommand.
 """
 
@@ -300,7 +344,7 @@ def verb_failed(verb_title, code, path=None, detail=None):
     # file collapses into error 5.
     if code == 2:
         fail(2, f"{verb_title} failed: 2: {ERRTEXT[2]}")
-    fail(5, f"{verb_title} failed: 5: {ERRTEXT[5]}", HINT)
+    fail(5, f"{verb_title} failed: 5: {ERRTEXT[5]}", LOAD_HINT if verb_title == "Load" else HINT)
 
 
 # --------------------------------------------------------------------------- files
@@ -547,9 +591,8 @@ def parse_target(verb, spec):
     if name is not None and "/" in name:
         bad_specifier(verb)
     target = Target(kind, uid, name)
-    if kind == "gui" and not console_user_is(uid):
-        # The GUI domain exists only while its user is logged in at the console.
-        fail(112, "Bad request.", f"Could not find domain for {target.not_found_text()}")
+    if kind == "gui" and console_owner() != uid:
+        no_gui_domain(verb, target)
     if uid != os.getuid():
         if os.geteuid() == 0:
             fail(112, "Bad request.", f"Could not find domain for {target.not_found_text()}")
@@ -557,17 +600,65 @@ def parse_target(verb, spec):
     return target
 
 
-def console_user_is(uid):
-    """False only when the state dir names another console user (``console_uid``)."""
+def console_owner():
+    """The uid logged in at the console: the state dir's ``console_uid`` (a test's knob)
+    when present, else the owner of ``/dev/console`` as this process sees it; root (also
+    when /dev/console is missing) means the login window, nobody logged in. Homebrew
+    tests the same (Library/Homebrew/services/system.rb: ``File.stat("/dev/console").uid``)."""
+    root = os.environ.get(STATE_ENV)
+    if root:
+        try:
+            with open(os.path.join(root, "console_uid"), encoding="utf-8") as fh:
+                text = fh.read().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            text = ""
+        if text.isdigit():
+            return int(text)
+    try:
+        return os.stat("/dev/console").st_uid
+    except OSError:
+        return 0
+
+
+def state_knob(name):
+    """The stripped text of the state dir's knob file ``name``, or None when absent."""
     root = os.environ.get(STATE_ENV)
     if not root:
-        return True
+        return None
     try:
-        with open(os.path.join(root, "console_uid"), encoding="utf-8") as fh:
-            text = fh.read().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        return True
-    return not text.isdigit() or int(text) == uid
+        with open(os.path.join(root, name), encoding="utf-8") as fh:
+            return fh.read().strip()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def no_gui_domain(verb, target):
+    """A verb on ``gui/<uid>`` while ``<uid>`` is not logged in at the console: the
+    domain is not there. macOS answers exit 125 "Domain does not support specified
+    action" from an SSH session: print (lidge-jun/opencodex#1770, duh17/oppi#38,
+    agentcage/agentcage PR #308), bootstrap (nix-community/home-manager#4413),
+    kickstart (NousResearch/hermes-agent#23387). Sometimes (Sequoia; macOS 26 when
+    nothing has run as the uid since boot) it is 112 "Bad request." / "Could not find
+    domain for user gui: <uid>": the state dir's ``no_gui_status`` knob file holding
+    ``112`` chooses that. bootout, enable, disable and print-disabled have no capture in
+    the sources: their texts follow the same pattern as the verbs above."""
+    if state_knob("no_gui_status") == "112":
+        fail(112, "Bad request.", f"Could not find domain for {target.not_found_text()}")
+    reason = f"125: {ERRTEXT[125]}"
+    if verb in ("print", "print-disabled"):
+        fail(125, f"Could not print domain: {reason}")
+    titles = {"bootstrap": "Bootstrap failed", "bootout": "Boot-out failed", "load": "Load failed"}
+    if verb in titles:
+        fail(125, f"{titles[verb]}: {reason}")
+    fail(125, f'Could not {verb} service "{target.name}": {reason}')
+
+
+def via_sudo():
+    """True when launchctl runs as root through sudo (sudo always sets SUDO_UID): the
+    caller is root, and legacy verbs target the system domain (launchctl(1)). The e2e
+    suite's SSH user is root standing in for a Mac user (macOS has no root SSH login by
+    default), so a root without sudo is treated as that user's own session."""
+    return os.geteuid() == 0 and bool(os.environ.get("SUDO_UID"))
 
 
 # ------------------------------------------------------------------------ overrides
@@ -688,10 +779,11 @@ def mark_teardown(root, service):
     write_json_atomic(path, data)
 
 
-def spawn_supervisor(jdir):
-    """Double-fork a detached supervisor for the job in jdir."""
+def spawn_supervisor(jdir, verb="_supervise"):
+    """Double-fork a detached supervisor for the job in jdir (or, with ``verb``
+    ``_finish-bootout``, the process that completes an asynchronous bootout)."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launchctl")
-    argv = [sys.executable, "-I", script, "_supervise", jdir]
+    argv = [sys.executable, "-I", script, verb, jdir]
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -786,13 +878,27 @@ def bootstrap_one(root, target, path, verb_title="Bootstrap", session=None):
 
 def cmd_load(args):
     """Legacy ``load [-w] [-F] [-S sessiontype] <plist>...`` (what an Ansible role or an
-    old script runs). launchctl 2 loads into the caller's session: an SSH session is a
-    Background session, which lives in ``user/<uid>`` (a GUI login's Aqua session is
-    ``gui/<uid>``); the double's callers come over SSH, so ``user/<uid>``. A plist
-    without LimitLoadToSessionType is loaded into the caller's session type. ``-w``
-    clears a disable override first; errors read "Load failed: <n>: <text>"."""
+    old script runs). As a normal user, legacy verbs target the GUI (Aqua) session; as
+    root, the system domain (launchctl(1), quoted in facebook/watchman#1220). Here "root"
+    is root through sudo (``via_sudo``): ``sudo launchctl load`` loads into ``system``,
+    with launchctl's warning when the path is a LaunchAgents one
+    (drduh/YubiKey-Guide#504).
+
+    For a user, the session asked for is ``-S``'s, else the plist's
+    LimitLoadToSessionType, else Aqua (an agent without the key is an Aqua agent:
+    actions/runner PR #2449, buildkite/agent PR #1960):
+
+    * Aqua, and the caller owns the console (``console_owner``): ``gui/<uid>``;
+    * Background (``-S Background`` or the plist's key): ``user/<uid>``;
+    * Aqua without a console login (a headless SSH session): nothing is loaded, launchd's
+      message ``Could not find domain for port (Aqua)`` (actions/runner#349; buildkite/docs#353)
+      goes to stderr, and the exit status is 0: legacy load fails only on bad usage
+      (MACOS.md). Other session types are not emulated and load nothing alike.
+
+    ``-w`` clears a disable override first (in the domain it loads into); errors read
+    "Load failed: <n>: <text>" with legacy load's own hint."""
     write_override = False
-    session = "Background"
+    session = None
     paths = []
     rest = list(args)
     while rest:
@@ -809,22 +915,43 @@ def cmd_load(args):
             paths.append(arg)
     if not paths:
         usage("load")
-    target = parse_target("load", f"user/{os.getuid()}")
     root = state_root()
+    uid = os.getuid()
     for path in paths:
         path = os.path.abspath(path)
-        if write_override:
-            try:
-                label = load_plist(path).get("Label")
-            except Exception:
-                label = None
-            if isinstance(label, str):
-                with Lock(root):
-                    overrides_path = os.path.join(root, "overrides.json")
-                    data = read_json(overrides_path, {})
-                    data.setdefault(target.domain, {})[label] = "enabled"
-                    write_json_atomic(overrides_path, data)
-        bootstrap_one(root, target, path, verb_title="Load", session=session)
+        try:
+            plist = load_plist(path)
+        except Exception:
+            plist = None
+        label = plist.get("Label") if isinstance(plist, dict) else None
+        if via_sudo():
+            if "/LaunchAgents/" in path:
+                err("Warning: Expecting a LaunchDaemons path since the command was ran as root. "
+                    "Got LaunchAgents instead.",
+                    "`launchctl bootstrap` is a recommended alternative.")
+            target = parse_target("load", "system")
+            load_session = None
+        else:
+            if session is not None:
+                wanted = [session]
+            elif isinstance(plist, dict) and plist.get("LimitLoadToSessionType") is not None:
+                wanted = session_types(plist)
+            else:
+                wanted = ["Aqua"]
+            if "Aqua" in wanted and console_owner() == uid:
+                target, load_session = Target("gui", uid, None), "Aqua"
+            elif "Background" in wanted:
+                target, load_session = Target("user", uid, None), "Background"
+            else:
+                err(f"Could not find domain for port ({wanted[0] if wanted else 'Aqua'})")
+                continue
+        if write_override and isinstance(label, str):
+            with Lock(root):
+                overrides_path = os.path.join(root, "overrides.json")
+                data = read_json(overrides_path, {})
+                data.setdefault(target.domain, {})[label] = "enabled"
+                write_json_atomic(overrides_path, data)
+        bootstrap_one(root, target, path, verb_title="Load", session=load_session)
     return 0
 
 
@@ -898,8 +1025,10 @@ def kill_recorded(status, timeout=EXIT_TIMEOUT_CAP):
         wait_until(lambda: not pid_alive(sup, sup_start), 2)
 
 
-def bootout_job(root, jdir, teardown=True):
-    import shutil
+def bootout_job(root, jdir, teardown=True, locked=True):
+    """Stop the job in jdir and unload it. ``locked``: the caller holds the state lock;
+    else (an asynchronous bootout) the lock is taken for the unload only, so that other
+    verbs are served while the job stops."""
     job = read_json(os.path.join(jdir, "job.json"), {})
     status = read_json(os.path.join(jdir, "status.json"), {})
     timeout = job.get("exit_timeout", EXIT_TIMEOUT_CAP) + 10
@@ -908,6 +1037,15 @@ def bootout_job(root, jdir, teardown=True):
     wait_until(lambda: not pid_alive(sup, sup_start), 5)
     # Whatever is still recorded and alive now is a leftover: kill it by pid.
     kill_recorded(read_json(os.path.join(jdir, "status.json"), status))
+    if locked:
+        unload_job_dir(root, jdir, job, teardown)
+    else:
+        with Lock(root):
+            unload_job_dir(root, jdir, job, teardown)
+
+
+def unload_job_dir(root, jdir, job, teardown):
+    import shutil
     trash = os.path.join(root, "jobs", f".trash-{os.urandom(16).hex()}")
     try:
         os.replace(jdir, trash)
@@ -925,10 +1063,10 @@ def cmd_bootout(args):
     root = state_root()
     if target.name is not None:
         with Lock(root):
-            job, _status, jdir = loaded_job(root, target.domain, target.name)
+            job, status, jdir = loaded_job(root, target.domain, target.name)
             if job is None:
                 fail(3, f"Boot-out failed: 3: {ERRTEXT[3]}")
-            bootout_job(root, jdir)
+            bootout_or_start_it(root, jdir, status)
         return 0
     if len(args) < 2:
         fail(125, "launchctl (test double): booting out a whole domain is not emulated",
@@ -948,7 +1086,37 @@ def cmd_bootout(args):
                 job, _status, jdir = loaded_job(root, target.domain, label)
             if job is None:
                 verb_failed("Boot-out", 5)
-            bootout_job(root, jdir)
+            bootout_or_start_it(root, jdir, _status)
+    return 0
+
+
+def bootout_or_start_it(root, jdir, status):
+    """Boot the job in jdir out (the caller holds the lock). With the state dir's
+    ``bootout_in_progress`` knob file, a bootout of a running job only starts: launchctl
+    answers exit 36 "Operation now in progress" at once (osquery/osquery#5698: "Boot-out
+    failed: 36: Operation now in progress", and the daemon did stop; Homebrew retries on
+    it) while the job keeps stopping; it stays loaded (``print`` finds it) until it has
+    stopped, then it is unloaded. A second bootout meanwhile answers 36 again."""
+    if state_knob("bootout_in_progress") is not None:
+        stopping = os.path.join(jdir, "stopping")
+        live = effective_status(status)
+        if os.path.exists(stopping) or (live.get("state") == "running" and live.get("pid")):
+            if not os.path.exists(stopping):
+                with open(stopping, "w", encoding="utf-8"):
+                    pass
+                give_to_state_owner(stopping)
+                spawn_supervisor(jdir, "_finish-bootout")
+            fail(36, f"Boot-out failed: 36: {ERRTEXT[36]}")
+    bootout_job(root, jdir)
+
+
+def cmd_finish_bootout(args):
+    """NOT a launchctl verb: the detached rest of an asynchronous bootout (see
+    ``bootout_or_start_it``)."""
+    root = os.environ.get(STATE_ENV)
+    if not root or not args:
+        return 1
+    bootout_job(os.path.abspath(root), args[0], locked=False)
     return 0
 
 
@@ -1059,6 +1227,26 @@ def coalition_id(label, offset):
     return 1000 + (zlib.crc32(label.encode()) % 40000) * 2 + offset
 
 
+def keepalive_semaphores(keepalive):
+    """KeepAlive's dict keys as ``print`` shows them, in a ``semaphores = {…}`` block after
+    ``last exit code``: ``SuccessfulExit = false`` as ``successful exit => 0`` (true: 1),
+    ``Crashed`` as ``after crash => 1|0``. Real captures: HsuTse/teamwork-leader's
+    measurement evidence (macOS 14 CI: ``last exit code = 1``, blank line,
+    ``\tsemaphores = {\n\t\tsuccessful exit => 0\n\t}``), a Rust parser's note
+    "Observed on macOS 15.6.1 (24G90): `launchctl print` normalizes the rendered
+    KeepAlive.SuccessfulExit=false setting to `semaphores = { successful exit => 0 }`",
+    and a prometheus-companion report of ``successful exit => 0, after crash => 1`` for a
+    KeepAlive dict with both keys."""
+    if not isinstance(keepalive, dict):
+        return []
+    result = []
+    if isinstance(keepalive.get("SuccessfulExit"), bool):
+        result.append(("successful exit", int(keepalive["SuccessfulExit"])))
+    if isinstance(keepalive.get("Crashed"), bool):
+        result.append(("after crash", int(keepalive["Crashed"])))
+    return result
+
+
 def render_print(target, job, status):
     plist = job["plist"]
     label = job["label"]
@@ -1118,6 +1306,13 @@ def render_print(target, job, status):
     add("\tchecked allocations flags = 0x0")
     add("\t" + exit_line(status.get("last_exit")))
     add("")
+    semaphores = keepalive_semaphores(plist.get("KeepAlive"))
+    if semaphores:
+        add("\tsemaphores = {")
+        for name, value in semaphores:
+            add(f"\t\t{name} => {value}")
+        add("\t}")
+        add("")
     for kind, offset in (("resource", 0), ("jetsam", 1)):
         add(f"\t{kind} coalition = {{")
         add(f"\t\tID = {coalition_id(label, offset)}")
@@ -1199,12 +1394,32 @@ def raw_wait_status(last):
     return (last["code"] & 0xFF) << 8
 
 
+def caller_session():
+    """The domain of the caller's own session, which legacy ``list`` shows: root through
+    sudo gets the system domain (launchctl(1): legacy verbs as root target it); anyone
+    else here comes over SSH, a Background session, ``user/<uid>`` (Mic92/sops-nix#966:
+    ``managername`` prints ``Background`` over SSH). Not a chosen domain: Homebrew gave
+    up on ``list`` because it does not show one domain's jobs (Homebrew/brew PR #588)."""
+    if via_sudo():
+        return Target("system", None, None)
+    return Target("user", os.getuid(), None)
+
+
+def cmd_managername(args):
+    """``managername``: the name of the caller's session's manager. ``Background`` for
+    every caller of the double, who all come over SSH (Mic92/sops-nix#966; ``Aqua`` in
+    Terminal.app, which the double has no notion of)."""
+    if args:
+        usage("managername")
+    out("Background\n")
+    return 0
+
+
 def cmd_list(args):
     if len(args) > 1:
         usage("list")
     root = state_root()
-    uid = os.getuid()
-    domains = [Target("gui", uid, None), Target("user", uid, None)]
+    domains = [caller_session()]
     if not args:
         lines = ["PID\tStatus\tLabel"]
         for dom in domains:
@@ -1530,6 +1745,8 @@ def main(argv):
     try:
         if verb == "_supervise":
             return cmd_supervise(args)
+        if verb == "_finish-bootout":
+            return cmd_finish_bootout(args)
         if verb == "bootstrap":
             return cmd_bootstrap(args)
         if verb == "bootout":
@@ -1546,6 +1763,8 @@ def main(argv):
             return cmd_print_disabled(args)
         if verb == "list":
             return cmd_list(args)
+        if verb == "managername":
+            return cmd_managername(args)
         if verb == "_double-shutdown":
             return cmd_double_shutdown(args)
         if verb == "help":

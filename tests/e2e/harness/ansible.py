@@ -9,9 +9,11 @@ What the role leaves, and :func:`install_ansible_devpi` builds:
   password, as the role's ``op read`` pre-task passed it);
 * the plist ``<label>.plist`` running ``devpi-server --serverdir … --host 127.0.0.1
   --port … --outside-url …``: no config file, no secret file, ``KeepAlive`` true, no
-  ``LimitLoadToSessionType``, logs where the role put them; loaded with legacy
-  ``launchctl load -w`` from an SSH session, so the job lives in ``user/<uid>`` (the
-  launchctl double's legacy ``load``);
+  ``LimitLoadToSessionType`` (an Aqua agent), logs where the role put them; loaded with
+  legacy ``launchctl load -w`` from an SSH session. Legacy verbs target the GUI session
+  (launchctl(1)): the job lands in ``gui/<uid>`` because the SSH user owns the console,
+  as erichblume does on indri; headless, that load loads nothing (../shared/MACOS.md),
+  so :func:`install_ansible_devpi` refuses to build the role's install there;
 * devpi-web's default indexer, Whoosh, so the server dir holds ``.indices``.
 
 :func:`populate` then does what the operator did by hand: ``root/pypi`` (a mirror of
@@ -120,6 +122,9 @@ def install_ansible_devpi(
             handle,
         )
     role.plist.chmod(0o644)
+    if not launchd.domain.startswith("gui/"):
+        raise HarnessError(f"the role's `launchctl load` needs the SSH user at the console (gui/<uid>); "
+                           f"this session's domain is {launchd.domain}: headless, it would load nothing")
     launchd.run("load", "-w", str(role.plist))
     wait_until(lambda: http_ok(f"{role.url}/+api", timeout=2), timeout, 0.2,
                f"the role's devpi on {role.url}", detail=lambda: tail(err_log))
