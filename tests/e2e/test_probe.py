@@ -31,7 +31,7 @@ EXPECTED = {
     "caddy-job-gui", "caddy-job-user", "caddy-job-system",
     "disabled-gui", "disabled-user", "disabled-system",
     "session-processes", "ps-lstart", "readiness", "df", "sudo", "ls", "plist-mode", "tools",
-    "deploy-lock", "server-dir", "venv", "answers", "rename-swap",
+    "deploy-lock", "serverdir", "venv-versions", "answers", "rename-swap",
 }
 
 
