@@ -1,7 +1,7 @@
 """
-Pure parsers for what ``facts.launchd``'s commands print: ``launchctl print`` and
-``launchctl list <label>`` text, the marker protocol ``LaunchdJob``'s command wraps them
-in, and ``LaunchdSession``'s ``key=value`` lines. No I/O here; the commands, the marker
+Pure parsers for what ``facts.launchd``'s commands print: ``launchctl print`` text,
+the marker protocol ``LaunchdJob``'s command wraps it in, and ``LaunchdSession``'s
+``key=value`` lines. No I/O here; the commands, the marker
 protocol and the result contract are described in ``facts/launchd.py``.
 """
 
@@ -16,16 +16,25 @@ from ._output import key_values
 # launchctl's exit status when the service (or the domain) is not there: 113,
 # "Could not find specified service" (`launchctl error 113`), launchctl 2 (10.10+).
 NOT_FOUND_STATUS = 113
+# The domain itself is not there: gui/<uid> over SSH without that user's console login
+# answers 125 ("Domain does not support specified action"), sometimes 112 ("Could not
+# find domain for ..."); see ../shared/MACOS.md. A domain that is not there holds no job.
+NO_DOMAIN_STATUSES = (112, 125)
+# Every print status that means "not loaded in that domain".
+NOT_LOADED_STATUSES = (NOT_FOUND_STATUS, *NO_DOMAIN_STATUSES)
 
 # Marker lines written by the command; launchctl itself never prints a line that
 # starts with "@" at column 0 (its lines are a header, indented fields, or messages).
-_MARKER_RE = re.compile(r"^@(domain|exit|list-exit|disabled|no-launchctl)(?: (.*))?$")
+_MARKER_RE = re.compile(r"^@(domain|exit|disabled|no-launchctl)(?: (.*))?$")
 
 # What launchctl prints when the service (or the whole domain) does not exist:
 #   print, macOS 11+:  'Bad request.' + 'Could not find service "x" in domain for user gui: 501'
-#   print, no GUI session: 'Bad request.' + 'Could not find domain for user gui: 501'
-#   list:              'Could not find service "x" in domain for port'
-_NOT_FOUND_RE = re.compile(r"^(Could not find (service|domain)\b.*|Bad request\.?)$")
+#   print, no GUI session (112): 'Bad request.' + 'Could not find domain for user gui: 501'
+#   print, no GUI session (125): 'Could not print domain: 125: Domain does not support specified action'
+_NOT_FOUND_RE = re.compile(
+    r"^(Could not find (service|domain)\b.*|Bad request\.?"
+    r"|(.*: )?(125: )?Domain does not support specified action\.?)$"
+)
 
 # `launchctl print` starts with "<target> = {" at column 0, where target is
 # "gui/501/com.foo" (modern), "system/com.foo", or just "com.foo" (OS X 10.10).
@@ -39,63 +48,25 @@ _DOMAIN_FIELD_RE = re.compile(r"^(?P<domain>\S+)(?: \[[^\]]*\])?$")
 _LEADING_INT_RE = re.compile(r"^(-?\d+)\b")
 _TRAILING_INT_RE = re.compile(r"(\d+)\s*$")
 
-# Darwin signal numbers (<sys/signal.h>; also the order `killall -l` prints on macOS).
-# Linux numbers differ (e.g. SIGBUS is 7 there, 10 here), so Python's `signal`
-# module, which reflects the controller's OS, must not be used to name them.
-DARWIN_SIGNALS = {
-    1: "SIGHUP",
-    2: "SIGINT",
-    3: "SIGQUIT",
-    4: "SIGILL",
-    5: "SIGTRAP",
-    6: "SIGABRT",
-    7: "SIGEMT",
-    8: "SIGFPE",
-    9: "SIGKILL",
-    10: "SIGBUS",
-    11: "SIGSEGV",
-    12: "SIGSYS",
-    13: "SIGPIPE",
-    14: "SIGALRM",
-    15: "SIGTERM",
-    16: "SIGURG",
-    17: "SIGSTOP",
-    18: "SIGTSTP",
-    19: "SIGCONT",
-    20: "SIGCHLD",
-    21: "SIGTTIN",
-    22: "SIGTTOU",
-    23: "SIGIO",
-    24: "SIGXCPU",
-    25: "SIGXFSZ",
-    26: "SIGVTALRM",
-    27: "SIGPROF",
-    28: "SIGWINCH",
-    29: "SIGINFO",
-    30: "SIGUSR1",
-    31: "SIGUSR2",
-}
-
 # Every key a loaded job's dict has, whichever launchctl command it came from.
 _EMPTY_JOB: dict = {
     "loaded": True,
     "launchctl_available": True,
-    "source": None,  # "print" or "list": which launchctl output was parsed
     "domain": None,
     "label": None,
     "state": None,  # launchd's top-level state: "running", "not running", "spawn scheduled", ...
     "running": False,
     "pid": None,
     "last_exit_code": None,  # None: never exited, unknown, or ended by a signal
-    "last_exit_signal": None,  # as printed ("Killed: 9") or, from list, "SIGKILL"
+    "last_exit_signal": None,  # as printed ("Killed: 9")
     "last_exit_signal_number": None,
     "last_exit_reason": None,  # modern `print` only, e.g. "JETSAM_REASON_MEMORY_IDLE_EXIT"
     "program": None,
     "arguments": [],
-    "path": None,  # the plist launchd loaded the job from (print only)
+    "path": None,  # the plist launchd loaded the job from
     "runs": None,
     "disabled": False,
-    "type": None,  # "LaunchAgent", "LaunchDaemon", "Submitted", ... (modern print only)
+    "type": None,  # "LaunchAgent", "LaunchDaemon", "Submitted", ... (not on OS X 10.10)
     "job_state": None,
     "spawn_type": None,
     "working_directory": None,
@@ -103,6 +74,11 @@ _EMPTY_JOB: dict = {
     "stderr_path": None,
     "environment": {},
     "properties": [],
+    # ThrottleInterval as launchd applies it ("minimum runtime = N"); None: not printed.
+    "minimum_runtime": None,
+    # KeepAlive's SuccessfulExit as launchd holds it: the "successful exit => 0|1"
+    # semaphore (False: restart only after a failure); None: no such semaphore.
+    "successful_exit": None,
 }
 
 
@@ -118,11 +94,6 @@ def _not_found_message(lines: list[str]) -> bool:
 
 def _looks_like_print(lines: list[str]) -> bool:
     return any(_PRINT_HEADER_RE.match(line) for line in lines)
-
-
-def _looks_like_list(lines: list[str]) -> bool:
-    text = [line.strip() for line in lines if line.strip()]
-    return bool(text) and text[0] == "{" and text[-1] in ("};", "}")
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -219,13 +190,19 @@ def parse_print(lines: list[str]) -> dict:
         if sep:
             environment[key.strip()] = value.strip()
 
+    successful_exit = None
+    for item in block_items("semaphores"):
+        key, sep, value = item.partition(" => ")
+        if sep and key.strip() == "successful exit":
+            number = _int_or_none(value)
+            successful_exit = None if number is None else number != 0
+
     properties_value = fields.get("properties", "")
     properties = [p.strip() for p in properties_value.split("|") if p.strip()]
 
     job = dict(_EMPTY_JOB)
     job.update(
         {
-            "source": "print",
             "domain": domain,
             "label": label,
             "state": fields.get("state"),
@@ -243,6 +220,8 @@ def parse_print(lines: list[str]) -> dict:
             "last_exit_reason": fields.get("last exit reason"),
             "environment": environment,
             "properties": properties,
+            "minimum_runtime": _int_or_none(fields.get("minimum runtime")),
+            "successful_exit": successful_exit,
         }
     )
     if job["state"] is None:
@@ -267,159 +246,22 @@ def parse_print(lines: list[str]) -> dict:
     return job
 
 
-def _list_scalar(text: str):
-    if text.startswith('"') and text.endswith('"') and len(text) >= 2:
-        return text[1:-1]
-    if text in ("true", "false"):
-        return text == "true"
-    if re.fullmatch(r"-?\d+", text):
-        return int(text)
-    if re.fullmatch(r"-?\d+\.\d*", text):
-        return float(text)
-    return text  # mach-port-object, file-descriptor-object, ???
-
-
-_LIST_KEYED_RE = re.compile(r'^"(?P<key>(?:[^"\\]|\\.)*)" = (?P<value>.*)$')
-
-
-def parse_list_dict(lines: list[str]) -> dict:
-    """Parse ``launchctl list <label>`` output, launchd's old-style plist text::
-
-    {
-        "Label" = "com.x";
-        "PID" = 123;
-        "ProgramArguments" = (
-            "/usr/bin/x";
-        );
-    };
-    """
-    text = [line.strip() for line in lines if line.strip()]
-    if not text or text[0] != "{":
-        raise FactProcessError("launchctl list output does not start with '{'")
-    root: dict = {}
-    stack: list = [root]
-    for number, line in enumerate(text[1:], start=2):
-        if not stack:
-            raise FactProcessError(
-                f"launchctl list output continues after its end: {line!r}"
-            )
-        container = stack[-1]
-        if line in ("};", "}", ");", ")"):
-            stack.pop()
-            continue
-        keyed = _LIST_KEYED_RE.match(line)
-        if keyed:
-            if not isinstance(container, dict):
-                raise FactProcessError(
-                    f"launchctl list: keyed entry inside an array: {line!r}"
-                )
-            key, value = keyed.group("key"), keyed.group("value")
-        else:
-            if not isinstance(container, list):
-                raise FactProcessError(
-                    f"launchctl list: unparseable line {number}: {line!r}"
-                )
-            key, value = None, line
-        if value in ("{", "("):
-            child: dict | list = {} if value == "{" else []
-            if key is None:
-                container.append(child)
-            else:
-                container[key] = child
-            stack.append(child)
-            continue
-        if not value.endswith(";"):
-            raise FactProcessError(
-                f"launchctl list: unparseable line {number}: {line!r}"
-            )
-        scalar = _list_scalar(value[:-1])
-        if key is None:
-            container.append(scalar)
-        else:
-            container[key] = scalar
-    if stack:
-        raise FactProcessError("launchctl list output ends inside an unclosed block")
-    return root
-
-
-def decode_wait_status(status: int) -> tuple[int | None, int | None]:
-    """Split a raw wait(2) status into (exit code, signal number).
-
-    `launchctl list <label>` prints "LastExitStatus" as the raw status launchd got
-    from wait4(): launchctl's own `list` table decodes that very value with
-    WIFEXITED/WEXITSTATUS/WTERMSIG (launchd source, launchctl.c print_jobs, mirrored
-    in freebsd/openlaunchd), while `list <label>` prints the integer untouched. So
-    256 is "exited 1", 9 is "killed by SIGKILL", 15 "killed by SIGTERM", and 3840
-    "exited 15". A negative value is the table's convention (-N: signal N).
-    """
-    if status < 0:
-        return None, -status
-    low = status & 0x7F
-    if low == 0:  # WIFEXITED
-        return (status >> 8) & 0xFF, None
-    if low != 0x7F:  # WIFSIGNALED (0x7f would be "stopped", which a reaped job is not)
-        return None, low
-    return None, None
-
-
-def parse_list(lines: list[str]) -> dict:
-    data = parse_list_dict(lines)
-    if not isinstance(data.get("Label"), str):
-        # launchd always exports the job's Label; a dict without one is not a job.
-        raise FactProcessError('launchctl list output has no "Label"')
-    pid = data.get("PID")
-    pid = pid if isinstance(pid, int) else None
-    arguments = data.get("ProgramArguments")
-    arguments = [str(a) for a in arguments] if isinstance(arguments, list) else []
-    program = data.get("Program")
-    if not isinstance(program, str):
-        program = arguments[0] if arguments else None
-
-    job = dict(_EMPTY_JOB)
-    job.update(
-        {
-            "source": "list",
-            "label": data.get("Label"),
-            # `list` reports no launchd state; a PID is the only sign of a live process.
-            "state": "running" if pid is not None else "not running",
-            "running": pid is not None,
-            "pid": pid,
-            "program": program,
-            "arguments": arguments,
-            "working_directory": data.get("WorkingDirectory"),
-            "stdout_path": data.get("StandardOutPath"),
-            "stderr_path": data.get("StandardErrorPath"),
-        }
-    )
-    environment = data.get("EnvironmentVariables")
-    if isinstance(environment, dict):
-        job["environment"] = {str(k): str(v) for k, v in environment.items()}
-    status = data.get("LastExitStatus")
-    if isinstance(status, int):
-        code, signal = decode_wait_status(status)
-        job["last_exit_code"] = code
-        if signal is not None:
-            job["last_exit_signal_number"] = signal
-            job["last_exit_signal"] = DARWIN_SIGNALS.get(signal, f"signal {signal}")
-    return job
-
-
-def _split_markers(lines: list[str]) -> tuple[dict, list[str], list[str]]:
-    """Split marker-wrapped output into (markers, print lines, list lines)."""
+def _split_markers(lines: list[str]) -> tuple[dict, list[str]]:
+    """Split marker-wrapped output into (markers, print lines)."""
     markers: dict[str, str | None] = {}
-    sections: dict[str, list[str]] = {"print": [], "list": []}
-    section: str | None = None
+    print_lines: list[str] = []
+    in_print = False
     for line in lines:
         match = _MARKER_RE.match(line)
         if not match:
-            # Lines outside a section (none are expected) are not launchctl's answer.
-            if section is not None:
-                sections[section].append(line)
+            # Lines outside the print section (none are expected) are not its answer.
+            if in_print:
+                print_lines.append(line)
             continue
         name, value = match.group(1), match.group(2)
         markers[name] = value.strip() if value is not None else None
-        section = {"domain": "print", "exit": "list"}.get(name)
-    return markers, sections["print"], sections["list"]
+        in_print = name == "domain"
+    return markers, print_lines
 
 
 def _excerpt(lines: list[str], limit: int = 3) -> str:
@@ -431,11 +273,9 @@ def _parse_unwrapped(lines: list[str]) -> dict | None:
     """Bare launchctl output: decide the format from the text alone."""
     if _looks_like_print(lines):
         return parse_print(lines)
-    if _looks_like_list(lines):
-        return parse_list(lines)
     if _not_found_message(lines):
         return None
-    raise FactProcessError(f"not launchctl print or list output: {_excerpt(lines)}")
+    raise FactProcessError(f"not launchctl print output: {_excerpt(lines)}")
 
 
 def _status(markers: dict, name: str) -> int:
@@ -451,7 +291,7 @@ def parse_job(output: list[str]) -> dict | None:
     if not any(_MARKER_RE.match(line) for line in lines):
         return _parse_unwrapped(lines)
 
-    markers, print_lines, list_lines = _split_markers(lines)
+    markers, print_lines = _split_markers(lines)
     domain = markers.get("domain") or None
     if "no-launchctl" in markers:
         return {"loaded": False, "launchctl_available": False, "domain": domain}
@@ -463,20 +303,10 @@ def parse_job(output: list[str]) -> dict | None:
                 f"launchctl print exited 0 but printed no job: {_excerpt(print_lines)}"
             )
         job = parse_print(print_lines)
-    elif "list-exit" in markers:
-        list_status = _status(markers, "list-exit")
-        if list_status == 0 and _looks_like_list(list_lines):
-            job = parse_list(list_lines)
-        elif _not_found_message(list_lines) or list_status == NOT_FOUND_STATUS:
-            return None
-        else:
-            raise FactProcessError(
-                f"launchctl print exited {print_status} ({_excerpt(print_lines)}) and "
-                f"launchctl list exited {list_status} ({_excerpt(list_lines)})"
-            )
-    elif print_status == NOT_FOUND_STATUS or _not_found_message(print_lines):
-        # 113 is "no such service"; its text varies by release, a body that parses
-        # would be odd but is launchd's own word, so prefer it.
+    elif print_status in NOT_LOADED_STATUSES or _not_found_message(print_lines):
+        # 113: no such service in the domain; 112/125: no such domain (gui/<uid> without
+        # that user's console login), which holds nothing. The texts vary by release; a
+        # body that parses would be odd but is launchd's own word, so prefer it.
         if _looks_like_print(print_lines):
             job = parse_print(print_lines)
         else:

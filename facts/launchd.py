@@ -1,28 +1,32 @@
 """
 pyinfra fact ``LaunchdJob``: launchd's view of one job (a LaunchAgent) on a macOS host.
 
-The fact runs ``launchctl print <domain>/<label>`` (with ``launchctl list <label>`` as a
-fallback for a launchctl that has no ``print``) and ``launchctl print-disabled <domain>``,
+The fact runs ``launchctl print <domain>/<label>`` and ``launchctl print-disabled <domain>``,
 and parses what they print into a dict: loaded or not, state, pid, last exit code or
-terminating signal, program, arguments, plist path, run count, disabled flag.
+terminating signal, program, arguments, plist path, run count, disabled flag, minimum
+runtime (ThrottleInterval) and the ``successful exit`` semaphore (KeepAlive).
+
+Only ``print`` is asked: legacy ``launchctl list <label>`` answers from the caller's own
+session, not from the domain asked about (Homebrew/brew PR #588), so over SSH it finds a
+``user/<uid>`` job when ``gui/<uid>`` is asked about (issue 20). A domain that is not
+there (``gui/<uid>`` without that user's console login: print exits 125 or 112) holds
+no job: ``None``.
 
 Command output protocol (one shell script, always exits 0, stderr folded into stdout)::
 
     @domain <domain>             the launchd domain that was queried
     @no-launchctl                (only) launchctl is not on PATH; nothing follows
     <launchctl print <domain>/<label> 2>&1>
-    @exit <status of that print>
-    <launchctl list <label> 2>&1>            only when print's status was not 0 or 113
-    @list-exit <status of that list>         (e.g. 64 on a launchctl without ``print``)
+    @exit <status of that print>  0 loaded; 113 not loaded; 112/125 no such domain
     @disabled <true|false>       the label is listed as disabled by print-disabled
 
-``process`` also accepts the bare output of either launchctl command, without any
-marker line, and tells the two formats apart from the text alone.
+``process`` also accepts the bare output of ``launchctl print``, without any marker line.
+Any other print status is a ``FactProcessError`` naming it.
 
 Result contract:
 
 * launchctl missing: ``{"loaded": False, "launchctl_available": False, "domain": ...}``
-* job not loaded in the domain: ``None``
+* job not loaded in the domain, or no such domain: ``None``
 * job loaded: a dict with the keys of ``_EMPTY_JOB`` in ``facts/_launchctl.py`` (every
   key always present, ``None`` when that launchctl output does not carry the value).
 
@@ -40,20 +44,20 @@ import shlex
 from pyinfra.api import FactBase
 
 from facts._launchctl import (
-    DARWIN_SIGNALS,
+    NO_DOMAIN_STATUSES,
     NOT_FOUND_STATUS,
-    decode_wait_status,
+    NOT_LOADED_STATUSES,
     parse_job,
     parse_session,
 )
 
 # Names other modules import from here; the parsers live in facts/_launchctl.py.
 __all__ = [
-    "DARWIN_SIGNALS",
     "NOT_FOUND_STATUS",
+    "NO_DOMAIN_STATUSES",
+    "NOT_LOADED_STATUSES",
     "LaunchdJob",
     "LaunchdSession",
-    "decode_wait_status",
 ]
 
 # The launchd domain a LaunchAgent of the SSH user belongs in, Homebrew's rule: the GUI
@@ -102,11 +106,6 @@ class LaunchdJob(FactBase):
             + "echo '@no-launchctl'; exit 0; fi; "
             + 'out=$(launchctl print "$domain/$label" 2>&1); rc=$?; '
             + 'printf \'%s\\n@exit %s\\n\' "$out" "$rc"; '
-            # Neither loaded (0) nor "not found" (113): e.g. 64, a launchctl too old
-            # to know `print`. The legacy `list <label>` still answers there.
-            + f'if [ "$rc" -ne 0 ] && [ "$rc" -ne {NOT_FOUND_STATUS} ]; then '
-            + 'out=$(launchctl list "$label" 2>&1); lrc=$?; '
-            + 'printf \'%s\\n@list-exit %s\\n\' "$out" "$lrc"; fi; '
             + 'if launchctl print-disabled "$domain" 2>/dev/null | '
             + f"grep -F -q {disabled_patterns}; then "
             + "echo '@disabled true'; else echo '@disabled false'; fi; "

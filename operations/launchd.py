@@ -12,7 +12,9 @@ between writing the plist and reloading leaves the new file with the old job loa
 and a plist that became group/world-writable is refused by the next ``bootstrap``.
 So ``agent`` compares both: the file (content and mode) with what it should be, and
 the loaded job (``launchctl print``: program, arguments, working directory, log
-paths, environment, the plist it came from) with the values of the rendered plist.
+paths, environment, the plist it came from, minimum runtime (ThrottleInterval) and the
+``successful exit`` semaphore (KeepAlive's SuccessfulExit)) with the values of the
+rendered plist.
 """
 
 from __future__ import annotations
@@ -35,13 +37,37 @@ from .triggers import any_changed
 BOOTSTRAP_ATTEMPTS = 20
 BOOTSTRAP_DELAY = 0.5
 
+# How long a bootout may take to let the job go, and how often ``print`` asks meanwhile.
+BOOTOUT_WAIT = 10
+BOOTOUT_POLL = 0.25
 
-def bootout_command(target: str, sudo: str = "") -> str:
-    # 3 (ESRCH) and 113 ("Could not find service") mean it was not loaded: fine.
-    # ``sudo``: the prefix for the system domain (``"sudo -n "``), or empty.
+
+def bootout_command(target: str, sudo: str = "", wait: float = BOOTOUT_WAIT) -> str:
+    """Boot ``target`` (``<domain>/<label>``, unquoted) out and wait until launchd lets it
+    go: the one bootout every operation uses. A subshell, so it can stand anywhere a
+    command can (in ``one_command``, in a shell function): it exits 0 once ``print`` no
+    longer finds the job, else non-zero with a message naming the target.
+
+    launchctl's statuses: 0 booted out; 36 ("Operation now in progress") the bootout is
+    under way, the job still stopping (osquery/osquery#5698): both are waited out, at
+    most ``wait`` seconds. 3 (ESRCH) and 113 (no such service) mean it was not loaded;
+    112 and 125 mean the domain is not there (``gui/<uid>`` without that user's console
+    login), so nothing is loaded in it: fine. Any other status is fine only when
+    ``print`` no longer finds the job. ``sudo``: the prefix for the system domain
+    (``"sudo -n "``), or empty; ``print`` needs none.
+    """
+    quoted = shlex.quote(target)
+    attempts = max(1, round(wait / BOOTOUT_POLL))
+    gone_late = shlex.quote(f"%s is still loaded {wait:g} s after its bootout "
+                            "(bootout exited %s): launchd did not let the job go\\n")
     return (
-        f"{sudo}launchctl bootout {target}; rc=$?; "
-        'if [ $rc -ne 0 ] && [ $rc -ne 3 ] && [ $rc -ne 113 ]; then exit $rc; fi'
+        f"( out=$({sudo}launchctl bootout {quoted} 2>&1); rc=$?; "
+        "case $rc in 0|36) ;; 3|113|112|125) exit 0 ;; "
+        f"*) if launchctl print {quoted} >/dev/null 2>&1; then "
+        "printf '%s\\n' \"$out\" >&2; exit \"$rc\"; fi; exit 0 ;; esac; "
+        f"i=0; while launchctl print {quoted} >/dev/null 2>&1; do i=$((i + 1)); "
+        f"if [ $i -ge {attempts} ]; then printf {gone_late} {quoted} \"$rc\" >&2; exit 1; fi; "
+        f"sleep {BOOTOUT_POLL:g}; done )"
     )
 
 
@@ -97,12 +123,17 @@ def reads(label: str, domain: str, plist_path: str) -> list:
 PLIST_MODE = "644"
 PLIST_MODE_STRING = "-rw-r--r--"
 
+# launchd's ThrottleInterval when the plist sets none (launchd.plist(5)).
+DEFAULT_THROTTLE_INTERVAL = 10
+
 
 def loaded_definition(plist: str) -> dict:
     """What ``launchctl print`` shows for a job loaded from ``plist`` (its text): the
     values the job runs with, in the ``LaunchdJob`` fact's keys."""
     data = plistlib.loads(plist.encode("utf-8"))
     arguments = list(data.get("ProgramArguments") or [])
+    keep_alive = data.get("KeepAlive")
+    successful_exit = keep_alive.get("SuccessfulExit") if isinstance(keep_alive, dict) else None
     return {
         "program": data.get("Program") or (arguments[0] if arguments else None),
         "arguments": arguments,
@@ -110,6 +141,10 @@ def loaded_definition(plist: str) -> dict:
         "stdout_path": data.get("StandardOutPath"),
         "stderr_path": data.get("StandardErrorPath"),
         "environment": {str(k): str(v) for k, v in (data.get("EnvironmentVariables") or {}).items()},
+        # print: "minimum runtime = N"; launchd's default when the plist sets none.
+        "minimum_runtime": int(data.get("ThrottleInterval", DEFAULT_THROTTLE_INTERVAL)),
+        # print: the "successful exit => 0|1" semaphore; none without the key.
+        "successful_exit": bool(successful_exit) if successful_exit is not None else None,
     }
 
 
@@ -120,27 +155,25 @@ def definition_drift(job: dict, plist: str, plist_path: str, mode: dict | None) 
     plist never differs: launchd adds variables of its own to the environment
     (``XPC_SERVICE_NAME``, ``OSLogRateLimit``), so only the plist's variables are
     looked for; the plist may be reported by its path as given or with the
-    directory's symlinks resolved. ``launchctl list`` (a launchctl without ``print``)
-    carries fewer fields: what it does not report is not compared.
+    directory's symlinks resolved. A print without a ``minimum runtime`` line (every
+    print seen has one) does not compare it: a reload could never make it appear.
     """
     want = loaded_definition(plist)
-    strict = job.get("source") == "print"
     drift = []
     for key in ("program", "arguments", "working_directory", "stdout_path", "stderr_path"):
         if key == "arguments" and not want["arguments"]:
             continue
-        if not strict and not job.get(key):
-            continue
         if job.get(key) != want[key]:
             drift.append(key)
     environment = job.get("environment") or {}
-    if (strict or environment) and any(environment.get(k) != v for k, v in want["environment"].items()):
+    if any(environment.get(k) != v for k, v in want["environment"].items()):
         drift.append("environment")
-    loaded_from = job.get("path")
-    if loaded_from is not None or strict:
-        accepted = {plist_path, (mode or {}).get("physical")}
-        if loaded_from not in accepted:
-            drift.append("path")
+    if job.get("path") not in {plist_path, (mode or {}).get("physical")}:
+        drift.append("path")
+    if job.get("minimum_runtime") is not None and job["minimum_runtime"] != want["minimum_runtime"]:
+        drift.append("minimum_runtime")
+    if job.get("successful_exit") != want["successful_exit"]:
+        drift.append("successful_exit")
     return drift
 
 
@@ -238,7 +271,7 @@ def agent(
     displaced = [bootout for _, bootout in displace]
     if loaded and (plist_changed or drift):
         # The loaded job keeps its cached definition until it is booted out.
-        start = [*make_dirs, *displaced, bootout_command(target, sudo),
+        start = [*make_dirs, *displaced, bootout_command(f"{domain}/{label}", sudo),
                  bootstrap_command(domain, target, plist_path, sudo=sudo)]
     elif not loaded:
         start = [*make_dirs, *displaced, bootstrap_command(domain, target, plist_path, sudo=sudo)]
@@ -272,11 +305,10 @@ def absent(label: str, domain: str, plist_path: str, sudo: str = ""):
 
     ``sudo``: the prefix for the system domain and a LaunchDaemon's plist, or empty.
     """
-    target = shlex.quote(f"{domain}/{label}")
     job = read(host, job_read(label, domain))
     commands = []
     if job and job.get("loaded"):
-        commands.append(bootout_command(target, sudo))
+        commands.append(bootout_command(f"{domain}/{label}", sudo))
     if file_content(host, plist_path) is not None:
         commands.append(f"{sudo}rm -f {shlex.quote(plist_path)}")
     if not commands:

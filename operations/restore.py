@@ -190,7 +190,7 @@ def swap_command(config: DevpiConfig, domain: str, loaded: bool, sudo: str = "")
         f"new={q(paths.restoring_dir)}; live={q(paths.server_dir)}",
     ]
     if loaded:
-        lines.append(f"{{ {bootout_command(target, sudo)}; }} || exit $?")
+        lines.append(f"{bootout_command(f'{domain}/{config.label}', sudo)} || exit $?")
     lines += [
         f'{q(paths.bin("python"))} -I -c {q(SWAP)} "$new" "$live" {keep} || exit $?',
         f"{sudo}launchctl enable {target} || exit $?",

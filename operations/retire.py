@@ -24,6 +24,7 @@ from pyinfra_devpi.launchd_scope import JobPlace
 from pyinfra_devpi.snapshot import FactRead, file_content, read
 
 from .announce import operation
+from .launchd import bootout_command
 
 q = shlex.quote
 
@@ -51,18 +52,6 @@ def reads(labels: tuple[str, ...], place: JobPlace, agents_dir: str, other_plist
     ]
 
 
-def bootout_and_wait(target: str, sudo: str = "") -> str:
-    """Boot ``target`` out and fail unless launchd lets it go within ~10 s. The
-    bootout's own status is not trusted: it differs between a job that is not loaded
-    and a domain that does not exist (no GUI login), and both are fine here."""
-    return (
-        f"{sudo}launchctl bootout {q(target)} >/dev/null 2>&1 || true; "
-        f"i=0; while launchctl print {q(target)} >/dev/null 2>&1; do i=$((i + 1)); "
-        f"if [ $i -ge 40 ]; then echo {q(target + ' is still loaded after bootout')} >&2; exit 1; fi; "
-        "sleep 0.25; done"
-    )
-
-
 def loaded_elsewhere(label: str, place: JobPlace) -> list[tuple[str, str]]:
     """``label`` loaded in a domain it must not be in: (what to say, the command that
     boots it out and waits until launchd lets it go), one per such domain."""
@@ -72,7 +61,7 @@ def loaded_elsewhere(label: str, place: JobPlace) -> list[tuple[str, str]]:
         if elsewhere and elsewhere.get("loaded"):
             found.append((
                 f"{label} is also loaded in {where}: booting it out there",
-                bootout_and_wait(f"{where}/{label}", place.prefix(where)),
+                bootout_command(f"{where}/{label}", place.prefix(where)),
             ))
     return found
 
@@ -116,7 +105,7 @@ def old_agents(label: str, place: JobPlace, plist_path: str, config_file: str, a
             continue
         host.log(f"{agent['label']} is this devpi under an old label: retiring it", logger.info)
         for target in (f"{place.agent_domain}/{agent['label']}", f"{other_domain(place.agent_domain)}/{agent['label']}"):
-            commands.append(bootout_and_wait(target))
+            commands.append(bootout_command(target))
         commands.append(f"rm -f {q(path)}")
     if not commands:
         host.noop("no job of this devpi under another label, domain or scope")

@@ -161,7 +161,8 @@ def upgrade_script(config: DevpiConfig, domain: str, sudo: str = "") -> str:
         "stopped=; spare=",
         # As functions: a launchctl failure returns (the caller restores), never exits.
         "start_job() { " + as_function(bootstrap_command(domain, target, paths.plist_file, sudo=sudo)) + "; }",
-        "stop_job() { " + as_function(bootout_command(target, sudo)) + f"; down \"$url\" {timeout}; }}",
+        # The bootout is a subshell (its exit is its status): one that fails returns.
+        "stop_job() { " + bootout_command(f"{domain}/{config.label}", sudo) + f" || return $?; down \"$url\" {timeout}; }}",
         # Before the swap the live server dir was never touched: drop the new one.
         "fail() { rc=$?; if [ -n \"$spare\" ]; then kill \"$spare\" 2>/dev/null; fi; "
         'rm -rf "$nsd" "$exp"; '

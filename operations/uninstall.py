@@ -21,8 +21,7 @@ from pyinfra_devpi.snapshot import FactRead, file_content, read
 
 from .announce import operation
 from .caddy import restart_command
-from .launchd import job_read
-from .retire import bootout_and_wait
+from .launchd import bootout_command, job_read
 from .textfile import write_text
 
 q = shlex.quote
@@ -65,7 +64,7 @@ def job(label: str, place: JobPlace, plists: tuple[str, ...], daemon_plists: tup
     for where in all_domains(place):
         loaded = read(host, job_read(label, where))
         if loaded and loaded.get("loaded"):
-            commands.append(bootout_and_wait(f"{where}/{label}", place.prefix(where)))
+            commands.append(bootout_command(f"{where}/{label}", place.prefix(where)))
     for path in plists:
         if file_content(host, path) is not None:
             commands.append(f"{place.as_root if path in daemon_plists else ''}rm -f {q(path)}")

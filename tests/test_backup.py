@@ -341,9 +341,9 @@ def test_a_restore_restarts_a_launchdaemon_through_sudo():
     config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_launchd_scope": "daemon"},
                           "/Users/alice")
     swap = swap_command(config, "system", loaded=True, sudo="sudo -n ")
-    assert "sudo -n launchctl bootout system/net.devpi;" in swap
+    assert "$(sudo -n launchctl bootout system/net.devpi " in swap
     assert "sudo -n launchctl enable system/net.devpi" in swap
     assert "out=$(sudo -n launchctl bootstrap system /Library/LaunchDaemons/net.devpi.plist 2>&1)" in swap
     upgrade = upgrade_script(config, "system", "sudo -n ")
-    assert "sudo -n launchctl bootout system/net.devpi;" in upgrade
+    assert "$(sudo -n launchctl bootout system/net.devpi " in upgrade
     assert "out=$(sudo -n launchctl bootstrap system /Library/LaunchDaemons/net.devpi.plist 2>&1)" in upgrade

@@ -17,12 +17,7 @@ from pathlib import Path
 import pytest
 from pyinfra.api.exceptions import FactProcessError
 
-from facts.launchd import (
-    DARWIN_SIGNALS,
-    LaunchdJob,
-    LaunchdSession,
-    decode_wait_status,
-)
+from facts.launchd import LaunchdJob, LaunchdSession
 
 from .prepared import SHELLS, gnu_only_forms
 
@@ -53,7 +48,6 @@ def replace_line(lines: list[str], old: str, new: str) -> list[str]:
 
 EXPECTED = {
     "print_10.10_running_spaces.txt": {
-        "source": "print",
         "label": "dev.mysql",
         "domain": None,  # header has no domain; the field is launchd's internal name
         "state": "running",
@@ -74,7 +68,6 @@ EXPECTED = {
         "environment": {"XPC_SERVICE_NAME": "dev.mysql"},
     },
     "print_system_daemon_running_spaces.txt": {
-        "source": "print",
         "label": "com.apple.akd",
         "domain": "system",
         "state": "running",
@@ -96,7 +89,6 @@ EXPECTED = {
         },
     },
     "print_submitted_login_item_spaces.txt": {
-        "source": "print",
         "label": "com.vendor.helper",
         "domain": "gui/501",
         "state": "not running",
@@ -110,9 +102,11 @@ EXPECTED = {
         "type": "Submitted",
         "job_state": "exited",
         "properties": ["supports transactions", "resolve program", "has LWCR"],
+        "minimum_runtime": 10,
+        # "semaphores = { successful exit => 0 }": KeepAlive SuccessfulExit false
+        "successful_exit": False,
     },
     "print_keepalive_running_tabs.txt": {
-        "source": "print",
         "label": "com.user.ddc-brightnessd",
         "domain": "gui/501",  # from the header; the field reads "gui/501 [100020]"
         "state": "running",
@@ -139,9 +133,10 @@ EXPECTED = {
             "managed LWCR",
             "has LWCR",
         ],
+        "minimum_runtime": 10,
+        "successful_exit": None,  # KeepAlive true: no semaphore
     },
     "print_exited_1_watchpaths_tabs.txt": {
-        "source": "print",
         "label": "com.user.sync-legacy",
         "domain": "gui/501",
         "state": "not running",
@@ -152,9 +147,10 @@ EXPECTED = {
         "path": "/Users/user/scripts/launchagents/Library/LaunchAgents/com.user.sync-legacy.plist",
         "runs": 4,
         "job_state": "exited",
+        "minimum_runtime": 30,
+        "successful_exit": None,
     },
     "print_never_run_calendar_tabs.txt": {
-        "source": "print",
         "label": "com.user.brew-maintain",
         "state": "not running",
         "pid": None,
@@ -165,7 +161,6 @@ EXPECTED = {
         "spawn_type": "daemon (3)",
     },
     "print_user_domain_calendar_exit0_tabs.txt": {
-        "source": "print",
         "label": "local.resticprofile.self.check",
         "domain": "user/503",
         "state": "not running",
@@ -187,7 +182,6 @@ EXPECTED = {
         "properties": [],  # "properties = " with nothing after it
     },
     "print_spawn_scheduled_signal_trimmed.txt": {
-        "source": "print",
         "label": "com.macwsguide.macos-locationd",
         "domain": "user/501",
         "state": "spawn scheduled",
@@ -201,42 +195,6 @@ EXPECTED = {
         "path": None,
     },
     "print_not_found_bad_request.txt": None,
-    "list_running_pid.txt": {
-        "source": "list",
-        "label": "homebrew.mxcl.node_exporter",
-        "domain": None,
-        "state": "running",
-        "running": True,
-        "pid": 40425,
-        "last_exit_code": 0,
-        "last_exit_signal": None,
-        "program": "/usr/local/opt/node_exporter/bin/node_exporter_brew_services",
-        "arguments": ["/usr/local/opt/node_exporter/bin/node_exporter_brew_services"],
-        "path": None,
-        "runs": None,
-        "stdout_path": "/usr/local/var/log/node_exporter.log",
-        "stderr_path": "/usr/local/var/log/node_exporter.err.log",
-    },
-    "list_loaded_no_pid.txt": {
-        "source": "list",
-        "label": "sh.missionctl.diaryctl",
-        "state": "not running",
-        "running": False,
-        "pid": None,
-        "last_exit_code": 0,
-        "program": "/Users/user/.local/bin/diaryctl",
-        "arguments": [],
-    },
-    "list_running_nested_machservices.txt": {
-        "source": "list",
-        "label": "mouse.fix.helper",
-        "state": "running",
-        "pid": 709,
-        "last_exit_code": 0,
-        "program": "/Applications/Mac Mouse Fix.app/Contents/Library/LoginItems/Mac Mouse Fix Helper.app/Contents/MacOS/Mac Mouse Fix Helper",
-        "stdout_path": "/dev/null",
-    },
-    "list_not_found.txt": None,
 }
 
 
@@ -376,96 +334,11 @@ def test_print_preamble_before_header_is_skipped():
 
 
 # ---------------------------------------------------------------------------
-# launchctl list <label>: LastExitStatus is a raw wait(2) status.
-
-
-@pytest.mark.parametrize(
-    "raw, code, signal_name, signal_number",
-    [
-        (0, 0, None, None),
-        (256, 1, None, None),
-        (3840, 15, None, None),
-        (9, None, "SIGKILL", 9),
-        (15, None, "SIGTERM", 15),
-        (10, None, "SIGBUS", 10),  # 10 is SIGBUS on Darwin (SIGUSR1 on Linux)
-        (-9, None, "SIGKILL", 9),
-    ],
-)
-def test_list_last_exit_status_is_decoded(raw, code, signal_name, signal_number):
-    lines = replace_line(
-        fixture_lines("list_loaded_no_pid.txt"),
-        '"LastExitStatus" = 0;',
-        f'"LastExitStatus" = {raw};',
-    )
-    result = process(lines)
-    assert result["last_exit_code"] == code
-    assert result["last_exit_signal"] == signal_name
-    assert result["last_exit_signal_number"] == signal_number
-
-
-@pytest.mark.parametrize(
-    "status", [0, 1 << 8, 2 << 8, 78 << 8, 255 << 8, 6, 9, 11, 15, 9 | 0x80]
-)
-def test_decode_wait_status_agrees_with_the_os_macros(status):
-    # The wait-status encoding is the same on Linux and Darwin; use the OS as oracle.
-    expected_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-    expected_signal = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-    assert decode_wait_status(status) == (expected_code, expected_signal)
-
-
-def test_darwin_signal_table_matches_macos_order():
-    # `killall -l` on macOS lists the signals in number order 1..31.
-    order = [
-        "HUP",
-        "INT",
-        "QUIT",
-        "ILL",
-        "TRAP",
-        "ABRT",
-        "EMT",
-        "FPE",
-        "KILL",
-        "BUS",
-        "SEGV",
-        "SYS",
-        "PIPE",
-        "ALRM",
-        "TERM",
-        "URG",
-        "STOP",
-        "TSTP",
-        "CONT",
-        "CHLD",
-        "TTIN",
-        "TTOU",
-        "IO",
-        "XCPU",
-        "XFSZ",
-        "VTALRM",
-        "PROF",
-        "WINCH",
-        "INFO",
-        "USR1",
-        "USR2",
-    ]
-    assert [DARWIN_SIGNALS[n] for n in range(1, 32)] == ["SIG" + name for name in order]
-
-
-# ---------------------------------------------------------------------------
 # The marker protocol written by the command.
 
 
-def wrapped(
-    print_lines,
-    status,
-    disabled=None,
-    domain="gui/501",
-    list_lines=None,
-    list_status=None,
-):
+def wrapped(print_lines, status, disabled=None, domain="gui/501"):
     out = [f"@domain {domain}", *print_lines, f"@exit {status}"]
-    if list_lines is not None:
-        out += [*list_lines, f"@list-exit {list_status}"]
     if disabled is not None:
         out.append(f"@disabled {disabled}")
     return out
@@ -509,53 +382,63 @@ def test_markers_status_113_is_not_loaded(body):
     assert process(wrapped(body, 113, "false")) is None
 
 
-def test_markers_fallback_to_list_when_print_is_unknown():
-    usage = [
-        "Unrecognized subcommand: print",
-        "Usage: launchctl <subcommand> ... | help [subcommand]",
-    ]
-    result = process(
-        wrapped(
-            usage,
-            64,
-            "false",
-            domain="user/501",
-            list_lines=fixture_lines("list_running_pid.txt"),
-            list_status=0,
-        )
-    )
-    assert result["source"] == "list"
-    assert result["domain"] == "user/501"
-    assert result["pid"] == 40425
+# gui/<uid> over SSH without that user's console login: the domain is not there, so
+# nothing is loaded in it (../shared/MACOS.md: lidge-jun/opencodex#1770, duh17/oppi#38).
+NO_DOMAIN_ANSWERS = {
+    125: ["Could not print domain: 125: Domain does not support specified action"],
+    112: ["Bad request.", "Could not find domain for user gui: 501"],
+}
 
 
-def test_markers_fallback_list_not_found_is_not_loaded():
-    result = process(
-        wrapped(
-            ["Unrecognized subcommand: print"],
-            64,
-            "false",
-            list_lines=fixture_lines("list_not_found.txt"),
-            list_status=113,
-        )
-    )
-    assert result is None
+@pytest.mark.parametrize("status", sorted(NO_DOMAIN_ANSWERS))
+def test_markers_no_such_domain_is_not_loaded(status):
+    assert process(wrapped(NO_DOMAIN_ANSWERS[status], status, "false")) is None
 
 
-def test_markers_both_commands_failing_names_the_messages():
-    with pytest.raises(FactProcessError, match="Operation not permitted"):
-        process(
-            wrapped(
-                ["Unrecognized subcommand: print"],
-                64,
-                "false",
-                list_lines=["launchctl list error: Operation not permitted"],
-                list_status=1,
-            )
-        )
+@pytest.mark.parametrize("status", sorted(NO_DOMAIN_ANSWERS))
+def test_bare_no_such_domain_text_is_not_loaded(status):
+    assert process(NO_DOMAIN_ANSWERS[status]) is None
 
 
-def test_markers_unknown_print_error_without_list_names_the_message():
+def test_markers_125_with_any_text_is_not_loaded():
+    # The status decides; the text varies between releases.
+    assert process(wrapped(["Domain does not support specified action"], 125, "false")) is None
+    assert process(wrapped([], 112, "false")) is None
+
+
+def test_markers_leftover_list_section_is_not_read():
+    """The command no longer asks `launchctl list`: it answers from the caller's own
+    session (Homebrew/brew PR #588), so a job it shows is no job of the domain asked."""
+    out = wrapped(NO_DOMAIN_ANSWERS[125], 125)
+    out += ["{", '\t"Label" = "net.devpi";', '\t"PID" = 4242;', "};", "@disabled false"]
+    assert process(out) is None
+
+
+@pytest.mark.parametrize("status", [1, 5, 64, 150])
+def test_markers_other_print_statuses_raise_naming_the_status(status):
+    with pytest.raises(FactProcessError, match=f"launchctl print exited {status}"):
+        process(wrapped(["Unrecognized subcommand: print"], status, "false"))
+
+
+def test_print_reads_minimum_runtime_and_the_successful_exit_semaphore():
+    lines = fixture_lines("print_keepalive_running_tabs.txt")
+    assert process(lines)["successful_exit"] is None
+    # Derived: the semaphore block as launchd prints it for KeepAlive SuccessfulExit
+    # false (print_submitted_login_item_spaces.txt has it with 4-space indent), with a
+    # ThrottleInterval of 5.
+    lines = replace_line(lines, "minimum runtime = 10", "minimum runtime = 5")
+    at = lines.index("\tproperties = keepalive | runatload | inferred program | managed LWCR | has LWCR")
+    lines[at:at] = ["\tsemaphores = {", "\t\tsuccessful exit => 0", "\t}", ""]
+    result = process(lines)
+    assert (result["minimum_runtime"], result["successful_exit"]) == (5, False)
+    lines[at + 1] = "\t\tsuccessful exit => 1"
+    assert process(lines)["successful_exit"] is True
+    # Another semaphore alone says nothing of SuccessfulExit.
+    lines[at + 1] = "\t\tpath state => 1"
+    assert process(lines)["successful_exit"] is None
+
+
+def test_markers_unknown_print_error_names_the_message():
     with pytest.raises(FactProcessError, match="Input/output error"):
         process(wrapped(["Bootstrap failed: 5: Input/output error"], 5, "false"))
 
@@ -588,8 +471,7 @@ def test_markers_no_launchctl():
             "Usage: launchctl <subcommand> ... | help [subcommand]",
         ],
         ["launchctl: command not found"],
-        ["{", '\t"Label" = "x";'],  # list output cut off inside the dict
-        ["{", '\t"PID" = 1;', "};"],  # a dict that is not a job (no Label)
+        ["{", '\t"Label" = "x";', '\t"PID" = 1;', "};"],  # legacy `list <label>`: not read
         ["{", "\tnot a plist line", "};"],
         ["gui/501/x = {", "\tpid = 1", "}"],  # print without a state
         ["gui/501/x = {", "}"],
@@ -647,7 +529,6 @@ def test_command_quotes_the_label():
     assert f"label={shlex.quote(label)};" in command
     # The label only ever reaches launchctl through "$label" (and, for grep, inside
     # single-quoted patterns): never as bare shell text.
-    assert command.count('"$label"') == 1
     assert command.count('"$domain/$label"') == 1
 
 
@@ -699,8 +580,6 @@ case "$1" in
 print)
     if [ -n "$FAKE_PRINT" ]; then cat "$FAKE_PRINT" >&"$FAKE_PRINT_FD"; fi
     exit "$FAKE_PRINT_RC" ;;
-list)
-    cat "$FAKE_LIST" >&2; exit "$FAKE_LIST_RC" ;;
 print-disabled)
     printf 'disabled services = {\\n'
     printf '\\t"%s" => %s\\n' "$FAKE_DISABLED_LABEL" "$FAKE_DISABLED_VALUE"
@@ -727,8 +606,6 @@ def fake_env(tmp_path, **overrides):
         "FAKE_PRINT": str(FIXTURES / "print_keepalive_running_tabs.txt"),
         "FAKE_PRINT_FD": "1",
         "FAKE_PRINT_RC": "0",
-        "FAKE_LIST": str(FIXTURES / "list_not_found.txt"),
-        "FAKE_LIST_RC": "113",
         "FAKE_DISABLED_LABEL": "net.devpi",
         "FAKE_DISABLED_VALUE": "enabled",
     }
@@ -797,42 +674,34 @@ def test_fake_launchctl_not_loaded(shell, tmp_path, fake_bin):
 
 
 @pytest.mark.parametrize("shell", SHELLS)
-def test_fake_launchctl_without_print_falls_back_to_list(shell, tmp_path, fake_bin):
-    env = fake_env(
-        tmp_path,
-        FAKE_PRINT="",
-        FAKE_PRINT_RC="64",
-        FAKE_LIST=str(FIXTURES / "list_running_pid.txt"),
-        FAKE_LIST_RC="0",
-    )
-    label = "homebrew.mxcl.node_exporter"
+@pytest.mark.parametrize("status", sorted(NO_DOMAIN_ANSWERS))
+def test_fake_launchctl_without_the_domain_is_not_loaded_and_asks_nothing_else(shell, tmp_path, fake_bin, status):
+    """gui/501 over SSH without a console login: print answers 125 (or 112) on stderr.
+    The job is not loaded there, and no legacy `list` is asked (issue 20: it answered
+    from the SSH session and found the job of user/501)."""
+    answer = tmp_path / "answer.txt"
+    answer.write_text("\n".join(NO_DOMAIN_ANSWERS[status]) + "\n")
+    env = fake_env(tmp_path, FAKE_PRINT=str(answer), FAKE_PRINT_FD="2", FAKE_PRINT_RC=str(status))
     lines = run_command(
-        LaunchdJob().command(label, domain="user/501"),
-        f"{fake_bin}:/usr/bin:/bin",
-        shell,
-        env,
+        LaunchdJob().command("net.devpi", domain="gui/501"), f"{fake_bin}:/usr/bin:/bin", shell, env
     )
-    result = process(lines)
-    assert result["source"] == "list"
-    assert result["domain"] == "user/501"
-    assert result["pid"] == 40425
-    assert calls(tmp_path) == [
-        ["print", f"user/501/{label}"],
-        ["list", label],
-        ["print-disabled", "user/501"],
-    ]
+    assert process(lines) is None
+    assert calls(tmp_path) == [["print", "gui/501/net.devpi"], ["print-disabled", "gui/501"]]
+
+
+@pytest.mark.parametrize("which", sorted(COMMANDS))
+def test_command_never_asks_legacy_list(which):
+    assert not re.search(r"launchctl\s+list\b", COMMANDS[which]())
 
 
 def test_fake_launchctl_failure_surfaces_as_fact_error(tmp_path, fake_bin):
     bad = tmp_path / "bad.txt"
-    bad.write_text("launchctl list error: Operation not permitted\n")
-    env = fake_env(
-        tmp_path, FAKE_PRINT="", FAKE_PRINT_RC="5", FAKE_LIST=str(bad), FAKE_LIST_RC="1"
-    )
+    bad.write_text("Could not print service: 1: Operation not permitted\n")
+    env = fake_env(tmp_path, FAKE_PRINT=str(bad), FAKE_PRINT_FD="2", FAKE_PRINT_RC="1")
     lines = run_command(
         LaunchdJob().command("net.devpi"), f"{fake_bin}:/usr/bin:/bin", extra_env=env
     )
-    with pytest.raises(FactProcessError, match="Operation not permitted"):
+    with pytest.raises(FactProcessError, match="exited 1: .*Operation not permitted"):
         process(lines)
 
 

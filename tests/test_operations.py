@@ -4,6 +4,7 @@ host yields none. Operations run under prepared facts (see ``prepared.py``).
 """
 
 import dataclasses
+import plistlib
 import re
 import shlex
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from facts.launchd import LaunchdJob
 from operations import caddy, devpi, launchd, retire
 from pyinfra_devpi.launchd_scope import JobPlace
 from operations import server_dir as server_dir_ops
@@ -20,7 +22,7 @@ from pyinfra_devpi.render import render_caddy_site, render_logging_config, rende
 from pyinfra_devpi.search import NULL, WHOOSH
 from pyinfra.api.hiddenvalue import HiddenValue
 
-from .prepared import Meta, PreparedHost, Upload, gnu_only_forms, in_context, run_op, shell_lines
+from .prepared import SHELLS, Meta, PreparedHost, Upload, gnu_only_forms, in_context, run_op, shell_lines
 
 DOMAIN = "gui/501"
 TARGET = "gui/501/net.devpi"
@@ -54,13 +56,15 @@ def loaded_job(config, **changes) -> dict:
     paths = config.paths
     job = {
         **_EMPTY_JOB,
-        "source": "print", "domain": DOMAIN, "label": config.label, "state": "running", "running": True,
+        "domain": DOMAIN, "label": config.label, "state": "running", "running": True,
         "pid": 4242, "program": program_arguments(config)[0], "arguments": program_arguments(config),
         "path": paths.plist_file, "working_directory": paths.home, "stdout_path": paths.out_log,
         "stderr_path": paths.err_log,
         # launchd adds variables of its own to the plist's
         "environment": {"LANG": "en_US.UTF-8", "PYTHONUNBUFFERED": "1", "OSLogRateLimit": "64",
                         "XPC_SERVICE_NAME": config.label},
+        # the plist's ThrottleInterval, and KeepAlive's SuccessfulExit false as a semaphore
+        "minimum_runtime": config.throttle_interval, "successful_exit": False,
     }
     job.update(changes)
     return job
@@ -147,6 +151,32 @@ def converge(host, config, password_hash=None, executing=True, diff=False, place
         target=place.target(config.label), sudo=place.sudo)
     run("index", devpi.orphaned_index, config=config, indexer_backend=WHOOSH)
     return steps
+
+
+def print_of(domain: str, label: str, plist: str, plist_path: str, pid: int = 4242) -> str:
+    """What ``launchctl print <domain>/<label>`` shows for a job running from ``plist``, in
+    the layout of the real outputs in tests/data/launchctl (the semaphores block as in
+    print_submitted_login_item_spaces.txt)."""
+    data = plistlib.loads(plist.encode())
+    arguments = data.get("ProgramArguments") or []
+    lines = [f"{domain}/{label} = {{", "\tactive count = 1", f"\tpath = {plist_path}",
+             "\ttype = LaunchAgent", "\tstate = running", "",
+             f"\tprogram = {data.get('Program') or arguments[0]}", "\targuments = {",
+             *(f"\t\t{a}" for a in arguments), "\t}", ""]
+    if data.get("WorkingDirectory"):
+        lines += [f"\tworking directory = {data['WorkingDirectory']}", ""]
+    for key, name in (("StandardOutPath", "stdout path"), ("StandardErrorPath", "stderr path")):
+        if data.get(key):
+            lines.append(f"\t{name} = {data[key]}")
+    lines += ["\tenvironment = {", *(f"\t\t{k} => {v}" for k, v in (data.get("EnvironmentVariables") or {}).items()),
+              f"\t\tXPC_SERVICE_NAME => {label}", "\t}", "", f"\tdomain = {domain}",
+              f"\tminimum runtime = {data.get('ThrottleInterval', 10)}", "\texit timeout = 5", "\truns = 1",
+              f"\tpid = {pid}", "\tlast exit code = (never exited)", ""]
+    keep_alive = data.get("KeepAlive")
+    if isinstance(keep_alive, dict) and "SuccessfulExit" in keep_alive:
+        lines += ["\tsemaphores = {", f"\t\tsuccessful exit => {int(keep_alive['SuccessfulExit'])}", "\t}", ""]
+    lines += ["\tproperties = runatload | inferred program", "}"]
+    return "\n".join(lines) + "\n"
 
 
 def launchctl_verbs(commands):
@@ -348,13 +378,55 @@ def test_a_job_loaded_through_a_symlinked_directory_is_no_drift(config):
     assert converge(host, config)["agent"] == []
 
 
-def test_legacy_list_output_compares_only_what_it_reports(config):
+# What `launchctl print` shows of launch keys the deploy sets: ThrottleInterval as
+# "minimum runtime = N", KeepAlive's SuccessfulExit false as a "successful exit => 0"
+# semaphore (../shared/MACOS.md). A job loaded with other values runs another definition.
+
+
+def throttle_config(seconds: int):
+    return with_tools(build_config(
+        {"devpi_root_password": "env:PW", "devpi_outside_url": "https://pypi.example.org",
+         "devpi_caddy_restart": "org.caddy", "devpi_throttle_interval": seconds},
+        "/Users/alice",
+    ), FOUND)
+
+
+@pytest.mark.parametrize(
+    ("changes", "what"),
+    [
+        ({"minimum_runtime": 5}, "minimum_runtime"),  # the plist says ThrottleInterval 1
+        ({"successful_exit": None}, "successful_exit"),  # no semaphore: KeepAlive without it
+        ({"successful_exit": True}, "successful_exit"),
+    ],
+)
+def test_a_job_with_another_throttle_or_keepalive_is_reloaded(changes, what):
+    config = throttle_config(1)
     host = converged(config)
-    host.job = loaded_job(config, source="list", path=None, environment={}, working_directory=None)
-    assert converge(host, config)["agent"] == []
-    host = converged(config)  # a new run (facts are read once per run)
-    host.job = loaded_job(config, source="list", path=None, environment={}, arguments=["/old/devpi-server"])
-    assert launchctl_verbs(converge(host, config)["agent"]) == ["bootout", "bootstrap"]
+    host.job = loaded_job(config, **changes)
+    steps = converge(host, config)
+    assert launchctl_verbs(steps["agent"]) == ["bootout", "bootstrap"]
+    assert any(what in m for m in host.logged)
+
+
+def test_a_job_printed_from_its_own_plist_never_drifts(config):
+    """The real parser on a print rendered the way launchd prints (tabs, a semaphores
+    block) from the deploy's own plists: devpi's (KeepAlive SuccessfulExit false,
+    ThrottleInterval) and the backup job's (neither: launchd's default 10)."""
+    from pyinfra_devpi.render import render_backup_plist
+
+    backup = with_tools(build_config(
+        {"devpi_root_password": "env:PW", "devpi_outside_url": "https://pypi.example.org",
+         "devpi_backup": {"hour": 3, "minute": 17, "keep": 2}}, "/Users/alice"), FOUND)
+    for label, plist, path in [
+        (config.label, render_plist(throttle_config(1)), config.paths.plist_file),
+        (config.label, render_plist(config), config.paths.plist_file),
+        (backup.paths.backup_label, render_backup_plist(backup), backup.paths.backup_plist_file),
+    ]:
+        job = LaunchdJob().process(print_of(DOMAIN, label, plist, path).splitlines())
+        assert launchd.definition_drift(job, plist, path, None) == [], label
+    devpi = LaunchdJob().process(print_of(DOMAIN, config.label, render_plist(config), "/p").splitlines())
+    assert (devpi["minimum_runtime"], devpi["successful_exit"]) == (config.throttle_interval, False)
+    assert launchd.definition_drift(devpi, render_plist(throttle_config(1)), "/p", None) == ["minimum_runtime"]
 
 
 def test_disabled_job_with_an_old_definition_is_enabled_and_reloaded(config):
@@ -636,8 +708,8 @@ def test_a_renamed_label_retires_the_old_job_before_the_new_one_loads(config):
     }
     steps = converge(host, config)
     retired = shell_lines(steps["retire"])
-    assert retired[0].startswith("launchctl bootout gui/501/net.devpi.old ")
-    assert retired[1].startswith("launchctl bootout user/501/net.devpi.old ")
+    assert retired[0].startswith("( out=$(launchctl bootout gui/501/net.devpi.old ")
+    assert retired[1].startswith("( out=$(launchctl bootout user/501/net.devpi.old ")
     assert retired[-1] == f"rm -f {old_plist}"
     assert not any("org.other" in c for c in retired)  # another home's devpi: left alone
     assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
@@ -671,6 +743,183 @@ def test_the_role_job_is_booted_out_after_the_new_plist_is_written(config):
     assert [c.dest for c in upload if isinstance(c, Upload)] == [config.paths.plist_file + ".pyinfra-new"]
     assert launchctl_verbs([load]) == ["enable", "bootout", "bootstrap"]
     assert load.index("launchctl bootout user/501/net.devpi ") < load.index("launchctl bootstrap gui/501 ")
+
+
+# A headless Mac (the SSH user is not at the console: the deploy uses user/<uid>): macOS
+# answers `print gui/<uid>/...` with 125 (or 112), and legacy `list <label>` answers from
+# the caller's own session, where it finds the job of user/<uid> (../shared/MACOS.md).
+# The LaunchdJob fact's real command runs under /bin/sh against such a launchctl.
+
+HEADLESS_LAUNCHCTL = r"""#!/bin/sh
+case "$1" in
+print)
+    case "$2" in
+    gui/*)
+        if [ "$NO_GUI_STATUS" = 112 ]; then
+            printf 'Bad request.\nCould not find domain for user gui: 501\n' >&2; exit 112
+        fi
+        echo 'Could not print domain: 125: Domain does not support specified action' >&2; exit 125 ;;
+    esac
+    f="$MAC/$(printf '%s' "$2" | tr / _).print"
+    if [ -f "$f" ]; then cat "$f"; exit 0; fi
+    printf 'Bad request.\nCould not find service "%s" in domain for uid: 501\n' "${2##*/}" >&2; exit 113 ;;
+list)
+    if [ -f "$MAC/$2.list" ]; then cat "$MAC/$2.list"; exit 0; fi
+    printf 'Could not find service "%s" in domain for port\n' "$2" >&2; exit 113 ;;
+print-disabled)
+    printf 'disabled services = {\n}\n' ;;
+*)
+    echo "unexpected: $*" >&2; exit 99 ;;
+esac
+"""
+
+
+class HeadlessMac(PreparedHost):
+    """A ``PreparedHost`` whose ``LaunchdJob`` answers are the fact's own: its command run
+    by /bin/sh with ``HEADLESS_LAUNCHCTL`` on PATH, its output through ``process``."""
+
+    def __init__(self, base: PreparedHost, mac: Path, no_gui_status: int):
+        super().__init__(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+        self.mac, self.no_gui_status = mac, no_gui_status
+
+    def get_fact(self, cls, **kwargs):
+        if cls is not LaunchdJob:
+            return super().get_fact(cls, **kwargs)
+        self.asked.append((cls.__name__, kwargs))
+        fact = LaunchdJob()
+        result = subprocess.run(
+            ["/bin/sh", "-c", fact.command(**kwargs)], capture_output=True, text=True, check=True,
+            env={"PATH": f"{self.mac / 'bin'}:/usr/bin:/bin", "MAC": str(self.mac),
+                 "NO_GUI_STATUS": str(self.no_gui_status)},
+        )
+        return fact.process(result.stdout.splitlines())
+
+
+@pytest.mark.parametrize("no_gui_status", [125, 112])
+def test_a_headless_rerun_leaves_the_job_of_the_user_domain_alone(config, tmp_path, no_gui_status):
+    """issue 20: the job runs in user/501 from the deploy's plist; gui/501 is not there.
+    Nothing is booted out and nothing changes (it used to be booted out and restarted on
+    every run, found "in gui/501" by the legacy `list` fallback)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "launchctl").write_text(HEADLESS_LAUNCHCTL)
+    (bin_dir / "launchctl").chmod(0o755)
+    place = JobPlace(scope=config.launchd_scope, agent_domain="user/501", uid=501, user="alice", group="staff")
+    plist = render_plist(config, place.run_as)
+    (tmp_path / f"user_501_{config.label}.print").write_text(
+        print_of("user/501", config.label, plist, config.paths.plist_file))
+    # legacy `list <label>`: the caller's session, where the user/501 job lives
+    args = "".join(f'\t\t"{a}";\n' for a in plistlib.loads(plist.encode())["ProgramArguments"])
+    (tmp_path / f"{config.label}.list").write_text(
+        f'{{\n\t"Label" = "{config.label}";\n\t"PID" = 4242;\n\t"LastExitStatus" = 0;\n'
+        f'\t"ProgramArguments" = (\n{args}\t);\n}};\n')
+    base = converged(config)
+    base.files[config.paths.plist_file] = plist
+    host = HeadlessMac(base, tmp_path, no_gui_status)
+
+    steps = converge(host, config, place=place)
+
+    assert steps == {name: [] for name in steps}
+    assert not [m for m in host.logged if "also loaded" in m]
+    asked = {kwargs["domain"] for name, kwargs in host.asked if name == "LaunchdJob"}
+    assert {"user/501", "gui/501", "system"} <= asked
+
+
+# --------------------------------------------------------------------------- bootout, run
+
+# A launchctl whose bootout answers $BOOTOUT_STATUS and whose print keeps finding the job
+# for $PRINTS_LEFT more calls (a job still stopping: osquery/osquery#5698), or forever.
+BOOTOUT_LAUNCHCTL = r"""#!/bin/sh
+printf '%s\n' "$*" >> "$STATE/calls"
+case "$1" in
+bootout)
+    printf 'Boot-out failed: %s: %s\n' "$BOOTOUT_STATUS" "$BOOTOUT_TEXT" >&2; exit "$BOOTOUT_STATUS" ;;
+print)
+    left=$(cat "$STATE/left")
+    if [ "$left" = forever ]; then echo "$2 = {"; exit 0; fi
+    if [ "$left" -gt 0 ]; then echo $((left - 1)) > "$STATE/left"; echo "$2 = {"; exit 0; fi
+    printf 'Bad request.\nCould not find service "x" in domain for uid: 501\n' >&2; exit 113 ;;
+esac
+exit 99
+"""
+
+
+def run_bootout(tmp_path, status, prints_left, text="Operation now in progress", **kwargs):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "launchctl").write_text(BOOTOUT_LAUNCHCTL)
+    (bin_dir / "launchctl").chmod(0o755)
+    (tmp_path / "left").write_text(f"{prints_left}\n")
+    (tmp_path / "calls").write_text("")
+    command = launchd.bootout_command("gui/501/net.devpi", **kwargs)
+    result = subprocess.run(
+        ["/bin/sh", "-c", command], capture_output=True, text=True, timeout=60,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "STATE": str(tmp_path), "BOOTOUT_STATUS": str(status),
+             "BOOTOUT_TEXT": text},
+    )
+    return result, (tmp_path / "calls").read_text().splitlines()
+
+
+@pytest.mark.parametrize("status", [36, 0])
+def test_a_bootout_under_way_is_waited_out(tmp_path, status):
+    result, calls = run_bootout(tmp_path, status, prints_left=3)
+    assert result.returncode == 0, result.stderr
+    # print found the job three times, then not: the command ended only then
+    assert calls == ["bootout gui/501/net.devpi", *["print gui/501/net.devpi"] * 4]
+
+
+def test_a_job_that_never_goes_fails_naming_the_target(tmp_path):
+    result, calls = run_bootout(tmp_path, 36, prints_left="forever", wait=0.5)
+    assert result.returncode != 0
+    assert result.stderr.strip() == (
+        "gui/501/net.devpi is still loaded 0.5 s after its bootout (bootout exited 36): "
+        "launchd did not let the job go")
+    assert calls.count("print gui/501/net.devpi") == 2  # 0.5 s at 0.25 s a try
+
+
+@pytest.mark.parametrize(("status", "text"), [
+    (3, "No such process"), (113, "Could not find specified service"),
+    (112, "Could not find specified domain"), (125, "Domain does not support specified action"),
+])
+def test_a_bootout_of_nothing_is_done(tmp_path, status, text):
+    # 3/113: not loaded; 112/125: no such domain (gui/<uid> without a console login)
+    result, calls = run_bootout(tmp_path, status, prints_left=0, text=text)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert calls == ["bootout gui/501/net.devpi"]
+
+
+def test_a_failed_bootout_of_a_loaded_job_fails_with_launchctls_message(tmp_path):
+    result, _ = run_bootout(tmp_path, 1, prints_left="forever", text="Operation not permitted")
+    assert result.returncode == 1
+    assert "Boot-out failed: 1: Operation not permitted" in result.stderr
+    # ... and one whose job went anyway is done
+    result, _ = run_bootout(tmp_path, 5, prints_left=0, text="Input/output error")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("where", ["one_command", "function"])
+def test_the_bootout_keeps_its_status_where_the_operations_put_it(tmp_path, where):
+    """In ``one_command`` (agent, retire) and in a shell function (server_dir's stop_job,
+    which returns on failure): a timed-out bootout stops what follows."""
+    bootout = launchd.bootout_command("gui/501/net.devpi", wait=0.25)
+    if where == "one_command":
+        command = launchd.one_command(bootout, "echo after")
+    else:
+        command = f"stop_job() {{ {bootout} || return $?; echo after; }}; stop_job; echo status=$?"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "launchctl").write_text(BOOTOUT_LAUNCHCTL)
+    (bin_dir / "launchctl").chmod(0o755)
+    (tmp_path / "left").write_text("forever\n")
+    for shell in SHELLS:
+        result = subprocess.run([shell, "-c", command], capture_output=True, text=True, timeout=60,
+                                env={"PATH": f"{bin_dir}:/usr/bin:/bin", "STATE": str(tmp_path),
+                                     "BOOTOUT_STATUS": "36", "BOOTOUT_TEXT": "x"})
+        assert "after" not in result.stdout, shell
+        if where == "function":
+            assert result.stdout.strip() == "status=1", shell
+        else:
+            assert result.returncode == 1, shell
 
 
 # --------------------------------------------------------------------------- the init script, run
@@ -1079,7 +1328,7 @@ def test_switching_to_the_daemon_retires_the_launchagent_first(daemon_config):
     load = shell_lines(steps["agent"])[-1]
     verbs = launchctl_verbs([load])
     assert verbs[0] == "enable" and verbs[-1] == "bootstrap" and set(verbs[1:-1]) == {"bootout"}
-    assert "{ launchctl bootout gui/501/net.devpi " in load  # the SSH user's own job: no sudo
+    assert "$(launchctl bootout gui/501/net.devpi " in load  # the SSH user's own job: no sudo
     assert "while launchctl print gui/501/net.devpi" in load
 
 

@@ -56,7 +56,7 @@ def run_all(host, config, purge=False):
 def test_an_installed_devpi_is_booted_out_and_its_block_emptied(config):
     steps = run_all(installed(config), config)
     job = shell_lines(steps["job"])
-    assert job[0].startswith("launchctl bootout gui/501/net.devpi") and "while launchctl print" in job[0]
+    assert job[0].startswith("( out=$(launchctl bootout gui/501/net.devpi") and "while launchctl print" in job[0]
     assert job[-1] == f"rm -f {config.paths.plist_file}"
     caddy = steps["caddy"]
     # marked, the empty file moved in, Caddy restarted, the mark cleared
@@ -72,7 +72,7 @@ def test_the_job_loaded_in_the_other_domain_is_booted_out_there_too(config):
     host = gone(config)
     host.elsewhere = {"loaded": True, "state": "running", "pid": 7}
     (command,) = shell_lines(job_op(host, config))
-    assert command.startswith("launchctl bootout user/501/net.devpi")
+    assert command.startswith("( out=$(launchctl bootout user/501/net.devpi")
 
 
 def test_an_uninstalled_host_yields_nothing(config):
@@ -152,7 +152,7 @@ def test_a_launchdaemon_is_booted_out_and_removed_through_sudo(config):
     host.job = {"loaded": True, "state": "running", "pid": 42}
     host.files[config.paths.daemon_plist_file] = "<plist/>"
     job = shell_lines(job_op(host, config))
-    assert job[0].startswith("sudo -n launchctl bootout system/net.devpi ")
+    assert job[0].startswith("( out=$(sudo -n launchctl bootout system/net.devpi ")
     assert "while launchctl print system/net.devpi" in job[0]
     assert job[-1] == "sudo -n rm -f /Library/LaunchDaemons/net.devpi.plist"
     # As root, no sudo.
