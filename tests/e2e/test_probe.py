@@ -16,7 +16,7 @@ import pytest
 from facts.launchd import LaunchdJob
 from facts.probe import RenameSwap
 
-from .harness import run_pyinfra
+from .harness import remote_commands, run_pyinfra
 from .stack import DeployedStack, start_stack
 from .test_scenarios import settled_tree, tree_digest
 
@@ -55,8 +55,12 @@ def probe_unchanged(stack: DeployedStack, launchd, out: Path, pid: int) -> tuple
     # An op:// reference for root's password: the deploy would ask op for it on an
     # init; the probe never builds the config's secret parts.
     inventory = stack.write_inventory(devpi_root_password="op://vault/devpi/root password")
-    result = run_pyinfra(inventory, "deploys/probe.py", env_extra={**stack.env_extra, OUTPUT_ENV: str(out)})
+    result = run_pyinfra(inventory, "deploys/probe.py", "--debug",
+                         env_extra={**stack.env_extra, OUTPUT_ENV: str(out)})
     assert "nothing was changed" in result.output, result.describe()
+    # Two round trips: the login session, then one batch of everything else.
+    assert len(remote_commands(result.output)) == 2, remote_commands(result.output)
+    assert stack.password not in result.output
 
     # Nothing changed: the tree, launchd's jobs, devpi's process; no op call.
     assert tree_digest(stack.root, skip) == before
