@@ -587,9 +587,11 @@ class DevpiConfig:
     )
     caddy_restart: dict | None = key(
         "devpi_caddy_restart", None, _caddy_restart, optional=True,
-        doc="How Caddy is restarted when the block changes: Caddy's launchd label (`kickstart -k`), or "
-            "`{\"command\": \"...\"}`, one line run in the SSH session (e.g. `caddy reload`, which keeps "
-            "Caddy's port open). Unset: the deploy warns that Caddy must be reloaded.",
+        doc="How Caddy is restarted when the block changes: Caddy's launchd label (`kickstart -k` in "
+            "the domain where it is loaded: the SSH user's, their other agent domain, or `system` "
+            "through `sudo -n`), or `{\"command\": \"...\"}`, one line run in the SSH session (e.g. "
+            "`caddy reload --config <Caddyfile>`, which keeps Caddy's port open and needs its admin "
+            "endpoint). Unset: the deploy warns that Caddy must be reloaded.",
     )
     caddy_serve_files: bool = key(
         "devpi_caddy_serve_files", True, checks.boolean,

@@ -5,8 +5,9 @@ Where the deploy's launchd jobs live, and what it takes to change them.
 
 * ``"agent"`` (the default): LaunchAgents of the SSH user, in ``gui/<uid>`` (while they
   are logged in at the console) or ``user/<uid>``, plists in ``~/Library/LaunchAgents``.
-  Nothing needs root. A LaunchAgent runs only while its user has a login session: a Mac
-  that reboots without auto-login leaves devpi down until someone logs in.
+  Nothing needs root. After a reboot launchd loads LaunchAgents only at a console login
+  (into ``gui/<uid>``), never into ``user/<uid>``: a Mac without automatic login leaves
+  devpi down until someone logs in at the console or the deploy runs again.
 * ``"daemon"``: LaunchDaemons in the ``system`` domain, plists in ``/Library/LaunchDaemons``
   (root:wheel 0644, as launchd requires), with ``UserName`` / ``GroupName`` the SSH user
   and their primary group: launchd starts devpi at boot, without a login, as that user.
