@@ -56,7 +56,7 @@ def caddy_daemon_plist(config: DevpiConfig) -> tuple[str, ...]:
     """Where Caddy's LaunchDaemon plist would be (``sudo brew services start caddy``
     writes /Library/LaunchDaemons/<label>.plist), for a restart by label."""
     label = (config.caddy_restart or {}).get("label")
-    return (f"{config.paths.launch_daemons_dir}/{label}.plist",) if label else ()
+    return (f"{config.paths.launch_daemons_dir}/{label}{layout.PLIST_SUFFIX}",) if label else ()
 
 
 def reads(config: DevpiConfig, domain: str, place: JobPlace) -> list:
@@ -113,7 +113,7 @@ def bootstrap_script(config: DevpiConfig, python: str, lock_path: str) -> str:
         f"cp {new_uv} {q(layout.transient(target))}",
         f"chmod 755 {q(layout.transient(target))}",
         f"mv -f {q(layout.transient(target))} {q(target)}",
-        f'for f in {q(paths.tools_dir)}/uv-*.lock.txt; do [ "$f" = {q(lock_path)} ] || rm -f "$f"; done',
+        f'for f in {q(paths.tools_dir)}/{paths.uv_lock_glob}; do [ "$f" = {q(lock_path)} ] || rm -f "$f"; done',
     ]
     return "\n".join(lines)
 

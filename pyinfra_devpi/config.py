@@ -308,7 +308,7 @@ def _caddy_restart(where, value):
         where,
         value,
         "use Caddy's launchd label (e.g. 'homebrew.mxcl.caddy': kickstarted where it is loaded) or "
-        "{'command': '/opt/homebrew/bin/caddy reload --config <your Caddyfile>'} (one line; a graceful reload)",
+        f"{layout.CADDY_RELOAD_EXAMPLE} (one line; a graceful reload)",
     )
 
 

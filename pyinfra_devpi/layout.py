@@ -106,6 +106,8 @@ BEFORE_RESTORE_SUFFIX = ".before-restore-"
 # replace the list; uv bootstrapped by the deploy (``Layout.bootstrap_uv``) is last.
 UV_CANDIDATES = ("uv", "~/.local/bin/uv", "~/.cargo/bin/uv", "/opt/homebrew/bin/uv", "/usr/local/bin/uv")
 CADDY_CANDIDATES = ("caddy", "/opt/homebrew/bin/caddy", "/usr/local/bin/caddy")
+# The graceful restart named in errors and docs (Homebrew's Caddy; needs its admin endpoint).
+CADDY_RELOAD_EXAMPLE = "{'command': '/opt/homebrew/bin/caddy reload --config <your Caddyfile>'}"
 # The python3 that bootstraps uv from PyPI when uv is nowhere (any Python 3.8+ can
 # pip-install uv's wheel): Homebrew's, else the session's (macOS: the Command Line Tools').
 BOOTSTRAP_PYTHON_CANDIDATES = ("/opt/homebrew/bin/python3", "/usr/local/bin/python3", "python3")
@@ -258,6 +260,11 @@ class Layout:
     def uv_lock_upload(self, version: str) -> str:
         """Where the hashed requirement for bootstrapping uv ``version`` is uploaded."""
         return f"{self.tools_dir}/uv-{version}.lock.txt"
+
+    @property
+    def uv_lock_glob(self) -> str:
+        """The shell glob (after a quoted ``tools_dir``) matching every bootstrap requirement."""
+        return "uv-*.lock.txt"
 
     # launchd ------------------------------------------------------------------
     # The plists of both scopes: the deploy writes its scope's, and retires the other's.

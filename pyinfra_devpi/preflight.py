@@ -216,8 +216,7 @@ def check(
             f"start caddy`), whose kickstart needs root, and "
             + ("there is no sudo on the SSH session's PATH" if readiness.get("sudo_ok") == "missing"
                else "`sudo -n true` failed (the deploy never types a password)")
-            + f": allow {user} passwordless sudo, or set devpi_caddy_restart to {{'command': "
-            "'/opt/homebrew/bin/caddy reload --config <your Caddyfile>'}"
+            + f": allow {user} passwordless sudo, or set devpi_caddy_restart to {layout.CADDY_RELOAD_EXAMPLE}"
         )
 
     # launchd
@@ -289,8 +288,8 @@ def caddy_not_loaded(label: str, domains: tuple[str, ...]) -> str:
         f"caddy: devpi_caddy_restart is Caddy's launchd label {label}, which is not loaded in "
         f"{', '.join(domains)} (`launchctl print <domain>/{label}` found nothing), so Caddy cannot be "
         "restarted to pick up the new site block: load Caddy's job (e.g. `brew services start caddy`), "
-        "or set devpi_caddy_restart to {'command': '/opt/homebrew/bin/caddy reload --config <your "
-        "Caddyfile>'} (a graceful reload that does not go through launchd)"
+        f"or set devpi_caddy_restart to {layout.CADDY_RELOAD_EXAMPLE} (a graceful reload that does not "
+        "go through launchd)"
     )
 
 
