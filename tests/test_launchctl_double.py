@@ -646,12 +646,12 @@ def test_a_user_who_does_not_own_dev_console_has_no_gui_domain(nobody_double):
 
 
 def test_gui_user_and_system_domains_hold_separate_jobs(double):
-    """One label, loaded in gui/<uid> and user/<uid> at once: two jobs, two processes,
-    each domain's verbs touch only its own. (Kept as it was; MACOS.md: a user-domain job
-    and a gui-domain job are different jobs.)"""
+    """One label, loaded in user/<uid> and then gui/<uid> (a console login loading an Aqua
+    agent while the user/<uid> job holds the label): two jobs, two processes, each
+    domain's verbs touch only its own (MACOS.md)."""
     path = double.plist("net.devpi.twice")
-    double.ok("bootstrap", GUI, str(path))
     double.ok("bootstrap", USER, str(path))
+    double.ok("bootstrap", GUI, str(path))
     gui_pid = wait_for(lambda: double.pid("net.devpi.twice", GUI))
     user_pid = wait_for(lambda: double.pid("net.devpi.twice", USER))
     assert gui_pid != user_pid and alive(gui_pid) and alive(user_pid)
@@ -662,6 +662,19 @@ def test_gui_user_and_system_domains_hold_separate_jobs(double):
     assert double.print(f"{GUI}/net.devpi.twice").returncode == 113
     assert double.pid("net.devpi.twice", USER) == user_pid
     assert double.print("system/net.devpi.twice").returncode == 113
+
+
+def test_user_domain_refuses_a_label_that_runs_in_gui(double):
+    """launchd refuses ``bootstrap user/<uid>`` of a label running in gui/<uid> with error
+    5 (MACOS.md, "bootstrap, bootout, kickstart"); the gui job goes on."""
+    path = double.plist("net.devpi.gui-first")
+    double.ok("bootstrap", GUI, str(path))
+    gui_pid = wait_for(lambda: double.pid("net.devpi.gui-first", GUI))
+    refused = double.run("bootstrap", USER, str(path))
+    assert refused.returncode == 5, refused.stderr
+    assert refused.stderr.startswith("Bootstrap failed: 5: Input/output error")
+    assert double.print(f"{USER}/net.devpi.gui-first").returncode == 113
+    assert double.pid("net.devpi.gui-first", GUI) == gui_pid and alive(gui_pid)
 
 
 def test_legacy_load_of_an_aqua_agent_by_the_console_owner_lands_in_gui(double):
@@ -742,8 +755,8 @@ def test_list_shows_the_callers_session_and_managername_says_background(double):
     ``Background`` over SSH (Mic92/sops-nix#966)."""
     assert double.ok("managername").stdout == "Background\n"
     path = double.plist("net.devpi.both")
-    double.ok("bootstrap", GUI, str(path))
     double.ok("bootstrap", USER, str(path))
+    double.ok("bootstrap", GUI, str(path))
     double.ok("bootstrap", GUI, str(double.plist("net.devpi.guionly")))
     gui_pid = wait_for(lambda: double.pid("net.devpi.both", GUI))
     user_pid = wait_for(lambda: double.pid("net.devpi.both", USER))

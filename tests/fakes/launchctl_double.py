@@ -45,7 +45,10 @@ re-running the command as root for richer errors."). ``LAUNCHCTL_DOUBLE_DEFAULT_
 Domains
 -------
 ``gui/<uid>`` and ``user/<uid>`` of the current user, and ``system``: three separate sets
-of jobs (a label may be loaded in each at once). Sources are in ../shared/MACOS.md.
+of jobs. A label may be loaded in more than one at once, but ``bootstrap user/<uid>`` of
+a label that runs in ``gui/<uid>`` is refused with 5 (the evidence set's sample; the
+other order is allowed: a console login loads an Aqua agent into ``gui/<uid>`` while the
+``user/<uid>`` job holds the label). Sources are in ../shared/MACOS.md.
 
 * The console owner is ``console_uid`` when present, else ``os.stat("/dev/console")``'s
   owner (Homebrew's Library/Homebrew/services/system.rb). ``gui/<uid>`` exists only for
@@ -845,6 +848,11 @@ def bootstrap_one(root, target, path, verb_title="Bootstrap", session=None):
         job, _status, jdir = loaded_job(root, target.domain, label)
         if job is not None or in_teardown(root, service):
             verb_failed(verb_title, 5, path, "service already bootstrapped")
+        if target.kind == "user" and loaded_job(root, f"gui/{target.uid}", label)[0] is not None:
+            # launchd refuses user/<uid> a label that runs in gui/<uid> (error 5; the
+            # other way round is allowed: a console login loads an Aqua agent into
+            # gui/<uid> while the user/<uid> job holds the label). ../shared/MACOS.md.
+            verb_failed(verb_title, 5, path, "service already bootstrapped in gui/" + str(target.uid))
         allowed = session_types(plist, target.kind)
         if session is not None and plist.get("LimitLoadToSessionType") is None:
             allowed = [session]
