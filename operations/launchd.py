@@ -262,6 +262,13 @@ def agent(
 
     # A disabled job cannot be bootstrapped and would not load at the next login.
     enable = [f"{sudo}launchctl enable {target}"] if not loaded or job.get("disabled") else []
+    if loaded and job.get("disabled"):
+        # System Settings' Login Items writes the same disabled store (MACOS.md): say
+        # that the deploy undoes what someone may have switched off there.
+        log_once(
+            f"{domain}/{label} is disabled (`launchctl disable`, or switched off in System Settings > "
+            "Login Items): enabling it again"
+        )
 
     make_dirs = [f"mkdir -p {' '.join(shlex.quote(d) for d in directories)}"] if directories else []
     if log_files:

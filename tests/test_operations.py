@@ -482,6 +482,14 @@ def test_disabled_job_is_enabled(config):
     host.job = {**host.job, "disabled": True}
     steps = converge(host, config)
     assert launchctl_verbs(steps["agent"]) == ["enable"]
+    # System Settings' Login Items writes the same store: the run says it switches it on
+    assert any("is disabled" in m and "Login Items" in m and "enabling it again" in m for m in host.logged)
+
+
+def test_an_enabled_job_is_not_said_to_be_disabled(config):
+    host = converged(config)
+    converge(host, config)
+    assert not [m for m in host.logged if "Login Items" in m]
 
 
 @pytest.mark.parametrize("state", ["not running", "spawn scheduled"])
