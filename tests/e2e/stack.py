@@ -70,6 +70,9 @@ class DeployedStack:
     caddy: CaddyJob | None = None
     #: The data of the first converge: what :meth:`reset` goes back to.
     initial_data: dict = dataclasses.field(default_factory=dict)
+    #: Converged with ``data`` and not yet used by a test (set by ``SharedHost.get``):
+    #: :meth:`reset` has nothing to do.
+    untouched: bool = False
 
     # -- where things are
     @property
@@ -218,12 +221,18 @@ class DeployedStack:
         wait_until(lambda: not port_open(self.devpi_port), timeout, 0.05,
                    f"devpi to stop listening on {self.devpi_port} after bootout")
 
-    def reset(self, **host_data: Any) -> PyinfraResult:
+    def reset(self, **host_data: Any) -> PyinfraResult | None:
         """Back to a converged host as first deployed, for the next test of a module that
         shares it: the host's data as at the first converge (plus ``host_data``), Caddy
         loaded again in the deploy's domain if a test took it away, then the deploy (which
-        rewrites what a test changed and brings a stopped devpi back)."""
-        self.data = {**self.initial_data, **host_data}
+        rewrites what a test changed and brings a stopped devpi back). Nothing to do (None)
+        for a host ``untouched`` since it converged with that data."""
+        wanted = {**self.initial_data, **host_data}
+        if self.untouched and self.data == wanted:
+            self.untouched = False
+            return None
+        self.untouched = False
+        self.data = wanted
         if self.caddy is not None and self.launchd.print(self.caddy_label).returncode != 0:
             self.launchd.bootstrap(self.caddy.plist)
         result = self.deploy()
@@ -318,8 +327,10 @@ class SharedHost:
     def get(self, **host_data: Any) -> DeployedStack:
         """The host, converged with the default data plus ``host_data``."""
         if self.stack is not None:
+            self.stack.untouched = False  # the last module's tests used it
             try:
                 self.stack.reset(**host_data)
+                self.stack.untouched = True
                 return self.stack
             except Exception:
                 self.stack.stop()
@@ -332,6 +343,7 @@ class SharedHost:
         except BaseException:
             stack.stop()
             raise
+        stack.untouched = True
         self.stack = stack
         return stack
 
