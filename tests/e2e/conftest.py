@@ -53,7 +53,8 @@ deploy) is built by ``stack.start_stack(sshd, launchd, upstream, root, name, ...
 
 ``shared_host`` (session)
     One deployed host that the modules needing only "a deployed host" share (caddy hold
-    and restart, drift and lock, probe, retire, rollback, status, uninstall):
+    and restart, drift and lock, logs, probe, retire, rollback, the source host of the
+    server dir checks, status, uninstall, in that order; uninstall purges it last):
     ``shared_host.get(**host_data)`` resets it to the default data plus the module's,
     converged; a test that changes it resets it (``stack.reset(**host_data)``).
 
