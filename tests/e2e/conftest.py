@@ -51,6 +51,13 @@ A deployed host (devpi + Caddy run by the launchctl double, converged by the rea
 deploy) is built by ``stack.start_stack(sshd, launchd, upstream, root, name, ...)``
 (see ``stack.py``), in a module-scoped fixture of each module that needs one.
 
+``shared_host`` (session)
+    One deployed host that the modules needing only "a deployed host" share (caddy hold
+    and restart, drift and lock, logs, probe, retire, rollback, the source host of the
+    server dir checks, status, uninstall, in that order; uninstall purges it last):
+    ``shared_host.get(**host_data)`` resets it to the default data plus the module's,
+    converged; a test that changes it resets it (``stack.reset(**host_data)``).
+
 On a failing test the tails of all ``*.log`` files under the test's ``tmp_path``, the
 launchd state dir, the sandbox HOME and sshd's / the upstream's logs are attached to the
 report. At session end sshd and the http.server are stopped by PID, then
@@ -80,6 +87,7 @@ from .harness import (
     start_sshd,
     start_upstream,
 )
+from .stack import SharedHost
 
 _LOG_DIRS = pytest.StashKey[list]()
 #: Session-wide places whose logs are attached to every failing e2e test.
@@ -226,6 +234,18 @@ def headless_launchd(headless_sshd: SshServer, headless_launchd_state: Path) -> 
 @pytest.fixture(scope="session")
 def upstream(e2e_root: Path, tools: harness.ToolPaths) -> Upstream:
     yield from _session_service(start_upstream(e2e_root / "upstream", python=tools.python3))
+
+
+@pytest.fixture(scope="session")
+def shared_host(e2e_root: Path, sshd: SshServer, launchd: LaunchdDouble, upstream: Upstream):
+    """``stack.SharedHost``: one deployed host (devpi behind Caddy) that the modules whose
+    tests need only "a deployed host" share; ``shared_host.get(**host_data)`` converges it
+    with a module's data (a module-scoped fixture calls it once per module)."""
+    host = SharedHost(sshd, launchd, upstream, e2e_root / "shared")
+    try:
+        yield host
+    finally:
+        host.stop()
 
 
 # --------------------------------------------------------------------------- per-test helpers

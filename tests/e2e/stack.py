@@ -12,7 +12,9 @@ fixtures; nothing here listens anywhere but 127.0.0.1.
 
 The host's data lives in ``stack.data`` (``update(**changes)`` changes it for every later
 run); ``deploy(*args, **overrides)`` runs ``deploys/devpi.py`` with ``overrides`` for that
-run only, through a one-off inventory that leaves the host's own as it was.
+run only, through a one-off inventory that leaves the host's own as it was. A module that
+shares one deployed host among its tests calls ``reset()`` between them: the first
+converge's data again, converged.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ class DeployedStack:
     data: dict
     #: The Caddy job the deploy configures, or None (then no Caddy is restarted).
     caddy: CaddyJob | None = None
+    #: The data of the first converge: what :meth:`reset` goes back to.
+    initial_data: dict = dataclasses.field(default_factory=dict)
+    #: Converged with ``data`` and not yet used by a test (set by ``SharedHost.get``):
+    #: :meth:`reset` has nothing to do.
+    untouched: bool = False
 
     # -- where things are
     @property
@@ -214,6 +221,26 @@ class DeployedStack:
         wait_until(lambda: not port_open(self.devpi_port), timeout, 0.05,
                    f"devpi to stop listening on {self.devpi_port} after bootout")
 
+    def reset(self, **host_data: Any) -> PyinfraResult | None:
+        """Back to a converged host as first deployed, for the next test of a module that
+        shares it: the host's data as at the first converge (plus ``host_data``), Caddy
+        loaded again in the deploy's domain if a test took it away, then the deploy (which
+        rewrites what a test changed and brings a stopped devpi back). Nothing to do (None)
+        for a host ``untouched`` since it converged with that data."""
+        wanted = {**self.initial_data, **host_data}
+        if self.untouched and self.data == wanted:
+            self.untouched = False
+            return None
+        self.untouched = False
+        self.data = wanted
+        if self.caddy is not None and self.launchd.print(self.caddy_label).returncode != 0:
+            self.launchd.bootstrap(self.caddy.plist)
+        result = self.deploy()
+        self.wait_healthy()
+        if self.caddy is not None:
+            self.wait_caddy()
+        return result
+
     def stop(self) -> None:
         """Boot out devpi's job and the Caddy job."""
         self.launchd.bootout(self.label)
@@ -275,6 +302,7 @@ def start_stack(
         "devpi_python": controller_python(),
         **host_data,
     }
+    stack.initial_data = dict(stack.data)
     try:
         if deploy:
             stack.deploy()
@@ -282,3 +310,43 @@ def start_stack(
         stack.stop()
         raise
     return stack
+
+
+class SharedHost:
+    """One deployed host (devpi behind Caddy, the default data) that several modules share
+    (the session fixture ``shared_host``): :meth:`get` gives it converged with a module's
+    data, so each module pays a reset (usually a config change and a restart), not a
+    first converge. A host a module left beyond repair (its reset fails) is stopped and
+    a fresh one deployed, so one module's breakage does not fail the next ones."""
+
+    def __init__(self, sshd: SshServer, launchd: LaunchdDouble, upstream: Upstream, root: Path) -> None:
+        self.sshd, self.launchd, self.upstream, self.root = sshd, launchd, upstream, root
+        self.stack: DeployedStack | None = None
+        self.deployed = 0  # first converges so far
+
+    def get(self, **host_data: Any) -> DeployedStack:
+        """The host, converged with the default data plus ``host_data``."""
+        if self.stack is not None:
+            self.stack.untouched = False  # the last module's tests used it
+            try:
+                self.stack.reset(**host_data)
+                self.stack.untouched = True
+                return self.stack
+            except Exception:
+                self.stack.stop()
+                self.stack = None
+        self.deployed += 1
+        stack = start_stack(self.sshd, self.launchd, self.upstream, self.root / f"host-{self.deployed}",
+                            f"shared{self.deployed}", deploy=False)
+        try:
+            stack.reset(**host_data)
+        except BaseException:
+            stack.stop()
+            raise
+        stack.untouched = True
+        self.stack = stack
+        return stack
+
+    def stop(self) -> None:
+        if self.stack is not None:
+            self.stack.stop()

@@ -15,9 +15,23 @@ import pytest
 
 from . import devpi_client as devpi
 from .harness import Poller, build_wheel
-from .stack import start_stack
+from .stack import DeployedStack
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def host(shared_host) -> DeployedStack:
+    """The deployed host (devpi behind Caddy) the module's tests share with other modules."""
+    return shared_host.get()
+
+
+@pytest.fixture
+def stack(host, e2e_log_dirs) -> DeployedStack:
+    """The module's host; each test starts with ``stack.reset(...)`` (the tests change
+    devpi's config and Caddy's hold, and stop devpi)."""
+    e2e_log_dirs.append(host.root)
+    return host
 
 
 def restart_under_polls(stack, **overrides) -> tuple[Poller, Poller]:
@@ -33,26 +47,25 @@ def restart_under_polls(stack, **overrides) -> tuple[Poller, Poller]:
     return direct, proxied
 
 
-def test_requests_through_caddy_wait_out_a_restart(sshd, launchd, upstream, tmp_path):
-    with start_stack(sshd, launchd, upstream, tmp_path / "stack", "hold") as stack:
-        stack.wait_caddy()
+def test_requests_through_caddy_wait_out_a_restart(stack):
+    stack.reset()
 
-        # A config change: devpi restarts (kickstart -k); Caddy's block is unchanged.
-        direct, proxied = restart_under_polls(stack, devpi_server_options={"threads": 12})
-        assert direct.failed(), "devpi never stopped answering: the run did not restart it"
-        assert proxied.failed() == [], proxied.failed()
-        # Held, not lost: requests through Caddy were in flight while devpi's port was
-        # closed, and were answered 200.
-        first_down, last_down = direct.failed()[0][0], direct.failed()[-1][0]
-        assert any(sent <= last_down and back >= first_down for sent, back in proxied.spans)
+    # A config change: devpi restarts (kickstart -k); Caddy's block is unchanged.
+    direct, proxied = restart_under_polls(stack, devpi_server_options={"threads": 12})
+    assert direct.failed(), "devpi never stopped answering: the run did not restart it"
+    assert proxied.failed() == [], proxied.failed()
+    # Held, not lost: requests through Caddy were in flight while devpi's port was
+    # closed, and were answered 200.
+    first_down, last_down = direct.failed()[0][0], direct.failed()[-1][0]
+    assert any(sent <= last_down and back >= first_down for sent, back in proxied.spans)
 
-        # devpi_caddy_upstream_wait = 0: Caddy answers 502 while devpi is down. (The block
-        # changes, so Caddy restarts first: its own restart's refused connections are
-        # not what is asserted.)
-        stack.update(devpi_caddy_upstream_wait=0)
-        direct, proxied = restart_under_polls(stack, devpi_server_options={"threads": 13})
-        assert direct.failed()
-        assert 502 in {status for _, status in proxied.failed()}, proxied.failed()
+    # devpi_caddy_upstream_wait = 0: Caddy answers 502 while devpi is down. (The block
+    # changes, so Caddy restarts first: its own restart's refused connections are
+    # not what is asserted.)
+    stack.update(devpi_caddy_upstream_wait=0)
+    direct, proxied = restart_under_polls(stack, devpi_server_options={"threads": 13})
+    assert direct.failed()
+    assert 502 in {status for _, status in proxied.failed()}, proxied.failed()
 
 
 def legacy_upload(index_url: str, auth: tuple[str, str], wheel) -> int:
@@ -80,31 +93,30 @@ def legacy_upload(index_url: str, auth: tuple[str, str], wheel) -> int:
 
 
 @pytest.mark.parametrize("wait", [None, 0])
-def test_an_upload_through_caddy_waits_for_devpi_to_come_back(sshd, launchd, upstream, tmp_path, wait):
+def test_an_upload_through_caddy_waits_for_devpi_to_come_back(stack, launchd, tmp_path, wait):
     """A POST with a body (an upload) that reaches Caddy while devpi's port is closed is
     held and delivered whole once devpi is back; with devpi_caddy_upstream_wait = 0 it
     gets a 502."""
     data = {} if wait is None else {"devpi_caddy_upstream_wait": wait}
-    with start_stack(sshd, launchd, upstream, tmp_path / "stack", "holdpost", **data) as stack:
-        stack.wait_caddy()
-        alice = ("alice", "alice-Pa55")
-        devpi.ensure_user(stack.devpi_url, stack.root_auth, *alice)
-        devpi.ensure_index(stack.devpi_url, stack.root_auth, "alice/dev", bases=[], acl_upload=["alice"])
-        wheel = build_wheel(tmp_path / "dist", "held-upload", "1.0")
+    stack.reset(**data)
+    alice = ("alice", "alice-Pa55")
+    devpi.ensure_user(stack.devpi_url, stack.root_auth, *alice)
+    devpi.ensure_index(stack.devpi_url, stack.root_auth, "alice/dev", bases=[], acl_upload=["alice"])
+    wheel = build_wheel(tmp_path / "dist", "held-upload", "1.0")
 
-        stack.stop_devpi()
-        answers: list[int] = []
-        sender = threading.Thread(target=lambda: answers.append(
-            legacy_upload(f"{stack.caddy_url}/alice/dev/", alice, wheel)))
-        sender.start()
-        time.sleep(1)  # the upload waits in Caddy meanwhile
-        if wait == 0:
-            sender.join(60)
-            assert answers == [502]
-            return
-        assert answers == []
-        launchd.bootstrap(stack.plist)
+    stack.stop_devpi()
+    answers: list[int] = []
+    sender = threading.Thread(target=lambda: answers.append(
+        legacy_upload(f"{stack.caddy_url}/alice/dev/", alice, wheel)))
+    sender.start()
+    time.sleep(1)  # the upload waits in Caddy meanwhile
+    if wait == 0:
         sender.join(60)
-        assert answers == [200]
-        (url,) = devpi.simple_links(stack.devpi_url, "alice/dev", "held-upload").values()
-        assert devpi.sha256(devpi.download(url)) == wheel.sha256
+        assert answers == [502]
+        return
+    assert answers == []
+    launchd.bootstrap(stack.plist)
+    sender.join(60)
+    assert answers == [200]
+    (url,) = devpi.simple_links(stack.devpi_url, "alice/dev", "held-upload").values()
+    assert devpi.sha256(devpi.download(url)) == wheel.sha256

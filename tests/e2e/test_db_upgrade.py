@@ -6,6 +6,10 @@ The new release is the real devpi-server 6.20.3 wheel rebuilt as 6.20.99 whose
 ("Incompatible state"), as a real release with a new database version would. It is
 served from a private hermetic upstream together with every other wheel of the
 locked tree, so the new venv installs from loopback only.
+
+The tests share one deployed host, in this order: the failed import and the rollback
+after the swap each leave it as it was (that is what they assert), then the upgrade,
+which cannot be undone, runs last.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import pytest
 
 from . import devpi_client as devpi
 from .harness import REPO, rebuild_wheel, start_upstream, wheels_of_lock
-from .stack import start_stack
+from .stack import DeployedStack, start_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -65,13 +69,28 @@ def devpi_wheels(tmp_path_factory, tools) -> list[Path]:
     return [*wheels, new, failing, offline_only]
 
 
-@pytest.fixture
-def upstream(tools, tmp_path, devpi_wheels):
-    """A private upstream: the rebuilt release must not show up in other tests'."""
-    index = start_upstream(tmp_path / "upstream", python=tools.python3)
+@pytest.fixture(scope="module")
+def upstream(tools, tmp_path_factory, devpi_wheels):
+    """A private upstream: the rebuilt release must not show up in other modules' tests."""
+    index = start_upstream(tmp_path_factory.mktemp("dbupgrade-upstream"), python=tools.python3)
     index.add_wheels(devpi_wheels)
     yield index
     index.stop()
+
+
+@pytest.fixture(scope="module")
+def host(sshd, launchd, upstream, tmp_path_factory) -> DeployedStack:
+    """One deployed host (devpi-server 6.20.3, database version 4) for the module's tests."""
+    with start_stack(sshd, launchd, upstream, tmp_path_factory.mktemp("dbupgrade-stack"), "dbupgrade",
+                     caddy=False) as deployed:
+        yield deployed
+
+
+@pytest.fixture
+def stack(host, e2e_log_dirs) -> DeployedStack:
+    e2e_log_dirs.append(host.root)
+    host.wait_healthy()
+    return host
 
 
 #: What a running devpi rewrites on its own: the serial of the last event it processed
@@ -100,99 +119,95 @@ def tree(path: Path) -> dict[str, str]:
     return out
 
 
-def test_a_new_database_version_is_refused_then_moved_over_with_the_opt_in(sshd, launchd, upstream, tools,
-                                                                           tmp_path):
-    with start_stack(sshd, launchd, upstream, tmp_path / "stack", "dbupgrade", caddy=False) as stack:
-        # what a user keeps in devpi: a user, an index, an uploaded package
-        devpi.ensure_user(stack.devpi_url, stack.root_auth, "alice", "alice-pw")
-        devpi.ensure_index(stack.devpi_url, stack.root_auth, "alice/dev", bases=["root/pypi"], acl_upload=["alice"])
-        wheel = upstream.add_project("alice-tool", "0.1", [])
-        published = devpi.uv_publish(tools.uv, wheel.path, f"{stack.devpi_url}/alice/dev/", "alice", "alice-pw")
-        assert published.returncode == 0, published.stdout + published.stderr
-        users_indexes = stack.state()
-        server_dir = tree(stack.server_dir)
-        venv, venvs, pid = stack.venv_target(), sorted(os.listdir(stack.devpi_home / "venvs")), stack.pid()
-        bump = {"devpi_server_version": NEW_SERVER, "devpi_index_url": upstream.url}
+def test_a_failed_import_leaves_the_server_dir_and_the_service_as_they_were(stack, upstream):
+    server_dir, venv = tree(stack.server_dir), stack.venv_target()
+    uuid = (stack.server_dir / ".nodeinfo").read_text()
 
-        # Without the opt-in: refused, the exact opt-in in the message, nothing live changed.
-        refused = stack.deploy(check=False, **bump)
-        assert refused.returncode != 0, refused.describe()
-        assert f"devpi-server {NEW_SERVER} uses database version 5 but {stack.server_dir} holds version 4" \
-            in refused.output
-        assert "--data devpi_allow_export_import=true" in refused.output
-        assert tree(stack.server_dir) == server_dir
-        assert stack.venv_target() == venv and stack.pid() == pid
-        assert sorted(os.listdir(stack.devpi_home / "venvs")) == venvs  # the new venv was removed
+    result = stack.deploy("--data", "devpi_allow_export_import=true", check=False,
+                          devpi_server_version=FAILING_SERVER, devpi_index_url=upstream.url)
 
-        # A dry run with it lists every step, changes nothing and reads no secret.
-        dry = stack.deploy("--dry", "--diff", "--data", "devpi_allow_export_import=true", **bump)
-        for step in ("stop devpi", "devpi-export with the live venv", "devpi-import with the new venv",
-                     "spare loopback port", "server-dir.before-db4-<time> (kept)", "No secret is read",
-                     "Will run: # the server dir's data to the new venv's database version"):
-            assert step in dry.output, dry.describe()
-        assert stack.password not in dry.output and "Will read devpi_root_password" not in dry.output
-        assert tree(stack.server_dir) == server_dir and stack.pid() == pid
-
-        # With it: exported, imported, checked, swapped; the old dir kept.
-        result = stack.deploy("--data", "devpi_allow_export_import=true", **bump)
-        assert f"upgraded {stack.server_dir} from database version 4 to 5" in result.output, result.describe()
-        assert (stack.server_dir / ".serverversion").read_text().strip() == "5"
-        (kept,) = stack.devpi_home.glob("server-dir.before-db4-*")
-        assert tree(kept) == server_dir  # the old server dir, untouched
-        assert not list(stack.devpi_home.glob("*.pyinfra-new"))
-        assert os.path.realpath(venv) != os.path.realpath(stack.devpi_home / "venv")
-        assert (stack.devpi_home / "venv" / "bin" / "devpi-server").exists()
-        assert Path(venv).is_dir()  # the previous venv is kept
-        stack.wait_healthy()
-        assert stack.state() == users_indexes
-        assert stack.login("alice", "alice-pw") == 200
-        links = devpi.simple_links(stack.devpi_url, "alice/dev", "alice-tool")
-        assert devpi.sha256(devpi.download(links[wheel.filename])) == wheel.sha256
-
-        # The next run finds everything as it should be.
-        again = stack.deploy(**bump)
-        assert again.grand_total()[0] == 0, again.describe()
+    assert result.returncode != 0, result.describe()
+    assert "an import that fails" in result.output  # devpi-import's own words, from upgrade.log
+    assert "devpi runs again on the unchanged server dir" in result.output, result.describe()
+    assert "the upgrade across database versions failed" in result.output
+    # devpi's own files and every release file as they were (devpi restarted: its
+    # database may have been written since)
+    kept = lambda t: {k: v for k, v in t.items() if k in (".serverversion", ".nodeinfo") or k.startswith("+")}  # noqa: E731
+    assert kept(tree(stack.server_dir)) == kept(server_dir) and stack.venv_target() == venv
+    assert not list(stack.devpi_home.glob("server-dir.*"))  # no transient or kept dir left
+    stack.wait_healthy()
+    assert (stack.server_dir / ".nodeinfo").read_text() == uuid
 
 
-def test_a_failed_import_leaves_the_server_dir_and_the_service_as_they_were(sshd, launchd, upstream, tmp_path):
-    with start_stack(sshd, launchd, upstream, tmp_path / "stack", "dbfail", caddy=False) as stack:
-        server_dir, venv = tree(stack.server_dir), stack.venv_target()
-        uuid = (stack.server_dir / ".nodeinfo").read_text()
+def test_a_new_server_dir_that_fails_after_the_swap_is_rolled_back(stack, upstream):
+    venv = stack.venv_target()
+    uuid = (stack.server_dir / ".nodeinfo").read_text()
 
-        result = stack.deploy("--data", "devpi_allow_export_import=true", check=False,
-                              devpi_server_version=FAILING_SERVER, devpi_index_url=upstream.url)
+    result = stack.deploy("--data", "devpi_allow_export_import=true", check=False,
+                          devpi_server_version=OFFLINE_ONLY_SERVER, devpi_index_url=upstream.url,
+                          devpi_health_timeout=20)
 
-        assert result.returncode != 0, result.describe()
-        assert "an import that fails" in result.output  # devpi-import's own words, from upgrade.log
-        assert "devpi runs again on the unchanged server dir" in result.output, result.describe()
-        assert "the upgrade across database versions failed" in result.output
-        # devpi's own files and every release file as they were (devpi restarted: its
-        # database may have been written since)
-        kept = lambda t: {k: v for k, v in t.items() if k in (".serverversion", ".nodeinfo") or k.startswith("+")}  # noqa: E731
-        assert kept(tree(stack.server_dir)) == kept(server_dir) and stack.venv_target() == venv
-        assert not list(stack.devpi_home.glob("server-dir.*"))  # no transient or kept dir left
-        stack.wait_healthy()
-        assert (stack.server_dir / ".nodeinfo").read_text() == uuid
+    assert result.returncode != 0, result.describe()
+    assert "devpi did not answer from the new server dir within 20s: putting the old server dir and venv " \
+        "back" in result.output, result.describe()
+    assert "starts only offline" in result.output  # the error log's tail
+    assert "rolled back: devpi answers again from" in result.output
+    assert (stack.server_dir / ".serverversion").read_text().strip() == "4"
+    assert (stack.server_dir / ".nodeinfo").read_text() == uuid
+    assert stack.venv_target() == venv
+    (failed,) = stack.devpi_home.glob("server-dir.failed-db5-*")  # the new dir, kept
+    assert (failed / ".serverversion").read_text().strip() == "5"
+    assert not list(stack.devpi_home.glob("server-dir.before-db*"))
+    stack.wait_healthy()
 
 
-def test_a_new_server_dir_that_fails_after_the_swap_is_rolled_back(sshd, launchd, upstream, tmp_path):
-    with start_stack(sshd, launchd, upstream, tmp_path / "stack", "dbrollback", caddy=False) as stack:
-        venv = stack.venv_target()
-        uuid = (stack.server_dir / ".nodeinfo").read_text()
+def test_a_new_database_version_is_refused_then_moved_over_with_the_opt_in(stack, upstream, tools):
+    # what a user keeps in devpi: a user, an index, an uploaded package
+    devpi.ensure_user(stack.devpi_url, stack.root_auth, "alice", "alice-pw")
+    devpi.ensure_index(stack.devpi_url, stack.root_auth, "alice/dev", bases=["root/pypi"], acl_upload=["alice"])
+    wheel = upstream.add_project("alice-tool", "0.1", [])
+    published = devpi.uv_publish(tools.uv, wheel.path, f"{stack.devpi_url}/alice/dev/", "alice", "alice-pw")
+    assert published.returncode == 0, published.stdout + published.stderr
+    users_indexes = stack.state()
+    server_dir = tree(stack.server_dir)
+    venv, venvs, pid = stack.venv_target(), sorted(os.listdir(stack.devpi_home / "venvs")), stack.pid()
+    bump = {"devpi_server_version": NEW_SERVER, "devpi_index_url": upstream.url}
 
-        result = stack.deploy("--data", "devpi_allow_export_import=true", check=False,
-                              devpi_server_version=OFFLINE_ONLY_SERVER, devpi_index_url=upstream.url,
-                              devpi_health_timeout=20)
+    # Without the opt-in: refused, the exact opt-in in the message, nothing live changed.
+    refused = stack.deploy(check=False, **bump)
+    assert refused.returncode != 0, refused.describe()
+    assert f"devpi-server {NEW_SERVER} uses database version 5 but {stack.server_dir} holds version 4" \
+        in refused.output
+    assert "--data devpi_allow_export_import=true" in refused.output
+    assert tree(stack.server_dir) == server_dir
+    assert stack.venv_target() == venv and stack.pid() == pid
+    assert sorted(os.listdir(stack.devpi_home / "venvs")) == venvs  # the new venv was removed
 
-        assert result.returncode != 0, result.describe()
-        assert "devpi did not answer from the new server dir within 20s: putting the old server dir and venv " \
-            "back" in result.output, result.describe()
-        assert "starts only offline" in result.output  # the error log's tail
-        assert "rolled back: devpi answers again from" in result.output
-        assert (stack.server_dir / ".serverversion").read_text().strip() == "4"
-        assert (stack.server_dir / ".nodeinfo").read_text() == uuid
-        assert stack.venv_target() == venv
-        (failed,) = stack.devpi_home.glob("server-dir.failed-db5-*")  # the new dir, kept
-        assert (failed / ".serverversion").read_text().strip() == "5"
-        assert not list(stack.devpi_home.glob("server-dir.before-db*"))
-        stack.wait_healthy()
+    # A dry run with it lists every step, changes nothing and reads no secret.
+    dry = stack.deploy("--dry", "--diff", "--data", "devpi_allow_export_import=true", **bump)
+    for step in ("stop devpi", "devpi-export with the live venv", "devpi-import with the new venv",
+                 "spare loopback port", "server-dir.before-db4-<time> (kept)", "No secret is read",
+                 "Will run: # the server dir's data to the new venv's database version"):
+        assert step in dry.output, dry.describe()
+    assert stack.password not in dry.output and "Will read devpi_root_password" not in dry.output
+    assert tree(stack.server_dir) == server_dir and stack.pid() == pid
+
+    # With it: exported, imported, checked, swapped; the old dir kept.
+    result = stack.deploy("--data", "devpi_allow_export_import=true", **bump)
+    assert f"upgraded {stack.server_dir} from database version 4 to 5" in result.output, result.describe()
+    assert (stack.server_dir / ".serverversion").read_text().strip() == "5"
+    (kept,) = stack.devpi_home.glob("server-dir.before-db4-*")
+    assert tree(kept) == server_dir  # the old server dir, untouched
+    assert not list(stack.devpi_home.glob("*.pyinfra-new"))
+    assert os.path.realpath(venv) != os.path.realpath(stack.devpi_home / "venv")
+    assert (stack.devpi_home / "venv" / "bin" / "devpi-server").exists()
+    assert Path(venv).is_dir()  # the previous venv is kept
+    stack.wait_healthy()
+    assert stack.state() == users_indexes
+    assert stack.login("alice", "alice-pw") == 200
+    links = devpi.simple_links(stack.devpi_url, "alice/dev", "alice-tool")
+    assert devpi.sha256(devpi.download(links[wheel.filename])) == wheel.sha256
+
+    # The next run finds everything as it should be.
+    again = stack.deploy(**bump)
+    assert again.grand_total()[0] == 0, again.describe()

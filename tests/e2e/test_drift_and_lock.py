@@ -32,12 +32,8 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def stack(sshd, launchd, upstream, tmp_path_factory) -> DeployedStack:
-    deployed = start_stack(sshd, launchd, upstream, tmp_path_factory.mktemp("drift-stack"), "drift")
-    try:
-        yield deployed
-    finally:
-        deployed.stop()
+def stack(shared_host) -> DeployedStack:
+    return shared_host.get()
 
 
 @pytest.fixture(autouse=True)

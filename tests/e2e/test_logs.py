@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from .stack import DeployedStack, start_stack
+from .stack import DeployedStack
 
 pytestmark = pytest.mark.e2e
 
@@ -25,10 +25,8 @@ CLIENTS = 8
 
 
 @pytest.fixture(scope="module")
-def stack(sshd, launchd, upstream, tmp_path_factory) -> DeployedStack:
-    with start_stack(sshd, launchd, upstream, tmp_path_factory.mktemp("logs-stack"), "logs",
-                     devpi_log_max_bytes=MAX_BYTES, devpi_log_backups=BACKUPS) as deployed:
-        yield deployed
+def stack(shared_host) -> DeployedStack:
+    return shared_host.get(devpi_log_max_bytes=MAX_BYTES, devpi_log_backups=BACKUPS)
 
 
 @pytest.fixture(autouse=True)

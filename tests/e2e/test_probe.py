@@ -36,10 +36,10 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def stack(sshd, launchd, upstream, tmp_path_factory) -> DeployedStack:
-    with start_stack(sshd, launchd, upstream, tmp_path_factory.mktemp("probe-stack"), "probe") as deployed:
-        deployed.wait_healthy()
-        yield deployed
+def stack(shared_host) -> DeployedStack:
+    deployed = shared_host.get()
+    deployed.wait_healthy()
+    return deployed
 
 
 def jobs(launchd) -> list[str]:

@@ -5,6 +5,9 @@ upstream's whole project list (the upstream is never asked for its ``/simple/`` 
 An existing host whose ``root/pypi`` lacks ``mirror_no_project_list`` (what the Ansible
 role's devpi-init made) is switched in one run: the flag under the null backend first,
 then Whoosh and a restart. Memory and CPU are measured in ``bench/`` (``namelist``).
+
+The last two tests share one host, in this order: a declared unflagged mirror keeps
+search off, then that host (with search off, as an Ansible-made host has it) is switched.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import pytest
 
 from . import devpi_client
 from .harness import build_wheel, http, start_upstream, wait_until
-from .stack import start_stack
+from .stack import DeployedStack, start_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -23,12 +26,23 @@ EBLUME_REF = "op://vault/devpi/eblume password"
 EBLUME_PW = "eblume search Pa55"
 
 
-@pytest.fixture
-def upstream(tools, tmp_path):
-    """A private upstream: its request log is this test's alone."""
-    index = start_upstream(tmp_path / "upstream", python=tools.python3)
+@pytest.fixture(scope="module")
+def upstream(tools, tmp_path_factory):
+    """A private upstream: its request log is this module's alone (the tests count
+    requests since they began)."""
+    index = start_upstream(tmp_path_factory.mktemp("search-upstream"), python=tools.python3)
     yield index
     index.stop()
+
+
+@pytest.fixture(scope="module")
+def unflagged_host(sshd, launchd, upstream, tmp_path_factory) -> DeployedStack:
+    """A host whose declared root/pypi lacks mirror_no_project_list (what the Ansible
+    role's devpi-init made), deployed once for the module's last two tests."""
+    unflagged = {"mirror_url": upstream.url, "mirror_no_project_list": False}
+    with start_stack(sshd, launchd, upstream, tmp_path_factory.mktemp("search-unflagged"), "nosearch", caddy=False,
+                     devpi_indexes={"root/pypi": unflagged}) as deployed:
+        yield deployed
 
 
 def name_list_fetches(upstream, since: int = 0) -> list[str]:
@@ -89,44 +103,40 @@ def test_search_finds_a_private_upload_and_a_mirrored_project_after_a_restart(ss
         assert name_list_fetches(upstream, since) == []
 
 
-def test_an_existing_host_gets_the_flag_first_then_whoosh_in_one_run(sshd, launchd, upstream, tmp_path,
-                                                                     e2e_log_dirs):
-    e2e_log_dirs.append(tmp_path)
+def test_a_declared_unflagged_mirror_keeps_search_off_with_a_warning(unflagged_host):
+    stack = unflagged_host
+    result = stack.deploy()
+    assert backend(stack) == "null"
+    assert "devpi-web's search stays off" in result.output and "root/pypi" in result.output
+
+
+def test_an_existing_host_gets_the_flag_first_then_whoosh_in_one_run(unflagged_host, upstream, e2e_log_dirs):
+    stack = unflagged_host
+    e2e_log_dirs.append(stack.root)
     # The host as the Ansible role left it, but with the null backend: root/pypi without
     # mirror_no_project_list (devpi loads the name list when the mirror is created).
-    unflagged = {"mirror_url": upstream.url, "mirror_no_project_list": False}
-    with start_stack(sshd, launchd, upstream, tmp_path / "stack", "switch", caddy=False, devpi_search=False,
-                     devpi_indexes={"root/pypi": unflagged}) as stack:
-        assert backend(stack) == "null"
-        assert stack.state()["root"]["indexes"]["pypi"]["mirror_no_project_list"] is False
-        before = stack.wait_healthy()
-        since = len(upstream.requests())
+    stack.reset(devpi_search=False)
+    assert backend(stack) == "null"
+    assert stack.state()["root"]["indexes"]["pypi"]["mirror_no_project_list"] is False
+    before = stack.wait_healthy()
+    since = len(upstream.requests())
 
-        dry = stack.deploy("--dry", devpi_indexes={"root/pypi": {"mirror_url": upstream.url}}, devpi_search=True)
-        assert "switched on once root/pypi has mirror_no_project_list" in dry.output, dry.describe()
+    dry = stack.deploy("--dry", devpi_indexes={"root/pypi": {"mirror_url": upstream.url}}, devpi_search=True)
+    assert "switched on once root/pypi has mirror_no_project_list" in dry.output, dry.describe()
 
-        stack.update(devpi_search=True, devpi_indexes={"root/pypi": {"mirror_url": upstream.url}})
-        result = stack.deploy()
-        out = result.output
-        # the flag under the null backend, then the config naming Whoosh, then a restart
-        assert out.index("set index root/pypi's mirror_no_project_list to True") < out.index(
-            "Switch devpi-web search on"), result.describe()
-        assert backend(stack) == "whoosh"
-        assert stack.state()["root"]["indexes"]["pypi"]["mirror_no_project_list"] is True
-        assert stack.wait_healthy() != before
-        # devpi never ran Whoosh with the unflagged mirror: devpi-web opened its Whoosh
-        # index only after the flag was set, and nothing loaded the name list again
-        log = stack.server_log.read_text()
-        assert log.index("PATCH /root/pypi") < log.index("for Whoosh index files"), log[-3000:]
-        assert name_list_fetches(upstream, since) == []
-        # and the next run has nothing left to do
-        assert stack.deploy().grand_total()[0] == 0
-
-
-def test_a_declared_unflagged_mirror_keeps_search_off_with_a_warning(sshd, launchd, upstream, tmp_path):
-    unflagged = {"mirror_url": upstream.url, "mirror_no_project_list": False}
-    with start_stack(sshd, launchd, upstream, tmp_path / "stack", "nosearch", caddy=False,
-                     devpi_indexes={"root/pypi": unflagged}) as stack:
-        result = stack.deploy()
-        assert backend(stack) == "null"
-        assert "devpi-web's search stays off" in result.output and "root/pypi" in result.output
+    stack.update(devpi_search=True, devpi_indexes={"root/pypi": {"mirror_url": upstream.url}})
+    result = stack.deploy()
+    out = result.output
+    # the flag under the null backend, then the config naming Whoosh, then a restart
+    assert out.index("set index root/pypi's mirror_no_project_list to True") < out.index(
+        "Switch devpi-web search on"), result.describe()
+    assert backend(stack) == "whoosh"
+    assert stack.state()["root"]["indexes"]["pypi"]["mirror_no_project_list"] is True
+    assert stack.wait_healthy() != before
+    # devpi never ran Whoosh with the unflagged mirror: devpi-web opened its Whoosh
+    # index only after the flag was set, and nothing loaded the name list again
+    log = stack.server_log.read_text()
+    assert log.index("PATCH /root/pypi") < log.index("for Whoosh index files"), log[-3000:]
+    assert name_list_fetches(upstream, since) == []
+    # and the next run has nothing left to do
+    assert stack.deploy().grand_total()[0] == 0

@@ -56,17 +56,19 @@ def test_foreign_server_dirs_are_refused_before_any_change(sshd, launchd, upstre
         assert stack.pid() is None
 
 
-def test_a_server_dir_brought_over_is_checked_before_it_is_adopted(sshd, launchd, upstream, tools, tmp_path):
-    # The machine the data comes from: a user, an index, an upload.
-    with start_stack(sshd, launchd, upstream, tmp_path / "source", "source", caddy=False) as source:
-        devpi.ensure_user(source.devpi_url, source.root_auth, "alice", "alice-pw")
-        devpi.ensure_index(source.devpi_url, source.root_auth, "alice/dev", bases=["root/pypi"],
-                           acl_upload=["alice"])
-        wheel = upstream.add_project("brought-over", "1.0", [])
-        published = devpi.uv_publish(tools.uv, wheel.path, f"{source.devpi_url}/alice/dev/", "alice", "alice-pw")
-        assert published.returncode == 0, published.stdout + published.stderr
-        users_indexes = source.state()
-        source.stop_devpi()
+def test_a_server_dir_brought_over_is_checked_before_it_is_adopted(sshd, launchd, upstream, tools, tmp_path,
+                                                                   shared_host):
+    # The machine the data comes from (the deployed host other modules share: it is
+    # stopped here, and reset by the next module that gets it): a user, an index, an upload.
+    source = shared_host.get()
+    devpi.ensure_user(source.devpi_url, source.root_auth, "mover", "mover-pw")
+    devpi.ensure_index(source.devpi_url, source.root_auth, "mover/dev", bases=["root/pypi"],
+                       acl_upload=["mover"])
+    wheel = upstream.add_project("brought-over", "1.0", [])
+    published = devpi.uv_publish(tools.uv, wheel.path, f"{source.devpi_url}/mover/dev/", "mover", "mover-pw")
+    assert published.returncode == 0, published.stdout + published.stderr
+    users_indexes = source.state()
+    source.stop_devpi()
     (stored,) = [p for p in source.server_dir.rglob("*.whl") if p.name == wheel.filename]
 
     with start_stack(sshd, launchd, upstream, tmp_path / "target", "target", caddy=False, deploy=False) as target:
@@ -108,8 +110,8 @@ def test_a_server_dir_brought_over_is_checked_before_it_is_adopted(sshd, launchd
         assert "Check the server dir brought over (devpi-fsck)" in result.output
         target.wait_healthy()
         assert target.state() == users_indexes
-        assert target.login("alice", "alice-pw") == 200
-        links = devpi.simple_links(target.devpi_url, "alice/dev", "brought-over")
+        assert target.login("mover", "mover-pw") == 200
+        links = devpi.simple_links(target.devpi_url, "mover/dev", "brought-over")
         assert devpi.sha256(devpi.download(links[wheel.filename])) == wheel.sha256
         # adopted: the next run checks nothing again. (devpi did not answer while the first
         # run planned, so that run could not see the mirrors' flags and left search off;

@@ -8,17 +8,15 @@ import json
 import pytest
 
 from .harness import wait_until
-from .stack import DeployedStack, start_stack
+from .stack import DeployedStack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def stack(sshd, launchd, upstream, tmp_path_factory) -> DeployedStack:
+def stack(shared_host) -> DeployedStack:
     # A short throttle: a crash-looping job is respawned every 2 s.
-    with start_stack(sshd, launchd, upstream, tmp_path_factory.mktemp("status-stack"), "status",
-                     devpi_throttle_interval=2) as deployed:
-        yield deployed
+    return shared_host.get(devpi_throttle_interval=2)
 
 
 @pytest.fixture(autouse=True)

@@ -10,15 +10,15 @@ import pytest
 from tests.deploy_scenarios import check_purged
 
 from .harness import http_ok, wait_until
-from .stack import DeployedStack, start_stack
+from .stack import DeployedStack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def stack(sshd, launchd, upstream, tmp_path_factory) -> DeployedStack:
-    with start_stack(sshd, launchd, upstream, tmp_path_factory.mktemp("uninstall-stack"), "uninstall") as deployed:
-        yield deployed
+def stack(shared_host) -> DeployedStack:
+    """The shared host: the module purges it (a later ``shared_host.get()`` deploys it afresh)."""
+    return shared_host.get()
 
 
 @pytest.fixture(autouse=True)
