@@ -1,6 +1,8 @@
 """
 The packaged deploy: host data → validated config → facts → operations.
 
+The converge is ``STEPS``, a list of named steps, each saying what it reads from the host
+(prefetched for all of them in one round trip) and planning its operations in order.
 Everything that can refuse the run (bad host data, no launchd, a server dir the
 pinned devpi must not touch, a secret that cannot be read) is checked here, while
 pyinfra plans, so a refused run changes nothing on the host.
@@ -315,7 +317,7 @@ def preflight_step(c: Converge) -> None:
     c.server_yaml = render_server_yaml(config, c.searching.backend)
 
 
-def venv(c: Converge) -> None:
+def venv_build(c: Converge) -> None:
     c.op("venv build", devpi.venv, name="Install devpi venv", config=c.config, lock=read_lock(c.config))
 
 
@@ -524,7 +526,7 @@ def release(c: Converge) -> None:
 STEPS = (
     Step("lock", lock_reads, lock),
     Step("preflight", preflight_reads, preflight_step),
-    Step("venv build", lambda c: [devpi.venv_read(c.config)], venv),
+    Step("venv build", lambda c: [devpi.venv_read(c.config)], venv_build),
     Step("server dir", lambda c: [devpi.server_dir_read(c.config)], server_dir),
     Step("config files", lambda c: [c.paths.logging_config, c.paths.config_file, devpi.server_dir_read(c.config)],
          config_files),
