@@ -159,6 +159,26 @@ def test_plist_change_reloads_the_job(host):
     assert_quiet_rerun(host)
 
 
+def test_plist_change_while_bootout_answers_36(host):
+    """launchd may answer a bootout with 36 ("Operation now in progress") while the job is
+    still stopping (osquery/osquery#5698): the deploy waits until print no longer finds
+    the job, then bootstraps the new definition."""
+    pid = host.wait_healthy()
+    knob = host.launchd.state_dir / "bootout_in_progress"
+    knob.touch()
+    try:
+        host.update(devpi_throttle_interval=3)
+        result = host.deploy()
+        assert result.ok, result.describe()
+        new_pid = host.wait_healthy()
+    finally:
+        knob.unlink()
+    assert new_pid != pid
+    assert "minimum runtime = 3" in host.printed()
+    assert_loaded_where_it_belongs(host)
+    assert_quiet_rerun(host)
+
+
 def test_version_bump_keeps_data(host):
     devpi.ensure_user(host.devpi_url, host.root_auth, "keeper", "keeper-pw")
     devpi.ensure_index(host.devpi_url, host.root_auth, "keeper/dev")
