@@ -99,8 +99,8 @@ def old_agents(label: str, place: JobPlace, plist_path: str, config_file: str, a
             )
             continue
         host.log(f"{agent['label']} is this devpi under an old label: retiring it", logger.info)
-        agent_domains = (place.agent_domain, place.other_agent_domain)
-        commands += removal_commands(agent["label"], [(d, "") for d in agent_domains], [(path, "")], found_only=False)
+        commands += removal_commands(agent["label"], [(d, "") for d in place.own_domains], [(path, "")],
+                                     found_only=False)
     if not commands:
         host.noop("no job of this devpi under another label, domain or scope")
     yield from commands

@@ -93,6 +93,12 @@ class JobPlace:
         return next(d for d in agent_domains(self.uid) if d != self.agent_domain)
 
     @property
+    def own_domains(self) -> tuple[str, str]:
+        """The SSH user's two agent domains, the one the session rule picks first (where
+        a LaunchAgent under an old label is booted out)."""
+        return (self.agent_domain, self.other_agent_domain)
+
+    @property
     def everywhere(self) -> tuple[str, ...]:
         """Every domain a job of the deploy's may be loaded in, whatever the scope: the SSH
         user's two and the system domain (what the uninstall boots out)."""
@@ -102,7 +108,7 @@ class JobPlace:
     def lookup_order(self) -> tuple[str, ...]:
         """Where a job someone else loaded (Caddy's) is looked for, in order: the SSH
         user's domain, their other agent domain, ``system``."""
-        return (self.agent_domain, self.other_agent_domain, SYSTEM_DOMAIN)
+        return (*self.own_domains, SYSTEM_DOMAIN)
 
     @property
     def elsewhere(self) -> tuple[str, ...]:

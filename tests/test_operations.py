@@ -119,6 +119,17 @@ def converge(host, config, password_hash=None, executing=True, diff=False, place
     """The deploy's steps (``deploys._service.STEPS``, the real list) under prepared facts,
     from what the preflight step would have found: ``{operation key: its commands}``."""
     steps = {}
+    c = preflighted(host, config, place or place_of(config), prepared_call(host, steps, executing, diff),
+                    password_hash)
+    for step in service.STEPS:
+        if step.name in CONVERGED_STEPS:
+            in_context(host, step.run, c, executing=executing)
+    return steps
+
+
+def prepared_call(host, steps: dict, executing=True, diff=False):
+    """How the steps plan an operation here: run it under the prepared facts, keep its
+    commands in ``steps`` by the operation's key."""
 
     def call(key, op, **kwargs):
         kwargs = {k: v for k, v in kwargs.items() if k != "name" and not k.startswith("_")}
@@ -127,11 +138,7 @@ def converge(host, config, password_hash=None, executing=True, diff=False, place
         steps[key] = commands
         return Meta(bool(commands))
 
-    c = preflighted(host, config, place or place_of(config), call, password_hash)
-    for step in service.STEPS:
-        if step.name in CONVERGED_STEPS:
-            in_context(host, step.run, c, executing=executing)
-    return steps
+    return call
 
 
 def preflighted(host, config, place, call, password_hash=None) -> "service.Converge":
@@ -207,6 +214,17 @@ def test_converged_host_yields_nothing(config):
     ]
 
 
+def asked_reads(host) -> set:
+    """What the operations asked the prepared host for, as declared reads' keys."""
+    asked = set()
+    for name, kwargs in host.asked:
+        if name == "FileContents":
+            asked.update(("file", path) for path in kwargs["paths"])
+        else:
+            asked.add((name, FactRead.of(object, **kwargs).arguments))
+    return asked
+
+
 def test_each_step_declares_exactly_what_it_reads(config):
     """The deploy prefetches the steps' ``reads`` in one round trip; a step that read
     anything else would cost a rerun a remote command each."""
@@ -216,23 +234,13 @@ def test_each_step_declares_exactly_what_it_reads(config):
 
     for host in (converged(config), fresh(config)):
         asked_by_step, declared_by_step = {}, {}
-
-        def call(key, op, **kwargs):
-            kwargs = {k: v for k, v in kwargs.items() if k != "name" and not k.startswith("_")}
-            return Meta(bool(run_op(op, host, **kwargs)))
-
-        c = preflighted(host, config, place_of(config), call, HiddenValue(PASSWORD_HASH))
+        c = preflighted(host, config, place_of(config), prepared_call(host, {}), HiddenValue(PASSWORD_HASH))
         for step in service.STEPS:
             if step.name not in CONVERGED_STEPS:
                 continue
             host.asked.clear()
             in_context(host, step.run, c)
-            asked = set()
-            for name, kwargs in host.asked:
-                if name == "FileContents":
-                    asked.update(("file", path) for path in kwargs["paths"])
-                else:
-                    asked.add((name, FactRead.of(object, **kwargs).arguments))
+            asked = asked_reads(host)
             asked_by_step[step.name], declared_by_step[step.name] = asked, keys(step.reads(c))
             # Only what it declares (a fact an earlier step read is answered from the snapshot).
             assert asked <= declared_by_step[step.name], step.name
@@ -1434,12 +1442,7 @@ def test_the_daemon_scope_reads_only_what_the_modules_declare(daemon_config):
     fresh_host.job_domain = "system"
     for host in (daemon_converged(config), fresh_host):
         converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
-        asked = set()
-        for name, kwargs in host.asked:
-            if name == "FileContents":
-                asked.update(("file", path) for path in kwargs["paths"])
-            else:
-                asked.add((name, FactRead.of(object, **kwargs).arguments))
+        asked = asked_reads(host)
         assert asked == declared
     assert ("LaunchdJob", FactRead.of(object, label="net.devpi", domain="system").arguments) in declared
 
