@@ -11,6 +11,6 @@ from pathlib import Path
 # The project's packages (facts, operations, pyinfra_devpi) live at the repo root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyinfra_devpi.deploy import devpi_service  # noqa: E402
+from deploys._service import devpi_service  # noqa: E402
 
 devpi_service()

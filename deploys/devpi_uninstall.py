@@ -13,6 +13,6 @@ from pathlib import Path
 # The project's packages (facts, operations, pyinfra_devpi) live at the repo root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyinfra_devpi.uninstall import devpi_uninstall  # noqa: E402
+from deploys._uninstall import devpi_uninstall  # noqa: E402
 
 devpi_uninstall()

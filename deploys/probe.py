@@ -38,6 +38,7 @@ from facts.files import FileMode  # noqa: E402
 from facts.launchd import LaunchdJob, LaunchdSession  # noqa: E402
 from facts.preflight import HostReadiness  # noqa: E402
 from facts.probe import RenameSwap, SessionProcesses, parse_sw_vers, scrub  # noqa: E402
+from facts.snapshot import FactRead  # noqa: E402
 from facts.status import DevpiAnswers  # noqa: E402
 from operations.devpi import server_dir_read, venv_read  # noqa: E402
 from operations.preflight import tools_read  # noqa: E402
@@ -47,7 +48,6 @@ from pyinfra_devpi.config import build_config  # noqa: E402
 from pyinfra_devpi.errors import DeployError  # noqa: E402
 from pyinfra_devpi.launchd_scope import SYSTEM_DOMAIN, job_place  # noqa: E402
 from pyinfra_devpi.preflight import owned_paths  # noqa: E402
-from pyinfra_devpi.snapshot import FactRead  # noqa: E402
 from pyinfra_devpi.tunnel import _opener, requester  # noqa: E402
 
 q = shlex.quote

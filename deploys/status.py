@@ -11,6 +11,6 @@ from pathlib import Path
 # The project's packages (facts, operations, pyinfra_devpi) live at the repo root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyinfra_devpi.status import devpi_status  # noqa: E402
+from deploys._status import devpi_status  # noqa: E402
 
 devpi_status()

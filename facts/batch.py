@@ -6,7 +6,7 @@ a round trip (~20-40 ms here), which is most of a no-change rerun's remote time.
 ``FactBatch`` runs other facts' commands one after another in a single shell, each in
 its own subshell (so an ``exit`` in one cannot end the rest), and returns each one's
 output lines and exit status. It does not process them: the caller
-(``pyinfra_devpi.snapshot.prefetch``) hands each output to its own fact's pure
+(``facts.snapshot.read_batch``) hands each output to its own fact's pure
 ``process()``, exactly as pyinfra would.
 """
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pyinfra import host
 
 from facts.backup import Backups
+from facts.snapshot import FactRead, read
 from pyinfra_devpi import backup as bk
 from pyinfra_devpi.config import DevpiConfig
-from pyinfra_devpi.snapshot import FactRead, read
 
 from . import launchd
 from .announce import log_once, operation

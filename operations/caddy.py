@@ -26,9 +26,9 @@ import shlex
 from pyinfra import host, logger
 
 from facts.launchd import LaunchdJob
-from pyinfra_devpi.launchd_scope import SYSTEM_DOMAIN, JobPlace, agent_domains
+from facts.snapshot import FactRead, file_content, read
+from pyinfra_devpi.launchd_scope import JobPlace
 from pyinfra_devpi.preflight import caddy_job_domain
-from pyinfra_devpi.snapshot import FactRead, file_content, read
 
 from .announce import operation
 from .triggers import failed
@@ -58,18 +58,11 @@ def reads(path: str, pending_marker: str, restart: dict | None = None, place: Jo
     return [path, pending_marker, *job_reads(restart, place)]
 
 
-def job_domains(place: JobPlace) -> tuple[str, ...]:
-    """Where Caddy's job is looked for, in order: the SSH user's domain, their other
-    agent domain, ``system``."""
-    other = [d for d in agent_domains(place.uid) if d != place.agent_domain]
-    return (place.agent_domain, *other, SYSTEM_DOMAIN)
-
-
 def job_reads(restart: dict | None, place: JobPlace | None) -> list:
     """The ``LaunchdJob`` reads of Caddy's label; none unless the restart is a label."""
     if not restart or "label" not in restart or place is None:
         return []
-    return [FactRead.of(LaunchdJob, label=restart["label"], domain=d) for d in job_domains(place)]
+    return [FactRead.of(LaunchdJob, label=restart["label"], domain=d) for d in place.lookup_order]
 
 
 def found_jobs(restart: dict | None, place: JobPlace) -> dict:
@@ -104,7 +97,7 @@ def site(
     + restart: ``{"label": <Caddy's launchd label>}`` (kickstart -k) or
       ``{"command": <shell command>}``; None to leave reloading to the operator
     + place: where this run's jobs live (the SSH user's uid and domain): Caddy's label is
-      looked up in their domains and ``system`` (``job_domains``)
+      looked up in their domains and ``system`` (``JobPlace.lookup_order``)
     + pending_marker: a file that exists while a moved-in block awaits a restart
     + caddy_bin: the caddy binary used to validate the block (default: PATH)
     """

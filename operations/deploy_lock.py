@@ -24,10 +24,10 @@ from pyinfra.api import StringCommand
 from pyinfra.api.state import BaseStateCallback
 
 from facts.deploy_lock import DeployLock
+from facts.snapshot import FactRead, read
 from pyinfra_devpi import deploy_lock as lock
 from pyinfra_devpi.config import DevpiConfig
 from pyinfra_devpi.errors import DeployError
-from pyinfra_devpi.snapshot import FactRead, read
 
 from .announce import guard_changes, operation
 from .triggers import any_changed

@@ -16,9 +16,9 @@ from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand
 
 from facts.devpi import ServerDir, VenvVersions
+from facts.snapshot import FactRead, read
 from pyinfra_devpi import deploy_lock, layout, search
 from pyinfra_devpi.config import DevpiConfig
-from pyinfra_devpi.snapshot import FactRead, read
 
 from .announce import ProgressCommand, log_once, operation, progress
 from .textfile import write_text

@@ -26,7 +26,7 @@ from pyinfra import host, logger
 
 from facts.files import FileMode
 from facts.launchd import LaunchdJob
-from pyinfra_devpi.snapshot import FactRead, file_content, read
+from facts.snapshot import FactRead, file_content, read
 
 from .announce import log_once, operation
 from .textfile import text_differs, write_root_text, write_text
@@ -69,6 +69,22 @@ def bootout_command(target: str, sudo: str = "", wait: float = BOOTOUT_WAIT) -> 
         f"if [ $i -ge {attempts} ]; then printf {gone_late} {quoted} \"$rc\" >&2; exit 1; fi; "
         f"sleep {BOOTOUT_POLL:g}; done )"
     )
+
+
+def removal_commands(label: str, domains, plists, found_only: bool = True) -> list[str]:
+    """The one removal of a job: boot ``label`` out (and wait) in each of ``domains``,
+    then remove each of ``plists``; both ``(where, the prefix that changes it)``. Only
+    where the snapshot finds the job loaded and the plist present, unless ``found_only``
+    is False (a job found under an old label: its domains were not read)."""
+    commands = []
+    for domain, sudo in domains:
+        job = read(host, job_read(label, domain)) if found_only else None
+        if not found_only or (job and job.get("loaded")):
+            commands.append(bootout_command(f"{domain}/{label}", sudo))
+    for path, sudo in plists:
+        if not found_only or file_content(host, path) is not None:
+            commands.append(f"{sudo}rm -f {shlex.quote(path)}")
+    return commands
 
 
 def bootstrap_command(domain: str, target: str, plist_path: str, delay: float = BOOTSTRAP_DELAY,
@@ -312,12 +328,7 @@ def absent(label: str, domain: str, plist_path: str, sudo: str = ""):
 
     ``sudo``: the prefix for the system domain and a LaunchDaemon's plist, or empty.
     """
-    job = read(host, job_read(label, domain))
-    commands = []
-    if job and job.get("loaded"):
-        commands.append(bootout_command(f"{domain}/{label}", sudo))
-    if file_content(host, plist_path) is not None:
-        commands.append(f"{sudo}rm -f {shlex.quote(plist_path)}")
+    commands = removal_commands(label, [(domain, sudo)], [(plist_path, sudo)])
     if not commands:
         host.noop(f"no LaunchAgent {label}")
     yield from commands

@@ -15,12 +15,12 @@ from pyinfra.api import FileUploadCommand
 
 from facts.host_tools import HostTools
 from facts.preflight import HostReadiness
+from facts.snapshot import FactRead, read
 from pyinfra_devpi import layout
 from pyinfra_devpi import preflight as decide
 from pyinfra_devpi.config import UV_BOOTSTRAP_VERSION, DevpiConfig, python_request
 from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.launchd_scope import JobPlace
-from pyinfra_devpi.snapshot import FactRead, read
 
 from . import caddy
 from .announce import ProgressCommand, operation, progress

@@ -14,10 +14,10 @@ import shlex
 
 from pyinfra import host
 
+from facts.snapshot import file_content
 from pyinfra_devpi import prewarm as pw
 from pyinfra_devpi.config import DevpiConfig
 from pyinfra_devpi.layout import transient
-from pyinfra_devpi.snapshot import file_content
 
 from .announce import ProgressCommand, operation
 from .triggers import any_changed

@@ -23,9 +23,9 @@ import shlex
 from pyinfra import host
 
 from facts.backup import BackupSource
+from facts.snapshot import FactRead, read
 from pyinfra_devpi import layout
 from pyinfra_devpi.config import DevpiConfig
-from pyinfra_devpi.snapshot import FactRead, read
 
 from .announce import operation
 from .devpi import say

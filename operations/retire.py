@@ -20,18 +20,13 @@ from pyinfra import host, logger
 
 from facts.launchd import LaunchdJob
 from facts.managed_agents import ManagedAgents
+from facts.snapshot import FactRead, file_content, read
 from pyinfra_devpi.launchd_scope import JobPlace
-from pyinfra_devpi.snapshot import FactRead, file_content, read
 
 from .announce import operation
-from .launchd import bootout_command
+from .launchd import bootout_command, removal_commands
 
 q = shlex.quote
-
-
-def other_domain(domain: str) -> str:
-    kind, uid = domain.split("/", 1)
-    return f"{'user' if kind == 'gui' else 'gui'}/{uid}"
 
 
 def _agents_read(agents_dir: str) -> FactRead:
@@ -104,9 +99,8 @@ def old_agents(label: str, place: JobPlace, plist_path: str, config_file: str, a
             )
             continue
         host.log(f"{agent['label']} is this devpi under an old label: retiring it", logger.info)
-        for target in (f"{place.agent_domain}/{agent['label']}", f"{other_domain(place.agent_domain)}/{agent['label']}"):
-            commands.append(bootout_command(target))
-        commands.append(f"rm -f {q(path)}")
+        commands += removal_commands(agent["label"], [(d, "") for d in place.own_domains], [(path, "")],
+                                     found_only=False)
     if not commands:
         host.noop("no job of this devpi under another label, domain or scope")
     yield from commands

@@ -17,8 +17,8 @@ from pyinfra.api import FileUploadCommand
 from pyinfra.api.util import format_text
 from pyinfra.operations.util.files import generate_color_diff
 
+from facts.snapshot import file_content
 from pyinfra_devpi.layout import transient
-from pyinfra_devpi.snapshot import file_content
 
 
 def text_differs(path: str, content: str) -> bool:

@@ -15,13 +15,13 @@ from pyinfra import host, logger
 
 from facts.files import PathsFound
 from facts.managed_agents import MARKER
+from facts.snapshot import FactRead, file_content, read
 from pyinfra_devpi.config import DevpiConfig
-from pyinfra_devpi.launchd_scope import SYSTEM_DOMAIN, JobPlace, agent_domains
-from pyinfra_devpi.snapshot import FactRead, file_content, read
+from pyinfra_devpi.launchd_scope import JobPlace
 
 from .announce import operation
 from .caddy import restart_command
-from .launchd import bootout_command, job_read
+from .launchd import job_read, removal_commands
 from .textfile import write_text
 
 q = shlex.quote
@@ -31,15 +31,9 @@ def paths_read(config: DevpiConfig) -> FactRead:
     return FactRead.of(PathsFound, paths=tuple(path for _, path in config.paths.removable(config.log_backups)))
 
 
-def all_domains(place: JobPlace) -> tuple[str, ...]:
-    """Every domain a job of the deploy's may be loaded in, whatever the scope: the SSH
-    user's two and the system domain."""
-    return (*agent_domains(place.uid), SYSTEM_DOMAIN)
-
-
 def job_reads(label: str, place: JobPlace, plists: tuple[str, ...]) -> list:
     """What ``job`` reads for ``label``: the job in every domain, and its plists."""
-    return [*(job_read(label, where) for where in all_domains(place)), *plists]
+    return [*(job_read(label, where) for where in place.everywhere), *plists]
 
 
 def reads(config: DevpiConfig, place: JobPlace) -> list:
@@ -60,14 +54,11 @@ def job(label: str, place: JobPlace, plists: tuple[str, ...], daemon_plists: tup
     (a LaunchAgent's and a LaunchDaemon's), so it does not load at the next login or boot.
     The system domain and ``daemon_plists`` are changed as root (``sudo -n`` unless the
     SSH user is root)."""
-    commands = []
-    for where in all_domains(place):
-        loaded = read(host, job_read(label, where))
-        if loaded and loaded.get("loaded"):
-            commands.append(bootout_command(f"{where}/{label}", place.prefix(where)))
-    for path in plists:
-        if file_content(host, path) is not None:
-            commands.append(f"{place.as_root if path in daemon_plists else ''}rm -f {q(path)}")
+    commands = removal_commands(
+        label,
+        [(where, place.prefix(where)) for where in place.everywhere],
+        [(path, place.as_root if path in daemon_plists else "") for path in plists],
+    )
     if not commands:
         host.noop(f"{label} is not loaded and {' / '.join(plists)} do not exist")
     yield from commands

@@ -27,13 +27,13 @@ from io import BytesIO
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand
 
+from facts.snapshot import FactRead, read
 from facts.users_indexes import UsersIndexes
 from pyinfra_devpi import search
 from pyinfra_devpi.config import DevpiConfig
 from pyinfra_devpi.layout import transient
 from pyinfra_devpi.run_secrets import hash_once, is_dry_run, resolve_once
 from pyinfra_devpi.secrets import SecretError
-from pyinfra_devpi.snapshot import FactRead, read
 from pyinfra_devpi.tunnel import json_requester
 from pyinfra_devpi.users_indexes.plan import (
     AFTER_INIT, LOCAL_ONLY, ApplyError, PlanError, apply, describe, markers_file, plan,

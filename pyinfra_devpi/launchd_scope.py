@@ -18,7 +18,8 @@ Where the deploy's launchd jobs live, and what it takes to change them.
   modifications", and the plists are world-readable.
 
 A job of this deploy's label must be loaded in one domain only (two would fight for
-devpi's port): ``elsewhere`` lists the domains a run retires it from.
+devpi's port): ``elsewhere`` lists the domains a run retires it from. Every question of
+the kind "which domain" is answered here (``JobPlace``, ``pinned_domain``), nowhere else.
 """
 
 from __future__ import annotations
@@ -86,12 +87,35 @@ class JobPlace:
         return f"{self.domain}/{label}"
 
     @property
+    def other_agent_domain(self) -> str:
+        """The SSH user's agent domain that is not ``agent_domain`` (``user/<uid>`` for
+        ``gui/<uid>`` and the other way round)."""
+        return next(d for d in agent_domains(self.uid) if d != self.agent_domain)
+
+    @property
+    def own_domains(self) -> tuple[str, str]:
+        """The SSH user's two agent domains, the one the session rule picks first (where
+        a LaunchAgent under an old label is booted out)."""
+        return (self.agent_domain, self.other_agent_domain)
+
+    @property
+    def everywhere(self) -> tuple[str, ...]:
+        """Every domain a job of the deploy's may be loaded in, whatever the scope: the SSH
+        user's two and the system domain (what the uninstall boots out)."""
+        return (*agent_domains(self.uid), SYSTEM_DOMAIN)
+
+    @property
+    def lookup_order(self) -> tuple[str, ...]:
+        """Where a job someone else loaded (Caddy's) is looked for, in order: the SSH
+        user's domain, their other agent domain, ``system``."""
+        return (*self.own_domains, SYSTEM_DOMAIN)
+
+    @property
     def elsewhere(self) -> tuple[str, ...]:
         """The domains where this deploy's labels must not be loaded."""
         if self.daemon:
             return agent_domains(self.uid)
-        other = [d for d in agent_domains(self.uid) if d != self.agent_domain]
-        return (*other, SYSTEM_DOMAIN)
+        return (self.other_agent_domain, SYSTEM_DOMAIN)
 
     @property
     def run_as(self) -> tuple[str, str] | None:
@@ -101,6 +125,12 @@ class JobPlace:
         if not self.user or not self.group:
             raise ValueError("a LaunchDaemon needs the SSH user's name and primary group")
         return (self.user, self.group)
+
+
+def pinned_domain(config) -> str | None:
+    """The jobs' domain as the config alone says it: ``system`` for a LaunchDaemon,
+    ``devpi_launchd_domain`` if set, else None (the session rule picks it on the host)."""
+    return SYSTEM_DOMAIN if config.launchd_scope == DAEMON_SCOPE else config.launchd_domain
 
 
 def job_place(config, session: dict) -> JobPlace:
@@ -114,4 +144,4 @@ def job_place(config, session: dict) -> JobPlace:
     )
 
 
-__all__ = ["AGENT_SCOPE", "DAEMON_SCOPE", "SUDO", "SYSTEM_DOMAIN", "JobPlace", "agent_domains", "job_place"]
+__all__ = ["AGENT_SCOPE", "DAEMON_SCOPE", "SUDO", "SYSTEM_DOMAIN", "JobPlace", "agent_domains", "job_place", "pinned_domain"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import plistlib
 import re
 from pathlib import Path
 
@@ -25,14 +26,6 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 # system's), and UserName / GroupName instead: launchd starts it as that user
 # (initgroups, setgid, setuid) with HOME, USER, LOGNAME and SHELL from their record.
 SESSION_TYPES = ("Aqua", "Background")
-
-
-def _job_keys(run_as: tuple[str, str] | None) -> dict:
-    """The keys that differ between a LaunchAgent (``run_as`` None) and a LaunchDaemon
-    run as ``(user, group)``."""
-    if run_as is None:
-        return {"session_types": SESSION_TYPES, "user_name": None, "group_name": None}
-    return {"session_types": (), "user_name": run_as[0], "group_name": run_as[1]}
 
 
 def _environment(autoescape: bool) -> Environment:
@@ -61,21 +54,48 @@ JOB_ENVIRONMENT = [("LANG", "en_US.UTF-8"), ("PYTHONUNBUFFERED", "1")]
 
 def render_plist(config: DevpiConfig, run_as: tuple[str, str] | None = None) -> str:
     """The job's plist: a LaunchAgent, or with ``run_as`` (user, group) a LaunchDaemon
-    run as that user; values are XML-escaped by the template's autoescape."""
-    template = _environment(autoescape=True).get_template("devpi.plist.j2")
-    return _finish(
-        template.render(
-            label=config.label,
-            program_arguments=program_arguments(config),
-            working_directory=config.paths.home,
-            environment=JOB_ENVIRONMENT,
-            **_job_keys(run_as),
-            throttle_interval=config.throttle_interval,
-            process_type=config.process_type,
-            stdout_path=config.paths.out_log,
-            stderr_path=config.paths.err_log,
-        ),
+    run as that user; started at load and kept alive (restarted after a failure)."""
+    return job_plist(
+        config.paths.home, run_as,
+        label=config.label,
+        program_arguments=program_arguments(config),
+        when={"RunAtLoad": True, "KeepAlive": {"SuccessfulExit": False},
+              "ThrottleInterval": config.throttle_interval},
+        process_type=config.process_type,
+        stdout_path=config.paths.out_log,
+        stderr_path=config.paths.err_log,
     )
+
+
+MANAGED = "<!-- Managed by pyinfra-devpi: changes made here are replaced on the next deploy. -->"
+# plistlib escapes &, < and >; quotes are escaped too, as the deploy always wrote them,
+# so a plist already on a host compares equal (an XML reader sees the same text).
+_TEXT_ELEMENT = re.compile(r"^(\t*<(?:string|key)>)(.*)(</(?:string|key)>)$", re.M)
+
+
+def job_plist(working_directory: str, run_as: tuple[str, str] | None, *, label: str,
+              program_arguments: list[str], when: dict, process_type: str, stdout_path: str,
+              stderr_path: str) -> str:
+    """A launchd job's plist, written by ``plistlib``: the one layout of both jobs (devpi's
+    and the backup's). ``when``: the keys that say when launchd runs it; ``run_as`` None
+    for a LaunchAgent, else a LaunchDaemon's (user, group)."""
+    job = {
+        "Label": label,
+        "ProgramArguments": list(program_arguments),
+        "WorkingDirectory": working_directory,
+        "EnvironmentVariables": dict(JOB_ENVIRONMENT),
+    }
+    if run_as is None:
+        job["LimitLoadToSessionType"] = list(SESSION_TYPES)
+    else:
+        job["UserName"], job["GroupName"] = run_as
+    job.update(when)
+    job.update({"ProcessType": process_type, "StandardOutPath": stdout_path, "StandardErrorPath": stderr_path})
+    text = plistlib.dumps(job, sort_keys=False).decode()
+    text = _TEXT_ELEMENT.sub(
+        lambda m: m.group(1) + m.group(2).replace('"', "&#34;").replace("'", "&#39;") + m.group(3), text)
+    head, _, rest = text.partition("<plist ")
+    return f"{head}{MANAGED}\n<plist {rest}"
 
 
 # devpi's own log line format (devpi_server/log.py).
@@ -122,19 +142,14 @@ def render_backup_plist(config: DevpiConfig, run_as: tuple[str, str] | None = No
     backup = config.backup
     if backup is None:
         raise ValueError("devpi_backup is unset: there is no backup job")
-    template = _environment(autoescape=True).get_template("devpi-backup.plist.j2")
-    return _finish(
-        template.render(
-            label=config.paths.backup_label,
-            program_arguments=backup_arguments(config),
-            working_directory=config.paths.home,
-            environment=JOB_ENVIRONMENT,
-            **_job_keys(run_as),
-            hour=backup.hour,
-            minute=backup.minute,
-            process_type=BACKUP_PROCESS_TYPE,
-            log_path=config.paths.backup_log,
-        ),
+    return job_plist(
+        config.paths.home, run_as,
+        label=config.paths.backup_label,
+        program_arguments=backup_arguments(config),
+        when={"StartCalendarInterval": {"Hour": backup.hour, "Minute": backup.minute}},
+        process_type=BACKUP_PROCESS_TYPE,
+        stdout_path=config.paths.backup_log,
+        stderr_path=config.paths.backup_log,
     )
 
 

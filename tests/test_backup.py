@@ -22,7 +22,7 @@ from pyinfra_devpi import layout
 from pyinfra_devpi.config import build_config
 from pyinfra_devpi.errors import ConfigError
 from pyinfra_devpi.render import render_backup_plist
-from pyinfra_devpi.restore import backup_path
+from deploys._restore import backup_path
 
 from .prepared import SHELLS, PreparedHost, gnu_only_forms, run_op, shell_lines
 from .test_operations import launchctl_verbs
@@ -320,7 +320,7 @@ def test_the_swap_keeps_the_previous_dir(tmp_path, exchange):
 
 def test_restore_refuses_what_is_not_a_finished_backup():
     from pyinfra_devpi.errors import DeployError
-    from pyinfra_devpi.restore import check_source
+    from deploys._restore import check_source
 
     for found, says in (
         (None, "there is no backup at /b"),

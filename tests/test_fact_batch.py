@@ -14,8 +14,8 @@ from pyinfra.api.exceptions import FactProcessError
 from facts.batch import FactBatch, command_text
 from facts.devpi import ServerDir, VenvVersions
 from facts.launchd import LaunchdJob
-from pyinfra_devpi import snapshot
-from pyinfra_devpi.snapshot import FactRead
+from facts import snapshot
+from facts.snapshot import FactRead
 
 from .prepared import SHELLS
 

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from deploys import _service as service
 from facts.launchd import LaunchdJob
+from facts.snapshot import FactRead
 from operations import caddy, devpi, launchd, retire
-from pyinfra_devpi.snapshot import FactRead
-from pyinfra_devpi.launchd_scope import JobPlace
-from operations import server_dir as server_dir_ops
 from pyinfra_devpi.config import build_config
-from pyinfra_devpi.preflight import Tools, with_tools
+from pyinfra_devpi.launchd_scope import JobPlace
+from pyinfra_devpi.preflight import Needs, Tools, with_tools
 from pyinfra_devpi.render import render_caddy_site, render_logging_config, render_plist, render_server_yaml
-from pyinfra_devpi.search import NULL, WHOOSH
+from pyinfra_devpi.search import NULL, WHOOSH, SearchPlan
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from .prepared import SHELLS, Meta, PreparedHost, Upload, gnu_only_forms, in_context, run_op, shell_lines
@@ -110,48 +110,52 @@ def place_of(config) -> JobPlace:
     return JobPlace(scope=config.launchd_scope, agent_domain=DOMAIN, uid=501, user="alice", group="staff")
 
 
-def converge(host, config, password_hash=None, executing=True, diff=False, place=None):
-    """The deploy's operations in the deploy's order, chained the way it chains them."""
-    steps = {}
-    place = place or place_of(config)
-    domain = place.domain
+# The deploy's own steps that change the host up to the health wait (the preflight and
+# the lock have their own tests; the rest: test_backup, test_users_indexes, test_search).
+CONVERGED_STEPS = ("venv build", "server dir", "config files", "init", "caddy", "launchd job", "health")
 
-    def run(name, op, **kwargs):
+
+def converge(host, config, password_hash=None, executing=True, diff=False, place=None):
+    """The deploy's steps (``deploys._service.STEPS``, the real list) under prepared facts,
+    from what the preflight step would have found: ``{operation key: its commands}``."""
+    steps = {}
+    c = preflighted(host, config, place or place_of(config), prepared_call(host, steps, executing, diff),
+                    password_hash)
+    for step in service.STEPS:
+        if step.name in CONVERGED_STEPS:
+            in_context(host, step.run, c, executing=executing)
+    return steps
+
+
+def prepared_call(host, steps: dict, executing=True, diff=False):
+    """How the steps plan an operation here: run it under the prepared facts, keep its
+    commands in ``steps`` by the operation's key."""
+
+    def call(key, op, **kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if k != "name" and not k.startswith("_")}
         commands = run_op(op, host, executing=executing, diff=diff, **kwargs)
         ALL_COMMANDS.extend(shell_lines(commands))
-        steps[name] = commands
+        steps[key] = commands
         return Meta(bool(commands))
 
-    venv_op = run("venv", devpi.venv, config=config, lock="pinned==1.0 --hash=sha256:00\n")
-    run("upgrade", server_dir_ops.upgrade, config=config, domain=domain, venv_op=venv_op, sudo=place.sudo)
-    run("adopt", server_dir_ops.adopt, config=config)
-    logging_op = run("logging", devpi.logging_config, config=config, content=render_logging_config(config))
-    config_op = run("config", devpi.server_config, config=config, content=render_server_yaml(config, WHOOSH))
-    run("secret", devpi.secret, config=config)
-    run("init", devpi.init, config=config, password_hash=(lambda: password_hash) if password_hash else None)
-    run(
-        "caddy", caddy.site, path=config.caddy_site_file, content=render_caddy_site(config),
-        restart=config.caddy_restart, place=place, pending_marker=config.paths.caddy_restart_pending,
-        caddy_bin=None,
+    return call
+
+
+def preflighted(host, config, place, call, password_hash=None) -> "service.Converge":
+    """What the preflight step leaves for the later ones, from the prepared facts."""
+    server_dir = host.server_dir
+    return service.Converge(
+        config, place, call=call,
+        caddy_site=render_caddy_site(config),
+        live_venv=host.venv,
+        needs=Needs(venv=not devpi.venv_is_current(config, host.venv), caddy_block=True, root=place.needs_sudo,
+                    caddy_restart=True),
+        server_dir=server_dir,
+        fresh=devpi.needs_init(server_dir),
+        password_hash=(lambda: password_hash) if password_hash else None,
+        searching=SearchPlan(backend=WHOOSH),
+        server_yaml=render_server_yaml(config, WHOOSH),
     )
-    run(
-        "retire", retire.old_agents, label=config.label, place=place, plist_path=config.paths.plist_file,
-        config_file=config.paths.config_file, agents_dir=config.launch_agents_dir,
-        keep=(config.paths.backup_label,), other_plists=config.paths.other_scope_plists, leave=(config.label,),
-    )
-    displace = in_context(host, retire.loaded_elsewhere, config.label, place, executing=executing)
-    agent_op = run(
-        "agent", launchd.agent, label=config.label, plist=render_plist(config, place.run_as),
-        plist_path=config.paths.plist_file, domain=domain, restart_after=[venv_op, logging_op, config_op],
-        directories=[config.paths.log_dir], sudo=place.sudo, root_owned=place.daemon,
-        staged=config.paths.staged(config.paths.plist_file),
-        log_files=(config.paths.out_log, config.paths.err_log) if place.daemon else (),
-        displace=displace,
-    )
-    run("health", devpi.wait_healthy, config=config, after=[agent_op], new_venv=[venv_op],
-        target=place.target(config.label), sudo=place.sudo)
-    run("index", devpi.orphaned_index, config=config, indexer_backend=WHOOSH)
-    return steps
 
 
 def print_of(domain: str, label: str, plist: str, plist_path: str, pid: int = 4242) -> str:
@@ -210,35 +214,41 @@ def test_converged_host_yields_nothing(config):
     ]
 
 
-def test_the_operation_modules_declare_exactly_what_their_operations_read(config):
-    """The deploy prefetches the modules' ``reads`` lists in one round trip; an
-    operation that read anything else would cost a rerun a remote command each."""
-    from operations import caddy as caddy_op
-    from pyinfra_devpi.snapshot import FactRead
+def asked_reads(host) -> set:
+    """What the operations asked the prepared host for, as declared reads' keys."""
+    asked = set()
+    for name, kwargs in host.asked:
+        if name == "FileContents":
+            asked.update(("file", path) for path in kwargs["paths"])
+        else:
+            asked.add((name, FactRead.of(object, **kwargs).arguments))
+    return asked
 
-    declared = set()
-    for item in [
-        *devpi.reads(config),
-        *retire.reads((config.label, config.paths.backup_label), place_of(config), config.launch_agents_dir,
-                      config.paths.other_scope_plists),
-        *launchd.reads(config.label, DOMAIN, config.paths.plist_file),
-        *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending, config.caddy_restart,
-                        place_of(config)),
-    ]:
-        declared.add(("file", item) if isinstance(item, str) else (item.fact.__name__, item.arguments))
+
+def test_each_step_declares_exactly_what_it_reads(config):
+    """The deploy prefetches the steps' ``reads`` in one round trip; a step that read
+    anything else would cost a rerun a remote command each."""
+
+    def keys(items):
+        return {("file", i) if isinstance(i, str) else (i.fact.__name__, i.arguments) for i in items}
+
     for host in (converged(config), fresh(config)):
-        converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
-        asked = set()
-        for name, kwargs in host.asked:
-            if name == "FileContents":
-                asked.update(("file", path) for path in kwargs["paths"])
-            else:
-                asked.add((name, FactRead.of(object, **kwargs).arguments))
-        assert asked == declared
+        asked_by_step, declared_by_step = {}, {}
+        c = preflighted(host, config, place_of(config), prepared_call(host, {}), HiddenValue(PASSWORD_HASH))
+        for step in service.STEPS:
+            if step.name not in CONVERGED_STEPS:
+                continue
+            host.asked.clear()
+            in_context(host, step.run, c)
+            asked = asked_reads(host)
+            asked_by_step[step.name], declared_by_step[step.name] = asked, keys(step.reads(c))
+            # Only what it declares (a fact an earlier step read is answered from the snapshot).
+            assert asked <= declared_by_step[step.name], step.name
+        assert set().union(*asked_by_step.values()) == set().union(*declared_by_step.values())
 
 
 def test_converged_host_reads_each_fact_once(config):
-    from pyinfra_devpi.snapshot import prefetch
+    from facts.snapshot import prefetch
 
     host = converged(config)
     prefetch(host, [config.paths.plist_file, config.paths.config_file, config.paths.logging_config,
@@ -255,13 +265,13 @@ def test_converged_host_reads_each_fact_once(config):
 def test_fresh_host_builds_everything_in_order(config):
     host = fresh(config)
     steps = converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
-    assert [c.dest for c in steps["venv"] if isinstance(c, Upload)] == [
+    assert [c.dest for c in steps["venv build"] if isinstance(c, Upload)] == [
         f"{config.paths.venvs_dir}/{config.venv_name}.lock.txt"
     ]
     # the lock installed as it is, nothing resolved
-    assert "uv\" pip sync" in steps["venv"][-1] and "--require-hashes" in steps["venv"][-1]
+    assert "uv\" pip sync" in steps["venv build"][-1] and "--require-hashes" in steps["venv build"][-1]
     # with the uv the preflight found, and the Python version uv finds or downloads
-    assert "uv=/opt/homebrew/bin/uv;" in steps["venv"][-1] and "--python 3.12 " in steps["venv"][-1]
+    assert "uv=/opt/homebrew/bin/uv;" in steps["venv build"][-1] and "--python 3.12 " in steps["venv build"][-1]
     assert [c.dest for c in steps["config"] if isinstance(c, Upload)] == [config.paths.config_file + ".pyinfra-new"]
     assert "secrets.token_bytes(32)" in steps["secret"][0] and "/Users/alice/devpi/secret" in steps["secret"][0]
     assert any("devpi-init" in c for c in shell_lines(steps["init"]))
@@ -277,7 +287,7 @@ def test_devpi_bytecode_is_written_beside_the_check_and_before_the_swap(config):
     stops it before removing the venv."""
     host = converged(config)
     host.venv = None
-    script = converge(host, config)["venv"][-1]
+    script = converge(host, config)["venv build"][-1]
     warm = script.index("pkgutil.iter_modules")
     started = script.index("& warm_pid=$!")
     assert warm < started < script.index("found=$(") < script.index('wait "$warm_pid" || true') < script.index("swapped=1")
@@ -289,7 +299,7 @@ def test_version_bump_builds_new_venv_and_restarts(config):
     host = converged(config)
     host.venv = {**host.venv, "devpi-server": "6.20.2"}
     steps = converge(host, config)
-    assert steps["venv"]
+    assert steps["venv build"]
     assert launchctl_verbs(steps["agent"]) == ["kickstart -k"]
     assert steps["health"]
     for untouched in ("config", "secret", "init", "caddy"):
@@ -299,7 +309,7 @@ def test_version_bump_builds_new_venv_and_restarts(config):
 def test_each_venv_build_has_its_own_directory_and_marks_it_while_building(config):
     host = converged(config)
     host.venv = None
-    script = converge(host, config)["venv"][-1]
+    script = converge(host, config)["venv build"][-1]
     assert f'new="$venvs"/{config.venv_name}-"$(date +%Y%m%d%H%M%S)-$$"' in script
     assert 'building="$new".building' in script
     marker = script.index('> "$building"')
@@ -310,7 +320,7 @@ def test_each_venv_build_has_its_own_directory_and_marks_it_while_building(confi
 def test_missing_venv_is_built(config):
     host = converged(config)
     host.venv = None
-    assert converge(host, config)["venv"]
+    assert converge(host, config)["venv build"]
 
 
 def test_yaml_change_restarts_without_reloading_the_plist(config):
@@ -319,14 +329,14 @@ def test_yaml_change_restarts_without_reloading_the_plist(config):
     steps = converge(host, config)
     assert [c.dest for c in steps["config"] if isinstance(c, Upload)] == [config.paths.config_file + ".pyinfra-new"]
     assert launchctl_verbs(steps["agent"]) == ["kickstart -k"]
-    assert steps["venv"] == [] and steps["init"] == []
+    assert steps["venv build"] == [] and steps["init"] == []
 
 
 def test_a_new_log_bound_restarts_devpi_without_reloading_the_plist(config):
     host = converged(config)
     bigger = dataclasses.replace(config, log_max_bytes=config.log_max_bytes * 2)
     steps = converge(host, bigger)
-    assert steps["logging"] and not steps["config"] and not steps["venv"]
+    assert steps["logging"] and not steps["config"] and not steps["venv build"]
     assert launchctl_verbs(steps["agent"]) == ["kickstart -k"]
     assert steps["health"]
 
@@ -665,7 +675,7 @@ def test_init_writes_a_transient_dir_and_renames_it_into_place_once_complete(con
     ],
 )
 def test_server_dirs_that_are_neither_new_nor_complete_are_refused(config, changes, message):
-    from pyinfra_devpi.deploy import check_server_dir
+    from deploys._service import check_server_dir
     from pyinfra_devpi.errors import DeployError
 
     found = {**fresh(config).server_dir, **changes}
@@ -679,7 +689,7 @@ def test_server_dirs_that_are_neither_new_nor_complete_are_refused(config, chang
 
 
 def test_new_and_complete_server_dirs_pass(config):
-    from pyinfra_devpi.deploy import check_server_dir
+    from deploys._service import check_server_dir
 
     empty = {**fresh(config).server_dir, "exists": True, "is_dir": True}
     for found in (fresh(config).server_dir, empty, converged(config).server_dir):
@@ -1149,8 +1159,8 @@ def test_every_changing_operation_takes_the_lock_first_and_the_run_releases_it(c
 def test_a_fresh_host_takes_the_lock_before_anything_else(config):
     host = fresh(config)
     steps = locked_converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
-    assert is_acquire(steps["venv"][0])
-    assert not [c for c in steps["venv"][:1] if isinstance(c, Upload)]
+    assert is_acquire(steps["venv build"][0])
+    assert not [c for c in steps["venv build"][:1] if isinstance(c, Upload)]
 
 
 def test_a_lock_held_by_another_run_refuses_the_run(config):
@@ -1192,7 +1202,7 @@ def test_the_lock_is_read_with_the_configured_wait(config):
 
 @pytest.mark.parametrize("dry", [True, False])
 def test_init_reads_the_root_password_while_planning_only_in_a_real_run(config, monkeypatch, dry):
-    from pyinfra_devpi import deploy
+    from deploys import _service as deploy
     from pyinfra_devpi.secrets import SecretRef
 
     from .prepared import in_context
@@ -1218,7 +1228,7 @@ def test_a_venv_not_built_by_the_deploy_is_rebuilt_like_an_upgrade(config):
     host = converged(config)
     host.venv = {**host.venv, "link": None}
     steps = converge(host, config)
-    assert any("uv" in c and "pip sync" in c for c in shell_lines(steps["venv"]))
+    assert any("uv" in c and "pip sync" in c for c in shell_lines(steps["venv build"]))
     assert launchctl_verbs(steps["agent"]) == ["kickstart -k"]
 
 
@@ -1415,7 +1425,7 @@ def test_the_daemon_scope_reads_only_what_the_modules_declare(daemon_config):
     """The same guarantee for a LaunchDaemon: everything in the one batch, nothing read
     through sudo."""
     from operations import caddy as caddy_op
-    from pyinfra_devpi.snapshot import FactRead
+    from facts.snapshot import FactRead
 
     config = daemon_config
     place = place_of(config)
@@ -1432,11 +1442,30 @@ def test_the_daemon_scope_reads_only_what_the_modules_declare(daemon_config):
     fresh_host.job_domain = "system"
     for host in (daemon_converged(config), fresh_host):
         converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
-        asked = set()
-        for name, kwargs in host.asked:
-            if name == "FileContents":
-                asked.update(("file", path) for path in kwargs["paths"])
-            else:
-                asked.add((name, FactRead.of(object, **kwargs).arguments))
+        asked = asked_reads(host)
         assert asked == declared
     assert ("LaunchdJob", FactRead.of(object, label="net.devpi", domain="system").arguments) in declared
+
+
+def test_the_lock_is_released_last_after_every_operation_planned_before_it(config):
+    planned = []
+
+    def call(key, op, **kwargs):
+        planned.append((key, kwargs))
+        return key
+
+    c = service.Converge(config, place_of(config), call=call)
+    for key in ("bootstrap", "venv", "agent", "backup job", "prewarm"):
+        c.op(key, object)
+    assert service.STEPS[-1].name == "release"
+    service.STEPS[-1].run(c)
+    assert planned[-1][0] == "release"
+    assert planned[-1][1]["after"] == ["bootstrap", "venv", "agent", "backup job", "prewarm"]
+
+
+def test_the_prefetch_is_every_steps_reads_and_the_lock_comes_first(config):
+    # The lock's fact first in the one batch: it waits while another run holds the lock.
+    c = preflighted(converged(config), config, place_of(config), None)
+    reads = [r for step in service.STEPS for r in step.reads(c)]
+    assert reads[0] == service.deploy_lock.lock_read(config)
+    assert [step.name for step in service.STEPS][:2] == ["lock", "preflight"]

@@ -573,7 +573,7 @@ def run_ready(host, config, needs=BOTH, place=None):
 
 
 def test_ready_reads_exactly_what_reads_declares_and_says_the_tools_once():
-    from pyinfra_devpi.snapshot import FactRead
+    from facts.snapshot import FactRead
 
     config = config_of()
     host = FactsHost(tools_fact(), readiness())

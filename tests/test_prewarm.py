@@ -206,7 +206,7 @@ def test_cold_marker_yields_one_command(config):
     assert command.endswith(" requests idna")
     assert f"{config.paths.server_dir}/.nodeinfo" in command
     assert gnu_only_forms(command) == []
-    assert host.asked == [("FileContents", {"paths": [marker_file(config)]})]
+    assert host.asked == [("FileContents", {"paths": (marker_file(config),)})]
 
 
 def test_matching_marker_yields_nothing(config):
@@ -228,7 +228,7 @@ def test_changed_list_index_or_mirror_rewarms(config):
 
 
 def test_the_deploy_reads_the_marker_with_its_other_files(config):
-    from pyinfra_devpi.snapshot import prefetch
+    from facts.snapshot import prefetch
 
     host = PreparedHost(files={})
     prefetch(host, [config.paths.plist_file, *prewarm_op.reads(config)])

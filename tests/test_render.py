@@ -263,3 +263,24 @@ def test_user_and_group_names_are_escaped_in_the_plist():
     text = render_plist(config_for(devpi_launchd_scope="daemon"), ("a&b", "<staff>"))
     assert plistlib.loads(text.encode())["UserName"] == "a&b"
     assert "<string>&lt;staff&gt;</string>" in text
+
+
+@pytest.mark.parametrize("backup, run_as, sha256", [
+    (False, None, "18fe2e6b0d94427c94edb423f1d3be06fb1e0817d0bfc3fd7e48fa1b1ba139a4"),
+    (False, ("a'l", "st&aff"), "b37d072107804b43ba607d52a40d7119831864d42112fa068e08ab08d4d7d081"),
+    (True, None, "637b49385a42867cb6e87d410b8a0d92148d02be2f31a38e6d98a435ea4131d6"),
+    (True, ("alice", "staff"), "d02ea1fac2a0a20d000076c39e46bdecf8b5d61ddd5bb70f2da254e597b51d2b"),
+])
+def test_the_plists_are_the_bytes_the_deploy_always_wrote(backup, run_as, sha256):
+    # Digests of what the Jinja templates rendered before plistlib wrote the plists (quotes,
+    # &, < and > in every string): other bytes would rewrite a deployed host's plist on the
+    # next run and restart devpi for nothing.
+    import hashlib
+
+    from pyinfra_devpi.render import render_backup_plist
+
+    config = build_config({"devpi_root_password": "env:PW", "devpi_outside_url": "https://pypi.example.org",
+                           "devpi_backup": {"hour": 3, "minute": 17}, "devpi_launchd_scope": "daemon"},
+                          "/Users/it's & <me> \"q\"")
+    text = (render_backup_plist if backup else render_plist)(config, run_as)
+    assert hashlib.sha256(text.encode()).hexdigest() == sha256

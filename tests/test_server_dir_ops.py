@@ -13,7 +13,7 @@ import pytest
 from operations import devpi
 from operations import server_dir as server_dir_ops
 from pyinfra_devpi.config import build_config
-from pyinfra_devpi.deploy import check_server_dir
+from deploys._service import check_server_dir
 from pyinfra_devpi.errors import DeployError
 
 from .prepared import Meta, gnu_only_forms, run_op

@@ -10,7 +10,7 @@ import pytest
 from facts.batch import command_text
 from facts.files import FileContents
 from facts.status import DevpiAnswers, DiskUsage, LogTail
-from pyinfra_devpi import status
+from deploys import _status as status
 from pyinfra_devpi.config import build_config
 from pyinfra_devpi.render import render_caddy_site
 

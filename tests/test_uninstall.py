@@ -9,7 +9,7 @@ from operations import uninstall
 from pyinfra_devpi.config import build_config
 from pyinfra_devpi.launchd_scope import JobPlace
 from pyinfra_devpi.render import render_caddy_removed, render_caddy_site
-from pyinfra_devpi.uninstall import describe_leftovers
+from deploys._uninstall import describe_leftovers
 
 from .prepared import Meta, PreparedHost, Upload, gnu_only_forms, run_op, shell_lines
 
@@ -128,7 +128,7 @@ def test_the_report_names_what_is_kept_or_removed(config):
 
 def test_the_backup_job_goes_and_its_backups_stay_even_with_the_purge():
     from operations import launchd
-    from pyinfra_devpi import uninstall as deploy
+    from deploys import _uninstall as deploy
 
     data = {"devpi_outside_url": "https://pypi.example.org", "devpi_backup": {"hour": 3, "minute": 0},
             "devpi_uninstall_purge": True}

@@ -15,13 +15,13 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 
 from facts.launchd import LaunchdSession
+from facts.snapshot import FactRead, file_content, prefetch, read
 from operations import deploy_lock, devpi, launchd, restore
 from pyinfra_devpi import checks
 from pyinfra_devpi.config import DevpiConfig, build_config
 from pyinfra_devpi.errors import ConfigError, DeployError
 from pyinfra_devpi.launchd_scope import job_place
 from pyinfra_devpi.layout import BACKUP_EXPORT_DIR, BACKUP_MANIFEST, DATAINDEX
-from pyinfra_devpi.snapshot import FactRead, file_content, prefetch, read
 
 RESTORE_KEY = "devpi_restore_from"
 USAGE = f"pyinfra INVENTORY deploys/devpi_restore.py --data {RESTORE_KEY}=<backup name or path>"

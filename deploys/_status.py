@@ -27,22 +27,20 @@ from typing import Callable
 import click
 from pyinfra import host, logger, state
 from pyinfra.api import deploy
-from pyinfra.api.exceptions import FactProcessError
 
 from facts.backup import Backups
-from facts.batch import FactBatch, command_text
 from facts.devpi import ServerDir, VenvVersions
 from facts.files import FileContents
 from facts.launchd import LaunchdJob, LaunchdSession
+from facts.snapshot import FactRead, read_batch
 from facts.status import DevpiAnswers, DiskUsage, LogTail
 
-from . import backup as bk
-from . import prewarm as pw
-from .config import DevpiConfig, build_config
-from .errors import DeployError
-from .launchd_scope import DAEMON_SCOPE, SYSTEM_DOMAIN
-from .render import render_caddy_site
-from .snapshot import FactRead
+from pyinfra_devpi import backup as bk
+from pyinfra_devpi import prewarm as pw
+from pyinfra_devpi.config import DevpiConfig, build_config
+from pyinfra_devpi.errors import DeployError
+from pyinfra_devpi.launchd_scope import DAEMON_SCOPE, job_place, pinned_domain
+from pyinfra_devpi.render import render_caddy_site
 
 # The home the facts' commands are built with; ``"$HOME"`` on the host (``at_home``).
 # Only characters shlex.quote leaves bare, so it appears verbatim in every command.
@@ -109,11 +107,8 @@ def _venv(probe: DevpiConfig) -> FactRead:
 
 
 def _job(probe: DevpiConfig) -> FactRead:
-    # A LaunchDaemon is in the system domain (readable without root). A LaunchAgent: with
-    # no domain given, the job's fact picks it on the host by the session rule.
-    if probe.launchd_scope == DAEMON_SCOPE:
-        return FactRead.of(LaunchdJob, label=probe.label, domain=SYSTEM_DOMAIN)
-    return FactRead.of(LaunchdJob, label=probe.label, domain=probe.launchd_domain)
+    # With no domain pinned, the job's fact picks it on the host by the session rule.
+    return FactRead.of(LaunchdJob, label=probe.label, domain=pinned_domain(probe))
 
 
 def _answers(probe: DevpiConfig) -> FactRead:
@@ -354,23 +349,8 @@ SECTIONS: list[Section] = [
 
 
 def read_all(reads: list[FactRead]) -> tuple[dict, dict]:
-    """Every read in one ``FactBatch``: ``(values, errors)`` by read."""
-    reads = list(dict.fromkeys(reads))
-    commands = [at_home(command_text(r.fact, r.kwargs)) for r in reads]
-    results = host.get_fact(FactBatch, commands=commands)
-    values, errors = {}, {}
-    if not isinstance(results, list) or len(results) != len(reads):
-        return {}, {r: "the fact batch gave no result" for r in reads}
-    for fact_read, result in zip(reads, results):
-        if result["status"] != 0:
-            errors[fact_read] = f"{fact_read.fact.__name__} exited {result['status']}"
-            continue
-        fact = fact_read.fact()
-        try:
-            values[fact_read] = fact.process(result["lines"]) if result["lines"] else fact.default()
-        except FactProcessError as error:
-            errors[fact_read] = f"{fact_read.fact.__name__}: {error}"
-    return values, errors
+    """Every read in one ``FactBatch``, run with the host's ``$HOME``: ``(values, errors)`` by read."""
+    return read_batch(host, list(dict.fromkeys(reads)), wrap=at_home)
 
 
 def collect(data: dict) -> dict:
@@ -387,8 +367,7 @@ def collect(data: dict) -> dict:
         return {"healthy": False, "problems": [f"launchd is not available on {host.name}"], "warnings": [],
                 "sections": {}}
     config = build_config(data, session["home"])
-    domain = SYSTEM_DOMAIN if config.launchd_scope == DAEMON_SCOPE else config.launchd_domain or session["domain"]
-    found = Found(config, domain, values, errors)
+    found = Found(config, job_place(config, session).domain, values, errors)
     report = {"healthy": True, "problems": [], "warnings": [], "sections": {}}
     for section in SECTIONS:
         try:

@@ -77,25 +77,37 @@ def prefetch(host, reads: Iterable[Read]) -> None:
     wanted = [r for r in reads if isinstance(r, FactRead) and r not in memo["facts"]]
     paths = [r for r in reads if isinstance(r, str) and r not in memo["files"]]
     if paths:
-        wanted.append(FactRead.of(FileContents, paths=paths))
+        wanted.append(FactRead.of(FileContents, paths=tuple(paths)))
     if not wanted:
         return
     if len(wanted) == 1:  # nothing to batch
         _store(memo, wanted[0], host.get_fact(wanted[0].fact, **wanted[0].kwargs))
         return
-    results = host.get_fact(FactBatch, commands=[command_text(r.fact, r.kwargs) for r in wanted])
-    if not isinstance(results, list) or len(results) != len(wanted):
-        return  # read one by one instead
-    for fact_read, result in zip(wanted, results):
+    values, _ = read_batch(host, wanted)
+    for fact_read, value in values.items():
+        _store(memo, fact_read, value)
+
+
+def read_batch(host, reads: list[FactRead], wrap=lambda command: command) -> tuple[dict, dict]:
+    """Every read in one ``FactBatch`` (each command through ``wrap``): ``(values,
+    errors)`` by read; the one place batch output becomes fact values. A read whose
+    command failed, or whose output its ``process`` refused, is in ``errors`` with why;
+    all are when the batch gave no usable answer."""
+    results = host.get_fact(FactBatch, commands=[wrap(command_text(r.fact, r.kwargs)) for r in reads])
+    if not isinstance(results, list) or len(results) != len(reads):
+        return {}, {r: "the fact batch gave no result" for r in reads}
+    values, errors = {}, {}
+    for fact_read, result in zip(reads, results):
         if result["status"] != 0:
+            errors[fact_read] = f"{fact_read.fact.__name__} exited {result['status']}"
             continue
         fact = fact_read.fact()
         try:
             # As pyinfra does: no output is the fact's default.
-            value = fact.process(result["lines"]) if result["lines"] else fact.default()
-        except FactProcessError:
-            continue
-        _store(memo, fact_read, value)
+            values[fact_read] = fact.process(result["lines"]) if result["lines"] else fact.default()
+        except FactProcessError as error:
+            errors[fact_read] = f"{fact_read.fact.__name__}: {error}"
+    return values, errors
 
 
 def _store(memo: dict, fact_read: FactRead, value) -> None:

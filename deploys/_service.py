@@ -1,6 +1,8 @@
 """
 The packaged deploy: host data → validated config → facts → operations.
 
+The converge is ``STEPS``, a list of named steps, each saying what it reads from the host
+(prefetched for all of them in one round trip) and planning its operations in order.
 Everything that can refuse the run (bad host data, no launchd, a server dir the
 pinned devpi must not touch, a secret that cannot be read) is checked here, while
 pyinfra plans, so a refused run changes nothing on the host.
@@ -9,27 +11,29 @@ pyinfra plans, so a refused run changes nothing on the host.
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from facts.launchd import LaunchdSession
+from facts.snapshot import FactRead, file_content, prefetch, read
 from operations import backup, caddy, deploy_lock, devpi, launchd, preflight, prewarm, retire, search, users_indexes
 from operations import server_dir as server_dir_ops
 from operations.textfile import text_differs
 from pyinfra_devpi import search as search_plan
 from pyinfra_devpi.config import SERVER_DB_VERSION, UV_BOOTSTRAP_VERSION, DevpiConfig, build_config
 from pyinfra_devpi.errors import DeployError
-from pyinfra_devpi.launchd_scope import job_place
+from pyinfra_devpi.launchd_scope import JobPlace, job_place
 from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, SQLITE
 from pyinfra_devpi.preflight import Needs, reboot_warning, with_tools
 from pyinfra_devpi.render import (
     render_backup_plist, render_caddy_site, render_logging_config, render_plist, render_server_yaml,
 )
 from pyinfra_devpi.run_secrets import hash_once, is_dry_run
-from pyinfra_devpi.snapshot import FactRead, file_content, prefetch, read
 from pyinfra_devpi.users_indexes.plan import PlanError
 
 LOCKS_DIR = Path(__file__).resolve().parent.parent / "locks"
@@ -186,132 +190,229 @@ def plan_init_secret(config: DevpiConfig):
     return lambda: root_password_hash(config)
 
 
-@deploy("devpi")
-def devpi_service():
-    """Converge devpi-server + devpi-web as a LaunchAgent (or a LaunchDaemon run as the SSH
-    user: ``devpi_launchd_scope``) behind a Caddy site block."""
-    session = read(host, FactRead.of(LaunchdSession))
-    if not session["launchctl"]:
-        raise DeployError(
-            f"launchd is not available on {host.name} (no launchctl on the SSH user's PATH): "
-            "this deploy runs devpi as a macOS LaunchAgent and needs a macOS host",
-        )
-    config = build_config(host.data.dict(), session["home"])
-    # Where the jobs live: the SSH user's domain (a LaunchAgent) or the system domain (a
-    # LaunchDaemon, changed through sudo -n unless the SSH user is root).
-    place = job_place(config, session)
-    domain = place.domain
-    paths = config.paths
-    # A LaunchAgent in user/<uid> (a headless Mac) is not loaded again at boot.
-    reboot = reboot_warning(place)
-    if reboot:
-        logger.warning(f"{host.print_prefix}{reboot}")
+@dataclass
+class Converge:
+    """One host's converge as its steps build it: what the run found and decided so far,
+    and the operations planned so far by key (the later steps chain on them).
 
-    # Everything the plan reads from the host, in one round trip: each operation
-    # module says what its operations read, and they read it from this snapshot.
-    # The deploy lock first: while another deploy changes the host it waits, so the
-    # rest is read from the host as that deploy left it.
-    prefetch(
-        host,
-        [
-            *deploy_lock.reads(config),
-            *preflight.reads(config, domain, place),
-            *devpi.reads(config),
-            *retire.reads((config.label, paths.backup_label), place, paths.launch_agents_dir,
-                          paths.other_scope_plists),
-            *launchd.reads(config.label, domain, paths.plist_file),
-            *caddy.reads(paths.caddy_site_file, paths.caddy_restart_pending, config.caddy_restart, place),
-            *users_indexes.reads(config),
-            *prewarm.reads(config),
-            *backup.reads(config, domain),
-        ],
-    )
+    ``call(key, operation, **kwargs)`` plans an operation and returns its result: pyinfra's
+    own call in a deploy; the prepared-host tests pass one that runs it under their facts.
+    """
+
+    config: DevpiConfig
+    place: JobPlace
+    call: Callable = lambda key, operation, **kwargs: operation(**kwargs)
+    # Set by the preflight step.
+    caddy_site: str = ""
+    live_venv: dict | None = None
+    needs: Needs | None = None
+    server_dir: dict | None = None
+    fresh: bool = False
+    password_hash: Callable | None = None
+    searching: search_plan.SearchPlan | None = None
+    server_yaml: str = ""
+    ops: dict = field(default_factory=dict)
+    # Every operation planned, in order: the lock's release waits on them all.
+    planned: list = field(default_factory=list)
+
+    @property
+    def paths(self):
+        return self.config.paths
+
+    @property
+    def domain(self) -> str:
+        return self.place.domain
+
+    def op(self, key: str, operation, **kwargs):
+        self.ops[key] = self.call(key, operation, **kwargs)
+        self.planned.append(self.ops[key])
+        return self.ops[key]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One named step of the converge: ``reads(c)`` is what its ``run(c)`` reads from the
+    host (all steps' reads are prefetched in one round trip before the first runs);
+    ``run(c)`` decides and plans its operations through ``c.op``."""
+
+    name: str
+    reads: Callable[[Converge], list]
+    run: Callable[[Converge], None]
+
+
+def nothing(c: Converge) -> list:
+    return []
+
+
+# ---------------------------------------------------------------------------- the steps
+
+
+def lock_reads(c: Converge) -> list:
+    # First in the batch: while another deploy changes the host it waits, so the rest
+    # is read from the host as that deploy left it.
+    return deploy_lock.reads(c.config)
+
+
+def lock(c: Converge) -> None:
     # Refuses the run while another deploy holds the lock; from here on, every
     # operation that changes something takes (or checks) the lock first.
-    deploy_lock.begin(config)
-    caddy_site = render_caddy_site(config)
-    # The preflight: everything this run needs from the host, or one message listing
-    # what is missing; then the operations run with the tools as found on the host.
-    live_venv = read(host, devpi.venv_read(config))
+    deploy_lock.begin(c.config)
+
+
+def preflight_reads(c: Converge) -> list:
+    paths = c.paths
+    daemon_leftovers = () if c.place.daemon else (paths.daemon_plist_file, paths.daemon_backup_plist_file)
+    return [
+        *preflight.reads(c.config, c.domain, c.place),
+        *devpi.reads(c.config),
+        paths.caddy_site_file,
+        paths.caddy_restart_pending,
+        *daemon_leftovers,
+        *users_indexes.reads(c.config),
+    ]
+
+
+def preflight_step(c: Converge) -> None:
+    """Everything this run needs from the host (or one message listing what is missing),
+    and every refusal, before any change; the later steps get the tools as found."""
+    config, paths, place = c.config, c.paths, c.place
+    c.caddy_site = render_caddy_site(config)
+    c.live_venv = read(host, devpi.venv_read(config))
     # Root (sudo -n) for a LaunchDaemon, or for the one a switch back to the agent retires.
     daemon_leftovers = not place.daemon and any(
         file_content(host, p) is not None for p in (paths.daemon_plist_file, paths.daemon_backup_plist_file)
     )
-    caddy_block = text_differs(paths.caddy_site_file, caddy_site)
-    needs = Needs(
-        venv=not devpi.venv_is_current(config, live_venv),
+    caddy_block = text_differs(paths.caddy_site_file, c.caddy_site)
+    c.needs = Needs(
+        venv=not devpi.venv_is_current(config, c.live_venv),
         caddy_block=caddy_block,
         root=place.needs_sudo or (daemon_leftovers and place.uid != 0),
         caddy_restart=bool(config.caddy_restart) and (
             caddy_block or file_content(host, paths.caddy_restart_pending) is not None),
     )
-    tools = preflight.ready(config, domain, needs, place)
-    config = with_tools(config, tools)
-    server_dir = devpi.server_dir(config)
-    check_server_dir(config, server_dir, venv_build=needs.venv, live_venv=live_venv)
-    fresh = devpi.needs_init(server_dir)
+    tools = preflight.ready(config, c.domain, c.needs, place)
+    c.config = config = with_tools(config, tools)
+    c.server_dir = devpi.server_dir(config)
+    check_server_dir(config, c.server_dir, venv_build=c.needs.venv, live_venv=c.live_venv)
+    c.fresh = devpi.needs_init(c.server_dir)
     # The password is read (1Password may prompt) only when init will run.
-    password_hash = plan_init_secret(config) if fresh else None
-
-    bootstrap_op = None
+    c.password_hash = plan_init_secret(config) if c.fresh else None
     if tools.uv_source in preflight.BOOTSTRAPPING:
-        bootstrap_op = preflight.uv_bootstrap(name="Bootstrap uv", config=config, tools=tools, lock=read_uv_lock())
+        c.op("bootstrap", preflight.uv_bootstrap, name="Bootstrap uv", config=config, tools=tools,
+             lock=read_uv_lock())
     # devpi-web's search: Whoosh only once no mirror loads its upstream's whole
     # project list (pyinfra_devpi/search.py); else null, and maybe Whoosh after the
     # users/indexes step has flagged the mirrors.
     try:
-        searching = search_plan.decide(
+        c.searching = search_plan.decide(
             config.search,
-            users_indexes.found_indexes(config, fresh),
-            users_indexes.planned(config, fresh),
+            users_indexes.found_indexes(config, c.fresh),
+            users_indexes.planned(config, c.fresh),
             search_plan.backend_in(file_content(host, paths.config_file)),
         )
     except PlanError as error:
         raise DeployError(f"{host.name}: {error}") from None
-    if searching.message:
-        host.log(searching.message, logger.warning if searching.warn else logger.info)
-    server_yaml = render_server_yaml(config, searching.backend)
+    if c.searching.message:
+        host.log(c.searching.message, logger.warning if c.searching.warn else logger.info)
+    c.server_yaml = render_server_yaml(config, c.searching.backend)
 
-    venv_op = devpi.venv(name="Install devpi venv", config=config, lock=read_lock(config))
+
+def venv_build(c: Converge) -> None:
+    c.op("venv build", devpi.venv, name="Install devpi venv", config=c.config, lock=read_lock(c.config))
+
+
+def server_dir(c: Converge) -> None:
     # With devpi_allow_export_import: a new devpi with another database version gets
     # the data through devpi-export / devpi-import (its venv is swapped in there).
-    upgrade_op = server_dir_ops.upgrade(
-        name="Move the server dir to the new database version", config=config, domain=domain, sudo=place.sudo,
-        venv_op=venv_op, server_db_version=server_dir["serverversion"],
-        wanted_db_version=planned_db_version(config, needs.venv, live_venv),
+    c.op(
+        "upgrade", server_dir_ops.upgrade,
+        name="Move the server dir to the new database version", config=c.config, domain=c.domain,
+        sudo=c.place.sudo, venv_op=c.ops["venv build"], server_db_version=c.server_dir["serverversion"],
+        wanted_db_version=planned_db_version(c.config, c.needs.venv, c.live_venv),
     )
     # A server dir brought over from elsewhere: devpi-fsck with the new venv before
     # devpi first starts on it.
-    adopt_op = server_dir_ops.adopt(name="Check the server dir brought over (devpi-fsck)", config=config)
-    # Before the YAML config that names it: devpi reads it at start-up.
-    logging_op = devpi.logging_config(
-        name="Write devpi's logging config", config=config, content=render_logging_config(config)
-    )
-    config_op = devpi.server_config(
-        name="Write devpi-server config", config=config, content=server_yaml
-    )
-    secret_op = devpi.secret(name="Create devpi secret file", config=config)
-    init_op = devpi.init(name="Initialise devpi server dir", config=config, password_hash=password_hash)
+    c.op("adopt", server_dir_ops.adopt, name="Check the server dir brought over (devpi-fsck)", config=c.config)
+
+
+def config_files(c: Converge) -> None:
+    # The logging config before the YAML config that names it: devpi reads it at start-up.
+    c.op("logging", devpi.logging_config, name="Write devpi's logging config", config=c.config,
+         content=render_logging_config(c.config))
+    c.op("config", devpi.server_config, name="Write devpi-server config", config=c.config, content=c.server_yaml)
+    c.op("secret", devpi.secret, name="Create devpi secret file", config=c.config)
+
+
+def init(c: Converge) -> None:
+    c.op("init", devpi.init, name="Initialise devpi server dir", config=c.config, password_hash=c.password_hash)
+
+
+CADDY_STEP = "Caddy site block for devpi"
+
+
+def caddy_reads(c: Converge) -> list:
+    return caddy.reads(c.paths.caddy_site_file, c.paths.caddy_restart_pending, c.config.caddy_restart, c.place)
+
+
+def caddy_site(c: Converge) -> None:
     # Before devpi's job is (re)loaded or restarted: the block holds requests while
     # devpi's port is closed (devpi_caddy_upstream_wait), so with it in place first, a
     # restart below (a takeover, an upgrade, a config change) fails no request that
     # comes through Caddy. It needs nothing from the running devpi.
-    caddy_step = "Caddy site block for devpi"
-    caddy_op = caddy.site(
-        name=caddy_step,
-        path=paths.caddy_site_file,
-        content=caddy_site,
-        restart=config.caddy_restart,
+    c.op(
+        "caddy", caddy.site,
+        name=CADDY_STEP,
+        path=c.paths.caddy_site_file,
+        content=c.caddy_site,
+        restart=c.config.caddy_restart,
         # Caddy's label is kickstarted where it is loaded: the SSH user's domains or system.
-        place=place,
-        pending_marker=paths.caddy_restart_pending,
-        caddy_bin=config.caddy_bin,
+        place=c.place,
+        pending_marker=c.paths.caddy_restart_pending,
+        caddy_bin=c.config.caddy_bin,
         # Its failure (a wrong devpi_caddy_restart) must not keep devpi down: the run
-        # goes on to devpi's job and fails at its end (caddy.picked_up).
+        # goes on to devpi's job and fails at its end (the "Caddy picked up" step).
         _ignore_errors=True,
     )
+
+
+def kind(c: Converge) -> str:
+    return "LaunchDaemon " if c.place.daemon else "LaunchAgent "
+
+
+def load_job(c: Converge, key: str, label: str, plist: str, plist_path: str, log_files: tuple, **options):
+    """One of the deploy's jobs (devpi's, the backup's) loaded from its plist. A
+    LaunchDaemon's plist is root's (written through sudo -n); its logs are made the SSH
+    user's before launchd (root) would create them."""
+    return c.op(
+        key, launchd.agent,
+        name=kind(c) + label,
+        label=label,
+        plist=plist,
+        plist_path=plist_path,
+        domain=c.domain,
+        directories=[c.paths.log_dir],
+        staged=c.paths.staged(plist_path),
+        log_files=log_files if c.place.daemon else (),
+        root_owned=c.place.daemon,
+        sudo=c.place.sudo,
+        **options,
+    )
+
+
+def job_reads(c: Converge) -> list:
+    paths = c.paths
+    return [
+        *retire.reads((c.config.label, paths.backup_label), c.place, paths.launch_agents_dir,
+                      paths.other_scope_plists),
+        *launchd.reads(c.config.label, c.domain, paths.plist_file),
+    ]
+
+
+def launchd_job(c: Converge) -> None:
+    config, paths, place = c.config, c.paths, c.place
     # Before the job is (re)loaded: an old job would keep devpi's port.
-    retire_op = retire.old_agents(
+    c.op(
+        "retire", retire.old_agents,
         name="Retire this devpi's job under another label, domain or scope",
         label=config.label,
         place=place,
@@ -322,112 +423,149 @@ def devpi_service():
         other_plists=paths.other_scope_plists,
         leave=(config.label,),
     )
-    kind = "LaunchDaemon " if place.daemon else "LaunchAgent "
-    # A LaunchDaemon's plist is root's (written through sudo -n); its logs are made the
-    # SSH user's before launchd (root) would create them.
-    job_files = dict(root_owned=place.daemon, sudo=place.sudo)
-    agent_op = launchd.agent(
-        name=kind + config.label,
-        label=config.label,
-        plist=render_plist(config, place.run_as),
-        plist_path=paths.plist_file,
-        domain=domain,
-        restart_after=[venv_op, logging_op, config_op],
-        directories=[paths.log_dir],
-        staged=paths.staged(paths.plist_file),
-        log_files=(paths.out_log, paths.err_log) if place.daemon else (),
+    load_job(
+        c, "agent", config.label, render_plist(config, place.run_as), paths.plist_file, (paths.out_log, paths.err_log),
+        restart_after=[c.ops["venv build"], c.ops["logging"], c.ops["config"]],
         # devpi's label loaded in another domain (the Ansible role's `launchctl load`,
         # the other scope) holds the port: booted out by the same command that loads
         # this job, after its plist is written, so the port is closed only for the switch.
         displace=retire.loaded_elsewhere(config.label, place),
-        **job_files,
     )
-    health_op = devpi.wait_healthy(
-        name="Wait for devpi to answer", config=config, after=[agent_op], new_venv=[venv_op],
-        target=f"{domain}/{config.label}", sudo=place.sudo,
-    )
+
+
+def health(c: Converge) -> None:
+    c.op("health", devpi.wait_healthy, name="Wait for devpi to answer", config=c.config, after=[c.ops["agent"]],
+         new_venv=[c.ops["venv build"]], target=c.place.target(c.config.label), sudo=c.place.sudo)
     # After the health wait: the devpi that answers runs this config's indexer. An index
-    # the run's final indexer uses (Whoosh, maybe switched on below) is not orphaned.
-    index_op = devpi.orphaned_index(
-        name="Orphaned Whoosh search index", config=config,
-        indexer_backend=search_plan.WHOOSH if searching.switch_on else searching.backend,
-    )
-    # Scheduled backups: a second LaunchAgent that launchd starts daily (never started
-    # by the deploy), or none once devpi_backup is unset (its backups stay).
-    if config.backup is not None:
-        backup.warn_if_stale(config)
-        backup_ops = [
-            backup.program(name="Backup program", config=config),
-            launchd.agent(
-                name=kind + paths.backup_label,
-                label=paths.backup_label,
-                plist=render_backup_plist(config, place.run_as),
-                plist_path=paths.backup_plist_file,
-                domain=domain,
-                directories=[paths.log_dir],
-                keep_running=False,
-                staged=paths.staged(paths.backup_plist_file),
-                log_files=(paths.backup_log,) if place.daemon else (),
-                **job_files,
-            ),
-        ]
-    else:
-        backup_ops = [
-            launchd.absent(
-                name="No " + kind + paths.backup_label,
-                label=paths.backup_label,
-                domain=domain,
-                plist_path=paths.backup_plist_file,
-                sudo=place.sudo,
-            ),
-        ]
+    # the run's final indexer uses (Whoosh, maybe switched on later) is not orphaned.
+    c.op("index", devpi.orphaned_index, name="Orphaned Whoosh search index", config=c.config,
+         indexer_backend=search_plan.WHOOSH if c.searching.switch_on else c.searching.backend)
+
+
+def backup_reads(c: Converge) -> list:
+    return backup.reads(c.config, c.domain)
+
+
+def backup_job(c: Converge) -> None:
+    """Scheduled backups: a second job that launchd starts daily (never started by the
+    deploy), or none once devpi_backup is unset (its backups stay)."""
+    config, paths, place = c.config, c.paths, c.place
+    if config.backup is None:
+        c.op("backup job", launchd.absent, name="No " + kind(c) + paths.backup_label, label=paths.backup_label,
+             domain=c.domain, plist_path=paths.backup_plist_file, sudo=place.sudo)
+        return
+    backup.warn_if_stale(config)
+    c.op("backup program", backup.program, name="Backup program", config=config)
+    load_job(c, "backup job", paths.backup_label, render_backup_plist(config, place.run_as), paths.backup_plist_file,
+             (paths.backup_log,), keep_running=False)
+
+
+def users_and_indexes_reads(c: Converge) -> list:
+    return users_indexes.reads(c.config)
+
+
+def users_and_indexes(c: Converge) -> None:
     # devpi_users / devpi_indexes: planned (refused, passwords read) now, applied once
     # devpi is up (waited for above), over its REST API through the SSH connection.
     try:
-        users_indexes.prepare(config, fresh=fresh)
+        users_indexes.prepare(c.config, fresh=c.fresh)
     except PlanError as error:
         raise DeployError(f"{host.name}: {error}") from None
-    api_op = users_indexes.users_indexes(
-        name="devpi users and indexes", config=config, fresh=fresh, whoosh=searching.backend == search_plan.WHOOSH,
-    )
-    search_op = search.switch_on(
+    c.op("users and indexes", users_indexes.users_indexes, name="devpi users and indexes", config=c.config,
+         fresh=c.fresh, whoosh=c.searching.backend == search_plan.WHOOSH)
+
+
+def search_step(c: Converge) -> None:
+    c.op(
+        "search", search.switch_on,
         name="Switch devpi-web search on (Whoosh)",
-        config=config,
-        plan=searching,
-        content=render_server_yaml(config, search_plan.WHOOSH),
-        written=server_yaml,
-        target=f"{domain}/{config.label}",
-        sudo=place.sudo,
+        config=c.config,
+        plan=c.searching,
+        content=render_server_yaml(c.config, search_plan.WHOOSH),
+        written=c.server_yaml,
+        target=c.place.target(c.config.label),
+        sudo=c.place.sudo,
     )
     # devpi runs with its final indexer now: devpi-web's index is made here, from one
     # thread, not by the first upload (operations/search.py).
-    create_index_op = search.create_index(
+    c.op(
+        "search index", search.create_index,
         name="Create devpi-web's search index",
-        config=config,
-        whoosh=searching.backend == search_plan.WHOOSH or searching.switch_on,
-        exists=server_dir["whoosh_project_index"],
+        config=c.config,
+        whoosh=c.searching.backend == search_plan.WHOOSH or c.searching.switch_on,
+        exists=c.server_dir["whoosh_project_index"],
     )
+
+
+def prewarm_reads(c: Converge) -> list:
+    return prewarm.reads(c.config)
+
+
+def prewarm_step(c: Converge) -> None:
     # Last: devpi is up (waited for above). Only when the list or the mirror changed.
     # The mirror's declared settings are part of the marker: changing them warms again.
-    prewarm_op = prewarm.projects(
-        name="Warm the mirror for devpi_prewarm",
-        config=config,
-        server_dir=server_dir,
-        mirror=config.indexes.get(config.prewarm_index),
-    )
+    c.op("prewarm", prewarm.projects, name="Warm the mirror for devpi_prewarm", config=c.config,
+         server_dir=c.server_dir, mirror=c.config.indexes.get(c.config.prewarm_index))
+
+
+def caddy_picked_up(c: Converge) -> None:
     # The Caddy block's step did not stop the run when it failed: the run fails here,
     # after devpi was converged. Only in a run where that step has something to do.
-    if caddy_op.will_change:
-        caddy.picked_up(
-            name="Check that Caddy picked up the site block", site=caddy_op,
-            message=caddy.not_picked_up_message(caddy_step, config.local_url),
+    if c.ops["caddy"].will_change:
+        c.op("caddy picked up", caddy.picked_up, name="Check that Caddy picked up the site block",
+             site=c.ops["caddy"], message=caddy.not_picked_up_message(CADDY_STEP, c.config.local_url))
+
+
+def release(c: Converge) -> None:
+    # Any change took the deploy lock: give it back once every operation planned
+    # before this one has run.
+    c.op("release", deploy_lock.release, name="Release the deploy lock", config=c.config,
+         after=list(c.planned))
+
+
+STEPS = (
+    Step("lock", lock_reads, lock),
+    Step("preflight", preflight_reads, preflight_step),
+    Step("venv build", lambda c: [devpi.venv_read(c.config)], venv_build),
+    Step("server dir", lambda c: [devpi.server_dir_read(c.config)], server_dir),
+    Step("config files", lambda c: [c.paths.logging_config, c.paths.config_file, devpi.server_dir_read(c.config)],
+         config_files),
+    Step("init", lambda c: [devpi.server_dir_read(c.config)], init),
+    Step("caddy", caddy_reads, caddy_site),
+    Step("launchd job", job_reads, launchd_job),
+    Step("health", lambda c: [devpi.server_dir_read(c.config)], health),
+    Step("backup", backup_reads, backup_job),
+    Step("users and indexes", users_and_indexes_reads, users_and_indexes),
+    Step("search", nothing, search_step),
+    Step("prewarm", prewarm_reads, prewarm_step),
+    Step("caddy picked up", nothing, caddy_picked_up),
+    Step("release", nothing, release),
+)
+
+
+def run_steps(c: Converge, steps=STEPS) -> None:
+    """Prefetch what ``steps`` read in one round trip, then run them in order."""
+    prefetch(host, [r for step in steps for r in step.reads(c)])
+    for step in steps:
+        step.run(c)
+
+
+@deploy("devpi")
+def devpi_service():
+    """Converge devpi-server + devpi-web as a LaunchAgent (or a LaunchDaemon run as the SSH
+    user: ``devpi_launchd_scope``) behind a Caddy site block: the ``STEPS`` in order."""
+    session = read(host, FactRead.of(LaunchdSession))
+    if not session["launchctl"]:
+        raise DeployError(
+            f"launchd is not available on {host.name} (no launchctl on the SSH user's PATH): "
+            "this deploy runs devpi as a macOS LaunchAgent and needs a macOS host",
         )
-    # Any change took the deploy lock: give it back.
-    deploy_lock.release(
-        name="Release the deploy lock",
-        config=config,
-        after=[op for op in (bootstrap_op, venv_op, upgrade_op, adopt_op, logging_op, config_op, secret_op, init_op,
-                            retire_op, agent_op, health_op, index_op, *backup_ops, caddy_op, api_op, search_op,
-                            create_index_op, prewarm_op)
-               if op is not None],
-    )
+    config = build_config(host.data.dict(), session["home"])
+    # Where the jobs live: the SSH user's domain (a LaunchAgent) or the system domain (a
+    # LaunchDaemon, changed through sudo -n unless the SSH user is root).
+    place = job_place(config, session)
+    # A LaunchAgent in user/<uid> (a headless Mac) is not loaded again at boot.
+    reboot = reboot_warning(place)
+    if reboot:
+        logger.warning(f"{host.print_prefix}{reboot}")
+    run_steps(Converge(config, place))

@@ -23,14 +23,13 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 
 from facts.launchd import LaunchdSession
+from facts.snapshot import FactRead, prefetch, read
 from operations import deploy_lock
 from operations import uninstall as ops
-
-from .config import DevpiConfig, build_config
-from .errors import DeployError
-from .launchd_scope import JobPlace, job_place
-from .render import render_caddy_removed
-from .snapshot import FactRead, prefetch, read
+from pyinfra_devpi.config import DevpiConfig, build_config
+from pyinfra_devpi.errors import DeployError
+from pyinfra_devpi.launchd_scope import JobPlace, job_place
+from pyinfra_devpi.render import render_caddy_removed
 
 
 @dataclasses.dataclass(frozen=True)
