@@ -16,7 +16,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand
 
 from facts.devpi import ServerDir, VenvVersions
-from pyinfra_devpi import deploy_lock, layout, search
+from pyinfra_devpi import deploy_lock, layout, search, shell_script
 from pyinfra_devpi.config import DevpiConfig
 from pyinfra_devpi.snapshot import FactRead, read
 
@@ -435,95 +435,18 @@ def wait_healthy_script(
     launchd reported is alive (``kill -0``, the shell's own), a poll runs no
     ``launchctl``; a pid that is gone is looked up again, since a restart (``kickstart
     -k``) replaces it.
+
+    The script is ``operations/wait_healthy.sh``; these are its inputs.
     """
-    api = url.rstrip("/") + "/+api"
-    want = (
-        f"want=$(sed -n 's/.*\"uuid\": *\"\\([^\"]*\\)\".*/\\1/p' {q(nodeinfo)} 2>/dev/null | head -n 1); "
-        if nodeinfo else "want=; "
+    rollback = rollback or {}
+    return shell_script.render(
+        __file__, "wait_healthy",
+        api=url.rstrip("/") + "/+api", url=url, timeout=int(timeout), every=HEALTH_PROGRESS_EVERY,
+        nodeinfo=nodeinfo, err_log=err_log, server_log=server_log, job=job, rollback=bool(rollback),
+        version=rollback.get("version"), previous=rollback.get("previous"), live=rollback.get("live"),
+        target=rollback.get("target"), sudo=bool(rollback.get("sudo", "").strip()),
+        suffix=layout.TRANSIENT_SUFFIX, rename=RENAME,
     )
-    watch = ""
-    if job:
-        # launchctl print's own top-level "pid = N" and "state = ..." lines (one tab,
-        # matched by the "."; nested sections are indented deeper).
-        info = (
-            f"launchctl print {q(job)} 2>/dev/null | "
-            "sed -n 's/^.pid = \\([0-9][0-9]*\\)$/pid=\\1/p; s/^.state = \\(.*\\)$/state=\\1/p'"
-        )
-        watch = (
-            'if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then '
-            f"info=$({info}); "
-            "now_pid=$(printf '%s\\n' \"$info\" | sed -n 's/^pid=//p'); "
-            "state=$(printf '%s\\n' \"$info\" | sed -n 's/^state=//p'); "
-            'if [ -n "$now_pid" ]; then pid=$now_pid; down=0; '
-            'elif [ -n "$state" ] && [ "$state" != running ]; then down=$((down + 1)); '
-            'if [ "$down" -ge 3 ]; then exited=1; return 1; fi; fi; fi; '
-        )
-    wait = (
-        "healthy() { "
-        f"start=$(date +%s); end=$((start + {int(timeout)})); said=$start; code=000; got=; exited=; pid=; down=0; "
-        "while :; do "
-        f"hdr=$(curl -s -D - -o /dev/null --max-time 5 {q(api)} 2>/dev/null | tr -d '\\r') || true; "
-        "code=$(printf '%s\\n' \"$hdr\" | sed -n 's/^HTTP\\/[0-9.]* \\([0-9]*\\).*/\\1/p' | tail -n 1); "
-        "got=$(printf '%s\\n' \"$hdr\" | sed -n 's/^[Xx]-[Dd][Ee][Vv][Pp][Ii]-[Uu][Uu][Ii][Dd]: *//p' | tail -n 1); "
-        'if [ "${code:-000}" = 200 ] && { [ -z "$want" ] || [ "$got" = "$want" ]; }; then return 0; fi; '
-        + watch
-        + 'now=$(date +%s); if [ "$now" -ge "$end" ]; then return 1; fi; '
-        f'if [ $((now - said)) -ge {HEALTH_PROGRESS_EVERY} ]; then said=$now; '
-        + progress(f"waiting for devpi on %s: %ss of {int(timeout)}s (last status: %s)",
-                   q(api), '"$((now - start))"', '"${code:-000}"')
-        + "; fi; "
-        "sleep 0.1; done; }; "
-    )
-    report = (
-        'if [ "${code:-000}" = 200 ]; then '
-        + say(
-            "another devpi answers on %s: its server dir is %s, this one's is %s. A job under an old "
-            "label, or from a previous devpi_home, holds the port: unload that job and rerun",
-            q(url), '"${got:-unknown}"', '"$want"',
-        )
-        + "; fi; "
-        + (
-            'if [ -n "$exited" ]; then '
-            + say("devpi exited before it answered on %s. launchd reports for %s:", q(api), q(job))
-            + f"; launchctl print {q(job)} 2>/dev/null "
-            "| grep -E '^.(state|runs|last exit code|last terminating signal) = ' >&2; else "
-            if job else ""
-        )
-        + say(
-            f"devpi did not answer 200 on %s within {int(timeout)}s (last status: %s).",
-            q(api), '"${code:-000}"',
-        )
-        + ("; fi; " if job else "; ")
-        + say("Last lines of %s:", q(err_log))
-        + f"; tail -n 40 {q(err_log)} >&2 2>/dev/null; "
-    )
-    if server_log:
-        report += (
-            say("Last lines of %s:", q(server_log)) + f"; tail -n 20 {q(server_log)} >&2 2>/dev/null; "
-        )
-    back = ""
-    if rollback:
-        prev_python = layout.venv_bin('"$prev"', "python")
-        back = (
-            f"prev=$(head -n 1 {q(rollback['previous'])} 2>/dev/null || true); live={q(rollback['live'])}; "
-            f'if [ -n "$prev" ] && [ -x {prev_python} ]; then '
-            + say(
-                f"devpi-server {rollback['version']} failed the health gate: rolling back to the previous "
-                "venv %s",
-                '"$prev"',
-            )
-            + f'; rm -f "$live"{layout.TRANSIENT_SUFFIX}; ln -s "$prev" "$live"{layout.TRANSIENT_SUFFIX}; '
-            f'{prev_python} -I -c {q(RENAME)} '
-            f'"$live"{layout.TRANSIENT_SUFFIX} "$live"; '
-            f"{rollback.get('sudo', '')}launchctl kickstart -k {q(rollback['target'])}; "
-            "if healthy; then "
-            + say(f"rolled back: devpi answers again from %s; devpi-server {rollback['version']} is not in use",
-                  '"$prev"')
-            + "; else "
-            + say("the rollback did not bring devpi back either (last status: %s)", '"${code:-000}"')
-            + "; fi; fi; "
-        )
-    return want + wait + "if healthy; then exit 0; fi; " + report + back + "exit 1"
 
 
 @operation
