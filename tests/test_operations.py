@@ -1365,8 +1365,9 @@ def test_a_restart_of_a_launchdaemon_goes_through_sudo(daemon_config):
     host.venv = {**host.venv, "devpi-server": "6.20.2"}
     steps = converge(host, daemon_config)
     assert shell_lines(steps["agent"]) == ["sudo -n launchctl kickstart -k system/net.devpi"]
-    # the health gate's rollback restarts the same way
-    assert "sudo -n launchctl kickstart -k system/net.devpi" in steps["health"][0]
+    # the health gate's rollback restarts the same way (wait_healthy.sh: sudo -n launchctl kickstart -k "$target")
+    health = steps["health"][0].splitlines()
+    assert "sudo=1" in health and "target=system/net.devpi" in health
 
 
 def test_root_needs_no_sudo_for_a_launchdaemon(daemon_config):
