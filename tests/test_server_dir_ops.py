@@ -129,7 +129,7 @@ def server_dir(tmp_path_factory):
 
 
 def run_functions(script: str) -> subprocess.CompletedProcess:
-    functions = server_dir_ops.probe_function() + "\n" + server_dir_ops.export_import_script(60)
+    functions = server_dir_ops.export_import_functions(60)
     return subprocess.run(["/bin/sh", "-c", functions + "\n" + script], capture_output=True, text=True, timeout=300)
 
 
