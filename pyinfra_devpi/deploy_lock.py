@@ -39,6 +39,7 @@ import secrets
 import shlex
 import socket
 
+from . import shell_script
 from .layout import LockPaths
 
 q = shlex.quote
@@ -61,23 +62,9 @@ CHANGED = (
 TOOK_OVER = "took over the stale deploy lock {lock} (run {run} by {by}, since {since}: its process {pid} on {host} is gone)"
 NOT_OURS = "the deploy lock {lock} was not this run's at the end (run {run} by {by} holds it): left as it is"
 
-# Shell functions shared by the scripts. The ``owner`` text is ``key=value`` lines.
-#   dl_field KEY TEXT    the value of KEY in TEXT
-#   dl_started PID       the process's start time as ps shows it (empty: no such process)
-#   dl_gone TEXT         0 when TEXT names a process of this host that has ended (its
-#                        pid is gone, or now belongs to a process started at another
-#                        time); 1 when it runs, or cannot be checked from here
-#   dl_old PATH          0 when PATH was last changed more than a minute ago
-PROCESS_FUNCTIONS = r"""dl_field() { printf '%s\n' "$2" | sed -n "s/^$1=//p" | head -n 1; }
-dl_started() { ps -o lstart= -p "$1" 2>/dev/null | sed 's/^ *//; s/ *$//'; }
-dl_gone() {
-  _h=$(dl_field host "$1"); _p=$(dl_field pid "$1"); _s=$(dl_field started "$1")
-  [ "$_h" = "$(uname -n)" ] || return 1
-  case "$_p" in ''|*[!0-9]*) return 1;; esac
-  _n=$(dl_started "$_p")
-  [ -z "$_n" ] || [ "$_n" != "$_s" ]
-}
-dl_old() { [ -n "$(find "$1" -prune -mmin +1 2>/dev/null)" ]; }"""
+# Shell functions shared by the scripts (dl_field, dl_started, dl_gone, dl_old): what
+# each does is said in the file.
+PROCESS_FUNCTIONS = shell_script.render(__file__, "deploy_lock_process")
 
 # The lock's own functions (need $lock, $owner_file and, to take over, $guard):
 #   dl_owner             the owner text ('' while it is being written, or no lock)
@@ -236,16 +223,6 @@ def state_script(paths: LockPaths, wait: int) -> str:
             "printf '%s\\n' \"$owner\" | sed -n 's/^\\([a-z]*\\)=/owner_\\1=/p'",
             "true",
         ]
-    )
-
-
-def builder_marker_shell(marker: str) -> str:
-    """Shell that writes ``marker`` (a quoted shell word) naming this shell as its owner:
-    pid, start time, host, in the lock's owner format."""
-    return (
-        PROCESS_FUNCTIONS
-        + "\nprintf 'pid=%s\\nstarted=%s\\nhost=%s\\n' \"$$\" \"$(dl_started $$)\" \"$(uname -n)\" > "
-        + marker
     )
 
 

@@ -10,8 +10,8 @@ then knows them, and ``render`` refuses a value the script does not declare or a
 declared one it is not given. Comment lines, blank lines and those declaration lines
 are left out of the command text. (So a line of a multi-line string in a script must
 not start with ``#``: values such as Python sources are passed as inputs instead.)
-A line ``. ./<other>.sh`` includes that file of the same directory (shell functions
-shared by scripts), its inputs with it: the host runs one ``sh -c`` string, and
+A line ``. ./<other>.sh`` (or ``. ../<folder>/<other>.sh``) includes that file (shell
+functions shared by scripts), its inputs with it: the host runs one ``sh -c`` string, and
 shellcheck follows the same line (``-x``).
 
 Secrets never go through here: a script reads one from a 0600 file uploaded before it.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 DECLARATION = re.compile(r'^:( "\$\{[A-Za-z_][A-Za-z0-9_]*\?\}")+$')
 INPUT = re.compile(r'\$\{([A-Za-z_][A-Za-z0-9_]*)\?\}')
-INCLUDE = re.compile(r"^\. \./([A-Za-z0-9_-]+\.sh)$")
+INCLUDE = re.compile(r"^\. (\./|\.\./[a-z_]+/)([A-Za-z0-9_-]+\.sh)$")
 
 
 @functools.cache
@@ -37,7 +37,7 @@ def _load(path: str) -> tuple[frozenset[str], str]:
         stripped = line.strip()
         include = INCLUDE.match(stripped)
         if include:
-            inputs, text = _load(str(Path(path).with_name(include.group(1))))
+            inputs, text = _load(str((Path(path).parent / include.group(1) / include.group(2)).resolve()))
             declared.update(inputs)
             body.append(text)
         elif DECLARATION.match(stripped):

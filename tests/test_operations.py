@@ -259,9 +259,11 @@ def test_fresh_host_builds_everything_in_order(config):
         f"{config.paths.venvs_dir}/{config.venv_name}.lock.txt"
     ]
     # the lock installed as it is, nothing resolved
-    assert "uv\" pip sync" in steps["venv"][-1] and "--require-hashes" in steps["venv"][-1]
+    build = steps["venv"][-1]
+    assert "uv\" pip sync" in build and "--require-hashes" in build
+    assert f"lock={config.paths.venvs_dir}/{config.venv_name}.lock.txt" in build.splitlines()
     # with the uv the preflight found, and the Python version uv finds or downloads
-    assert "uv=/opt/homebrew/bin/uv;" in steps["venv"][-1] and "--python 3.12 " in steps["venv"][-1]
+    assert {"uv=/opt/homebrew/bin/uv", "python=3.12"} <= set(build.splitlines())
     assert [c.dest for c in steps["config"] if isinstance(c, Upload)] == [config.paths.config_file + ".pyinfra-new"]
     assert "secrets.token_bytes(32)" in steps["secret"][0] and "/Users/alice/devpi/secret" in steps["secret"][0]
     assert any("devpi-init" in c for c in shell_lines(steps["init"]))
@@ -281,7 +283,7 @@ def test_devpi_bytecode_is_written_beside_the_check_and_before_the_swap(config):
     warm = script.index("pkgutil.iter_modules")
     started = script.index("& warm_pid=$!")
     assert warm < started < script.index("found=$(") < script.index('wait "$warm_pid" || true') < script.index("swapped=1")
-    trap = script[script.index("trap '"):]
+    trap = script[script.index("cleanup() {"):]
     assert trap.index('kill "$warm_pid"') < trap.index('rm -rf "$new"')
 
 
@@ -300,8 +302,9 @@ def test_each_venv_build_has_its_own_directory_and_marks_it_while_building(confi
     host = converged(config)
     host.venv = None
     script = converge(host, config)["venv"][-1]
-    assert f'new="$venvs"/{config.venv_name}-"$(date +%Y%m%d%H%M%S)-$$"' in script
-    assert 'building="$new".building' in script
+    assert f"venv_name={config.venv_name}" in script.splitlines()
+    assert "new=$venvs/$venv_name-$(date +%Y%m%d%H%M%S)-$$" in script.splitlines()
+    assert "building_suffix=.building" in script.splitlines() and "building=$new$building_suffix" in script
     marker = script.index('> "$building"')
     assert marker < script.index('"$uv" venv')  # marked before the directory exists
     assert 'rm -f "$building"' in script  # the trap removes the marker however it ends
