@@ -57,10 +57,12 @@ def value(v) -> str:
     return shlex.quote(str(v))
 
 
-def render(beside: str, name: str, title: str | None = None, /, **values) -> str:
+def render(beside: str, name: str, title: str | None = None, functions=(), /, **values) -> str:
     """The host script ``<name>.sh`` in the directory of module file ``beside``, its
     inputs ``values`` assigned before it. ``title`` (one line) comes first, as a comment:
-    what ``--diff`` shows for the command."""
+    what ``--diff`` shows for the command. ``functions``: one-line shell functions made
+    by the caller from its own templates (a message both the controller and the host
+    print), defined after the inputs."""
     path = Path(beside).with_name(f"{name}.sh")
     declared, body = _load(str(path))
     if set(values) != declared:
@@ -68,4 +70,4 @@ def render(beside: str, name: str, title: str | None = None, /, **values) -> str
             f"{path.name}: inputs given {sorted(values)} differ from those it declares {sorted(declared)}"
         )
     head = [f"# {title}"] if title else []
-    return "\n".join([*head, *(f"{k}={value(v)}" for k, v in values.items()), body])
+    return "\n".join([*head, *(f"{k}={value(v)}" for k, v in values.items()), *functions, body])
