@@ -250,9 +250,6 @@ def needs_init(found: dict) -> bool:
     return not found["exists"] or (found["is_dir"] and not found["has_data"])
 
 
-SD = '"$sd"'  # the server dir, as the init script's shell variable
-
-
 def init_script(config: DevpiConfig) -> str:
     """devpi-init into a transient dir beside the server dir; rename it into place once
     it is complete, so the server dir is either missing/empty or devpi's whole init.
@@ -264,37 +261,17 @@ def init_script(config: DevpiConfig) -> str:
     ``root/pypi`` with ``mirror_no_project_list`` set, so devpi never starts with a
     mirror that would fetch PyPI's whole project list. A symlinked server dir is
     initialised where it points.
+
+    The script is ``operations/devpi_init.sh``.
     """
     paths = config.paths
-    checks = " ".join(q(name) for name in (layout.SERVERVERSION, layout.NODEINFO, layout.SQLITE))
-    lines = [
-        "# devpi-init (without root/pypi) into a transient dir beside the server dir, "
-        "checked, then renamed into place",
-        f"f={q(paths.root_hash_upload)}; chmod 600 \"$f\"; "
-        'DEVPISERVER_ROOT_PASSWD_HASH=$(cat "$f"); rm -f "$f"; '
-        "export DEVPISERVER_ROOT_PASSWD_HASH",
-        "set -e",
-        f"sd={q(paths.server_dir)}",
-        'if [ -L "$sd" ]; then sd=$(cd "$sd" && pwd -P); fi',
-        f"new={layout.transient(SD)}",
-        'rm -rf "$new"',
-        "trap 'rc=$?; if [ $rc -ne 0 ]; then rm -rf \"$new\"; fi' EXIT",
-        '(umask 077; mkdir "$new")',
-        progress("devpi-init: initialising a new server dir (root's password hash, devpi's database)"),
-        # devpi-init's log (no secret in it) is shown only when it fails: the progress
-        # output stays the deploy's own lines.
-        f"if ! out=$({q(paths.bin('devpi-init'))} --configfile {q(paths.config_file)} --serverdir \"$new\" "
-        '--no-root-pypi 2>&1); then printf \'%s\\n\' "$out" >&2; exit 1; fi',
-        f'for x in {checks}; do if [ ! -s "$new/$x" ]; then '
-        + say("devpi-init left no %s in %s: the server dir was not replaced", '"$x"', '"$new"')
-        + "; exit 1; fi; done",
-        'if [ -d "$sd" ] && ! rmdir "$sd" 2>/dev/null; then '
-        + say("%s is no longer empty: not replacing it with the new server dir", '"$sd"')
-        + "; exit 1; fi",
-        'mv "$new" "$sd"',
-        progress("devpi-init: %s is initialised", '"$sd"'),
-    ]
-    return "\n".join(lines)
+    return shell_script.render(
+        __file__, "devpi_init",
+        "devpi-init (without root/pypi) into a transient dir beside the server dir, checked, then renamed into place",
+        hash_file=paths.root_hash_upload, server_dir=paths.server_dir, devpi_init=paths.bin("devpi-init"),
+        config_file=paths.config_file, transient_suffix=layout.TRANSIENT_SUFFIX,
+        serverversion_name=layout.SERVERVERSION, nodeinfo_name=layout.NODEINFO, sqlite_name=layout.SQLITE,
+    )
 
 
 @operation

@@ -626,20 +626,23 @@ def test_init_writes_a_transient_dir_and_renames_it_into_place_once_complete(con
     steps = converge(fresh(config), config, password_hash=HiddenValue(PASSWORD_HASH))
     script = shell_lines(steps["init"])[-1]
     server_dir = config.paths.server_dir
+    # operations/devpi_init.sh, given these paths
+    assert {f"server_dir={server_dir}", f"devpi_init={config.paths.bin('devpi-init')}",
+            f"config_file={config.paths.config_file}", "transient_suffix=.pyinfra-new"} <= set(script.splitlines())
     order = [
-        'rm -f "$f"',                                  # the hash file goes before anything runs
-        f"sd={server_dir}",
-        'new="$sd".pyinfra-new',                        # beside the server dir (layout.transient)
+        'rm -f "$hash_file"',                          # the hash file goes before anything runs
+        "sd=$server_dir",
+        "new=$sd$transient_suffix",                    # beside the server dir (layout.transient)
         'rm -rf "$new"',                                # a killed run's transient dir: never live
         'mkdir "$new"',
-        f'{config.paths.bin("devpi-init")} --configfile {config.paths.config_file} --serverdir "$new" --no-root-pypi',
-        "for x in .serverversion .nodeinfo .sqlite",    # complete, or the server dir is not touched
+        '"$devpi_init" --configfile "$config_file" --serverdir "$new" --no-root-pypi',
+        'for x in "$serverversion_name" "$nodeinfo_name" "$sqlite_name"',  # complete, or the server dir is not touched
         'rmdir "$sd"',                                  # an empty server dir only
         'mv "$new" "$sd"',                              # one rename
     ]
     positions = [script.index(part) for part in order]
     assert positions == sorted(positions), script
-    assert script.count("devpi-init --configfile") == 1 and "--root-passwd" not in script
+    assert script.count('"$devpi_init" --configfile') == 1 and "--root-passwd" not in script
 
 
 @pytest.mark.parametrize(
@@ -717,7 +720,7 @@ def test_password_and_hash_never_in_printed_commands(config, executing):
     # the hash travels only as file content over SFTP, and only when executing
     assert [u.content for u in uploads] == ([PASSWORD_HASH] if executing else [""])
     init = shell_lines(steps["init"])[-1]
-    assert init.index('rm -f "$f"') < init.index("/bin/devpi-init")
+    assert init.index('rm -f "$hash_file"') < init.index('"$devpi_init"')
 
 
 def test_no_gnu_only_forms_in_any_command(config):
