@@ -66,9 +66,8 @@ NOT_OURS = "the deploy lock {lock} was not this run's at the end (run {run} by {
 # each does is said in the file.
 PROCESS_FUNCTIONS = shell_script.render(__file__, "deploy_lock_process")
 
-# The lock's own functions (dl_owner, dl_stale, dl_anchor; they need $lock and
-# $owner_file): what each does is said in the file.
-LOCK_FUNCTIONS = shell_script.render(__file__, "deploy_lock_owner")
+# The lock's own functions (dl_owner, dl_stale, dl_anchor) are deploy_lock_owner.sh,
+# included by the scripts beside it.
 
 
 def _printf(template: str, values: dict[str, str]) -> str:
