@@ -334,9 +334,13 @@ def wait_healthy_script(
     The script is ``operations/wait_healthy.sh``; these are its inputs.
     """
     rollback = rollback or {}
+    api = url.rstrip("/") + "/+api"
     return shell_script.render(
         __file__, "wait_healthy",
-        api=url.rstrip("/") + "/+api", url=url, timeout=int(timeout), every=HEALTH_PROGRESS_EVERY,
+        f"wait up to {int(timeout)}s for devpi to answer {api}"
+        + (" (the previous venv back if it does not)" if rollback else ""),
+        (),
+        api=api, url=url, timeout=int(timeout), every=HEALTH_PROGRESS_EVERY,
         nodeinfo=nodeinfo, err_log=err_log, server_log=server_log, job=job, rollback=bool(rollback),
         version=rollback.get("version"), previous=rollback.get("previous"), live=rollback.get("live"),
         target=rollback.get("target"), sudo=bool(rollback.get("sudo", "").strip()),

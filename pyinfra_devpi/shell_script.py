@@ -69,5 +69,7 @@ def render(beside: str, name: str, title: str | None = None, functions=(), /, **
         raise ValueError(
             f"{path.name}: inputs given {sorted(values)} differ from those it declares {sorted(declared)}"
         )
+    if title and ("\n" in title or "\r" in title):
+        raise ValueError(f"{path.name}: a title is one line: {title!r}")
     head = [f"# {title}"] if title else []
     return "\n".join([*head, *(f"{k}={value(v)}" for k, v in values.items()), *functions, body])
