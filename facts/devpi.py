@@ -14,14 +14,12 @@ import shlex
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
-from facts._output import key_values, mode_of, print_block, script, split_blocks
+from facts._output import key_values, split_blocks
+from pyinfra_devpi import shell_script
 from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, SQLITE, WHOOSH_INDEX_DIR, venv_bin
 
 # The keys devpi-server writes into ``.nodeinfo`` that are useful to an operator.
 NODEINFO_KEYS = ("role", "uuid", "nodeinfo_version", "primary-url")
-
-
-DIR = '"$d"'
 
 
 class ServerDir(FactBase):
@@ -43,36 +41,11 @@ class ServerDir(FactBase):
     """
 
     def command(self, path, secret_file=None):
-        parts = [
-            f"d={shlex.quote(path)}",
-            'if [ ! -e "$d" ]; then echo "exists=false"',
-            'else echo "exists=true"',
-            'if [ -d "$d" ]; then echo "is_dir=true"; else echo "is_dir=false"; fi',
-            f'echo "mode={mode_of(DIR)}"',
-            'if [ -d "$d" ]; then echo "entries=$(ls -A "$d" | wc -l | tr -d " ")"; fi',
-            f'v="$d"/{SERVERVERSION}; n="$d"/{NODEINFO}; db="$d"/{SQLITE}',
-            'if [ -f "$v" ]; then echo "has_serverversion=true"; echo "serverversion=$(head -n 1 "$v")"; fi',
-            'if [ -f "$db" ] && [ -s "$db" ]; then echo "has_database=true"; fi',
-            f'i="$d"/{WHOOSH_INDEX_DIR}',
-            'if [ -d "$i" ]; then echo "whoosh_index_kib=$(du -sk "$i" 2>/dev/null | awk \'{print $1}\')"; fi',
-            'for t in "$i"/_project_*.toc; do if [ -f "$t" ]; then echo "whoosh_project_index=true"; break; fi; done',
-            print_block('"$n"', "nodeinfo"),
-            "fi",
-        ]
-        if secret_file:
-            parts += [
-                f"s={shlex.quote(secret_file)}",
-                'if [ -f "$s" ]; then echo "secret_mode=' + mode_of('"$s"') + '"; else echo "secret_mode="; fi',
-                # A server dir the deploy has not managed yet (no secret file), e.g. one
-                # brought over from another machine: who owns its entries, and which are
-                # group/world-writable (symlinks aside). Only then: a rerun walks nothing.
-                'if [ ! -f "$s" ] && [ -d "$d" ]; then u=$(id -u); '
-                'f=$(find "$d" ! -user "$u" -print 2>/dev/null); '
-                'w=$(find "$d" ! -type l \\( -perm -020 -o -perm -002 \\) -print 2>/dev/null); '
-                'echo "foreign_count=$(printf "%s" "$f" | grep -c .)"; echo "foreign_first=$(printf "%s\\n" "$f" | head -n 1)"; '
-                'echo "writable_count=$(printf "%s" "$w" | grep -c .)"; echo "writable_first=$(printf "%s\\n" "$w" | head -n 1)"; fi',
-            ]
-        return script(parts)
+        # facts/server_dir.sh
+        return shell_script.render(
+            __file__, "server_dir", d=path, s=secret_file, serverversion_name=SERVERVERSION,
+            nodeinfo_name=NODEINFO, sqlite_name=SQLITE, whoosh_index_name=WHOOSH_INDEX_DIR,
+        )
 
     def process(self, output):
         plain, blocks = split_blocks(output, ("nodeinfo",), "ServerDir")

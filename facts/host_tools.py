@@ -33,6 +33,7 @@ from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
 from facts._output import key_values, script
+from pyinfra_devpi import shell_script
 from pyinfra_devpi.layout import MACOS_PYTHON_SHIM
 
 q = shlex.quote
@@ -54,26 +55,8 @@ def _words(candidates) -> str:
     return " ".join(candidate_word(c) for c in candidates)
 
 
-# Shell functions (POSIX sh): ``find_tool`` prints the first candidate that is an
-# executable file (a bare name through ``command -v``, which also answers builtins and
-# aliases: only an absolute answer counts); ``py_version`` prints what an interpreter
-# reports, or ``shim`` for macOS's placeholder python3.
-_FUNCTIONS = [
-    "find_tool() {",
-    '  for c in "$@"; do',
-    '    case "$c" in',
-    '      */*) if [ -f "$c" ] && [ -x "$c" ]; then printf \'%s\\n\' "$c"; return 0; fi ;;',
-    '      *) p=$(command -v "$c" 2>/dev/null) || continue',
-    '         case "$p" in /*) if [ -f "$p" ] && [ -x "$p" ]; then printf \'%s\\n\' "$p"; return 0; fi ;; esac ;;',
-    "    esac",
-    "  done",
-    "}",
-    "py_version() {",
-    f'  if [ "$1" = {q(MACOS_PYTHON_SHIM)} ] && [ "$(uname -s)" = Darwin ] && '
-    "! xcode-select -p >/dev/null 2>&1; then echo shim; return 0; fi",
-    '  "$1" -I -c "$2" 2>/dev/null </dev/null | head -n 1',
-    "}",
-]
+# Shell functions (POSIX sh): ``find_tool`` and ``py_version`` (facts/find_tool.sh).
+_FUNCTIONS = [shell_script.render(__file__, "find_tool", macos_python_shim=MACOS_PYTHON_SHIM)]
 
 
 class HostTools(FactBase):

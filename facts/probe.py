@@ -27,7 +27,7 @@ from pyinfra.api.exceptions import FactProcessError
 from facts._output import key_values, script, split_blocks
 from facts.host_tools import _FUNCTIONS as FIND_FUNCTIONS
 from facts.host_tools import _VERSION, candidate_word
-from pyinfra_devpi.deploy_lock import LOCK_FUNCTIONS, PROCESS_FUNCTIONS
+from pyinfra_devpi import shell_script
 
 q = shlex.quote
 
@@ -121,20 +121,7 @@ class SessionProcesses(FactBase):
     """
 
     def command(self, target):
-        return script([
-            PROCESS_FUNCTIONS,
-            LOCK_FUNCTIONS,
-            "a=$(dl_anchor 0)",
-            "printf 'anchor=%s\\n' \"$a\"",
-            'if [ -n "$a" ]; then printf \'anchor_comm=%s\\nanchor_started=%s\\n\' '
-            '"$(ps -o comm= -p "$a" 2>/dev/null)" "$(dl_started "$a")"; fi',
-            "printf 'self_started=%s\\n' \"$(dl_started $$)\"",
-            # One tab: the job's own pid, not a nested block's.
-            f"p=$(launchctl print {q(target)} 2>/dev/null | grep \"^$(printf '\\t')pid = \" | head -n 1 "
-            "| sed 's/.*= *//')",
-            "printf 'job_pid=%s\\n' \"$p\"",
-            'case "$p" in [0-9]*) printf \'job_started=%s\\n\' "$(dl_started "$p")";; esac',
-        ])
+        return shell_script.render(__file__, "session_processes", target=target)  # facts/session_processes.sh
 
     def process(self, output):
         values = key_values(output)

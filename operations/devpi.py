@@ -17,7 +17,7 @@ from pyinfra.api import FileUploadCommand
 
 from facts.devpi import ServerDir, VenvVersions
 from facts.snapshot import FactRead, read
-from pyinfra_devpi import deploy_lock, layout, search
+from pyinfra_devpi import deploy_lock, layout, search, shell_script
 from pyinfra_devpi.config import DevpiConfig
 
 from .announce import ProgressCommand, log_once, operation, progress
@@ -94,7 +94,7 @@ WARM_BYTECODE = (
 )
 
 
-def build_venv_script(config: DevpiConfig, requirements: str, sync: bool = False) -> str:
+def build_venv_script(config: DevpiConfig, lock: str | None = None) -> str:
     """Build a new venv beside the live one, prove it, then swap the live link.
 
     The live venv is never modified: the new one gets a fresh directory under
@@ -102,15 +102,22 @@ def build_venv_script(config: DevpiConfig, requirements: str, sync: bool = False
     database version the server dir holds), and only then does ``<home>/venv``
     (a symlink) move to it with one rename. The previous venv is kept for a
     rollback; older ones are removed, except a venv another build is still making
-    (``prune_script``). A failed build removes its own directory.
+    (``venv_prune.sh``). A failed build removes its own directory.
 
-    ``sync``: ``requirements`` is a complete lock (every package pinned and hashed):
-    ``uv pip sync`` installs exactly it without resolving anything (``uv pip install``
-    of the same file resolves it again and revalidates its index pages: measured 5.4 s
-    against 0.9 s with a warm cache).
+    ``lock``: the path on the host of a complete lock (every package pinned and
+    hashed): ``uv pip sync`` installs exactly it without resolving anything (``uv pip
+    install`` of the same file resolves it again and revalidates its index pages:
+    measured 5.4 s against 0.9 s with a warm cache). Without one, uv resolves the pins.
+
+    A server dir holding another database version than the new devpi's is refused
+    (the new venv is removed, nothing live changed), or, with
+    ``devpi_allow_export_import``, the new venv is left beside the live one, not
+    swapped in, and named in the pending file for the upgrade
+    (``operations/server_dir.py``), which runs next.
+
+    The script is ``operations/venv_build.sh``; these are its inputs.
     """
     paths = config.paths
-    index = f" --index-url {q(config.index_url)}" if config.index_url else ""
     # One interpreter proves the venv imports and says what it holds: the database
     # version and devpi-server's own version (a second interpreter for
     # ``devpi-server --version`` would import, and on a new venv byte-compile, it all again).
@@ -125,64 +132,20 @@ def build_venv_script(config: DevpiConfig, requirements: str, sync: bool = False
     # alike, each writing the whole file (Python replaces a .pyc by a rename): 3.0 s for
     # both against 4.0 s in one interpreter, measured here.
     warm = "import devpi_server, devpi_web\n" + WARM_BYTECODE
-    python = layout.venv_bin('"$new"', "python")
-    devpi_server = layout.venv_bin('"$new"', "devpi-server")
-    lines = [
-        f"# build devpi-server {config.server_version} + devpi-web {config.web_version} in a new "
-        f"venv under venvs/, then point the live venv link at it",
-        "set -e",
-        f"home={q(paths.home)}; venvs={q(paths.venvs_dir)}; live={q(paths.venv)}",
-        f"uv={q(config.uv)}; sv={q(paths.serverversion)}; pending={q(paths.upgrade_pending)}",
-        # A killed run's record of a venv waiting for an export/import upgrade.
-        'rm -f "$pending"',
-        'command -v "$uv" >/dev/null 2>&1 || { '
-        + say("uv not found on the target as %s: install uv or set devpi_uv to its path", '"$uv"')
-        + "; exit 127; }",
-        '(umask 077; mkdir -p "$home")',
-        'mkdir -p "$venvs"',
-        # A name no other build shares (the pid: even in the same second), and beside
-        # it a marker naming this shell while it builds: no prune removes it meanwhile.
-        f'new="$venvs"/{q(config.venv_name)}-{layout.VENV_STAMP_SHELL}',
-        f'building="$new"{layout.BUILDING_SUFFIX}',
-        deploy_lock.builder_marker_shell('"$building"'),
-        # A failed build removes its venv, unless the live link already points at it.
-        "swapped=; warm_pid=; trap 'rc=$?; rm -f \"$building\"; "
-        "if [ -n \"$warm_pid\" ]; then kill \"$warm_pid\" 2>/dev/null; wait \"$warm_pid\" 2>/dev/null; fi; "
-        "if [ $rc -ne 0 ] && [ -z \"$swapped\" ]; then rm -rf \"$new\"; fi' EXIT",
-        # uv reads project files from the working directory: build from a neutral one.
-        'cd "$venvs"',
-        progress("venv: creating %s with Python %s (uv)", '"${new##*/}"', q(config.python)),
-        f'"$uv" venv --quiet --python {q(config.python)} "$new"',
-        progress(f"venv: installing devpi-server {config.server_version} + devpi-web {config.web_version} "
-                 "and their dependencies"),
-        f'"$uv" pip {"sync" if sync else "install"} --quiet --python {python}{index} {requirements}',
-        progress("venv: checking that the new venv imports and reports the pinned version"),
-        f"{python} -I -W ignore -c {q(warm)} </dev/null >/dev/null 2>&1 & warm_pid=$!",
-        # (pyramid's pkg_resources deprecation warning is noise in the progress output)
-        f"found=$({python} -I -W ignore::UserWarning -c {q(check)})",
-        # The bytecode is complete before the venv goes live (its status is not the
-        # check's: the warm-up skips what does not import).
-        'wait "$warm_pid" || true; warm_pid=',
-        'db=${found%% *}; version=${found#* }',
-        f'if [ ! -x {devpi_server} ] || [ "$version" != {q(config.server_version)} ]; then '
-        + say(f"the new venv reports devpi-server %s, expected {config.server_version}", '"$version"')
-        + "; exit 1; fi",
-        db_version_check(config),
-        'prev=$(cd "$live" 2>/dev/null && pwd -P || true)',
-        # A venv made by hand (a real directory) is moved aside, not deleted.
-        'if [ -d "$live" ] && [ ! -L "$live" ]; then '
-        f'prev="$venvs"/{layout.PRE_EXISTING_PREFIX}{layout.VENV_STAMP_SHELL}; mv "$live" "$prev"; fi',
-        f'link="$live"{layout.TRANSIENT_SUFFIX}',
-        'rm -f "$link"',
-        'ln -s "$new" "$link"',
-        f'{python} -I -c {q(RENAME)} "$link" "$live"',
-        "swapped=1",
-        # Where the health gate rolls back to if this venv's devpi does not come up.
-        f'printf \'%s\\n\' "$prev" > {q(paths.venv_previous)}',
-        prune_script(paths),
-        progress("venv: %s is live", '"${new##*/}"'),
-    ]
-    return "\n".join(lines)
+    return shell_script.render(
+        __file__, "venv_build",
+        f"build devpi-server {config.server_version} + devpi-web {config.web_version} in a new "
+        "venv under venvs/, then point the live venv link at it",
+        home=paths.home, venvs=paths.venvs_dir, live=paths.venv, uv=config.uv, sv=paths.serverversion,
+        pending=paths.upgrade_pending, venv_previous=paths.venv_previous, venv_name=config.venv_name,
+        python=config.python, server_version=config.server_version, web_version=config.web_version,
+        index_url=config.index_url, lock=lock,
+        # pyramid imports pkg_resources, which setuptools 82 removed.
+        setuptools_pin="setuptools<=81",
+        warm=warm, check=check, rename=RENAME, allow_export_import=config.allow_export_import,
+        opt_in_hint=opt_in_hint(), transient_suffix=layout.TRANSIENT_SUFFIX,
+        pre_existing_prefix=layout.PRE_EXISTING_PREFIX, **prune_inputs(),
+    )
 
 
 def opt_in_hint() -> str:
@@ -194,53 +157,18 @@ def opt_in_hint() -> str:
     )
 
 
-def db_version_check(config: DevpiConfig) -> str:
-    """In the venv build, after ``$db`` (the new devpi's database version) is known:
-    a server dir holding another version is refused (the new venv is removed, nothing
-    live changed), or, with ``devpi_allow_export_import``, the new venv is left
-    beside the live one, not swapped in, and named in the pending file for the
-    upgrade (``operations/server_dir.py``), which runs next."""
-    found = '"$(head -n 1 "$sv")"'
-    differs = 'if [ -f "$sv" ] && [ "$(head -n 1 "$sv")" != "$db" ]; then '
-    if config.allow_export_import:
-        return (
-            differs
-            + say(
-                f"devpi-server {config.server_version} uses database version %s but %s holds version %s: "
-                "the data moves over with devpi-export and devpi-import (devpi_allow_export_import)",
-                '"$db"', '"${sv%/*}"', found,
-            )
-            + "; printf '%s\\n' \"$new\" > \"$pending\"; exit 0; fi"
-        )
-    return (
-        differs
-        + say(
-            f"devpi-server {config.server_version} uses database version %s but %s holds version %s: "
-            f"refusing to start it on that dir; nothing live was changed. {opt_in_hint()}",
-            '"$db"', '"${sv%/*}"', found,
-        )
-        + "; exit 1; fi"
-    )
+def prune_inputs() -> dict:
+    return dict(venv_prefix=layout.VENV_PREFIX, building_suffix=layout.BUILDING_SUFFIX)
 
 
-def prune_script(paths) -> str:
-    """Remove the deploy's older venvs from ``"$venvs"``. Kept: the new one, the previous
-    one (``"$prev"``, physical), the one the live link points at now, and every venv
-    whose builder still runs (its ``.building`` marker names a live process of this
-    host). A marker whose builder is gone is removed first, so its venv goes too,
-    unless it is one of those kept (a builder killed after its swap)."""
-    building = layout.BUILDING_SUFFIX
-    glob = f'"$venvs"/{paths.venv_prune_glob}'
-    return "\n".join(
-        [
-            'keep_new=$(cd "$new" && pwd -P); keep_live=$(cd "$live" 2>/dev/null && pwd -P || true)',
-            f"for m in {glob}{building}; do "
-            'if [ -f "$m" ] && [ "$m" != "$building" ] && dl_gone "$(cat "$m")"; then rm -f "$m"; fi; done',
-            f"for d in {glob}; do "
-            f'if [ -d "$d" ] && [ ! -e "$d"{building} ]; then p=$(cd "$d" && pwd -P) || continue; '
-            'case "$p" in "$keep_new"|"$prev"|"$keep_live") ;; *) rm -rf "$d" ;; esac; fi; done',
-        ]
-    )
+def prune_script() -> str:
+    """``prune_venvs VENVS NEW PREV LIVE BUILDING`` (``operations/venv_prune.sh``): remove
+    the deploy's older venvs from VENVS. Kept: the new one, the previous one (physical),
+    the one the live link points at now, and every venv whose builder still runs (its
+    ``.building`` marker names a live process of this host). A marker whose builder is
+    gone is removed first, so its venv goes too, unless it is one of those kept (a
+    builder killed after its swap). Needs ``dl_gone`` (``deploy_lock.PROCESS_FUNCTIONS``)."""
+    return shell_script.render(__file__, "venv_prune", **prune_inputs())
 
 
 @operation
@@ -257,22 +185,12 @@ def venv(config: DevpiConfig, lock: str | None = None):
         host.noop(f"devpi-server {config.server_version} + devpi-web {config.web_version} are installed")
         return
 
+    lock_path = None
     if lock is not None:
         lock_path = config.paths.lock_upload(config.venv_name)
         yield f"mkdir -p {q(config.paths.venvs_dir)}"
         yield FileUploadCommand(BytesIO(lock.encode("utf-8")), lock_path)
-        requirements = f"--require-hashes {q(lock_path)}"
-    else:
-        requirements = " ".join(
-            q(p)
-            for p in (
-                f"devpi-server=={config.server_version}",
-                f"devpi-web=={config.web_version}",
-                # pyramid imports pkg_resources, which setuptools 82 removed.
-                "setuptools<=81",
-            )
-        )
-    yield ProgressCommand(build_venv_script(config, requirements, sync=lock is not None))
+    yield ProgressCommand(build_venv_script(config, lock_path))
 
 
 @operation
@@ -332,9 +250,6 @@ def needs_init(found: dict) -> bool:
     return not found["exists"] or (found["is_dir"] and not found["has_data"])
 
 
-SD = '"$sd"'  # the server dir, as the init script's shell variable
-
-
 def init_script(config: DevpiConfig) -> str:
     """devpi-init into a transient dir beside the server dir; rename it into place once
     it is complete, so the server dir is either missing/empty or devpi's whole init.
@@ -346,37 +261,17 @@ def init_script(config: DevpiConfig) -> str:
     ``root/pypi`` with ``mirror_no_project_list`` set, so devpi never starts with a
     mirror that would fetch PyPI's whole project list. A symlinked server dir is
     initialised where it points.
+
+    The script is ``operations/devpi_init.sh``.
     """
     paths = config.paths
-    checks = " ".join(q(name) for name in (layout.SERVERVERSION, layout.NODEINFO, layout.SQLITE))
-    lines = [
-        "# devpi-init (without root/pypi) into a transient dir beside the server dir, "
-        "checked, then renamed into place",
-        f"f={q(paths.root_hash_upload)}; chmod 600 \"$f\"; "
-        'DEVPISERVER_ROOT_PASSWD_HASH=$(cat "$f"); rm -f "$f"; '
-        "export DEVPISERVER_ROOT_PASSWD_HASH",
-        "set -e",
-        f"sd={q(paths.server_dir)}",
-        'if [ -L "$sd" ]; then sd=$(cd "$sd" && pwd -P); fi',
-        f"new={layout.transient(SD)}",
-        'rm -rf "$new"',
-        "trap 'rc=$?; if [ $rc -ne 0 ]; then rm -rf \"$new\"; fi' EXIT",
-        '(umask 077; mkdir "$new")',
-        progress("devpi-init: initialising a new server dir (root's password hash, devpi's database)"),
-        # devpi-init's log (no secret in it) is shown only when it fails: the progress
-        # output stays the deploy's own lines.
-        f"if ! out=$({q(paths.bin('devpi-init'))} --configfile {q(paths.config_file)} --serverdir \"$new\" "
-        '--no-root-pypi 2>&1); then printf \'%s\\n\' "$out" >&2; exit 1; fi',
-        f'for x in {checks}; do if [ ! -s "$new/$x" ]; then '
-        + say("devpi-init left no %s in %s: the server dir was not replaced", '"$x"', '"$new"')
-        + "; exit 1; fi; done",
-        'if [ -d "$sd" ] && ! rmdir "$sd" 2>/dev/null; then '
-        + say("%s is no longer empty: not replacing it with the new server dir", '"$sd"')
-        + "; exit 1; fi",
-        'mv "$new" "$sd"',
-        progress("devpi-init: %s is initialised", '"$sd"'),
-    ]
-    return "\n".join(lines)
+    return shell_script.render(
+        __file__, "devpi_init",
+        "devpi-init (without root/pypi) into a transient dir beside the server dir, checked, then renamed into place",
+        hash_file=paths.root_hash_upload, server_dir=paths.server_dir, devpi_init=paths.bin("devpi-init"),
+        config_file=paths.config_file, transient_suffix=layout.TRANSIENT_SUFFIX,
+        serverversion_name=layout.SERVERVERSION, nodeinfo_name=layout.NODEINFO, sqlite_name=layout.SQLITE,
+    )
 
 
 @operation
@@ -435,95 +330,22 @@ def wait_healthy_script(
     launchd reported is alive (``kill -0``, the shell's own), a poll runs no
     ``launchctl``; a pid that is gone is looked up again, since a restart (``kickstart
     -k``) replaces it.
+
+    The script is ``operations/wait_healthy.sh``; these are its inputs.
     """
+    rollback = rollback or {}
     api = url.rstrip("/") + "/+api"
-    want = (
-        f"want=$(sed -n 's/.*\"uuid\": *\"\\([^\"]*\\)\".*/\\1/p' {q(nodeinfo)} 2>/dev/null | head -n 1); "
-        if nodeinfo else "want=; "
+    return shell_script.render(
+        __file__, "wait_healthy",
+        f"wait up to {int(timeout)}s for devpi to answer {api}"
+        + (" (the previous venv back if it does not)" if rollback else ""),
+        (),
+        api=api, url=url, timeout=int(timeout), every=HEALTH_PROGRESS_EVERY,
+        nodeinfo=nodeinfo, err_log=err_log, server_log=server_log, job=job, rollback=bool(rollback),
+        version=rollback.get("version"), previous=rollback.get("previous"), live=rollback.get("live"),
+        target=rollback.get("target"), sudo=bool(rollback.get("sudo", "").strip()),
+        suffix=layout.TRANSIENT_SUFFIX, rename=RENAME,
     )
-    watch = ""
-    if job:
-        # launchctl print's own top-level "pid = N" and "state = ..." lines (one tab,
-        # matched by the "."; nested sections are indented deeper).
-        info = (
-            f"launchctl print {q(job)} 2>/dev/null | "
-            "sed -n 's/^.pid = \\([0-9][0-9]*\\)$/pid=\\1/p; s/^.state = \\(.*\\)$/state=\\1/p'"
-        )
-        watch = (
-            'if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then '
-            f"info=$({info}); "
-            "now_pid=$(printf '%s\\n' \"$info\" | sed -n 's/^pid=//p'); "
-            "state=$(printf '%s\\n' \"$info\" | sed -n 's/^state=//p'); "
-            'if [ -n "$now_pid" ]; then pid=$now_pid; down=0; '
-            'elif [ -n "$state" ] && [ "$state" != running ]; then down=$((down + 1)); '
-            'if [ "$down" -ge 3 ]; then exited=1; return 1; fi; fi; fi; '
-        )
-    wait = (
-        "healthy() { "
-        f"start=$(date +%s); end=$((start + {int(timeout)})); said=$start; code=000; got=; exited=; pid=; down=0; "
-        "while :; do "
-        f"hdr=$(curl -s -D - -o /dev/null --max-time 5 {q(api)} 2>/dev/null | tr -d '\\r') || true; "
-        "code=$(printf '%s\\n' \"$hdr\" | sed -n 's/^HTTP\\/[0-9.]* \\([0-9]*\\).*/\\1/p' | tail -n 1); "
-        "got=$(printf '%s\\n' \"$hdr\" | sed -n 's/^[Xx]-[Dd][Ee][Vv][Pp][Ii]-[Uu][Uu][Ii][Dd]: *//p' | tail -n 1); "
-        'if [ "${code:-000}" = 200 ] && { [ -z "$want" ] || [ "$got" = "$want" ]; }; then return 0; fi; '
-        + watch
-        + 'now=$(date +%s); if [ "$now" -ge "$end" ]; then return 1; fi; '
-        f'if [ $((now - said)) -ge {HEALTH_PROGRESS_EVERY} ]; then said=$now; '
-        + progress(f"waiting for devpi on %s: %ss of {int(timeout)}s (last status: %s)",
-                   q(api), '"$((now - start))"', '"${code:-000}"')
-        + "; fi; "
-        "sleep 0.1; done; }; "
-    )
-    report = (
-        'if [ "${code:-000}" = 200 ]; then '
-        + say(
-            "another devpi answers on %s: its server dir is %s, this one's is %s. A job under an old "
-            "label, or from a previous devpi_home, holds the port: unload that job and rerun",
-            q(url), '"${got:-unknown}"', '"$want"',
-        )
-        + "; fi; "
-        + (
-            'if [ -n "$exited" ]; then '
-            + say("devpi exited before it answered on %s. launchd reports for %s:", q(api), q(job))
-            + f"; launchctl print {q(job)} 2>/dev/null "
-            "| grep -E '^.(state|runs|last exit code|last terminating signal) = ' >&2; else "
-            if job else ""
-        )
-        + say(
-            f"devpi did not answer 200 on %s within {int(timeout)}s (last status: %s).",
-            q(api), '"${code:-000}"',
-        )
-        + ("; fi; " if job else "; ")
-        + say("Last lines of %s:", q(err_log))
-        + f"; tail -n 40 {q(err_log)} >&2 2>/dev/null; "
-    )
-    if server_log:
-        report += (
-            say("Last lines of %s:", q(server_log)) + f"; tail -n 20 {q(server_log)} >&2 2>/dev/null; "
-        )
-    back = ""
-    if rollback:
-        prev_python = layout.venv_bin('"$prev"', "python")
-        back = (
-            f"prev=$(head -n 1 {q(rollback['previous'])} 2>/dev/null || true); live={q(rollback['live'])}; "
-            f'if [ -n "$prev" ] && [ -x {prev_python} ]; then '
-            + say(
-                f"devpi-server {rollback['version']} failed the health gate: rolling back to the previous "
-                "venv %s",
-                '"$prev"',
-            )
-            + f'; rm -f "$live"{layout.TRANSIENT_SUFFIX}; ln -s "$prev" "$live"{layout.TRANSIENT_SUFFIX}; '
-            f'{prev_python} -I -c {q(RENAME)} '
-            f'"$live"{layout.TRANSIENT_SUFFIX} "$live"; '
-            f"{rollback.get('sudo', '')}launchctl kickstart -k {q(rollback['target'])}; "
-            "if healthy; then "
-            + say(f"rolled back: devpi answers again from %s; devpi-server {rollback['version']} is not in use",
-                  '"$prev"')
-            + "; else "
-            + say("the rollback did not bring devpi back either (last status: %s)", '"${code:-000}"')
-            + "; fi; fi; "
-        )
-    return want + wait + "if healthy; then exit 0; fi; " + report + back + "exit 1"
 
 
 @operation

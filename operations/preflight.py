@@ -16,15 +16,14 @@ from pyinfra.api import FileUploadCommand
 from facts.host_tools import HostTools
 from facts.preflight import HostReadiness
 from facts.snapshot import FactRead, read
-from pyinfra_devpi import layout
+from pyinfra_devpi import layout, shell_script
 from pyinfra_devpi import preflight as decide
 from pyinfra_devpi.config import UV_BOOTSTRAP_VERSION, DevpiConfig, python_request
 from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.launchd_scope import JobPlace
 
 from . import caddy
-from .announce import ProgressCommand, operation, progress
-from .devpi import say
+from .announce import ProgressCommand, operation
 
 q = shlex.quote
 
@@ -84,38 +83,19 @@ def bootstrap_script(config: DevpiConfig, python: str, lock_path: str) -> str:
     """pip-install the pinned uv (``--require-hashes``, wheels only) into a scratch venv made
     by ``python``, prove it runs, and keep only its binary at ``paths.bootstrap_uv``: a
     rename over the uv an earlier release bootstrapped, so a run killed midway leaves
-    that one working. Then the other releases' requirement files go."""
+    that one working. Then the other releases' requirement files go.
+    The script is ``operations/uv_bootstrap.sh``."""
     paths = config.paths
-    index = f" --index-url {q(config.index_url)}" if config.index_url else ""
-    target = paths.bootstrap_uv
-    bin_dir = target.rsplit("/", 1)[0]
-    new_python = layout.venv_bin('"$new"', "python")
-    new_uv = layout.venv_bin('"$new"', "uv")
-    lines = [
-        f"# bootstrap uv {UV_BOOTSTRAP_VERSION} from PyPI into {target} (no uv on the host, or an older one there)",
-        "set -e",
-        f"home={q(paths.home)}; new={q(paths.uv_build_venv)}; py={q(python)}",
-        '(umask 077; mkdir -p "$home")',
-        'rm -rf "$new"',
-        "trap 'rc=$?; rm -rf \"$new\"; exit $rc' EXIT",
-        'cd "$home"',
-        progress(f"uv: bootstrapping uv {UV_BOOTSTRAP_VERSION} from PyPI (hash-checked wheel) with %s", '"$py"'),
-        '"$py" -m venv "$new" || { '
-        + say("%s could not make a venv (python3 -m venv) to bootstrap uv into", '"$py"')
-        + "; exit 1; }",
-        f"{new_python} -m pip install --quiet --disable-pip-version-check --no-deps "
-        f"--only-binary=:all: --require-hashes{index} -r {q(lock_path)}",
-        f"v=$({new_uv} --version 2>/dev/null || true)",
-        f'case "$v" in {q("uv " + UV_BOOTSTRAP_VERSION)}|{q("uv " + UV_BOOTSTRAP_VERSION + " ")}*) ;; *) '
-        + say(f"the bootstrapped uv reports %s, expected uv {UV_BOOTSTRAP_VERSION}", '"$v"')
-        + "; exit 1;; esac",
-        f"mkdir -p {q(bin_dir)}",
-        f"cp {new_uv} {q(layout.transient(target))}",
-        f"chmod 755 {q(layout.transient(target))}",
-        f"mv -f {q(layout.transient(target))} {q(target)}",
-        f'for f in {q(paths.tools_dir)}/{paths.uv_lock_glob}; do [ "$f" = {q(lock_path)} ] || rm -f "$f"; done',
-    ]
-    return "\n".join(lines)
+    lock_prefix, lock_suffix = paths.uv_lock_glob.split("*")
+    return shell_script.render(
+        __file__, "uv_bootstrap",
+        f"bootstrap uv {UV_BOOTSTRAP_VERSION} from PyPI into {paths.bootstrap_uv} (no uv on the host, or an older "
+        "one there)",
+        home=paths.home, new=paths.uv_build_venv, py=python, version=UV_BOOTSTRAP_VERSION,
+        index_url=config.index_url, lock=lock_path, target=paths.bootstrap_uv,
+        staged=layout.transient(paths.bootstrap_uv), tools_dir=paths.tools_dir, lock_prefix=lock_prefix,
+        lock_suffix=lock_suffix,
+    )
 
 
 @operation

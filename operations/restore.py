@@ -24,11 +24,10 @@ from pyinfra import host
 
 from facts.backup import BackupSource
 from facts.snapshot import FactRead, read
-from pyinfra_devpi import layout
+from pyinfra_devpi import layout, shell_script
 from pyinfra_devpi.config import DevpiConfig
 
 from .announce import operation
-from .devpi import say
 from .launchd import bootout_command, bootstrap_command
 
 q = shlex.quote
@@ -123,20 +122,16 @@ def verify_command(config: DevpiConfig, backup: str) -> str:
 
 
 def import_command(config: DevpiConfig, backup: str) -> str:
+    """devpi-import the backup into a new server dir beside the live one (``restore_import.sh``)."""
     paths = config.paths
     export = f"{backup}/{layout.BACKUP_EXPORT_DIR}"
-    return "\n".join([
-        f"# devpi-import the backup into {paths.restoring_dir} (a new server dir beside the live one)",
-        "set -e",
-        f"new={q(paths.restoring_dir)}",
-        'rm -rf "$new"',
-        "trap 'rc=$?; if [ $rc -ne 0 ]; then rm -rf \"$new\"; fi' EXIT",
-        '(umask 077; mkdir "$new")',
-        f"if {q(paths.bin('python'))} -I -c {q(HAS_ROOT_PYPI)} {q(export + '/' + layout.DATAINDEX)}; "
-        "then no_root_pypi=; else no_root_pypi=--no-root-pypi; fi",
-        f"{q(paths.bin('devpi-import'))} --configfile {q(paths.config_file)} --serverdir \"$new\" "
-        f"$no_root_pypi {q(export)}",
-    ])
+    return shell_script.render(
+        __file__, "restore_import",
+        f"devpi-import the backup into {paths.restoring_dir} (a new server dir beside the live one)",
+        new=paths.restoring_dir, python=paths.bin("python"), devpi_import=paths.bin("devpi-import"),
+        config_file=paths.config_file, export=export, dataindex=f"{export}/{layout.DATAINDEX}",
+        has_root_pypi_py=HAS_ROOT_PYPI,
+    )
 
 
 def fsck_command(config: DevpiConfig) -> str:
@@ -150,34 +145,15 @@ def fsck_command(config: DevpiConfig) -> str:
 def trial_command(config: DevpiConfig) -> str:
     """devpi-server on the new dir on a spare loopback port, by pid: it must answer
     ``/+api`` with the new dir's uuid; then it is stopped (SIGTERM, SIGKILL after
-    ``TRIAL_STOP_TIMEOUT``)."""
+    ``TRIAL_STOP_TIMEOUT``). The script is ``operations/restore_trial.sh``."""
     paths = config.paths
-    log = q(paths.restore_trial_log)
-    return "\n".join([
-        "# trial: devpi-server on the new dir on a spare loopback port, health-checked, stopped by its pid",
-        f"new={q(paths.restoring_dir)}",
-        f"port=$({q(paths.bin('python'))} -I -c {q(FREE_PORT)})",
-        f"want=$(sed -n 's/.*\"uuid\": *\"\\([^\"]*\\)\".*/\\1/p' \"$new\"/{layout.NODEINFO} | head -n 1)",
-        f"{q(paths.bin('devpi-server'))} --configfile {q(paths.config_file)} --serverdir \"$new\" "
-        f"--host 127.0.0.1 --port \"$port\" </dev/null >{log} 2>&1 &",
-        "pid=$!",
-        "trap 'kill $pid 2>/dev/null' EXIT",
-        f"end=$(($(date +%s) + {TRIAL_TIMEOUT})); ok=",
-        "while kill -0 $pid 2>/dev/null; do "
-        "got=$(curl -s -D - -o /dev/null --max-time 5 \"http://127.0.0.1:$port/+api\" 2>/dev/null | tr -d '\\r' "
-        "| sed -n 's/^[Xx]-[Dd][Ee][Vv][Pp][Ii]-[Uu][Uu][Ii][Dd]: *//p' | tail -n 1); "
-        'if [ -n "$want" ] && [ "$got" = "$want" ]; then ok=1; break; fi; '
-        'if [ "$(date +%s)" -ge "$end" ]; then break; fi; sleep 0.3; done',
-        "kill $pid 2>/dev/null || true",
-        f"i=0; while kill -0 $pid 2>/dev/null; do i=$((i + 1)); if [ $i -ge {TRIAL_STOP_TIMEOUT * 10} ]; then "
-        "kill -9 $pid 2>/dev/null || true; fi; sleep 0.1; done",
-        "trap - EXIT",
-        'if [ -z "$ok" ]; then '
-        + say("the restored server dir %s did not answer on a spare port (uuid %s); the live server dir is "
-              "untouched. Last lines of %s:", '"$new"', '"$want"', log)
-        + f"; tail -n 40 {log} >&2; exit 1; fi",
-        say("the restored server dir answered on spare port %s (uuid %s)", '"$port"', '"$want"'),
-    ])
+    return shell_script.render(
+        __file__, "restore_trial",
+        "trial: devpi-server on the new dir on a spare loopback port, health-checked, stopped by its pid",
+        new=paths.restoring_dir, python=paths.bin("python"), devpi_server=paths.bin("devpi-server"),
+        config_file=paths.config_file, log=paths.restore_trial_log, free_port_py=FREE_PORT,
+        nodeinfo_name=layout.NODEINFO, timeout=TRIAL_TIMEOUT, stop_timeout=TRIAL_STOP_TIMEOUT,
+    )
 
 
 def swap_command(config: DevpiConfig, domain: str, loaded: bool, sudo: str = "") -> str:

@@ -39,6 +39,7 @@ import secrets
 import shlex
 import socket
 
+from . import shell_script
 from .layout import LockPaths
 
 q = shlex.quote
@@ -61,46 +62,12 @@ CHANGED = (
 TOOK_OVER = "took over the stale deploy lock {lock} (run {run} by {by}, since {since}: its process {pid} on {host} is gone)"
 NOT_OURS = "the deploy lock {lock} was not this run's at the end (run {run} by {by} holds it): left as it is"
 
-# Shell functions shared by the scripts. The ``owner`` text is ``key=value`` lines.
-#   dl_field KEY TEXT    the value of KEY in TEXT
-#   dl_started PID       the process's start time as ps shows it (empty: no such process)
-#   dl_gone TEXT         0 when TEXT names a process of this host that has ended (its
-#                        pid is gone, or now belongs to a process started at another
-#                        time); 1 when it runs, or cannot be checked from here
-#   dl_old PATH          0 when PATH was last changed more than a minute ago
-PROCESS_FUNCTIONS = r"""dl_field() { printf '%s\n' "$2" | sed -n "s/^$1=//p" | head -n 1; }
-dl_started() { ps -o lstart= -p "$1" 2>/dev/null | sed 's/^ *//; s/ *$//'; }
-dl_gone() {
-  _h=$(dl_field host "$1"); _p=$(dl_field pid "$1"); _s=$(dl_field started "$1")
-  [ "$_h" = "$(uname -n)" ] || return 1
-  case "$_p" in ''|*[!0-9]*) return 1;; esac
-  _n=$(dl_started "$_p")
-  [ -z "$_n" ] || [ "$_n" != "$_s" ]
-}
-dl_old() { [ -n "$(find "$1" -prune -mmin +1 2>/dev/null)" ]; }"""
+# Shell functions shared by the scripts (dl_field, dl_started, dl_gone, dl_old): what
+# each does is said in the file.
+PROCESS_FUNCTIONS = shell_script.render(__file__, "deploy_lock_process")
 
-# The lock's own functions (need $lock, $owner_file and, to take over, $guard):
-#   dl_owner             the owner text ('' while it is being written, or no lock)
-#   dl_stale             0 when the lock exists and its owner is gone (or it has had no
-#                        owner for a minute: its maker died between mkdir and writing)
-#   dl_anchor CTL        the pid whose life is this run's: the nearest ancestor that is
-#                        an SSH session process, or pyinfra itself (pid CTL, @local)
-#   dl_takeover TEXT     remove the lock if it still holds TEXT (the stale owner), under
-#                        the takeover guard, so two runs never both remove a lock
-LOCK_FUNCTIONS = r"""dl_owner() { cat "$owner_file" 2>/dev/null; }
-dl_stale() {
-  [ -e "$lock" ] || return 1
-  _o=$(dl_owner)
-  if [ -n "$_o" ]; then dl_gone "$_o"; else dl_old "$lock"; fi
-}
-dl_anchor() {
-  _p=$$
-  while [ -n "$_p" ] && [ "$_p" -gt 1 ] 2>/dev/null; do
-    case "$(ps -o comm= -p "$_p" 2>/dev/null)" in *sshd*) echo "$_p"; return;; esac
-    if [ "$_p" = "$1" ]; then echo "$_p"; return; fi
-    _p=$(ps -o ppid= -p "$_p" 2>/dev/null | tr -d ' ')
-  done
-}"""
+# The lock's own functions (dl_owner, dl_stale, dl_anchor) are deploy_lock_owner.sh,
+# included by the scripts beside it.
 
 
 def _printf(template: str, values: dict[str, str]) -> str:
@@ -109,6 +76,11 @@ def _printf(template: str, values: dict[str, str]) -> str:
     names = re.findall(r"\{(\w+)\}", template)
     fmt = re.sub(r"\{(\w+)\}", "%s", template.replace("%", "%%"))
     return f"printf {q('pyinfra-devpi: ' + fmt + chr(10))} {' '.join(values[n] for n in names)} >&2"
+
+
+def _say(function: str, template: str, values: dict[str, str]) -> str:
+    """A one-line shell function ``function`` printing ``template`` (``_printf``)."""
+    return f"{function}() {{ {_printf(template, values)}; }}"
 
 
 def _owner_values(text: str) -> dict[str, str]:
@@ -136,78 +108,29 @@ def acquire_script(paths: LockPaths, token: str, expect: str, wait: int, control
 
     ``expect`` is the serial the run read (``''`` when there was none). Exits 0 holding
     the lock, or ``LOCK_EXIT`` with a message on stderr: another live run held it for
-    ``wait`` seconds, or the host changed after the run read it.
+    ``wait`` seconds, or the host changed after the run read it. The script is
+    ``pyinfra_devpi/deploy_lock_acquire.sh``.
     """
-    lock = q(paths.lock)
     owner_vals = _owner_values("owner")
-    return "\n".join(
+    return shell_script.render(
+        __file__, "deploy_lock_acquire",
+        f"take the deploy lock {paths.lock} (one deploy at a time changes this host)",
         [
-            f"# take the deploy lock {paths.lock} (one deploy at a time changes this host)",
-            f"lock={lock}; owner_file={q(paths.owner)}; guard={q(paths.takeover)}; serial={q(paths.serial)}",
-            f"home={q(paths.home)}; token={q(token)}; expect={q(expect)}; wait={int(wait)}",
-            f"controller={int(controller_pid)}; by={q(by)}",
-            PROCESS_FUNCTIONS,
-            LOCK_FUNCTIONS,
-            "dl_takeover() {",
-            '  if mkdir "$guard" 2>/dev/null; then',
-            '    if [ -e "$lock" ] && [ "$(dl_owner)" = "$1" ]; then rm -rf "$lock"; owner=$1; '
-            + _printf(TOOK_OVER, {"lock": '"$lock"', **owner_vals})
-            + "; fi",
-            '    rmdir "$guard" 2>/dev/null',
-            # a guard left by a run that died while taking over
-            '  elif dl_old "$guard"; then rmdir "$guard" 2>/dev/null',
-            "  else sleep 1; fi",
-            "}",
-            '(umask 077; mkdir -p "$home") || exit 1',
-            'if [ "$(dl_field run "$(dl_owner)")" = "$token" ]; then exit 0; fi',
-            'anchor=$(dl_anchor "$controller")',
-            "me=$(printf 'run=%s\\npid=%s\\nstarted=%s\\nhost=%s\\nsince=%s\\nby=%s' "
-            '"$token" "$anchor" "$(dl_started "$anchor")" "$(uname -n)" '
-            "\"$(date '+%Y-%m-%d %H:%M:%S %Z')\" \"$by\")",
-            'end=$(( $(date +%s) + wait ))',
-            "while :; do",
-            '  if mkdir "$lock" 2>/dev/null; then',
-            '    printf \'%s\\n\' "$me" > "$owner_file" || { rm -rf "$lock"; exit 1; }',
-            '    now=$(head -n 1 "$serial" 2>/dev/null)',
-            # The host changed after this run read it: its plan is out of date.
-            '    if [ "$now" != "$expect" ] && [ "$now" != "$token" ]; then',
-            '      rm -rf "$lock"',
-            "      " + _printf(CHANGED, {"lock": '"$lock"', "serial": '"$now"'}),
-            f"      exit {LOCK_EXIT}",
-            "    fi",
-            '    printf \'%s\\n\' "$token" > "$serial".new && mv -f "$serial".new "$serial" '
-            '|| { rm -rf "$lock"; exit 1; }',
-            "    exit 0",
-            "  fi",
-            "  owner=$(dl_owner)",
-            '  [ -e "$lock" ] || continue',
-            '  if [ -n "$owner" ] && [ "$(dl_field run "$owner")" = "$token" ]; then exit 0; fi',
-            '  if dl_stale; then dl_takeover "$owner"; continue; fi',
-            '  if [ "$(date +%s)" -ge "$end" ]; then',
-            "    " + _printf(HELD, {"lock": '"$lock"', "wait": '"$wait"', **owner_vals}),
-            f"    exit {LOCK_EXIT}",
-            "  fi",
-            "  sleep 1",
-            "done",
-        ]
+            _say("say_took_over", TOOK_OVER, {"lock": '"$lock"', **owner_vals}),
+            _say("say_changed", CHANGED, {"lock": '"$lock"', "serial": '"$now"'}),
+            _say("say_held", HELD, {"lock": '"$lock"', "wait": '"$wait"', **owner_vals}),
+        ],
+        lock=paths.lock, owner_file=paths.owner, guard=paths.takeover, serial=paths.serial, home=paths.home,
+        token=token, expect=expect, wait=int(wait), controller=int(controller_pid), by=by, lock_exit=LOCK_EXIT,
     )
 
 
 def release_script(paths: LockPaths, token: str) -> str:
-    """Release the lock if run ``token`` holds it (always exits 0)."""
-    return "\n".join(
-        [
-            f"# release the deploy lock {paths.lock}",
-            f"lock={q(paths.lock)}; owner_file={q(paths.owner)}; token={q(token)}",
-            PROCESS_FUNCTIONS,
-            LOCK_FUNCTIONS,
-            "owner=$(dl_owner)",
-            'if [ "$(dl_field run "$owner")" = "$token" ]; then rm -rf "$lock"; '
-            'elif [ -n "$owner" ]; then '
-            + _printf(NOT_OURS, {"lock": '"$lock"', **_owner_values("owner")})
-            + "; fi",
-            "true",
-        ]
+    """Release the lock if run ``token`` holds it (always exits 0): ``deploy_lock_release.sh``."""
+    return shell_script.render(
+        __file__, "deploy_lock_release", f"release the deploy lock {paths.lock}",
+        [_say("say_not_ours", NOT_OURS, {"lock": '"$lock"', **_owner_values("owner")})],
+        lock=paths.lock, owner_file=paths.owner, token=token,
     )
 
 
@@ -216,36 +139,11 @@ def state_script(paths: LockPaths, wait: int) -> str:
 
     Output: ``state=free|held|stale``, ``serial=<the serial file's first line>``, and
     ``owner_<key>=<value>`` for each line of the owner file. Always exits 0.
+    The script is ``deploy_lock_state.sh``.
     """
-    return "\n".join(
-        [
-            f"lock={q(paths.lock)}; owner_file={q(paths.owner)}; serial={q(paths.serial)}; wait={int(wait)}",
-            PROCESS_FUNCTIONS,
-            LOCK_FUNCTIONS,
-            'end=$(( $(date +%s) + wait ))',
-            "while :; do",
-            "  owner=$(dl_owner)",
-            '  if [ ! -e "$lock" ]; then state=free; owner=',
-            "  elif dl_stale; then state=stale",
-            "  else state=held; fi",
-            '  if [ "$state" != held ] || [ "$(date +%s)" -ge "$end" ]; then break; fi',
-            "  sleep 1",
-            "done",
-            'echo "state=$state"',
-            'echo "serial=$(head -n 1 "$serial" 2>/dev/null)"',
-            "printf '%s\\n' \"$owner\" | sed -n 's/^\\([a-z]*\\)=/owner_\\1=/p'",
-            "true",
-        ]
-    )
-
-
-def builder_marker_shell(marker: str) -> str:
-    """Shell that writes ``marker`` (a quoted shell word) naming this shell as its owner:
-    pid, start time, host, in the lock's owner format."""
-    return (
-        PROCESS_FUNCTIONS
-        + "\nprintf 'pid=%s\\nstarted=%s\\nhost=%s\\n' \"$$\" \"$(dl_started $$)\" \"$(uname -n)\" > "
-        + marker
+    return shell_script.render(
+        __file__, "deploy_lock_state", None, (),
+        lock=paths.lock, owner_file=paths.owner, serial=paths.serial, wait=int(wait),
     )
 
 

@@ -325,7 +325,8 @@ def test_the_prune_keeps_live_previous_new_and_building_venvs(tmp_path, shell):
         dl.PROCESS_FUNCTIONS,
         f"venvs='{venvs}'; live='{config.paths.venv}'; new=\"$venvs\"/{names['new']}; building=\"$new\".building",
         f"prev='{(venvs / names['prev']).resolve()}'",
-        prune_script(config.paths),
+        prune_script(),
+        'prune_venvs "$venvs" "$new" "$prev" "$live" "$building"',
     ])
     result = run(shell, script)
     assert result.returncode == 0, result.stderr

@@ -269,9 +269,11 @@ def test_fresh_host_builds_everything_in_order(config):
         f"{config.paths.venvs_dir}/{config.venv_name}.lock.txt"
     ]
     # the lock installed as it is, nothing resolved
-    assert "uv\" pip sync" in steps["venv build"][-1] and "--require-hashes" in steps["venv build"][-1]
+    build = steps["venv build"][-1]
+    assert "uv\" pip sync" in build and "--require-hashes" in build
+    assert f"lock={config.paths.venvs_dir}/{config.venv_name}.lock.txt" in build.splitlines()
     # with the uv the preflight found, and the Python version uv finds or downloads
-    assert "uv=/opt/homebrew/bin/uv;" in steps["venv build"][-1] and "--python 3.12 " in steps["venv build"][-1]
+    assert {"uv=/opt/homebrew/bin/uv", "python=3.12"} <= set(build.splitlines())
     assert [c.dest for c in steps["config"] if isinstance(c, Upload)] == [config.paths.config_file + ".pyinfra-new"]
     assert "secrets.token_bytes(32)" in steps["secret"][0] and "/Users/alice/devpi/secret" in steps["secret"][0]
     assert any("devpi-init" in c for c in shell_lines(steps["init"]))
@@ -291,7 +293,7 @@ def test_devpi_bytecode_is_written_beside_the_check_and_before_the_swap(config):
     warm = script.index("pkgutil.iter_modules")
     started = script.index("& warm_pid=$!")
     assert warm < started < script.index("found=$(") < script.index('wait "$warm_pid" || true') < script.index("swapped=1")
-    trap = script[script.index("trap '"):]
+    trap = script[script.index("cleanup() {"):]
     assert trap.index('kill "$warm_pid"') < trap.index('rm -rf "$new"')
 
 
@@ -310,8 +312,9 @@ def test_each_venv_build_has_its_own_directory_and_marks_it_while_building(confi
     host = converged(config)
     host.venv = None
     script = converge(host, config)["venv build"][-1]
-    assert f'new="$venvs"/{config.venv_name}-"$(date +%Y%m%d%H%M%S)-$$"' in script
-    assert 'building="$new".building' in script
+    assert f"venv_name={config.venv_name}" in script.splitlines()
+    assert "new=$venvs/$venv_name-$(date +%Y%m%d%H%M%S)-$$" in script.splitlines()
+    assert "building_suffix=.building" in script.splitlines() and "building=$new$building_suffix" in script
     marker = script.index('> "$building"')
     assert marker < script.index('"$uv" venv')  # marked before the directory exists
     assert 'rm -f "$building"' in script  # the trap removes the marker however it ends
@@ -633,20 +636,23 @@ def test_init_writes_a_transient_dir_and_renames_it_into_place_once_complete(con
     steps = converge(fresh(config), config, password_hash=HiddenValue(PASSWORD_HASH))
     script = shell_lines(steps["init"])[-1]
     server_dir = config.paths.server_dir
+    # operations/devpi_init.sh, given these paths
+    assert {f"server_dir={server_dir}", f"devpi_init={config.paths.bin('devpi-init')}",
+            f"config_file={config.paths.config_file}", "transient_suffix=.pyinfra-new"} <= set(script.splitlines())
     order = [
-        'rm -f "$f"',                                  # the hash file goes before anything runs
-        f"sd={server_dir}",
-        'new="$sd".pyinfra-new',                        # beside the server dir (layout.transient)
+        'rm -f "$hash_file"',                          # the hash file goes before anything runs
+        "sd=$server_dir",
+        "new=$sd$transient_suffix",                    # beside the server dir (layout.transient)
         'rm -rf "$new"',                                # a killed run's transient dir: never live
         'mkdir "$new"',
-        f'{config.paths.bin("devpi-init")} --configfile {config.paths.config_file} --serverdir "$new" --no-root-pypi',
-        "for x in .serverversion .nodeinfo .sqlite",    # complete, or the server dir is not touched
+        '"$devpi_init" --configfile "$config_file" --serverdir "$new" --no-root-pypi',
+        'for x in "$serverversion_name" "$nodeinfo_name" "$sqlite_name"',  # complete, or the server dir is not touched
         'rmdir "$sd"',                                  # an empty server dir only
         'mv "$new" "$sd"',                              # one rename
     ]
     positions = [script.index(part) for part in order]
     assert positions == sorted(positions), script
-    assert script.count("devpi-init --configfile") == 1 and "--root-passwd" not in script
+    assert script.count('"$devpi_init" --configfile') == 1 and "--root-passwd" not in script
 
 
 @pytest.mark.parametrize(
@@ -724,7 +730,7 @@ def test_password_and_hash_never_in_printed_commands(config, executing):
     # the hash travels only as file content over SFTP, and only when executing
     assert [u.content for u in uploads] == ([PASSWORD_HASH] if executing else [""])
     init = shell_lines(steps["init"])[-1]
-    assert init.index('rm -f "$f"') < init.index("/bin/devpi-init")
+    assert init.index('rm -f "$hash_file"') < init.index('"$devpi_init"')
 
 
 def test_no_gnu_only_forms_in_any_command(config):
@@ -1151,7 +1157,7 @@ def test_every_changing_operation_takes_the_lock_first_and_the_run_releases_it(c
         assert sum(is_acquire(c) for c in steps[name]) == 1
     acquire = steps["config"][0]
     assert f"lock={config.paths.deploy_lock.lock}" in acquire
-    assert "expect=run-before;" in acquire  # the serial the run read
+    assert "expect=run-before" in acquire.splitlines()  # the serial the run read
     assert len(steps["release"]) == 1 and steps["release"][0].startswith("# release the deploy lock ")
     assert not any(is_acquire(c) for c in steps["release"])
 
@@ -1188,7 +1194,7 @@ def test_a_stale_lock_is_reported_and_taken_over_by_the_first_change(config):
     host.lock = {"state": "stale", "serial": "run-dead", "owner": {"run": "run-dead", "pid": "9", "host": "indri"}}
     steps = locked_converge(host, config)
     assert any("no longer running" in m and "run-dead" in m for m in host.logged)
-    assert is_acquire(steps["config"][0]) and "expect=run-dead;" in steps["config"][0]
+    assert is_acquire(steps["config"][0]) and "expect=run-dead" in steps["config"][0].splitlines()
 
 
 def test_the_lock_is_read_with_the_configured_wait(config):
@@ -1375,8 +1381,9 @@ def test_a_restart_of_a_launchdaemon_goes_through_sudo(daemon_config):
     host.venv = {**host.venv, "devpi-server": "6.20.2"}
     steps = converge(host, daemon_config)
     assert shell_lines(steps["agent"]) == ["sudo -n launchctl kickstart -k system/net.devpi"]
-    # the health gate's rollback restarts the same way
-    assert "sudo -n launchctl kickstart -k system/net.devpi" in steps["health"][0]
+    # the health gate's rollback restarts the same way (wait_healthy.sh: sudo -n launchctl kickstart -k "$target")
+    health = steps["health"][0].splitlines()
+    assert "sudo=1" in health and "target=system/net.devpi" in health
 
 
 def test_root_needs_no_sudo_for_a_launchdaemon(daemon_config):

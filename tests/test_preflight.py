@@ -454,7 +454,9 @@ def test_uv_bootstrap_uploads_the_hashed_pin_and_keeps_only_the_binary():
     script = shell_lines(commands)[-1]
     assert "--require-hashes" in script and "--only-binary=:all:" in script
     assert "py=/usr/bin/python3" in script and '"$py" -m venv "$new"' in script
-    assert "mv -f /Users/alice/devpi/tools/bin/uv.pyinfra-new /Users/alice/devpi/tools/bin/uv" in script
+    # uv_bootstrap.sh: mv -f "$staged" "$target", given these paths
+    assert {"staged=/Users/alice/devpi/tools/bin/uv.pyinfra-new", "target=/Users/alice/devpi/tools/bin/uv"} <= set(
+        script.splitlines()) and 'mv -f "$staged" "$target"' in script
     assert all(gnu_only_forms(c) == [] for c in shell_lines(commands))
     found = Tools(uv="/opt/homebrew/bin/uv", uv_source="found", bootstrap_python=None, caddy=None,
                   caddy_source="missing", python="3.12", python_note="")
@@ -531,7 +533,7 @@ def test_an_upgrade_runs_the_bootstrap():
     commands = run_op(preflight_ops.uv_bootstrap, PreparedHost(), config=config, tools=upgrade,
                       lock="uv==0.13.9 --hash=sha256:00\n")
     assert [c.dest for c in commands if isinstance(c, Upload)] == [config.paths.uv_lock_upload(UV_BOOTSTRAP_VERSION)]
-    assert f"mv -f {OWN_UV}.pyinfra-new {OWN_UV}" in shell_lines(commands)[-1]
+    assert {f"staged={OWN_UV}.pyinfra-new", f"target={OWN_UV}"} <= set(shell_lines(commands)[-1].splitlines())
 
 
 def test_preflight_commands_use_no_gnu_only_forms():

@@ -73,7 +73,8 @@ def test_a_value_with_a_percent_sign_is_printed_as_it_is():
                           "/Users/alice")
     script = build_venv_script(config, "x")
     lines = script.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("printf 'venv: creating"))
-    command = "\n".join(lines[start:start + 2])  # the format's newline is inside its quotes
-    out = subprocess.run(["/bin/sh", "-c", "new=/v/devpi-1; " + command], capture_output=True, text=True, check=True)
+    python = next(line for line in lines if line.startswith("python="))  # the value, as the script gets it
+    printed = next(line for line in lines if line.startswith("printf 'venv: creating"))
+    out = subprocess.run(["/bin/sh", "-c", f"new=/v/devpi-1; {python}\n{printed}"], capture_output=True, text=True,
+                         check=True)
     assert out.stdout == "venv: creating devpi-1 with Python /opt/py%n%s/python3 (uv)\n"

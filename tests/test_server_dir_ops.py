@@ -79,10 +79,12 @@ def test_a_server_dir_brought_over_must_be_the_users_and_not_writable_by_others(
 
 
 def test_the_venv_build_refuses_or_hands_over_a_new_database_version():
-    refuse = devpi.build_venv_script(make_config(), "x")
-    assert OPT_IN in refuse and "exit 1; fi" in refuse and "$pending" in refuse
-    hand_over = devpi.build_venv_script(make_config(devpi_allow_export_import=True), "x")
-    assert "devpi_allow_export_import" in hand_over and '> "$pending"; exit 0; fi' in hand_over
+    # venv_build.sh refuses (naming the opt-in) unless allow_export_import is set, then hands over
+    refuse = devpi.build_venv_script(make_config(), "x").splitlines()
+    assert "allow_export_import=''" in refuse and any(line.startswith("opt_in_hint=") and OPT_IN in line
+                                                       for line in refuse)
+    hand_over = devpi.build_venv_script(make_config(devpi_allow_export_import=True), "x").splitlines()
+    assert "allow_export_import=1" in hand_over and """    printf '%s\\n' "$new" > "$pending"; exit 0""" in hand_over
 
 
 def test_upgrade_runs_only_with_the_opt_in_after_a_venv_build():
@@ -129,7 +131,7 @@ def server_dir(tmp_path_factory):
 
 
 def run_functions(script: str) -> subprocess.CompletedProcess:
-    functions = server_dir_ops.probe_function() + "\n" + server_dir_ops.export_import_script(60)
+    functions = server_dir_ops.export_import_functions(60)
     return subprocess.run(["/bin/sh", "-c", functions + "\n" + script], capture_output=True, text=True, timeout=300)
 
 

@@ -1,0 +1,34 @@
+# devpi-init (operations/devpi.py init_script) into a transient dir beside the server dir,
+# checked, then renamed into place: the server dir is either missing/empty or devpi's
+# whole init. The root password hash arrives in a 0600 file (uploaded before), is read
+# into devpi-init's environment and the file removed before anything else runs: never
+# in argv, output or a leftover file.
+: "${hash_file?}" "${server_dir?}" "${devpi_init?}" "${config_file?}" "${transient_suffix?}"
+: "${serverversion_name?}" "${nodeinfo_name?}" "${sqlite_name?}"
+chmod 600 "$hash_file"; DEVPISERVER_ROOT_PASSWD_HASH=$(cat "$hash_file"); rm -f "$hash_file"
+export DEVPISERVER_ROOT_PASSWD_HASH
+set -e
+sd=$server_dir
+if [ -L "$sd" ]; then sd=$(cd "$sd" && pwd -P); fi
+# A transient dir found now is a killed run's: it was never live.
+new=$sd$transient_suffix
+rm -rf "$new"
+trap 'if [ "$?" -ne 0 ]; then rm -rf "$new"; fi' EXIT
+(umask 077; mkdir "$new")
+printf 'devpi-init: initialising a new server dir (root'"'"'s password hash, devpi'"'"'s database)\n'
+# devpi-init's log (no secret in it) is shown only when it fails: the progress output
+# stays the deploy's own lines. --no-root-pypi: the users/indexes step creates root/pypi
+# with mirror_no_project_list set.
+if ! out=$("$devpi_init" --configfile "$config_file" --serverdir "$new" --no-root-pypi 2>&1); then
+  printf '%s\n' "$out" >&2; exit 1
+fi
+for x in "$serverversion_name" "$nodeinfo_name" "$sqlite_name"; do
+  if [ ! -s "$new/$x" ]; then
+    printf 'devpi-init left no %s in %s: the server dir was not replaced\n' "$x" "$new" >&2; exit 1
+  fi
+done
+if [ -d "$sd" ] && ! rmdir "$sd" 2>/dev/null; then
+  printf '%s is no longer empty: not replacing it with the new server dir\n' "$sd" >&2; exit 1
+fi
+mv "$new" "$sd"
+printf 'devpi-init: %s is initialised\n' "$sd"
