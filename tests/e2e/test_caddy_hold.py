@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from . import devpi_client as devpi
-from .harness import Poller, build_wheel
+from .harness import Poller, build_wheel, http
 from .stack import DeployedStack
 
 pytestmark = pytest.mark.e2e
@@ -59,13 +59,15 @@ def test_requests_through_caddy_wait_out_a_restart(stack):
     first_down, last_down = direct.failed()[0][0], direct.failed()[-1][0]
     assert any(sent <= last_down and back >= first_down for sent, back in proxied.spans)
 
-    # devpi_caddy_upstream_wait = 0: Caddy answers 502 while devpi is down. (The block
-    # changes, so Caddy restarts first: its own restart's refused connections are
-    # not what is asserted.)
+    # devpi_caddy_upstream_wait = 0: Caddy answers 502 at once while devpi is down. devpi
+    # is stopped by hand here: a restart's down window is short enough that, on a loaded
+    # machine, Caddy's own restart (its block changed) could cover all of it.
     stack.update(devpi_caddy_upstream_wait=0)
-    direct, proxied = restart_under_polls(stack, devpi_server_options={"threads": 13})
-    assert direct.failed()
-    assert 502 in {status for _, status in proxied.failed()}, proxied.failed()
+    stack.deploy()
+    stack.wait_caddy()
+    stack.stop_devpi()
+    status, _, _ = http("GET", f"{stack.caddy_url}/+api", timeout=5)
+    assert status == 502
 
 
 def legacy_upload(index_url: str, auth: tuple[str, str], wheel) -> int:
