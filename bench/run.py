@@ -1393,7 +1393,7 @@ def headline(results: dict) -> list[tuple[str, str, str]]:
 
 
 def compare(paths: list[Path]) -> str:
-    """The headline figures of several runs side by side (for README)."""
+    """The headline figures of several runs side by side (for docs/benchmarks.md)."""
     runs = [json.loads(path.read_text()) for path in paths]
     heads = [dict((m, v) for m, v, _ in headline(r)) for r in runs]
     targets = {m: t for r in runs for m, _, t in headline(r)}

@@ -2,7 +2,7 @@
 Converge a host's devpi mirror: ``pyinfra inventories/indri.py deploys/devpi.py``.
 
 Run from the repository root. Configuration comes from host data in the inventory
-(see README.md, "Configuration").
+(see docs/configuration.md).
 """
 
 import sys

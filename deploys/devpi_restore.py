@@ -2,7 +2,7 @@
 Restore devpi's server dir from a backup:
 ``pyinfra inventories/indri.py deploys/devpi_restore.py --data devpi_restore_from=<backup>``.
 
-Run from the repository root; see README.md, "Backups and restore".
+Run from the repository root; see docs/operating.md, "Backups and restore".
 """
 
 import sys

@@ -2,7 +2,7 @@
 devpi's state on a host, changing nothing and reading no secret:
 ``pyinfra -y inventories/indri.py deploys/status.py`` (a table), or with
 ``--data devpi_status_format=json`` (one JSON object per host on stdout). The run
-fails when devpi is not serving, so it works as a monitoring check. See README.md, "Status".
+fails when devpi is not serving, so it works as a monitoring check. See docs/operating.md, "Status".
 """
 
 import sys

@@ -5,7 +5,7 @@ arguments, and how old a last good backup may be before the plan warns.
 The job (``<label>.backup``, ``StartCalendarInterval``: daily at hour:minute) runs
 ``backup_program.py`` with the live venv's Python and ``devpi-export``; what it does
 is in that file's docstring. devpi keeps running meanwhile: ``devpi-export`` reads
-one snapshot of devpi's database (README, "Backups and restore").
+one snapshot of devpi's database (docs/operating.md, "Backups and restore").
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ One run:
    gone); never anything else;
 2. runs ``devpi-export`` (the live venv's; ``--include-mirrored-files`` when asked) into
    ``.<name>-<pid>.pyinfra-new/export`` in the backup dir, with devpi running: its
-   export reads one snapshot (see README, "Backups and restore");
+   export reads one snapshot (see docs/operating.md, "Backups and restore");
 3. writes ``manifest.json`` beside the export (every file's path, size and sha256, the
    devpi-server version and database version, the time), flushed to disk;
 4. renames the temporary dir to ``devpi-backup-<UTC stamp>`` (atomic: a backup dir with

@@ -6,7 +6,7 @@ Whoosh indexes every project of every index at devpi's start, and a mirror's who
 project list as soon as devpi loads it. A mirror without ``mirror_no_project_list``
 loads its upstream's list (PyPI: ~700k names): Whoosh indexing it costs tens of
 CPU-minutes and more than a GB. With the flag on every mirror, Whoosh costs what the
-null backend costs (README, "Search"). So Whoosh is written into the config only when
+null backend costs (docs/operating.md, "Search"). So Whoosh is written into the config only when
 devpi holds no mirror without the flag, before and after this run's users/indexes step:
 
 - a new server dir (``devpi-init --no-root-pypi``; the users/indexes step creates

@@ -117,7 +117,7 @@ def test_1_fresh_converge(host, tmp_path, tools):
     assert (host.devpi_home / "server-dir").stat().st_mode & 0o777 == 0o700
 
     # clients install an upstream package through Caddy -> devpi -> the hermetic upstream
-    # (with the flag, as every mirror next to devpi-web's Whoosh search must have: README, "Search")
+    # (with the flag, as every mirror next to devpi-web's Whoosh search must have: docs/operating.md, "Search")
     devpi.ensure_index(host.devpi_url, host.root_auth, "root/hermetic", type="mirror",
                        mirror_url=host.upstream.url, mirror_no_project_list=True)
     index = f"{host.caddy_url}/root/hermetic/+simple/"

@@ -115,7 +115,7 @@ def test_a_server_dir_brought_over_is_checked_before_it_is_adopted(sshd, launchd
         assert devpi.sha256(devpi.download(links[wheel.filename])) == wheel.sha256
         # adopted: the next run checks nothing again. (devpi did not answer while the first
         # run planned, so that run could not see the mirrors' flags and left search off;
-        # the next run switches it on: README, "Search".)
+        # the next run switches it on: docs/operating.md, "Search".)
         again = target.deploy()
         assert backend_in((target.devpi_home / "devpi-server.yml").read_text()) == WHOOSH, again.describe()
         final = target.deploy()
