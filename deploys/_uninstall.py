@@ -114,8 +114,8 @@ def devpi_uninstall():
         ops.job(name=f"Boot out and remove the job {config.label}", label=config.label, place=place,
                 plists=(config.paths.agent_plist_file, config.paths.daemon_plist_file),
                 daemon_plists=(config.paths.daemon_plist_file,)),
-        # Caddy's own job is the SSH user's (e.g. `brew services`), whatever devpi's scope.
-        ops.caddy_block(name="Remove the Caddy site block for devpi", config=config, domain=place.agent_domain,
+        # Caddy's own job, wherever it is loaded (`brew services`, as the SSH user or with sudo).
+        ops.caddy_block(name="Remove the Caddy site block for devpi", config=config, place=place,
                         removed=render_caddy_removed(config)),
     ]
     for step in STEPS:

@@ -71,6 +71,16 @@ def found_jobs(restart: dict | None, place: JobPlace) -> dict:
     return {dict(r.arguments)["domain"]: read(host, r) for r in job_reads(restart, place)}
 
 
+def restart_where_it_runs(restart: dict, place: JobPlace) -> str:
+    """The command that restarts Caddy: its label kickstarted where it is loaded (read by
+    ``job_reads``; the SSH user's domain when nowhere: the preflight refuses a run that
+    would restart it then), or the configured command. The deploy's and the uninstall's."""
+    if "label" not in restart:
+        return restart_command(restart, "")
+    domain = caddy_job_domain(found_jobs(restart, place)) or place.agent_domain
+    return restart_command(restart, domain, place.prefix(domain))
+
+
 def restart_command(restart: dict, domain: str, sudo: str = "") -> str:
     """The shell command that restarts Caddy: ``kickstart -k`` of its label in ``domain``
     (``sudo``: the prefix that changes that domain, e.g. ``sudo -n `` for ``system``), or
@@ -103,7 +113,7 @@ def site(
     """
     commands = list(write_text(path, content, before_move=validate_command(caddy_bin)))
     pending = file_content(host, pending_marker) is not None
-    jobs = found_jobs(restart, place)  # read (prefetched) whether or not Caddy restarts
+    found_jobs(restart, place)  # read (prefetched) whether or not Caddy restarts
     if not restart:
         if commands:
             logger.warning(f"{host.print_prefix}devpi_caddy_restart is unset: reload Caddy to pick up {path}")
@@ -122,14 +132,7 @@ def site(
         # restart that fails, leaves it, and the next run restarts Caddy.
         yield f": > {marker}"
     yield from commands
-    if "label" in restart:
-        # Where it is loaded; the SSH user's domain when nowhere (the preflight refuses
-        # a run that would restart it then).
-        domain = caddy_job_domain(jobs) or place.agent_domain
-        command = restart_command(restart, domain, place.prefix(domain))
-    else:
-        command = restart_command(restart, "")
-    yield f"( {command} ) && rm -f {marker}"
+    yield f"( {restart_where_it_runs(restart, place)} ) && rm -f {marker}"
 
 
 def not_picked_up_message(site_step: str, devpi_url: str) -> str:

@@ -20,7 +20,7 @@ from pyinfra_devpi.config import DevpiConfig
 from pyinfra_devpi.launchd_scope import JobPlace
 
 from .announce import operation
-from .caddy import restart_command
+from . import caddy
 from .launchd import job_read, removal_commands
 from .textfile import write_text
 
@@ -37,12 +37,14 @@ def job_reads(label: str, place: JobPlace, plists: tuple[str, ...]) -> list:
 
 
 def reads(config: DevpiConfig, place: JobPlace) -> list:
-    """What the uninstall reads from the host."""
+    """What the uninstall reads from the host (Caddy's label where it may be loaded, for
+    its restart)."""
     paths = config.paths
     return [
         *job_reads(config.label, place, (paths.agent_plist_file, paths.daemon_plist_file)),
         paths.caddy_site_file,
         paths.caddy_restart_pending,
+        *caddy.job_reads(config.caddy_restart, place),
         paths_read(config),
     ]
 
@@ -65,12 +67,13 @@ def job(label: str, place: JobPlace, plists: tuple[str, ...], daemon_plists: tup
 
 
 @operation
-def caddy_block(config: DevpiConfig, domain: str, removed: str):
+def caddy_block(config: DevpiConfig, place: JobPlace, removed: str):
     """Replace the deploy's Caddy site block with ``removed`` (a file that serves nothing:
     a Caddyfile may import the site file by name, and Caddy refuses to start on an import
     of a missing file) and restart Caddy the configured way. A file without the deploy's
     marker is not the deploy's: left alone. A restart that fails is retried by the next
-    uninstall (the marker in devpi_home stays until one succeeds)."""
+    uninstall (the marker in devpi_home stays until one succeeds). A label is restarted
+    where Caddy's job is loaded, as the deploy does (``caddy.restart_where_it_runs``)."""
     paths = config.paths
     block = file_content(host, paths.caddy_site_file)
     pending = file_content(host, paths.caddy_restart_pending) is not None
@@ -87,7 +90,7 @@ def caddy_block(config: DevpiConfig, domain: str, removed: str):
         commands.append(f"if [ -d {q(paths.home)} ]; then : > {marker}; fi")
         commands += list(write_text(paths.caddy_site_file, removed))
     if config.caddy_restart:
-        commands.append(f"( {restart_command(config.caddy_restart, domain)} ) && rm -f {marker}")
+        commands.append(f"( {caddy.restart_where_it_runs(config.caddy_restart, place)} ) && rm -f {marker}")
     else:
         logger.warning(f"{host.print_prefix}devpi_caddy_restart is unset: reload Caddy so it drops {paths.caddy_site_file}")
         commands.append(f"rm -f {marker}")

@@ -44,7 +44,7 @@ def gone(config) -> PreparedHost:
 def run_all(host, config, purge=False):
     steps = {
         "job": job_op(host, config),
-        "caddy": run_op(uninstall.caddy_block, host, config=config, domain=DOMAIN,
+        "caddy": run_op(uninstall.caddy_block, host, config=config, place=PLACE,
                         removed=render_caddy_removed(config)),
     }
     if purge:
@@ -68,6 +68,24 @@ def test_an_installed_devpi_is_booted_out_and_its_block_emptied(config):
         assert gnu_only_forms(command) == []
 
 
+@pytest.mark.parametrize(("where", "restart"), [
+    ("gui/501", "launchctl kickstart -k gui/501/net.caddy"),
+    ("user/501", "launchctl kickstart -k user/501/net.caddy"),
+    ("system", "sudo -n launchctl kickstart -k system/net.caddy"),  # `sudo brew services start caddy`
+])
+def test_caddy_is_restarted_where_its_job_is_loaded(config, where, restart):
+    host = installed(config)
+    host.placed = {("net.caddy", where): {"loaded": True, "state": "running", "pid": 9, "domain": where}}
+    caddy = run_all(host, config)["caddy"]
+    assert caddy[-1] == f"( {restart} ) && rm -f /Users/alice/devpi/caddy-restart.pending"
+
+
+def test_the_uninstall_reads_caddys_label_in_every_domain_it_may_be_loaded_in(config):
+    reads = [r for r in uninstall.reads(config, PLACE) if getattr(r, "kwargs", None)]
+    looked = [dict(r.kwargs)["domain"] for r in reads if dict(r.kwargs).get("label") == "net.caddy"]
+    assert looked == list(PLACE.lookup_order)
+
+
 def test_the_job_loaded_in_the_other_domain_is_booted_out_there_too(config):
     host = gone(config)
     host.elsewhere = {"loaded": True, "state": "running", "pid": 7}
@@ -85,13 +103,13 @@ def test_an_uninstalled_host_yields_nothing(config):
 def test_a_block_the_deploy_did_not_write_is_left_alone(config):
     host = gone(config)
     host.files[config.caddy_site_file] = "pypi.example.org {\n\trespond hello\n}\n"
-    assert run_op(uninstall.caddy_block, host, config=config, domain=DOMAIN, removed=render_caddy_removed(config)) == []
+    assert run_op(uninstall.caddy_block, host, config=config, place=PLACE, removed=render_caddy_removed(config)) == []
 
 
 def test_a_failed_caddy_restart_is_retried(config):
     host = gone(config)
     host.files[config.paths.caddy_restart_pending] = ""
-    (command,) = run_op(uninstall.caddy_block, host, config=config, domain=DOMAIN, removed=render_caddy_removed(config))
+    (command,) = run_op(uninstall.caddy_block, host, config=config, place=PLACE, removed=render_caddy_removed(config))
     assert command.startswith("( launchctl kickstart -k gui/501/net.caddy )")
 
 
