@@ -27,36 +27,17 @@ shim that opens an install dialog on the console and fails.
 
 from __future__ import annotations
 
-import shlex
-
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
-from facts._output import key_values, script
+from facts._output import key_values
 from pyinfra_devpi import shell_script
 from pyinfra_devpi.layout import MACOS_PYTHON_SHIM
-
-q = shlex.quote
 
 # What an interpreter prints about itself; the bootstrap one must also make venvs
 # with pip in them (Debian splits ensurepip into python3-venv).
 _VERSION = 'import sys; print("%d.%d.%d" % sys.version_info[:3])'
 _VERSION_WITH_VENV = "import venv, ensurepip; " + _VERSION
-
-
-def candidate_word(candidate: str) -> str:
-    """One candidate as a shell word: ``~/x`` under ``$HOME``, anything else quoted."""
-    if candidate.startswith("~/"):
-        return '"$HOME"/' + q(candidate[2:])
-    return q(candidate)
-
-
-def _words(candidates) -> str:
-    return " ".join(candidate_word(c) for c in candidates)
-
-
-# Shell functions (POSIX sh): ``find_tool`` and ``py_version`` (facts/find_tool.sh).
-_FUNCTIONS = [shell_script.render(__file__, "find_tool", macos_python_shim=MACOS_PYTHON_SHIM)]
 
 
 class HostTools(FactBase):
@@ -77,41 +58,11 @@ class HostTools(FactBase):
     """
 
     def command(self, uv=(), caddy=(), python=None, bootstrap_python=(), bootstrapped=None, pinned=None):
-        parts = [
-            *_FUNCTIONS,
-            f"uv=$(find_tool {_words(uv)})",
-            f"caddy=$(find_tool {_words(caddy)})",
-            'printf \'uv=%s\\ncaddy=%s\\n\' "$uv" "$caddy"',
-        ]
-        # The deploy's own uv: its version decides whether it is bootstrapped again.
-        own = "false"
-        if bootstrapped:
-            parts.append(
-                f'if [ -n "$uv" ] && [ "$uv" = {q(bootstrapped)} ]; then '
-                'uv_version=$("$uv" --version 2>/dev/null </dev/null | head -n 1); '
-                'printf \'uv_version=%s\\n\' "$uv_version"; fi'
-            )
-            current = f'{q("uv " + pinned)}|{q("uv " + pinned + " ")}*) false ;; ' if pinned else ""
-            own = (f'{{ [ "$uv" = {q(bootstrapped)} ] && '
-                   f'case "$uv_version" in {current}*) true ;; esac; }}')
-        if python:
-            parts += [
-                f"py=$(find_tool {candidate_word(python)})",
-                'printf \'python=%s\\n\' "$py"',
-                'if [ -n "$py" ]; then v=$(py_version "$py" ' + q(_VERSION) + "); "
-                'if [ "$v" = shim ]; then echo "python_shim=true"; else printf \'python_version=%s\\n\' "$v"; fi; fi',
-            ]
-        if bootstrap_python:
-            parts += [
-                f'if [ -z "$uv" ] || {own}; then',
-                f"  for c in {_words(bootstrap_python)}; do",
-                '    b=$(find_tool "$c") || continue; [ -n "$b" ] || continue',
-                "    v=$(py_version \"$b\" " + q(_VERSION_WITH_VENV) + ")",
-                '    case "$v" in [0-9]*) printf \'bootstrap_python=%s\\nbootstrap_python_version=%s\\n\' "$b" "$v"; break ;; esac',
-                "  done",
-                "fi",
-            ]
-        return script(parts)
+        return shell_script.render(  # facts/host_tools.sh
+            __file__, "host_tools", uv_candidates=uv, caddy_candidates=caddy, python=python,
+            bootstrap_python=bootstrap_python, bootstrapped=bootstrapped, pinned=pinned,
+            version_code=_VERSION, version_with_venv_code=_VERSION_WITH_VENV, macos_python_shim=MACOS_PYTHON_SHIM,
+        )
 
     def process(self, output):
         values = key_values(output)

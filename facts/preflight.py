@@ -29,14 +29,12 @@ Command output protocol (one script, always exits 0)::
 from __future__ import annotations
 
 import re
-import shlex
 
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
-from facts._output import key_values, script, split_blocks
-
-q = shlex.quote
+from facts._output import key_values, split_blocks
+from pyinfra_devpi import shell_script
 
 # A df line: file system (may hold spaces), size, used, available, capacity, then (macOS)
 # optionally inode counts and their percentage, then the mount point.
@@ -70,33 +68,9 @@ class HostReadiness(FactBase):
     """
 
     def command(self, domain, path, owned=(), root=False, root_if=()):
-        parts = [
-            'printf \'uid=%s\\nuser=%s\\n\' "$(id -u)" "$(id -un)"',
-            f"printf 'domain=%s\\n' {q(domain)}",
-            "if command -v launchctl >/dev/null 2>&1; then "
-            f"launchctl print {q(domain)} >/dev/null 2>&1; echo \"domain_status=$?\"; "
-            "else echo domain_status=none; fi",
-            f"d={q(path)}",
-            'while [ ! -d "$d" ]; do d=$(dirname "$d"); done',
-            'printf \'df_path=%s\\n\' "$d"',
-            'echo "@df"; df -k "$d" 2>/dev/null; echo "@end"',
-        ]
-        for owned_path in owned:
-            parts.append(
-                f"p={q(owned_path)}; "
-                'if [ -e "$p" ] || [ -L "$p" ]; then '
-                'printf \'owner=%s %s\\n\' "$(ls -lnd "$p" | awk \'{print $3}\')" "$p"; fi'
-            )
-        ask = "true" if root else " || ".join(f"[ -e {q(p)} ]" for p in root_if) or "false"
-        parts.append(
-            f'if [ "$(id -u)" != 0 ] && {{ {ask}; }}; then '
-            "if command -v sudo >/dev/null 2>&1; then "
-            'out=$(sudo -n true 2>&1 </dev/null); echo "sudo_status=$?"; '
-            'printf \'sudo_error=%s\\n\' "$(printf \'%s\\n\' "$out" | head -n 1)"; '
-            "else echo sudo_status=missing; fi; "
-            "else echo sudo_status=none; fi"
+        return shell_script.render(  # facts/host_readiness.sh
+            __file__, "host_readiness", domain=domain, path=path, owned=owned, root=root, root_if=root_if,
         )
-        return script(parts)
 
     def process(self, output):
         plain, blocks = split_blocks(output, ("df",), "HostReadiness")

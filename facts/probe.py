@@ -19,17 +19,14 @@ output, which may span lines).
 from __future__ import annotations
 
 import re
-import shlex
 
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
-from facts._output import key_values, script, split_blocks
-from facts.host_tools import _FUNCTIONS as FIND_FUNCTIONS
-from facts.host_tools import _VERSION, candidate_word
+from facts._output import key_values, split_blocks
+from facts.host_tools import _VERSION
 from pyinfra_devpi import shell_script
-
-q = shlex.quote
+from pyinfra_devpi.layout import MACOS_PYTHON_SHIM
 
 # renamex_np itself, as the restore's swap calls it (RENAME_SWAP = 2): "absent" where
 # libc has no such function (Linux), "ok", or the errno it failed with (not APFS).
@@ -62,31 +59,10 @@ class RenameSwap(FactBase):
     """
 
     def command(self, home, swap, pythons=()):
-        words = " ".join(candidate_word(c) for c in pythons)
-        return script([
-            *FIND_FUNCTIONS,
-            f"d={q(home)}",
-            'while [ ! -d "$d" ]; do d=$(dirname "$d"); done',
-            "printf 'parent=%s\\n' \"$d\"",
-            "py=; v=",
-            f"for c in {words}; do",
-            '  b=$(find_tool "$c") || continue; [ -n "$b" ] || continue',
-            f'  v=$(py_version "$b" {q(_VERSION)})',
-            '  case "$v" in [0-9]*) py=$b; break ;; esac',
-            "done",
-            "printf 'python=%s\\npython_version=%s\\n' \"$py\" \"$v\"",
-            'if [ -z "$py" ]; then echo "skipped=no python3 that runs"; exit 0; fi',
-            f't=$(mktemp -d "$d"/{q(TEMP_PREFIX)}XXXXXX 2>/dev/null) || '
-            '{ echo "skipped=cannot make a temporary dir in $d"; exit 0; }',
-            "trap 'rm -rf \"$t\"' EXIT",
-            'mkdir "$t/new" "$t/live" "$t/a" "$t/b"',
-            "printf new > \"$t/new/which\"; printf live > \"$t/live/which\"",
-            f'out=$("$py" -I -c {q(swap)} "$t/new" "$t/live" "$t/keep" 2>&1 </dev/null); rc=$?',
-            "printf 'swap_exit=%s\\n@swap\\n%s\\n@end\\n' \"$rc\" \"$out\"",
-            "printf 'live_holds=%s\\nkeep_holds=%s\\n' "
-            '"$(cat "$t/live/which" 2>/dev/null)" "$(cat "$t/keep/which" 2>/dev/null)"',
-            f'printf \'renamex_np=%s\\n\' "$("$py" -I -c {q(RENAMEX)} "$t/a" "$t/b" 2>&1 </dev/null | tail -n 1)"',
-        ])
+        return shell_script.render(  # facts/rename_swap.sh
+            __file__, "rename_swap", home=home, swap=swap, pythons=pythons, version_code=_VERSION,
+            renamex_code=RENAMEX, temp_prefix=TEMP_PREFIX, macos_python_shim=MACOS_PYTHON_SHIM,
+        )
 
     def process(self, output):
         plain, blocks = split_blocks(output, ("swap",), "RenameSwap")

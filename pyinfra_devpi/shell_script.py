@@ -14,6 +14,12 @@ A line ``. ./<other>.sh`` (or ``. ../<folder>/<other>.sh``) includes that file (
 functions shared by scripts), its inputs with it: the host runs one ``sh -c`` string, and
 shellcheck follows the same line (``-x``).
 
+A list (or tuple) value arrives as one string, its items one a line, which the script
+reads with ``while IFS= read -r item; do ...; done <<EOF`` / ``$name`` / ``EOF`` (an
+expansion in a here-doc is not expanded again, and ``IFS=`` / ``-r`` keep blanks and
+backslashes), skipping empty lines: an empty list is an empty string. An item that holds
+a newline could not be told from two, so ``render`` refuses it.
+
 Secrets never go through here: a script reads one from a 0600 file uploaded before it.
 """
 
@@ -49,11 +55,13 @@ def _load(path: str) -> tuple[frozenset[str], str]:
 
 def value(v) -> str:
     """An input's shell word: ``None`` and ``False`` are empty (tested with ``[ -n "$x" ]``),
-    ``True`` is ``1``."""
+    ``True`` is ``1``, a list or tuple its items one a line."""
     if v is None or v is False:
         return "''"
     if v is True:
         return "1"
+    if isinstance(v, (list, tuple)):
+        return shlex.quote("\n".join(str(item) for item in v))
     return shlex.quote(str(v))
 
 
@@ -69,6 +77,10 @@ def render(beside: str, name: str, title: str | None = None, functions=(), /, **
         raise ValueError(
             f"{path.name}: inputs given {sorted(values)} differ from those it declares {sorted(declared)}"
         )
+    for key, v in values.items():
+        if isinstance(v, (list, tuple)) and any("\n" in str(item) for item in v):
+            raise ValueError(f"{path.name}: an item of the list {key} holds a newline, which would make it two: "
+                             f"{[str(item) for item in v if chr(10) in str(item)][0]!r}")
     if title and ("\n" in title or "\r" in title):
         raise ValueError(f"{path.name}: a title is one line: {title!r}")
     head = [f"# {title}"] if title else []

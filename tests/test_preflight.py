@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from facts.batch import command_text
-from facts.host_tools import HostTools, candidate_word
+from facts.host_tools import HostTools
 from facts.preflight import HostReadiness, parse_df
 from operations import preflight as preflight_ops
 from pyinfra_devpi import layout
@@ -97,7 +97,6 @@ def test_layouts_candidates_name_macs_places():
     assert layout.UV_CANDIDATES[0] == "uv"  # the session's PATH first
     assert {"~/.local/bin/uv", "/opt/homebrew/bin/uv", "/usr/local/bin/uv"} <= set(layout.UV_CANDIDATES)
     assert {"/opt/homebrew/bin/caddy", "/usr/local/bin/caddy"} <= set(layout.CADDY_CANDIDATES)
-    assert candidate_word("~/.local/bin/uv") == '"$HOME"/.local/bin/uv'
     reads = preflight_ops.tools_read(config_of()).kwargs
     assert reads["uv"] == (*layout.UV_CANDIDATES, "/Users/alice/devpi/tools/bin/uv")  # bootstrapped: last
     assert reads["python"] is None  # "3.12" is a version for uv, nothing to probe
