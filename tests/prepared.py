@@ -22,6 +22,7 @@ from facts.devpi import ServerDir, VenvVersions
 from facts.files import FileContents, FileMode, PathsFound
 from facts.launchd import LaunchdJob
 from facts.managed_agents import ManagedAgents
+from facts.users_indexes import UsersIndexes
 
 
 @dataclass
@@ -61,6 +62,10 @@ class PreparedHost:
     # Other labels' jobs by domain, {(label, domain): job} (e.g. Caddy's): a label named
     # here is loaded in these domains only.
     placed: dict = field(default_factory=dict)
+    # The UsersIndexes fact (devpi's users and indexes, as the deploy reads them).
+    users_indexes: dict | None = None
+    # The step names ``converge`` went through, in order.
+    ran: list = field(default_factory=list)
     name: str = "prepared"
     print_prefix: str = "[prepared] "
 
@@ -91,6 +96,8 @@ class PreparedHost:
             return self.venv
         if cls is FileContents:
             return {path: self.files.get(path) for path in kwargs["paths"]}
+        if cls is UsersIndexes:
+            return self.users_indexes
         if cls is DeployLock:
             return self.lock
         if cls is PathsFound:
@@ -152,6 +159,10 @@ class Meta:
         self._changed = changed
         self._failed = failed
         self._complete = complete
+
+    @property
+    def will_change(self):
+        return self._changed
 
     def is_complete(self):
         return self._complete

@@ -15,12 +15,13 @@ import pytest
 from deploys import _service as service
 from facts.launchd import LaunchdJob
 from facts.snapshot import FactRead
-from operations import caddy, devpi, launchd, retire
+from operations import caddy, devpi, launchd, retire, users_indexes
 from pyinfra_devpi.config import build_config
 from pyinfra_devpi.launchd_scope import JobPlace
 from pyinfra_devpi.preflight import Needs, Tools, with_tools
 from pyinfra_devpi.render import render_caddy_site, render_logging_config, render_plist, render_server_yaml
 from pyinfra_devpi.search import NULL, WHOOSH, SearchPlan
+from pyinfra_devpi.users_indexes.plan import ROOT_PYPI_INIT
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from .prepared import SHELLS, Meta, PreparedHost, Upload, gnu_only_forms, in_context, run_op, shell_lines
@@ -35,6 +36,16 @@ ALL_COMMANDS: list[str] = []  # every shell command yielded here, for the GNU-fo
 # What the preflight found on the host: the operations run with these (``with_tools``).
 FOUND = Tools(uv="/opt/homebrew/bin/uv", uv_source="found", bootstrap_python=None,
               caddy="/opt/homebrew/bin/caddy", caddy_source="found", python="3.12", python_note="")
+
+
+ROOT_PASSWORD = "root-secret-PW"
+
+
+@pytest.fixture(autouse=True)
+def root_password(monkeypatch):
+    """devpi_root_password's secret: the users/indexes step reads it (on a fresh host it
+    logs in to create root/pypi)."""
+    monkeypatch.setenv("PW", ROOT_PASSWORD)
 
 
 @pytest.fixture
@@ -78,7 +89,7 @@ def converged(config) -> PreparedHost:
             "exists": True, "is_dir": True, "mode": "drwx------", "entries": 6, "has_data": True,
             "initialised": True, "nodeinfo": {"role": "standalone", "uuid": "u"},
             "has_serverversion": True, "serverversion": "4", "has_database": True, "complete": True,
-            "whoosh_index_kib": None, "whoosh_project_index": False,
+            "whoosh_index_kib": 96, "whoosh_project_index": True,
             "secret_file": {"exists": True, "mode": "-rw-------"},
         },
         venv={"devpi-server": "6.20.3", "devpi-web": "5.1.1", "python": "3.11.7", "path": "/x",
@@ -89,6 +100,11 @@ def converged(config) -> PreparedHost:
             config.paths.logging_config: render_logging_config(config),
             config.caddy_site_file: render_caddy_site(config),
         },
+        # devpi_backup is unset: no backup job is loaded.
+        jobs={config.paths.backup_label: None},
+        # devpi holds what the data declares (root/pypi as a mirror without the project list).
+        users_indexes={"users": {"root": {"username": "root"}}, "passwords": {},
+                       "indexes": {"root/pypi": {**ROOT_PYPI_INIT, "mirror_no_project_list": True}}},
     )
 
 
@@ -103,6 +119,7 @@ def fresh(config) -> PreparedHost:
         },
         venv=None,
         files={},
+        jobs={config.paths.backup_label: None},
     )
 
 
@@ -110,20 +127,24 @@ def place_of(config) -> JobPlace:
     return JobPlace(scope=config.launchd_scope, agent_domain=DOMAIN, uid=501, user="alice", group="staff")
 
 
-# The deploy's own steps that change the host up to the health wait (the preflight and
-# the lock have their own tests; the rest: test_backup, test_users_indexes, test_search).
-CONVERGED_STEPS = ("venv build", "server dir", "config files", "init", "caddy", "launchd job", "health")
+# Steps whose ``run`` converge leaves out: the preflight (``preflighted`` stands in for
+# it; its checks have their own tests in test_preflight) and, unless asked for, the lock
+# (its guard puts an acquire before every changing operation's commands).
+STOOD_IN = ("preflight",)
 
 
-def converge(host, config, password_hash=None, executing=True, diff=False, place=None):
-    """The deploy's steps (``deploys._service.STEPS``, the real list) under prepared facts,
-    from what the preflight step would have found: ``{operation key: its commands}``."""
+def converge(host, config, password_hash=None, executing=True, diff=False, place=None, locked=False):
+    """The deploy's steps (``deploys._service.STEPS``, the real list, in order) under prepared
+    facts, from what the preflight step would have found: ``{operation key: its commands}``.
+    ``locked``: the lock step runs too (the deploy's own run), as it does on a host."""
     steps = {}
     c = preflighted(host, config, place or place_of(config), prepared_call(host, steps, executing, diff),
                     password_hash)
     for step in service.STEPS:
-        if step.name in CONVERGED_STEPS:
-            in_context(host, step.run, c, executing=executing)
+        if step.name in STOOD_IN or (step.name == "lock" and not locked):
+            continue
+        host.ran.append(step.name)
+        in_context(host, step.run, c, executing=executing)
     return steps
 
 
@@ -210,8 +231,28 @@ def test_converged_host_yields_nothing(config):
         "no job of this devpi under another label, domain or scope",
         "gui/501/net.devpi is loaded, enabled and running its current definition",
         "devpi was not (re)started",
-        "no Whoosh search index in /Users/alice/devpi/server-dir",
+        "/Users/alice/devpi/server-dir/.indices is devpi-web's search index (indexer-backend whoosh)",
+        "no LaunchAgent net.devpi.backup",
+        "devpi holds the declared users and indexes",
+        "devpi-web's search (Whoosh) is on from devpi's start",
+        "devpi-web's search index exists",
+        "devpi_prewarm lists no project",
+        "nothing changed: no deploy lock was taken",
     ]
+
+
+def test_converge_runs_every_step_in_order_and_a_converged_host_changes_nothing(config):
+    """The prepared-host tests run the deploy's own list: every step but the preflight
+    (``preflighted`` stands in for it), in ``STEPS``' order; rerun on a converged host,
+    none of them yields a command (the no-change rerun)."""
+    host = converged(config)
+    steps = converge(host, config, locked=True)
+    assert host.ran == [step.name for step in service.STEPS if step.name not in STOOD_IN]
+    assert host.ran[0] == "lock" and host.ran[-1] == "release"
+    assert {"venv build", "init", "agent", "health", "backup job", "users and indexes", "search", "search index",
+            "prewarm", "release"} <= set(steps)
+    assert steps == {name: [] for name in steps}
+    assert not any(m.startswith("Will ") for m in host.logged)  # nothing planned, no secret to read
 
 
 def asked_reads(host) -> set:
@@ -236,7 +277,7 @@ def test_each_step_declares_exactly_what_it_reads(config):
         asked_by_step, declared_by_step = {}, {}
         c = preflighted(host, config, place_of(config), prepared_call(host, {}), HiddenValue(PASSWORD_HASH))
         for step in service.STEPS:
-            if step.name not in CONVERGED_STEPS:
+            if step.name in STOOD_IN:
                 continue
             host.asked.clear()
             in_context(host, step.run, c)
@@ -244,7 +285,16 @@ def test_each_step_declares_exactly_what_it_reads(config):
             asked_by_step[step.name], declared_by_step[step.name] = asked, keys(step.reads(c))
             # Only what it declares (a fact an earlier step read is answered from the snapshot).
             assert asked <= declared_by_step[step.name], step.name
-        assert set().union(*asked_by_step.values()) == set().union(*declared_by_step.values())
+        # Nothing declared goes unread, but for the preflight (stood in for here), devpi's
+        # users and indexes on a server dir this run initialises (the plan starts from what
+        # devpi-init leaves; the reads are declared before the server dir is read), and
+        # the backup plist's mode: ``backup.reads`` declares what loading the job reads
+        # even when devpi_backup is unset and the job is only removed (one unused stat
+        # in the batch, no remote command).
+        unread = [launchd.plist_mode_read(config.paths.backup_plist_file),
+                  *(users_indexes.reads(config) if c.fresh else [])]
+        declared = set().union(*declared_by_step.values()) - keys(unread)
+        assert set().union(*asked_by_step.values()) == declared
 
 
 def test_converged_host_reads_each_fact_once(config):
@@ -252,13 +302,16 @@ def test_converged_host_reads_each_fact_once(config):
 
     host = converged(config)
     prefetch(host, [config.paths.plist_file, config.paths.config_file, config.paths.logging_config,
-                    config.caddy_site_file, config.paths.caddy_restart_pending, *config.paths.other_scope_plists])
+                    config.caddy_site_file, config.paths.caddy_restart_pending, *config.paths.other_scope_plists,
+                    config.paths.backup_plist_file])
     converge(host, config)
     converge(host, config)  # the second pass (execution after change detection)
     asked = [name for name, _ in host.asked]
-    # LaunchdJob: devpi's label (here and elsewhere), and Caddy's in its three domains.
+    # LaunchdJob: devpi's label and the backup's (here and elsewhere), and Caddy's in its
+    # three domains.
     assert sorted(asked) == [
-        "FileContents", "FileMode", *["LaunchdJob"] * 8, "ManagedAgents", "ServerDir", "VenvVersions",
+        "FileContents", "FileMode", *["LaunchdJob"] * 9, "ManagedAgents", "ServerDir", "UsersIndexes",
+        "VenvVersions",
     ]
 
 
@@ -521,7 +574,8 @@ def test_caddy_block_change_validates_then_restarts_caddy(config):
     move = [c for c in shell_lines(steps["caddy"]) if "mv -f" in c][0]
     assert move.index("adapt --adapter caddyfile --validate") < move.index("mv -f")
     assert launchctl_verbs(steps["caddy"]) == ["kickstart -k"]
-    assert all(steps[name] == [] for name in steps if name != "caddy")
+    # (and the release of the deploy lock the change took)
+    assert all(steps[name] == [] for name in steps if name not in ("caddy", "release"))
 
 
 def test_caddy_restart_command(config):
@@ -614,7 +668,8 @@ def test_a_failed_caddy_restart_is_retried_by_the_next_run(config):
     host.files[marker] = ""
     steps = converge(host, config)
     assert steps["caddy"] == [f"( launchctl kickstart -k gui/501/org.caddy ) && rm -f {marker}"]
-    assert all(steps[name] == [] for name in steps if name != "caddy")
+    # (and the release of the deploy lock the change took)
+    assert all(steps[name] == [] for name in steps if name not in ("caddy", "release"))
 
 
 def test_initialised_server_dir_is_never_initialised_again(config):
@@ -723,7 +778,7 @@ def test_password_and_hash_never_in_printed_commands(config, executing):
     for commands in steps.values():
         for command in commands:
             # an upload prints as FileUploadCommand(<BytesIO>, dest): only dest is shown
-            text = command if isinstance(command, str) else command.dest
+            text = command if isinstance(command, str) else command.dest if isinstance(command, Upload) else repr(command)
             assert PASSWORD_HASH not in text
             assert "argon2id" not in text
     uploads = [c for c in steps["init"] if isinstance(c, Upload)]
@@ -1122,16 +1177,8 @@ def test_init_script_initialises_a_symlinked_server_dir_where_it_points(tmp_path
 
 
 def locked_converge(host, config, **kwargs):
-    """``converge`` as the deploy runs it: the lock's ``begin`` first, ``release`` last."""
-    from operations import deploy_lock
-
-    from .prepared import in_context
-
-    in_context(host, deploy_lock.begin, config)
-    steps = converge(host, config, **kwargs)
-    metas = [Meta(bool(commands)) for commands in steps.values()]
-    steps["release"] = run_op(deploy_lock.release, host, config=config, after=metas)
-    return steps
+    """``converge`` as the deploy runs it: the lock step first, its release last."""
+    return converge(host, config, locked=True, **kwargs)
 
 
 def is_acquire(command) -> bool:
@@ -1443,6 +1490,9 @@ def test_the_daemon_scope_reads_only_what_the_modules_declare(daemon_config):
                       config.paths.other_scope_plists),
         *launchd.reads(config.label, place.domain, config.paths.plist_file),
         *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending, config.caddy_restart, place),
+        # devpi_backup unset: the backup job's removal reads its job and plist (not its mode).
+        launchd.job_read(config.paths.backup_label, place.domain), config.paths.backup_plist_file,
+        *users_indexes.reads(config),
     ]:
         declared.add(("file", item) if isinstance(item, str) else (item.fact.__name__, item.arguments))
     fresh_host = fresh(config)
@@ -1450,7 +1500,9 @@ def test_the_daemon_scope_reads_only_what_the_modules_declare(daemon_config):
     for host in (daemon_converged(config), fresh_host):
         converge(host, config, password_hash=HiddenValue(PASSWORD_HASH))
         asked = asked_reads(host)
-        assert asked == declared
+        # devpi is asked for its users and indexes unless this run initialises it.
+        unread = {("UsersIndexes", r.arguments) for r in users_indexes.reads(config)} if host is fresh_host else set()
+        assert asked == declared - unread
     assert ("LaunchdJob", FactRead.of(object, label="net.devpi", domain="system").arguments) in declared
 
 
