@@ -17,6 +17,38 @@ from typing import Callable
 from tests.pyinfra_cli import PyinfraResult, remote_commands
 
 
+class HostPaths:
+    """Where a deployed host keeps things, for a host object with ``root`` (its temporary
+    home's parent) and ``label``: the deploy's paths under the home the tests give it."""
+
+    root: Path
+    label: str
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def devpi_home(self) -> Path:
+        return self.home / "devpi"
+
+    @property
+    def server_dir(self) -> Path:
+        return self.devpi_home / "server-dir"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "Library/Logs"
+
+    @property
+    def err_log(self) -> Path:
+        return self.log_dir / f"{self.label}.err.log"
+
+    @property
+    def plist(self) -> Path:
+        return self.home / "Library/LaunchAgents" / f"{self.label}.plist"
+
+
 def first_converge(host) -> tuple[PyinfraResult, int]:
     """The deploy on a host that has nothing yet: devpi's job loaded from the deploy's plist,
     running and answering ``GET /+api`` with 200. Returns the run and devpi's pid."""

@@ -25,6 +25,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tests.deploy_scenarios import HostPaths
+
 from . import devpi_client
 from .devpi_client import DevpiApi
 from .harness import (
@@ -54,7 +56,7 @@ HOME_DIRS = ("Library/Logs", "Library/LaunchAgents", ".config/caddy/sites")
 
 
 @dataclasses.dataclass
-class DeployedStack:
+class DeployedStack(HostPaths):
     """One deployed host (see the module docstring); labels ``e2e.<name>.devpi`` and
     ``e2e.<name>.caddy``."""
 
@@ -74,35 +76,15 @@ class DeployedStack:
     #: :meth:`reset` has nothing to do.
     untouched: bool = False
 
-    # -- where things are
-    @property
-    def home(self) -> Path:
-        return self.root / "home"
-
-    @property
-    def devpi_home(self) -> Path:
-        return self.home / "devpi"
-
-    @property
-    def server_dir(self) -> Path:
-        return self.devpi_home / "server-dir"
-
+    # -- where things are (the rest: HostPaths)
     @property
     def site_file(self) -> Path:
         return self.home / ".config/caddy/sites/devpi.caddy"
 
     @property
-    def plist(self) -> Path:
-        return self.home / "Library/LaunchAgents" / f"{self.label}.plist"
-
-    @property
-    def err_log(self) -> Path:
-        return self.home / "Library/Logs" / f"{self.label}.err.log"
-
-    @property
     def server_log(self) -> Path:
         """devpi's own log (every request), written through its rotating handler."""
-        return self.home / "Library/Logs" / f"{self.label}.log"
+        return self.log_dir / f"{self.label}.log"
 
     @property
     def label(self) -> str:

