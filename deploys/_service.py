@@ -418,6 +418,7 @@ def launchd_job(c: Converge) -> None:
         place=place,
         plist_path=paths.plist_file,
         config_file=paths.config_file,
+        port=config.port,
         agents_dir=paths.launch_agents_dir,
         keep=(paths.backup_label,),
         other_plists=paths.other_scope_plists,

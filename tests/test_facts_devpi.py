@@ -12,6 +12,8 @@ from pyinfra.api.exceptions import FactProcessError
 from facts.devpi import Health, ServerDir, VenvVersions
 from facts.files import FileContents
 
+from .prepared import SHELLS, gnu_only_forms
+
 SHELLS = [s for s in ("/bin/sh", shutil.which("dash"), shutil.which("bash")) if s]
 VENV_BIN = Path(sys.executable).parent
 
@@ -243,28 +245,72 @@ def test_file_contents_round_trip_exact_bytes(tmp_path):
 
 
 
-def test_managed_agents_lists_only_the_deploys_plists(tmp_path):
-    import subprocess
+def run_fact_bytes(fact_cls, shell="/bin/sh", **kwargs):
+    """The fact's real command, its output decoded as pyinfra's reader does (strict
+    UTF-8: a byte that is not would end in a traceback there)."""
+    command = fact_cls().command(**kwargs)
+    result = subprocess.run([shell, "-c", str(command)], capture_output=True)
+    assert result.returncode == 0, result.stderr
+    assert gnu_only_forms(str(command)) == []
+    return fact_cls().process(result.stdout.decode("utf-8").splitlines())
 
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_managed_agents_lists_only_the_deploys_plists_with_their_configs_port(tmp_path, shell):
+    from facts.managed_agents import ManagedAgents
+    from pyinfra_devpi.config import build_config
+    from pyinfra_devpi.render import render_plist, render_server_yaml
+
+    home = tmp_path / "home & <x>"
+    config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_label": "net.devpi.old",
+                           "devpi_port": 4242}, str(home))
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    (agents / "net.devpi.old.plist").write_text(render_plist(config))
+    Path(config.paths.config_file).parent.mkdir(parents=True)
+    Path(config.paths.config_file).write_text(render_server_yaml(config, "null"))
+    (agents / "com.other.plist").write_text(
+        '<?xml version="1.0"?><plist version="1.0"><dict><key>Label</key><string>com.other</string></dict></plist>'
+    )
+    (agents / "notes.txt").write_text("Managed by pyinfra-devpi\n")
+    found = run_fact_bytes(ManagedAgents, shell, directory=str(agents))
+    assert found == {
+        str(agents / "net.devpi.old.plist"): {
+            "label": "net.devpi.old",
+            "arguments": [f"{home}/devpi/venv/bin/devpi-server", "--configfile", f"{home}/devpi/devpi-server.yml"],
+            "config": f"{home}/devpi/devpi-server.yml", "config_port": 4242, "damaged": None,
+        },
+    }
+    # A config the deploy did not write (no marker) serves no port of the deploy's.
+    Path(config.paths.config_file).write_text("devpi-server:\n  port: 4242\n")
+    assert run_fact_bytes(ManagedAgents, shell, directory=str(agents))[str(agents / "net.devpi.old.plist")][
+        "config_port"] is None
+    assert run_fact_bytes(ManagedAgents, shell, directory=str(tmp_path / "none")) == {}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not utf-8"])
+def test_managed_agents_reports_a_damaged_plist_without_raising(tmp_path, damage):
     from facts.managed_agents import ManagedAgents
     from pyinfra_devpi.config import build_config
     from pyinfra_devpi.render import render_plist
 
-    config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_label": "net.devpi.old"}, "/Users/a")
-    (tmp_path / "net.devpi.old.plist").write_text(render_plist(config))
-    (tmp_path / "com.other.plist").write_text(
-        '<?xml version="1.0"?><plist version="1.0"><dict><key>Label</key><string>com.other</string></dict></plist>'
-    )
-    (tmp_path / "notes.txt").write_text("Managed by pyinfra-devpi\n")
-    fact = ManagedAgents()
-    result = subprocess.run(["/bin/sh", "-c", fact.command(str(tmp_path))], capture_output=True, text=True)
-    assert result.returncode == 0
-    agents = fact.process(result.stdout.splitlines())
-    assert agents == {
-        str(tmp_path / "net.devpi.old.plist"): {
-            "label": "net.devpi.old",
-            "arguments": ["/Users/a/devpi/venv/bin/devpi-server", "--configfile", "/Users/a/devpi/devpi-server.yml"],
-        },
-    }
-    empty = subprocess.run(["/bin/sh", "-c", fact.command(str(tmp_path / "none"))], capture_output=True, text=True)
-    assert empty.returncode == 0 and fact.process(empty.stdout.splitlines()) == {}
+    config = build_config({"devpi_outside_url": "https://pypi.example.org"}, "/Users/a")
+    text = render_plist(config).encode()
+    plist = tmp_path / "net.devpi.plist"
+    plist.write_bytes(text[: len(text) // 2] if damage == "truncated" else text.replace(b"<key>Label", b"<key>\xffLabel"))
+    (agent,) = run_fact_bytes(ManagedAgents, directory=str(tmp_path)).values()
+    assert agent["label"] is None and agent["arguments"] == []
+    assert agent["damaged"].startswith("not a plist" if damage == "truncated" else "not UTF-8 text (byte 0xff")
+
+
+def test_file_contents_reports_a_file_that_is_not_utf8_as_damaged(tmp_path):
+    from facts.files import Damaged
+
+    block = tmp_path / "devpi.caddy"
+    block.write_bytes(b"# Managed by pyinfra-devpi\nexample.org {\n\xe9\n}\n")
+    (content,) = run_fact_bytes(FileContents, paths=[str(block)]).values()
+    assert isinstance(content, Damaged)
+    assert content.reason == "not UTF-8 text (byte 0xe9 at offset 41)"
+    # It equals no content, so the operation that owns the file writes it again.
+    assert content != str(content) and content != "" and not (content == content[:])
+    assert "example.org {" in content
