@@ -314,3 +314,77 @@ def test_file_contents_reports_a_file_that_is_not_utf8_as_damaged(tmp_path):
     # It equals no content, so the operation that owns the file writes it again.
     assert content != str(content) and content != "" and not (content == content[:])
     assert "example.org {" in content
+
+
+@pytest.mark.parametrize(("nodeinfo", "serverversion", "damaged"), [
+    (b'{"uuid": "\xff', b"4\n", {".nodeinfo": "not UTF-8 text (byte 0xff at offset 10)"}),
+    (b'{"uuid": ', b"4\n", {".nodeinfo": "not JSON (Expecting value: line 1 column 10 (char 9))"}),
+    (b'["uuid"]', b"4\n", {".nodeinfo": "not a JSON object"}),
+    (b'{"uuid": "u"}', b"4\xe9\n", {".serverversion": "not a database version ('4?', non-ASCII bytes as '?')"}),
+    (b'{"uuid": "u"}', b"four\n", {".serverversion": "not a database version ('four', non-ASCII bytes as '?')"}),
+])
+def test_server_dir_reports_devpis_damaged_files_without_raising(tmp_path, nodeinfo, serverversion, damaged):
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    (server_dir / ".nodeinfo").write_bytes(nodeinfo)
+    (server_dir / ".serverversion").write_bytes(serverversion)
+    (server_dir / ".sqlite").write_bytes(b"db")
+    fact = run_fact_bytes(ServerDir, path=str(server_dir))
+    assert fact["damaged"] == damaged
+    assert fact["initialised"] is True  # still devpi's: never initialised over
+
+
+def test_a_server_dir_with_damaged_devpi_files_is_refused_naming_the_file_and_the_way_out():
+    from deploys._service import check_server_dir
+    from pyinfra_devpi.config import build_config
+    from pyinfra_devpi.errors import DeployError
+
+    config = build_config({"devpi_outside_url": "https://pypi.example.org"}, "/Users/a")
+    found = {"exists": True, "is_dir": True, "has_data": True, "initialised": True, "has_database": True,
+             "has_serverversion": True, "serverversion": "4", "damaged": {".nodeinfo": "not JSON (x)"}}
+    with pytest.raises(DeployError) as refused:
+        check_server_dir(config, found)
+    message = str(refused.value)
+    assert message.startswith(f"{config.paths.server_dir}/.nodeinfo is damaged: not JSON (x). ")
+    assert "never replaces them, and nothing was changed" in message
+    assert f"mv {config.paths.server_dir} {config.paths.server_dir}.broken" in message
+
+
+def test_users_indexes_reports_a_damaged_state_file_without_raising(tmp_path):
+    import http.server
+    import json
+    import threading
+
+    from facts.users_indexes import UsersIndexes
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"result": {"root": {"username": "root", "indexes": {}}}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        state = tmp_path / "users.pyinfra.json"
+        for content, damaged in [
+            (b'{"users": {"root": {"password": "env:P\xff"}}}', "not UTF-8 text (byte 0xff at offset 38)"),
+            (b'{"users": ', "not JSON (Expecting value: line 1 column 11 (char 10))"),
+            (b'{"users": ["root"]}', "not the deploy's record of password references"),
+            (b'{"users": {"root": {"password": "env:P", "version": 1}}}', None),
+        ]:
+            state.write_bytes(content)
+            fact = run_fact_bytes(UsersIndexes, url=url, state_file=str(state))
+            assert fact["state_damaged"] == damaged
+            assert fact["passwords"] == ({} if damaged else {"root": {"password": "env:P", "version": 1}})
+            assert "root" in fact["users"]
+        state.unlink()
+        assert run_fact_bytes(UsersIndexes, url=url, state_file=str(state))["passwords"] == {}
+    finally:
+        server.shutdown()
