@@ -221,3 +221,16 @@ def test_damaged_files_are_reported_and_everything_else_still_is(tmp_path):
     assert any("GET http://127.0.0.1:3141/+api: nothing answers" in p for p in problems)
     assert any(p.startswith(f"no venv at {config.paths.venv}") for p in problems)
     assert parts["backups"].fields["count"] == 0 and parts["caddy"].fields["exists"] is True
+
+
+def test_a_log_line_that_is_not_utf8_does_not_stop_the_status(tmp_path):
+    log = tmp_path / "err.log"
+    log.write_bytes(b"first\nTraceback: caf\xe9\nlast\n")
+    command = LogTail().command(str(log), 2)
+    result = subprocess.run(["/bin/sh", "-c", command], capture_output=True)
+    tail = LogTail().process(result.stdout.decode("utf-8").splitlines())  # strict, as pyinfra reads
+    assert tail == {"size": log.stat().st_size, "lines": ["Traceback: caf\ufffd", "last"]}
+    log.write_bytes(b"no newline at the end")
+    assert LogTail().process(run(LogTail().command(str(log), 5), tmp_path))["lines"] == ["no newline at the end"]
+    log.write_bytes(b"")
+    assert LogTail().process(run(LogTail().command(str(log), 5), tmp_path)) == {"size": 0, "lines": []}
