@@ -174,6 +174,9 @@ def test_damaged_files_of_the_deploy_are_reported_and_replaced(stack):
         stack.wait_healthy()
         result, report = status(stack, inventory=inventory)
         assert result.returncode == 0 and not any("damaged" in w for w in report["warnings"]), result.describe()
+        # What the run wrote is final: a rerun changes nothing.
+        rerun = stack.pyinfra("deploys/devpi.py", inventory=inventory)
+        assert rerun.grand_total()[0] == 0 and "damaged" not in rerun.output, rerun.describe()
     finally:
         stack.plist.write_text(plist_text)
         stack.site_file.write_bytes(block)
