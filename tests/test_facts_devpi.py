@@ -334,18 +334,19 @@ def test_server_dir_reports_devpis_damaged_files_without_raising(tmp_path, nodei
     assert fact["initialised"] is True  # still devpi's: never initialised over
 
 
-def test_a_server_dir_with_damaged_devpi_files_is_refused_naming_the_file_and_the_way_out():
+@pytest.mark.parametrize("name", [".nodeinfo", ".serverversion"])
+def test_a_server_dir_with_damaged_devpi_files_is_refused_naming_the_file_and_the_way_out(name):
     from deploys._service import check_server_dir
     from pyinfra_devpi.config import build_config
     from pyinfra_devpi.errors import DeployError
 
     config = build_config({"devpi_outside_url": "https://pypi.example.org"}, "/Users/a")
     found = {"exists": True, "is_dir": True, "has_data": True, "initialised": True, "has_database": True,
-             "has_serverversion": True, "serverversion": "4", "damaged": {".nodeinfo": "not JSON (x)"}}
+             "has_serverversion": True, "serverversion": "4", "damaged": {name: "not JSON (x)"}}
     with pytest.raises(DeployError) as refused:
         check_server_dir(config, found)
     message = str(refused.value)
-    assert message.startswith(f"{config.paths.server_dir}/.nodeinfo is damaged: not JSON (x). ")
+    assert message.startswith(f"{config.paths.server_dir}/{name} is damaged: not JSON (x). ")
     assert "never replaces them, and nothing was changed" in message
     assert f"mv {config.paths.server_dir} {config.paths.server_dir}.broken" in message
 
