@@ -56,6 +56,19 @@ def read_uv_lock() -> str:
     return (LOCKS_DIR / f"uv-{UV_BOOTSTRAP_VERSION}.txt").read_text(encoding="utf-8")
 
 
+def devpi_files_damaged(path: str, damaged: dict) -> str:
+    """The refusal for a server dir whose own devpi files (``.nodeinfo``,
+    ``.serverversion``) devpi cannot read: the deploy never writes them."""
+    files = "; ".join(f"{path}/{name} is damaged: {reason}" for name, reason in sorted(damaged.items()))
+    return (
+        f"{files}. devpi cannot start on this server dir, and these are devpi's own files: the deploy never "
+        "replaces them, and nothing was changed. Way out: put back a good copy of the file (e.g. from a "
+        f"backup of the disk), or move the dir aside (mv {shlex.quote(path)} {shlex.quote(path + '.broken')}) "
+        "and rerun: the deploy initialises a new one, into which a backup can be restored "
+        "(deploys/devpi_restore.py --data devpi_restore_from=<backup>)"
+    )
+
+
 def check_server_dir(config: DevpiConfig, server_dir: dict, venv_build: bool = True,
                      live_venv: dict | None = None) -> None:
     """Refuse server dirs that the pinned devpi must not initialise or open.
@@ -73,6 +86,8 @@ def check_server_dir(config: DevpiConfig, server_dir: dict, venv_build: bool = T
     path = config.paths.server_dir
     if not server_dir["is_dir"]:
         raise DeployError(f"{path} exists but is not a directory: move it away or set devpi_home")
+    if server_dir.get("damaged"):
+        raise DeployError(devpi_files_damaged(path, server_dir["damaged"]))
     if server_dir["has_data"] and not server_dir["initialised"]:
         raise DeployError(
             f"{path} holds data but no {NODEINFO} (devpi's initialised marker): refusing to "
@@ -418,6 +433,7 @@ def launchd_job(c: Converge) -> None:
         place=place,
         plist_path=paths.plist_file,
         config_file=paths.config_file,
+        port=config.port,
         agents_dir=paths.launch_agents_dir,
         keep=(paths.backup_label,),
         other_plists=paths.other_scope_plists,

@@ -30,7 +30,7 @@ from pyinfra.api import deploy
 
 from facts.backup import Backups
 from facts.devpi import ServerDir, VenvVersions
-from facts.files import FileContents
+from facts.files import Damaged, FileContents
 from facts.launchd import LaunchdJob, LaunchdSession
 from facts.snapshot import FactRead, read_batch
 from facts.status import DevpiAnswers, DiskUsage, LogTail
@@ -241,6 +241,10 @@ def http_report(found: Found, probe: DevpiConfig) -> Part:
         if isinstance(status.get("serial"), int) and isinstance(status.get("event-serial"), int) else None,
     }
     part = Part(fields)
+    for name, reason in sorted(((server_dir or {}).get("damaged") or {}).items()):
+        # devpi's own file: the deploy refuses to start devpi on it, naming the way out.
+        part.problems.append(f"{config.paths.server_dir}/{name} is damaged ({reason}): devpi will not start on "
+                             "it again; a deploy names the way out (it never replaces devpi's own files)")
     if answers["api_status"] != 200:
         got = "nothing answers" if answers["api_status"] is None else f"it answers {answers['api_status']}"
         part.problems.append(f"GET {config.local_url}/+api: {got}")
@@ -286,7 +290,10 @@ def caddy_report(found: Found, probe: DevpiConfig) -> Part:
     pending = found.file(_files(probe), config.paths.caddy_restart_pending) is not None
     part = Part({"site_file": config.paths.caddy_site_file, "exists": on_host is not None, "as_deployed": same,
                  "restart_pending": pending})
-    if on_host is None:
+    if isinstance(on_host, Damaged):
+        part.fields["damaged"] = on_host.reason
+        part.warnings.append(f"{config.paths.caddy_site_file} is damaged ({on_host.reason}): a deploy replaces it")
+    elif on_host is None:
         part.warnings.append(f"no Caddy site block at {config.paths.caddy_site_file}: a deploy writes it")
     elif not same:
         part.warnings.append(f"{config.paths.caddy_site_file} differs from what the deploy writes: a deploy replaces it")
@@ -317,6 +324,10 @@ def backups_report(found: Found, probe: DevpiConfig) -> Part:
         "last_failure": backups.get("last_failure"),
         "kib": None if usage is None else usage["kib"],
     })
+    if backups.get("status_damaged"):
+        part.fields["status_damaged"] = backups["status_damaged"]
+        part.warnings.append(f"{config.paths.backup_status} is damaged ({backups['status_damaged']}): the last "
+                             "backups' record is unknown; a deploy replaces it")
     stale = bk.staleness(backups or None, config.backup_dir)
     if stale:
         part.warnings.append(stale)

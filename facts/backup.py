@@ -11,7 +11,8 @@ import shlex
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
-from facts._output import key_values, print_block, script, split_blocks
+from facts._output import key_values, script, split_blocks
+from facts.files import Damaged, decode_text, text_block
 from pyinfra_devpi.layout import BACKUP_EXPORT_DIR, BACKUP_MANIFEST, BACKUP_PREFIX, DATAINDEX
 
 
@@ -22,7 +23,8 @@ class Backups(FactBase):
     ``epoch``, ``name``, ``size`` in bytes, ``files``, ``seconds``; ``None`` when no
     backup succeeded yet), ``last_failure`` (``time``, ``epoch``, ``exit_code``,
     ``log_tail``; ``None`` when none failed), ``status_unreadable`` (the status file
-    exists but is not the backup program's JSON) and ``now`` (the host's clock, epoch
+    exists but is not the backup program's JSON), ``status_damaged`` (what is wrong with
+    it then, e.g. a byte that is not UTF-8; else ``None``) and ``now`` (the host's clock, epoch
     seconds: what the age of the last success is measured against).
 
     + status_file: the backup program's status record (``<home>/backup.status.json``)
@@ -33,7 +35,7 @@ class Backups(FactBase):
         return script([
             f"s={shlex.quote(status_file)}; d={shlex.quote(directory)}",
             'echo "now=$(date +%s)"',
-            print_block('"$s"', "status"),
+            text_block('"$s"', "status"),
             f'for b in "$d"/{BACKUP_PREFIX}*; do '
             f'if [ -f "$b"/{BACKUP_MANIFEST} ]; then echo "backup=${{b##*/}}"; fi; done',
         ])
@@ -44,22 +46,27 @@ class Backups(FactBase):
         if not values.get("now", "").isdigit():
             raise FactProcessError(f"Backups: unexpected output: {output[:3]!r}")
         names = sorted(line[len("backup="):] for line in plain if line.startswith("backup="))
-        status, unreadable = {}, False
+        status, damaged = {}, None
         if "status" in blocks:
-            text = "\n".join(blocks["status"]).strip()
+            text = decode_text(blocks["status"])
             try:
-                status = json.loads(text) if text else {}
-            except ValueError:
-                status = None
-            if not isinstance(status, dict):
-                status, unreadable = {}, True
+                status = json.loads(text) if text.strip() and not isinstance(text, Damaged) else {}
+            except ValueError as error:
+                status, damaged = None, f"not JSON ({error})"
+            if isinstance(text, Damaged):
+                damaged = text.reason
+            elif not isinstance(status, dict):
+                damaged = damaged or "not a JSON object"
+            if damaged:
+                status = {}
         return {
             "count": len(names),
             "names": names,
             "newest": names[-1] if names else None,
             "last_success": status.get("last_success"),
             "last_failure": status.get("last_failure"),
-            "status_unreadable": unreadable,
+            "status_unreadable": damaged is not None,
+            "status_damaged": damaged,
             "now": int(values["now"]),
         }
 

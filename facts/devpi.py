@@ -15,6 +15,7 @@ from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
 from facts._output import key_values, split_blocks
+from facts.files import Damaged, decode_text
 from pyinfra_devpi import shell_script
 from pyinfra_devpi.layout import NODEINFO, SERVERVERSION, SQLITE, WHOOSH_INDEX_DIR, venv_bin
 
@@ -31,7 +32,9 @@ class ServerDir(FactBase):
     Returns a dict: ``exists``, ``is_dir``, ``mode`` (``ls -ld`` mode string), ``entries`` (names in
     the dir, hidden ones included), ``has_data``, ``initialised`` (``.nodeinfo`` exists),
     ``nodeinfo`` (role, uuid, ...), ``has_serverversion`` (the file exists),
-    ``serverversion`` (its first line; ``None`` when missing or empty), ``has_database``
+    ``serverversion`` (its first line; ``None`` when missing or empty), ``damaged``
+    (``{file name: what is wrong}`` for devpi's own ``.nodeinfo`` / ``.serverversion``
+    when devpi could not read it: never replaced by the deploy), ``has_database``
     (a non-empty ``.sqlite``), ``complete`` (all three: what a finished devpi-init
     leaves), ``whoosh_index_kib`` (the size of devpi-web's Whoosh search index
     ``.indices`` in KiB, ``du -sk``; ``None`` when there is none),
@@ -64,28 +67,27 @@ class ServerDir(FactBase):
                 "exists": False, "is_dir": False, "mode": None, "entries": 0, "has_data": False,
                 "initialised": False, "nodeinfo": None, "has_serverversion": False, "serverversion": None,
                 "has_database": False, "complete": False, "whoosh_index_kib": None, "whoosh_project_index": False,
+                "damaged": {},
             }
             if secret is not None:
                 result["secret_file"] = secret
             return result
 
         nodeinfo = None
-        if nodeinfo_lines:
-            text = "\n".join(nodeinfo_lines).strip()
-            try:
-                data = json.loads(text) if text else {}
-            except ValueError:
-                data = None
+        damaged = {}
+        if "nodeinfo" in blocks:
+            text = decode_text(nodeinfo_lines)
+            data, damage = _json_object(text)
             # A .nodeinfo devpi cannot read is still devpi's marker: report it as
             # initialised (so nothing re-initialises it) with unknown details.
-            nodeinfo = (
-                {k: data.get(k) for k in NODEINFO_KEYS if k in data}
-                if isinstance(data, dict)
-                else {"unreadable": True}
-            )
+            nodeinfo = {k: data.get(k) for k in NODEINFO_KEYS if k in data} if data is not None else {"unreadable": True}
+            if damage:
+                damaged[NODEINFO] = damage
 
         entries = int(values.get("entries") or 0)
         serverversion = values.get("serverversion") or None
+        if serverversion is not None and not serverversion.isdigit():
+            damaged[SERVERVERSION] = f"not a database version ({serverversion!r}, non-ASCII bytes as '?')"
         has_database = values.get("has_database") == "true"
         index_kib = values.get("whoosh_index_kib")
         result = {
@@ -103,6 +105,7 @@ class ServerDir(FactBase):
             # A dir du cannot size (unreadable) still exists: 0, so it is reported.
             "whoosh_index_kib": None if index_kib is None else int(index_kib) if index_kib.isdigit() else 0,
             "whoosh_project_index": values.get("whoosh_project_index") == "true",
+            "damaged": damaged,
         }
         if secret is not None:
             result["secret_file"] = secret
@@ -113,6 +116,20 @@ class ServerDir(FactBase):
             result["writable_by_others"] = {"count": int(values["writable_count"] or 0),
                                             "first": values.get("writable_first") or None}
         return result
+
+
+def _json_object(text: str) -> tuple[dict | None, str | None]:
+    """devpi's JSON object in ``text``, or what is wrong with it (an empty file is
+    devpi-init's first step: no details, not damage)."""
+    if isinstance(text, Damaged):
+        return None, text.reason
+    if not text.strip():
+        return {}, None
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        return None, f"not JSON ({error})"
+    return (data, None) if isinstance(data, dict) else (None, "not a JSON object")
 
 
 # The distributions the fact reports, by the directory name an installer gives their

@@ -6,7 +6,12 @@ The deploy owns a handful of small files (the plist, the YAML config, the Caddy 
 block). Reading them all with one command keeps a no-change rerun to a few remote
 commands, and having the content (not just a checksum) lets ``--diff`` show the
 change without another round trip. Contents travel base64-encoded so that any byte,
-trailing newlines included, survives pyinfra's line splitting.
+trailing newlines included, survives pyinfra's line splitting (and a byte that is not
+UTF-8 reaches ``process``, not pyinfra's reader, which would stop with a traceback).
+
+A file the deploy reads may be damaged (truncated, a byte that is not UTF-8): a fact's
+``process`` never raises on such content; it returns ``Damaged``, text that says what is
+wrong (``reason``) and equals no content, so the file's owner replaces it.
 """
 
 from __future__ import annotations
@@ -21,10 +26,59 @@ from pyinfra.api.exceptions import FactProcessError
 from facts._output import key_values
 
 
+class Damaged(str):
+    """A file's content that is not what its writer leaves: the text as far as it reads
+    (bytes that are not UTF-8 shown as U+FFFD), and ``reason``, what is wrong with it.
+    It equals no text, not even its own, so ``current != content`` holds for every
+    content the deploy renders: the file is replaced."""
+
+    reason: str
+
+    def __new__(cls, text: str, reason: str) -> "Damaged":
+        damaged = super().__new__(cls, text)
+        damaged.reason = reason
+        return damaged
+
+    def __eq__(self, other):
+        return self is other
+
+    def __ne__(self, other):
+        return self is not other
+
+    __hash__ = str.__hash__
+
+    def __repr__(self) -> str:
+        return f"Damaged({self.reason!r})"
+
+    def __reduce__(self):
+        return (Damaged, (str(self), self.reason))
+
+
+def text_block(path_expr: str, tag: str, missing: str | None = None) -> str:
+    """Shell: print the file as ``@<tag>`` / its bytes base64-encoded / ``@end`` (or the
+    ``missing`` line), so any byte survives the trip; ``decode_text`` reads the lines."""
+    otherwise = f"else echo {missing}; " if missing else ""
+    return f'if [ -f {path_expr} ]; then echo "@{tag}"; base64 < {path_expr}; echo "@end"; {otherwise}fi'
+
+
+def decode_text(chunks: list[str]) -> str:
+    """A ``text_block``'s lines as the file's text, or ``Damaged`` when it is not UTF-8."""
+    try:
+        raw = base64.b64decode("".join(line.strip() for line in chunks), validate=True)
+    except (binascii.Error, ValueError) as error:
+        return Damaged("", f"its content did not arrive intact ({error})")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return Damaged(raw.decode("utf-8", "replace"),
+                       f"not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start})")
+
+
 class FileContents(FactBase):
     """
     Returns ``{path: content}`` for each path, the content ``None`` when the file is
-    missing. Only for the deploy's own small text files: never point it at a secret.
+    missing and ``Damaged`` when it is not UTF-8 text. Only for the deploy's own small
+    text files: never point it at a secret.
     """
 
     def command(self, paths):
@@ -48,10 +102,7 @@ class FileContents(FactBase):
             elif line == "@end":
                 if current is None:
                     raise FactProcessError("FileContents: @end without @file")
-                try:
-                    files[current] = base64.b64decode("".join(chunks)).decode("utf-8")
-                except (binascii.Error, UnicodeDecodeError) as e:
-                    raise FactProcessError(f"FileContents: cannot decode {current}: {e}") from None
+                files[current] = decode_text(chunks)
                 current = None
             elif line.startswith("@missing "):
                 files[line[len("@missing ") :]] = None

@@ -1,4 +1,4 @@
-# The ServerDir fact (facts/devpi.py): key=value lines and a @nodeinfo block about the
+# The ServerDir fact (facts/devpi.py): key=value lines and a @nodeinfo block (base64) about the
 # server dir $d; with $s (the secret file), its mode and, for a server dir the deploy has
 # not managed yet (no secret file), who owns its entries and which are group/world-writable.
 # Always exits 0.
@@ -13,12 +13,17 @@ else
   # shellcheck disable=SC2012
   if [ -d "$d" ]; then echo "entries=$(ls -A "$d" | wc -l | tr -d " ")"; fi
   v=$d/$serverversion_name; n=$d/$nodeinfo_name; db=$d/$sqlite_name
-  if [ -f "$v" ]; then echo "has_serverversion=true"; echo "serverversion=$(head -n 1 "$v")"; fi
+  # Its first line, bytes that are not printable ASCII as "?" (a damaged file must not
+  # stop the fact batch: pyinfra reads output as UTF-8).
+  if [ -f "$v" ]; then
+    echo "has_serverversion=true"
+    echo "serverversion=$(head -n 1 "$v" | tr -d '\r\n' | LC_ALL=C tr -c '[:print:]' '?')"
+  fi
   if [ -f "$db" ] && [ -s "$db" ]; then echo "has_database=true"; fi
   i=$d/$whoosh_index_name
   if [ -d "$i" ]; then echo "whoosh_index_kib=$(du -sk "$i" 2>/dev/null | awk '{print $1}')"; fi
   for t in "$i"/_project_*.toc; do if [ -f "$t" ]; then echo "whoosh_project_index=true"; break; fi; done
-  if [ -f "$n" ]; then echo "@nodeinfo"; cat "$n"; echo; echo "@end"; fi
+  if [ -f "$n" ]; then echo "@nodeinfo"; base64 < "$n"; echo "@end"; fi
 fi
 if [ -n "$s" ]; then
   # shellcheck disable=SC2012

@@ -8,6 +8,8 @@ reports in ``key=value`` lines or marked blocks that ``process`` parses.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import shlex
 
@@ -93,7 +95,8 @@ class DiskUsage(FactBase):
 class LogTail(FactBase):
     """
     The last ``lines`` lines of a log file (``None`` when it does not exist), with its
-    size in bytes.
+    size in bytes. They travel base64-encoded: a byte that is not UTF-8 (a log is
+    anyone's to write) shows as U+FFFD instead of stopping the status's batch.
 
     + path: the log file
     + lines: how many lines
@@ -103,7 +106,7 @@ class LogTail(FactBase):
         p = shlex.quote(path)
         return (
             f"if [ -f {p} ]; then echo \"size=$(wc -c < {p} | tr -d ' ')\"; echo '@tail'; "
-            f"tail -n {int(lines)} {p}; echo; echo '@end'; else echo missing; fi"
+            f"tail -n {int(lines)} {p} | base64; echo '@end'; else echo missing; fi"
         )
 
     def process(self, output):
@@ -113,7 +116,8 @@ class LogTail(FactBase):
         size = key_values(plain).get("size", "")
         if not size.isdigit():
             raise FactProcessError(f"LogTail: unexpected output: {output[:3]!r}")
-        tail = blocks.get("tail", [])
-        if tail and tail[-1] == "":
-            tail = tail[:-1]
-        return {"size": int(size), "lines": tail}
+        try:
+            raw = base64.b64decode("".join(line.strip() for line in blocks.get("tail", [])))
+        except (binascii.Error, ValueError):
+            raw = b"(the log's last lines did not arrive intact)"
+        return {"size": int(size), "lines": raw.decode("utf-8", "replace").splitlines()}

@@ -14,7 +14,8 @@ import shlex
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
-from facts._output import key_values, print_block, script, split_blocks
+from facts._output import key_values, script, split_blocks
+from facts.files import Damaged, decode_text, text_block
 from pyinfra_devpi.users_indexes.plan import split_userlist
 
 
@@ -27,7 +28,8 @@ class UsersIndexes(FactBase):
     ``indexes`` (``{"user/index": index config}``: ``type``, ``bases``, ``volatile``,
     ``acl_upload``, ``mirror_url``, ...) and, with ``state_file`` (the deploy's record of
     the password references it set), ``passwords`` (``{user: {"password": reference,
-    "version": n}}``; references, never passwords).
+    "version": n}}``; references, never passwords; ``{}`` when the file is damaged, and
+    then ``state_damaged`` says what is wrong with it).
     """
 
     def command(self, url, state_file=None):
@@ -41,7 +43,7 @@ class UsersIndexes(FactBase):
         if state_file:
             parts += [
                 f"s={shlex.quote(state_file)}",
-                print_block('"$s"', "state", missing="state=missing"),
+                text_block('"$s"', "state", missing="state=missing"),
             ]
         return script(parts)
 
@@ -67,11 +69,22 @@ class UsersIndexes(FactBase):
             raise FactProcessError("UsersIndexes: GET / did not return devpi's user list") from None
         facts = split_userlist(result)
         if has_state is not None:
-            facts["passwords"] = {}
-            text = "\n".join(state).strip()
-            if text:
-                try:
-                    facts["passwords"] = dict(json.loads(text).get("users") or {})
-                except (ValueError, AttributeError, TypeError):
-                    raise FactProcessError("UsersIndexes: the state file is not valid JSON") from None
+            facts["passwords"], facts["state_damaged"] = _passwords(decode_text(state) if has_state else "")
         return facts
+
+
+def _passwords(text: str) -> tuple[dict, str | None]:
+    """The state file's password references, or ``{}`` and what is wrong with it."""
+    if isinstance(text, Damaged):
+        return {}, text.reason
+    if not text.strip():
+        return {}, None
+    try:
+        users = json.loads(text).get("users") or {}
+        if not isinstance(users, dict) or not all(isinstance(v, dict) for v in users.values()):
+            raise TypeError
+        return dict(users), None
+    except ValueError as error:
+        return {}, f"not JSON ({error})"
+    except (AttributeError, TypeError):
+        return {}, "not the deploy's record of password references"

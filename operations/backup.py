@@ -17,7 +17,7 @@ from pyinfra_devpi.config import DevpiConfig
 
 from . import launchd
 from .announce import log_once, operation
-from .textfile import write_text
+from .textfile import replace_damaged, write_text
 
 
 def backups_read(config: DevpiConfig) -> FactRead:
@@ -48,8 +48,13 @@ def warn_if_stale(config: DevpiConfig) -> None:
 
 @operation
 def program(config: DevpiConfig):
-    """The backup program the job runs (``<home>/bin/devpi-backup.py``)."""
+    """The backup program the job runs (``<home>/bin/devpi-backup.py``); its status
+    record replaced when it is damaged."""
     commands = list(write_text(config.paths.backup_program, bk.program_text(), mode="755"))
+    damaged = (found(config) or {}).get("status_damaged")
+    if damaged:
+        # Its record is lost either way: an empty one, which the next backup fills.
+        commands += replace_damaged(config.paths.backup_status, damaged, "{}\n")
     if not commands:
         host.noop(f"{config.paths.backup_program} is up to date")
     yield from commands

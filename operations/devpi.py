@@ -21,7 +21,7 @@ from pyinfra_devpi import deploy_lock, layout, search, shell_script
 from pyinfra_devpi.config import DevpiConfig
 
 from .announce import ProgressCommand, log_once, operation, progress
-from .textfile import write_text
+from .textfile import upload_private, write_text
 from .triggers import any_changed
 
 q = shlex.quote
@@ -292,10 +292,12 @@ def init(config: DevpiConfig, password_hash=None):
     if password_hash is None:
         raise ValueError("init needs the root password hash")
 
-    yield f"(umask 077; mkdir -p {q(paths.home)}) && chmod 700 {q(paths.home)}"
     # Before execution (--dry, change detection) there is nothing to upload.
     content = password_hash().unmask() if state.is_executing else ""
-    yield FileUploadCommand(BytesIO(content.encode("utf-8")), paths.root_hash_upload)
+    # The hash file is 0600 from its first byte: made so before SFTP writes into it.
+    make_private, upload = upload_private(content.encode("utf-8"), paths.root_hash_upload)
+    yield f"(umask 077; mkdir -p {q(paths.home)}) && chmod 700 {q(paths.home)} && {make_private}"
+    yield upload
     yield ProgressCommand(init_script(config))
 
 

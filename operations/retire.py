@@ -8,8 +8,12 @@ would keep devpi's port, so the new job could not bind it while the old one went
 answering. The system domain and /Library/LaunchDaemons are changed through ``sudo -n``
 (``JobPlace.prefix``) unless the SSH user is root.
 
-Only plists carrying the deploy's marker and running devpi with this deploy's config
-file are retired: a marked plist for another devpi home is reported, never touched.
+This deploy's jobs are found by what they run, under any label: a plist carrying the
+deploy's marker whose job runs with this deploy's config file, or with a config the
+deploy wrote (its marker) that serves this deploy's port: the job of an earlier
+``devpi_home`` (renamed together with the label), which would hold the port. Anything
+else (a marked plist for another port, one running something else, one too damaged to
+read) is named and left alone.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from facts.launchd import LaunchdJob
 from facts.managed_agents import ManagedAgents
 from facts.snapshot import FactRead, file_content, read
 from pyinfra_devpi.launchd_scope import JobPlace
+from pyinfra_devpi.layout import PLIST_SUFFIX
 
 from .announce import operation
 from .launchd import bootout_command, removal_commands
@@ -61,15 +66,36 @@ def loaded_elsewhere(label: str, place: JobPlace) -> list[tuple[str, str]]:
     return found
 
 
+def whose(agent: dict, config_file: str, port: int | None) -> str | None:
+    """Why a marked plist's job is this deploy's (``None``: it is not)."""
+    if config_file in agent["arguments"]:
+        return "this devpi under an old label"
+    if port is not None and agent["config_port"] == port:
+        return (f"this devpi under an old label and an earlier devpi_home (its config {agent['config']} "
+                f"serves port {port})")
+    return None
+
+
+def foreign(agent: dict, port: int | None) -> str:
+    """What a marked plist that is not this deploy's runs, to name it."""
+    if agent["config"] is None:
+        return f"runs {' '.join(agent['arguments'][:1]) or 'nothing'}, no devpi config"
+    if agent["config_port"] is None:
+        return f"runs with {agent['config']}, not a config this deploy wrote"
+    return f"runs devpi on port {agent['config_port']}, not {port}"
+
+
 @operation
 def old_agents(label: str, place: JobPlace, plist_path: str, config_file: str, agents_dir: str, keep=(),
-               other_plists=(), leave=()):
+               other_plists=(), leave=(), port: int | None = None):
     """
     Boot out and remove this deploy's LaunchAgent under an old label, its labels loaded
     in another launchd domain, and the other scope's plists.
 
     + label, place, plist_path: the job as it should be
     + config_file: devpi's config file: a marked plist that runs devpi with it is ours
+    + port: devpi's port: a marked plist whose config (one the deploy wrote) serves it
+      is ours too (an earlier ``devpi_home``'s job)
     + agents_dir: where the LaunchAgents' plists live
     + keep: labels of this devpi's other jobs (the backup job): not retired under an old
       label, but booted out of the other domains like devpi's own
@@ -89,16 +115,27 @@ def old_agents(label: str, place: JobPlace, plist_path: str, config_file: str, a
             host.log(f"{path} is this devpi's plist for the other devpi_launchd_scope: removing it", logger.info)
             sudo = place.as_root if not path.startswith(agents_dir + "/") else ""
             commands.append(f"{sudo}rm -f {q(path)}")
+    own_plists = {plist_path, *(f"{agents_dir}/{k}{PLIST_SUFFIX}" for k in keep)}
     for path, agent in sorted(read(host, _agents_read(agents_dir)).items()):
+        if agent["damaged"]:
+            if path in own_plists:
+                host.log(f"{path} is damaged ({agent['damaged']}): the deploy writes it again", logger.warning)
+            elif path not in other_plists:
+                logger.warning(
+                    f"{host.print_prefix}{path} carries this deploy's marker but is damaged ({agent['damaged']}): "
+                    "whose job it was cannot be told, so it is left alone; remove it if no job of yours uses it",
+                )
+            continue
         if path == plist_path or agent["label"] == label or agent["label"] in keep:
             continue
-        if config_file not in agent["arguments"]:
+        reason = whose(agent, config_file, port)
+        if reason is None:
             logger.warning(
-                f"{host.print_prefix}{path} ({agent['label']}) was written by this deploy for another "
-                "devpi home: left alone",
+                f"{host.print_prefix}{path} ({agent['label']}) was written by this deploy but "
+                f"{foreign(agent, port)}: not this devpi's job, left alone",
             )
             continue
-        host.log(f"{agent['label']} is this devpi under an old label: retiring it", logger.info)
+        host.log(f"{agent['label']} is {reason}: retiring it", logger.info)
         commands += removal_commands(agent["label"], [(d, "") for d in place.own_domains], [(path, "")],
                                      found_only=False)
     if not commands:

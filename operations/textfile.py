@@ -4,7 +4,8 @@ Write one small text file the deploy owns, only when its content differs.
 Not an operation itself: the operations that own a file (the plist, the YAML
 config, the Caddy site block) yield from ``write_text``. The new content goes to a
 temporary file beside the target and is moved into place, so launchd, devpi and
-Caddy never read a half-written file.
+Caddy never read a half-written file. A damaged file (``facts.files.Damaged``: not UTF-8,
+say) is the deploy's too: the run says what is wrong with it and replaces it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pyinfra.api import FileUploadCommand
 from pyinfra.api.util import format_text
 from pyinfra.operations.util.files import generate_color_diff
 
+from facts.files import Damaged
 from facts.snapshot import file_content
 from pyinfra_devpi.layout import transient
 
@@ -27,6 +29,11 @@ def text_differs(path: str, content: str) -> bool:
 
 # ``write_text``'s ``current`` when the file holds what the run found on the host.
 AS_FOUND = object()
+
+
+def _say_damage(path: str, current: str | None) -> None:
+    if isinstance(current, Damaged):
+        host.log(f"{path} is damaged ({current.reason}): replacing it", logger.warning)
 
 
 def _show_diff(path: str, current: str | None, content: str) -> None:
@@ -50,6 +57,7 @@ def write_root_text(path: str, content: str, staged: str, as_root: str, mode: st
     current = file_content(host, path)
     if current == content:
         return
+    _say_damage(path, current)
     _show_diff(path, current, content)
     directory = path.rsplit("/", 1)[0] or "/"
     new, path_q, staged_q = shlex.quote(transient(path)), shlex.quote(path), shlex.quote(staged)
@@ -75,6 +83,7 @@ def write_text(path: str, content: str, mode: str = "644", before_move: str | No
     if current == content:
         return
 
+    _say_damage(path, current)
     _show_diff(path, current, content)
 
     directory = path.rsplit("/", 1)[0] or "/"
@@ -89,3 +98,24 @@ def write_text(path: str, content: str, mode: str = "644", before_move: str | No
         f"{{ {check}chmod {mode} {shlex.quote(new)} && mv -f {shlex.quote(new)} {shlex.quote(path)}; }}"
         f" || {{ rc=$?; rm -f {shlex.quote(new)}; exit $rc; }}"
     )
+
+
+def replace_damaged(path: str, reason: str, content: str, mode: str = "644"):
+    """Yield the commands that replace ``path``, a file of the deploy's that a fact found
+    damaged (``reason``), with ``content``."""
+    yield from write_text(path, content, mode=mode, current=Damaged("", reason))
+
+
+def create_private(path: str) -> str:
+    """Shell: ``path`` made anew, empty and 0600 from its first byte (``umask 077``; never
+    over a file left there: ``set -C`` refuses one that reappears after the ``rm -f``)."""
+    return f"rm -f {shlex.quote(path)} && (umask 077 && set -C && : > {shlex.quote(path)})"
+
+
+def upload_private(content: bytes, path: str):
+    """Yield the commands that put ``content`` (a secret) at ``path`` without it ever being
+    readable by group or others: ``create_private``, then the SFTP upload into that file,
+    which keeps an existing file's mode (a file SFTP creates gets the server's default,
+    0644 until a chmod). The first command: fold it into one before it if you like."""
+    yield create_private(path)
+    yield FileUploadCommand(BytesIO(content), path)

@@ -39,7 +39,7 @@ from pyinfra_devpi.users_indexes.plan import (
     AFTER_INIT, LOCAL_ONLY, ApplyError, PlanError, apply, describe, markers_file, plan,
 )
 
-from .announce import operation
+from .announce import log_once, operation
 
 q = shlex.quote
 
@@ -215,6 +215,10 @@ def users_indexes(config: DevpiConfig, fresh: bool = False, whoosh: bool = False
     + whoosh: devpi runs with Whoosh by then: a change that would leave a mirror
       without ``mirror_no_project_list`` is refused
     """
+    damaged = (current(config) or {}).get("state_damaged") if reads(config) and not fresh else None
+    if damaged:
+        log_once(f"{config.paths.users_state_file} is damaged ({damaged}): the password references it records "
+                 "are unknown, so the passwords are set again and the file replaced")
     actions = planned(config, fresh)
     if actions == []:
         host.noop("devpi holds the declared users and indexes")

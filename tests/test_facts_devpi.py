@@ -12,6 +12,8 @@ from pyinfra.api.exceptions import FactProcessError
 from facts.devpi import Health, ServerDir, VenvVersions
 from facts.files import FileContents
 
+from .prepared import SHELLS, gnu_only_forms
+
 SHELLS = [s for s in ("/bin/sh", shutil.which("dash"), shutil.which("bash")) if s]
 VENV_BIN = Path(sys.executable).parent
 
@@ -243,28 +245,147 @@ def test_file_contents_round_trip_exact_bytes(tmp_path):
 
 
 
-def test_managed_agents_lists_only_the_deploys_plists(tmp_path):
-    import subprocess
+def run_fact_bytes(fact_cls, shell="/bin/sh", **kwargs):
+    """The fact's real command, its output decoded as pyinfra's reader does (strict
+    UTF-8: a byte that is not would end in a traceback there)."""
+    command = fact_cls().command(**kwargs)
+    result = subprocess.run([shell, "-c", str(command)], capture_output=True)
+    assert result.returncode == 0, result.stderr
+    assert gnu_only_forms(str(command)) == []
+    return fact_cls().process(result.stdout.decode("utf-8").splitlines())
 
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_managed_agents_lists_only_the_deploys_plists_with_their_configs_port(tmp_path, shell):
+    from facts.managed_agents import ManagedAgents
+    from pyinfra_devpi.config import build_config
+    from pyinfra_devpi.render import render_plist, render_server_yaml
+
+    home = tmp_path / "home & <x>"
+    config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_label": "net.devpi.old",
+                           "devpi_port": 4242}, str(home))
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    (agents / "net.devpi.old.plist").write_text(render_plist(config))
+    Path(config.paths.config_file).parent.mkdir(parents=True)
+    Path(config.paths.config_file).write_text(render_server_yaml(config, "null"))
+    (agents / "com.other.plist").write_text(
+        '<?xml version="1.0"?><plist version="1.0"><dict><key>Label</key><string>com.other</string></dict></plist>'
+    )
+    (agents / "notes.txt").write_text("Managed by pyinfra-devpi\n")
+    found = run_fact_bytes(ManagedAgents, shell, directory=str(agents))
+    assert found == {
+        str(agents / "net.devpi.old.plist"): {
+            "label": "net.devpi.old",
+            "arguments": [f"{home}/devpi/venv/bin/devpi-server", "--configfile", f"{home}/devpi/devpi-server.yml"],
+            "config": f"{home}/devpi/devpi-server.yml", "config_port": 4242, "damaged": None,
+        },
+    }
+    # A config the deploy did not write (no marker) serves no port of the deploy's.
+    Path(config.paths.config_file).write_text("devpi-server:\n  port: 4242\n")
+    assert run_fact_bytes(ManagedAgents, shell, directory=str(agents))[str(agents / "net.devpi.old.plist")][
+        "config_port"] is None
+    assert run_fact_bytes(ManagedAgents, shell, directory=str(tmp_path / "none")) == {}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not utf-8"])
+def test_managed_agents_reports_a_damaged_plist_without_raising(tmp_path, damage):
     from facts.managed_agents import ManagedAgents
     from pyinfra_devpi.config import build_config
     from pyinfra_devpi.render import render_plist
 
-    config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_label": "net.devpi.old"}, "/Users/a")
-    (tmp_path / "net.devpi.old.plist").write_text(render_plist(config))
-    (tmp_path / "com.other.plist").write_text(
-        '<?xml version="1.0"?><plist version="1.0"><dict><key>Label</key><string>com.other</string></dict></plist>'
-    )
-    (tmp_path / "notes.txt").write_text("Managed by pyinfra-devpi\n")
-    fact = ManagedAgents()
-    result = subprocess.run(["/bin/sh", "-c", fact.command(str(tmp_path))], capture_output=True, text=True)
-    assert result.returncode == 0
-    agents = fact.process(result.stdout.splitlines())
-    assert agents == {
-        str(tmp_path / "net.devpi.old.plist"): {
-            "label": "net.devpi.old",
-            "arguments": ["/Users/a/devpi/venv/bin/devpi-server", "--configfile", "/Users/a/devpi/devpi-server.yml"],
-        },
-    }
-    empty = subprocess.run(["/bin/sh", "-c", fact.command(str(tmp_path / "none"))], capture_output=True, text=True)
-    assert empty.returncode == 0 and fact.process(empty.stdout.splitlines()) == {}
+    config = build_config({"devpi_outside_url": "https://pypi.example.org"}, "/Users/a")
+    text = render_plist(config).encode()
+    plist = tmp_path / "net.devpi.plist"
+    plist.write_bytes(text[: len(text) // 2] if damage == "truncated" else text.replace(b"<key>Label", b"<key>\xffLabel"))
+    (agent,) = run_fact_bytes(ManagedAgents, directory=str(tmp_path)).values()
+    assert agent["label"] is None and agent["arguments"] == []
+    assert agent["damaged"].startswith("not a plist" if damage == "truncated" else "not UTF-8 text (byte 0xff")
+
+
+def test_file_contents_reports_a_file_that_is_not_utf8_as_damaged(tmp_path):
+    from facts.files import Damaged
+
+    block = tmp_path / "devpi.caddy"
+    block.write_bytes(b"# Managed by pyinfra-devpi\nexample.org {\n\xe9\n}\n")
+    (content,) = run_fact_bytes(FileContents, paths=[str(block)]).values()
+    assert isinstance(content, Damaged)
+    assert content.reason == "not UTF-8 text (byte 0xe9 at offset 41)"
+    # It equals no content, so the operation that owns the file writes it again.
+    assert content != str(content) and content != "" and not (content == content[:])
+    assert "example.org {" in content
+
+
+@pytest.mark.parametrize(("nodeinfo", "serverversion", "damaged"), [
+    (b'{"uuid": "\xff', b"4\n", {".nodeinfo": "not UTF-8 text (byte 0xff at offset 10)"}),
+    (b'{"uuid": ', b"4\n", {".nodeinfo": "not JSON (Expecting value: line 1 column 10 (char 9))"}),
+    (b'["uuid"]', b"4\n", {".nodeinfo": "not a JSON object"}),
+    (b'{"uuid": "u"}', b"4\xe9\n", {".serverversion": "not a database version ('4?', non-ASCII bytes as '?')"}),
+    (b'{"uuid": "u"}', b"four\n", {".serverversion": "not a database version ('four', non-ASCII bytes as '?')"}),
+])
+def test_server_dir_reports_devpis_damaged_files_without_raising(tmp_path, nodeinfo, serverversion, damaged):
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    (server_dir / ".nodeinfo").write_bytes(nodeinfo)
+    (server_dir / ".serverversion").write_bytes(serverversion)
+    (server_dir / ".sqlite").write_bytes(b"db")
+    fact = run_fact_bytes(ServerDir, path=str(server_dir))
+    assert fact["damaged"] == damaged
+    assert fact["initialised"] is True  # still devpi's: never initialised over
+
+
+@pytest.mark.parametrize("name", [".nodeinfo", ".serverversion"])
+def test_a_server_dir_with_damaged_devpi_files_is_refused_naming_the_file_and_the_way_out(name):
+    from deploys._service import check_server_dir
+    from pyinfra_devpi.config import build_config
+    from pyinfra_devpi.errors import DeployError
+
+    config = build_config({"devpi_outside_url": "https://pypi.example.org"}, "/Users/a")
+    found = {"exists": True, "is_dir": True, "has_data": True, "initialised": True, "has_database": True,
+             "has_serverversion": True, "serverversion": "4", "damaged": {name: "not JSON (x)"}}
+    with pytest.raises(DeployError) as refused:
+        check_server_dir(config, found)
+    message = str(refused.value)
+    assert message.startswith(f"{config.paths.server_dir}/{name} is damaged: not JSON (x). ")
+    assert "never replaces them, and nothing was changed" in message
+    assert f"mv {config.paths.server_dir} {config.paths.server_dir}.broken" in message
+
+
+def test_users_indexes_reports_a_damaged_state_file_without_raising(tmp_path):
+    import http.server
+    import json
+    import threading
+
+    from facts.users_indexes import UsersIndexes
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"result": {"root": {"username": "root", "indexes": {}}}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        state = tmp_path / "users.pyinfra.json"
+        for content, damaged in [
+            (b'{"users": {"root": {"password": "env:P\xff"}}}', "not UTF-8 text (byte 0xff at offset 38)"),
+            (b'{"users": ', "not JSON (Expecting value: line 1 column 11 (char 10))"),
+            (b'{"users": ["root"]}', "not the deploy's record of password references"),
+            (b'{"users": {"root": {"password": "env:P", "version": 1}}}', None),
+        ]:
+            state.write_bytes(content)
+            fact = run_fact_bytes(UsersIndexes, url=url, state_file=str(state))
+            assert fact["state_damaged"] == damaged
+            assert fact["passwords"] == ({} if damaged else {"root": {"password": "env:P", "version": 1}})
+            assert "root" in fact["users"]
+        state.unlink()
+        assert run_fact_bytes(UsersIndexes, url=url, state_file=str(state))["passwords"] == {}
+    finally:
+        server.shutdown()

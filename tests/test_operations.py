@@ -831,15 +831,22 @@ def test_diff_mode_shows_each_planned_command_masked(config):
     assert any("Will modify" in m for m in changed.logged)
 
 
+def managed_agent(label, arguments=(), config=None, port=None, damaged=None) -> dict:
+    """One ``ManagedAgents`` entry."""
+    return {"label": label, "arguments": list(arguments), "config": config, "config_port": port, "damaged": damaged}
+
+
 def test_a_renamed_label_retires_the_old_job_before_the_new_one_loads(config):
     host = converged(config)
     host.job = None  # the new label is not loaded yet
     old_plist = f"{config.launch_agents_dir}/net.devpi.old.plist"
     other_home = f"{config.launch_agents_dir}/org.other.plist"
     host.agents = {
-        old_plist: {"label": "net.devpi.old", "arguments": ["/x/bin/devpi-server", "--configfile", config.paths.config_file]},
-        other_home: {"label": "org.other", "arguments": ["/y/bin/devpi-server", "--configfile", "/elsewhere.yml"]},
-        config.paths.plist_file: {"label": config.label, "arguments": []},
+        old_plist: managed_agent("net.devpi.old", ["/x/bin/devpi-server", "--configfile", config.paths.config_file],
+                                 config.paths.config_file, config.port),
+        other_home: managed_agent("org.other", ["/y/bin/devpi-server", "--configfile", "/elsewhere.yml"],
+                                  "/elsewhere.yml", config.port + 1),
+        config.paths.plist_file: managed_agent(config.label),
     }
     steps = converge(host, config)
     retired = shell_lines(steps["retire"])
@@ -848,6 +855,47 @@ def test_a_renamed_label_retires_the_old_job_before_the_new_one_loads(config):
     assert retired[-1] == f"rm -f {old_plist}"
     assert not any("org.other" in c for c in retired)  # another home's devpi: left alone
     assert launchctl_verbs(steps["agent"]) == ["enable", "bootstrap"]
+
+
+def test_an_earlier_devpi_homes_jobs_on_this_port_are_retired_others_named_and_left_alone(config, caplog):
+    """devpi_label renamed together with devpi_home: the old jobs (devpi's and its backup
+    job) run with another config file, one the deploy wrote that serves this port."""
+    host = converged(config)
+    host.job = None
+    agents_dir = config.launch_agents_dir
+    old_config = "/Users/a/old devpi/devpi-server.yml"
+    host.agents = {
+        f"{agents_dir}/net.devpi.before.plist": managed_agent(
+            "net.devpi.before", ["/Users/a/old devpi/venv/bin/devpi-server", "--configfile", old_config],
+            old_config, config.port),
+        f"{agents_dir}/net.devpi.before.backup.plist": managed_agent(
+            "net.devpi.before.backup", ["/Users/a/old devpi/venv/bin/python", "-I", "b.py", "--configfile", old_config],
+            old_config, config.port),
+        f"{agents_dir}/org.sibling.plist": managed_agent(
+            "org.sibling", ["/s/venv/bin/devpi-server", "--configfile", "/s/devpi-server.yml"], "/s/devpi-server.yml",
+            config.port + 7),
+        f"{agents_dir}/org.sleeper.plist": managed_agent("org.sleeper", ["/bin/sleep", "600"]),
+        f"{agents_dir}/org.truncated.plist": managed_agent(None, damaged="not a plist (ExpatError: no element found)"),
+        config.paths.plist_file: managed_agent(None, damaged="not a plist (ExpatError: no element found)"),
+    }
+    host.files[config.paths.plist_file] = host.files[config.paths.plist_file][:200]  # truncated
+    with caplog.at_level("WARNING"):
+        steps = converge(host, config)
+    retired = shell_lines(steps["retire"])
+    assert [c for c in retired if c.startswith("rm -f ")] == [
+        f"rm -f {shlex.quote(agents_dir + '/net.devpi.before.backup.plist')}",
+        f"rm -f {shlex.quote(agents_dir + '/net.devpi.before.plist')}",
+    ]
+    assert all("org." not in c for c in retired)
+    logged = "\n".join(host.logged) + caplog.text
+    assert ("net.devpi.before is this devpi under an old label and an earlier devpi_home (its config "
+            f"{old_config} serves port {config.port}): retiring it") in logged
+    assert f"org.sibling.plist (org.sibling) was written by this deploy but runs devpi on port {config.port + 7}" in logged
+    assert "org.sleeper.plist (org.sleeper) was written by this deploy but runs /bin/sleep, no devpi config" in logged
+    assert "org.truncated.plist carries this deploy's marker but is damaged (not a plist" in logged
+    assert f"{config.paths.plist_file} is damaged (not a plist" in logged
+    # The damaged plist of this devpi is the job's own step's to write again.
+    assert any(isinstance(c, Upload) and c.dest == config.paths.plist_file + ".pyinfra-new" for c in steps["agent"])
 
 
 def test_the_label_loaded_in_the_other_domain_is_booted_out_there(config):

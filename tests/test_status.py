@@ -4,6 +4,7 @@ queue rule, and the sections' verdicts from prepared facts."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -175,3 +176,61 @@ def test_a_launchdaemon_is_read_in_the_system_domain_without_root():
     assert part.problems == [] and part.warnings == ["system/net.devpi is disabled: it will not load at the next boot"]
     rows = dict(status.summary_lines({"launchd": part.fields}))
     assert rows["launchd"].startswith("system/net.devpi: running, pid 77")
+
+
+def test_damaged_files_are_reported_and_everything_else_still_is(tmp_path):
+    """The status's one batch, run for real on a home holding a Caddy block and a backup
+    status record with bytes that are not UTF-8 and a garbled ``.nodeinfo``: the output
+    is UTF-8 (pyinfra's reader would stop with a traceback otherwise), every section
+    reports, and each damage is named."""
+    from facts.batch import FactBatch
+
+    from pyinfra_devpi.layout import NODEINFO
+
+    data = {"devpi_outside_url": "https://pypi.example.org", "devpi_backup": {"hour": 3, "minute": 17, "keep": 3}}
+    home = tmp_path / "home"
+    config = build_config(data, str(home))
+    server_dir = Path(config.paths.server_dir)
+    server_dir.mkdir(parents=True)
+    Path(config.paths.nodeinfo).write_bytes(b'{"uuid": "\xff\xfe')
+    Path(config.paths.serverversion).write_text("4\n")
+    site = config.paths.caddy_site_file
+    (tmp_path / "home" / ".config" / "caddy" / "sites").mkdir(parents=True, exist_ok=True)
+    with open(site, "wb") as f:
+        f.write(render_caddy_site(config).encode().replace(b"reverse_proxy", b"reverse_\xe9proxy"))
+    with open(config.paths.backup_status, "wb") as f:
+        f.write(b'{"last_success": {"name": "devpi-backup-\x80"}}\n')
+    probe = build_config(data, status.PROBE_HOME)
+    reads = list(dict.fromkeys(r for s in status.SECTIONS for r in s.reads(probe)))
+    batch = FactBatch().command([status.at_home(command_text(r.fact, r.kwargs)) for r in reads])
+    result = subprocess.run(["/bin/sh", "-c", batch], capture_output=True, env={"HOME": str(home),
+                            "PATH": "/usr/bin:/bin"})
+    lines = result.stdout.decode("utf-8").splitlines()  # as pyinfra reads it: strict UTF-8
+    values = {}
+    for read, answer in zip(reads, FactBatch().process(lines)):
+        assert answer["status"] == 0, read
+        values[read] = read.fact().process(answer["lines"]) if answer["lines"] else read.fact().default()
+    found = status.Found(config, "gui/501", values, {})
+    parts = {s.name: s.report(found, probe) for s in status.SECTIONS}
+    problems = [p for part in parts.values() for p in part.problems]
+    warnings = [w for part in parts.values() for w in part.warnings]
+    assert any(f"{config.paths.server_dir}/{NODEINFO} is damaged (not UTF-8 text (byte 0xff" in p for p in problems), problems
+    assert f"{site} is damaged (not UTF-8 text (byte 0xe9 at offset" in "\n".join(warnings)
+    assert f"{config.paths.backup_status} is damaged (not UTF-8 text (byte 0x80" in "\n".join(warnings)
+    # ... and the rest is still reported: nothing answers, no job, no venv.
+    assert any("GET http://127.0.0.1:3141/+api: nothing answers" in p for p in problems)
+    assert any(p.startswith(f"no venv at {config.paths.venv}") for p in problems)
+    assert parts["backups"].fields["count"] == 0 and parts["caddy"].fields["exists"] is True
+
+
+def test_a_log_line_that_is_not_utf8_does_not_stop_the_status(tmp_path):
+    log = tmp_path / "err.log"
+    log.write_bytes(b"first\nTraceback: caf\xe9\nlast\n")
+    command = LogTail().command(str(log), 2)
+    result = subprocess.run(["/bin/sh", "-c", command], capture_output=True)
+    tail = LogTail().process(result.stdout.decode("utf-8").splitlines())  # strict, as pyinfra reads
+    assert tail == {"size": log.stat().st_size, "lines": ["Traceback: caf\ufffd", "last"]}
+    log.write_bytes(b"no newline at the end")
+    assert LogTail().process(run(LogTail().command(str(log), 5), tmp_path))["lines"] == ["no newline at the end"]
+    log.write_bytes(b"")
+    assert LogTail().process(run(LogTail().command(str(log), 5), tmp_path)) == {"size": 0, "lines": []}

@@ -25,10 +25,11 @@ def _show_stack_logs(request, e2e_log_dirs):
         e2e_log_dirs.append(request.getfixturevalue("stack").root)
 
 
-def status(stack: DeployedStack, *args: str):
+def status(stack: DeployedStack, *args: str, inventory=None):
     """``pyinfra -y INVENTORY deploys/status.py --data devpi_status_format=json``: (result, report).
     No secret is reachable: the run gets neither the root password variable nor ``op``."""
-    result = stack.pyinfra("deploys/status.py", "--data", "devpi_status_format=json", *args, check=False)
+    result = stack.pyinfra("deploys/status.py", "--data", "devpi_status_format=json", *args, check=False,
+                           inventory=inventory)
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, result.describe()  # stdout holds the report and nothing else
     return result, json.loads(lines[0])
@@ -130,3 +131,76 @@ def _runs(stack: DeployedStack) -> int:
         if line.strip().startswith("runs = "):
             return int(line.split("=")[1])
     return 0
+
+
+# Scheduled backups and a declared user: the deploy then owns a backup status record and
+# a record of the users' password references (the root password's variable serves both).
+DAMAGE_DATA = {"devpi_backup": {"hour": 3, "minute": 17, "keep": 2},
+               "devpi_users": {"damage-e2e": {"password": "env:DEVPI_STACK_ROOT_PASSWORD"}}}
+
+
+def test_damaged_files_of_the_deploy_are_reported_and_replaced(stack):
+    """A truncated plist, and a byte that is not UTF-8 in the users' record, the backup
+    status record and the Caddy block: the status names each and reports the rest; the
+    deploy says what is wrong with each and replaces it; then nothing is damaged."""
+    stack.wait_healthy()
+    inventory = stack.write_inventory(stack.root / "inventory-damage.py", **DAMAGE_DATA)
+    stack.pyinfra("deploys/devpi.py", inventory=inventory)
+    users_state = stack.devpi_home / "users.pyinfra.json"
+    backup_status = stack.devpi_home / "backup.status.json"
+    assert json.loads(users_state.read_text())["users"]["damage-e2e"]
+    plist_text = stack.plist.read_text()
+    stack.plist.write_text(plist_text[: len(plist_text) // 2])
+    users_state.write_bytes(users_state.read_bytes().replace(b"damage-e2e", b"damage-\xffe2e"))
+    backup_status.write_bytes(b'{"last_success": {"name": "devpi-backup-\x80"}}\n')
+    block = stack.site_file.read_bytes()
+    stack.site_file.write_bytes(block.replace(b"reverse_proxy", b"reverse_\xe9proxy", 1))
+    try:
+        result, report = status(stack, inventory=inventory)
+        assert result.returncode == 0 and report["healthy"] is True, result.describe()
+        warnings = "\n".join(report["warnings"])
+        assert f"{stack.site_file} is damaged (not UTF-8 text (byte 0xe9 at offset" in warnings
+        assert f"{backup_status} is damaged (not UTF-8 text (byte 0x80 at offset 40)): the last" in warnings
+        assert report["sections"]["http"]["api_status"] == 200 and report["sections"]["launchd"]["state"] == "running"
+
+        deployed = stack.pyinfra("deploys/devpi.py", inventory=inventory)
+        assert f"{stack.plist} is damaged (not a plist" in deployed.output, deployed.describe()
+        assert f"{stack.site_file} is damaged (not UTF-8 text (byte 0xe9" in deployed.output
+        assert f"{backup_status} is damaged (not UTF-8 text (byte 0x80 at offset 40)): replacing it" in deployed.output
+        assert f"{users_state} is damaged (not UTF-8 text (byte 0xff" in deployed.output
+        assert stack.plist.read_text() == plist_text and stack.site_file.read_bytes() == block
+        assert json.loads(backup_status.read_text()) == {}
+        assert json.loads(users_state.read_text())["users"]["damage-e2e"]
+        stack.wait_healthy()
+        result, report = status(stack, inventory=inventory)
+        assert result.returncode == 0 and not any("damaged" in w for w in report["warnings"]), result.describe()
+        # What the run wrote is final: a rerun changes nothing.
+        rerun = stack.pyinfra("deploys/devpi.py", inventory=inventory)
+        assert rerun.grand_total()[0] == 0 and "damaged" not in rerun.output, rerun.describe()
+    finally:
+        stack.plist.write_text(plist_text)
+        stack.site_file.write_bytes(block)
+        stack.deploy()  # back to the module's data: the backup job removed again
+
+
+def test_a_damaged_nodeinfo_is_never_replaced_and_named_with_the_way_out(stack):
+    """devpi's own file: the deploy refuses before changing anything, naming the file and
+    the way out (no traceback); the status names it as a problem and reports the rest."""
+    stack.wait_healthy()
+    nodeinfo = stack.server_dir / ".nodeinfo"
+    original = nodeinfo.read_bytes()
+    nodeinfo.write_bytes(original[:10] + b"\xff\xfe" + original[10:])
+    garbled = nodeinfo.read_bytes()
+    try:
+        result = stack.deploy(check=False)
+        assert result.returncode != 0
+        assert f"{nodeinfo} is damaged: not UTF-8 text (byte 0xff at offset 10)" in result.output, result.describe()
+        assert "never replaces them, and nothing was changed" in result.output
+        assert "Traceback" not in result.output
+        assert nodeinfo.read_bytes() == garbled
+        result, report = status(stack)
+        assert result.returncode != 0
+        assert any(p.startswith(f"{nodeinfo} is damaged (not UTF-8 text") for p in report["problems"]), report
+        assert report["sections"]["http"]["api_status"] == 200 and report["sections"]["launchd"]["state"] == "running"
+    finally:
+        nodeinfo.write_bytes(original)
