@@ -550,16 +550,23 @@ def test_preflight_commands_use_no_gnu_only_forms():
 
 
 class FactsHost(PreparedHost):
-    """Answers the preflight's two facts; records what was asked."""
+    """Answers the preflight's facts (every path where it is written, the site file
+    missing unless given); records what was asked."""
 
-    def __init__(self, tools, readiness):
+    def __init__(self, tools, readiness, real=None, site=None):
         super().__init__()
         self.answers = {"HostTools": tools, "HostReadiness": readiness}
+        self.real, self.site = real or {}, site
 
     def get_fact(self, cls, **kwargs):
         self.asked.append((cls.__name__, kwargs))
         if cls.__name__ == "LaunchdJob":  # Caddy's job: {domain: job} (not loaded elsewhere)
             return self.answers.get("LaunchdJob", {}).get(kwargs["domain"])
+        if cls.__name__ == "RealPaths":
+            return {"home": {"real": HOME, "folds": False},
+                    "paths": {p: {"real": self.real.get(p, p), "folds": False} for p in kwargs["paths"]}}
+        if cls.__name__ == "FileContents":
+            return {p: self.site for p in kwargs["paths"]}
         return self.answers[cls.__name__]
 
 
@@ -579,8 +586,11 @@ def test_ready_reads_exactly_what_reads_declares_and_says_the_tools_once():
     config = config_of()
     host = FactsHost(tools_fact(), readiness())
     tools = run_ready(host, config)
-    declared = {(r.fact.__name__, r.arguments) for r in preflight_ops.reads(config, "gui/501", AGENT)}
-    assert {(name, FactRead.of(object, **kwargs).arguments) for name, kwargs in host.asked} == declared
+    declared = {(r.fact.__name__, r.arguments) if isinstance(r, FactRead) else ("FileContents", r)
+                for r in preflight_ops.reads(config, "gui/501", AGENT)}
+    asked = {(name, FactRead.of(object, **kwargs).arguments) if name != "FileContents" else (name, kwargs["paths"][0])
+             for name, kwargs in host.asked}
+    assert asked == declared
     assert host.logged == [tools.describe()]
 
 
@@ -660,7 +670,7 @@ def test_ready_looks_for_caddys_label_in_the_three_domains_and_refuses_when_it_i
     host = FactsHost(tools_fact(), readiness())
     run_ready(host, config_of(devpi_caddy_restart={"command": "/opt/homebrew/bin/caddy reload --config /c"}),
               needs=RESTARTS_CADDY)
-    assert [name for name, _ in host.asked] == ["HostTools", "HostReadiness"]
+    assert "LaunchdJob" not in [name for name, _ in host.asked]
 
 
 # --------------------------------------------------------------------------- after a reboot
@@ -701,7 +711,8 @@ def test_hostile_paths_in_the_preflight_facts_run_nothing(shell, mac, tmp_path):
     assert found["df_path"] == str(odd) and found["owners"] == {str(odd): os.getuid()}
     assert found["domain"] == f"gui/{value}"
     # the bootstrap script's failure path names the interpreter as it is
-    config = build_config({**BASE, "devpi_home": str(odd / "devpi")}, HOME)
+    # ('%' is refused in devpi_home: SQLite reads it in the database's URI)
+    config = build_config({**BASE, "devpi_home": str(tmp_path / value.replace("%", "") / "devpi")}, HOME)
     script = preflight_ops.bootstrap_script(config, str(odd / "no-python"), str(odd / "lock.txt"))
     result = subprocess.run([shell, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 1 and f"{odd}/no-python could not make a venv" in result.stderr
