@@ -64,11 +64,13 @@ def within(a: Real, b: Real) -> bool:
 
 @dataclass(frozen=True)
 class Configured:
-    """A path the operator chose (through ``key``), with how to fix it."""
+    """A path the operator chose (through ``key``), with how to fix it; ``role``: what it
+    is among the deploy's own paths (``owned``), so it is not compared with itself."""
 
     key: str
     path: str
     fix: str
+    role: str
 
 
 def configured(config: DevpiConfig) -> list[Configured]:
@@ -77,42 +79,49 @@ def configured(config: DevpiConfig) -> list[Configured]:
     logs = f"use a file name of its own in a log directory, such as {layout.DEFAULT_LOG_DIR!r}"
     plists = ("`devpi_launch_daemons_dir`" if paths.daemon else "`devpi_launch_agents_dir`")
     out = [
-        Configured("`devpi_home`", paths.home, f"use a directory of its own, such as {layout.DEFAULT_HOME!r}"),
+        Configured("`devpi_home`", paths.home, f"use a directory of its own, such as {layout.DEFAULT_HOME!r}",
+                   HOME),
         Configured("`devpi_caddy_site_file`", paths.caddy_site_file,
-                   f"use a path in Caddy's config, such as {layout.DEFAULT_CADDY_SITE_FILE!r}"),
-        Configured("`devpi_log_dir` / `devpi_out_log`", paths.out_log, logs),
-        Configured("`devpi_log_dir` / `devpi_err_log`", paths.err_log, logs),
-        Configured("`devpi_log_dir` / `devpi_server_log`", paths.server_log, logs),
-        Configured(f"{plists} / `devpi_label`", paths.plist_file,
-                   "use launchd's own directory (the default)"),
+                   f"use a path in Caddy's config, such as {layout.DEFAULT_CADDY_SITE_FILE!r}", SITE),
+        Configured("`devpi_log_dir` / `devpi_out_log`", paths.out_log, logs, OUT_LOG),
+        Configured("`devpi_log_dir` / `devpi_err_log`", paths.err_log, logs, ERR_LOG),
+        Configured("`devpi_log_dir` / `devpi_server_log`", paths.server_log, logs, SERVER_LOG),
+        Configured(f"{plists} / `devpi_label`", paths.plist_file, "use launchd's own directory (the default)", PLIST),
     ]
     if config.backup is not None:
         out += [
             Configured("`devpi_backup` ['dir']", config.backup_dir,
                        f"use a directory of its own outside the deploy's, such as {paths.default_backup_dir!r} "
-                       "(or, better, one on another disk)"),
-            Configured("`devpi_log_dir` / `devpi_label` (the backup job's log)", paths.backup_log, logs),
+                       "(or, better, one on another disk)", BACKUPS),
+            Configured("`devpi_log_dir` / `devpi_label` (the backup job's log)", paths.backup_log, logs, BACKUP_LOG),
             Configured(f"{plists} / `devpi_label` (the backup job's plist)", paths.backup_plist_file,
-                       "use launchd's own directory (the default)"),
+                       "use launchd's own directory (the default)", BACKUP_PLIST),
         ]
     return out
+
+
+# What each configured path is among the deploy's own (``owned``): the names
+# ``Layout.removable`` gives the logs, and the others'.
+HOME, SITE, PLIST, BACKUP_PLIST, BACKUPS = ("devpi_home", "Caddy site block", "plist", "backup job's plist",
+                                            "backups")
+OUT_LOG, ERR_LOG, SERVER_LOG, BACKUP_LOG = "stdout log", "stderr log", "devpi's log", "backup job's log"
 
 
 def owned(config: DevpiConfig) -> list[tuple[str, str]]:
     """The deploy's own files and dirs, by what they are."""
     paths = config.paths
     out = [
-        ("devpi_home", paths.home),
+        (HOME, paths.home),
         *paths.removable(config.log_backups),
         ("backup program's directory", paths.bin_dir),
-        ("plist", paths.plist_file),
-        ("backup job's plist", paths.backup_plist_file),
-        ("Caddy site block", paths.caddy_site_file),
+        (PLIST, paths.plist_file),
+        (BACKUP_PLIST, paths.backup_plist_file),
+        (SITE, paths.caddy_site_file),
         ("deploy lock", paths.deploy_lock.lock),
         ("record of the last deploy", paths.deploy_lock.serial),
     ]
     if config.backup is not None:
-        out.append(("backups", config.backup_dir))
+        out.append((BACKUPS, config.backup_dir))
     return out
 
 
@@ -157,10 +166,9 @@ def problems(config: DevpiConfig, found: dict | None, user_home: str | None = No
             elif where.path == "/":
                 why = "is the root directory"
         else:
-            clash = next((what for what, path in owned(config) if path != c.path and same(where, real(found, path))),
+            clash = next((what for what, path in owned(config) if what != c.role and same(where, real(found, path))),
                          None)
-            inside = next((what for what, path in pruned(config) if path != c.path
-                           and within(where, real(found, path))), None)
+            inside = next((what for what, path in pruned(config) if within(where, real(found, path))), None)
             if clash:
                 why = f"is the deploy's own {clash}"
             elif inside:
@@ -171,6 +179,8 @@ def problems(config: DevpiConfig, found: dict | None, user_home: str | None = No
                 why = "is inside devpi_home"
         if why:
             out.append(f"paths: {c.key} = {_shown(c.path, where)} {why}; {c.fix}")
+            if c.role == HOME:
+                break  # every other path compared with that home would only repeat it
     return out
 
 

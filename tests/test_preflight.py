@@ -800,3 +800,145 @@ def test_the_fact_asks_sudo_without_a_prompt_only_when_root_is_needed(as_other_u
     assert ask(root_if=(str(plist),)) == (None, None)
     plist.write_text("<plist/>")
     assert ask(root_if=(str(plist),)) == expected
+
+
+# --------------------------------------------------------------------------- paths as the host resolves them
+
+
+def resolved(real=None, folds=(), home=HOME, home_folds=False):
+    """A RealPaths answer: each path where ``real`` says (else where it is written)."""
+    real = real or {}
+
+    def answer(config):
+        from pyinfra_devpi.real_paths import to_read
+
+        return {"home": {"real": home, "folds": home_folds},
+                "paths": {p: {"real": real.get(p, p), "folds": p in folds or real.get(p, p) in folds}
+                          for p in to_read(config)}}
+    return answer
+
+
+def path_problems(config, answer, site_file_ours=None):
+    _, problems = check(config, tools=tools_fact(), readiness=readiness(), needs=NEITHER,
+                        resolved=answer(config), site_file_ours=site_file_ours)
+    return [p for p in problems if p.startswith("paths: ")]
+
+
+def test_a_site_file_through_a_symlinked_dir_onto_the_deploys_config_is_refused():
+    # ~/sites -> ~/devpi, devpi_caddy_site_file = ~/sites/devpi-server.yml
+    config = config_of(devpi_caddy_site_file="~/sites/devpi-server.yml")
+    (problem,) = path_problems(config, resolved({f"{HOME}/sites/devpi-server.yml": f"{HOME}/devpi/devpi-server.yml"}))
+    assert problem == (
+        f"paths: `devpi_caddy_site_file` = {HOME}/sites/devpi-server.yml (on the host: {HOME}/devpi/devpi-server.yml) "
+        "is the deploy's own devpi-server config; use a path in Caddy's config, such as "
+        "'~/.config/caddy/sites/devpi.caddy'")
+    # a link into devpi_home at large
+    (problem,) = path_problems(config, resolved({f"{HOME}/sites/devpi-server.yml": f"{HOME}/devpi/x.caddy"}))
+    assert "is inside devpi_home" in problem
+    # where it is written is fine
+    assert path_problems(config, resolved()) == []
+
+
+def test_a_site_file_the_deploy_did_not_write_is_refused_and_never_shown():
+    config = config_of()
+    (problem,) = path_problems(config, resolved(), site_file_ours=False)
+    assert problem.startswith(f"paths: `devpi_caddy_site_file` = {config.caddy_site_file} exists and was not "
+                              "written by this deploy")
+    assert path_problems(config, resolved(), site_file_ours=True) == []
+    assert path_problems(config, resolved(), site_file_ours=None) == []  # missing: written
+    # the run is refused in the preflight, before the Caddy step could diff it
+    from pyinfra_devpi.errors import DeployError
+
+    host = FactsHost(tools_fact(), readiness(), site="alice's own notes: hunter2\n")
+    with pytest.raises(DeployError) as error:
+        run_ready(host, config)
+    assert "was not written by this deploy" in str(error.value) and "hunter2" not in str(error.value)
+    # and the Caddy operation itself neither diffs nor replaces it
+    from operations import caddy
+
+    prepared = PreparedHost(files={config.caddy_site_file: "alice's own notes: hunter2\n"})
+    with pytest.raises(DeployError):
+        run_op(caddy.site, prepared, diff=True, path=config.caddy_site_file, content="new\n", restart=None,
+               place=AGENT, pending_marker=config.paths.caddy_restart_pending)
+    assert prepared.logged == []
+
+
+@pytest.mark.parametrize("inside", ["venvs/b", "tools/b", "server-dir/b", "venv/b"])
+def test_a_backup_dir_that_lands_inside_what_the_deploy_prunes_is_refused(inside):
+    # written elsewhere, a link into ~/devpi/<inside> on the host
+    config = config_of(devpi_backup={"hour": 3, "minute": 0, "dir": "/Volumes/b"})
+    (problem,) = path_problems(config, resolved({"/Volumes/b": f"{HOME}/devpi/{inside}"}))
+    assert problem.startswith(f"paths: `devpi_backup` ['dir'] = /Volumes/b (on the host: {HOME}/devpi/{inside}) is ")
+    assert "use a directory of its own outside the deploy's" in problem
+
+
+def test_case_is_folded_where_the_file_system_folds_it():
+    config = config_of(devpi_backup={"hour": 3, "minute": 0, "dir": "~/devpi/SERVER-DIR"})
+    upper = f"{HOME}/devpi/SERVER-DIR"
+    (problem,) = path_problems(config, resolved(folds={upper}))
+    assert "`devpi_backup` ['dir'] = " in problem and "server dir" in problem
+    # a case-sensitive file system: another dir
+    assert path_problems(config, resolved()) == []
+    # the site file at ~/Devpi/secret on APFS is devpi's secret
+    site = config_of(devpi_caddy_site_file="~/Devpi/secret")
+    (problem,) = path_problems(site, resolved(folds={f"{HOME}/Devpi/secret"}))
+    assert "is the deploy's own secret file" in problem
+
+
+def test_case_folding_in_the_model():
+    from pyinfra_devpi.real_paths import Real, same, within
+
+    assert same(Real("/Users/a/Devpi", folds=True), Real("/Users/a/devpi"))
+    assert not same(Real("/Users/a/Devpi"), Real("/Users/a/devpi"))
+    assert within(Real("/Users/a/devpi/VENVS/x", folds=True), Real("/Users/a/devpi/venvs", folds=True))
+    assert not within(Real("/Users/a/devpi/venvs-old"), Real("/Users/a/devpi/venvs"))
+    assert within(Real("/x"), Real("/"))
+
+
+@pytest.mark.parametrize(("real", "why"), [(HOME, "is the SSH user's home"), ("/Users", "holds the SSH user's home"),
+                                           ("/", "holds the SSH user's home")])
+def test_a_devpi_home_that_lands_on_the_users_home_is_refused(real, why):
+    config = config_of(devpi_home="~/dv")
+    (problem,) = path_problems(config, resolved({f"{HOME}/dv": real}))
+    assert problem.startswith(f"paths: `devpi_home` = {HOME}/dv (on the host: {real}) {why}")
+    assert "use a directory of its own, such as '~/devpi'" in problem
+    # the home itself, spelled in another case on APFS
+    (problem,) = path_problems(config, resolved({f"{HOME}/dv": HOME.upper()}, folds={HOME.upper()}))
+    assert "is the SSH user's home" in problem
+
+
+def test_logs_and_plists_that_land_on_the_deploys_files_are_refused():
+    # ~/Library/Logs -> ~/devpi (a symlink made by hand): the err log would be the secret
+    config = config_of(devpi_err_log="secret")
+    (problem,) = path_problems(config, resolved({f"{HOME}/Library/Logs/secret": f"{HOME}/devpi/secret"}))
+    assert problem.startswith("paths: `devpi_log_dir` / `devpi_err_log` = ")
+    assert "is the deploy's own secret file" in problem
+    config = config_of()
+    plist = config.paths.plist_file
+    (problem,) = path_problems(config, resolved({plist: f"{HOME}/devpi/venvs/net.devpi.plist"}))
+    assert "`devpi_launch_agents_dir` / `devpi_label` = " in problem and "inside the deploy's venvs" in problem
+
+
+def test_the_real_paths_fact_follows_links_on_the_way_and_at_the_end(tmp_path):
+    from facts.files import RealPaths
+
+    (tmp_path / "devpi").mkdir()
+    (tmp_path / "devpi" / "devpi-server.yml").write_text("x")
+    (tmp_path / "sites").symlink_to(tmp_path / "devpi")
+    (tmp_path / "link-file").symlink_to("devpi/devpi-server.yml")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    odd = tmp_path / "a b $(touch pwned)"
+    paths = (str(tmp_path / "sites" / "devpi-server.yml"), str(tmp_path / "sites" / "missing" / "x.caddy"),
+             str(tmp_path / "link-file"), str(tmp_path / "nowhere" / "x"), str(odd / "y"), str(tmp_path / "loop"))
+    for shell in SHELLS:
+        found = run_fact(RealPaths, shell, {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "sites")}, tmp_path,
+                         paths=paths)
+        real = {p: v["real"] for p, v in found["paths"].items()}
+        assert real[paths[0]] == str(tmp_path / "devpi" / "devpi-server.yml")
+        assert real[paths[1]] == str(tmp_path / "devpi" / "missing" / "x.caddy")
+        assert real[paths[2]] == str(tmp_path / "devpi" / "devpi-server.yml")
+        assert real[paths[3]] == paths[3] and real[paths[4]] == paths[4]
+        assert paths[5] in real  # a loop of links ends
+        assert found["home"] == {"real": str(tmp_path / "devpi"), "folds": False}
+        assert not any(v["folds"] for v in found["paths"].values())  # Linux: case-sensitive
+    assert not (tmp_path / "pwned").exists()
