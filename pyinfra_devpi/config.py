@@ -621,6 +621,13 @@ class DevpiConfig:
         doc="Where the deploy writes its Caddy site block; import it from your Caddyfile. It must not be "
             "a file the deploy owns for devpi, nor inside `devpi_home`.",
     )
+    caddy_adopt_site_file: bool = key(
+        "devpi_caddy_adopt_site_file", False, checks.boolean,
+        doc="`True`: replace a `devpi_caddy_site_file` this deploy did not write (no \"Managed by "
+            "pyinfra-devpi\" line: e.g. the Ansible role's block, or a placeholder made so Caddy starts); "
+            "its content is never shown. `False`: such a file is refused before any change. Once the deploy "
+            "has written the file, this no longer matters.",
+    )
     caddy_site_address: str | None = key(
         "devpi_caddy_site_address", None, _site_address, optional=True,
         doc="What the Caddy block answers to, such as `\"pypi.example.org\"` or "

@@ -159,13 +159,14 @@ def check(
     # Every configured path, where the host resolves it (pyinfra_devpi/real_paths.py).
     if resolved is not None:
         problems += real_paths.problems(config, resolved)
-    if site_file_ours is False:
+    if site_file_ours is False and not config.caddy_adopt_site_file:
         # Never replaced, and never shown in a diff: its content is the operator's.
         problems.append(
             f"paths: `devpi_caddy_site_file` = {paths.caddy_site_file} exists and was not written by this "
             "deploy (no \"Managed by pyinfra-devpi\" line): the deploy replaces only its own site file; move "
-            f"that file away, or set devpi_caddy_site_file to a path of its own, such as "
-            f"{layout.DEFAULT_CADDY_SITE_FILE!r}"
+            f"that file away, set devpi_caddy_site_file to a path of its own, such as "
+            f"{layout.DEFAULT_CADDY_SITE_FILE!r}, or set devpi_caddy_adopt_site_file = True to replace it "
+            "(e.g. the Ansible role's block)"
         )
 
     # uv

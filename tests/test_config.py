@@ -33,6 +33,7 @@ BAD_VALUES = {
     "devpi_log_backups": [0, 101, "3", False],
     "devpi_status_format": ["JSON", "yaml", None, 1],
     "devpi_uninstall_purge": ["yes", 1, None],
+    "devpi_caddy_adopt_site_file": ["yes", 1, None],
     "devpi_root_password": ["hunter2", "op://only-vault", "env:", "env:1BAD", "file:", "vault:x/y"],
     "devpi_index_url": ["not a url", "file:///simple"],
     # Versions below what the locked tree needs are refused before anything is planned.

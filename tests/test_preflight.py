@@ -861,6 +861,14 @@ def test_a_site_file_the_deploy_did_not_write_is_refused_and_never_shown():
         run_op(caddy.site, prepared, diff=True, path=config.caddy_site_file, content="new\n", restart=None,
                place=AGENT, pending_marker=config.paths.caddy_restart_pending)
     assert prepared.logged == []
+    # devpi_caddy_adopt_site_file: replaced (a takeover of the Ansible role's block), still not shown
+    adopting = config_of(devpi_caddy_adopt_site_file=True)
+    assert path_problems(adopting, resolved(), site_file_ours=False) == []
+    commands = run_op(caddy.site, prepared, diff=True, path=config.caddy_site_file, content="new\n", restart=None,
+                      place=AGENT, pending_marker=config.paths.caddy_restart_pending, adopt=True)
+    assert any(isinstance(c, Upload) and c.content == "new\n" for c in commands)
+    assert not any("hunter2" in line for line in prepared.logged)
+    assert any("which this deploy did not write" in line for line in prepared.logged)
 
 
 @pytest.mark.parametrize("inside", ["venvs/b", "tools/b", "server-dir/b", "venv/b"])

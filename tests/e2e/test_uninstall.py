@@ -64,8 +64,10 @@ def test_a_site_file_of_the_users_is_never_shown_nor_replaced(stack):
     notes.write_text("# alice's own: the-password-is-swordfish\n")
     notes.chmod(0o600)
     try:
-        dry = stack.deploy("--dry", "--diff", check=False, devpi_caddy_site_file=notes)
-        applied = stack.deploy(check=False, devpi_caddy_site_file=notes)
+        # (the stack's data adopts Caddy's placeholder site file; not this one)
+        dry = stack.deploy("--dry", "--diff", check=False, devpi_caddy_site_file=notes,
+                           devpi_caddy_adopt_site_file=False)
+        applied = stack.deploy(check=False, devpi_caddy_site_file=notes, devpi_caddy_adopt_site_file=False)
         for result in (dry, applied):
             assert result.returncode != 0
             assert f"`devpi_caddy_site_file` = {notes} exists and was not written by this deploy" in result.output, \
