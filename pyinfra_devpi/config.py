@@ -464,7 +464,7 @@ class DevpiConfig:
         "devpi_home", layout.DEFAULT_HOME, _home,
         doc="devpi's directory on the host: its venvs, server dir, YAML config and secret live in it. The "
             "deploy makes it 0700 and prunes venvs in it, so it must be a directory of its own (not the SSH "
-            "user's home).",
+            "user's home, nor a link to it), without `#`, `?` or `%` (devpi's SQLite database is opened by URI).",
     )
     host: str = key(
         "devpi_host", "127.0.0.1", _host,
@@ -619,7 +619,9 @@ class DevpiConfig:
     caddy_site_file: str = key(
         "devpi_caddy_site_file", layout.DEFAULT_CADDY_SITE_FILE, _path,
         doc="Where the deploy writes its Caddy site block; import it from your Caddyfile. It must not be "
-            "a file the deploy owns for devpi, nor inside `devpi_home`.",
+            "a file the deploy owns for devpi, nor inside `devpi_home`, as the host resolves it (symlinks "
+            "followed, case folded where the file system folds it); a file there the deploy did not write is "
+            "refused unless `devpi_caddy_adopt_site_file` is `True`.",
     )
     caddy_adopt_site_file: bool = key(
         "devpi_caddy_adopt_site_file", False, checks.boolean,
