@@ -541,6 +541,7 @@ def test_preflight_commands_use_no_gnu_only_forms():
         command_text(HostTools, preflight_ops.tools_read(config).kwargs),
         command_text(HostReadiness, preflight_ops.readiness_read(config, "gui/501", AGENT).kwargs),
         command_text(HostReadiness, preflight_ops.readiness_read(config, "system", DAEMON).kwargs),
+        command_text(preflight_ops.real_paths_read(config).fact, preflight_ops.real_paths_read(config).kwargs),
         preflight_ops.bootstrap_script(config, "/usr/bin/python3", "/x.lock.txt"),
     ]
     assert {c: gnu_only_forms(c) for c in commands if gnu_only_forms(c)} == {}
