@@ -23,6 +23,7 @@ from pyinfra_devpi.launchd_scope import JobPlace
 
 from .announce import operation
 from . import caddy
+from .preflight import real_paths_read
 from .launchd import job_read, removal_commands
 from .textfile import write_text
 
@@ -64,6 +65,7 @@ def reads(config: DevpiConfig, place: JobPlace, kept=()) -> list:
         *job_reads(config.label, place, (paths.agent_plist_file, paths.daemon_plist_file)),
         paths.caddy_site_file,
         paths.caddy_restart_pending,
+        real_paths_read(config),
         *caddy.job_reads(config.caddy_restart, place),
         paths_read(config),
     ]
@@ -97,8 +99,14 @@ def caddy_block(config: DevpiConfig, place: JobPlace, removed: str):
     paths = config.paths
     block = file_content(host, paths.caddy_site_file)
     pending = file_content(host, paths.caddy_restart_pending) is not None
-    ours = block is not None and MARKER in block and block != removed
-    if block is not None and MARKER not in block:
+    # Where the host resolves it: through a symlinked dir it may be one of the deploy's own
+    # files (its YAML config carries the marker too), never to be replaced by this.
+    misplaced = [p for p in real_paths.problems(config, read(host, real_paths_read(config)))
+                 if p.startswith("paths: `devpi_caddy_site_file`")]
+    ours = block is not None and MARKER in block and block != removed and not misplaced
+    if misplaced:
+        logger.warning(f"{host.print_prefix}{misplaced[0].removeprefix('paths: ')}: left alone")
+    elif block is not None and MARKER not in block:
         logger.warning(f"{host.print_prefix}{paths.caddy_site_file} was not written by this deploy: left alone")
     if not ours and not pending:
         host.noop(f"no Caddy site block for devpi at {paths.caddy_site_file}")

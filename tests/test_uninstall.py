@@ -247,3 +247,20 @@ def test_a_launchdaemon_is_booted_out_and_removed_through_sudo(config):
     # As root, no sudo.
     root = JobPlace(scope="daemon", agent_domain="gui/0", uid=0, user="root", group="wheel")
     assert not any("sudo" in c for c in shell_lines(job_op(host, config, place=root)))
+
+
+def test_a_site_file_that_lands_on_the_deploys_config_is_left_alone_by_the_uninstall():
+    # ~/sites -> ~/devpi: the "site file" is devpi-server.yml (which carries the marker too)
+    config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_caddy_restart": "net.caddy",
+                           "devpi_caddy_site_file": "/Users/alice/sites/devpi-server.yml"}, "/Users/alice")
+    host = installed(config)
+    host.files[config.caddy_site_file] = "# Managed by pyinfra-devpi: changes made here are replaced\n"
+    host.real = {config.caddy_site_file: config.paths.config_file}
+    caddy = run_op(uninstall.caddy_block, host, config=config, place=PLACE, removed=render_caddy_removed(config))
+    assert caddy == []
+    assert host.noops == [f"no Caddy site block for devpi at {config.caddy_site_file}"]
+    # as written (no link on the way), the same file is the deploy's block: replaced
+    host = installed(config)
+    host.files[config.caddy_site_file] = "# Managed by pyinfra-devpi: changes made here are replaced\n"
+    assert any(isinstance(c, Upload) for c in run_op(uninstall.caddy_block, host, config=config, place=PLACE,
+                                                     removed=render_caddy_removed(config)))
