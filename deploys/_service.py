@@ -384,6 +384,7 @@ def caddy_site(c: Converge) -> None:
         place=c.place,
         pending_marker=c.paths.caddy_restart_pending,
         caddy_bin=c.config.caddy_bin,
+        adopt=c.config.caddy_adopt_site_file,
         # Its failure (a wrong devpi_caddy_restart) must not keep devpi down: the run
         # goes on to devpi's job and fails at its end (the "Caddy picked up" step).
         _ignore_errors=True,

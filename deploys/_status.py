@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Callable
 
 import click
@@ -454,6 +455,16 @@ def summary_lines(sections: dict) -> list[tuple[str, str]]:
     return rows
 
 
+# C0 and C1 controls and DEL: a log line or backup.status.json field holding a terminal
+# escape would otherwise act on the operator's terminal; shown as \xNN instead.
+_UNPRINTABLE_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character shown as ``\\xNN`` (what the status prints)."""
+    return _UNPRINTABLE_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def format_table(name: str, report: dict) -> str:
     verdict = "healthy" if report["healthy"] else "UNHEALTHY"
     lines = [f"devpi on {name}: {verdict}"]
@@ -469,7 +480,7 @@ def format_table(name: str, report: dict) -> str:
             size = "missing" if log["size"] is None else f"{log['size']} bytes"
             lines.append(f"  {key:<9} {log['path']} ({size})" + (", last lines:" if log["last_lines"] else ""))
             lines += [f"    {line}" for line in log["last_lines"]]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 @deploy("devpi status")
@@ -483,7 +494,7 @@ def devpi_status():
         click.echo(format_table(host.name, report))
     if report["healthy"]:
         return
-    reasons = "; ".join(report["problems"])
+    reasons = printable("; ".join(report["problems"]))
     if len(state.active_hosts) > 1:
         # Other hosts still get their report; the run exits non-zero at the end.
         logger.error(f"{host.print_prefix}devpi is unhealthy: {reasons}")

@@ -78,16 +78,27 @@ def _size(found: dict) -> str:
     return f"{found['kind']}, {kib / 1024:.1f} MiB" if kib >= 1024 else f"{found['kind']}, {kib} KiB"
 
 
-def describe_leftovers(config: DevpiConfig, found: dict) -> list[str]:
-    """What the uninstall keeps (or, with the purge, removes), each with its path."""
+def kept_by_steps(config: DevpiConfig) -> tuple:
+    """What the extra steps keep, ``(what, path)``: the purge removes nothing that holds it."""
+    return tuple(kept for step in STEPS for kept in step.kept(config))
+
+
+def describe_leftovers(config: DevpiConfig, found: dict, plan: tuple[list, list] | None = None) -> list[str]:
+    """What the uninstall keeps (or, with the purge, removes), each with its path;
+    ``plan``: the purge's (``ops.purge_plan``), which the purge itself carries out."""
     present = [(what, path, found[path]) for what, path in config.paths.removable(config.log_backups) if found.get(path)]
     if not present:
         return [f"nothing of devpi's is left in {config.paths.home} or {config.paths.log_dir}"]
-    if config.uninstall_purge:
-        head = "devpi_uninstall_purge is set: removes"
-    else:
+    if not config.uninstall_purge or plan is None:
         head = "kept (a deploy brings devpi back on them; devpi_uninstall_purge = True removes them)"
-    return [f"{head}:"] + [f"  {what}: {path} ({_size(info)})" for what, path, info in present]
+        return [f"{head}:"] + [f"  {what}: {path} ({_size(info)})" for what, path, info in present]
+    remove, keep = plan
+    lines = ["devpi_uninstall_purge is set: removes:"]
+    lines += [f"  {what}: {path} ({_size(found[path])})" for what, path in remove]
+    if keep:
+        lines.append("and keeps:")
+        lines += [f"  {what}: {path} (kept: {why})" for what, path, why in keep]
+    return lines
 
 
 @deploy("devpi uninstall")
@@ -98,13 +109,16 @@ def devpi_uninstall():
         raise DeployError(f"launchd is not available on {host.name} (no launchctl on the SSH user's PATH)")
     config = build_config(host.data.dict(), session["home"])
     place = job_place(config, session)
+    kept = kept_by_steps(config)
     prefetch(host, [
         *deploy_lock.reads(config),
-        *ops.reads(config, place),
+        *ops.reads(config, place, kept),
         *(r for step in STEPS for r in step.reads(config, place)),
     ])
+    # Refused before any change when devpi_home lands on the SSH user's home.
+    plan = ops.purge_plan(config, kept) if config.uninstall_purge else None
     deploy_lock.begin(config)
-    for line in describe_leftovers(config, read(host, ops.paths_read(config))):
+    for line in describe_leftovers(config, read(host, ops.paths_read(config)), plan):
         host.log(line, logger.info)
     for step in STEPS:
         for what, path in step.kept(config):
@@ -122,7 +136,7 @@ def devpi_uninstall():
         changes += step.run(config, place)
     purge_op = None
     if config.uninstall_purge:
-        purge_op = ops.purge(name="Purge devpi's data, venvs, config and logs", config=config)
+        purge_op = ops.purge(name="Purge devpi's data, venvs, config and logs", config=config, kept=kept)
         changes.append(purge_op)
     deploy_lock.release(name="Release the deploy lock", config=config, after=changes)
     if purge_op is not None:

@@ -1,6 +1,7 @@
 """
-The current contents of several small text files, read in one round trip; and a
-file's mode and physical location (``FileMode``).
+The current contents of several small text files, read in one round trip; a file's
+mode and physical location (``FileMode``); which paths exist (``PathsFound``); and
+where configured paths land once the host resolves them (``RealPaths``).
 
 The deploy owns a handful of small files (the plist, the YAML config, the Caddy site
 block). Reading them all with one command keeps a no-change rerun to a few remote
@@ -24,6 +25,7 @@ from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
 from facts._output import key_values
+from pyinfra_devpi import shell_script
 
 
 class Damaged(str):
@@ -180,4 +182,41 @@ class PathsFound(FactBase):
                 found[path] = {"kind": kind, "kib": int(kib) if kib.isdigit() else None}
             elif line.strip():
                 raise FactProcessError(f"PathsFound: unexpected line {line!r}")
+        return found
+
+
+class RealPaths(FactBase):
+    """
+    Returns ``{"home": {"real": ..., "folds": bool}, "paths": {path: {"real": ...,
+    "folds": bool}}}``: where the SSH session's ``$HOME`` and each path land on the host,
+    every symlink followed (at the path and at each directory on the way; what does not
+    exist yet is kept as written), and whether the file system there finds a name in
+    another case (``folds``: APFS's default). The model compares paths by these
+    (``pyinfra_devpi/real_paths.py``).
+
+    + paths: the paths (a tuple)
+    """
+
+    def command(self, paths=()):
+        return shell_script.render(__file__, "real_paths", paths=tuple(paths))  # facts/real_paths.sh
+
+    def process(self, output):
+        found: dict = {"home": None, "paths": {}}
+        asked = None
+        for line in output:
+            if asked is not None:
+                kind, folds, path = asked
+                value = {"real": line, "folds": folds == "1"}
+                if kind == "home":
+                    found["home"] = value
+                else:
+                    found["paths"][path] = value
+                asked = None
+            elif line.startswith(("@home ", "@path ")):
+                kind, folds, path = line[1:].split(" ", 2)
+                asked = (kind, folds, path)
+            elif line.strip():
+                raise FactProcessError(f"RealPaths: unexpected line {line!r}")
+        if asked is not None or found["home"] is None:
+            raise FactProcessError(f"RealPaths: unexpected output {output[:3]!r}")
         return found

@@ -26,7 +26,9 @@ import shlex
 from pyinfra import host, logger
 
 from facts.launchd import LaunchdJob
+from facts.managed_agents import MARKER
 from facts.snapshot import FactRead, file_content, read
+from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.launchd_scope import JobPlace
 from pyinfra_devpi.preflight import caddy_job_domain
 
@@ -98,6 +100,7 @@ def site(
     place: JobPlace,
     pending_marker: str,
     caddy_bin: str | None = None,
+    adopt: bool = False,
 ):
     """
     Write Caddy's site block for devpi and restart Caddy when it changed.
@@ -110,8 +113,20 @@ def site(
       looked up in their domains and ``system`` (``JobPlace.lookup_order``)
     + pending_marker: a file that exists while a moved-in block awaits a restart
     + caddy_bin: the caddy binary used to validate the block (default: PATH)
+    + adopt: replace a site file the deploy did not write (``devpi_caddy_adopt_site_file``)
+
+    A site file without the deploy's marker is the operator's: never replaced unless
+    ``adopt``, and its content never shown (no diff); the preflight refuses such a run first.
     """
-    commands = list(write_text(path, content, before_move=validate_command(caddy_bin)))
+    current = file_content(host, path)
+    if current is not None and MARKER not in current:
+        if not adopt:
+            raise DeployError(f"{host.name}: {path} was not written by this deploy: not replaced "
+                              "(devpi_caddy_site_file; devpi_caddy_adopt_site_file = True replaces it)")
+        host.log(f"Replacing {path}, which this deploy did not write (devpi_caddy_adopt_site_file): its content "
+                 "is not shown", logger.info)
+        current = None
+    commands = list(write_text(path, content, before_move=validate_command(caddy_bin), current=current))
     pending = file_content(host, pending_marker) is not None
     found_jobs(restart, place)  # read (prefetched) whether or not Caddy restarts
     if not restart:

@@ -13,10 +13,12 @@ from io import BytesIO
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand
 
+from facts.files import RealPaths
 from facts.host_tools import HostTools
+from facts.managed_agents import MARKER
 from facts.preflight import HostReadiness
-from facts.snapshot import FactRead, read
-from pyinfra_devpi import layout, shell_script
+from facts.snapshot import FactRead, file_content, read
+from pyinfra_devpi import layout, real_paths, shell_script
 from pyinfra_devpi import preflight as decide
 from pyinfra_devpi.config import UV_BOOTSTRAP_VERSION, DevpiConfig, python_request
 from pyinfra_devpi.errors import DeployError
@@ -58,18 +60,26 @@ def caddy_daemon_plist(config: DevpiConfig) -> tuple[str, ...]:
     return (f"{config.paths.launch_daemons_dir}/{label}{layout.PLIST_SUFFIX}",) if label else ()
 
 
+def real_paths_read(config: DevpiConfig) -> FactRead:
+    """Where every configured path lands on the host (``pyinfra_devpi/real_paths.py``)."""
+    return FactRead.of(RealPaths, paths=real_paths.to_read(config))
+
+
 def reads(config: DevpiConfig, domain: str, place: JobPlace) -> list:
     """What the preflight reads from the host (Caddy's job only for a restart by label)."""
-    return [tools_read(config), readiness_read(config, domain, place), *caddy.job_reads(config.caddy_restart, place)]
+    return [tools_read(config), readiness_read(config, domain, place), real_paths_read(config),
+            config.paths.caddy_site_file, *caddy.job_reads(config.caddy_restart, place)]
 
 
 def ready(config: DevpiConfig, domain: str, needs: decide.Needs, place: JobPlace) -> decide.Tools:
     """The tools this run uses, said once in the plan; or the run refused with every
     problem in one message."""
     label = (config.caddy_restart or {}).get("label")
+    site = file_content(host, config.paths.caddy_site_file)
     tools, problems = decide.check(
         config, tools=read(host, tools_read(config)), readiness=read(host, readiness_read(config, domain, place)),
         needs=needs, caddy_jobs=caddy.found_jobs(config.caddy_restart, place) if label else None,
+        resolved=read(host, real_paths_read(config)), site_file_ours=None if site is None else MARKER in site,
     )
     if problems:
         raise DeployError(decide.message(host.name, problems))

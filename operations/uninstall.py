@@ -13,14 +13,17 @@ import shlex
 
 from pyinfra import host, logger
 
-from facts.files import PathsFound
+from facts.files import PathsFound, RealPaths
 from facts.managed_agents import MARKER
 from facts.snapshot import FactRead, file_content, read
+from pyinfra_devpi import real_paths
 from pyinfra_devpi.config import DevpiConfig
+from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.launchd_scope import JobPlace
 
 from .announce import operation
 from . import caddy
+from .preflight import real_paths_read
 from .launchd import job_read, removal_commands
 from .textfile import write_text
 
@@ -31,19 +34,38 @@ def paths_read(config: DevpiConfig) -> FactRead:
     return FactRead.of(PathsFound, paths=tuple(path for _, path in config.paths.removable(config.log_backups)))
 
 
+def real_read(config: DevpiConfig, kept=()) -> FactRead:
+    """Where devpi_home, each removable path and its directory, and what the uninstall
+    keeps (``kept``: ``(what, path)``) land on the host."""
+    return FactRead.of(RealPaths, paths=real_paths.purge_read_paths(config, list(kept)))
+
+
+def purge_plan(config: DevpiConfig, kept=()) -> tuple[list, list]:
+    """The one list of what the purge removes and what it keeps, and why
+    (``real_paths.purge_plan``): the report and the purge both use it. Refused (a
+    ``DeployError``) when devpi_home lands on or above the SSH user's home."""
+    resolved = read(host, real_read(config, kept))
+    problem = real_paths.home_problem(config, resolved)
+    if problem:
+        raise DeployError(f"{host.name}: the purge is refused, nothing was changed: {problem}")
+    return real_paths.purge_plan(config, read(host, paths_read(config)), resolved, list(kept))
+
+
 def job_reads(label: str, place: JobPlace, plists: tuple[str, ...]) -> list:
     """What ``job`` reads for ``label``: the job in every domain, and its plists."""
     return [*(job_read(label, where) for where in place.everywhere), *plists]
 
 
-def reads(config: DevpiConfig, place: JobPlace) -> list:
+def reads(config: DevpiConfig, place: JobPlace, kept=()) -> list:
     """What the uninstall reads from the host (Caddy's label where it may be loaded, for
-    its restart)."""
+    its restart; ``kept``: what its steps keep, for the purge)."""
     paths = config.paths
     return [
+        real_read(config, kept),
         *job_reads(config.label, place, (paths.agent_plist_file, paths.daemon_plist_file)),
         paths.caddy_site_file,
         paths.caddy_restart_pending,
+        real_paths_read(config),
         *caddy.job_reads(config.caddy_restart, place),
         paths_read(config),
     ]
@@ -77,8 +99,14 @@ def caddy_block(config: DevpiConfig, place: JobPlace, removed: str):
     paths = config.paths
     block = file_content(host, paths.caddy_site_file)
     pending = file_content(host, paths.caddy_restart_pending) is not None
-    ours = block is not None and MARKER in block and block != removed
-    if block is not None and MARKER not in block:
+    # Where the host resolves it: through a symlinked dir it may be one of the deploy's own
+    # files (its YAML config carries the marker too), never to be replaced by this.
+    misplaced = [p for p in real_paths.problems(config, read(host, real_paths_read(config)))
+                 if p.startswith("paths: `devpi_caddy_site_file`")]
+    ours = block is not None and MARKER in block and block != removed and not misplaced
+    if misplaced:
+        logger.warning(f"{host.print_prefix}{misplaced[0].removeprefix('paths: ')}: left alone")
+    elif block is not None and MARKER not in block:
         logger.warning(f"{host.print_prefix}{paths.caddy_site_file} was not written by this deploy: left alone")
     if not ours and not pending:
         host.noop(f"no Caddy site block for devpi at {paths.caddy_site_file}")
@@ -98,12 +126,13 @@ def caddy_block(config: DevpiConfig, place: JobPlace, removed: str):
 
 
 @operation
-def purge(config: DevpiConfig):
+def purge(config: DevpiConfig, kept=()):
     """Remove, by name, what the deploy left in devpi_home and the log dir (only with
-    ``devpi_uninstall_purge``). A symlink (e.g. a server dir pointing elsewhere) is
-    removed as a link: what it points at stays."""
-    found = read(host, paths_read(config))
-    commands = [f"rm -rf {q(path)}" for _, path in config.paths.removable(config.log_backups) if found.get(path)]
+    ``devpi_uninstall_purge``), as ``purge_plan`` lists it: nothing through a link out
+    of devpi_home, nothing that holds what the uninstall keeps (``kept``). A symlink
+    (e.g. a server dir pointing elsewhere) is removed as a link: what it points at stays."""
+    remove, _ = purge_plan(config, kept)
+    commands = [f"rm -rf {q(path)}" for _, path in remove]
     if not commands:
         host.noop("nothing of devpi's is left to purge")
         return

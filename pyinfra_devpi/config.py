@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import PurePosixPath
 from typing import Any, Callable
 
-from . import checks, layout
+from . import checks, layout, real_paths
 from .checks import fail
 from .errors import ConfigError
 from .layout import Layout
@@ -153,7 +153,31 @@ def _host(where, value):
     return value
 
 
-_label = checks.matches(LABEL_RE, "use a reverse-DNS launchd label such as 'net.devpi'")
+# A file name (one path component) holds at most 255 bytes on APFS and ext4 alike.
+NAME_MAX = 255
+# The longest file name made from the label: the backup job's plist staged beside its place.
+LONGEST_LABEL_SUFFIX = layout.BACKUP_LABEL_SUFFIX + layout.PLIST_SUFFIX + layout.TRANSIENT_SUFFIX
+# devpi's rotated copies of its log: ``<log>.<n>``, n up to the largest devpi_log_backups.
+LOG_COPY_SUFFIX = ".100"
+# Characters devpi-init and SQLite read in a server dir's path (SQLite opens its database
+# by URI: ``#`` and ``?`` end the path there, ``%`` starts an escape), so devpi would write
+# its database somewhere else than devpi_home.
+SPECIAL_IN_HOME = "#?%"
+
+
+def _fits(where, value, name: str, allowed: str):
+    """A file name the deploy makes (``name``, from ``value``) fits in one path component."""
+    size = len(name.encode("utf-8"))
+    if size > NAME_MAX:
+        raise fail(where, value, f"it makes the file name {name[:40]!r}... of {size} bytes, longer than the "
+                                 f"{NAME_MAX} bytes a file name can have; {allowed}")
+
+
+def _label(where, value):
+    allowed = "use a reverse-DNS launchd label such as 'net.devpi'"
+    value = checks.matches(LABEL_RE, allowed)(where, value)
+    _fits(where, value, value + LONGEST_LABEL_SUFFIX, allowed)
+    return value
 
 
 def _path(where, value):
@@ -164,6 +188,9 @@ def _path(where, value):
         raise fail(where, value, allowed)
     if ".." in PurePosixPath(value).parts:
         raise fail(where, value, "paths cannot contain '..'")
+    for part in PurePosixPath(value).parts:
+        # (the last may get the transient suffix while the deploy writes it)
+        _fits(where, value, part + layout.TRANSIENT_SUFFIX, "use shorter directory and file names")
     value = value.rstrip("/")
     return "~/" if value == "~" else value or "/"
 
@@ -173,6 +200,20 @@ def _log_name(where, value):
     value = checks.string(where, value, allowed)
     if not value or "/" in value or value in (".", ".."):
         raise fail(where, value, allowed)
+    _fits(where, value, value + LOG_COPY_SUFFIX, allowed)
+    return value
+
+
+def _home(where, value):
+    value = _path(where, value)
+    special = sorted({c for c in value if c in SPECIAL_IN_HOME})
+    if special:
+        raise fail(
+            where, value,
+            f"{' and '.join(repr(c) for c in special)} in devpi_home would make devpi-init and SQLite (which "
+            "open the database by URI, where '#' and '?' end the path and '%' starts an escape) write the "
+            "database outside it; use a path without '#', '?' or '%', such as '~/devpi'",
+        )
     return value
 
 
@@ -420,10 +461,10 @@ class DevpiConfig:
         doc="The devpi-web release installed beside devpi-server: an exact PEP 440 version.",
     )
     home: str = key(
-        "devpi_home", layout.DEFAULT_HOME, _path,
+        "devpi_home", layout.DEFAULT_HOME, _home,
         doc="devpi's directory on the host: its venvs, server dir, YAML config and secret live in it. The "
             "deploy makes it 0700 and prunes venvs in it, so it must be a directory of its own (not the SSH "
-            "user's home).",
+            "user's home, nor a link to it), without `#`, `?` or `%` (devpi's SQLite database is opened by URI).",
     )
     host: str = key(
         "devpi_host", "127.0.0.1", _host,
@@ -578,7 +619,16 @@ class DevpiConfig:
     caddy_site_file: str = key(
         "devpi_caddy_site_file", layout.DEFAULT_CADDY_SITE_FILE, _path,
         doc="Where the deploy writes its Caddy site block; import it from your Caddyfile. It must not be "
-            "a file the deploy owns for devpi, nor inside `devpi_home`.",
+            "a file the deploy owns for devpi, nor inside `devpi_home`, as the host resolves it (symlinks "
+            "followed, case folded where the file system folds it); a file there the deploy did not write is "
+            "refused unless `devpi_caddy_adopt_site_file` is `True`.",
+    )
+    caddy_adopt_site_file: bool = key(
+        "devpi_caddy_adopt_site_file", False, checks.boolean,
+        doc="`True`: replace a `devpi_caddy_site_file` this deploy did not write (no \"Managed by "
+            "pyinfra-devpi\" line: e.g. the Ansible role's block, or a placeholder made so Caddy starts); "
+            "its content is never shown. `False`: such a file is refused before any change. Once the deploy "
+            "has written the file, this no longer matters.",
     )
     caddy_site_address: str | None = key(
         "devpi_caddy_site_address", None, _site_address, optional=True,
@@ -729,6 +779,20 @@ KEYS: dict[str, Key] = {
 }
 
 
+# Keys of this deploy before every key got the devpi_ prefix (other deploys' caddy_* keys
+# pass untouched): one of them without its new name set is refused with the new name.
+RENAMED_KEYS = {
+    name: f"devpi_{name}"
+    for name in ("caddy_site_file", "caddy_site_address", "caddy_restart", "caddy_serve_files",
+                 "caddy_max_body_size", "caddy_bin")
+}
+
+
+def renamed_keys(data: dict[str, Any]) -> list[str]:
+    """Old names of this deploy's keys set in ``data`` whose new names are not."""
+    return sorted(old for old, new in RENAMED_KEYS.items() if old in data and new not in data)
+
+
 def unknown_keys(data: dict[str, Any]) -> list[str]:
     """This deploy's keys (``devpi_*``, in any case) that it does not know."""
     return sorted(k for k in data if isinstance(k, str) and k.lower().startswith(PREFIX) and k not in KEYS)
@@ -742,6 +806,13 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
             f"unknown host data key(s): {', '.join(unknown)}; "
             f"known keys are: {', '.join(sorted(KEYS))}",
         )
+    renamed = renamed_keys(data)
+    if renamed:
+        raise ConfigError(
+            "host data "
+            + ", ".join(f"`{old}` is now `{RENAMED_KEYS[old]}`" for old in renamed)
+            + ": rename it (the old name is not read); if it is another deploy's key, set the new one too",
+        )
 
     if not isinstance(user_home, str) or not user_home.startswith("/") or checks.has_control(user_home):
         raise ConfigError(f"could not determine the SSH user's home on the target (got {user_home!r})")
@@ -750,7 +821,7 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
     values: dict[str, Any] = {}
     for name, spec in KEYS.items():
         value = spec.check(f"`{name}`", data.get(name, spec.default))
-        if spec.check is _path and value.startswith("~/"):
+        if spec.check in (_path, _home) and value.startswith("~/"):
             value = _expand(value, user_home)
         values[spec.field] = value
     backup = values["backup"]
@@ -794,9 +865,19 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
     if paths.server_log in (paths.out_log, paths.err_log):
         raise fail("`devpi_server_log`", paths.server_log_name,
                    "use a file name different from devpi_out_log and devpi_err_log (launchd holds those open)")
+    logs = {"`devpi_out_log`": paths.out_log, "`devpi_err_log`": paths.err_log,
+            "`devpi_server_log`": paths.server_log}
+    for where, log in logs.items():
+        if log == paths.backup_log:
+            raise fail(where, log.rsplit("/", 1)[1],
+                       "that is the backup job's log (<label>.backup.log); use a file name of its own")
     _check_site_file(paths)
     if config.backup is not None:
         _check_backup_dir(config)
+    # Compared as written here; as the host resolves them in the preflight.
+    problems = real_paths.problems(config, None, user_home)
+    if problems:
+        raise ConfigError(f"host data: {problems[0].removeprefix('paths: ')}")
     return config
 
 

@@ -331,6 +331,12 @@ class Layout:
             ("backup job's log", self.backup_log),
             *((f"devpi's log, rotated copy {n}", path) for n, path in enumerate(self.server_log_backups(log_backups), 1)),
         ]
+    def pruned(self) -> list[tuple[str, str]]:
+        """The dirs whose content the deploy removes, by what they are (nothing of the
+        operator's may be configured inside them: ``pyinfra_devpi/real_paths.py``)."""
+        return [("venvs", self.venvs_dir), ("live venv", self.venv), ("tools", self.tools_dir),
+                ("server dir", self.server_dir)]
+
     # The backup job's log (stdout and stderr); its plist is beside the main one (above).
     backup_log = _Under("log_dir", named_by="backup_label", suffix=".log")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from . import layout
+from . import layout, real_paths
 from .config import (
     DEVPI_SERVER_VERSION,
     PYTHON_MINIMUM,
@@ -144,13 +144,30 @@ def check(
     readiness: dict,
     needs: Needs,
     caddy_jobs: dict | None = None,
+    resolved: dict | None = None,
+    site_file_ours: bool | None = None,
 ) -> tuple[Tools, list[str]]:
     """The tools this run uses and every problem that must stop it (empty: go ahead).
 
     ``caddy_jobs``: ``{domain: LaunchdJob}`` of Caddy's label in each domain it was
-    looked for in (a restart by label), in lookup order."""
+    looked for in (a restart by label), in lookup order. ``resolved``: the ``RealPaths``
+    answer for ``real_paths.to_read(config)`` (None: not read). ``site_file_ours``:
+    whether the Caddy site file carries the deploy's marker (None: it does not exist)."""
     problems: list[str] = []
     paths = config.paths
+
+    # Every configured path, where the host resolves it (pyinfra_devpi/real_paths.py).
+    if resolved is not None:
+        problems += real_paths.problems(config, resolved)
+    if site_file_ours is False and not config.caddy_adopt_site_file:
+        # Never replaced, and never shown in a diff: its content is the operator's.
+        problems.append(
+            f"paths: `devpi_caddy_site_file` = {paths.caddy_site_file} exists and was not written by this "
+            "deploy (no \"Managed by pyinfra-devpi\" line): the deploy replaces only its own site file; move "
+            f"that file away, set devpi_caddy_site_file to a path of its own, such as "
+            f"{layout.DEFAULT_CADDY_SITE_FILE!r}, or set devpi_caddy_adopt_site_file = True to replace it "
+            "(e.g. the Ansible role's block)"
+        )
 
     # uv
     uv, bootstrap_python, bootstrapped_version = tools.get("uv"), None, None

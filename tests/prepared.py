@@ -19,7 +19,7 @@ from pyinfra.context import ctx_host, ctx_state
 from facts.backup import Backups, BackupSource
 from facts.deploy_lock import DeployLock
 from facts.devpi import ServerDir, VenvVersions
-from facts.files import FileContents, FileMode, PathsFound
+from facts.files import FileContents, FileMode, PathsFound, RealPaths
 from facts.launchd import LaunchdJob
 from facts.managed_agents import ManagedAgents
 from facts.users_indexes import UsersIndexes
@@ -64,6 +64,10 @@ class PreparedHost:
     placed: dict = field(default_factory=dict)
     # The UsersIndexes fact (devpi's users and indexes, as the deploy reads them).
     users_indexes: dict | None = None
+    # RealPaths answers: {path: real path} (a path not named lands where it is written),
+    # and the SSH user's home.
+    real: dict = field(default_factory=dict)
+    user_home: str = "/Users/alice"
     # The step names ``converge`` went through, in order.
     ran: list = field(default_factory=list)
     name: str = "prepared"
@@ -102,6 +106,9 @@ class PreparedHost:
             return self.lock
         if cls is PathsFound:
             return {path: self.paths.get(path) for path in kwargs["paths"]}
+        if cls is RealPaths:
+            return {"home": {"real": self.user_home, "folds": False},
+                    "paths": {p: {"real": self.real.get(p, p), "folds": False} for p in kwargs["paths"]}}
         if cls is FileMode:
             path = kwargs["path"]
             if path in self.modes:

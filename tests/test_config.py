@@ -33,6 +33,7 @@ BAD_VALUES = {
     "devpi_log_backups": [0, 101, "3", False],
     "devpi_status_format": ["JSON", "yaml", None, 1],
     "devpi_uninstall_purge": ["yes", 1, None],
+    "devpi_caddy_adopt_site_file": ["yes", 1, None],
     "devpi_root_password": ["hunter2", "op://only-vault", "env:", "env:1BAD", "file:", "vault:x/y"],
     "devpi_index_url": ["not a url", "file:///simple"],
     # Versions below what the locked tree needs are refused before anything is planned.
@@ -294,3 +295,94 @@ def test_a_launchd_domain_with_the_daemon_scope_is_refused():
     with pytest.raises(ConfigError) as error:
         build_config({**BASE, "devpi_launchd_scope": "daemon", "devpi_launchd_domain": "gui/501"}, "/Users/alice")
     assert "devpi_launchd_domain" in str(error.value) and "devpi_launchd_scope" in str(error.value)
+
+
+# --------------------------------------------------------------------------- issue 22: paths and names
+
+
+@pytest.mark.parametrize("home", ["~/dv#1", "~/dv?x", "/srv/devpi%41", "~/a#b/devpi"])
+def test_devpi_home_with_characters_sqlite_reads_in_a_uri_is_refused_with_the_reason(home):
+    # devpi-init opens its database by URI: "~/dv#1" put the .sqlite in ~/dv.
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, "devpi_home": home}, HOME)
+    message = str(error.value)
+    assert message.startswith("host data `devpi_home` = ")
+    assert "SQLite" in message and "write the database outside it" in message
+    assert "use a path without '#', '?' or '%'" in message
+    # other keys may hold them (the log dir is not opened by URI)
+    assert build_config({**BASE, "devpi_log_dir": "~/logs#1"}, HOME).log_dir == f"{HOME}/logs#1"
+
+
+def test_a_label_longer_than_a_file_name_can_be_is_refused():
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, "devpi_label": "a" * 5000}, HOME)
+    assert "`devpi_label`" in str(error.value) and "longer than the 255 bytes a file name can have" in str(error.value)
+    # the longest file name it makes (the backup job's plist, staged) just fits
+    longest = "a" * (255 - len(".backup.plist.pyinfra-new"))
+    assert build_config({**BASE, "devpi_label": longest}, HOME).label == longest
+    with pytest.raises(ConfigError):
+        build_config({**BASE, "devpi_label": longest + "a"}, HOME)
+
+
+@pytest.mark.parametrize("key", ["devpi_out_log", "devpi_err_log", "devpi_server_log"])
+def test_log_names_fit_a_file_name_with_devpis_rotated_copies(key):
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, key: "x" * 252}, HOME)
+    assert f"`{key}`" in str(error.value) and "255 bytes" in str(error.value)
+    # multi-byte characters count as bytes
+    with pytest.raises(ConfigError):
+        build_config({**BASE, key: "\U0001f986" * 63}, HOME)
+    assert build_config({**BASE, key: "x" * 251}, HOME)
+
+
+def test_a_path_component_longer_than_a_file_name_is_refused():
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, "devpi_log_dir": "/srv/" + "d" * 300 + "/logs"}, HOME)
+    assert "`devpi_log_dir`" in str(error.value) and "255 bytes" in str(error.value)
+
+
+@pytest.mark.parametrize("key", ["devpi_out_log", "devpi_err_log", "devpi_server_log"])
+def test_a_log_name_equal_to_the_backup_jobs_log_is_refused(key):
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, key: "net.devpi.backup.log"}, HOME)
+    assert f"`{key}`" in str(error.value) and "that is the backup job's log" in str(error.value)
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("caddy_site_file", "devpi_caddy_site_file"), ("caddy_site_address", "devpi_caddy_site_address"),
+    ("caddy_restart", "devpi_caddy_restart"), ("caddy_serve_files", "devpi_caddy_serve_files"),
+    ("caddy_max_body_size", "devpi_caddy_max_body_size"), ("caddy_bin", "devpi_caddy_bin"),
+])
+def test_the_old_caddy_keys_name_their_new_names(old, new):
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, old: "x"}, HOME)
+    assert f"`{old}` is now `{new}`" in str(error.value)
+    # another deploy's key of that name, beside this deploy's new one: passes
+    default = KEYS[new].default
+    assert build_config({**BASE, old: "x", new: default if default is not None else "caddy"}, HOME)
+    # other deploys' caddy_* keys pass as before
+    assert build_config({**BASE, "caddy_email": "a@b.c"}, HOME)
+
+
+@pytest.mark.parametrize("directory", ["~/devpi/venvs/b", "~/devpi/tools", "~/devpi/server-dir", "~/devpi/venv/x",
+                                       "~/devpi/secret", "~/Library/Logs/net.devpi.log"])
+def test_a_backup_dir_in_or_on_the_deploys_own_is_refused_as_written(directory):
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE, "devpi_backup": {"hour": 3, "minute": 0, "dir": directory}}, HOME)
+    assert "`devpi_backup` ['dir']" in str(error.value)
+    assert "use a directory of its own" in str(error.value)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("devpi_caddy_site_file", "~/devpi/venvs/devpi.caddy"),
+    ("devpi_log_dir", "~/devpi/tools/logs"),
+    ("devpi_launch_agents_dir", "~/devpi/server-dir"),
+    ("devpi_out_log", "devpi-server.yml"),
+])
+def test_paths_inside_what_the_deploy_prunes_or_on_its_files_are_refused(key, value):
+    data = {**BASE, key: value}
+    if key == "devpi_out_log":
+        data["devpi_log_dir"] = "~/devpi"  # the stdout log would be the YAML config
+    with pytest.raises(ConfigError) as error:
+        build_config(data, HOME)
+    assert "the deploy's" in str(error.value) or "devpi home" in str(error.value)

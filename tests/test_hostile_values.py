@@ -78,7 +78,8 @@ def test_restore_steps_take_paths_literally(shell, template, pwned, tmp_path):
     devpi: every step fails, and runs nothing the values name."""
     from operations import restore
 
-    hostile = template.format(pwned=pwned).replace("/", "_")
+    # ('%' is refused in devpi_home, config.SPECIAL_IN_HOME: it never reaches the host there)
+    hostile = template.format(pwned=pwned).replace("/", "_").replace("%", "pct")
     home = tmp_path / hostile / "devpi"
     home.mkdir(parents=True)
     config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_home": str(home)}, "/Users/alice")
@@ -99,7 +100,8 @@ def test_upgrade_refusal_takes_the_paths_literally(shell, template, pwned, tmp_p
     # The upgrade's first failure path: no live venv that reads the server dir's version.
     from operations.server_dir import upgrade_script
 
-    home = tmp_path / template.format(pwned=pwned).replace("/", "_")
+    # ('%' is refused in devpi_home, config.SPECIAL_IN_HOME: it never reaches the host there)
+    home = tmp_path / template.format(pwned=pwned).replace("/", "_").replace("%", "pct")
     config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_home": str(home),
                            "devpi_allow_export_import": True}, "/Users/alice")
     new = home / "venvs" / "new"

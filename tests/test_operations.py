@@ -569,7 +569,7 @@ def test_loaded_but_not_running_is_kickstarted(config, state):
 
 def test_caddy_block_change_validates_then_restarts_caddy(config):
     host = converged(config)
-    host.files[config.caddy_site_file] = "# old block\n"
+    host.files[config.caddy_site_file] = "# Managed by pyinfra-devpi: an old block\n"
     steps = converge(host, config)
     move = [c for c in shell_lines(steps["caddy"]) if "mv -f" in c][0]
     assert move.index("adapt --adapter caddyfile --validate") < move.index("mv -f")
@@ -615,7 +615,7 @@ def caddy_job(domain: str, pid: int | None = 77) -> dict:
 )
 def test_caddy_is_kickstarted_in_the_domain_its_label_is_loaded_in(config, loaded, uid, restart):
     host = converged(config)
-    host.files[config.caddy_site_file] = "# old block\n"
+    host.files[config.caddy_site_file] = "# Managed by pyinfra-devpi: an old block\n"
     host.placed = {("org.caddy", domain): job for domain, job in loaded.items()}
     place = JobPlace(scope="agent", agent_domain="gui/501" if uid else "gui/0", uid=uid, user="alice", group="staff")
     if uid == 0:
@@ -638,7 +638,7 @@ def test_caddy_is_looked_up_only_for_a_restart_by_label(config):
     assert caddy.job_reads({"command": "caddy reload --config /c"}, place) == []
     assert caddy.job_reads(None, place) == []
     host = converged(config)
-    host.files[config.caddy_site_file] = "# old block\n"
+    host.files[config.caddy_site_file] = "# Managed by pyinfra-devpi: an old block\n"
     run_op(caddy.site, host, path=config.caddy_site_file, content=render_caddy_site(config),
            restart={"command": "caddy reload --config /c"}, place=place,
            pending_marker=config.paths.caddy_restart_pending)

@@ -541,6 +541,7 @@ def test_preflight_commands_use_no_gnu_only_forms():
         command_text(HostTools, preflight_ops.tools_read(config).kwargs),
         command_text(HostReadiness, preflight_ops.readiness_read(config, "gui/501", AGENT).kwargs),
         command_text(HostReadiness, preflight_ops.readiness_read(config, "system", DAEMON).kwargs),
+        command_text(preflight_ops.real_paths_read(config).fact, preflight_ops.real_paths_read(config).kwargs),
         preflight_ops.bootstrap_script(config, "/usr/bin/python3", "/x.lock.txt"),
     ]
     assert {c: gnu_only_forms(c) for c in commands if gnu_only_forms(c)} == {}
@@ -550,16 +551,23 @@ def test_preflight_commands_use_no_gnu_only_forms():
 
 
 class FactsHost(PreparedHost):
-    """Answers the preflight's two facts; records what was asked."""
+    """Answers the preflight's facts (every path where it is written, the site file
+    missing unless given); records what was asked."""
 
-    def __init__(self, tools, readiness):
+    def __init__(self, tools, readiness, real=None, site=None):
         super().__init__()
         self.answers = {"HostTools": tools, "HostReadiness": readiness}
+        self.real, self.site = real or {}, site
 
     def get_fact(self, cls, **kwargs):
         self.asked.append((cls.__name__, kwargs))
         if cls.__name__ == "LaunchdJob":  # Caddy's job: {domain: job} (not loaded elsewhere)
             return self.answers.get("LaunchdJob", {}).get(kwargs["domain"])
+        if cls.__name__ == "RealPaths":
+            return {"home": {"real": HOME, "folds": False},
+                    "paths": {p: {"real": self.real.get(p, p), "folds": False} for p in kwargs["paths"]}}
+        if cls.__name__ == "FileContents":
+            return {p: self.site for p in kwargs["paths"]}
         return self.answers[cls.__name__]
 
 
@@ -579,8 +587,11 @@ def test_ready_reads_exactly_what_reads_declares_and_says_the_tools_once():
     config = config_of()
     host = FactsHost(tools_fact(), readiness())
     tools = run_ready(host, config)
-    declared = {(r.fact.__name__, r.arguments) for r in preflight_ops.reads(config, "gui/501", AGENT)}
-    assert {(name, FactRead.of(object, **kwargs).arguments) for name, kwargs in host.asked} == declared
+    declared = {(r.fact.__name__, r.arguments) if isinstance(r, FactRead) else ("FileContents", r)
+                for r in preflight_ops.reads(config, "gui/501", AGENT)}
+    asked = {(name, FactRead.of(object, **kwargs).arguments) if name != "FileContents" else (name, kwargs["paths"][0])
+             for name, kwargs in host.asked}
+    assert asked == declared
     assert host.logged == [tools.describe()]
 
 
@@ -660,7 +671,7 @@ def test_ready_looks_for_caddys_label_in_the_three_domains_and_refuses_when_it_i
     host = FactsHost(tools_fact(), readiness())
     run_ready(host, config_of(devpi_caddy_restart={"command": "/opt/homebrew/bin/caddy reload --config /c"}),
               needs=RESTARTS_CADDY)
-    assert [name for name, _ in host.asked] == ["HostTools", "HostReadiness"]
+    assert "LaunchdJob" not in [name for name, _ in host.asked]
 
 
 # --------------------------------------------------------------------------- after a reboot
@@ -701,7 +712,8 @@ def test_hostile_paths_in_the_preflight_facts_run_nothing(shell, mac, tmp_path):
     assert found["df_path"] == str(odd) and found["owners"] == {str(odd): os.getuid()}
     assert found["domain"] == f"gui/{value}"
     # the bootstrap script's failure path names the interpreter as it is
-    config = build_config({**BASE, "devpi_home": str(odd / "devpi")}, HOME)
+    # ('%' is refused in devpi_home: SQLite reads it in the database's URI)
+    config = build_config({**BASE, "devpi_home": str(tmp_path / value.replace("%", "") / "devpi")}, HOME)
     script = preflight_ops.bootstrap_script(config, str(odd / "no-python"), str(odd / "lock.txt"))
     result = subprocess.run([shell, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 1 and f"{odd}/no-python could not make a venv" in result.stderr
@@ -789,3 +801,153 @@ def test_the_fact_asks_sudo_without_a_prompt_only_when_root_is_needed(as_other_u
     assert ask(root_if=(str(plist),)) == (None, None)
     plist.write_text("<plist/>")
     assert ask(root_if=(str(plist),)) == expected
+
+
+# --------------------------------------------------------------------------- paths as the host resolves them
+
+
+def resolved(real=None, folds=(), home=HOME, home_folds=False):
+    """A RealPaths answer: each path where ``real`` says (else where it is written)."""
+    real = real or {}
+
+    def answer(config):
+        from pyinfra_devpi.real_paths import to_read
+
+        return {"home": {"real": home, "folds": home_folds},
+                "paths": {p: {"real": real.get(p, p), "folds": p in folds or real.get(p, p) in folds}
+                          for p in to_read(config)}}
+    return answer
+
+
+def path_problems(config, answer, site_file_ours=None):
+    _, problems = check(config, tools=tools_fact(), readiness=readiness(), needs=NEITHER,
+                        resolved=answer(config), site_file_ours=site_file_ours)
+    return [p for p in problems if p.startswith("paths: ")]
+
+
+def test_a_site_file_through_a_symlinked_dir_onto_the_deploys_config_is_refused():
+    # ~/sites -> ~/devpi, devpi_caddy_site_file = ~/sites/devpi-server.yml
+    config = config_of(devpi_caddy_site_file="~/sites/devpi-server.yml")
+    (problem,) = path_problems(config, resolved({f"{HOME}/sites/devpi-server.yml": f"{HOME}/devpi/devpi-server.yml"}))
+    assert problem == (
+        f"paths: `devpi_caddy_site_file` = {HOME}/sites/devpi-server.yml (on the host: {HOME}/devpi/devpi-server.yml) "
+        "is the deploy's own devpi-server config; use a path in Caddy's config, such as "
+        "'~/.config/caddy/sites/devpi.caddy'")
+    # a link into devpi_home at large
+    (problem,) = path_problems(config, resolved({f"{HOME}/sites/devpi-server.yml": f"{HOME}/devpi/x.caddy"}))
+    assert "is inside devpi_home" in problem
+    # where it is written is fine
+    assert path_problems(config, resolved()) == []
+
+
+def test_a_site_file_the_deploy_did_not_write_is_refused_and_never_shown():
+    config = config_of()
+    (problem,) = path_problems(config, resolved(), site_file_ours=False)
+    assert problem.startswith(f"paths: `devpi_caddy_site_file` = {config.caddy_site_file} exists and was not "
+                              "written by this deploy")
+    assert path_problems(config, resolved(), site_file_ours=True) == []
+    assert path_problems(config, resolved(), site_file_ours=None) == []  # missing: written
+    # the run is refused in the preflight, before the Caddy step could diff it
+    from pyinfra_devpi.errors import DeployError
+
+    host = FactsHost(tools_fact(), readiness(), site="alice's own notes: hunter2\n")
+    with pytest.raises(DeployError) as error:
+        run_ready(host, config)
+    assert "was not written by this deploy" in str(error.value) and "hunter2" not in str(error.value)
+    # and the Caddy operation itself neither diffs nor replaces it
+    from operations import caddy
+
+    prepared = PreparedHost(files={config.caddy_site_file: "alice's own notes: hunter2\n"})
+    with pytest.raises(DeployError):
+        run_op(caddy.site, prepared, diff=True, path=config.caddy_site_file, content="new\n", restart=None,
+               place=AGENT, pending_marker=config.paths.caddy_restart_pending)
+    assert prepared.logged == []
+    # devpi_caddy_adopt_site_file: replaced (a takeover of the Ansible role's block), still not shown
+    adopting = config_of(devpi_caddy_adopt_site_file=True)
+    assert path_problems(adopting, resolved(), site_file_ours=False) == []
+    commands = run_op(caddy.site, prepared, diff=True, path=config.caddy_site_file, content="new\n", restart=None,
+                      place=AGENT, pending_marker=config.paths.caddy_restart_pending, adopt=True)
+    assert any(isinstance(c, Upload) and c.content == "new\n" for c in commands)
+    assert not any("hunter2" in line for line in prepared.logged)
+    assert any("which this deploy did not write" in line for line in prepared.logged)
+
+
+@pytest.mark.parametrize("inside", ["venvs/b", "tools/b", "server-dir/b", "venv/b"])
+def test_a_backup_dir_that_lands_inside_what_the_deploy_prunes_is_refused(inside):
+    # written elsewhere, a link into ~/devpi/<inside> on the host
+    config = config_of(devpi_backup={"hour": 3, "minute": 0, "dir": "/Volumes/b"})
+    (problem,) = path_problems(config, resolved({"/Volumes/b": f"{HOME}/devpi/{inside}"}))
+    assert problem.startswith(f"paths: `devpi_backup` ['dir'] = /Volumes/b (on the host: {HOME}/devpi/{inside}) is ")
+    assert "use a directory of its own outside the deploy's" in problem
+
+
+def test_case_is_folded_where_the_file_system_folds_it():
+    config = config_of(devpi_backup={"hour": 3, "minute": 0, "dir": "~/devpi/SERVER-DIR"})
+    upper = f"{HOME}/devpi/SERVER-DIR"
+    (problem,) = path_problems(config, resolved(folds={upper}))
+    assert "`devpi_backup` ['dir'] = " in problem and "server dir" in problem
+    # a case-sensitive file system: another dir
+    assert path_problems(config, resolved()) == []
+    # the site file at ~/Devpi/secret on APFS is devpi's secret
+    site = config_of(devpi_caddy_site_file="~/Devpi/secret")
+    (problem,) = path_problems(site, resolved(folds={f"{HOME}/Devpi/secret"}))
+    assert "is the deploy's own secret file" in problem
+
+
+def test_case_folding_in_the_model():
+    from pyinfra_devpi.real_paths import Real, same, within
+
+    assert same(Real("/Users/a/Devpi", folds=True), Real("/Users/a/devpi"))
+    assert not same(Real("/Users/a/Devpi"), Real("/Users/a/devpi"))
+    assert within(Real("/Users/a/devpi/VENVS/x", folds=True), Real("/Users/a/devpi/venvs", folds=True))
+    assert not within(Real("/Users/a/devpi/venvs-old"), Real("/Users/a/devpi/venvs"))
+    assert within(Real("/x"), Real("/"))
+
+
+@pytest.mark.parametrize(("real", "why"), [(HOME, "is the SSH user's home"), ("/Users", "holds the SSH user's home"),
+                                           ("/", "holds the SSH user's home")])
+def test_a_devpi_home_that_lands_on_the_users_home_is_refused(real, why):
+    config = config_of(devpi_home="~/dv")
+    (problem,) = path_problems(config, resolved({f"{HOME}/dv": real}))
+    assert problem.startswith(f"paths: `devpi_home` = {HOME}/dv (on the host: {real}) {why}")
+    assert "use a directory of its own, such as '~/devpi'" in problem
+    # the home itself, spelled in another case on APFS
+    (problem,) = path_problems(config, resolved({f"{HOME}/dv": HOME.upper()}, folds={HOME.upper()}))
+    assert "is the SSH user's home" in problem
+
+
+def test_logs_and_plists_that_land_on_the_deploys_files_are_refused():
+    # ~/Library/Logs -> ~/devpi (a symlink made by hand): the err log would be the secret
+    config = config_of(devpi_err_log="secret")
+    (problem,) = path_problems(config, resolved({f"{HOME}/Library/Logs/secret": f"{HOME}/devpi/secret"}))
+    assert problem.startswith("paths: `devpi_log_dir` / `devpi_err_log` = ")
+    assert "is the deploy's own secret file" in problem
+    config = config_of()
+    plist = config.paths.plist_file
+    (problem,) = path_problems(config, resolved({plist: f"{HOME}/devpi/venvs/net.devpi.plist"}))
+    assert "`devpi_launch_agents_dir` / `devpi_label` = " in problem and "inside the deploy's venvs" in problem
+
+
+def test_the_real_paths_fact_follows_links_on_the_way_and_at_the_end(tmp_path):
+    from facts.files import RealPaths
+
+    (tmp_path / "devpi").mkdir()
+    (tmp_path / "devpi" / "devpi-server.yml").write_text("x")
+    (tmp_path / "sites").symlink_to(tmp_path / "devpi")
+    (tmp_path / "link-file").symlink_to("devpi/devpi-server.yml")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    odd = tmp_path / "a b $(touch pwned)"
+    paths = (str(tmp_path / "sites" / "devpi-server.yml"), str(tmp_path / "sites" / "missing" / "x.caddy"),
+             str(tmp_path / "link-file"), str(tmp_path / "nowhere" / "x"), str(odd / "y"), str(tmp_path / "loop"))
+    for shell in SHELLS:
+        found = run_fact(RealPaths, shell, {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "sites")}, tmp_path,
+                         paths=paths)
+        real = {p: v["real"] for p, v in found["paths"].items()}
+        assert real[paths[0]] == str(tmp_path / "devpi" / "devpi-server.yml")
+        assert real[paths[1]] == str(tmp_path / "devpi" / "missing" / "x.caddy")
+        assert real[paths[2]] == str(tmp_path / "devpi" / "devpi-server.yml")
+        assert real[paths[3]] == paths[3] and real[paths[4]] == paths[4]
+        assert paths[5] in real  # a loop of links ends
+        assert found["home"] == {"real": str(tmp_path / "devpi"), "folds": False}
+        assert not any(v["folds"] for v in found["paths"].values())  # Linux: case-sensitive
+    assert not (tmp_path / "pwned").exists()

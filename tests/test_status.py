@@ -135,6 +135,22 @@ def test_the_table_names_the_verdict_and_every_problem():
     assert "problem   x is not loaded (stopped)" in table and "warning   w" in table
 
 
+def test_the_table_prints_no_terminal_escape_from_logs_or_the_backup_record():
+    escape = "\x1b]0;pwned\x07\x1b[2J\x9b31m"
+    report = {
+        "healthy": False, "problems": [f"backup failed: {escape}"], "warnings": [],
+        "sections": {
+            "backups": {"configured": True, "count": 1, "dir": "/b", "kib": 1, "last_failure": None,
+                        "last_success": {"name": f"devpi-backup-{escape}"}},
+            "logs": {"err_log": {"path": "/l/err.log", "size": 9, "last_lines": [f"Traceback {escape}"]}},
+        },
+    }
+    table = status.format_table("indri", report)
+    assert not any(c in table for c in "\x1b\x07\x9b")
+    assert "Traceback \\x1b]0;pwned\\x07\\x1b[2J\\x9b31m" in table
+    assert "last good devpi-backup-\\x1b]0;pwned" in table
+
+
 def test_no_gnu_only_forms_in_the_status_commands():
     from .prepared import gnu_only_forms
 

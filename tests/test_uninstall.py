@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from operations import uninstall
+from pyinfra_devpi import real_paths
 from pyinfra_devpi.config import build_config
 from pyinfra_devpi.launchd_scope import JobPlace
 from pyinfra_devpi.render import render_caddy_removed, render_caddy_site
@@ -141,7 +142,77 @@ def test_the_report_names_what_is_kept_or_removed(config):
         "/Users/alice/devpi/server-dir (dir, 4.0 MiB)" in kept
     assert "  stderr log: /Users/alice/Library/Logs/net.devpi.err.log (file, 3 KiB)" in kept
     purge = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_uninstall_purge": True}, "/Users/alice")
-    assert describe_leftovers(purge, found)[0] == "devpi_uninstall_purge is set: removes:"
+    plan = real_paths.purge_plan(purge, found, None, [])
+    assert describe_leftovers(purge, found, plan)[0] == "devpi_uninstall_purge is set: removes:"
+
+
+# --------------------------------------------------------------------------- the purge, as the host resolves paths
+
+PURGE = {"devpi_outside_url": "https://pypi.example.org", "devpi_uninstall_purge": True}
+
+
+def purge_op(host, config, kept=()):
+    return run_op(uninstall.purge, host, config=config, kept=kept)
+
+
+def test_a_purge_of_a_devpi_home_that_is_a_link_to_the_users_home_is_refused_before_any_change():
+    from pyinfra_devpi.errors import DeployError
+
+    config = build_config({**PURGE, "devpi_home": "/Users/alice/dv"}, "/Users/alice")
+    host = installed(config)
+    # ~/dv -> ~: its tools, venvs, bin are the user's own
+    host.real = {config.paths.home: "/Users/alice",
+                 **{p: p.replace("/Users/alice/dv", "/Users/alice") for _, p in config.paths.removable(4)}}
+    with pytest.raises(DeployError) as error:
+        purge_op(host, config)
+    message = str(error.value)
+    assert "the purge is refused, nothing was changed" in message
+    assert "`devpi_home` = /Users/alice/dv (on the host: /Users/alice) is the SSH user's home" in message
+    assert "use a directory of its own, such as '~/devpi'" in message
+    # a home holding the user's home (e.g. /Users) too
+    host.real = {config.paths.home: "/Users"}
+    with pytest.raises(DeployError):
+        purge_op(host, config)
+
+
+def test_the_purge_follows_no_link_out_of_devpi_home(config):
+    config = build_config(PURGE, "/Users/alice")
+    host = installed(config)
+    # ~/devpi/bin is a link to the user's ~/bin: the backup program's path leads out of devpi_home
+    host.real = {config.paths.bin_dir: "/Users/alice/bin", config.paths.backup_program: "/Users/alice/bin/devpi-backup.py"}
+    removed = [c.removeprefix("rm -rf ") for c in shell_lines(purge_op(host, config)) if c.startswith("rm -rf ")]
+    assert config.paths.backup_program not in removed
+    assert config.paths.server_dir in removed and config.paths.tools_dir in removed
+    remove, keep = uninstall_plan(host, config)
+    ((what, path, why),) = keep
+    assert path == config.paths.backup_program
+    assert "leads out of devpi_home (to /Users/alice/bin): the purge follows no link out of it" in why
+
+
+def uninstall_plan(host, config, kept=()):
+    from .prepared import in_context
+
+    return in_context(host, uninstall.purge_plan, config, kept)
+
+
+def test_what_the_purge_says_it_keeps_it_keeps():
+    # Backups in ~/devpi/tools (a host deployed before the preflight refused that): the
+    # tools dir holds them, so the purge keeps it, and says so in the same list.
+    config = build_config({**PURGE, "devpi_backup": {"hour": 3, "minute": 0, "dir": "/Volumes/b"}}, "/Users/alice")
+    host = installed(config)
+    host.real = {"/Volumes/b": f"{config.paths.tools_dir}/backups"}
+    kept = (("backups", config.backup_dir),)
+    removed = [c.removeprefix("rm -rf ") for c in shell_lines(purge_op(host, config, kept)) if c.startswith("rm -rf ")]
+    assert config.paths.tools_dir not in removed and config.paths.venvs_dir in removed
+    plan = uninstall_plan(host, config, kept)
+    lines = describe_leftovers(config, host.paths, plan)
+    assert f"  tools (uv the deploy bootstrapped): {config.paths.tools_dir} (kept: it holds the backups " \
+        f"(/Volumes/b), which the uninstall keeps)" in lines
+    assert not any(config.paths.tools_dir in line for line in lines[:lines.index("and keeps:")])
+    # the deploy passes what its steps keep to both
+    from deploys import _uninstall as deploy
+
+    assert deploy.kept_by_steps(config) == (("backups", "/Volumes/b"),)
 
 
 def test_the_backup_job_goes_and_its_backups_stay_even_with_the_purge():
@@ -176,3 +247,20 @@ def test_a_launchdaemon_is_booted_out_and_removed_through_sudo(config):
     # As root, no sudo.
     root = JobPlace(scope="daemon", agent_domain="gui/0", uid=0, user="root", group="wheel")
     assert not any("sudo" in c for c in shell_lines(job_op(host, config, place=root)))
+
+
+def test_a_site_file_that_lands_on_the_deploys_config_is_left_alone_by_the_uninstall():
+    # ~/sites -> ~/devpi: the "site file" is devpi-server.yml (which carries the marker too)
+    config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_caddy_restart": "net.caddy",
+                           "devpi_caddy_site_file": "/Users/alice/sites/devpi-server.yml"}, "/Users/alice")
+    host = installed(config)
+    host.files[config.caddy_site_file] = "# Managed by pyinfra-devpi: changes made here are replaced\n"
+    host.real = {config.caddy_site_file: config.paths.config_file}
+    caddy = run_op(uninstall.caddy_block, host, config=config, place=PLACE, removed=render_caddy_removed(config))
+    assert caddy == []
+    assert host.noops == [f"no Caddy site block for devpi at {config.caddy_site_file}"]
+    # as written (no link on the way), the same file is the deploy's block: replaced
+    host = installed(config)
+    host.files[config.caddy_site_file] = "# Managed by pyinfra-devpi: changes made here are replaced\n"
+    assert any(isinstance(c, Upload) for c in run_op(uninstall.caddy_block, host, config=config, place=PLACE,
+                                                     removed=render_caddy_removed(config)))

@@ -276,6 +276,8 @@ def start_stack(
         "devpi_port": free_port(),
         "devpi_root_password": f"env:{ROOT_PASSWORD_ENV}",
         "devpi_caddy_site_file": stack.site_file,
+        # Caddy's placeholder site (written so Caddy starts) is not the deploy's file.
+        "devpi_caddy_adopt_site_file": True,
         "devpi_caddy_site_address": stack.caddy.url if caddy else f"http://{LOOPBACK}:{free_port()}",
         **({"devpi_caddy_restart": stack.caddy_label} if caddy else {}),
         # A Python the test machine has (the controller's): the default, "3.12", is a

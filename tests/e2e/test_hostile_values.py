@@ -18,6 +18,9 @@ pytestmark = pytest.mark.e2e
 # Shell syntax of every kind, quotes, a non-ASCII name, no slash (it is a file name
 # too): each "touch" would leave a "pwned-*" file wherever it ran.
 HOSTILE = "d $(touch pwned-a) `touch pwned-b` \"q' ; touch pwned-c; \U0001f986 %s"
+# devpi_home refuses '%' (and '#', '?': SQLite reads them in the database's URI), so the
+# home gets the value without it.
+HOSTILE_HOME = HOSTILE.replace("%", "pct")
 
 
 def pwned_files(base: Path) -> list[str]:
@@ -33,7 +36,7 @@ def hostile(sshd, launchd, upstream, tmp_path_factory):
     home = root / "home"
     with start_stack(
         sshd, launchd, upstream, root, "hostile", deploy=False, caddy=False,
-        devpi_home=home / value,
+        devpi_home=home / HOSTILE_HOME,
         devpi_log_dir=home / f"logs {value}",
         devpi_err_log=f"err {value}.log",
         devpi_throttle_interval=1,
@@ -72,7 +75,19 @@ def test_a_converge_with_these_paths_works(hostile):
     stack, value, pwned = hostile
     stack.deploy()
     stack.wait_healthy()
-    assert (stack.home / value / "server-dir" / ".nodeinfo").is_file()
+    assert (stack.home / HOSTILE_HOME / "server-dir" / ".nodeinfo").is_file()
     assert (stack.home / f"logs {value}" / f"err {value}.log").exists()
     assert stack.login("root", stack.password) == 200
     assert pwned_files(pwned) == []
+
+
+@pytest.mark.parametrize("name", ["dv#1", "dv?1", "dv%41"])
+def test_a_devpi_home_that_sqlite_would_read_as_a_uri_is_refused_and_nothing_is_left(hostile, name):
+    # devpi-init opened its database by URI: "~/dv#1" wrote the .sqlite to "~/dv".
+    stack, value, pwned = hostile
+    home = stack.home / name
+    result = stack.deploy(check=False, devpi_home=home)
+    assert result.returncode != 0
+    assert f"host data `devpi_home` = '{home}' is invalid" in result.output, result.describe()
+    assert "SQLite" in result.output and "write the database outside it" in result.output
+    assert not home.exists() and not (stack.home / "dv").exists()

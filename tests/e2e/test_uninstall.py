@@ -4,6 +4,7 @@ the purge removes exactly what it names."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -27,12 +28,84 @@ def _show_stack_logs(request, e2e_log_dirs):
         e2e_log_dirs.append(request.getfixturevalue("stack").root)
 
 
-def uninstall(stack: DeployedStack, *args: str, **overrides):
-    return stack.pyinfra("deploys/devpi_uninstall.py", *args, inventory=stack.write_inventory(**overrides))
+def uninstall(stack: DeployedStack, *args: str, check: bool = True, **overrides):
+    return stack.pyinfra("deploys/devpi_uninstall.py", *args, inventory=stack.write_inventory(**overrides),
+                         check=check)
 
 
 def uuid_of(stack: DeployedStack) -> str:
     return json.loads((stack.server_dir / ".nodeinfo").read_text())["uuid"]
+
+
+# --------------------------------------------------------------------------- paths that aim at others' files
+# (issue 22) Each run below is refused in the preflight (two remote commands): the host
+# stays as the shared converge left it.
+
+
+def test_a_site_file_through_a_symlinked_dir_onto_the_deploys_config_is_refused(stack):
+    sites = stack.root / "sites-link"
+    sites.symlink_to(stack.devpi_home)  # ~/sites -> ~/devpi
+    config = stack.devpi_home / "devpi-server.yml"
+    before = config.read_bytes()
+    try:
+        result = stack.deploy(check=False, devpi_caddy_site_file=sites / "devpi-server.yml")
+    finally:
+        sites.unlink()
+    assert result.returncode != 0
+    assert (f"paths: `devpi_caddy_site_file` = {sites}/devpi-server.yml (on the host: {config}) is the deploy's "
+            "own devpi-server config") in result.output, result.describe()
+    assert "nothing was changed" in result.output
+    assert config.read_bytes() == before
+    assert stack.api_ok()
+
+
+def test_a_site_file_of_the_users_is_never_shown_nor_replaced(stack):
+    notes = stack.home / "notes.caddy"
+    notes.write_text("# alice's own: the-password-is-swordfish\n")
+    notes.chmod(0o600)
+    try:
+        # (the stack's data adopts Caddy's placeholder site file; not this one)
+        dry = stack.deploy("--dry", "--diff", check=False, devpi_caddy_site_file=notes,
+                           devpi_caddy_adopt_site_file=False)
+        applied = stack.deploy(check=False, devpi_caddy_site_file=notes, devpi_caddy_adopt_site_file=False)
+        for result in (dry, applied):
+            assert result.returncode != 0
+            assert f"`devpi_caddy_site_file` = {notes} exists and was not written by this deploy" in result.output, \
+                result.describe()
+            assert "swordfish" not in result.output
+        assert notes.read_text() == "# alice's own: the-password-is-swordfish\n"
+    finally:
+        notes.unlink()
+
+
+def test_a_devpi_home_linked_to_the_users_home_is_refused_and_the_purge_removes_nothing_of_theirs(stack):
+    user_home = stack.sshd.home  # the SSH session's $HOME
+    mine = [user_home / "tools" / "alice-tool", user_home / "venvs" / "alice-venv" / "pyvenv.cfg",
+            user_home / "bin" / "devpi-backup.py"]
+    made = [d for d in (user_home / "tools", user_home / "venvs", user_home / "bin") if not d.exists()]
+    for path in mine:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("the user's own\n")
+    linked = stack.root / "linked-home"
+    linked.symlink_to(user_home)
+    mode = user_home.stat().st_mode
+    try:
+        converge = stack.deploy(check=False, devpi_home=linked)
+        purge = uninstall(stack, devpi_home=linked, devpi_uninstall_purge=True, check=False)
+        assert converge.returncode != 0 and purge.returncode != 0
+        for result in (converge, purge):
+            assert (f"`devpi_home` = {linked} (on the host: {user_home}) is the SSH user's home") in result.output, \
+                result.describe()
+        assert "the purge is refused, nothing was changed" in purge.output
+        assert all(path.read_text() == "the user's own\n" for path in mine)
+        assert user_home.stat().st_mode == mode  # not made 0700
+        assert stack.api_ok()  # nothing of the deployed devpi was touched either
+    finally:
+        linked.unlink()
+        for path in mine:
+            path.unlink()
+        for directory in made:
+            shutil.rmtree(directory)
 
 
 def test_uninstall_then_reinstall_keeps_the_data_and_the_server_uuid(stack):

@@ -206,6 +206,8 @@ def start_local_host(root: Path) -> LocalHost:
         "devpi_port": free_port(),
         "devpi_root_password": OP_REF,
         "devpi_caddy_site_file": host.site_file,
+        # Caddy's placeholder site (written so Caddy starts) is not the deploy's file.
+        "devpi_caddy_adopt_site_file": True,
         "devpi_caddy_site_address": host.caddy_url,
         "devpi_caddy_bin": CADDY_BIN,
         "devpi_caddy_restart": {"command": shlex.join(
