@@ -66,7 +66,8 @@ def run_program(tmp_path: Path, export: Path, *extra: str) -> subprocess.Complet
         "--serverdir", str(server_dir), "--serverversion-file", str(server_dir / ".serverversion"),
         "--dest", str(tmp_path / "backups"), "--keep", "2", "--status", str(tmp_path / "status.json"),
         "--server-version", "6.20.3",
-        "--names", layout.BACKUP_PREFIX, layout.BACKUP_MANIFEST, layout.BACKUP_EXPORT_DIR, layout.TRANSIENT_SUFFIX,
+        "--deploy-lock", str(tmp_path / "deploy.lock"), "--backup-lock", str(tmp_path / "backup.lock"),
+        "--names", *bk.NAMES,
         *extra,
     ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60)
@@ -100,36 +101,182 @@ def test_mirrored_files_are_asked_for(tmp_path):
     assert run_program(tmp_path, export, "--include-mirrored-files").returncode == 0
 
 
-def test_only_the_newest_good_backups_are_kept(tmp_path):
-    export = fake_export(tmp_path, WRITES)
+def forge(backups: Path, name: str, epoch: int | None = None) -> Path:
+    """A backup as the program completes it (export, manifest, marker), named ``name``."""
+    from pyinfra_devpi import backup_program as program
+
+    program.set_names(*bk.NAMES)
+    path = backups / name
+    (path / "export" / "alice").mkdir(parents=True)
+    (path / "export" / "dataindex.json").write_text('{"indexes": {}}')
+    (path / "export" / "alice" / "pkg-1.0.whl").write_bytes(b"wheel " + name.encode())
+    files = program.manifest_of(str(path / "export"))
+    epoch = epoch if epoch is not None else 1_600_000_000
+    manifest = {"name": name, "created": program.iso(epoch), "epoch": epoch, "files": files,
+                "file_count": len(files), "size": sum(f["size"] for f in files)}
+    program.write_json(str(path / layout.BACKUP_MANIFEST), manifest, 1)
+    program.write_json(str(path / layout.BACKUP_MARKER),
+                       {"name": name, "manifest_sha256": program.sha256_of(str(path / layout.BACKUP_MANIFEST))}, 1)
+    return path
+
+
+def plant(backups: Path, name: str) -> Path:
+    """What another user plants: a backup-named dir with a manifest.json."""
+    (backups / name).mkdir()
+    (backups / name / "manifest.json").write_text('{"files": []}')
+    return backups / name
+
+
+def status_of(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "status.json").read_text())
+
+
+PLANTED = ("devpi-backup-29990101T000000Z", "devpi-backup-29990102T000000Z")
+
+
+def test_planted_backups_in_a_shared_dir_never_cost_a_real_backup(tmp_path):
+    """Issue 22 item 1: another user who can write the backup dir plants newer-named
+    dirs; the program used to prune every real backup right after writing it."""
     backups = tmp_path / "backups"
     backups.mkdir()
-    for old in ("devpi-backup-20200101T000000Z", "devpi-backup-20210101T000000Z"):
-        (backups / old).mkdir()
-        (backups / old / "manifest.json").write_text("{}")
-    # not ours, or not finished: never pruned
-    (backups / "devpi-backup-20190101T000000Z").mkdir()  # no manifest
+    real = forge(backups, "devpi-backup-20200101T000000Z").name
+    for name in PLANTED:
+        plant(backups, name)
+    backups.chmod(0o777)
+    result = run_program(tmp_path, fake_export(tmp_path, WRITES))
+    assert result.returncode == 77, result.stdout
+    assert listing(tmp_path) == sorted([real, *PLANTED])  # nothing written, nothing removed
+    failure = status_of(tmp_path)["last_failure"]
+    assert f"{backups} is writable by group and others (mode 0777)" in failure["refused"]
+    assert "nothing was backed up or removed" in failure["log_tail"][-1]
+    assert f"{backups} is writable by group and others" in result.stdout  # the job's log
+    # the Backups fact: nothing there counts, and the status calls it a problem
+    found = run_fact(Backups, status_file=str(tmp_path / "status.json"), directory=str(backups),
+                     python=sys.executable)
+    assert found["count"] == 0 and found["newest"] is None
+    assert "writable by group and others" in found["dir_problem"]
+    assert {u["name"] for u in found["unverified"]} == {real, *PLANTED}
+    assert bk.problems(found, str(backups)) and "chmod go-w" in bk.problems(found, str(backups))[0]
+
+
+def test_planted_dirs_are_reported_and_never_pruned_and_one_backup_is_replaced_per_run(tmp_path):
+    backups = tmp_path / "backups"
+    backups.mkdir(mode=0o700)
+    ours = [forge(backups, f"devpi-backup-20{y}0101T000000Z").name for y in (19, 20, 21)]
+    for name in PLANTED:
+        plant(backups, name)
     (backups / "notes").mkdir()
-    assert run_program(tmp_path, export).returncode == 0
-    names = listing(tmp_path)
-    assert "devpi-backup-20200101T000000Z" not in names
-    assert "devpi-backup-20210101T000000Z" in names and "notes" in names
-    assert "devpi-backup-20190101T000000Z" in names
-    assert len(names) == 4  # the new one, the newest old one, and the two that are not good backups
+    result = run_program(tmp_path, fake_export(tmp_path, WRITES))  # keep=2
+    assert result.returncode == 0, result.stdout
+    status = status_of(tmp_path)
+    new = status["last_success"]["name"]
+    # one new backup, so at most one old one goes: the oldest verified
+    assert status["last_success"]["pruned"] == [ours[0]]
+    assert listing(tmp_path) == sorted([*ours[1:], new, *PLANTED, "notes"])
+    assert {u["name"]: u["reason"] for u in status["unverified"]} == {
+        name: f"{backups / name} has no {layout.BACKUP_MARKER}: not completed by this backup program" for name in PLANTED}
+    assert "cannot vouch for" in result.stdout
+    # the program's own backup is one it vouches for; the next run replaces one more
+    found = run_fact(Backups, status_file=str(tmp_path / "status.json"), directory=str(backups),
+                     python=sys.executable)
+    assert found["names"] == [*ours[1:], new] and found["newest"] == new and found["dir_problem"] is None
+    assert any("devpi-backup-29990101T000000Z in the backup dir is not counted" in w
+               for w in bk.warnings(found, str(backups)))
 
 
-def test_a_failed_export_keeps_older_backups_and_records_the_failure(tmp_path):
-    good = fake_export(tmp_path, WRITES)
-    assert run_program(tmp_path, good).returncode == 0
-    (kept,) = listing(tmp_path)
-    failing = fake_export(tmp_path, WRITES + "print('OSError: [Errno 28] No space left on device')\nsys.exit(3)\n")
-    result = run_program(tmp_path, failing)
-    assert result.returncode == 3
-    assert listing(tmp_path) == [kept]  # and its temporary dir is gone
-    status = json.loads((tmp_path / "status.json").read_text())
-    assert status["last_success"]["name"] == kept
-    failure = status["last_failure"]
-    assert failure["exit_code"] == 3 and failure["log_tail"][-1].endswith("No space left on device")
+def untrust_symlink(path: Path):
+    (path / "export" / "alice" / "pkg-1.0.whl").unlink()
+    (path / "export" / "alice" / "pkg-1.0.whl").symlink_to(path / "export" / "dataindex.json")
+    return "export/alice/pkg-1.0.whl is a symlink"
+
+
+def untrust_fifo(path: Path):
+    os.mkfifo(path / "export" / "pipe")
+    return "export/pipe is a FIFO"
+
+
+def untrust_group_writable_file(path: Path):
+    (path / "export" / "dataindex.json").chmod(0o664)
+    return "export/dataindex.json is writable by group (mode 0664)"
+
+
+def untrust_world_writable_dir(path: Path):
+    (path / "export" / "alice").chmod(0o777)
+    return "export/alice is writable by group and others (mode 0777)"
+
+
+def untrust_unlisted_file(path: Path):
+    (path / "export" / "alice" / "extra.whl").write_bytes(b"x")
+    return "export/alice/extra.whl is not in the manifest"
+
+
+def untrust_missing_file(path: Path):
+    (path / "export" / "alice" / "pkg-1.0.whl").unlink()
+    return "export/alice/pkg-1.0.whl is missing"
+
+
+def untrust_renamed_copy(path: Path):
+    # a copy of another backup, put under this name: its marker names the original
+    marker = json.loads((path / layout.BACKUP_MARKER).read_text())
+    (path / layout.BACKUP_MARKER).write_text(json.dumps({**marker, "name": "devpi-backup-19990101T000000Z"}))
+    return f"{layout.BACKUP_MARKER} does not name this backup"
+
+
+def untrust_edited_manifest(path: Path):
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"][0]["sha256"] = "0" * 64
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return "manifest.json is not the manifest this backup program wrote"
+
+
+@pytest.mark.parametrize("untrust", [untrust_symlink, untrust_fifo, untrust_group_writable_file,
+                                     untrust_world_writable_dir, untrust_unlisted_file, untrust_missing_file,
+                                     untrust_renamed_copy, untrust_edited_manifest])
+def test_a_backup_the_program_cannot_vouch_for_is_reported_and_kept(tmp_path, untrust):
+    backups = tmp_path / "backups"
+    backups.mkdir(mode=0o700)
+    odd = forge(backups, "devpi-backup-20190101T000000Z")
+    says = untrust(odd)
+    kept = [forge(backups, f"devpi-backup-20{y}0101T000000Z").name for y in (20, 21)]
+    result = run_program(tmp_path, fake_export(tmp_path, WRITES))
+    assert result.returncode == 0, result.stdout
+    status = status_of(tmp_path)
+    # the oldest it vouches for goes, never the odd one
+    assert status["last_success"]["pruned"] == [kept[0]]
+    assert odd.name in listing(tmp_path)
+    (reported,) = status["unverified"]
+    assert reported["name"] == odd.name and says in reported["reason"] and str(odd) in reported["reason"]
+
+
+def test_ownership_is_compared_with_the_user_the_backups_run_as(tmp_path):
+    from pyinfra_devpi import backup_program as program
+
+    program.set_names(*bk.NAMES)
+    backups = tmp_path / "backups"
+    backups.mkdir(mode=0o700)
+    path = forge(backups, "devpi-backup-20200101T000000Z")
+    me, other = os.getuid(), os.getuid() + 1
+    assert program.vouch(str(path), me)[1] is None
+    assert program.vouch(str(path), other)[1] == f"{path} is owned by uid {me}, not by uid {other} (the user the backups run as)"
+    assert program.dir_problem(str(backups), other).startswith(f"{backups} is owned by uid {me}")
+    found = program.survey(str(backups), other)
+    assert found["backups"] == [] and found["problem"] and found["unverified"][0]["name"] == path.name
+    # a backup dir that is a symlink is judged by what it points at
+    (tmp_path / "link").symlink_to(backups)
+    assert program.dir_problem(str(tmp_path / "link"), me) is None
+
+
+def test_a_killed_runs_leftover_holding_a_symlink_is_reported_not_removed(tmp_path):
+    backups = tmp_path / "backups"
+    backups.mkdir(mode=0o700)
+    gone = 2**22 + 12345
+    odd = backups / f".devpi-backup-20200101T000000Z-{gone}.pyinfra-new"
+    odd.mkdir()
+    (odd / "elsewhere").symlink_to(tmp_path)
+    assert run_program(tmp_path, fake_export(tmp_path, WRITES)).returncode == 0
+    assert odd.exists() and (tmp_path / "server-dir").exists()
+    (reported,) = status_of(tmp_path)["unverified"]
+    assert reported["name"] == odd.name and "is a symlink" in reported["reason"]
 
 
 def test_a_killed_runs_temporary_dir_is_removed_but_a_live_ones_is_not(tmp_path):
@@ -159,13 +306,68 @@ def run_fact(fact_cls, shell="/bin/sh", **kwargs):
 def test_backups_fact(tmp_path, shell):
     backups = tmp_path / "back ups"
     status = tmp_path / "status.json"
-    empty = run_fact(Backups, shell, status_file=str(status), directory=str(backups))
-    assert (empty["count"], empty["last_success"], empty["last_failure"]) == (0, None, None)
+    args = dict(status_file=str(status), directory=str(backups), python=sys.executable)
+    empty = run_fact(Backups, shell, **args)
+    assert (empty["count"], empty["backups"], empty["last_success"], empty["last_failure"]) == (0, [], None, None)
     assert run_program(tmp_path, fake_export(tmp_path, WRITES), "--dest", str(backups)).returncode == 0
     (backups / ".devpi-backup-20200101T000000Z-1.pyinfra-new").mkdir()  # not counted
-    found = run_fact(Backups, shell, status_file=str(status), directory=str(backups))
+    found = run_fact(Backups, shell, **args)
     assert found["count"] == 1 and found["newest"] == found["last_success"]["name"]
-    assert abs(found["now"] - found["last_success"]["epoch"]) < 60
+    (newest,) = found["backups"]
+    assert newest["files"] == 2 and abs(found["now"] - newest["epoch"]) < 60
+    # no venv yet: the dir is not looked at, and nothing is said about it
+    unknown = run_fact(Backups, shell, **{**args, "python": str(tmp_path / "no-venv/bin/python")})
+    assert unknown["backups"] is None and unknown["count"] == 0 and bk.warnings(unknown, "/b") == []
+
+
+def test_the_backups_counted_are_those_in_the_dir_not_the_last_recorded_success(tmp_path):
+    """Issue 22 item 7: after devpi_backup's dir moved, the old dir's backup was named as
+    the last good one; a backup removed from the dir was still counted."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    assert run_program(tmp_path, fake_export(tmp_path, WRITES), "--dest", str(old)).returncode == 0
+    recorded = status_of(tmp_path)["last_success"]["name"]
+    new.mkdir(mode=0o700)
+    found = run_fact(Backups, status_file=str(tmp_path / "status.json"), directory=str(new), python=sys.executable)
+    assert found["count"] == 0 and found["newest"] is None
+    message = bk.staleness(found, str(new))
+    assert message.startswith(f"no verified backup of devpi in {new}")
+    assert f"the last recorded success, {recorded}" in message and "is not a verified backup" in message
+    # and in the status: counted 0, the old dir's backup not named as the newest
+    from deploys import _status as status
+
+    data = {**BASE, "devpi_backup": {"hour": 3, "minute": 17, "keep": 2, "dir": str(new)}}
+    probe = build_config(data, status.PROBE_HOME)
+    backups_read, usage_read = status._backups(probe)
+    report = status.backups_report(status.Found(build_config(data, HOME), DOMAIN,
+                                                {backups_read: found, usage_read: None}, {}), probe)
+    assert report.fields["count"] == 0 and report.fields["newest"] is None
+    assert any(w.startswith("no verified backup") for w in report.warnings)
+    row = dict(status.summary_lines({"backups": report.fields}))["backups"]
+    assert row.startswith(f"0 verified in {new}") and "newest none" in row and recorded not in row
+
+
+def test_stale_backups_are_warned_about():
+    now = 1_800_000_000
+
+    def found(epoch=None, **records):
+        backups = [{"name": "devpi-backup-b", "epoch": epoch, "created": "t"}] if epoch else []
+        return {"now": now, "backups": backups, "last_success": None, "last_failure": None, "last_skipped": None,
+                **records}
+
+    assert bk.staleness(found(now - 3600), "/b") is None
+    assert bk.staleness(found(), "/b") is None  # never ran
+    assert bk.staleness(None, "/b") is None
+    old = bk.staleness(found(now - 49 * 3600), "/b")
+    assert "newest verified backup of devpi is 2 d 1 h old (devpi-backup-b" in old
+    assert "twice the daily schedule" in old
+    failure = {"time": "t", "epoch": now - 100, "exit_code": 74, "log_tail": ["a", "No space left on device"]}
+    message = bk.staleness(found(last_failure=failure), "/b")
+    assert "no verified backup of devpi in /b" in message and "exit 74" in message and "No space" in message
+    skipped = {"time": "t2", "epoch": now - 50, "reason": "a deploy holds /l"}
+    assert "the backup at t2 was skipped: a deploy holds /l" in bk.staleness(found(now - 72 * 3600,
+                                                                                   last_skipped=skipped), "/b")
+    # a failure older than the newest verified backup is old news
+    assert bk.staleness(found(now - 3600, last_failure={**failure, "epoch": now - 7200}), "/b") is None
 
 
 def test_backup_source_fact(tmp_path):
@@ -175,19 +377,6 @@ def test_backup_source_fact(tmp_path):
     found = run_fact(BackupSource, path=str(tmp_path / "backups" / name))
     assert found["has_manifest"] and found["has_dataindex"]
     assert found["name"] == name and found["file_count"] == 2 and found["serverversion"] == "4"
-
-
-def test_stale_backups_are_warned_about():
-    now = 1_800_000_000
-    fresh = {"now": now, "last_success": {"epoch": now - 3600, "name": "b", "time": "t"}, "last_failure": None}
-    assert bk.staleness(fresh, "/b") is None
-    assert bk.staleness({"now": now, "last_success": None, "last_failure": None}, "/b") is None  # never ran
-    old = {**fresh, "last_success": {"epoch": now - 49 * 3600, "name": "b", "time": "t"}}
-    assert "2 d 1 h old" in bk.staleness(old, "/b") and "twice the daily schedule" in bk.staleness(old, "/b")
-    failing = {"now": now, "last_success": None,
-               "last_failure": {"time": "t", "exit_code": 74, "log_tail": ["a", "No space left on device"]}}
-    message = bk.staleness(failing, "/b")
-    assert "no backup of devpi has succeeded yet" in message and "exit 74" in message and "No space" in message
 
 
 # --------------------------------------------------------------------------- the job
@@ -285,11 +474,11 @@ def test_restore_steps(config):
     host = PreparedHost(sources={path: {"path": path, "has_manifest": True, "has_dataindex": True}})
     steps = run_op(restore.server_dir, host, config=config, backup=path, domain=DOMAIN, job={"loaded": True})
     firsts = [step.splitlines()[0] for step in steps]
-    assert [f.split(" ")[1] for f in firsts] == ["verify", "devpi-import", "devpi-fsck", "trial:", "stop"]
+    assert [f.split(" ")[1] for f in firsts] == ["wait", "verify", "devpi-import", "devpi-fsck", "trial:", "stop"]
     swap = steps[-1]
     assert swap.index("launchctl bootout") < swap.index("import ctypes") < swap.index("launchctl bootstrap")
     assert f'{HOME}/devpi/server-dir.before-restore-"$stamp"' in swap
-    assert "--serverdir \"$new\"" in steps[1] and "rm -rf \"$new\"" in steps[1]
+    assert "--serverdir \"$new\"" in steps[2] and "rm -rf \"$new\"" in steps[2]
     # the live server dir is never removed
     for step in steps:
         assert f"rm -rf {HOME}/devpi/server-dir " not in step + " "
