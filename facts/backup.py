@@ -5,8 +5,10 @@ backups the backup dir really holds, as the backup program itself vouches for th
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
+import zlib
 
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
@@ -14,6 +16,15 @@ from pyinfra.api.exceptions import FactProcessError
 from facts._output import key_values, print_block, script, split_blocks
 from pyinfra_devpi import backup as bk
 from pyinfra_devpi.layout import BACKUP_EXPORT_DIR, BACKUP_MANIFEST, DATAINDEX
+
+
+# The backup program's text, compressed (the fact's command rides in the batch's one
+# shell command, whose length the host limits), run by ``python -c``.
+_PROGRAM = (
+    "import base64, zlib; exec(compile(zlib.decompress(base64.b64decode('"
+    + base64.b64encode(zlib.compress(bk.program_text().encode(), 9)).decode()
+    + "')), 'devpi-backup.py', 'exec'))"
+)
 
 
 class Backups(FactBase):
@@ -45,7 +56,7 @@ class Backups(FactBase):
             f"s={shlex.quote(status_file)}; d={shlex.quote(directory)}; py={shlex.quote(python)}",
             'echo "now=$(date +%s)"',
             print_block('"$s"', "status"),
-            'if [ -x "$py" ]; then "$py" -I -c ' + shlex.quote(bk.program_text()) + ' --list --dest "$d" --names '
+            'if [ -x "$py" ]; then "$py" -I -c ' + shlex.quote(_PROGRAM) + ' --list --dest "$d" --names '
             + " ".join(shlex.quote(n) for n in bk.NAMES) + "; else echo list=unavailable; fi",
         ])
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import plistlib
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -21,10 +23,12 @@ from pyinfra_devpi import backup as bk
 from pyinfra_devpi import layout
 from pyinfra_devpi.config import build_config
 from pyinfra_devpi.errors import ConfigError
+from pyinfra_devpi.layout import LockPaths
 from pyinfra_devpi.render import render_backup_plist
 from deploys._restore import backup_path
 
 from .prepared import SHELLS, PreparedHost, gnu_only_forms, run_op, shell_lines
+from .test_deploy_lock import dead_pid, hold, lstart, state
 from .test_operations import launchctl_verbs
 
 HOME = "/Users/alice"
@@ -57,7 +61,7 @@ print("dumped index alice/dev")
 """
 
 
-def run_program(tmp_path: Path, export: Path, *extra: str) -> subprocess.CompletedProcess:
+def program_argv(tmp_path: Path, export: Path, *extra: str) -> list[str]:
     server_dir = tmp_path / "server-dir"
     server_dir.mkdir(exist_ok=True)
     (server_dir / ".serverversion").write_text("4\n")
@@ -70,7 +74,18 @@ def run_program(tmp_path: Path, export: Path, *extra: str) -> subprocess.Complet
         "--names", *bk.NAMES,
         *extra,
     ]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    return argv
+
+
+def run_program(tmp_path: Path, export: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(program_argv(tmp_path, export, *extra), capture_output=True, text=True, timeout=60)
+
+
+def wait_for(condition, what: str, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def listing(tmp_path: Path) -> list[str]:
@@ -289,6 +304,139 @@ def test_a_killed_runs_temporary_dir_is_removed_but_a_live_ones_is_not(tmp_path)
     live.mkdir()
     assert run_program(tmp_path, fake_export(tmp_path, WRITES)).returncode == 0
     assert not dead.exists() and live.exists()
+
+
+# --------------------------------------------------------------------------- the locks
+# Issue 23 item 3: a scheduled backup and a restore or database upgrade exclude each
+# other. The backup waits (then skips) while a deploy holds the deploy lock; a restore
+# and an upgrade (both under the deploy lock) wait for the backup's own lock.
+
+
+def lock_paths(tmp_path: Path) -> LockPaths:
+    return LockPaths(str(tmp_path))  # run_program's --deploy-lock is <tmp_path>/.pyinfra-deploy.lock
+
+
+def test_a_backup_skips_while_a_deploy_holds_its_lock_and_says_so(tmp_path):
+    paths = lock_paths(tmp_path)
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        hold(paths, run_id="restore-run", pid=holder.pid)
+        result = run_program(tmp_path, fake_export(tmp_path, WRITES), "--deploy-lock", paths.lock, "--lock-wait", "0")
+        assert result.returncode == 75, result.stdout
+        skipped = status_of(tmp_path)["last_skipped"]
+        assert skipped["reason"].startswith(f"a deploy holds {paths.lock} (run restore-run by someone@elsewhere")
+        assert "for longer than 0s" in skipped["reason"] and "SKIPPED" in result.stdout
+        assert not (tmp_path / "backups").exists() and not (tmp_path / "backup.lock").exists()
+        # the status says so
+        found = run_fact(Backups, status_file=str(tmp_path / "status.json"), directory=str(tmp_path / "backups"),
+                         python=sys.executable)
+        assert "was skipped: a deploy holds" in bk.staleness(found, "/b")
+    finally:
+        holder.kill()
+        holder.wait()
+    # its process is gone: the lock is stale, and the backup does not wait for it
+    result = run_program(tmp_path, fake_export(tmp_path, WRITES), "--deploy-lock", paths.lock, "--lock-wait", "0")
+    assert result.returncode == 0, result.stdout
+    assert "waited_for" not in status_of(tmp_path)["last_success"]
+
+
+def test_a_backup_waits_for_the_deploy_to_finish_and_records_the_wait(tmp_path):
+    paths = lock_paths(tmp_path)
+    hold(paths, run_id="upgrade-run")  # this test's process: live
+    export = fake_export(tmp_path, WRITES)
+    out = tmp_path / "program.out"
+    with out.open("w") as fh:
+        proc = subprocess.Popen(program_argv(tmp_path, export, "--deploy-lock", paths.lock, "--lock-wait", "120"),
+                                stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "waiting up to 120s: a deploy holds" in out.read_text(), "the backup to wait")
+        assert not (tmp_path / "backups").exists()  # nothing exported while the deploy holds the lock
+        shutil.rmtree(paths.lock)  # the deploy ends
+        assert proc.wait(timeout=60) == 0, out.read_text()
+    finally:
+        proc.kill()
+    success = status_of(tmp_path)["last_success"]
+    assert success["waited_for"].startswith(f"a deploy holds {paths.lock} (run upgrade-run")
+    assert success["waited_seconds"] > 0
+    assert len(listing(tmp_path)) == 1
+
+
+def test_a_second_backup_skips_while_one_runs(tmp_path):
+    backup_lock = tmp_path / "backup.lock"
+    backup_lock.mkdir()
+    (backup_lock / "owner").write_text(f"run=backup-1\npid={os.getpid()}\nstarted={lstart(os.getpid())}\n"
+                                       f"host={os.uname().nodename}\nsince=then\nby=the backup job\n")
+    result = run_program(tmp_path, fake_export(tmp_path, WRITES))
+    assert result.returncode == 75
+    assert status_of(tmp_path)["last_skipped"]["reason"].startswith(f"another backup holds {backup_lock}")
+    assert backup_lock.exists()  # not ours to remove
+    # a stale one (its process gone) is taken over
+    (backup_lock / "owner").write_text(f"run=backup-1\npid={dead_pid()}\nstarted=x\nhost={os.uname().nodename}\n")
+    assert run_program(tmp_path, fake_export(tmp_path, WRITES)).returncode == 0
+    assert not backup_lock.exists()
+
+
+BLOCKS = WRITES + """
+import time
+while not os.path.exists(os.path.join(os.path.dirname(sys.argv[0]), "go")):
+    time.sleep(0.05)
+"""
+
+
+def test_a_restore_or_upgrade_waits_for_a_running_backup(tmp_path):
+    """``backup.wait_for_backup``: the command a restore and an upgrade run first."""
+    home = tmp_path / "devpi home"
+    home.mkdir()
+    config = build_config({**BASE, "devpi_home": str(home), "devpi_lock_wait": 1}, HOME)
+    export = fake_export(tmp_path, BLOCKS)
+    out = tmp_path / "program.out"
+    with out.open("w") as fh:
+        proc = subprocess.Popen(program_argv(tmp_path, export, "--backup-lock", config.paths.backup_lock),
+                                stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: os.path.exists(config.paths.backup_lock_owner) and "running" in out.read_text(),
+                 "the backup to start")
+        # the restore gives up after devpi_lock_wait, having changed nothing
+        script = bk.wait_for_backup(config)
+        assert gnu_only_forms(script) == []
+        gave_up = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60)
+        assert gave_up.returncode == 75
+        assert f"a scheduled backup (process {proc.pid}, since " in gave_up.stderr
+        assert f"still holds {config.paths.backup_lock} after 1s; nothing was changed" in gave_up.stderr
+        # with time to wait, it returns once the backup has finished
+        patient = bk.wait_for_backup(build_config({**BASE, "devpi_home": str(home), "devpi_lock_wait": 120}, HOME))
+        waiter = subprocess.Popen(["/bin/sh", "-c", patient], stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: waiter.poll() is None and proc.poll() is None, "both to run")
+        (tmp_path / "go").touch()
+        assert waiter.wait(timeout=60) == 0
+        assert "waiting for the scheduled backup" in waiter.stderr.read()
+        assert "last_success" in status_of(tmp_path)  # finished before the restore goes on
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    # no backup, or a stale lock: no wait
+    assert subprocess.run(["/bin/sh", "-c", script], timeout=10).returncode == 0
+    Path(config.paths.backup_lock).mkdir()
+    Path(config.paths.backup_lock_owner).write_text(f"pid={dead_pid()}\nstarted=x\nhost={os.uname().nodename}\n")
+    assert subprocess.run(["/bin/sh", "-c", script], timeout=10).returncode == 0
+
+
+def test_the_program_reads_the_deploy_lock_as_its_scripts_do(tmp_path):
+    from pyinfra_devpi import backup_program as program
+
+    paths = lock_paths(tmp_path / "home")
+    assert program.lock_holder(paths.lock) is None and state("/bin/sh", paths)["state"] == "free"
+    hold(paths)
+    assert program.lock_holder(paths.lock)["run"] == "other" and state("/bin/sh", paths)["state"] == "held"
+    shutil.rmtree(paths.lock)
+    hold(paths, pid=dead_pid())
+    assert program.lock_holder(paths.lock) is None and state("/bin/sh", paths)["state"] == "stale"
+    shutil.rmtree(paths.lock)
+    hold(paths, started="Mon Jan  1 00:00:00 2001")  # the pid now belongs to another process
+    assert program.lock_holder(paths.lock) is None and state("/bin/sh", paths)["state"] == "stale"
+    shutil.rmtree(paths.lock)
+    hold(paths, pid=dead_pid(), host="another-host")  # cannot be checked from here: held
+    assert program.lock_holder(paths.lock) is not None and state("/bin/sh", paths)["state"] == "held"
 
 
 # --------------------------------------------------------------------------- the facts
