@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -280,5 +281,65 @@ def test_planted_backups_in_a_shared_backup_dir_cost_no_real_backup(host):
         assert backups["count"] == 0 and backups["newest"] is None
         assert any(w.startswith(f"no verified backup of devpi in {moved}") for w in report["warnings"])
     finally:
+        host.launchd.run("bootout", host.launchd.target(backup_label(host)), check=False)
+        host.update(devpi_backup=None)
+
+
+def hold_lock(lock, holder) -> None:
+    """A lock dir as a live run writes it: owned by process ``holder`` on this host."""
+    started = subprocess.run(["ps", "-o", "lstart=", "-p", str(holder.pid)], capture_output=True,
+                             text=True).stdout.strip()
+    lock.mkdir()
+    (lock / "owner").write_text(f"run=e2e-{holder.pid}\npid={holder.pid}\nstarted={started}\n"
+                                f"host={os.uname().nodename}\nsince=just now\nby=the e2e test\n")
+
+
+def test_a_backup_and_a_restore_exclude_each_other(host):
+    """Issue 23 item 3: a scheduled backup waits while a deploy (a restore, an upgrade)
+    holds the deploy lock, and says so; a restore waits for a running backup, and stops
+    having changed nothing when it runs too long."""
+    holder = subprocess.Popen(["sleep", "300"])
+    deploy_lock = host.devpi_home / ".pyinfra-deploy.lock"
+    backup_lock = host.devpi_home / ".pyinfra-backup.lock"
+    try:
+        host.update(devpi_backup={"hour": 3, "minute": 17, "keep": 2})
+        host.deploy()
+        before = json.dumps(status(host), sort_keys=True)
+        # a restore (or an upgrade) holds the deploy lock: the backup waits, exporting nothing
+        hold_lock(deploy_lock, holder)
+        host.launchd.kickstart(backup_label(host), kill=False)
+        wait_until(lambda: "waiting up to 3600s: a deploy holds" in log_tail(host), 60, 0.2,
+                   "the backup to wait for the deploy", detail=lambda: log_tail(host))
+        assert json.dumps(status(host), sort_keys=True) == before
+        assert not backup_lock.exists()  # given back while it waits
+        for entry in deploy_lock.iterdir():
+            entry.unlink()
+        deploy_lock.rmdir()  # the deploy ends
+        wait_until(lambda: json.dumps(status(host), sort_keys=True) != before
+                   and host.launchd.pid(backup_label(host)) is None, 300, 0.2, "the backup to finish",
+                   detail=lambda: log_tail(host))
+        success = status(host)["last_success"]
+        assert success["waited_for"].startswith(f"a deploy holds {deploy_lock} (run e2e-{holder.pid}")
+        result, report = status_report(host)
+        assert report["sections"]["backups"]["last_success"]["waited_seconds"] == success["waited_seconds"]
+
+        # a backup holds its lock: the restore waits for it, then stops having changed nothing
+        hold_lock(backup_lock, holder)
+        nodeinfo = (host.server_dir / ".nodeinfo").read_text()
+        refused = host.pyinfra("deploys/devpi_restore.py", "--data", f"devpi_restore_from={success['name']}",
+                               "--data", "devpi_lock_wait=1", check=False)
+        assert refused.returncode != 0
+        assert f"a scheduled backup (process {holder.pid}, since just now) still holds {backup_lock}" in refused.output
+        assert (host.server_dir / ".nodeinfo").read_text() == nodeinfo
+        assert not host.server_dir.with_name("server-dir.restoring.pyinfra-new").exists()
+        assert not deploy_lock.exists()  # the restore gave its lock back
+    finally:
+        holder.kill()
+        holder.wait()
+        for lock in (deploy_lock, backup_lock):
+            if lock.exists():
+                for entry in lock.iterdir():
+                    entry.unlink()
+                lock.rmdir()
         host.launchd.run("bootout", host.launchd.target(backup_label(host)), check=False)
         host.update(devpi_backup=None)
