@@ -26,6 +26,9 @@ STALE_AFTER = 2 * SCHEDULE_SECONDS
 # restore, a database upgrade) before it skips this day's backup.
 LOCK_WAIT = 3600
 
+# The entries not vouched for that the plan and the status name one by one.
+NOTES_SHOWN = 3
+
 # The names the program gets as ``--names`` (it runs without this package).
 NAMES = (layout.BACKUP_PREFIX, layout.BACKUP_MANIFEST, layout.BACKUP_EXPORT_DIR, layout.TRANSIENT_SUFFIX,
          layout.BACKUP_MARKER)
@@ -119,10 +122,13 @@ def staleness(found: dict | None, backup_dir: str) -> str | None:
 
 def notes(found: dict | None) -> list[str]:
     """Warnings about what the backup dir holds besides verified backups."""
-    if not found:
-        return []
-    return [f"{entry['name']} in the backup dir is not counted (the backup program cannot vouch for it and "
-            f"never removes it): {entry['reason']}" for entry in found.get("unverified") or []]
+    entries = (found or {}).get("unverified") or []
+    shown = [f"{entry['name']} in the backup dir is not counted (the backup program cannot vouch for it and "
+             f"never removes it): {entry['reason']}" for entry in entries[:NOTES_SHOWN]]
+    if len(entries) > NOTES_SHOWN:
+        shown.append(f"and {len(entries) - NOTES_SHOWN} more entries in the backup dir are not counted "
+                     "(the Backups fact lists them all)")
+    return shown
 
 
 def warnings(found: dict | None, backup_dir: str) -> list[str]:

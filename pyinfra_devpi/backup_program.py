@@ -480,6 +480,9 @@ def prune(dest: str, new: str, keep: int, uid: int) -> tuple[list[str], list[dic
 
 
 def backup(args) -> int:
+    # What the program writes is the user's alone (an export holds password hashes),
+    # and never group/other-writable, which would make it a backup nobody can vouch for.
+    os.umask(0o077)
     started = time.time()
     tail: collections.deque = collections.deque(maxlen=LOG_TAIL)
     status = read_status(args.status)
@@ -541,7 +544,6 @@ def backup_locked(args, status, dest, uid, started, tail, waited, waited_for) ->
         temp = None
         fsync_dir(dest)
         log(f"wrote {name}: {len(files)} files, {size} bytes")
-        pruned, unverified = prune(dest, name, args.keep, uid)
     except BaseException as error:  # noqa: BLE001 - every failure is recorded
         if isinstance(error, Refused):
             code = EX_NOPERM
@@ -560,6 +562,13 @@ def backup_locked(args, status, dest, uid, started, tail, waited, waited_for) ->
         write_status(args.status, status)
         return code
 
+    # The backup is written: a prune that fails is reported, the backup still counts.
+    prune_failed = None
+    try:
+        pruned, unverified = prune(dest, name, args.keep, uid)
+    except (OSError, Refused) as error:
+        pruned, unverified, prune_failed = [], [], f"{type(error).__name__}: {error}"
+        log(f"pruned nothing: {prune_failed}")
     if pruned:
         log(f"pruned {len(pruned)} old backup(s): {', '.join(pruned)}")
     for entry in [*leftovers, *unverified]:
@@ -568,6 +577,7 @@ def backup_locked(args, status, dest, uid, started, tail, waited, waited_for) ->
     status["last_success"] = {
         "time": iso(finished), "epoch": int(finished), "name": name, "dir": dest, "size": size, "files": len(files),
         "seconds": round(finished - started, 2), "pruned": pruned,
+        **({"prune_failed": prune_failed} if prune_failed else {}),
         **({"waited_seconds": round(waited, 1), "waited_for": waited_for} if waited_for else {}),
     }
     status["unverified"] = [*leftovers, *unverified]

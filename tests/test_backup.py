@@ -263,6 +263,20 @@ def test_a_backup_the_program_cannot_vouch_for_is_reported_and_kept(tmp_path, un
     assert reported["name"] == odd.name and says in reported["reason"] and str(odd) in reported["reason"]
 
 
+def test_a_backup_is_the_users_alone_whatever_the_umask(tmp_path):
+    """An export holds password hashes; and a group-writable backup is one the program
+    could not vouch for later."""
+    argv = program_argv(tmp_path, fake_export(tmp_path, WRITES))
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, preexec_fn=lambda: os.umask(0o002))
+    assert result.returncode == 0, result.stdout
+    (name,) = listing(tmp_path)
+    modes = {p: p.stat().st_mode & 0o777 for p in [tmp_path / "backups", *(tmp_path / "backups").rglob("*")]}
+    assert {m & 0o077 for m in modes.values()} == {0}, modes
+    found = run_fact(Backups, status_file=str(tmp_path / "status.json"), directory=str(tmp_path / "backups"),
+                     python=sys.executable)
+    assert found["names"] == [name] and found["unverified"] == []
+
+
 def test_ownership_is_compared_with_the_user_the_backups_run_as(tmp_path):
     from pyinfra_devpi import backup_program as program
 
