@@ -374,7 +374,7 @@ def describe(owner: dict) -> str:
             f"process {owner.get('pid', '?')} on {owner.get('host', '?')}")
 
 
-def wait_for_locks(args, status: dict) -> tuple[float, str | None, str | None]:
+def wait_for_locks(args) -> tuple[float, str | None, str | None]:
     """Hold the backup lock with no deploy holding its lock: ``(seconds waited, what
     was waited for, None)``, or ``(seconds, what, why skipped)`` after ``--lock-wait``."""
     start = time.time()
@@ -483,12 +483,13 @@ def backup(args) -> int:
     # What the program writes is the user's alone (an export holds password hashes),
     # and never group/other-writable, which would make it a backup nobody can vouch for.
     os.umask(0o077)
-    started = time.time()
     tail: collections.deque = collections.deque(maxlen=LOG_TAIL)
-    status = read_status(args.status)
     uid = os.getuid()
     dest = os.path.realpath(args.dest)
-    waited, waited_for, skipped = wait_for_locks(args, status)
+    waited, waited_for, skipped = wait_for_locks(args)
+    # named and dated by when the export starts, after any wait
+    started = time.time()
+    status = read_status(args.status)
     if skipped:
         log(f"SKIPPED: {skipped}")
         status["last_skipped"] = {"time": iso(time.time()), "epoch": int(time.time()), "reason": skipped,
