@@ -43,8 +43,9 @@ class Backups(FactBase):
     is not the backup program's JSON) and ``now`` (the host's clock, epoch seconds).
 
     The backup dir is looked at by the backup program's own ``--list`` (its text is
-    sent with the command, run by ``python``: the live venv's), so this counts exactly
-    what the program would keep.
+    sent with the command, run by ``python``: the live venv's): each backup's own
+    entries, marker and manifest; a backup the last backup run's check of every file
+    found wrong (the status file's ``unverified``) is not counted either.
 
     + status_file: the backup program's status record (``<home>/backup.status.json``)
     + directory: the backup dir
@@ -81,6 +82,12 @@ class Backups(FactBase):
             except ValueError:
                 raise FactProcessError(f"Backups: the backup program's list is not JSON: {values['list'][:80]!r}")
         backups = None if listed is None else listed["backups"]
+        unverified = [] if listed is None else listed["unverified"]
+        # what the last backup run's check of every file found wrong still counts
+        if backups is not None and isinstance(status.get("unverified"), list):
+            deep = {u.get("name"): u.get("reason") for u in status["unverified"] if isinstance(u, dict)}
+            unverified += [{"name": b["name"], "reason": deep[b["name"]]} for b in backups if b["name"] in deep]
+            backups = [b for b in backups if b["name"] not in deep]
         names = [b["name"] for b in backups or ()]
 
         def record(key):
@@ -92,7 +99,7 @@ class Backups(FactBase):
             "count": len(names),
             "names": names,
             "newest": names[-1] if names else None,
-            "unverified": [] if listed is None else listed["unverified"],
+            "unverified": unverified,
             "dir_problem": None if listed is None else listed["problem"],
             "last_success": record("last_success"),
             "last_failure": record("last_failure"),

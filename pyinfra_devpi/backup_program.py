@@ -30,7 +30,9 @@ One run:
 
 ``--list`` changes nothing: it prints what the backup dir holds as one ``list=<json>``
 line (the ``Backups`` fact runs this file's text for it, so the status and the plan
-count exactly the backups this program would keep).
+count the backups as this program sees them: each backup's own entries, every run;
+what a backup run's full check of every file found is in the status file's
+``unverified``).
 
 A failure at any step removes its temporary dir, leaves every earlier backup as it was,
 prunes nothing, records the time, exit code and the last lines of its log in the status
@@ -195,11 +197,29 @@ def _load_json(path: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def vouch(path: str, uid: int) -> tuple[dict | None, str | None]:
+def top(path: str, uid: int) -> tuple[list[str], str | None]:
+    """The backup's own entries (marker, manifest, export dir), each trusted, or why not."""
+    files = []
+    for name in sorted(os.listdir(path)):
+        entry = os.path.join(path, name)
+        st = os.lstat(entry)
+        problem = untrusted(entry, st, uid)
+        if problem:
+            return files, problem
+        if name not in (MARKER, MANIFEST, EXPORT_DIR) or stat.S_ISDIR(st.st_mode) != (name == EXPORT_DIR):
+            return files, f"{path} holds {name}, which is not part of a backup"
+        if name != EXPORT_DIR:
+            files.append(name)
+    return files, None
+
+
+def vouch(path: str, uid: int, deep: bool = True) -> tuple[dict | None, str | None]:
     """``(manifest, None)`` for a backup this program completed and nobody else could
     have changed; else ``(None, why not)``. Checked: the backup and every entry in it
     (``untrusted``), its marker (this backup's name and the manifest's sha256), and
-    that the export holds exactly the files the manifest lists, with their sizes."""
+    that the export holds exactly the files the manifest lists, with their sizes.
+    ``deep=False`` (the status's and the plan's look, every run) checks the backup's own
+    entries only, not every file of the export (the prune does, before it removes one)."""
     name = os.path.basename(path)
     try:
         st = os.lstat(path)
@@ -208,7 +228,10 @@ def vouch(path: str, uid: int) -> tuple[dict | None, str | None]:
     problem = untrusted(path, st, uid)
     if problem:
         return None, problem
-    files, problem = tree(path, uid)
+    try:
+        files, problem = tree(path, uid) if deep else top(path, uid)
+    except OSError as error:
+        return None, f"{path}: {error.strerror}"
     if problem:
         return None, problem
     if MARKER not in files:
@@ -222,6 +245,8 @@ def vouch(path: str, uid: int) -> tuple[dict | None, str | None]:
     listed = manifest.get("files") if manifest else None
     if not isinstance(listed, list) or manifest.get("name") != name:
         return None, f"{path}/{MANIFEST} is not a manifest of this backup"
+    if not deep:
+        return manifest, None
     prefix = EXPORT_DIR + os.sep
     present = {f[len(prefix):] for f in files if f.startswith(prefix)}
     others = sorted(set(files) - {MARKER, MANIFEST} - {prefix + f for f in present})
@@ -251,10 +276,10 @@ def created_epoch(manifest: dict) -> int | None:
         return None
 
 
-def survey(dest: str, uid: int) -> dict:
+def survey(dest: str, uid: int, deep: bool = True) -> dict:
     """What the backup dir holds: ``problem`` (the dir cannot be trusted), ``backups``
     (vouched for, oldest first: name, created, epoch, size, files) and ``unverified``
-    (name and why, for every other ``devpi-backup-*`` entry)."""
+    (name and why, for every other ``devpi-backup-*`` entry); ``deep``: see ``vouch``."""
     found = {"dir": dest, "exists": os.path.isdir(dest), "problem": dir_problem(dest, uid), "backups": [],
              "unverified": []}
     try:
@@ -265,7 +290,7 @@ def survey(dest: str, uid: int) -> dict:
         if found["problem"]:
             found["unverified"].append({"name": name, "reason": f"in {found['problem']}"})
             continue
-        manifest, why = vouch(os.path.join(dest, name), uid)
+        manifest, why = vouch(os.path.join(dest, name), uid, deep)
         if manifest is None:
             found["unverified"].append({"name": name, "reason": why})
         else:
@@ -606,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     set_names(*args.names)
     if args.list:
-        found = survey(os.path.realpath(args.dest), os.getuid())
+        found = survey(os.path.realpath(args.dest), os.getuid(), deep=False)
         print("list=" + json.dumps({**found, "now": int(time.time())}, sort_keys=True))
         return 0
     missing = [f"--{n.replace('_', '-')}" for n in ("export", "configfile", "serverdir", "keep", "status",

@@ -261,6 +261,12 @@ def test_a_backup_the_program_cannot_vouch_for_is_reported_and_kept(tmp_path, un
     assert odd.name in listing(tmp_path)
     (reported,) = status["unverified"]
     assert reported["name"] == odd.name and says in reported["reason"] and str(odd) in reported["reason"]
+    # the status and the plan do not count it either (a look at its own entries every
+    # time, and what the run's check of every file found)
+    found = run_fact(Backups, status_file=str(tmp_path / "status.json"), directory=str(backups),
+                     python=sys.executable)
+    assert found["names"] == [kept[1], status["last_success"]["name"]]
+    assert [u["name"] for u in found["unverified"]] == [odd.name]
 
 
 def test_a_backup_is_the_users_alone_whatever_the_umask(tmp_path):
