@@ -132,8 +132,15 @@ def notes(found: dict | None) -> list[str]:
 
 
 def warnings(found: dict | None, backup_dir: str) -> list[str]:
+    """The staleness warning (which names a skip since the newest backup), or a skip
+    since the newest backup on its own, then the entries not vouched for."""
     stale = staleness(found, backup_dir)
-    return [*([stale] if stale else []), *notes(found)]
+    said = [stale] if stale else []
+    skipped = (found or {}).get("last_skipped")
+    newest = ((found or {}).get("backups") or [{}])[-1].get("epoch")
+    if not stale and found and found.get("backups") is not None and _newer(skipped, newest):
+        said.append(f"the scheduled backup at {skipped.get('time')} was skipped: {skipped.get('reason')}")
+    return [*said, *notes(found)]
 
 
 def wait_for_backup(config: DevpiConfig) -> str:

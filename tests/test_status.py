@@ -158,6 +158,13 @@ def test_backups_are_reported_and_a_stale_one_is_warned_about():
     verified[-1]["epoch"] = NOW - 3 * 24 * 3600
     assert "older than twice the daily schedule" in status.backups_report(found, probe).warnings[0]
     assert "b (t2)" in dict(status.summary_lines({"backups": part.fields}))["backups"]
+    # a run that waited for a deploy, one that skipped: the status says so
+    verified[-1]["epoch"] = NOW - 3600
+    found.values[backups]["last_success"].update(waited_seconds=42.5, waited_for="a deploy holds /l")
+    found.values[backups]["last_skipped"] = {"time": "t3", "epoch": NOW, "reason": "a deploy holds /l"}
+    row = dict(status.summary_lines({"backups": status.backups_report(found, probe).fields}))["backups"]
+    assert "; last skipped t3" in row and "the last success waited 42.5 s for a deploy" in row
+    assert "the scheduled backup at t3 was skipped: a deploy holds /l" in status.backups_report(found, probe).warnings
     # a backup dir others can write: a problem (the status fails), nothing in it counted
     found.values[backups].update(backups=[], count=0, names=[], dir_problem="/b is writable by others (mode 0777)",
                                  unverified=[{"name": "a", "reason": "in /b is writable by others (mode 0777)"}])
