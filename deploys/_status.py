@@ -128,7 +128,8 @@ def _files_usage(probe: DevpiConfig) -> FactRead:
 def _backups(probe: DevpiConfig) -> list[FactRead]:
     if probe.backup is None:
         return []
-    return [FactRead.of(Backups, status_file=probe.paths.backup_status, directory=probe.backup_dir),
+    return [FactRead.of(Backups, status_file=probe.paths.backup_status, directory=probe.backup_dir,
+                        python=probe.paths.bin("python")),
             FactRead.of(DiskUsage, path=probe.backup_dir)]
 
 
@@ -308,8 +309,11 @@ def caddy_report(found: Found, probe: DevpiConfig) -> Part:
 
 
 def backups_report(found: Found, probe: DevpiConfig) -> Part:
-    """The scheduled backups (``devpi_backup``): how many are kept, the last good one and
-    the last failure, the disk they use; a warning when the last good one is stale."""
+    """The scheduled backups (``devpi_backup``): the verified backups the backup dir
+    holds (not the last success recorded: a backup pruned, removed or in a previous dir
+    is not one), the newest, the last failure and skip, the disk they use. A problem when
+    the dir cannot be trusted; a warning when the newest is stale or none is there, and
+    for each entry the backup program cannot vouch for."""
     config = found.config
     if config.backup is None:
         return Part({"configured": False})
@@ -320,18 +324,20 @@ def backups_report(found: Found, probe: DevpiConfig) -> Part:
         "configured": True,
         "dir": config.backup_dir,
         "count": backups.get("count"),
-        "newest": backups.get("newest"),
+        "newest": (backups.get("backups") or [None])[-1],
+        "unverified": backups.get("unverified") or [],
+        "dir_problem": backups.get("dir_problem"),
         "last_success": backups.get("last_success"),
         "last_failure": backups.get("last_failure"),
+        "last_skipped": backups.get("last_skipped"),
         "kib": None if usage is None else usage["kib"],
     })
     if backups.get("status_damaged"):
         part.fields["status_damaged"] = backups["status_damaged"]
         part.warnings.append(f"{config.paths.backup_status} is damaged ({backups['status_damaged']}): the last "
                              "backups' record is unknown; a deploy replaces it")
-    stale = bk.staleness(backups or None, config.backup_dir)
-    if stale:
-        part.warnings.append(stale)
+    part.problems += bk.problems(backups or None, config.backup_dir)
+    part.warnings += bk.warnings(backups or None, config.backup_dir)
     return part
 
 
@@ -444,11 +450,16 @@ def summary_lines(sections: dict) -> list[tuple[str, str]]:
         if not b["configured"]:
             rows.append(("backups", "devpi_backup is not set"))
         else:
-            success = b["last_success"] or {}
+            newest = b["newest"] or {}
             failure = b["last_failure"] or {}
-            rows.append(("backups", f"{b['count']} in {b['dir']} ({_kib(b['kib'])}); last good "
-                         f"{success.get('name') or 'none'}"
-                         + (f"; last failure {failure.get('time')} (exit {failure.get('exit_code')})" if failure else "")))
+            skipped = b["last_skipped"] or {}
+            waited = (b["last_success"] or {}).get("waited_seconds")
+            rows.append(("backups", f"{b['count']} verified in {b['dir']} ({_kib(b['kib'])}); newest "
+                         + (f"{newest['name']} ({newest.get('created')})" if newest else "none")
+                         + (f"; {len(b['unverified'])} not vouched for" if b["unverified"] else "")
+                         + (f"; last failure {failure.get('time')} (exit {failure.get('exit_code')})" if failure else "")
+                         + (f"; last skipped {skipped.get('time')}" if skipped else "")
+                         + (f"; the last success waited {waited} s for a deploy" if waited else "")))
     for name, fields in sections.items():
         if name not in ("versions", "launchd", "http", "disk", "prewarm", "caddy", "backups", "logs"):
             rows.append((name, json.dumps(fields, sort_keys=True)))

@@ -21,7 +21,8 @@ from .textfile import replace_damaged, write_text
 
 
 def backups_read(config: DevpiConfig) -> FactRead:
-    return FactRead.of(Backups, status_file=config.paths.backup_status, directory=config.backup_dir)
+    return FactRead.of(Backups, status_file=config.paths.backup_status, directory=config.backup_dir,
+                       python=config.paths.bin("python"))
 
 
 def reads(config: DevpiConfig, domain: str) -> list:
@@ -40,9 +41,11 @@ def found(config: DevpiConfig) -> dict | None:
 
 
 def warn_if_stale(config: DevpiConfig) -> None:
-    """The plan warns when the last good backup is older than twice the schedule."""
-    message = bk.staleness(found(config), config.backup_dir)
-    if message:
+    """The plan warns when the newest verified backup in the backup dir is older than
+    twice the schedule (or there is none), when the dir cannot be trusted, and about
+    each entry there the backup program cannot vouch for."""
+    backups = found(config)
+    for message in [*bk.problems(backups, config.backup_dir), *bk.warnings(backups, config.backup_dir)]:
         log_once(f"{message}; see {config.paths.backup_log}")
 
 

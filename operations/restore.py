@@ -24,6 +24,7 @@ from pyinfra import host
 
 from facts.backup import BackupSource
 from facts.snapshot import FactRead, read
+from pyinfra_devpi import backup as bk
 from pyinfra_devpi import layout, shell_script
 from pyinfra_devpi.config import DevpiConfig
 
@@ -188,6 +189,7 @@ def server_dir(config: DevpiConfig, backup: str, domain: str, job: dict | None, 
     if found is None:
         raise ValueError(f"no backup at {backup}")
     loaded = bool(job and job.get("loaded"))
+    yield bk.wait_for_backup(config)  # no scheduled backup exports or prunes meanwhile
     yield verify_command(config, backup)
     yield import_command(config, backup)
     yield fsck_command(config)

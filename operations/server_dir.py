@@ -22,6 +22,7 @@ import shlex
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand
 
+from pyinfra_devpi import backup as bk
 from pyinfra_devpi import layout, shell_script
 from pyinfra_devpi.config import DevpiConfig
 
@@ -167,6 +168,7 @@ def upgrade(config: DevpiConfig, domain: str, venv_op=None, server_db_version: s
         host.noop(f"{config.paths.server_dir} holds no data to move over")
         return
     log_once(upgrade_steps(config, server_db_version, wanted_db_version), logger.info)
+    yield bk.wait_for_backup(config)  # no scheduled backup exports the dir being swapped
     yield reported(upgrade_script(config, domain, sudo))
 
 

@@ -84,8 +84,13 @@ DAEMON_SCOPE = "daemon"
 # the live venv's Python) which writes ``devpi-backup-<UTC stamp>`` directories, each
 # with ``manifest.json``, into the backup dir (default ``<home>/backups``); a backup is
 # written under ``.devpi-backup-<stamp>-<pid>.pyinfra-new`` there first and renamed
-# into place. Its last success and failure go to ``<home>/backup.status.json``.
+# into place. Its last success and failure go to ``<home>/backup.status.json``. Each
+# backup holds the program's marker (its name and the manifest's sha256): the prune
+# removes only backups with it. ``.pyinfra-backup.lock`` in devpi_home exists while a
+# backup runs (a restore and an upgrade wait for it).
 DEFAULT_BACKUP_DIR_NAME = "backups"
+BACKUP_MARKER = "backup.pyinfra.json"
+BACKUP_LOCK = ".pyinfra-backup.lock"
 BACKUP_LABEL_SUFFIX = ".backup"
 BACKUP_PREFIX = "devpi-backup-"
 BACKUP_MANIFEST = "manifest.json"
@@ -227,6 +232,8 @@ class Layout:
     # The backup program's directory: a purge removes it once it is empty.
     bin_dir = _Under("home", "bin")
     backup_status = _Under("home", "backup.status.json")
+    backup_lock = _Under("home", BACKUP_LOCK)
+    backup_lock_owner = _Under("backup_lock", DEPLOY_LOCK_OWNER)
     default_backup_dir = _Under("home", DEFAULT_BACKUP_DIR_NAME)
     # A restore's new server dir while it is imported and checked.
     # The log of a restore's trial devpi (the restored dir on a spare port).

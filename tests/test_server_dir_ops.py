@@ -93,8 +93,9 @@ def test_upgrade_runs_only_with_the_opt_in_after_a_venv_build():
     assert run_op(server_dir_ops.upgrade, host, config=plain, domain=DOMAIN, venv_op=Meta(True)) == []
     assert run_op(server_dir_ops.upgrade, host, config=opted, domain=DOMAIN, venv_op=Meta(False)) == []
     assert run_op(server_dir_ops.upgrade, fresh(opted), config=opted, domain=DOMAIN, venv_op=Meta(True)) == []
-    (command,) = run_op(server_dir_ops.upgrade, host, config=opted, domain=DOMAIN, venv_op=Meta(True),
-                        server_db_version="4", wanted_db_version="5")
+    wait, command = run_op(server_dir_ops.upgrade, host, config=opted, domain=DOMAIN, venv_op=Meta(True),
+                           server_db_version="4", wanted_db_version="5")
+    assert wait.startswith("# wait while a scheduled backup runs")  # backup.wait_for_backup
     script = command.function.shown_as  # run on the host, its messages shown in the run's output
     assert script.startswith("# the server dir's data to the new venv's database version")
     assert gnu_only_forms(script) == []

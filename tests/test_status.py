@@ -163,15 +163,32 @@ def test_backups_are_reported_and_a_stale_one_is_warned_about():
     data = {"devpi_outside_url": "https://pypi.example.org", "devpi_backup": {"hour": 3, "minute": 17, "keep": 3}}
     found, probe, config = found_for({}, data)
     backups, usage = status._backups(probe)
-    found.values[backups] = {"count": 2, "names": ["a", "b"], "newest": "b", "now": NOW,
-                             "last_success": {"name": "b", "epoch": NOW - 3600, "time": "t"}, "last_failure": None}
+    verified = [{"name": "a", "epoch": NOW - 7200, "created": "t1"}, {"name": "b", "epoch": NOW - 3600, "created": "t2"}]
+    found.values[backups] = {"count": 2, "names": ["a", "b"], "backups": verified, "now": NOW, "unverified": [],
+                             "dir_problem": None, "last_success": {"name": "b", "epoch": NOW - 3600, "time": "t"},
+                             "last_failure": None, "last_skipped": None}
     found.values[usage] = {"kib": 2048}
     part = status.backups_report(found, probe)
     assert part.fields["count"] == 2 and part.fields["kib"] == 2048 and part.fields["dir"] == config.backup_dir
-    assert not part.warnings
-    found.values[backups]["last_success"]["epoch"] = NOW - 3 * 24 * 3600
+    assert part.fields["newest"]["name"] == "b"
+    assert not part.warnings and not part.problems
+    verified[-1]["epoch"] = NOW - 3 * 24 * 3600
     assert "older than twice the daily schedule" in status.backups_report(found, probe).warnings[0]
-    assert "b" in dict(status.summary_lines({"backups": part.fields}))["backups"]
+    assert "b (t2)" in dict(status.summary_lines({"backups": part.fields}))["backups"]
+    # a run that waited for a deploy, one that skipped: the status says so
+    verified[-1]["epoch"] = NOW - 3600
+    found.values[backups]["last_success"].update(waited_seconds=42.5, waited_for="a deploy holds /l")
+    found.values[backups]["last_skipped"] = {"time": "t3", "epoch": NOW, "reason": "a deploy holds /l"}
+    row = dict(status.summary_lines({"backups": status.backups_report(found, probe).fields}))["backups"]
+    assert "; last skipped t3" in row and "the last success waited 42.5 s for a deploy" in row
+    assert "the scheduled backup at t3 was skipped: a deploy holds /l" in status.backups_report(found, probe).warnings
+    # a backup dir others can write: a problem (the status fails), nothing in it counted
+    found.values[backups].update(backups=[], count=0, names=[], dir_problem="/b is writable by others (mode 0777)",
+                                 unverified=[{"name": "a", "reason": "in /b is writable by others (mode 0777)"}])
+    part = status.backups_report(found, probe)
+    assert "the backup dir cannot be trusted (/b is writable by others (mode 0777))" in part.problems[0]
+    assert any("a in the backup dir is not counted" in w for w in part.warnings)
+    assert "newest none; 1 not vouched for" in dict(status.summary_lines({"backups": part.fields}))["backups"]
 
 
 def test_without_backups_the_status_reads_nothing_for_them():

@@ -6,6 +6,8 @@ index and ACL; a backup into a full disk fails cleanly and keeps the older ones.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 
 import pytest
@@ -111,7 +113,7 @@ def test_backup_and_restore_bring_back_every_upload(host, upstream, tools, tmp_p
     assert {f["sha256"] for f in manifest["files"]} >= set(digests.values())
     # the fact, from the CLI
     fact = host.fact("facts.backup.Backups", f"status_file={host.devpi_home / 'backup.status.json'}",
-                     f"directory={backups}")
+                     f"directory={backups}", f"python={host.devpi_home / 'venv/bin/python'}")
     assert fact["count"] == 1 and fact["newest"] == name
     assert fact["last_success"]["size"] == manifest["size"] > 0
 
@@ -179,7 +181,7 @@ def test_a_backup_into_a_full_disk_fails_cleanly_and_keeps_older_backups(host, t
     disk = host.root / "small-disk"
     disk.mkdir(exist_ok=True)
     # a 4 MB tmpfs in the SSH sessions' mount namespace (where the backup job runs)
-    host.sshd.run(f"mount -t tmpfs -o size=4m tmpfs {disk}", check=True)
+    host.sshd.run(f"mount -t tmpfs -o size=4m,mode=0700 tmpfs {disk}", check=True)
     try:
         host.update(devpi_backup={"hour": 3, "minute": 17, "keep": 3, "dir": str(disk)})
         host.deploy()
@@ -196,7 +198,7 @@ def test_a_backup_into_a_full_disk_fails_cleanly_and_keeps_older_backups(host, t
         host.sshd.run(f"test -s {disk}/{good}/manifest.json", check=True)
         # the fact reports it
         fact = host.fact("facts.backup.Backups", f"status_file={host.devpi_home / 'backup.status.json'}",
-                         f"directory={disk}")
+                         f"directory={disk}", f"python={host.devpi_home / 'venv/bin/python'}")
         assert fact["last_failure"]["exit_code"] == failure["exit_code"] and fact["count"] == 1
 
         # unset: the backup job and its plist go; the backups stay
@@ -208,3 +210,136 @@ def test_a_backup_into_a_full_disk_fails_cleanly_and_keeps_older_backups(host, t
     finally:
         host.launchd.run("bootout", host.launchd.target(backup_label(host)), check=False)
         host.sshd.run(f"umount {disk}", check=False)
+
+
+def status_report(host) -> tuple:
+    """``deploys/status.py`` as JSON: (result, report)."""
+    result = host.pyinfra("deploys/status.py", "--data", "devpi_status_format=json", check=False)
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, result.describe()
+    return result, json.loads(lines[0])
+
+
+PLANTED = ("devpi-backup-29990101T000000Z", "devpi-backup-29990102T000000Z")
+
+
+def test_planted_backups_in_a_shared_backup_dir_cost_no_real_backup(host):
+    """Issue 22 items 1 and 7: another local user who can write the backup dir plants
+    newer-named dirs with a manifest; the backup program used to delete each real backup
+    right after writing it, while the status stayed healthy naming a deleted backup."""
+    shared = host.root / "shared-backups"
+    shared.mkdir(mode=0o700)
+    try:
+        host.update(devpi_backup={"hour": 3, "minute": 17, "keep": 2, "dir": str(shared)})
+        host.deploy()
+        real = run_backup(host)["last_success"]["name"]
+        for name in PLANTED:
+            (shared / name).mkdir()
+            (shared / name / "manifest.json").write_text('{"files": []}')
+            if os.getuid() == 0:  # planted by another user
+                os.chown(shared / name / "manifest.json", 65534, 65534)
+                os.chown(shared / name, 65534, 65534)
+        shared.chmod(0o777)
+
+        # the program refuses, naming the dir; nothing written, nothing removed
+        refused = run_backup(host)
+        assert refused["last_failure"]["exit_code"] == 77, refused
+        assert f"{shared} is writable by group and others (mode 0777)" in refused["last_failure"]["refused"]
+        assert sorted(p.name for p in shared.iterdir()) == sorted([real, *PLANTED])
+        # the status is not healthy, counts nothing and names no backup as the newest
+        result, report = status_report(host)
+        assert result.returncode != 0 and not report["healthy"]
+        backups = report["sections"]["backups"]
+        assert backups["count"] == 0 and backups["newest"] is None and backups["dir_problem"]
+        assert any(f"{shared} is writable by group and others" in p for p in report["problems"])
+        # the plan says so too
+        plan = host.deploy("--dry")
+        assert "the backup dir cannot be trusted" in plan.output, plan.output
+
+        # the dir made the user's own again: backups are written, the oldest verified one
+        # replaced, the planted dirs reported and never removed
+        shared.chmod(0o700)
+        second = run_backup(host)["last_success"]
+        time.sleep(1.1)  # backups are named by the second
+        third = run_backup(host)["last_success"]
+        assert (second["pruned"], third["pruned"]) == ([], [real])
+        assert sorted(p.name for p in shared.iterdir()) == sorted([second["name"], third["name"], *PLANTED])
+        result, report = status_report(host)
+        backups = report["sections"]["backups"]
+        assert backups["count"] == 2 and backups["newest"]["name"] == third["name"]
+        assert {u["name"] for u in backups["unverified"]} == set(PLANTED)
+        assert not [p for p in report["problems"] if "backup" in p]
+        assert any(f"{PLANTED[0]} in the backup dir is not counted" in w for w in report["warnings"])
+
+        # devpi_backup moved to another dir: nothing there yet, and the old dir's backup is
+        # not named as the newest
+        moved = host.root / "moved-backups"
+        moved.mkdir(mode=0o700)
+        host.update(devpi_backup={"hour": 3, "minute": 17, "keep": 2, "dir": str(moved)})
+        result, report = status_report(host)
+        backups = report["sections"]["backups"]
+        assert backups["count"] == 0 and backups["newest"] is None
+        assert any(w.startswith(f"no verified backup of devpi in {moved}") for w in report["warnings"])
+    finally:
+        host.launchd.run("bootout", host.launchd.target(backup_label(host)), check=False)
+        host.update(devpi_backup=None)
+
+
+def hold_lock(lock, holder) -> None:
+    """A lock dir as a live run writes it: owned by process ``holder`` on this host."""
+    started = subprocess.run(["ps", "-o", "lstart=", "-p", str(holder.pid)], capture_output=True,
+                             text=True).stdout.strip()
+    lock.mkdir()
+    (lock / "owner").write_text(f"run=e2e-{holder.pid}\npid={holder.pid}\nstarted={started}\n"
+                                f"host={os.uname().nodename}\nsince=just now\nby=the e2e test\n")
+
+
+def test_a_backup_and_a_restore_exclude_each_other(host):
+    """Issue 23 item 3: a scheduled backup waits while a deploy (a restore, an upgrade)
+    holds the deploy lock, and says so; a restore waits for a running backup, and stops
+    having changed nothing when it runs too long."""
+    holder = subprocess.Popen(["sleep", "300"])
+    deploy_lock = host.devpi_home / ".pyinfra-deploy.lock"
+    backup_lock = host.devpi_home / ".pyinfra-backup.lock"
+    try:
+        host.update(devpi_backup={"hour": 3, "minute": 17, "keep": 2})
+        host.deploy()
+        before = json.dumps(status(host), sort_keys=True)
+        # a restore (or an upgrade) holds the deploy lock: the backup waits, exporting nothing
+        hold_lock(deploy_lock, holder)
+        host.launchd.kickstart(backup_label(host), kill=False)
+        wait_until(lambda: "waiting up to 3600s: a deploy holds" in log_tail(host), 60, 0.2,
+                   "the backup to wait for the deploy", detail=lambda: log_tail(host))
+        assert json.dumps(status(host), sort_keys=True) == before
+        assert not backup_lock.exists()  # given back while it waits
+        for entry in deploy_lock.iterdir():
+            entry.unlink()
+        deploy_lock.rmdir()  # the deploy ends
+        wait_until(lambda: json.dumps(status(host), sort_keys=True) != before
+                   and host.launchd.pid(backup_label(host)) is None, 300, 0.2, "the backup to finish",
+                   detail=lambda: log_tail(host))
+        success = status(host)["last_success"]
+        assert success["waited_for"].startswith(f"a deploy holds {deploy_lock} (run e2e-{holder.pid}")
+        result, report = status_report(host)
+        assert report["sections"]["backups"]["last_success"]["waited_seconds"] == success["waited_seconds"]
+
+        # a backup holds its lock: the restore waits for it, then stops having changed nothing
+        hold_lock(backup_lock, holder)
+        nodeinfo = (host.server_dir / ".nodeinfo").read_text()
+        refused = host.pyinfra("deploys/devpi_restore.py", "--data", f"devpi_restore_from={success['name']}",
+                               "--data", "devpi_lock_wait=1", check=False)
+        assert refused.returncode != 0
+        assert f"a scheduled backup (process {holder.pid}, since just now) still holds {backup_lock}" in refused.output
+        assert (host.server_dir / ".nodeinfo").read_text() == nodeinfo
+        assert not host.server_dir.with_name("server-dir.restoring.pyinfra-new").exists()
+        assert not deploy_lock.exists()  # the restore gave its lock back
+    finally:
+        holder.kill()
+        holder.wait()
+        for lock in (deploy_lock, backup_lock):
+            if lock.exists():
+                for entry in lock.iterdir():
+                    entry.unlink()
+                lock.rmdir()
+        host.launchd.run("bootout", host.launchd.target(backup_label(host)), check=False)
+        host.update(devpi_backup=None)
