@@ -64,6 +64,12 @@ def owner_problem(path: str, st: os.stat_result, uid: int, allowed: tuple[int, .
     return None
 
 
+def printable(text: str) -> str:
+    """A message with each control character (a file name's terminal escape) as ``\\xNN``."""
+    return "".join(c if c.isprintable() else "\\x%02x" % ord(c) if ord(c) < 256 else "\\u%04x" % ord(c)
+                   for c in text)
+
+
 def plain_relpath(path: object) -> bool:
     if not isinstance(path, str) or not path or "\x00" in path or path.startswith("/"):
         return False
@@ -247,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         result = {"path": args.backup, "problems": ["%s: %s" % (error.filename, error.strerror)],
                   "files": 0, "size": 0}
-    problems = result["problems"]
+    problems = [printable(p) for p in result["problems"]]
+    result["path"] = printable(result["path"])
     result["problem_count"] = len(problems)
     result["problems"] = problems[:SHOWN]
     if not args.verify:

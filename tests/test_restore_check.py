@@ -234,3 +234,11 @@ def test_no_backup_and_no_python(tmp_path):
     result = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
     assert BackupCheck().process(result.stdout.splitlines()) is None
     check_trust(str(tmp_path), None)  # the deploy's converged-devpi check says what is missing
+
+
+def test_a_file_name_with_a_terminal_escape_is_named_without_it(backup):
+    evil = backup.export / "root" / "x\x1b[2Jy"
+    evil.write_bytes(b"x")
+    found = fact(backup.path)
+    assert f"{backup.export}/root/x\\x1b[2Jy: not listed in the manifest" in found["problems"]
+    assert "\x1b" not in verify(backup.path).stderr
