@@ -11,7 +11,7 @@ from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
 
 from pyinfra_devpi import backup_check
-from pyinfra_devpi.layout import BACKUP_EXPORT_DIR, BACKUP_MANIFEST, DATAINDEX
+from pyinfra_devpi.layout import BACKUP_EXPORT_DIR, BACKUP_MANIFEST, BACKUP_MARKER, DATAINDEX
 
 q = shlex.quote
 
@@ -19,7 +19,7 @@ q = shlex.quote
 def check_arguments(backup: str, uid: int) -> str:
     """``backup_check.py``'s arguments (shell words), but ``--hashes`` / ``--verify``."""
     return " ".join(q(a) for a in (backup, "--uid", str(int(uid)), "--names", BACKUP_MANIFEST,
-                                   BACKUP_EXPORT_DIR, DATAINDEX))
+                                   BACKUP_EXPORT_DIR, DATAINDEX, BACKUP_MARKER))
 
 
 class BackupCheck(FactBase):

@@ -18,7 +18,8 @@ its path:
 * an entry in the backup is not owned by the user, is writable by group or others, is
   not a regular file or a directory (a symlink, device, FIFO, socket), or is a file
   with more than one hard link (another name of a file elsewhere);
-* at the backup's top, anything but the manifest and the export dir;
+* at the backup's top, anything but the manifest, the export dir and the backup
+  program's marker (a file the restore does not read);
 * a manifest entry that is not a plain relative path (absolute, ``..``, ``.``, an empty
   part) or is listed twice; a listed file missing; a file in the export not listed; a
   size (and, with ``--hashes``, a sha256) that differs from the manifest's;
@@ -143,7 +144,7 @@ def sha256_of(path: str, st: os.stat_result) -> str | None:
         return digest.hexdigest()
 
 
-def check(backup: str, uid: int, manifest_name: str, export_name: str, dataindex_name: str,
+def check(backup: str, uid: int, manifest_name: str, export_name: str, dataindex_name: str, marker_name: str,
           hashes: bool) -> dict:
     problems: list[str] = []
     result = {"path": backup, "problems": problems, "files": 0, "size": 0}
@@ -182,9 +183,12 @@ def check(backup: str, uid: int, manifest_name: str, export_name: str, dataindex
     files: dict[str, os.stat_result] = {}
     walk(real, uid, problems, files, export)
     for name in sorted(os.listdir(real)):
-        if name not in (manifest_name, export_name):
-            problems.append("%s: is not part of a backup (only %s and %s/ are)"
-                            % (os.path.join(real, name), manifest_name, export_name))
+        path = os.path.join(real, name)
+        if name not in (manifest_name, export_name, marker_name):
+            problems.append("%s: is not part of a backup (only %s, %s/ and %s are)"
+                            % (path, manifest_name, export_name, marker_name))
+        elif os.path.isdir(path) != (name == export_name) and not os.path.islink(path):
+            problems.append("%s: is %s" % (path, "not a directory" if name == export_name else "a directory"))
     if problems:
         return result  # nothing below is read from a backup that cannot be trusted
 
@@ -244,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check a backup before a restore reads it.")
     parser.add_argument("backup")
     parser.add_argument("--uid", type=int, required=True, help="the SSH user's uid: the owner of the backup")
-    parser.add_argument("--names", nargs=3, required=True, metavar=("MANIFEST", "EXPORT_DIR", "DATAINDEX"))
+    parser.add_argument("--names", nargs=4, required=True, metavar=("MANIFEST", "EXPORT_DIR", "DATAINDEX", "MARKER"))
     parser.add_argument("--hashes", action="store_true", help="also compare every file's sha256")
     parser.add_argument("--verify", action="store_true", help="a sentence and the exit status, not JSON")
     args = parser.parse_args(argv)

@@ -86,6 +86,7 @@ DAEMON_SCOPE = "daemon"
 # written under ``.devpi-backup-<stamp>-<pid>.pyinfra-new`` there first and renamed
 # into place. Its last success and failure go to ``<home>/backup.status.json``.
 DEFAULT_BACKUP_DIR_NAME = "backups"
+BACKUP_MARKER = "backup.pyinfra.json"
 BACKUP_LABEL_SUFFIX = ".backup"
 BACKUP_PREFIX = "devpi-backup-"
 BACKUP_MANIFEST = "manifest.json"

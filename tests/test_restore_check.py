@@ -242,3 +242,13 @@ def test_a_file_name_with_a_terminal_escape_is_named_without_it(backup):
     found = fact(backup.path)
     assert f"{backup.export}/root/x\\x1b[2Jy: not listed in the manifest" in found["problems"]
     assert "\x1b" not in verify(backup.path).stderr
+
+
+def test_the_backup_programs_marker_may_be_beside_the_manifest_but_only_as_a_file(backup):
+    marker = backup.path / "backup.pyinfra.json"
+    marker.write_text('{"name": "devpi-backup-20261207T031700Z"}')
+    assert fact(backup.path)["problems"] == []
+    marker.unlink()
+    marker.mkdir()
+    (marker / "hidden.whl").write_bytes(b"x")
+    refused(backup.path, f"{marker}: is a directory")
