@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -72,8 +73,12 @@ def served(base: str) -> dict[str, str]:
 
 
 def server_dir_digests(stack) -> dict[str, str]:
+    """sha256 of every file of the server dir (its database, release files, identity) but
+    what devpi itself writes in the background after an upload: its event bookkeeping
+    (``.event_serial``) and devpi-web's search index (``.indices``)."""
     return {str(p.relative_to(stack.server_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(stack.server_dir.rglob("*")) if p.is_file()}
+            for p in sorted(stack.server_dir.rglob("*"))
+            if p.is_file() and p.relative_to(stack.server_dir).parts[0] not in (".indices", ".event_serial")}
 
 
 def uuid_of(server_dir: Path) -> str:
@@ -130,6 +135,39 @@ def test_a_backup_whose_wheel_is_a_symlink_to_the_secret_is_refused_and_nothing_
     assert stack.pid() == pid and uuid_of(stack.server_dir) == uuid
     assert server_dir_digests(stack) == digests
     assert list(stack.devpi_home.glob("server-dir.*")) == []
+
+
+def test_a_dataindex_entry_that_leads_out_of_the_backup_is_refused(host):
+    # No symlink at all: devpi-import opens <export>/<relpath>, and a relpath with ".."
+    # reaches the secret. The wheel's file is dropped from the export and the manifest,
+    # so every file there is listed and matches.
+    stack = host
+    good = served(stack.devpi_url)
+    backup = make_backup(stack)
+    secret = stack.devpi_home / "secret"
+    export = backup / layout.BACKUP_EXPORT_DIR
+    dataindex = json.loads((export / layout.DATAINDEX).read_text())
+    (entry,) = dataindex["indexes"][INDEX]["files"]
+    (export / entry["relpath"]).unlink()
+    entry["relpath"] = os.path.relpath(secret, export)
+    mapping = entry["entrymapping"]
+    for name in mapping["hashes"]:
+        mapping["hashes"][name] = hashlib.new(name, secret.read_bytes()).hexdigest()
+    if "hash_spec" in mapping:
+        name = mapping["hash_spec"].partition("=")[0]
+        mapping["hash_spec"] = f"{name}={hashlib.new(name, secret.read_bytes()).hexdigest()}"
+    (export / layout.DATAINDEX).write_text(json.dumps(dataindex))
+    data = (export / layout.DATAINDEX).read_bytes()
+    (backup / layout.BACKUP_MANIFEST).write_text(json.dumps({"files": [
+        {"path": layout.DATAINDEX, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}]}))
+
+    pid, digests = stack.pid(), server_dir_digests(stack)
+    result = restore(stack, backup)
+    assert served(stack.devpi_url) == good
+    assert result.returncode != 0, result.describe()
+    assert f"names the file {entry['relpath']!r}, which is not a file the manifest lists" in result.output, \
+        result.describe()
+    assert stack.pid() == pid and server_dir_digests(stack) == digests
 
 
 def test_a_restored_server_dir_that_fails_the_health_gate_is_rolled_back(host):
