@@ -4,8 +4,10 @@ What a restore reads of a backup before it changes anything: ``BackupCheck``.
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
+from pathlib import Path
 
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import FactProcessError
@@ -14,6 +16,12 @@ from pyinfra_devpi import backup_check
 from pyinfra_devpi.layout import BACKUP_EXPORT_DIR, BACKUP_MANIFEST, BACKUP_MARKER, DATAINDEX
 
 q = shlex.quote
+
+
+@functools.cache
+def program_source() -> str:
+    """``backup_check.py``'s text: the host runs it with ``python -I -c``."""
+    return Path(backup_check.__file__).read_text(encoding="utf-8")
 
 
 def check_arguments(backup: str, uid: int) -> str:
@@ -36,11 +44,8 @@ class BackupCheck(FactBase):
     """
 
     def command(self, path, python, uid):
-        program = backup_check.__file__
-        with open(program, encoding="utf-8") as fh:
-            source = fh.read()
         return (
-            f"if [ -x {q(python)} ]; then {q(python)} -I -c {q(source)} {check_arguments(path, uid)}; "
+            f"if [ -x {q(python)} ]; then {q(python)} -I -c {q(program_source())} {check_arguments(path, uid)}; "
             "else echo no-python; fi"
         )
 

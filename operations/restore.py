@@ -6,7 +6,7 @@ While planning, the ``BackupCheck`` fact (``pyinfra_devpi/backup_check.py``, siz
 refuses a backup that is not the SSH user's own plain files exactly as its manifest
 lists them; nothing has changed then. The steps, on the backup's physical path:
 
-1. check the backup again, every file's sha256 too (``backup_check.py --hashes``);
+1. verify the backup again, every file's sha256 too (``backup_check.py --hashes``);
 2. ``devpi-import`` (the live venv's) into ``<server dir>.restoring.pyinfra-new``
    (what a killed restore left there is removed first: it was never live);
 3. ``devpi-fsck`` of the new dir (every file's checksum against the database);
@@ -25,16 +25,14 @@ Nothing is deleted: the replaced server dir stays, and so does the backup.
 
 from __future__ import annotations
 
-import functools
 import shlex
-from pathlib import Path
 
 from pyinfra import host
 
 from facts.backup import BackupSource
-from facts.restore import BackupCheck, check_arguments
+from facts.restore import BackupCheck, check_arguments, program_source
 from facts.snapshot import FactRead, read
-from pyinfra_devpi import backup_check, layout, shell_script
+from pyinfra_devpi import layout, shell_script
 from pyinfra_devpi.config import DevpiConfig
 
 from .announce import ProgressCommand, operation
@@ -108,16 +106,11 @@ def reads(config: DevpiConfig, backup_path: str, uid: int) -> list:
     return [source_read(backup_path), check_read(config, backup_path, uid)]
 
 
-@functools.cache
-def _check_source() -> str:
-    return Path(backup_check.__file__).read_text(encoding="utf-8")
-
-
 def verify_command(config: DevpiConfig, backup: str, uid: int) -> str:
     return (
         "# verify the backup again: the SSH user's own plain files, exactly as its manifest lists them, "
         "each file's size and sha256\n"
-        f"{q(config.paths.bin('python'))} -I -c {q(_check_source())} {check_arguments(backup, uid)} --hashes --verify"
+        f"{q(config.paths.bin('python'))} -I -c {q(program_source())} {check_arguments(backup, uid)} --hashes --verify"
     )
 
 

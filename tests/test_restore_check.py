@@ -183,7 +183,8 @@ def test_a_file_beside_the_manifest_and_export_is_refused(backup):
     refused(backup.path, f"{backup.path / 'extra.json'}: is not part of a backup")
 
 
-@pytest.mark.parametrize("listed", ["/Users/alice/devpi/secret", "../../../devpi/secret", "root/../../x", "./a", "a//b", ""])
+@pytest.mark.parametrize("listed", ["/Users/alice/devpi/secret", "../../../devpi/secret", "root/../../x", "./a", "a//b",
+                                    ""])
 def test_a_manifest_entry_outside_the_export_is_refused(backup, listed):
     files = backup.listing()
     files.append({"path": listed, "size": 32, "sha256": digest(b"x")})
