@@ -6,13 +6,24 @@
 # commands (run with sh -c: each exits on its own).
 : "${new?}" "${live?}" "${keep_prefix?}" "${failed_prefix?}" "${python?}" "${swap_py?}"
 : "${loaded?}" "${stop?}" "${start?}" "${gate?}"
+# Once devpi is stopped this must finish (devpi up on the restored dir, or the previous
+# dir back): a controller that goes away (its SSH session gone: a hangup, output to a
+# closed pipe) does not stop it halfway.
+trap '' HUP PIPE
+# The dir swap (restore.SWAP: new, live, keep); its output is said after it has run, so
+# a closed pipe cannot fail a swap that happened.
+swap() {
+  said=$("$python" -I -c "$swap_py" "$1" "$2" "$3" 2>&1); swapped=$?
+  if [ "$swapped" -eq 0 ]; then printf '%s\n' "$said"; else printf '%s\n' "$said" >&2; fi
+  return "$swapped"
+}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 keep=$keep_prefix$stamp
 failed=$failed_prefix$stamp
 had_live=
 if [ -e "$live" ] || [ -L "$live" ]; then had_live=1; fi
 if [ -n "$loaded" ]; then sh -c "$stop" || exit $?; fi
-if ! "$python" -I -c "$swap_py" "$new" "$live" "$keep"; then
+if ! swap "$new" "$live" "$keep"; then
   printf 'the restored server dir could not be swapped in: %s is as it was; devpi is started on it again\n' "$live" >&2
   sh -c "$start" && sh -c "$gate"
   exit 1
@@ -34,7 +45,7 @@ if ! sh -c "$stop"; then
     "$live" "$keep" "$keep" "$live" >&2
   exit 1
 fi
-if ! "$python" -I -c "$swap_py" "$keep" "$live" "$failed"; then
+if ! swap "$keep" "$live" "$failed"; then
   printf 'the previous server dir %s could not be put back in place of %s: move it back by hand, then run deploys/devpi.py\n' \
     "$keep" "$live" >&2
   exit 1

@@ -6,8 +6,10 @@ started on it and waited for, and the run fails naming what failed."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,7 @@ class Host:
     def healthy(self, which: Path) -> None:
         (which / "healthy").write_text("")
 
-    def script(self, loaded: bool = True, start_fails: int = 0) -> str:
+    def script(self, loaded: bool = True, start_fails: int = 0, gate_takes: float = 0) -> str:
         log = str(self.log)
         # the start fails its first ``start_fails`` times (a counter file)
         start = (f"n=$(cat {self.root}/starts 2>/dev/null || echo 0); echo $((n + 1)) > {self.root}/starts; "
@@ -44,7 +46,7 @@ class Host:
             failed_prefix=str(self.live) + layout.FAILED_RESTORE_SUFFIX,
             python=sys.executable, swap_py=restore.SWAP, loaded=loaded,
             stop=f"printf 'stop\\n' >> {log}", start=start,
-            gate=f"printf 'gate\\n' >> {log}; [ -e {self.live}/healthy ]",
+            gate=f"printf 'gate\\n' >> {log}; sleep {gate_takes}; [ -e {self.live}/healthy ]",
         )
 
     def run(self, shell: str, **kwargs) -> subprocess.CompletedProcess:
@@ -127,3 +129,26 @@ def test_the_deploy_renders_it_with_launchd_and_the_health_gate():
     assert "launchctl bootstrap gui/501 /Users/alice/Library/LaunchAgents/net.devpi.plist" in swap
     assert "http://127.0.0.1:3141/+api" in swap  # the gate
     assert f"failed_prefix=/Users/alice/devpi/server-dir{layout.FAILED_RESTORE_SUFFIX}" in swap
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_controller_that_goes_away_does_not_stop_the_rollback_halfway(shell, tmp_path):
+    # The SSH session is gone while the restored dir is being waited for: the script is
+    # hung up on and its output goes nowhere; it still puts the previous dir back.
+    host = Host(tmp_path)
+    host.healthy(host.live)
+    proc = subprocess.Popen([shell, "-c", host.script(gate_takes=0.5)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while "gate" not in host.ran() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.stdout.close()
+        proc.stderr.close()
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=60) == 1
+    finally:
+        proc.kill()
+    assert host.ran() == ["stop", "start", "gate", "stop", "start", "gate"]
+    assert (host.live / "which").read_text() == "previous"
+    assert host.kept(layout.FAILED_RESTORE_SUFFIX) == ["restored"]
