@@ -253,3 +253,14 @@ def test_the_backup_programs_marker_may_be_beside_the_manifest_but_only_as_a_fil
     marker.mkdir()
     (marker / "hidden.whl").write_bytes(b"x")
     refused(backup.path, f"{marker}: is a directory")
+
+
+def test_many_problems_are_counted_and_the_first_ones_named(backup):
+    for n in range(25):
+        (backup.export / f"extra-{n:02d}.whl").write_bytes(b"x")
+    found = fact(backup.path)
+    assert found["problem_count"] == 25 and len(found["problems"]) == backup_check.SHOWN
+    with pytest.raises(DeployError) as error:
+        check_trust(str(backup.path), found)
+    assert f"{backup.export}/extra-00.whl: not listed in the manifest" in str(error.value)
+    assert "... and 5 more" in str(error.value)
