@@ -6,7 +6,9 @@ devpi_restore_from=<backup>``, only on explicit request.
 backup dir: ``devpi_backup``'s ``dir``, else ``<devpi_home>/backups``) or its path
 (absolute, or ``~/...``). The host must hold a converged devpi (its venv, config and
 plist: run ``deploys/devpi.py`` first). Every check that can refuse the restore runs
-while pyinfra plans; the steps are ``operations/restore.py``'s, then the health gate.
+while pyinfra plans, the backup's too (``BackupCheck``: the SSH user's own plain files,
+exactly as its manifest lists them), so a refused restore changes nothing; the steps
+are ``operations/restore.py``'s, the health gate (and the rollback) among them.
 """
 
 from __future__ import annotations
@@ -45,6 +47,21 @@ def backup_path(config: DevpiConfig, value, user_home: str) -> str:
     return f"{config.backup_dir}/{value}"
 
 
+def check_trust(path: str, checked: dict | None) -> None:
+    """Refuse a backup ``backup_check.py`` found problems with, naming each path."""
+    if checked is None:
+        return  # no venv: the converged-devpi check says so
+    problems = checked["problems"]
+    if problems:
+        more = checked.get("problem_count", len(problems)) - len(problems)
+        listed = "\n  ".join(problems) + (f"\n  ... and {more} more" if more > 0 else "")
+        raise DeployError(
+            f"refusing to restore {checked.get('path') or path}: a restore imports only the SSH user's own "
+            "plain files (no symlink, device or FIFO; not writable by group or others), exactly as the "
+            f"backup's manifest lists them; nothing was changed:\n  {listed}"
+        )
+
+
 def check_source(path: str, found: dict | None) -> None:
     if found is None:
         raise DeployError(f"there is no backup at {path}: name one of the backup dir's devpi-backup-* dirs, "
@@ -78,7 +95,7 @@ def devpi_restore():
         devpi.venv_read(config),
         launchd.job_read(config.label, domain),
         paths.plist_file,
-        *restore.reads(path),
+        *restore.reads(config, path, session["uid"]),
     ])
     deploy_lock.begin(config)
     found = read(host, restore.source_read(path))
@@ -86,15 +103,17 @@ def devpi_restore():
     if read(host, devpi.venv_read(config)) is None or file_content(host, paths.plist_file) is None:
         raise DeployError(f"{host.name} has no converged devpi ({paths.venv}, {paths.plist_file}): "
                           "run deploys/devpi.py first, then restore")
+    checked = read(host, restore.check_read(config, path, session["uid"]))
+    check_trust(path, checked)
+    physical = checked["path"]
     host.log(
-        f"restoring {found['path']} ({found.get('created')}, {found.get('file_count')} files, "
+        f"restoring {physical} ({found.get('created')}, {found.get('file_count')} files, "
         f"{found.get('size')} bytes, devpi-server {found.get('devpi_server')}) into {paths.server_dir}; "
         f"the current server dir is kept as {paths.server_dir}.before-restore-<time>",
         logger.info,
     )
     job = read(host, launchd.job_read(config.label, domain))
-    restore_op = restore.server_dir(name="Restore the server dir from " + found["path"], config=config,
-                                    backup=path, domain=domain, job=job, sudo=place.sudo)
-    health_op = devpi.wait_healthy(name="Wait for the restored devpi to answer", config=config, after=[restore_op])
-    deploy_lock.release(name="Release the deploy lock", config=config, after=[restore_op, health_op])
+    restore_op = restore.server_dir(name="Restore the server dir from " + physical, config=config,
+                                    backup=physical, uid=session["uid"], domain=domain, job=job, sudo=place.sudo)
+    deploy_lock.release(name="Release the deploy lock", config=config, after=[restore_op])
 

@@ -2,7 +2,11 @@
 Restore a backup (``deploys/devpi_restore.py``): each step is one command, so
 ``--dry --diff`` lists them all before anything runs.
 
-1. verify the backup against its manifest (every file's size and sha256);
+While planning, the ``BackupCheck`` fact (``pyinfra_devpi/backup_check.py``, sizes only)
+refuses a backup that is not the SSH user's own plain files exactly as its manifest
+lists them; nothing has changed then. The steps, on the backup's physical path:
+
+1. verify the backup again, every file's sha256 too (``backup_check.py --hashes``);
 2. ``devpi-import`` (the live venv's) into ``<server dir>.restoring.pyinfra-new``
    (what a killed restore left there is removed first: it was never live);
 3. ``devpi-fsck`` of the new dir (every file's checksum against the database);
@@ -10,9 +14,12 @@ Restore a backup (``deploys/devpi_restore.py``): each step is one command, so
    stopped by its pid, must answer ``/+api`` with the new dir's uuid;
 5. stop the job (``bootout``), swap the new dir in under the server dir's name (one
    ``rename``: an atomic exchange where the OS has one), keep the replaced dir as
-   ``<server dir>.before-restore-<stamp>``, start the job (``bootstrap``).
+   ``<server dir>.before-restore-<stamp>``, start the job (``bootstrap``), and the
+   deploy's health gate; when the restored dir does not come up, the previous dir is
+   swapped back (the restored one kept as ``<server dir>.failed-restore-<stamp>``),
+   devpi started on it and waited for, and the run fails naming what failed
+   (``restore_swap.sh``).
 
-Then the deploy's health gate (``devpi.wait_healthy``) waits for the restored devpi.
 Nothing is deleted: the replaced server dir stays, and so does the backup.
 """
 
@@ -23,12 +30,14 @@ import shlex
 from pyinfra import host
 
 from facts.backup import BackupSource
+from facts.restore import BackupCheck, check_arguments, program_source
 from facts.snapshot import FactRead, read
 from pyinfra_devpi import backup as bk
 from pyinfra_devpi import layout, shell_script
 from pyinfra_devpi.config import DevpiConfig
 
-from .announce import operation
+from .announce import ProgressCommand, operation
+from .devpi import wait_healthy_script
 from .launchd import bootout_command, bootstrap_command
 
 q = shlex.quote
@@ -41,29 +50,6 @@ BOOTSTRAP_RETRY = 0.1
 TRIAL_TIMEOUT = 120
 TRIAL_STOP_TIMEOUT = 30
 
-VERIFY = r"""
-import hashlib, json, os, sys
-root, manifest_name, export_name = sys.argv[1:4]
-manifest = json.load(open(os.path.join(root, manifest_name)))
-bad = []
-for entry in manifest["files"]:
-    path = os.path.join(root, export_name, entry["path"])
-    try:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        if os.path.getsize(path) != entry["size"] or h.hexdigest() != entry["sha256"]:
-            bad.append(entry["path"] + ": differs from the manifest")
-    except OSError as e:
-        bad.append(entry["path"] + ": " + str(e))
-if bad:
-    sys.stderr.write("the backup %s does not match its manifest (%d of %d files):\n  %s\n"
-                     % (root, len(bad), len(manifest["files"]), "\n  ".join(bad[:20])))
-    sys.exit(1)
-print("%d files, %d bytes: all match the manifest" % (len(manifest["files"]), manifest.get("size", 0)))
-"""
-
 # Does the export hold root/pypi? (devpi-import then takes its settings; else it must
 # not create devpi's default root/pypi, which would fetch PyPI's whole project list.)
 HAS_ROOT_PYPI = (
@@ -74,7 +60,8 @@ FREE_PORT = (
     "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1]); s.close()"
 )
 
-# Put ``new`` in place of ``live`` in one rename, keeping what was there as ``keep``.
+# Put ``new`` in place of ``live`` in one rename, keeping what was there as ``keep``
+# (which must not exist yet).
 # With ``live`` present: an atomic exchange where the OS offers one (Linux
 # renameat2(RENAME_EXCHANGE), macOS renamex_np(RENAME_SWAP)), so the server dir's name
 # never points at nothing, then the old dir (now under ``new``'s name) goes to ``keep``;
@@ -82,9 +69,11 @@ FREE_PORT = (
 SWAP = r"""
 import ctypes, os, sys
 new, live, keep = sys.argv[1:4]
+if os.path.lexists(keep):
+    sys.exit("%s exists already: nothing was moved" % keep)
 if not os.path.lexists(live):
     os.rename(new, live)
-    print("moved the restored server dir into place")
+    print("moved %s into place as %s" % (new, live))
     sys.exit(0)
 libc = ctypes.CDLL(None, use_errno=True)
 swapped = False
@@ -101,8 +90,8 @@ else:
     except OSError:
         os.rename(keep, live)
         raise
-print("swapped in the restored server dir (%s); the previous one is kept as %s"
-      % ("atomic exchange" if swapped else "two renames", keep))
+print("put %s in place of %s (%s); the one it replaced is kept as %s"
+      % (new, live, "atomic exchange" if swapped else "two renames", keep))
 """
 
 
@@ -110,15 +99,19 @@ def source_read(path: str) -> FactRead:
     return FactRead.of(BackupSource, path=path)
 
 
-def reads(backup_path: str) -> list:
-    return [source_read(backup_path)]
+def check_read(config: DevpiConfig, path: str, uid: int) -> FactRead:
+    return FactRead.of(BackupCheck, path=path, python=config.paths.bin("python"), uid=uid)
 
 
-def verify_command(config: DevpiConfig, backup: str) -> str:
+def reads(config: DevpiConfig, backup_path: str, uid: int) -> list:
+    return [source_read(backup_path), check_read(config, backup_path, uid)]
+
+
+def verify_command(config: DevpiConfig, backup: str, uid: int) -> str:
     return (
-        f"# verify the backup against its manifest (size and sha256 of every file)\n"
-        f"{q(config.paths.bin('python'))} -I -c {q(VERIFY)} {q(backup)} "
-        f"{q(layout.BACKUP_MANIFEST)} {q(layout.BACKUP_EXPORT_DIR)}"
+        "# verify the backup again: the SSH user's own plain files, exactly as its manifest lists them, "
+        "each file's size and sha256\n"
+        f"{q(config.paths.bin('python'))} -I -c {q(program_source())} {check_arguments(backup, uid)} --hashes --verify"
     )
 
 
@@ -158,40 +151,41 @@ def trial_command(config: DevpiConfig) -> str:
 
 
 def swap_command(config: DevpiConfig, domain: str, loaded: bool, sudo: str = "") -> str:
+    """Stop devpi, swap the restored dir in, start devpi, the health gate; the previous
+    dir back when the restored one does not come up (``operations/restore_swap.sh``)."""
     paths = config.paths
-    target = q(f"{domain}/{config.label}")
-    keep = q(paths.server_dir + layout.BEFORE_RESTORE_SUFFIX) + '"$stamp"'
-    lines = [
-        "# stop devpi, swap the restored server dir in (the previous one kept), start devpi",
-        "stamp=$(date -u +%Y%m%dT%H%M%SZ)",
-        f"new={q(paths.restoring_dir)}; live={q(paths.server_dir)}",
-    ]
-    if loaded:
-        lines.append(f"{bootout_command(f'{domain}/{config.label}', sudo)} || exit $?")
-    lines += [
-        f'{q(paths.bin("python"))} -I -c {q(SWAP)} "$new" "$live" {keep} || exit $?',
-        f"{sudo}launchctl enable {target} || exit $?",
-        # devpi is down until this succeeds: retry often while launchd lets the old job go
-        bootstrap_command(domain, target, paths.plist_file, delay=BOOTSTRAP_RETRY, sudo=sudo),
-    ]
-    return "\n".join(lines)
+    target = f"{domain}/{config.label}"
+    start = (f"{sudo}launchctl enable {q(target)} || exit $?\n"
+             # devpi is down until this succeeds: retry often while launchd lets the old job go
+             + bootstrap_command(domain, q(target), paths.plist_file, delay=BOOTSTRAP_RETRY, sudo=sudo))
+    gate = wait_healthy_script(config.local_url, config.health_timeout, paths.err_log, paths.nodeinfo,
+                               server_log=paths.server_log, job=target)
+    return shell_script.render(
+        __file__, "restore_swap",
+        "stop devpi, swap the restored server dir in (the previous one kept), start devpi, wait for it "
+        "(the previous server dir back if it does not answer)",
+        new=paths.restoring_dir, live=paths.server_dir,
+        keep_prefix=paths.server_dir + layout.BEFORE_RESTORE_SUFFIX,
+        failed_prefix=paths.server_dir + layout.FAILED_RESTORE_SUFFIX,
+        python=paths.bin("python"), swap_py=SWAP, loaded=loaded,
+        stop=bootout_command(target, sudo), start=start, gate=gate,
+    )
 
 
 @operation
-def server_dir(config: DevpiConfig, backup: str, domain: str, job: dict | None, sudo: str = ""):
+def server_dir(config: DevpiConfig, backup: str, uid: int, domain: str, job: dict | None, sudo: str = ""):
     """
-    Replace the server dir with one imported from ``backup`` (see the module doc).
+    Replace the server dir with one imported from ``backup`` (see the module doc), and
+    wait for devpi to answer from it (the previous dir back if it does not).
 
-    + backup: the backup's directory on the host (checked while planning)
+    + backup: the backup's physical path on the host (checked while planning)
+    + uid: the SSH user's uid (who must own the backup)
     + job: devpi's ``LaunchdJob`` as the run found it (a loaded job is booted out first)
     """
-    found = read(host, source_read(backup))
-    if found is None:
-        raise ValueError(f"no backup at {backup}")
     loaded = bool(job and job.get("loaded"))
     yield bk.wait_for_backup(config)  # no scheduled backup exports or prunes meanwhile
-    yield verify_command(config, backup)
+    yield verify_command(config, backup, uid)
     yield import_command(config, backup)
     yield fsck_command(config)
     yield trial_command(config)
-    yield swap_command(config, domain, loaded, sudo)
+    yield ProgressCommand(swap_command(config, domain, loaded, sudo))

@@ -98,9 +98,11 @@ BACKUP_EXPORT_DIR = "export"
 # What devpi-export writes at the top of its dump: users, indexes, file list.
 DATAINDEX = "dataindex.json"
 # A restore imports into ``<server dir>.restoring.pyinfra-new``, and keeps the dir it
-# replaces as ``<server dir>.before-restore-<stamp>``.
+# replaces as ``<server dir>.before-restore-<stamp>``; a restored dir that fails the
+# health gate is put aside as ``<server dir>.failed-restore-<stamp>``.
 RESTORING_SUFFIX = ".restoring" + TRANSIENT_SUFFIX
 BEFORE_RESTORE_SUFFIX = ".before-restore-"
+FAILED_RESTORE_SUFFIX = ".failed-restore-"
 
 # Where a Mac keeps the tools the deploy runs. A non-interactive SSH command on macOS
 # gets PATH=/usr/bin:/bin:/usr/sbin:/sbin: Homebrew's bin (``/opt/homebrew/bin`` on

@@ -640,20 +640,21 @@ def test_restore_source_names(config):
 def test_restore_steps(config):
     path = f"{HOME}/devpi/backups/devpi-backup-20261130T031700Z"
     host = PreparedHost(sources={path: {"path": path, "has_manifest": True, "has_dataindex": True}})
-    steps = run_op(restore.server_dir, host, config=config, backup=path, domain=DOMAIN, job={"loaded": True})
+    steps = run_op(restore.server_dir, host, config=config, backup=path, uid=501, domain=DOMAIN, job={"loaded": True})
     firsts = [step.splitlines()[0] for step in steps]
     assert [f.split(" ")[1] for f in firsts] == ["wait", "verify", "devpi-import", "devpi-fsck", "trial:", "stop"]
     swap = steps[-1]
-    assert swap.index("launchctl bootout") < swap.index("import ctypes") < swap.index("launchctl bootstrap")
-    assert f'{HOME}/devpi/server-dir.before-restore-"$stamp"' in swap
+    # (their order, and the rollback: tests/test_restore_swap.py runs the script)
+    assert "launchctl bootout" in swap and "import ctypes" in swap and "launchctl bootstrap" in swap
+    assert f"keep_prefix={HOME}/devpi/server-dir.before-restore-" in swap
     assert "--serverdir \"$new\"" in steps[2] and "rm -rf \"$new\"" in steps[2]
     # the live server dir is never removed
     for step in steps:
         assert f"rm -rf {HOME}/devpi/server-dir " not in step + " "
         assert gnu_only_forms(step) == []
     # a job that is not loaded is only bootstrapped
-    unloaded = run_op(restore.server_dir, host, config=config, backup=path, domain=DOMAIN, job=None)
-    assert "launchctl bootout" not in unloaded[-1]
+    unloaded = run_op(restore.server_dir, host, config=config, backup=path, uid=501, domain=DOMAIN, job=None)
+    assert "loaded=''" in unloaded[-1]
 
 
 @pytest.mark.parametrize("exchange", [True, False])

@@ -85,7 +85,7 @@ def test_restore_steps_take_paths_literally(shell, template, pwned, tmp_path):
     config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_home": str(home)}, "/Users/alice")
     backup = str(tmp_path / hostile / "backups" / hostile)
     steps = [
-        restore.verify_command(config, backup), restore.import_command(config, backup),
+        restore.verify_command(config, backup, 501), restore.import_command(config, backup),
         restore.fsck_command(config), restore.trial_command(config),
     ]
     for step in steps:
