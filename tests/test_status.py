@@ -141,6 +141,8 @@ def test_the_table_prints_no_terminal_escape_from_logs_or_the_backup_record():
         "healthy": False, "problems": [f"backup failed: {escape}"], "warnings": [],
         "sections": {
             "backups": {"configured": True, "count": 1, "dir": "/b", "kib": 1, "last_failure": None,
+                        "last_skipped": None, "unverified": [{"name": f"devpi-backup-{escape}", "reason": "x"}],
+                        "newest": {"name": f"devpi-backup-{escape}", "created": "t"},
                         "last_success": {"name": f"devpi-backup-{escape}"}},
             "logs": {"err_log": {"path": "/l/err.log", "size": 9, "last_lines": [f"Traceback {escape}"]}},
         },
@@ -148,7 +150,7 @@ def test_the_table_prints_no_terminal_escape_from_logs_or_the_backup_record():
     table = status.format_table("indri", report)
     assert not any(c in table for c in "\x1b\x07\x9b")
     assert "Traceback \\x1b]0;pwned\\x07\\x1b[2J\\x9b31m" in table
-    assert "last good devpi-backup-\\x1b]0;pwned" in table
+    assert "newest devpi-backup-\\x1b]0;pwned" in table
 
 
 def test_no_gnu_only_forms_in_the_status_commands():
