@@ -56,5 +56,18 @@ class PlatformSelection:
         return [self.line] if self.line else []
 
 
+def end_to_end_first(items: list[pytest.Item], tests_dir: Path = TESTS_DIR) -> None:
+    """Order ``items`` (stably) so the end-to-end modules come before the unit modules.
+    The workers (pytest-xdist, ``--dist loadfile``) take whole modules in this order as
+    they become free: the long e2e modules start first and the many short unit modules
+    fill the gaps at the end, instead of one e2e module running alone at the tail."""
+    suites = {tests_dir.resolve() / "e2e", tests_dir.resolve() / "mac"}
+    items.sort(key=lambda item: not suites & set(Path(str(item.path)).resolve().parents))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    end_to_end_first(items)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(PlatformSelection(sys.platform), "platform-selection")
