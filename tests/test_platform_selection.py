@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import LINUX_E2E_REASON, MAC_E2E_REASON, PlatformSelection
+from tests.conftest import LINUX_E2E_REASON, MAC_E2E_REASON, PlatformSelection, end_to_end_first
 
 
 @pytest.fixture
@@ -56,3 +56,19 @@ def test_nothing_deselected_no_line(suite):
     result = run(suite, "linux", "tests/test_unit.py", "tests/e2e")
     result.assert_outcomes(passed=3)
     assert not any("deselected" in line for line in result.outlines if not line.startswith("rootdir:"))
+
+
+def test_the_end_to_end_modules_are_handed_out_first_in_their_own_order(tmp_path):
+    """The workers take whole modules in collection order: the e2e (or Mac) modules come
+    first, each suite keeping its order, so the short unit modules fill the end."""
+    tests = tmp_path / "tests"
+
+    class Item:
+        def __init__(self, name: str):
+            self.path = tests / name
+
+    names = ["test_a.py", "e2e/test_z.py", "test_b.py", "e2e/test_c.py", "mac/test_m.py"]
+    items = [Item(name) for name in names]
+    end_to_end_first(items, tests)
+    assert [str(item.path.relative_to(tests)) for item in items] == [
+        "e2e/test_z.py", "e2e/test_c.py", "mac/test_m.py", "test_a.py", "test_b.py"]
