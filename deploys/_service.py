@@ -269,6 +269,7 @@ def preflight_reads(c: Converge) -> list:
         paths.caddy_restart_pending,
         *daemon_leftovers,
         *users_indexes.reads(c.config),
+        *search.reads(c.config),
     ]
 
 
@@ -302,11 +303,11 @@ def preflight_step(c: Converge) -> None:
              lock=read_uv_lock())
     # devpi-web's search: Whoosh only once no mirror loads its upstream's whole
     # project list (pyinfra_devpi/search.py); else null, and maybe Whoosh after the
-    # users/indexes step has flagged the mirrors.
+    # users/indexes step has flagged the mirrors (decided then when devpi is down now).
     try:
         c.searching = search_plan.decide(
             config.search,
-            users_indexes.found_indexes(config, c.fresh),
+            search.found_indexes(config, c.fresh),
             users_indexes.planned(config, c.fresh),
             search_plan.backend_in(file_content(host, paths.config_file)),
         )
@@ -438,8 +439,9 @@ def health(c: Converge) -> None:
          new_venv=[c.ops["venv build"]], target=c.place.target(c.config.label), sudo=c.place.sudo)
     # After the health wait: the devpi that answers runs this config's indexer. An index
     # the run's final indexer uses (Whoosh, maybe switched on later) is not orphaned.
+    later = c.searching.switch_on or c.searching.deferred
     c.op("index", devpi.orphaned_index, name="Orphaned Whoosh search index", config=c.config,
-         indexer_backend=search_plan.WHOOSH if c.searching.switch_on else c.searching.backend)
+         indexer_backend=search_plan.WHOOSH if later else c.searching.backend)
 
 
 def backup_reads(c: Converge) -> list:
