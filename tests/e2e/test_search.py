@@ -6,8 +6,9 @@ An existing host whose ``root/pypi`` lacks ``mirror_no_project_list`` (what the 
 role's devpi-init made) is switched in one run: the flag under the null backend first,
 then Whoosh and a restart. Memory and CPU are measured in ``bench/`` (``namelist``).
 
-The last two tests share one host, in this order: a declared unflagged mirror keeps
-search off, then that host (with search off, as an Ansible-made host has it) is switched.
+The last three tests share one host, in this order: a declared unflagged mirror keeps
+search off, then that host (with search off, as an Ansible-made host has it) is switched,
+then switched again in a run that finds devpi down while planning.
 """
 
 from __future__ import annotations
@@ -137,6 +138,34 @@ def test_an_existing_host_gets_the_flag_first_then_whoosh_in_one_run(unflagged_h
     # index only after the flag was set, and nothing loaded the name list again
     log = stack.server_log.read_text()
     assert log.index("PATCH /root/pypi") < log.index("for Whoosh index files"), log[-3000:]
+    assert name_list_fetches(upstream, since) == []
+    # and the next run has nothing left to do
+    assert stack.deploy().grand_total()[0] == 0
+
+
+def test_a_run_that_finds_devpi_down_switches_search_on_in_the_same_run(unflagged_host, upstream, e2e_log_dirs):
+    stack = unflagged_host
+    e2e_log_dirs.append(stack.root)
+    # search off and root/pypi unflagged, as before; then devpi booted out (a bootout, a
+    # crash, a server dir brought over: devpi does not answer while the run plans)
+    stack.reset(devpi_search=False)
+    assert backend(stack) == "null"
+    stack.stop_devpi()
+    since = len(upstream.requests())
+
+    stack.update(devpi_search=True, devpi_indexes={"root/pypi": {"mirror_url": upstream.url}})
+    result = stack.deploy()
+    out = result.output
+    assert "seen once it is up" in out, result.describe()
+    # decided after the health gate and the users/indexes step, in this run
+    assert out.index("set index root/pypi's mirror_no_project_list to True") < out.index(
+        "devpi-web's search (Whoosh) is switched on: every mirror"), result.describe()
+    assert backend(stack) == "whoosh"
+    assert stack.state()["root"]["indexes"]["pypi"]["mirror_no_project_list"] is True
+    stack.wait_healthy()
+    assert list((stack.server_dir / ".indices").glob("_project_*.toc")), "no Whoosh project index"
+    log = stack.server_log.read_text()
+    assert log.rindex("PATCH /root/pypi") < log.rindex("for Whoosh index files"), log[-3000:]
     assert name_list_fetches(upstream, since) == []
     # and the next run has nothing left to do
     assert stack.deploy().grand_total()[0] == 0
