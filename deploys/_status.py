@@ -131,6 +131,10 @@ def _backups(probe: DevpiConfig) -> list[FactRead]:
             FactRead.of(DiskUsage, path=probe.backup_dir)]
 
 
+def _smoke_file(probe: DevpiConfig) -> FactRead:
+    return FactRead.of(FileContents, paths=(probe.paths.smoke_result,))
+
+
 def _err_tail(probe: DevpiConfig) -> FactRead:
     return FactRead.of(LogTail, path=probe.paths.err_log, lines=LOG_LINES)
 
@@ -323,6 +327,26 @@ def backups_report(found: Found, probe: DevpiConfig) -> Part:
     return part
 
 
+def smoke_report(found: Found, probe: DevpiConfig) -> Part:
+    """The health gate's last smoke check (real requests once /+api answered), as it
+    recorded it: when, on which venv, each request and its status."""
+    path = found.config.paths.smoke_result
+    text = found.file(_smoke_file(probe), path)
+    if text is None:
+        return Part({"result_file": None})
+    try:
+        record = json.loads(text)
+        fields = {"result_file": path, "ok": record["ok"] is True, "time": record["time"], "venv": record["venv"],
+                  "checks": [f"GET {p} {s or 'no answer'}" for p, s in record["checks"]]}
+    except (ValueError, KeyError, TypeError):
+        return Part({"result_file": path, "ok": None},
+                    warnings=[f"{path} is not the smoke check's record: the next deploy that restarts devpi rewrites it"])
+    part = Part(fields)
+    if not fields["ok"]:
+        part.warnings.append(f"devpi failed its last smoke check ({', '.join(fields['checks'])}): see {path}")
+    return part
+
+
 def logs_report(found: Found, probe: DevpiConfig) -> Part:
     paths = found.config.paths
     fields = {}
@@ -342,6 +366,7 @@ SECTIONS: list[Section] = [
     Section("caddy", lambda probe: [_files(probe)], caddy_report),
     Section("backups", _backups, backups_report),
     Section("logs", lambda probe: [_err_tail(probe), _log_tail(probe)], logs_report),
+    Section("smoke", lambda probe: [_smoke_file(probe)], smoke_report),
 ]
 
 
@@ -437,8 +462,13 @@ def summary_lines(sections: dict) -> list[tuple[str, str]]:
             rows.append(("backups", f"{b['count']} in {b['dir']} ({_kib(b['kib'])}); last good "
                          f"{success.get('name') or 'none'}"
                          + (f"; last failure {failure.get('time')} (exit {failure.get('exit_code')})" if failure else "")))
+    s = sections.get("smoke")
+    if s and "result_file" in s:
+        rows.append(("smoke", "no smoke check recorded" if s["result_file"] is None else
+                     "unreadable record" if s.get("ok") is None else
+                     f"{'passed' if s['ok'] else 'FAILED'} at {s['time']} on {s['venv']}: {', '.join(s['checks'])}"))
     for name, fields in sections.items():
-        if name not in ("versions", "launchd", "http", "disk", "prewarm", "caddy", "backups", "logs"):
+        if name not in ("versions", "launchd", "http", "disk", "prewarm", "caddy", "backups", "logs", "smoke"):
             rows.append((name, json.dumps(fields, sort_keys=True)))
     return rows
 
