@@ -353,7 +353,7 @@ except Exception as error:
     ok = False
     checks.append(["(" + type(error).__name__ + ")", 0])
 venv = os.path.realpath(sys.prefix)
-record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ok": ok, "venv": venv, "checks": checks}
+record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ok": ok, "venv_dir": venv, "checks": checks}
 try:
     with open(new, "w", encoding="utf-8") as out:
         json.dump(record, out)

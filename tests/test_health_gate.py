@@ -369,3 +369,25 @@ def test_a_new_venv_whose_devpi_answers_the_api_but_fails_real_requests_is_rolle
     assert "smoke check passed" in result.stdout
     assert os.readlink(live) == str(old)
     assert json.loads((home / "smoke.pyinfra.json").read_text())["ok"] is True
+
+
+@pytest.mark.parametrize("text, ok, warned", [
+    (None, None, False),
+    ('{"time": "2026-12-07T21:40:00Z", "ok": true, "venv_dir": "/v/a", "checks": [["/", 200]]}', True, False),
+    ('{"time": "2026-12-07T21:40:00Z", "ok": false, "venv_dir": "/v/b", "checks": [["/", 500]]}', False, True),
+    ("\ufffd{garbled", None, True),
+])
+def test_the_status_shows_the_last_smoke_check(text, ok, warned):
+    from deploys import _status
+    from pyinfra_devpi.config import build_config
+
+    config = build_config({"devpi_outside_url": "https://pypi.example.org"}, "/Users/alice")
+    probe = build_config({"devpi_outside_url": "https://pypi.example.org"}, _status.PROBE_HOME)
+    found = _status.Found(config, "gui/501", {_status._smoke_file(probe): {config.paths.smoke_result: text}}, {})
+    part = _status.smoke_report(found, probe)
+    assert part.fields.get("ok") is ok
+    assert bool(part.warnings) is warned
+    if ok is not None:
+        assert part.fields["checks"] == [f"GET / {200 if ok else 500}"]
+        (row,) = [r for r in _status.summary_lines({"smoke": part.fields}) if r[0] == "smoke"]
+        assert row[1].startswith("passed at" if ok else "FAILED at")

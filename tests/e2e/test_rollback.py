@@ -100,5 +100,5 @@ def test_a_new_venv_that_answers_the_api_but_fails_real_requests_is_rolled_back(
     # the status shows the last smoke check: the old venv's, passed
     report = stack.pyinfra("deploys/status.py", "--data", "devpi_status_format=json", check=False)
     smoke = json.loads(report.stdout.strip().splitlines()[0])["sections"]["smoke"]
-    assert smoke["ok"] is True and os.path.realpath(smoke["venv"]) == good, smoke
+    assert smoke["ok"] is True and os.path.realpath(smoke["venv_dir"]) == good, smoke
     assert smoke["checks"][0] == "GET / 200"
