@@ -7,6 +7,10 @@
 : "${suffix?}" "${rename?}" "${smoke?}" "${smoke_python?}" "${smoke_result?}" "${smoke_indexes?}"
 : "${smoke_new?}"
 
+# After a venv swap, a run killed during the gate (its connection gone) still finishes it,
+# and its rollback: the output is lost, the old venv serves.
+if [ -n "$rollback" ]; then trap '' HUP PIPE; fi
+
 # devpi sends its server dir's uuid (.nodeinfo) in X-DEVPI-UUID: a 200 from another
 # devpi on the port is not health.
 want=

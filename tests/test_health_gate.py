@@ -328,10 +328,13 @@ def test_the_smoke_check_passes_shows_and_records_its_requests(shell, tmp_path):
     assert not (home / "smoke.pyinfra.json.pyinfra-new").exists()
 
 
-def test_a_new_venv_whose_devpi_answers_the_api_but_fails_real_requests_is_rolled_back(tmp_path):
+@pytest.mark.parametrize("connection", ["kept", "gone"])
+def test_a_new_venv_whose_devpi_answers_the_api_but_fails_real_requests_is_rolled_back(tmp_path, connection):
     """The new venv's devpi answers /+api, but its pages fail: the smoke check fails the
     gate, the link goes back to the previous venv, the job restarts (a stand-in launchctl
-    starts the good devpi) and passes the smoke check; the run still fails."""
+    starts the good devpi) and passes the smoke check; the run still fails. A run killed
+    in the gate (``gone``: the connection, the script's stdout and stderr, closed at once)
+    still rolls back: the old venv serves."""
     import json
     import os
     import sys
@@ -353,14 +356,24 @@ def test_a_new_venv_whose_devpi_answers_the_api_but_fails_real_requests_is_rolle
                 "target": "gui/501/net.devpi"}
     script = wait_healthy_script(f"http://127.0.0.1:{port}", 10, str(tmp_path / "err.log"), nodeinfo(tmp_path),
                                  rollback, smoke=smoke_for(home))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     try:
-        result = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60,
-                                env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+        if connection == "gone":
+            gate = subprocess.Popen(["/bin/sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            gate.stdout.close()
+            gate.stderr.close()
+            gate.wait(timeout=60)
+        else:
+            result = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60, env=env)
     finally:
         bad.kill()
         bad.wait()
         if (tmp_path / "good.pid").exists():
             os.kill(int((tmp_path / "good.pid").read_text()), 15)
+    if connection == "gone":
+        assert os.readlink(live) == str(old) and (tmp_path / "good.pid").exists()
+        assert json.loads((home / "smoke.pyinfra.json").read_text())["ok"] is True
+        return
     assert result.returncode == 1
     assert "smoke check FAILED" in result.stdout and "GET / 500" in result.stdout, result.stdout
     assert "but failed the smoke check" in result.stderr and "did not answer" not in result.stderr
