@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 
 import pytest
 
-from .harness import add_unstartable_devpi, start_upstream
+from tests.pyinfra_cli import PYINFRA_BIN
+
+from .harness import REPO, add_unstartable_devpi, http, pyinfra_env, start_upstream, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -102,3 +106,51 @@ def test_a_new_venv_that_answers_the_api_but_fails_real_requests_is_rolled_back(
     smoke = json.loads(report.stdout.strip().splitlines()[0])["sections"]["smoke"]
     assert smoke["ok"] is True and os.path.realpath(smoke["venv_dir"]) == good, smoke
     assert smoke["checks"][0] == "GET / 200"
+
+
+def test_a_run_killed_in_the_gate_of_a_hollow_venv_still_rolls_back(shared_host, private_upstream, e2e_log_dirs):
+    """pyinfra (and its SSH connection) killed while the gate checks the new venv: the
+    gate's script goes on on the host, fails the smoke check and rolls back; the old venv
+    serves, its data as it was."""
+    upstream = private_upstream
+    upstream.add_project("devpi-server", HOLLOW_SERVER, modules={"main": HOLLOW_MAIN},
+                         scripts={"devpi-server": "devpi_server.main:main"})
+    upstream.add_project("devpi-web", HOLLOW_WEB, modules={"main": ""})
+    upstream.add_project("setuptools", "80.0")
+    stack = shared_host.get()
+    e2e_log_dirs.append(stack.root)
+    good = os.path.realpath(stack.devpi_home / "venv")
+    stack.wait_healthy()
+    uuid = (stack.server_dir / ".nodeinfo").read_text()
+    users = http("GET", stack.devpi_url + "/", headers={"Accept": "application/json"})[2]
+
+    inventory = stack.write_inventory(devpi_server_version=HOLLOW_SERVER, devpi_web_version=HOLLOW_WEB,
+                                      devpi_index_url=upstream.url, devpi_health_timeout=60)
+    proc = subprocess.Popen([str(PYINFRA_BIN), "-y", str(inventory), "deploys/devpi.py"], cwd=str(REPO),
+                            env=pyinfra_env(stack.env_extra), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if "smoke check FAILED" in line:  # the gate is under way on the host
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert "smoke check FAILED" in "".join(seen), "".join(seen)[-3000:]
+
+    wait_until(lambda: os.path.realpath(stack.devpi_home / "venv") == good, 90, 0.2,
+               "the gate left running on the host to roll the venv link back")
+    wait_until(lambda: last_smoke(stack).get("ok") is True, 90, 0.2, "the old venv's devpi to pass the smoke check")
+    assert os.path.realpath(last_smoke(stack)["venv_dir"]) == good
+    stack.wait_healthy()
+    assert http("GET", stack.devpi_url + "/", headers={"Accept": "application/json"})[2] == users
+    assert (stack.server_dir / ".nodeinfo").read_text() == uuid
+
+
+def last_smoke(stack) -> dict:
+    try:
+        return json.loads((stack.devpi_home / "smoke.pyinfra.json").read_text())
+    except (OSError, ValueError):
+        return {}
