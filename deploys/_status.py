@@ -336,11 +336,12 @@ def smoke_report(found: Found, probe: DevpiConfig) -> Part:
         return Part({"result_file": None})
     try:
         record = json.loads(text)
+        checks = [f"GET {p} {s or 'no answer'}" for p, s in record["checks"]]
         fields = {"result_file": path, "ok": record["ok"] is True, "time": record["time"],
-                  "venv_dir": record["venv_dir"], "checks": [f"GET {p} {s or 'no answer'}" for p, s in record["checks"]]}
+                  "venv_dir": record["venv_dir"], "checks": checks}
     except (ValueError, KeyError, TypeError):
-        return Part({"result_file": path, "ok": None},
-                    warnings=[f"{path} is not the smoke check's record: the next deploy that restarts devpi rewrites it"])
+        return Part({"result_file": path, "ok": None}, warnings=[
+            f"{path} is not the smoke check's record: the next deploy that restarts devpi rewrites it"])
     part = Part(fields)
     if not fields["ok"]:
         part.warnings.append(f"devpi failed its last smoke check ({', '.join(fields['checks'])}): see {path}")
@@ -464,9 +465,10 @@ def summary_lines(sections: dict) -> list[tuple[str, str]]:
                          + (f"; last failure {failure.get('time')} (exit {failure.get('exit_code')})" if failure else "")))
     s = sections.get("smoke")
     if s and "result_file" in s:
+        verdict = "passed" if s.get("ok") else "FAILED"
         rows.append(("smoke", "no smoke check recorded" if s["result_file"] is None else
                      "unreadable record" if s.get("ok") is None else
-                     f"{'passed' if s['ok'] else 'FAILED'} at {s['time']} on {s['venv_dir']}: {', '.join(s['checks'])}"))
+                     f"{verdict} at {s['time']} on {s['venv_dir']}: {', '.join(s['checks'])}"))
     for name, fields in sections.items():
         if name not in ("versions", "launchd", "http", "disk", "prewarm", "caddy", "backups", "logs", "smoke"):
             rows.append((name, json.dumps(fields, sort_keys=True)))

@@ -333,7 +333,8 @@ def run():
     for user, config in (json.loads(body)["result"] or {}).items():
         for index, ixconfig in ((config or {}).get("indexes") or {}).items():
             indexes[user + "/" + index] = ixconfig or {}
-    mirrors = sorted(n for n, c in indexes.items() if c.get("type") == "mirror" and c.get("mirror_no_project_list") is True)
+    mirrors = sorted(n for n, c in indexes.items()
+                     if c.get("type") == "mirror" and c.get("mirror_no_project_list") is True)
     for name in mirrors:
         status, body = get("/" + name + "/+simple/", "text/html")
         if status != 200:
