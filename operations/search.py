@@ -151,10 +151,12 @@ def switch_script(config: DevpiConfig, new: str, target: str, sudo: str) -> str:
 
 def switch_on_when_up(state, host, config: DevpiConfig, content: str, target: str, sudo: str = "",
                       request=None) -> bool:
-    """At execution, for a ``deferred`` plan: decide from devpi's indexes now (after the
-    health gate and the users/indexes step) and, when no mirror loads its upstream's whole
-    project list, write the config naming Whoosh, restart devpi, wait for it and make
-    devpi-web's index. ``request``: devpi's JSON API (default: through the SSH connection)."""
+    """Decide devpi-web's search from devpi's indexes now, and switch Whoosh on if no mirror forbids it.
+
+    At execution, for a ``deferred`` plan (after the health gate and the users/indexes
+    step): when no mirror loads its upstream's whole project list, write the config naming
+    Whoosh, restart devpi, wait for it and make devpi-web's index. ``request``: devpi's
+    JSON API (default: through the SSH connection)."""
     if request is None:
         request = json_requester(host, config.local_address, config.port, timeout=max(30, config.health_timeout))
     try:
