@@ -335,6 +335,7 @@ class Layout:
             ("backup program", self.backup_program),
             ("record of the last backups", self.backup_status),
             ("backup lock (there while a backup runs, or left by a killed one)", self.backup_lock),
+            ("log of the last restore's trial devpi", self.restore_trial_log),
             ("stdout log", self.out_log),
             ("stderr log", self.err_log),
             ("devpi's log", self.server_log),
