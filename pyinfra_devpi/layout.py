@@ -337,12 +337,15 @@ class Layout:
             ("tools (uv the deploy bootstrapped)", self.tools_dir),
             ("backup program", self.backup_program),
             ("record of the last backups", self.backup_status),
+            ("backup lock (there while a backup runs, or left by a killed one)", self.backup_lock),
+            ("log of the last restore's trial devpi", self.restore_trial_log),
             ("stdout log", self.out_log),
             ("stderr log", self.err_log),
             ("devpi's log", self.server_log),
             ("backup job's log", self.backup_log),
             *((f"devpi's log, rotated copy {n}", path) for n, path in enumerate(self.server_log_backups(log_backups), 1)),
         ]
+
     def pruned(self) -> list[tuple[str, str]]:
         """The dirs whose content the deploy removes, by what they are (nothing of the
         operator's may be configured inside them: ``pyinfra_devpi/real_paths.py``)."""
