@@ -1603,7 +1603,8 @@ def test_an_upgrade_that_ran_started_devpi_itself_so_the_job_is_not_restarted_ag
     opted, host = opted_bump(config)
     host.paths[opted.paths.upgrade_pending] = {"kind": "file", "kib": 4}  # the build left its venv waiting
     steps = converge(host, opted)
-    (upgrade,) = steps["upgrade"]
+    wait, upgrade = steps["upgrade"]
+    assert wait.startswith("# wait while a scheduled backup runs")  # backup.wait_for_backup first
     assert upgrade.function.shown_as.startswith("# the server dir's data to the new venv's database version")
     assert launchctl_verbs(steps["agent"]) == []  # upgrade.sh stopped and started devpi: no kickstart -k after
     assert steps["health"]  # the gate (and its smoke check) on the new server dir
