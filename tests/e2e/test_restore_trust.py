@@ -148,7 +148,8 @@ def test_a_dataindex_entry_that_leads_out_of_the_backup_is_refused(host):
     export = backup / layout.BACKUP_EXPORT_DIR
     dataindex = json.loads((export / layout.DATAINDEX).read_text())
     (entry,) = dataindex["indexes"][INDEX]["files"]
-    (export / entry["relpath"]).unlink()
+    dropped = entry["relpath"]
+    (export / dropped).unlink()
     entry["relpath"] = os.path.relpath(secret, export)
     mapping = entry["entrymapping"]
     for name in mapping["hashes"]:
@@ -157,9 +158,14 @@ def test_a_dataindex_entry_that_leads_out_of_the_backup_is_refused(host):
         name = mapping["hash_spec"].partition("=")[0]
         mapping["hash_spec"] = f"{name}={hashlib.new(name, secret.read_bytes()).hexdigest()}"
     (export / layout.DATAINDEX).write_text(json.dumps(dataindex))
-    data = (export / layout.DATAINDEX).read_bytes()
-    (backup / layout.BACKUP_MANIFEST).write_text(json.dumps({"files": [
-        {"path": layout.DATAINDEX, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}]}))
+    # the manifest as the attacker leaves it: the dropped file gone, dataindex.json's new
+    # size and hash (other modules' uploads on the shared host stay listed as they are)
+    manifest = json.loads((backup / layout.BACKUP_MANIFEST).read_text())
+    manifest["files"] = [listed for listed in manifest["files"] if listed["path"] != dropped]
+    for listed in manifest["files"]:
+        data = (export / listed["path"]).read_bytes()
+        listed.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (backup / layout.BACKUP_MANIFEST).write_text(json.dumps(manifest))
 
     pid, digests = stack.pid(), server_dir_digests(stack)
     result = restore(stack, backup)

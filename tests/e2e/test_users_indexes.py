@@ -30,7 +30,7 @@ EBLUME_PW = "eblume e2e Pa55 & more"
 
 def leftovers(home: Path) -> list[str]:
     """Transient files a run must not leave behind (the deploy's records may stay)."""
-    kept = ("users.pyinfra.json", ".pyinfra-deploy.serial")
+    kept = ("users.pyinfra.json", ".pyinfra-deploy.serial", "smoke.pyinfra.json")
     return sorted(p.name for p in (home / "devpi").iterdir() if "pyinfra" in p.name and p.name not in kept)
 
 
