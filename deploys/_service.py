@@ -368,11 +368,13 @@ def config_files(c: Converge) -> None:
     c.op("logging", devpi.logging_config, name="Write devpi's logging config", config=c.config,
          content=render_logging_config(c.config))
     c.op("config", devpi.server_config, name="Write devpi-server config", config=c.config, content=c.server_yaml)
-    if c.replication.is_replica:
+    if not c.replication.is_replica:
+        c.op("secret", devpi.secret, name="Create devpi secret file", config=c.config)
+    else:
+        # Below the primary's own secret step: pyinfra runs operations in code order across
+        # hosts, so a primary this run initialises has made its secret by then.
         c.op("secret", replica.secret, name="The primary's secret file on the replica", config=c.config,
              replication=c.replication, primary=c.primary)
-    else:
-        c.op("secret", devpi.secret, name="Create devpi secret file", config=c.config)
 
 
 def init(c: Converge) -> None:
