@@ -374,7 +374,7 @@ def config_files(c: Converge) -> None:
         # Below the primary's own secret step: pyinfra runs operations in code order across
         # hosts, so a primary this run initialises has made its secret by then.
         c.op("secret", replica.secret, name="The primary's secret file on the replica", config=c.config,
-             replication=c.replication, primary=c.primary)
+             replication=c.replication, action=replica.plan_secret(c.config, c.replication, c.primary))
 
 
 def init(c: Converge) -> None:

@@ -46,13 +46,11 @@ def upload_primary_secret(state, host, primary_name: str, staged: str) -> bool:
     return bool(host.put_file(BytesIO(secret), staged))
 
 
-@operation
-def secret(config: DevpiConfig, replication: replica.Replication, primary: PrimaryView | None):
-    """
-    The replica's secret file: byte-identical to its primary's (devpi signs the
-    replication tokens with it), 0600 from its first byte, never printed.
+def plan_secret(config: DevpiConfig, replication: replica.Replication, primary: PrimaryView | None) -> str:
+    """While pyinfra plans (the operation's own body runs only at execution with ``-y``):
+    ``replica.KEEP`` or ``replica.WRITE`` the primary's secret on this replica, or a
+    ``DeployError`` before any change.
 
-    + replication: this host's part (a replica)
     + primary: the primary as the plan read it over its SSH connection (None: named by URL)
     """
     paths = config.paths
@@ -63,17 +61,32 @@ def secret(config: DevpiConfig, replication: replica.Replication, primary: Prima
         if found is not None and not reachable:
             what = primary.reason if primary is not None else f"the primary is named by URL ({replication.primary_url})"
             log_once(f"the replica's secret file {paths.secret_file} was not compared with its primary's: {what}")
-        host.noop(f"the replica's secret file {paths.secret_file} is its primary's")
-        return
+        return action
     if replication.primary_host is None:
         raise DeployError(
             f"the replica needs its primary's secret file at {paths.secret_file}, and its primary is named by URL "
             f"({replication.primary_url}), so the deploy cannot read it: name the primary by its inventory host "
             "(devpi_primary), or put a copy of the primary's secret file there (mode 0600) and rerun",
         )
-    if primary is not None and not primary.reachable:
+    if not reachable:
         raise DeployError(f"the replica needs its primary's secret file, and {primary.reason}: "
                           "run the deploy with the primary in the inventory and reachable")
+    return action
+
+
+@operation
+def secret(config: DevpiConfig, replication: replica.Replication, action: str):
+    """
+    The replica's secret file: byte-identical to its primary's (devpi signs the
+    replication tokens with it), 0600 from its first byte, never printed.
+
+    + replication: this host's part (a replica)
+    + action: ``plan_secret``'s
+    """
+    paths = config.paths
+    if action == replica.KEEP:
+        host.noop(f"the replica's secret file {paths.secret_file} is its primary's")
+        return
     if state.config.DIFF:
         host.log(f"Will write {paths.secret_file}: {replication.primary_host}'s secret file (not shown)", logger.info)
     staged = transient(paths.secret_file)

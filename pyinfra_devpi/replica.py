@@ -200,7 +200,8 @@ url, timeout, primary = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 deadline, status = time.monotonic() + timeout, {}
 while time.monotonic() < deadline:
     try:
-        with urllib.request.urlopen(url + "/+status", timeout=5) as answer:
+        request = urllib.request.Request(url + "/+status", headers={"Accept": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as answer:
             status = json.load(answer).get("result", {})
     except Exception as error:
         status = {"error": str(error)}
@@ -215,6 +216,8 @@ print("the replica has not replicated from its primary %s in %d s: its serial is
 print("A serial that stays at -1 is what a secret file other than the primary's gives (the primary "
       "answers 403 to its token: rerun with devpi_replica_secret_rotate = True to copy the primary's), or "
       "a primary that does not answer at that URL, or that runs without role: primary.", file=sys.stderr)
+if status.get("error"):
+    print("its /+status did not answer: %s" % status["error"], file=sys.stderr)
 for key, value in list(errors.items())[:3]:
     print("replication error %s: %s" % (key, value), file=sys.stderr)
 sys.exit(1)

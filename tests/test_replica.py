@@ -194,9 +194,11 @@ class _Status(http.server.BaseHTTPRequestHandler):
     answer: dict = {}
 
     def do_GET(self):  # noqa: N802
-        body = json.dumps({"result": self.server.answer}).encode()
+        # As devpi-web does: its status page for a browser, JSON only when asked for.
+        wants_json = self.headers.get("Accept") == "application/json"
+        body = json.dumps({"result": self.server.answer}).encode() if wants_json else b"<html>status</html>"
         self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "application/json" if wants_json else "text/html")
         self.end_headers()
         self.wfile.write(body)
 

@@ -95,7 +95,7 @@ def test_fresh_converge_of_primary_and_replica(pair):
 def test_upload_on_primary_is_installable_through_replica(pair, tools, tmp_path):
     primary = pair.primary
     devpi_client.ensure_user(primary.devpi_url, primary.root_auth, "alice", ALICE_PW)
-    devpi_client.ensure_index(primary.devpi_url, ("alice", ALICE_PW), "alice/dev", bases=[])
+    devpi_client.ensure_index(primary.devpi_url, primary.root_auth, "alice/dev", bases=[], acl_upload=["alice"])
     wheel = build_wheel(tmp_path / "dist", "rep-alpha", "1.0")
     published = devpi_client.uv_publish(tools.uv, wheel.path, f"{primary.devpi_url}/alice/dev/", "alice", ALICE_PW)
     assert published.returncode == 0, published.stdout + published.stderr
