@@ -13,7 +13,7 @@ import pytest
 from tests.pyinfra_cli import render_inventory
 
 from . import devpi_client
-from .harness import build_wheel, http, run_pyinfra, wait_until
+from .harness import build_wheel, free_port, http, run_pyinfra, wait_until
 from .stack import start_stack
 
 pytestmark = pytest.mark.e2e
@@ -30,23 +30,25 @@ class Pair:
     def __init__(self, primary, replica, root: Path) -> None:
         self.primary, self.replica, self.root = primary, replica, root
 
-    def inventory(self, **replica_overrides) -> Path:
+    def inventory(self, extra_hosts: dict | None = None, **replica_overrides) -> Path:
         path = self.root / "inventory.py"
         hosts = {
             "primary": {**self.primary.sshd.connector_data(), **self.primary.data},
             "replica": {**self.replica.sshd.connector_data(), **self.replica.data,
                         "devpi_role": "replica", "devpi_primary": "primary", **replica_overrides},
+            **(extra_hosts or {}),
         }
-        # render_inventory writes one host; a second one is appended the same way.
-        render_inventory(path, "e2e_hosts", "primary", hosts["primary"], made_by=__name__)
-        second = render_inventory(self.root / "second.py", "e2e_hosts", "replica", hosts["replica"],
-                                  made_by=__name__).read_text()
-        body = second.split("e2e_hosts = [\n", 1)[1]
-        path.write_text(path.read_text().rstrip().removesuffix("]") + body)
+        # render_inventory writes one host; the others are appended the same way.
+        first, *others = hosts
+        render_inventory(path, "e2e_hosts", first, hosts[first], made_by=__name__)
+        for name in others:
+            more = render_inventory(self.root / "more.py", "e2e_hosts", name, hosts[name], made_by=__name__)
+            body = more.read_text().split("e2e_hosts = [\n", 1)[1]
+            path.write_text(path.read_text().rstrip().removesuffix("]") + body)
         return path
 
-    def deploy(self, *args: str, check: bool = True, **replica_overrides):
-        return run_pyinfra(self.inventory(**replica_overrides), "deploys/devpi.py", *args, check=check,
+    def deploy(self, *args: str, check: bool = True, extra_hosts: dict | None = None, **replica_overrides):
+        return run_pyinfra(self.inventory(extra_hosts, **replica_overrides), "deploys/devpi.py", *args, check=check,
                            env_extra=self.primary.env_extra)
 
 
@@ -121,9 +123,23 @@ def test_login_and_upload_through_replica_reach_primary(pair, tools, tmp_path):
 
 
 def test_a_rerun_reports_no_change_on_either(pair):
+    marks = pair.primary.sshd.mark(), pair.replica.sshd.mark()
     result = pair.deploy()
     changed, _ = result.grand_total()
     assert changed == 0, result.describe()
+    # Two remote commands on each host (the session, the batch); the replica's plan reads
+    # the primary's secret and .nodeinfo by SFTP, which runs no command.
+    assert pair.primary.sshd.commands_since(marks[0]) == 2
+    assert pair.replica.sshd.commands_since(marks[1]) == 2
+
+
+def test_an_unreachable_host_fails_alone(pair):
+    gone = {**pair.primary.sshd.connector_data(), **pair.primary.data, "ssh_port": free_port()}
+    result = pair.deploy(check=False, extra_hosts={"gone": gone})
+    assert not result.ok
+    assert "[gone]" in result.output
+    changed, unchanged = result.grand_total()
+    assert changed == 0 and unchanged > 0, result.describe()
 
 
 def test_changelog_through_the_public_name_needs_a_replicas_token(pair):
@@ -156,6 +172,10 @@ def test_a_replica_with_a_wrong_secret_fails_alone(pair):
     assert not refused.ok
     assert "devpi_replica_secret_rotate" in refused.output and "[replica]" in refused.output
     assert "[primary]" in refused.output and "Grand total" in refused.output, refused.describe()
+    # --dry --diff shows where the primary's secret goes, never the secret.
+    dry = pair.deploy("--dry", "--diff", devpi_replica_secret_rotate=True)
+    assert "(not shown)" in dry.output
+    assert (pair.primary.devpi_home / "secret").read_bytes() not in dry.output.encode()
     rotated = pair.deploy(devpi_replica_secret_rotate=True)
     assert rotated.ok, rotated.describe()
     assert secret.read_bytes() == (pair.primary.devpi_home / "secret").read_bytes()
