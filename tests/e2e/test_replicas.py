@@ -30,10 +30,11 @@ class Pair:
     def __init__(self, primary, replica, root: Path) -> None:
         self.primary, self.replica, self.root = primary, replica, root
 
-    def inventory(self, extra_hosts: dict | None = None, **replica_overrides) -> Path:
+    def inventory(self, extra_hosts: dict | None = None, primary_overrides: dict | None = None,
+                  **replica_overrides) -> Path:
         path = self.root / "inventory.py"
         hosts = {
-            "primary": {**self.primary.sshd.connector_data(), **self.primary.data},
+            "primary": {**self.primary.sshd.connector_data(), **self.primary.data, **(primary_overrides or {})},
             "replica": {**self.replica.sshd.connector_data(), **self.replica.data,
                         "devpi_role": "replica", "devpi_primary": "primary", **replica_overrides},
             **(extra_hosts or {}),
@@ -47,9 +48,10 @@ class Pair:
             path.write_text(path.read_text().rstrip().removesuffix("]") + body)
         return path
 
-    def deploy(self, *args: str, check: bool = True, extra_hosts: dict | None = None, **replica_overrides):
-        return run_pyinfra(self.inventory(extra_hosts, **replica_overrides), "deploys/devpi.py", *args, check=check,
-                           env_extra=self.primary.env_extra)
+    def deploy(self, *args: str, check: bool = True, extra_hosts: dict | None = None,
+               primary_overrides: dict | None = None, **replica_overrides):
+        inventory = self.inventory(extra_hosts, primary_overrides, **replica_overrides)
+        return run_pyinfra(inventory, "deploys/devpi.py", *args, check=check, env_extra=self.primary.env_extra)
 
 
 def status(base_url: str) -> dict:
@@ -172,6 +174,15 @@ def test_a_replica_with_a_wrong_secret_fails_alone(pair):
     assert not refused.ok
     assert "devpi_replica_secret_rotate" in refused.output and "[replica]" in refused.output
     assert "[primary]" in refused.output and "Grand total" in refused.output, refused.describe()
+    # A primary named by URL cannot be compared with: the replica restarted (a config
+    # change) with the wrong secret does not replicate, and its host fails, named.
+    stuck = pair.deploy(check=False, primary_overrides={"devpi_server_options": {"role": "primary"}},
+                        devpi_primary=pair.primary.caddy_url, devpi_health_timeout=5,
+                        devpi_server_options={"threads": 7})
+    assert not stuck.ok
+    assert "was not compared with its primary's" in stuck.output
+    assert "[replica] the replica has not replicated from its primary" in stuck.output, stuck.describe()
+    assert "devpi_replica_secret_rotate" in stuck.output
     # --dry --diff shows where the primary's secret goes, never the secret.
     dry = pair.deploy("--dry", "--diff", devpi_replica_secret_rotate=True)
     assert "(not shown)" in dry.output
