@@ -231,3 +231,71 @@ def test_the_in_sync_wait_passes_a_following_replica_and_names_a_stuck_one(statu
     assert result.returncode == code, result.stderr
     if code:
         assert "serial is -1" in result.stderr and "devpi_replica_secret_rotate" in result.stderr
+
+
+# --------------------------------------------------------------------------- the converge's steps
+
+
+def replica_converge(host_kind: str, secret_digest: str | None, primary_digest: str | None, rotate=False):
+    """The deploy's real steps (after the preflight) for replica ``kiwi`` under prepared
+    facts: ``{operation key: its commands}``, and the prepared host."""
+    from dataclasses import dataclass, fields
+
+    from deploys import _service as service
+    from facts.replica import PrimaryView
+    from pyinfra_devpi.search import NULL, SearchPlan
+    from tests.prepared import PreparedHost, in_context
+    from tests.test_operations import converged, fresh, place_of, preflighted, prepared_call
+
+    @dataclass
+    class ReplicaHost(PreparedHost):
+        secret_digest: str | None = None
+
+        def get_fact(self, cls, **kwargs):
+            if cls is SecretDigest:
+                self.asked.append((cls.__name__, kwargs))
+                return self.secret_digest
+            return super().get_fact(cls, **kwargs)
+
+    inventory = {"indri": PRIMARY_DATA, "kiwi": {**REPLICA_DATA, "devpi_replica_secret_rotate": rotate}}
+    config, part = node("kiwi", inventory)
+    prepared = (fresh if host_kind == "fresh" else converged)(config)
+    if host_kind == "converged":
+        prepared.server_dir["nodeinfo"] = {"role": "replica", "uuid": "r", "primary-uuid": "p"}
+        prepared.files[config.paths.config_file] = render_server_yaml(config, NULL)
+    host = ReplicaHost(**{f.name: getattr(prepared, f.name) for f in fields(prepared)}, secret_digest=secret_digest)
+    steps: dict = {}
+    c = preflighted(host, config, place_of(config), prepared_call(host, steps))
+    c.replication, c.password_hash = part, None
+    c.primary = PrimaryView("indri", True, secret_file="/Users/alice/devpi/secret", secret_digest=primary_digest,
+                            uuid="p")
+    c.searching, c.server_yaml = SearchPlan(NULL), render_server_yaml(config, NULL)
+    replica.check_server_dir(config, part, host.server_dir, "p")  # the preflight's refusal
+    for step in service.STEPS:
+        if step.name not in ("preflight", "lock"):
+            in_context(host, step.run, c)
+    return steps, host
+
+
+def test_a_fresh_replica_is_initialised_from_its_primary_without_users_or_a_root_password():
+    from pyinfra.api import FunctionCommand
+
+    steps, _ = replica_converge("fresh", None, replica.digest(b"s"))
+    text = "\n".join(c for commands in steps.values() for c in commands if isinstance(c, str))
+    assert "--role replica" in text and "--primary-url" in text and "DEVPISERVER_ROOT_PASSWD_HASH" not in text
+    secret = steps["secret"]
+    assert "umask 077 && set -C" in secret[-3] and isinstance(secret[-2], FunctionCommand)
+    assert secret[-2].function.__name__ == "upload_primary_secret"
+    assert steps["in sync"], "a replica (re)started waits until it has replicated"
+    assert "users and indexes" not in steps
+
+
+def test_a_converged_replica_changes_nothing_and_a_differing_secret_is_refused_or_rotated():
+    same = replica.digest(b"s")
+    steps, host = replica_converge("converged", same, same)
+    changed = {key: commands for key, commands in steps.items() if commands}
+    assert changed == {}, changed
+    with pytest.raises(DeployError, match="devpi_replica_secret_rotate"):
+        replica_converge("converged", replica.digest(b"other"), same)
+    rotated, _ = replica_converge("converged", replica.digest(b"other"), same, rotate=True)
+    assert rotated["secret"] and rotated["agent"] and rotated["in sync"]
