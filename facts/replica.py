@@ -12,6 +12,7 @@ import shlex
 from dataclasses import dataclass
 
 from pyinfra.api import FactBase
+from pyinfra.api.exceptions import FactProcessError
 
 from pyinfra_devpi import replica
 from pyinfra_devpi.config import build_config
@@ -34,7 +35,6 @@ class SecretDigest(FactBase):
         if lines == ["missing"]:
             return None
         if len(lines) != 1 or len(lines[0]) != 64:
-            from pyinfra.api.exceptions import FactProcessError
             raise FactProcessError(f"unexpected shasum output: {len(lines)} line(s)")
         return lines[0]
 

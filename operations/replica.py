@@ -127,9 +127,10 @@ def in_sync_command(config: DevpiConfig, replication: replica.Replication) -> st
 @operation
 def in_sync(config: DevpiConfig, replication: replica.Replication, after=()):
     """
-    After the replica was (re)started, wait (bounded by devpi_health_timeout) until it has
-    replicated from its primary; a replica whose serial does not move (a secret other
-    than the primary's, a primary not answering) fails this host, named.
+    After the replica was (re)started, wait (bounded by devpi_health_timeout) until it
+    replicates: its primary has answered its token (devpi's ``primary-serial`` is known),
+    not necessarily caught up. A replica the primary does not answer (a secret other than
+    the primary's, a primary down or without ``role: primary``) fails this host, named.
 
     + after: the operations that may have (re)started it or changed its secret
     """

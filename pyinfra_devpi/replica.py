@@ -193,7 +193,7 @@ def check_server_dir(config, replication: Replication, server_dir: dict, primary
 
 
 # The program a replica's host runs (the venv's Python, standard library only) after a
-# (re)start: wait until the replica has replicated from its primary.
+# (re)start: wait until the replica replicates from its primary.
 IN_SYNC_PROGRAM = r"""
 import json, sys, time, urllib.request
 url, timeout, primary = sys.argv[1], float(sys.argv[2]), sys.argv[3]
@@ -205,9 +205,11 @@ while time.monotonic() < deadline:
             status = json.load(answer).get("result", {})
     except Exception as error:
         status = {"error": str(error)}
+    # The primary's serial is known once the primary has answered the replica's token: it
+    # replicates (a large primary may take longer to catch up than this wait).
     serial, theirs = status.get("serial", -1), status.get("primary-serial")
-    if isinstance(serial, int) and serial >= 0 and theirs is not None and serial >= theirs:
-        print("replica in sync with %s at serial %d" % (primary, serial))
+    if isinstance(serial, int) and serial >= 0 and theirs is not None:
+        print("replicating from %s: serial %d of %d" % (primary, serial, theirs))
         sys.exit(0)
     time.sleep(0.2)
 errors = status.get("replication-errors") or {}

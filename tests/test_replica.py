@@ -216,6 +216,7 @@ def status_server():
 
 @pytest.mark.parametrize(("answer", "code"), [
     ({"serial": 7, "primary-serial": 7}, 0),
+    ({"serial": 3, "primary-serial": 900}, 0),  # catching up: the primary answered its token
     ({"serial": -1, "primary-serial": None, "replication-errors": {}}, 1),
 ])
 def test_the_in_sync_wait_passes_a_following_replica_and_names_a_stuck_one(status_server, answer, code, tmp_path):
