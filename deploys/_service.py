@@ -290,6 +290,7 @@ def preflight_reads(c: Converge) -> list:
         paths.caddy_restart_pending,
         *daemon_leftovers,
         *users_indexes.reads(c.config),
+        *search.reads(c.config),
     ]
 
 
@@ -325,7 +326,7 @@ def preflight_step(c: Converge) -> None:
              lock=read_uv_lock())
     # devpi-web's search: Whoosh only once no mirror loads its upstream's whole
     # project list (pyinfra_devpi/search.py); else null, and maybe Whoosh after the
-    # users/indexes step has flagged the mirrors.
+    # users/indexes step has flagged the mirrors (decided then when devpi is down now).
     if c.replication.is_replica:
         # A replica's indexes are its primary's: no users/indexes step, no Whoosh switch.
         c.searching = search_plan.SearchPlan(search_plan.NULL)
@@ -334,7 +335,7 @@ def preflight_step(c: Converge) -> None:
     try:
         c.searching = search_plan.decide(
             config.search,
-            users_indexes.found_indexes(config, c.fresh),
+            search.found_indexes(config, c.fresh),
             users_indexes.planned(config, c.fresh),
             search_plan.backend_in(file_content(host, paths.config_file)),
         )
@@ -414,6 +415,27 @@ def caddy_site(c: Converge) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Unless:
+    """``meta``'s change, for a restart, unless ``started`` changed: the upgrade across
+    database versions swaps the new venv in and starts devpi on it itself, so the venv
+    build's change needs no second restart. Before execution, ``meta``'s alone (the plan
+    cannot know whether the upgrade will find anything to move)."""
+
+    meta: object
+    started: object
+
+    def is_complete(self) -> bool:
+        return self.meta.is_complete()
+
+    def did_change(self) -> bool:
+        return self.meta.did_change() and not (self.started.is_complete() and self.started.did_change())
+
+    @property
+    def will_change(self) -> bool:
+        return self.meta.will_change
+
+
 def kind(c: Converge) -> str:
     return "LaunchDaemon " if c.place.daemon else "LaunchAgent "
 
@@ -465,7 +487,7 @@ def launchd_job(c: Converge) -> None:
     )
     load_job(
         c, "agent", config.label, render_plist(config, place.run_as), paths.plist_file, (paths.out_log, paths.err_log),
-        restart_after=[c.ops["venv build"], c.ops["logging"], c.ops["config"],
+        restart_after=[Unless(c.ops["venv build"], started=c.ops["upgrade"]), c.ops["logging"], c.ops["config"],
                        *([c.ops["secret"]] if c.replication.is_replica else [])],
         # devpi's label loaded in another domain (the Ansible role's `launchctl load`,
         # the other scope) holds the port: booted out by the same command that loads
@@ -475,15 +497,18 @@ def launchd_job(c: Converge) -> None:
 
 
 def health(c: Converge) -> None:
-    c.op("health", devpi.wait_healthy, name="Wait for devpi to answer", config=c.config, after=[c.ops["agent"]],
-         new_venv=[c.ops["venv build"]], target=c.place.target(c.config.label), sudo=c.place.sudo)
+    # After the upgrade's own start too: the gate's smoke check runs on the new dir.
+    c.op("health", devpi.wait_healthy, name="Wait for devpi to answer", config=c.config,
+         after=[c.ops["agent"], c.ops["upgrade"]], new_venv=[c.ops["venv build"]],
+         target=c.place.target(c.config.label), sudo=c.place.sudo)
     if c.replication.is_replica:
         c.op("in sync", replica.in_sync, name="Wait for the replica to replicate", config=c.config,
              replication=c.replication, after=[c.ops["agent"], c.ops["secret"]])
     # After the health wait: the devpi that answers runs this config's indexer. An index
     # the run's final indexer uses (Whoosh, maybe switched on later) is not orphaned.
+    later = c.searching.switch_on or c.searching.deferred
     c.op("index", devpi.orphaned_index, name="Orphaned Whoosh search index", config=c.config,
-         indexer_backend=search_plan.WHOOSH if c.searching.switch_on else c.searching.backend)
+         indexer_backend=search_plan.WHOOSH if later else c.searching.backend)
 
 
 def backup_reads(c: Converge) -> list:

@@ -133,6 +133,10 @@ def _backups(probe: DevpiConfig) -> list[FactRead]:
             FactRead.of(DiskUsage, path=probe.backup_dir)]
 
 
+def _smoke_file(probe: DevpiConfig) -> FactRead:
+    return FactRead.of(FileContents, paths=(probe.paths.smoke_result,))
+
+
 def _err_tail(probe: DevpiConfig) -> FactRead:
     return FactRead.of(LogTail, path=probe.paths.err_log, lines=LOG_LINES)
 
@@ -341,6 +345,27 @@ def backups_report(found: Found, probe: DevpiConfig) -> Part:
     return part
 
 
+def smoke_report(found: Found, probe: DevpiConfig) -> Part:
+    """The health gate's last smoke check (real requests once /+api answered), as it
+    recorded it: when, on which venv, each request and its status."""
+    path = found.config.paths.smoke_result
+    text = found.file(_smoke_file(probe), path)
+    if text is None:
+        return Part({"result_file": None})
+    try:
+        record = json.loads(text)
+        checks = [f"GET {p} {s or 'no answer'}" for p, s in record["checks"]]
+        fields = {"result_file": path, "ok": record["ok"] is True, "time": record["time"],
+                  "venv_dir": record["venv_dir"], "checks": checks}
+    except (ValueError, KeyError, TypeError):
+        return Part({"result_file": path, "ok": None}, warnings=[
+            f"{path} is not the smoke check's record: the next deploy that restarts devpi rewrites it"])
+    part = Part(fields)
+    if not fields["ok"]:
+        part.warnings.append(f"devpi failed its last smoke check ({', '.join(fields['checks'])}): see {path}")
+    return part
+
+
 def logs_report(found: Found, probe: DevpiConfig) -> Part:
     paths = found.config.paths
     fields = {}
@@ -360,6 +385,7 @@ SECTIONS: list[Section] = [
     Section("caddy", lambda probe: [_files(probe)], caddy_report),
     Section("backups", _backups, backups_report),
     Section("logs", lambda probe: [_err_tail(probe), _log_tail(probe)], logs_report),
+    Section("smoke", lambda probe: [_smoke_file(probe)], smoke_report),
 ]
 
 
@@ -460,8 +486,14 @@ def summary_lines(sections: dict) -> list[tuple[str, str]]:
                          + (f"; last failure {failure.get('time')} (exit {failure.get('exit_code')})" if failure else "")
                          + (f"; last skipped {skipped.get('time')}" if skipped else "")
                          + (f"; the last success waited {waited} s for a deploy" if waited else "")))
+    s = sections.get("smoke")
+    if s and "result_file" in s:
+        verdict = "passed" if s.get("ok") else "FAILED"
+        rows.append(("smoke", "no smoke check recorded" if s["result_file"] is None else
+                     "unreadable record" if s.get("ok") is None else
+                     f"{verdict} at {s['time']} on {s['venv_dir']}: {', '.join(s['checks'])}"))
     for name, fields in sections.items():
-        if name not in ("versions", "launchd", "http", "disk", "prewarm", "caddy", "backups", "logs"):
+        if name not in ("versions", "launchd", "http", "disk", "prewarm", "caddy", "backups", "logs", "smoke"):
             rows.append((name, json.dumps(fields, sort_keys=True)))
     return rows
 

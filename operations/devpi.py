@@ -304,10 +304,86 @@ def init(config: DevpiConfig, password_hash=None):
 # How often (seconds) the health wait says it is still waiting.
 HEALTH_PROGRESS_EVERY = 5
 
+# The smoke check, once /+api answers (argv: devpi's URL, the result file, its transient
+# name, the declared private indexes one a line): real requests a broken devpi fails while /+api still
+# answers. ``GET /`` (every user and index, from the database); the simple page of one
+# project a mirror has cached (the first flagged mirror with any: its ``+simple/`` lists
+# only what it holds, so the upstream's whole list is never asked for); devpi-web's page
+# of the first declared private index devpi holds. Prints what it asked and got, records
+# it (JSON, through a transient name) for the status, and exits 1 on a failure. Run by
+# the live venv's Python (-I), standard library only.
+SMOKE_PY = r"""
+import json, os, re, sys, time, urllib.request as u
+url, result, new, private = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3], sys.argv[4].split("\n")
+opener = u.build_opener(u.ProxyHandler({}))
+checks = []
+def get(path, accept):
+    try:
+        answer = opener.open(u.Request(url + path, headers={"Accept": accept}), timeout=60)
+        status, body = answer.status, answer.read()
+    except u.HTTPError as error:
+        status, body = error.code, b""
+    except Exception:
+        status, body = 0, b""
+    checks.append([path, status])
+    return status, body
+def run():
+    status, body = get("/", "application/json")
+    if status != 200:
+        return False
+    indexes = {}
+    for user, config in (json.loads(body)["result"] or {}).items():
+        for index, ixconfig in ((config or {}).get("indexes") or {}).items():
+            indexes[user + "/" + index] = ixconfig or {}
+    mirrors = sorted(n for n, c in indexes.items()
+                     if c.get("type") == "mirror" and c.get("mirror_no_project_list") is True)
+    for name in mirrors:
+        status, body = get("/" + name + "/+simple/", "text/html")
+        if status != 200:
+            return False
+        cached = re.findall(r'href="([^"/]+)/"', body.decode("utf-8", "replace"))
+        if cached:
+            if get("/" + name + "/+simple/" + cached[0] + "/", "text/html")[0] != 200:
+                return False
+            break
+    for name in private:
+        if indexes.get(name, {}).get("type", "mirror") != "mirror":
+            return get("/" + name, "text/html")[0] == 200
+    return True
+try:
+    ok = run()
+except Exception as error:
+    ok = False
+    checks.append(["(" + type(error).__name__ + ")", 0])
+venv = os.path.realpath(sys.prefix)
+record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ok": ok, "venv_dir": venv, "checks": checks}
+try:
+    with open(new, "w", encoding="utf-8") as out:
+        json.dump(record, out)
+    os.replace(new, result)
+except OSError:
+    pass
+try:  # the run's connection may be gone (a killed run): the verdict stands without it
+    print("smoke check %s on %s (%s): %s" % ("passed" if ok else "FAILED", url, os.path.basename(venv),
+          ", ".join("GET %s %s" % (path, status or "no answer") for path, status in checks)), flush=True)
+except OSError:
+    pass
+sys.exit(0 if ok else 1)
+"""
+
+
+def smoke_inputs(config: DevpiConfig) -> dict:
+    """The health gate's smoke check (``SMOKE_PY``) for this config."""
+    private = sorted(name for name, spec in config.indexes.items()
+                     if spec.get("state", "present") != "absent" and spec.get("type", "stage") != "mirror")
+    return {"smoke": SMOKE_PY, "smoke_python": config.paths.bin("python"),
+            "smoke_result": config.paths.smoke_result, "smoke_indexes": "\n".join(private),
+            "smoke_new": layout.transient(config.paths.smoke_result)}
+
 
 def wait_healthy_script(
     url: str, timeout: int, err_log: str, nodeinfo: str | None = None, rollback: dict | None = None,
-    server_log: str | None = None, job: str | None = None,
+    server_log: str | None = None, job: str | None = None, smoke: dict | None = None,
 ) -> str:
     """Poll ``GET /+api`` until it answers 200 from *this* server dir's devpi.
 
@@ -333,6 +409,10 @@ def wait_healthy_script(
     ``launchctl``; a pid that is gone is looked up again, since a restart (``kickstart
     -k``) replaces it.
 
+    ``smoke`` (``smoke_inputs``): once ``/+api`` answers, the smoke check's real requests
+    must pass too; a failure fails the gate as a devpi that does not answer would (and
+    rolls a new venv back), its result shown in the run and recorded for the status.
+
     The script is ``operations/wait_healthy.sh``; these are its inputs.
     """
     rollback = rollback or {}
@@ -347,6 +427,7 @@ def wait_healthy_script(
         version=rollback.get("version"), previous=rollback.get("previous"), live=rollback.get("live"),
         target=rollback.get("target"), sudo=bool(rollback.get("sudo", "").strip()),
         suffix=layout.TRANSIENT_SUFFIX, rename=RENAME,
+        **(smoke or dict.fromkeys(("smoke", "smoke_python", "smoke_result", "smoke_indexes", "smoke_new"))),
     )
 
 
@@ -372,7 +453,7 @@ def wait_healthy(config: DevpiConfig, after=(), new_venv=(), target: str | None 
                     "target": target, "sudo": sudo}
     yield ProgressCommand(
         wait_healthy_script(config.local_url, config.health_timeout, paths.err_log, paths.nodeinfo, rollback,
-                            server_log=paths.server_log, job=target),
+                            server_log=paths.server_log, job=target, smoke=smoke_inputs(config)),
     )
 
 

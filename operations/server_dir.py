@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import shlex
 
-from pyinfra import host, logger
+from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, StringCommand
 
+from facts.files import PathsFound
 from pyinfra_devpi import backup as bk
 from pyinfra_devpi import layout, shell_script
 from pyinfra_devpi.config import DevpiConfig
@@ -160,6 +161,11 @@ def upgrade(config: DevpiConfig, domain: str, venv_op=None, server_db_version: s
 
     + venv_op: the venv build; nothing to do when it builds nothing
     + server_db_version / wanted_db_version: for the plan's message
+
+    Only the venv build knows the new venv's database version: the plan says the upgrade
+    may run; at execution it runs only when the build left a venv waiting for it, so a
+    new devpi that keeps the database version reports no change here (and its venv,
+    swapped in by the build, is started by the job's restart).
     """
     if not config.allow_export_import or venv_op is None or not any_changed([venv_op]):
         host.noop("no upgrade across database versions (devpi_allow_export_import unset, or no new venv)")
@@ -167,9 +173,20 @@ def upgrade(config: DevpiConfig, domain: str, venv_op=None, server_db_version: s
     if not server_dir(config)["complete"]:
         host.noop(f"{config.paths.server_dir} holds no data to move over")
         return
+    if state.is_executing and not upgrade_pending(config):
+        host.noop(f"devpi-server {config.server_version} keeps the database version of {config.paths.server_dir}: "
+                  "nothing to move over")
+        return
     log_once(upgrade_steps(config, server_db_version, wanted_db_version), logger.info)
     yield bk.wait_for_backup(config)  # no scheduled backup exports the dir being swapped
     yield reported(upgrade_script(config, domain, sudo))
+
+
+def upgrade_pending(config: DevpiConfig) -> bool:
+    """At execution, after the venv build: did it leave a venv waiting for the upgrade
+    (``layout.upgrade_pending``)? Read from the host now, not from the plan's snapshot."""
+    return bool((host.get_fact(PathsFound, paths=(config.paths.upgrade_pending,)) or {}).get(
+        config.paths.upgrade_pending))
 
 
 def reported(script: str) -> FunctionCommand:

@@ -1,9 +1,15 @@
 # The health gate (operations/devpi.py wait_healthy_script): poll GET /+api until this
-# server dir's devpi answers 200; on failure say what answered, show the logs' tails,
-# and (after a new venv was swapped in) roll back to the previous venv.
+# server dir's devpi answers 200, then (with $smoke) the smoke check's real requests pass;
+# on failure say what answered, show the logs' tails, and (after a new venv was swapped
+# in) roll back to the previous venv.
 : "${api?}" "${url?}" "${timeout?}" "${every?}" "${nodeinfo?}" "${err_log?}" "${server_log?}"
 : "${job?}" "${rollback?}" "${version?}" "${previous?}" "${live?}" "${target?}" "${sudo?}"
-: "${suffix?}" "${rename?}"
+: "${suffix?}" "${rename?}" "${smoke?}" "${smoke_python?}" "${smoke_result?}" "${smoke_indexes?}"
+: "${smoke_new?}"
+
+# After a venv swap, a run killed during the gate (its connection gone) still finishes it,
+# and its rollback: the output is lost, the old venv serves.
+if [ -n "$rollback" ]; then trap '' HUP PIPE; fi
 
 # devpi sends its server dir's uuid (.nodeinfo) in X-DEVPI-UUID: a 200 from another
 # devpi on the port is not health.
@@ -44,13 +50,26 @@ healthy() {
   done
 }
 
-if healthy; then exit 0; fi
+# /+api answering is not enough: a devpi that fails real requests fails the gate too.
+smoked=
+passes() {
+  smoked=
+  healthy || return 1
+  if [ -z "$smoke" ]; then return 0; fi
+  "$smoke_python" -I -c "$smoke" "$url" "$smoke_result" "$smoke_new" "$smoke_indexes" && return 0
+  smoked=1; return 1
+}
 
-if [ "${code:-000}" = 200 ]; then
+if passes; then exit 0; fi
+
+if [ -n "$smoked" ]; then
+  printf 'devpi answers %s but failed the smoke check (the requests above): it cannot serve\n' "$api" >&2
+elif [ "${code:-000}" = 200 ]; then
   printf 'another devpi answers on %s: its server dir is %s, this one'"'"'s is %s. A job under an old label, or from a previous devpi_home, holds the port: unload that job and rerun\n' \
     "$url" "${got:-unknown}" "$want" >&2
 fi
-if [ -n "$exited" ]; then
+if [ -n "$smoked" ]; then :
+elif [ -n "$exited" ]; then
   printf 'devpi exited before it answered on %s. launchd reports for %s:\n' "$api" "$job" >&2
   launchctl print "$job" 2>/dev/null | grep -E '^.(state|runs|last exit code|last terminating signal) = ' >&2
 else
@@ -73,7 +92,7 @@ if [ -n "$rollback" ]; then
     ln -s "$prev" "$live$suffix"
     "$prev/bin/python" -I -c "$rename" "$live$suffix" "$live"
     if [ -n "$sudo" ]; then sudo -n launchctl kickstart -k "$target"; else launchctl kickstart -k "$target"; fi
-    if healthy; then
+    if passes; then
       printf 'rolled back: devpi answers again from %s; devpi-server %s is not in use\n' "$prev" "$version" >&2
     else
       printf 'the rollback did not bring devpi back either (last status: %s)\n' "${code:-000}" >&2

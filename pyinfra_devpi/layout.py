@@ -221,6 +221,8 @@ class Layout:
     # The deploy's record of the password references it set (no secret in it).
     users_state_file = _Under("home", "users.pyinfra.json")
     prewarm_marker = _Under("home", "prewarm.state")
+    # The health gate's last smoke check (real requests after /+api answered), as JSON.
+    smoke_result = _Under("home", "smoke.pyinfra.json")
     # Exists while a changed Caddy block waits for a successful Caddy restart (here,
     # not beside the block: Caddy may import every file in its sites dir).
     caddy_restart_pending = _Under("home", "caddy-restart.pending")
@@ -330,16 +332,20 @@ class Layout:
             ("secret file (signs logins)", self.secret_file),
             ("record of the users' password references", self.users_state_file),
             ("prewarm marker", self.prewarm_marker),
+            ("record of the last smoke check", self.smoke_result),
             ("Caddy restart marker", self.caddy_restart_pending),
             ("tools (uv the deploy bootstrapped)", self.tools_dir),
             ("backup program", self.backup_program),
             ("record of the last backups", self.backup_status),
+            ("backup lock (there while a backup runs, or left by a killed one)", self.backup_lock),
+            ("log of the last restore's trial devpi", self.restore_trial_log),
             ("stdout log", self.out_log),
             ("stderr log", self.err_log),
             ("devpi's log", self.server_log),
             ("backup job's log", self.backup_log),
             *((f"devpi's log, rotated copy {n}", path) for n, path in enumerate(self.server_log_backups(log_backups), 1)),
         ]
+
     def pruned(self) -> list[tuple[str, str]]:
         """The dirs whose content the deploy removes, by what they are (nothing of the
         operator's may be configured inside them: ``pyinfra_devpi/real_paths.py``)."""

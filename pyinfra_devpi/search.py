@@ -16,10 +16,13 @@ devpi holds no mirror without the flag, before and after this run's users/indexe
   Whoosh and devpi restarts (``operations/search.py``), in the same run;
 - a mirror that would stay unflagged (declared with ``mirror_no_project_list: False``,
   or not declared at all): ``null``, and the plan says which mirror keeps search off;
-- devpi did not answer while planning (its indexes unknown): the backend the host's
-  config already names is kept, since the deploy wrote Whoosh there only once every
-  mirror was flagged, and the users/indexes step refuses to leave a mirror unflagged
-  while devpi runs Whoosh; a host still on ``null`` is switched by the next run.
+- devpi did not answer while planning (its indexes unknown: the first run on a server
+  dir brought over, a run after a bootout or a crash): a host whose config names Whoosh
+  keeps it, since the deploy wrote Whoosh there only once every mirror was flagged, and
+  the users/indexes step refuses to leave a mirror unflagged while devpi runs Whoosh; a
+  host on ``null`` (or without a config) starts devpi with ``null``, and the decision is
+  made once devpi is up, after the health gate and the users/indexes step, from the
+  indexes devpi reports then (``deferred``, ``decide_when_up``): Whoosh in the same run.
 
 Pure functions; the deploy reads the facts and acts on the ``SearchPlan``.
 """
@@ -72,10 +75,13 @@ def indexes_after(indexes: dict, actions: list[dict]) -> dict:
 class SearchPlan:
     """``backend``: what the config written before devpi's (re)start names;
     ``switch_on``: after the users/indexes step, write Whoosh and restart devpi;
+    ``deferred``: devpi did not answer while planning: decided once it is up, after the
+    users/indexes step (``decide_when_up``), and maybe switched on then;
     ``message``: what the plan tells the operator (``warn``: as a warning)."""
 
     backend: str
     switch_on: bool = False
+    deferred: bool = False
     message: str | None = None
     warn: bool = False
 
@@ -94,8 +100,11 @@ def decide(search: bool, current: dict | None, actions: list[dict] | None, host_
             return SearchPlan(WHOOSH)
         return SearchPlan(
             NULL,
-            message="devpi does not answer, so this run cannot see whether every mirror has "
-            "mirror_no_project_list: devpi-web's search (Whoosh) is switched on by the next run",
+            deferred=True,
+            message="devpi does not answer while planning, so whether every mirror has "
+            "mirror_no_project_list is seen once it is up: devpi starts without search (null), and "
+            "devpi-web's search (Whoosh) is switched on after the users and indexes step if every "
+            "mirror has it (devpi restarts once more)",
         )
     later = unflagged_mirrors(indexes_after(current, actions or []))
     if later:
@@ -115,3 +124,13 @@ def decide(search: bool, current: dict | None, actions: list[dict] | None, host_
             "mirror_no_project_list (after the users and indexes step): devpi restarts once more",
         )
     return SearchPlan(WHOOSH)
+
+
+def decide_when_up(search: bool, indexes: dict) -> SearchPlan:
+    """The deferred decision (``SearchPlan.deferred``), made once devpi is up and the
+    users/indexes step has run, from the ``indexes`` devpi reports then: Whoosh
+    (``WHOOSH``: switch it on now) when no mirror loads its upstream's whole project
+    list, else ``NULL`` with the warning naming the mirrors."""
+    if not search:
+        return SearchPlan(NULL)
+    return decide(search, indexes, [], NULL)

@@ -250,3 +250,157 @@ def test_a_restart_during_the_wait_is_followed_not_taken_for_an_exit(launchd, tm
     out, err = gate.communicate(timeout=60)
     assert launchd.pid("net.devpi.follow") != first
     assert gate.returncode == 0, err
+
+
+# --- the smoke check: /+api answering is not enough
+
+def devpi_serving(port, real_requests_fail):
+    """Python source of a devpi-like server on ``port``: /+api answers 200 with our uuid;
+    ``GET /`` lists root/pypi (a flagged mirror that has cached ``cached-one``) and the
+    stage root/dev, whose pages answer 200, or every request but /+api fails with 500."""
+    return (
+        "import http.server, json\n"
+        "ROOT = json.dumps({'result': {'root': {'indexes': {\n"
+        "    'pypi': {'type': 'mirror', 'mirror_no_project_list': True}, 'dev': {'type': 'stage'}}}}})\n"
+        "PAGES = {'/': ROOT, '/root/pypi/+simple/': '<a href=\"cached-one/\">cached-one</a>',\n"
+        "         '/root/pypi/+simple/cached-one/': 'links', '/root/dev': 'index page'}\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def log_message(self, *a): pass\n"
+        "    def do_GET(self):\n"
+        "        body = PAGES.get(self.path) if self.path != '/+api' else '{}'\n"
+        f"        if body is None or ({real_requests_fail!r} and self.path != '/+api'):\n"
+        "            status, body = 500, 'Internal Server Error'\n"
+        "        else:\n"
+        "            status = 200\n"
+        f"        self.send_response(status); self.send_header('X-DEVPI-UUID', {OURS!r})\n"
+        "        self.send_header('Content-Length', str(len(body))); self.end_headers()\n"
+        "        self.wfile.write(body.encode())\n"
+        f"http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
+    )
+
+
+def venvs_with_rollback(tmp_path):
+    """A devpi home whose live venv link points at ``new``, the previous one ``old``."""
+    import sys
+
+    home = tmp_path / "home"
+    old, new = home / "venvs" / "old", home / "venvs" / "new"
+    for venv in (old, new):
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / "python").symlink_to(sys.executable)
+    live = home / "venv"
+    live.symlink_to(new)
+    (home / "venv.previous").write_text(f"{old}\n")
+    return home, old, live
+
+
+def smoke_for(home, indexes="root/dev"):
+    from operations.devpi import SMOKE_PY
+
+    return {"smoke": SMOKE_PY, "smoke_python": str(home / "venv" / "bin" / "python"),
+            "smoke_result": str(home / "smoke.pyinfra.json"), "smoke_new": str(home / "smoke.pyinfra.json.pyinfra-new"),
+            "smoke_indexes": indexes}
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_smoke_check_passes_shows_and_records_its_requests(shell, tmp_path):
+    import json
+    import os
+    import sys
+
+    port = free_port()
+    home, _, _ = venvs_with_rollback(tmp_path)
+    server = subprocess.Popen([sys.executable, "-c", devpi_serving(port, False)])
+    try:
+        script = wait_healthy_script(f"http://127.0.0.1:{port}", 10, str(tmp_path / "err.log"), nodeinfo(tmp_path),
+                                     smoke=smoke_for(home, "root/nothere\nroot/dev"))
+        assert gnu_only_forms(script) == []
+        result = run(shell, script)
+    finally:
+        os.kill(server.pid, 15)
+        server.wait()
+    assert result.returncode == 0, result.stderr
+    assert (f"smoke check passed on http://127.0.0.1:{port}" in result.stdout
+            and "GET / 200, GET /root/pypi/+simple/ 200, GET /root/pypi/+simple/cached-one/ 200, GET /root/dev 200"
+            in result.stdout), result.stdout
+    record = json.loads((home / "smoke.pyinfra.json").read_text())
+    assert record["ok"] is True and record["checks"][-1] == ["/root/dev", 200]
+    assert not (home / "smoke.pyinfra.json.pyinfra-new").exists()
+
+
+@pytest.mark.parametrize("connection", ["kept", "gone"])
+def test_a_new_venv_whose_devpi_answers_the_api_but_fails_real_requests_is_rolled_back(tmp_path, connection):
+    """The new venv's devpi answers /+api, but its pages fail: the smoke check fails the
+    gate, the link goes back to the previous venv, the job restarts (a stand-in launchctl
+    starts the good devpi) and passes the smoke check; the run still fails. A run killed
+    in the gate (``gone``: the connection, the script's stdout and stderr, closed at once)
+    still rolls back: the old venv serves."""
+    import json
+    import os
+    import sys
+
+    port = free_port()
+    home, old, live = venvs_with_rollback(tmp_path)
+    bad = subprocess.Popen([sys.executable, "-c", devpi_serving(port, True)])
+    good = tmp_path / "good.py"
+    good.write_text(devpi_serving(port, False))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "launchctl"
+    fake.write_text(
+        f'#!/bin/sh\nkill {bad.pid}; sleep 0.2\n'  # a zombie until the test reaps it: its port is free
+        f'{sys.executable} {good} >/dev/null 2>&1 &\necho $! > {tmp_path / "good.pid"}\n'
+    )
+    fake.chmod(0o755)
+    rollback = {"version": "6.20.96", "previous": str(home / "venv.previous"), "live": str(live),
+                "target": "gui/501/net.devpi"}
+    script = wait_healthy_script(f"http://127.0.0.1:{port}", 10, str(tmp_path / "err.log"), nodeinfo(tmp_path),
+                                 rollback, smoke=smoke_for(home))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    try:
+        if connection == "gone":
+            gate = subprocess.Popen(["/bin/sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            gate.stdout.close()
+            gate.stderr.close()
+            gate.wait(timeout=60)
+        else:
+            result = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        bad.kill()
+        bad.wait()
+        if (tmp_path / "good.pid").exists():
+            os.kill(int((tmp_path / "good.pid").read_text()), 15)
+    if connection == "gone":
+        assert os.readlink(live) == str(old) and (tmp_path / "good.pid").exists()
+        assert json.loads((home / "smoke.pyinfra.json").read_text())["ok"] is True
+        return
+    assert result.returncode == 1
+    assert "smoke check FAILED" in result.stdout and "GET / 500" in result.stdout, result.stdout
+    assert "but failed the smoke check" in result.stderr and "did not answer" not in result.stderr
+    assert f"devpi-server 6.20.96 failed the health gate: rolling back to the previous venv {old}" in result.stderr
+    assert f"rolled back: devpi answers again from {old}" in result.stderr
+    assert "smoke check passed" in result.stdout
+    assert os.readlink(live) == str(old)
+    assert json.loads((home / "smoke.pyinfra.json").read_text())["ok"] is True
+
+
+@pytest.mark.parametrize("text, ok, warned", [
+    (None, None, False),
+    ('{"time": "2026-12-07T21:40:00Z", "ok": true, "venv_dir": "/v/a", "checks": [["/", 200]]}', True, False),
+    ('{"time": "2026-12-07T21:40:00Z", "ok": false, "venv_dir": "/v/b", "checks": [["/", 500]]}', False, True),
+    ("\ufffd{garbled", None, True),
+])
+def test_the_status_shows_the_last_smoke_check(text, ok, warned):
+    from deploys import _status
+    from pyinfra_devpi.config import build_config
+
+    config = build_config({"devpi_outside_url": "https://pypi.example.org"}, "/Users/alice")
+    probe = build_config({"devpi_outside_url": "https://pypi.example.org"}, _status.PROBE_HOME)
+    found = _status.Found(config, "gui/501", {_status._smoke_file(probe): {config.paths.smoke_result: text}}, {})
+    part = _status.smoke_report(found, probe)
+    assert part.fields.get("ok") is ok
+    assert bool(part.warnings) is warned
+    if ok is not None:
+        assert part.fields["checks"] == [f"GET / {200 if ok else 500}"]
+        (row,) = [r for r in _status.summary_lines({"smoke": part.fields}) if r[0] == "smoke"]
+        assert row[1].startswith("passed at" if ok else "FAILED at")

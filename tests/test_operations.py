@@ -1576,3 +1576,42 @@ def test_the_prefetch_is_every_steps_reads_and_the_lock_comes_first(config):
     reads = [r for step in service.STEPS for r in step.reads(c)]
     assert reads[0] == service.deploy_lock.lock_read(config)
     assert [step.name for step in service.STEPS][:2] == ["lock", "preflight"]
+
+
+# -- the upgrade across database versions (devpi_allow_export_import): one restart, and
+# no change reported when the new devpi keeps the database version
+
+
+def opted_bump(config):
+    opted = dataclasses.replace(config, allow_export_import=True)
+    host = converged(opted)
+    host.venv = {**host.venv, "devpi-server": "6.20.2"}
+    return opted, host
+
+
+def test_an_opted_in_bump_that_keeps_the_database_version_reports_no_upgrade_and_restarts_once(config):
+    opted, host = opted_bump(config)
+    steps = converge(host, opted)  # executing: the build left no venv waiting (no pending file)
+    assert steps["venv build"] and steps["upgrade"] == []
+    assert (f"devpi-server {opted.server_version} keeps the database version of {opted.paths.server_dir}: "
+            "nothing to move over") in host.noops
+    assert launchctl_verbs(steps["agent"]) == ["kickstart -k"]  # the build swapped the venv in
+    assert steps["health"]
+
+
+def test_an_upgrade_that_ran_started_devpi_itself_so_the_job_is_not_restarted_again(config):
+    opted, host = opted_bump(config)
+    host.paths[opted.paths.upgrade_pending] = {"kind": "file", "kib": 4}  # the build left its venv waiting
+    steps = converge(host, opted)
+    wait, upgrade = steps["upgrade"]
+    assert wait.startswith("# wait while a scheduled backup runs")  # backup.wait_for_backup first
+    assert upgrade.function.shown_as.startswith("# the server dir's data to the new venv's database version")
+    assert launchctl_verbs(steps["agent"]) == []  # upgrade.sh stopped and started devpi: no kickstart -k after
+    assert steps["health"]  # the gate (and its smoke check) on the new server dir
+
+
+def test_the_plan_says_the_upgrade_may_run(config):
+    opted, host = opted_bump(config)
+    steps = converge(host, opted, executing=False)  # --dry: only the build knows the new database version
+    assert steps["upgrade"]
+    assert not any("keeps the database version" in m for m in host.noops)

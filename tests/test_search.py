@@ -3,15 +3,19 @@ upstream's whole project list (pyinfra_devpi/search.py, operations/search.py).""
 
 import subprocess
 import threading
+from types import SimpleNamespace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from pyinfra.api import FunctionCommand
 
 from operations import search as search_op
 from operations.users_indexes import refuse_unflagged_mirrors
 from pyinfra_devpi.config import build_config
 from pyinfra_devpi.render import render_server_yaml
-from pyinfra_devpi.search import NULL, WHOOSH, SearchPlan, backend_in, decide, indexes_after, unflagged_mirrors
+from pyinfra_devpi.search import (
+    NULL, WHOOSH, SearchPlan, backend_in, decide, decide_when_up, indexes_after, unflagged_mirrors,
+)
 from pyinfra_devpi.users_indexes.plan import AFTER_INIT, ApplyError, plan
 from pyinfra_devpi.users_indexes.spec import check_indexes
 
@@ -72,12 +76,26 @@ def test_a_mirror_deleted_by_the_run_does_not_hold_search_back():
     assert (result.backend, result.switch_on) == (NULL, True)
 
 
-def test_devpi_not_answering_keeps_what_the_host_runs():
+def test_devpi_not_answering_keeps_whoosh_or_decides_once_it_is_up():
     assert decision(None, host_backend=WHOOSH) == SearchPlan(WHOOSH)
-    result = decision(None, host_backend=NULL)
-    assert (result.backend, result.switch_on) == (NULL, False)
-    assert "next run" in result.message
-    assert decision(None, host_backend=None).backend == NULL
+    # null (or no config: a server dir brought over): devpi starts without search, and the
+    # decision waits for devpi to answer after the health gate, in the same run
+    for host_backend in (NULL, None):
+        result = decision(None, host_backend=host_backend)
+        assert (result.backend, result.switch_on, result.deferred) == (NULL, False, True)
+        assert "next run" not in result.message and "after the users and indexes step" in result.message
+
+
+@pytest.mark.parametrize("indexes, backend", [
+    ({"root/pypi": FLAGGED, "eblume/dev": STAGE}, WHOOSH),
+    ({}, WHOOSH),
+    ({"root/pypi": UNFLAGGED}, NULL),
+])
+def test_the_deferred_decision_uses_the_indexes_devpi_reports_once_up(indexes, backend):
+    result = decide_when_up(True, indexes)
+    assert (result.backend, result.switch_on) == (backend, False)
+    assert result.warn == (backend == NULL)
+    assert decide_when_up(False, indexes) == SearchPlan(NULL)
 
 
 def test_search_off_is_null_whatever_the_host_holds():
@@ -149,6 +167,75 @@ def test_no_switch_no_command(config, plan, reason):
     host = PreparedHost()
     assert run_op(search_op.switch_on, host, config=config, plan=plan, content="x", written="y", target="t") == []
     assert reason in host.noops[0]
+
+
+class ControllerHost:
+    """What ``switch_on_when_up`` uses of pyinfra's host: uploads, one shell command, logs."""
+
+    def __init__(self, ok=True):
+        self.uploads, self.commands, self.logged, self.ok = [], [], [], ok
+
+    def put_file(self, src, dest):
+        self.uploads.append((dest, src.read().decode()))
+        return True
+
+    def run_shell_command(self, command, print_output=False):
+        self.commands.append(str(command))
+        return self.ok, SimpleNamespace(stdout_lines=["waited"], stderr_lines=[])
+
+    def log(self, message, log_func=None):
+        self.logged.append(message)
+
+    def log_styled(self, message, **kwargs):
+        self.logged.append(message)
+
+
+def devpi_reporting(indexes: dict):
+    """devpi's JSON API answering ``GET /`` with ``indexes`` (``{"user/index": ixconfig}``)."""
+    users = {}
+    for name, ixconfig in indexes.items():
+        user, index = name.split("/")
+        users.setdefault(user, {"indexes": {}})["indexes"][index] = ixconfig
+    return lambda method, path, body=None, auth=None: (200, {"result": users})
+
+
+def test_a_deferred_plan_decides_at_execution(config):
+    commands = run_op(search_op.switch_on, PreparedHost(), config=config, plan=SearchPlan(NULL, deferred=True),
+                      content="whoosh", written="null", target="gui/501/net.devpi")
+    (command,) = commands
+    assert isinstance(command, FunctionCommand) and command.function is search_op.switch_on_when_up
+
+
+def test_once_up_every_mirror_flagged_switches_whoosh_on_restarts_waits_and_makes_the_index(config):
+    whoosh_yaml = render_server_yaml(config, WHOOSH)
+    host = ControllerHost()
+    ok = search_op.switch_on_when_up(None, host, config, whoosh_yaml, "gui/501/net.devpi",
+                                     request=devpi_reporting({"root/pypi": FLAGGED}))
+    assert ok
+    assert host.uploads == [(config.paths.config_file + ".pyinfra-new", whoosh_yaml)]
+    (script,) = host.commands
+    steps = [script.index(s) for s in (f"mv -f {config.paths.config_file}.pyinfra-new {config.paths.config_file}",
+                                       "launchctl kickstart -k gui/501/net.devpi", "/+api", "/+search?query=devpi")]
+    assert steps == sorted(steps)
+    # the script is valid sh
+    assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
+
+
+def test_once_up_an_unflagged_mirror_keeps_search_off_with_the_warning(config):
+    host = ControllerHost()
+    assert search_op.switch_on_when_up(None, host, config, "whoosh", "t", request=devpi_reporting(
+        {"root/pypi": UNFLAGGED}))
+    assert host.uploads == [] and host.commands == []
+    assert any("search stays off" in m and "root/pypi" in m for m in host.logged)
+
+
+def test_once_up_devpi_not_answering_fails_the_step_and_changes_nothing():
+    config = build_config({"devpi_outside_url": "https://pypi.example.org", "devpi_health_timeout": 1}, "/Users/alice")
+    host = ControllerHost()
+    assert not search_op.switch_on_when_up(None, host, config, "whoosh", "t",
+                                           request=lambda *a, **k: (502, {"message": "bad gateway"}))
+    assert host.uploads == [] and host.commands == []
+    assert any("did not answer" in m for m in host.logged)
 
 
 # devpi-web's Whoosh index: made by one search request once devpi runs with Whoosh, not

@@ -93,6 +93,7 @@ def test_upgrade_runs_only_with_the_opt_in_after_a_venv_build():
     assert run_op(server_dir_ops.upgrade, host, config=plain, domain=DOMAIN, venv_op=Meta(True)) == []
     assert run_op(server_dir_ops.upgrade, host, config=opted, domain=DOMAIN, venv_op=Meta(False)) == []
     assert run_op(server_dir_ops.upgrade, fresh(opted), config=opted, domain=DOMAIN, venv_op=Meta(True)) == []
+    host.paths[opted.paths.upgrade_pending] = {"kind": "file", "kib": 4}  # the build left a venv waiting
     wait, command = run_op(server_dir_ops.upgrade, host, config=opted, domain=DOMAIN, venv_op=Meta(True),
                            server_db_version="4", wanted_db_version="5")
     assert wait.startswith("# wait while a scheduled backup runs")  # backup.wait_for_backup

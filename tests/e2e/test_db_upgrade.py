@@ -8,14 +8,16 @@ served from a private hermetic upstream together with every other wheel of the
 locked tree, so the new venv installs from loopback only.
 
 The tests share one deployed host, in this order: the failed import and the rollback
-after the swap each leave it as it was (that is what they assert), then the upgrade,
-which cannot be undone, runs last.
+after the swap each leave it as it was (that is what they assert), a version bump that
+keeps the database version (no upgrade), then the upgrade, which cannot be undone, runs
+last.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,7 @@ pytestmark = pytest.mark.e2e
 NEW_SERVER = "6.20.99"
 FAILING_SERVER = "6.20.98"
 OFFLINE_ONLY_SERVER = "6.20.97"
+SAME_DB_SERVER = "6.20.95"
 LOCK = REPO / "locks" / "devpi-6.20.3-5.1.1.txt"
 
 
@@ -66,7 +69,11 @@ def devpi_wheels(tmp_path_factory, tools) -> list[Path]:
             '        raise SystemExit("devpi-server 6.20.97: starts only offline (built by the e2e test)")\n',
         ),
     })
-    return [*wheels, new, failing, offline_only]
+    # 6.20.95: a version bump that keeps database version 4
+    same_db = rebuild_wheel(server, root / "rebuilt", SAME_DB_SERVER, {
+        "devpi_server/__init__.py": ('__version__ = "6.20.3"', f'__version__ = "{SAME_DB_SERVER}"'),
+    })
+    return [*wheels, new, failing, offline_only, same_db]
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +168,29 @@ def test_a_new_server_dir_that_fails_after_the_swap_is_rolled_back(stack, upstre
     stack.wait_healthy()
 
 
+def upgrade_step(result) -> str:
+    """The upgrade step's row of pyinfra's results table: its Success / Error / No Change counts."""
+    match = re.search(r"Move the server dir to the new database version\s+1\s+(\S+)\s+(\S+)\s+(\S+)", result.output)
+    assert match, result.describe()
+    return "changed" if match.group(1) == "1" else "error" if match.group(2) == "1" else "no change"
+
+
+def test_a_bump_that_keeps_the_database_version_reports_no_upgrade_with_the_opt_in(stack, upstream):
+    uuid = (stack.server_dir / ".nodeinfo").read_text()
+    bump = {"devpi_server_version": SAME_DB_SERVER, "devpi_index_url": upstream.url}
+
+    result = stack.deploy("--data", "devpi_allow_export_import=true", **bump)
+
+    assert upgrade_step(result) == "no change"
+    assert f"devpi-server-{SAME_DB_SERVER}-" in os.path.realpath(stack.devpi_home / "venv")
+    assert (stack.server_dir / ".serverversion").read_text().strip() == "4"
+    assert (stack.server_dir / ".nodeinfo").read_text() == uuid
+    assert not list(stack.devpi_home.glob("server-dir.before-db*")) and not list(stack.devpi_home.glob("*.pyinfra-new"))
+    stack.wait_healthy()
+    # and a rerun reports no change at all
+    assert stack.deploy("--data", "devpi_allow_export_import=true", **bump).grand_total()[0] == 0
+
+
 def test_a_new_database_version_is_refused_then_moved_over_with_the_opt_in(stack, upstream, tools):
     # what a user keeps in devpi: a user, an index, an uploaded package
     devpi.ensure_user(stack.devpi_url, stack.root_auth, "alice", "alice-pw")
@@ -195,6 +225,10 @@ def test_a_new_database_version_is_refused_then_moved_over_with_the_opt_in(stack
     # With it: exported, imported, checked, swapped; the old dir kept.
     result = stack.deploy("--data", "devpi_allow_export_import=true", **bump)
     assert f"upgraded {stack.server_dir} from database version 4 to 5" in result.output, result.describe()
+    assert upgrade_step(result) == "changed"
+    # devpi started once, by the upgrade (bootstrap): no kickstart -k after it
+    assert re.search(r"^\s*runs = 1$", stack.printed(), re.M), stack.printed()
+    assert "smoke check passed" in result.output  # the gate's smoke check on the new server dir
     assert (stack.server_dir / ".serverversion").read_text().strip() == "5"
     (kept,) = stack.devpi_home.glob("server-dir.before-db4-*")
     assert tree(kept) == server_dir  # the old server dir, untouched

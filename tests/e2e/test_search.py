@@ -6,18 +6,26 @@ An existing host whose ``root/pypi`` lacks ``mirror_no_project_list`` (what the 
 role's devpi-init made) is switched in one run: the flag under the null backend first,
 then Whoosh and a restart. Memory and CPU are measured in ``bench/`` (``namelist``).
 
-The last two tests share one host, in this order: a declared unflagged mirror keeps
-search off, then that host (with search off, as an Ansible-made host has it) is switched.
+The last four tests share one host, in this order: a declared unflagged mirror keeps
+search off, then that host (with search off, as an Ansible-made host has it) is switched,
+then switched again in a run that finds devpi down while planning, then such a run is
+killed in its switch.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 import urllib.parse
 
 import pytest
 
 from . import devpi_client
-from .harness import build_wheel, http, start_upstream, wait_until
+from tests.pyinfra_cli import PYINFRA_BIN
+
+from .harness import REPO, build_wheel, http, pyinfra_env, start_upstream, wait_until
 from .stack import DeployedStack, start_stack
 
 pytestmark = pytest.mark.e2e
@@ -139,4 +147,80 @@ def test_an_existing_host_gets_the_flag_first_then_whoosh_in_one_run(unflagged_h
     assert log.index("PATCH /root/pypi") < log.index("for Whoosh index files"), log[-3000:]
     assert name_list_fetches(upstream, since) == []
     # and the next run has nothing left to do
+    assert stack.deploy().grand_total()[0] == 0
+
+
+def test_a_run_that_finds_devpi_down_switches_search_on_in_the_same_run(unflagged_host, upstream, e2e_log_dirs):
+    stack = unflagged_host
+    e2e_log_dirs.append(stack.root)
+    # search off and root/pypi unflagged, as before; then devpi booted out (a bootout, a
+    # crash, a server dir brought over: devpi does not answer while the run plans)
+    stack.reset(devpi_search=False)
+    assert backend(stack) == "null"
+    stack.stop_devpi()
+    since = len(upstream.requests())
+
+    stack.update(devpi_search=True, devpi_indexes={"root/pypi": {"mirror_url": upstream.url}})
+    result = stack.deploy()
+    out = result.output
+    assert "seen once it is up" in out, result.describe()
+    # decided after the health gate and the users/indexes step, in this run
+    assert out.index("set index root/pypi's mirror_no_project_list to True") < out.index(
+        "devpi-web's search (Whoosh) is switched on: every mirror"), result.describe()
+    assert backend(stack) == "whoosh"
+    assert stack.state()["root"]["indexes"]["pypi"]["mirror_no_project_list"] is True
+    stack.wait_healthy()
+    assert list((stack.server_dir / ".indices").glob("_project_*.toc")), "no Whoosh project index"
+    log = stack.server_log.read_text()
+    assert log.rindex("PATCH /root/pypi") < log.rindex("for Whoosh index files"), log[-3000:]
+    assert name_list_fetches(upstream, since) == []
+    # and the next run has nothing left to do
+    assert stack.deploy().grand_total()[0] == 0
+
+
+def killed_at(stack, operation: str, timeout: float = 300) -> str:
+    """Run the deploy and SIGKILL pyinfra (its whole process group: the SSH connection
+    goes with it) as soon as it starts ``operation``; returns what it printed."""
+    proc = subprocess.Popen([str(PYINFRA_BIN), "-y", str(stack.write_inventory()), "deploys/devpi.py"],
+                            cwd=str(REPO), env=pyinfra_env(stack.env_extra), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen, deadline = [], time.monotonic() + timeout
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if f"Starting operation: devpi | {operation}" in line or time.monotonic() > deadline:
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    out = "".join(seen)
+    assert f"Starting operation: devpi | {operation}" in out, out[-3000:]
+    return out
+
+
+def test_a_run_killed_in_the_deferred_switch_leaves_devpi_serving_and_the_next_run_finishes(
+        unflagged_host, upstream, tools, tmp_path, e2e_log_dirs):
+    stack = unflagged_host
+    e2e_log_dirs.append(stack.root)
+    stack.reset(devpi_search=False)
+    # an upload, whose bytes must survive whatever the kill leaves
+    devpi_client.ensure_index(stack.devpi_url, stack.root_auth, "root/keep", bases=[])
+    wheel = build_wheel(tmp_path / "dist", "e2e-keepme", "1.0")
+    published = devpi_client.uv_publish(tools.uv, wheel.path, f"{stack.devpi_url}/root/keep/", *stack.root_auth)
+    assert published.returncode == 0, published.stdout + published.stderr
+    stack.stop_devpi()
+
+    stack.update(devpi_search=True, devpi_indexes={"root/pypi": {"mirror_url": upstream.url}})
+    killed_at(stack, "Switch devpi-web search on (Whoosh)")
+
+    # devpi serves (launchd keeps it running: the old config or the new, never half of one)
+    stack.wait_healthy()
+    assert backend(stack) in ("null", "whoosh")
+    links = devpi_client.simple_links(stack.devpi_url, "root/keep", "e2e-keepme")
+    assert devpi_client.sha256(devpi_client.download(links[wheel.filename])) == wheel.sha256
+    # the next run finishes the switch, and the one after has nothing to do
+    stack.deploy()
+    assert backend(stack) == "whoosh"
+    stack.wait_healthy()
+    assert devpi_client.sha256(devpi_client.download(links[wheel.filename])) == wheel.sha256
     assert stack.deploy().grand_total()[0] == 0
