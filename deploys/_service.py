@@ -15,15 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pyinfra import host, logger
+from pyinfra import host, logger, state
 from pyinfra.api import deploy
+from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from facts.launchd import LaunchdSession
+from facts.replica import PrimaryView, read_primary
 from facts.snapshot import FactRead, file_content, prefetch, read
-from operations import backup, caddy, deploy_lock, devpi, launchd, preflight, prewarm, retire, search, users_indexes
+from operations import backup, caddy, deploy_lock, devpi, launchd, preflight, prewarm, replica, retire, search, users_indexes
 from operations import server_dir as server_dir_ops
 from operations.textfile import text_differs
+from pyinfra_devpi import replica as replica_plan
 from pyinfra_devpi import search as search_plan
 from pyinfra_devpi.config import SERVER_DB_VERSION, UV_BOOTSTRAP_VERSION, DevpiConfig, build_config
 from pyinfra_devpi.errors import DeployError
@@ -217,6 +220,9 @@ class Converge:
     config: DevpiConfig
     place: JobPlace
     call: Callable = lambda key, operation, **kwargs: operation(**kwargs)
+    # This host's part in the inventory's replication, and a replica's primary as read.
+    replication: replica_plan.Replication = field(default_factory=replica_plan.Replication)
+    primary: PrimaryView | None = None
     # Set by the preflight step.
     caddy_site: str = ""
     live_venv: dict | None = None
@@ -310,15 +316,22 @@ def preflight_step(c: Converge) -> None:
     c.config = config = with_tools(config, tools)
     c.server_dir = devpi.server_dir(config)
     check_server_dir(config, c.server_dir, venv_build=c.needs.venv, live_venv=c.live_venv)
+    replica_plan.check_server_dir(config, c.replication, c.server_dir, c.primary.uuid if c.primary else None)
     c.fresh = devpi.needs_init(c.server_dir)
-    # The password is read (1Password may prompt) only when init will run.
-    c.password_hash = plan_init_secret(config) if c.fresh else None
+    # The password is read (1Password may prompt) only when init will run; a replica's
+    # users are its primary's.
+    c.password_hash = plan_init_secret(config) if c.fresh and not c.replication.is_replica else None
     if tools.uv_source in preflight.BOOTSTRAPPING:
         c.op("bootstrap", preflight.uv_bootstrap, name="Bootstrap uv", config=config, tools=tools,
              lock=read_uv_lock())
     # devpi-web's search: Whoosh only once no mirror loads its upstream's whole
     # project list (pyinfra_devpi/search.py); else null, and maybe Whoosh after the
     # users/indexes step has flagged the mirrors (decided then when devpi is down now).
+    if c.replication.is_replica:
+        # A replica's indexes are its primary's: no users/indexes step, no Whoosh switch.
+        c.searching = search_plan.SearchPlan(search_plan.NULL)
+        c.server_yaml = render_server_yaml(config, c.searching.backend)
+        return
     try:
         c.searching = search_plan.decide(
             config.search,
@@ -356,10 +369,20 @@ def config_files(c: Converge) -> None:
     c.op("logging", devpi.logging_config, name="Write devpi's logging config", config=c.config,
          content=render_logging_config(c.config))
     c.op("config", devpi.server_config, name="Write devpi-server config", config=c.config, content=c.server_yaml)
-    c.op("secret", devpi.secret, name="Create devpi secret file", config=c.config)
+    if not c.replication.is_replica:
+        c.op("secret", devpi.secret, name="Create devpi secret file", config=c.config)
+    else:
+        # Below the primary's own secret step: pyinfra runs operations in code order across
+        # hosts, so a primary this run initialises has made its secret by then.
+        c.op("secret", replica.secret, name="The primary's secret file on the replica", config=c.config,
+             replication=c.replication, action=replica.plan_secret(c.config, c.replication, c.primary))
 
 
 def init(c: Converge) -> None:
+    if c.replication.is_replica:
+        c.op("init", replica.init, name="Initialise devpi replica server dir", config=c.config,
+             replication=c.replication)
+        return
     c.op("init", devpi.init, name="Initialise devpi server dir", config=c.config, password_hash=c.password_hash)
 
 
@@ -464,7 +487,8 @@ def launchd_job(c: Converge) -> None:
     )
     load_job(
         c, "agent", config.label, render_plist(config, place.run_as), paths.plist_file, (paths.out_log, paths.err_log),
-        restart_after=[Unless(c.ops["venv build"], started=c.ops["upgrade"]), c.ops["logging"], c.ops["config"]],
+        restart_after=[Unless(c.ops["venv build"], started=c.ops["upgrade"]), c.ops["logging"], c.ops["config"],
+                       *([c.ops["secret"]] if c.replication.is_replica else [])],
         # devpi's label loaded in another domain (the Ansible role's `launchctl load`,
         # the other scope) holds the port: booted out by the same command that loads
         # this job, after its plist is written, so the port is closed only for the switch.
@@ -477,6 +501,9 @@ def health(c: Converge) -> None:
     c.op("health", devpi.wait_healthy, name="Wait for devpi to answer", config=c.config,
          after=[c.ops["agent"], c.ops["upgrade"]], new_venv=[c.ops["venv build"]],
          target=c.place.target(c.config.label), sudo=c.place.sudo)
+    if c.replication.is_replica:
+        c.op("in sync", replica.in_sync, name="Wait for the replica to replicate", config=c.config,
+             replication=c.replication, after=[c.ops["agent"], c.ops["secret"]])
     # After the health wait: the devpi that answers runs this config's indexer. An index
     # the run's final indexer uses (Whoosh, maybe switched on later) is not orphaned.
     later = c.searching.switch_on or c.searching.deferred
@@ -507,6 +534,11 @@ def users_and_indexes_reads(c: Converge) -> list:
 
 
 def users_and_indexes(c: Converge) -> None:
+    if c.replication.is_replica:
+        if c.config.users or c.config.indexes:
+            host.log("devpi_users / devpi_indexes are left to the primary: a replica's are its primary's",
+                     logger.info)
+        return
     # devpi_users / devpi_indexes: planned (refused, passwords read) now, applied once
     # devpi is up (waited for above), over its REST API through the SSH connection.
     try:
@@ -570,7 +602,8 @@ STEPS = (
     Step("preflight", preflight_reads, preflight_step),
     Step("venv build", lambda c: [devpi.venv_read(c.config)], venv_build),
     Step("server dir", lambda c: [devpi.server_dir_read(c.config)], server_dir),
-    Step("config files", lambda c: [c.paths.logging_config, c.paths.config_file, devpi.server_dir_read(c.config)],
+    Step("config files", lambda c: [c.paths.logging_config, c.paths.config_file, devpi.server_dir_read(c.config),
+                                    *(replica.reads(c.config) if c.replication.is_replica else [])],
          config_files),
     Step("init", lambda c: [devpi.server_dir_read(c.config)], init),
     Step("caddy", caddy_reads, caddy_site),
@@ -602,7 +635,27 @@ def devpi_service():
             f"launchd is not available on {host.name} (no launchctl on the SSH user's PATH): "
             "this deploy runs devpi as a macOS LaunchAgent and needs a macOS host",
         )
-    config = build_config(host.data.dict(), session["home"])
+    inventory = {other.name: other.data.dict() for other in host.inventory}
+    if len(inventory) == 1:
+        converge(session, inventory)
+        return
+    # One host failing fails that host alone: the others converge, and pyinfra names it.
+    try:
+        converge(session, inventory)
+    except PyinfraError as error:
+        host.log(str(error), logger.error)
+        state.fail_hosts({host})
+
+
+def converge(session: dict, inventory: dict) -> None:
+    """Build this host's config (with its part in the inventory's replication) and run
+    the steps."""
+    replication = replica_plan.topology(host.name, inventory)
+    config = replica_plan.with_replication(build_config(host.data.dict(), session["home"]), replication)
+    # A replica's primary, read over its own SSH connection (its secret by digest, its uuid).
+    primary = None
+    if replication.primary_host is not None:
+        primary = read_primary(host.inventory.get_host(replication.primary_host))
     # Where the jobs live: the SSH user's domain (a LaunchAgent) or the system domain (a
     # LaunchDaemon, changed through sudo -n unless the SSH user is root).
     place = job_place(config, session)
@@ -610,4 +663,4 @@ def devpi_service():
     reboot = reboot_warning(place)
     if reboot:
         logger.warning(f"{host.print_prefix}{reboot}")
-    run_steps(Converge(config, place))
+    run_steps(Converge(config, place, replication=replication, primary=primary))

@@ -98,6 +98,8 @@ VERSION_RE = re.compile(r"^\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?$")
 DOMAIN_RE = re.compile(r"^(gui|user)/\d+$")
 SIZE_RE = re.compile(r"^[1-9][0-9]*(KB|MB|GB)?$")
 STATUS_FORMATS = ("table", "json")
+# devpi_role: a primary (standalone unless a replica names it) or a replica of one.
+ROLES = ("primary", "replica")
 PROCESS_TYPES = ("Standard", "Background", "Adaptive", "Interactive")
 LAUNCHD_SCOPES = (layout.AGENT_SCOPE, layout.DAEMON_SCOPE)
 # devpi's log bound (``devpi_log_max_bytes`` per file, ``devpi_log_backups`` rotated
@@ -304,6 +306,26 @@ def _secret(where, value):
         return parse_secret_ref(value)
     except ValueError as e:
         raise ConfigError(f"host data {where} is invalid: {e}") from None
+
+
+def _role(where, value):
+    if value not in ROLES:
+        raise fail(where, value, f"use one of {', '.join(ROLES)}")
+    return value
+
+
+def _primary(where, value):
+    """An inventory host name, or the primary's URL (``http://`` / ``https://``)."""
+    allowed = "use the primary's inventory host name or its URL, such as 'https://pypi.example.org'"
+    value = checks.string(where, value, allowed)
+    if not value.strip() or value != value.strip():
+        raise fail(where, value, allowed)
+    if "://" in value:
+        url = checks.url(where, value).rstrip("/")
+        if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+            raise fail(where, value, "devpi refuses credentials in the primary URL: use it without user:password@")
+        return url
+    return value
 
 
 def _status_format(where, value):
@@ -699,6 +721,28 @@ class DevpiConfig:
             "the Ansible role) when devpi runs without Whoosh; `False`: it is only reported, with its size.",
     )
 
+    # pyinfra_devpi/replica.py
+    role: str = key(
+        "devpi_role", "primary", _role,
+        doc="`\"primary\"`: this host's devpi holds the data (run with devpi's `role: primary` when a "
+            "host of the inventory names it as its `devpi_primary`, else standalone); `\"replica\"`: a "
+            "devpi replica that follows `devpi_primary`'s change log, serves reads itself and relays "
+            "writes to its primary (docs/replicas.md).",
+    )
+    primary: str | None = key(
+        "devpi_primary", None, _primary, optional=True,
+        doc="A replica's primary (required with `devpi_role = \"replica\"`, refused otherwise): an "
+            "inventory host name (its URL is that host's `devpi_outside_url`, or its Caddy site address) or "
+            "an explicit `https://` / `http://` URL. The primary's secret file is copied to the replica by "
+            "the controller, over the primary's SSH connection.",
+    )
+    replica_secret_rotate: bool = key(
+        "devpi_replica_secret_rotate", False, checks.boolean,
+        doc="`True`: a replica whose secret file differs from its primary's gets the primary's (and is "
+            "restarted). `False`: such a replica is refused before any change, naming this key: changing a "
+            "replica's secret is an explicit act.",
+    )
+
     @functools.cached_property
     def paths(self) -> Layout:
         return Layout(
@@ -851,6 +895,8 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
         _site_address("`devpi_outside_url` (the Caddy site address unless `devpi_caddy_site_address` is set)",
                       values["outside_url"])
 
+    _check_role(values)
+
     if values["launchd_scope"] == layout.DAEMON_SCOPE and values["launchd_domain"] is not None:
         raise ConfigError(
             f"host data `devpi_launchd_domain` = {values['launchd_domain']!r} names a LaunchAgent's domain, "
@@ -879,6 +925,33 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
     if problems:
         raise ConfigError(f"host data: {problems[0].removeprefix('paths: ')}")
     return config
+
+
+def _check_role(values: dict[str, Any]) -> None:
+    """devpi_role, devpi_primary and devpi_server_options agree (the inventory-wide
+    checks, such as a primary naming an unknown host, are ``replica.topology``'s)."""
+    options = values["server_options"]
+    if values["role"] == "replica":
+        if values["primary"] is None:
+            raise ConfigError(
+                "host data `devpi_role` is 'replica' but `devpi_primary` is unset: set devpi_primary to the "
+                "primary's inventory host name or its URL (e.g. 'https://pypi.example.org')",
+            )
+        if options.get("role") not in (None, "replica"):
+            raise ConfigError(
+                f"host data `devpi_server_options` sets role {options['role']!r} but `devpi_role` is 'replica': "
+                "remove role from devpi_server_options",
+            )
+    elif values["primary"] is not None:
+        raise ConfigError(
+            f"host data `devpi_primary` = {values['primary']!r} is a replica's setting but `devpi_role` is "
+            "'primary': set devpi_role = 'replica', or remove devpi_primary",
+        )
+    elif options.get("role") == "replica" or "primary-url" in options:
+        raise ConfigError(
+            "host data `devpi_server_options` makes this devpi a replica (role/primary-url): set "
+            "devpi_role = 'replica' and devpi_primary instead, and remove them from devpi_server_options",
+        )
 
 
 def _expand(path: str, user_home: str) -> str:

@@ -101,6 +101,9 @@ BAD_VALUES = {
     "devpi_caddy_max_body_size": ["200 MB", "lots", 200, "0MB"],
     "devpi_caddy_upstream_wait": [-1, 301, "10s", 2.5, True, None],
     "devpi_caddy_bin": ["", 7],
+    "devpi_role": ["standalone", "Replica", None, 1],
+    "devpi_primary": ["", " indri", "ftp://pypi.example.org", "https://u:p@pypi.example.org", 5, "a\nb", "indri"],
+    "devpi_replica_secret_rotate": ["yes", 1, None],
     "devpi_prewarm": [
         "requests",  # a string is a file path on the controller: this one does not exist
         "/no/such/requirements.txt",
