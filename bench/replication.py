@@ -34,6 +34,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -250,10 +251,12 @@ def bench_install(root: Path, wheels: list[Path], reps: int) -> dict:
                 order = ("primary", "primary+replica") if turn % 2 == 0 else ("primary+replica", "primary")
                 for variant in order:
                     front = Front(root, pair, replicas=variant == "primary+replica", serve_files=serve_files)
+                    before = replica_requests(pair)
                     try:
                         sample = batch(env, "uv", lambda i: front.index_url, CLIENTS)
                     finally:
                         front.stop()
+                    sample["replica_requests"] = replica_requests(pair) - before
                     sample["memory"] = pair.memory()
                     if turn:
                         key = f"{variant} {'caddy /+f/' if serve_files else 'devpi /+f/'}"
@@ -262,6 +265,15 @@ def bench_install(root: Path, wheels: list[Path], reps: int) -> dict:
     finally:
         pair.stop()
     return results
+
+
+# devpi logs a line per request; the front's health checks (/+api) are not reads.
+REQUEST_LINE = re.compile(rb"\[req\d+\] (?:GET|HEAD) /(?!\+api)")
+
+
+def replica_requests(pair: Pair) -> int:
+    """Reads the replica has answered so far."""
+    return len(REQUEST_LINE.findall((pair.logs / "replica.log").read_bytes()))
 
 
 @dataclasses.dataclass
@@ -307,11 +319,12 @@ def report(results: dict) -> str:
     install = results.get("install")
     if install:
         rows = [[key, fmt(median([s["wall_s"] for s in samples])),
-                 ", ".join(fmt(s["wall_s"]) for s in samples), str(sum(s["failed"] for s in samples))]
+                 ", ".join(fmt(s["wall_s"]) for s in samples), str(sum(s["failed"] for s in samples)),
+                 str(round(median([s["replica_requests"] for s in samples])))]
                 for key, samples in install.items()]
         lines += [f"#### {CLIENTS} concurrent warm installs through the front ({len(TOP_LEVEL)} top-level "
                   "projects, fresh venvs, no client cache)", "",
-                  table(["backends, who answers /+f/", "median wall", "runs", "failed"], rows), ""]
+                  table(["backends, who answers /+f/", "median wall", "runs", "failed", "reads the replica answered"], rows), ""]
     return "\n".join(lines)
 
 
