@@ -98,10 +98,10 @@ BAD_VALUES = {
     "devpi_caddy_restart": ["not a label!", {"cmd": "x"}, {"command": ""}, 5, "org.caddy\n", {"command": "caddy reload\nrm -rf /"}],
     "devpi_caddy_serve_files": ["no", None],
     "devpi_remove_orphaned_index": ["yes", 1, None],
+    "devpi_caddy_read_upstreams": ["10.0.0.12:3141", [":3141"], ["0.0.0.0:3141"], ["a.lan:1 b.lan:2"], [7]],
     "devpi_caddy_max_body_size": ["200 MB", "lots", 200, "0MB"],
     "devpi_caddy_upstream_wait": [-1, 301, "10s", 2.5, True, None],
     "devpi_caddy_bin": ["", 7],
-    "devpi_caddy_read_upstreams": ["10.0.0.12:3141", [":3141"], ["0.0.0.0:3141"], ["a.lan:1 b.lan:2"], [7]],
     "devpi_prewarm": [
         "requests",  # a string is a file path on the controller: this one does not exist
         "/no/such/requirements.txt",
