@@ -248,13 +248,14 @@ CADDY_UPSTREAM_RETRY_INTERVAL = "100ms"
 # on another backend (random could pick the same one again).
 READ_LB_POLICY = "round_robin"
 # Active checks: devpi answers /+api from memory once it serves (a replica too), so a
-# backend that stops or hangs is left out within an interval plus a timeout.
+# backend that stops or hangs is left out within an interval plus a timeout. Short: a
+# read held while every backend restarts goes through at the primary's next passing check.
 READ_HEALTH_URI = "/+api"
-READ_HEALTH_INTERVAL = "2s"
+READ_HEALTH_INTERVAL = "1s"
 READ_HEALTH_TIMEOUT = "2s"
 # Passive: a backend whose dial or round trip failed is left out this long (then active
 # checks decide), so the next reads go to the others at once.
-READ_FAIL_DURATION = "2s"
+READ_FAIL_DURATION = "1s"
 # A replica answers 500 to a GET of a release file it is still fetching from its primary
 # (devpi 6.20.3; the file arrives within ~50 ms): that answer is retried on the next
 # backend. Caddy 2.11 retries on a response when a lb_retry_match expression names

@@ -37,6 +37,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for(predicate, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 class StandIn:
     """A backend standing in for one devpi: records (method, path) of every request but
     the health checks; answers 500 to a GET of a path in ``fetching`` (a replica whose
@@ -47,6 +54,7 @@ class StandIn:
         self.requests: list[tuple[str, str]] = []
         self.fetching: set[str] = set()
         self.health_checks = 0
+        self.healthy = True
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,7 +64,7 @@ class StandIn:
                     self.rfile.read(length)
                 if self.path == "/+api":
                     stand_in.health_checks += 1
-                    code = 200
+                    code = 200 if stand_in.healthy else 503
                 else:
                     stand_in.requests.append((self.command, self.path))
                     code = 500 if self.command == "GET" and self.path in stand_in.fetching else 200
@@ -148,7 +156,8 @@ def start_front(tmp_path):
             thing.stop()
         else:
             caddy, log = thing
-            caddy.terminate()
+            # Nothing to save (admin off, persist_config off): no graceful shutdown.
+            caddy.kill()
             caddy.wait(timeout=30)
             log.close()
 
@@ -190,6 +199,23 @@ def test_a_stopped_replica_is_left_out_without_a_client_error(front):
     # and after (left out).
     answers = [site.request("GET", f"/root/pypi/+simple/b{n}/") for n in range(20)]
     assert answers == [(200, "primary")] * 20
+
+
+def test_a_replica_failing_its_health_check_is_left_out_until_it_passes(front):
+    """The active check (/+api): a replica that answers it badly (hung, overloaded, host
+    unreachable: here a 503) gets no reads, though it still accepts connections."""
+    site, primary, replica = front
+    replica.healthy = False
+    seen = replica.health_checks
+    # Two checks after the switch: the first one's answer has been read by Caddy.
+    wait_for(lambda: replica.health_checks >= seen + 2, "two health checks of the failing replica")
+    reads = len(replica.requests)
+    assert [site.request("GET", f"/root/pypi/+simple/c{n}/") for n in range(10)] == [(200, "primary")] * 10
+    assert len(replica.requests) == reads
+    replica.healthy = True
+    seen = replica.health_checks
+    wait_for(lambda: replica.health_checks >= seen + 2, "two health checks of the healthy replica")
+    assert {site.request("GET", f"/root/pypi/+simple/d{n}/")[1] for n in range(4)} == {"primary", "replica"}
 
 
 def test_a_replicas_500_on_a_file_it_is_still_fetching_is_retried_on_the_primary(front):
