@@ -262,3 +262,14 @@ def test_reads_are_held_while_every_backend_restarts(front):
         assert answers == [(200, "primary again")]
     finally:
         back.stop()
+
+
+def test_a_500_from_every_backend_reaches_the_client_when_the_hold_ends(start_front):
+    """A release file every backend answers 500 for is devpi's answer, not a fetch in
+    progress: the client gets it once devpi_caddy_upstream_wait is spent."""
+    site, primary, replica = start_front(devpi_caddy_upstream_wait=1)
+    primary.fetching.add(RELEASE_FILE)
+    replica.fetching.add(RELEASE_FILE)
+    status, _ = site.request("GET", RELEASE_FILE)
+    assert status == 500
+    assert RELEASE_FILE in primary.paths() and RELEASE_FILE in replica.paths()
