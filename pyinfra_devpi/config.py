@@ -359,6 +359,45 @@ def _site_address(where, value):
     return value
 
 
+# A read backend's host: an IP address or a DNS name, written out (no empty host, which
+# Caddy would read as "every interface", and no unspecified address such as 0.0.0.0).
+HOST_NAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+READ_UPSTREAM_RE = re.compile(r"^(?:http://)?(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:/\[\]]+)):(?P<port>[0-9]{1,5})/?$")
+
+
+def _read_upstream(where, value) -> str:
+    """One read backend, ``host:port`` or ``http://host:port``, as Caddy dials it (``host:port``)."""
+    allowed = ("use a list of the replicas' devpi addresses as 'host:port' or 'http://host:port' "
+               "(e.g. '10.0.0.12:3141'; plain HTTP: Caddy dials every backend of one block the same way)")
+    value = checks.string(where, value, allowed)
+    match = READ_UPSTREAM_RE.fullmatch(value)
+    if not match:
+        raise fail(where, value, allowed)
+    port = int(match["port"])
+    if not 1 <= port <= 65535:
+        raise fail(where, value, f"the port must be from 1 to 65535; {allowed}")
+    host = match["ip6"] or match["host"]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if not HOST_NAME_RE.fullmatch(host):
+            raise fail(where, value, allowed) from None
+        return f"{host}:{port}"
+    if address.is_unspecified:
+        raise fail(where, value, f"{host} is every interface, not a backend; {allowed}")
+    return f"[{host}]:{port}" if address.version == 6 else f"{host}:{port}"
+
+
+def _read_upstreams(where, value) -> tuple:
+    if not isinstance(value, (list, tuple)):
+        raise fail(where, value, "use a list of 'host:port' addresses, such as ['10.0.0.12:3141']")
+    upstreams = tuple(_read_upstream(f"{where} [{index}]", item) for index, item in enumerate(value))
+    duplicates = sorted({u for u in upstreams if upstreams.count(u) > 1})
+    if duplicates:
+        raise fail(where, value, f"{', '.join(duplicates)} is listed twice; list each replica once")
+    return upstreams
+
+
 def _caddy_restart(where, value):
     """A launchd label (kickstart) or ``{'command': '...'}``."""
     if isinstance(value, str) and LABEL_RE.fullmatch(value):
@@ -681,6 +720,14 @@ class DevpiConfig:
         doc="Seconds Caddy holds a request while devpi's port refuses connections (devpi restarting), "
             f"dialling again every 100 ms, before it answers 502 (0: 502 at once; at most {MAX_UPSTREAM_WAIT}).",
     )
+    caddy_read_upstreams: tuple = key(
+        "devpi_caddy_read_upstreams", (), _read_upstreams,
+        doc="On the front host (the primary): devpi replicas that serve reads beside the primary, as "
+            "`host:port` or `http://host:port` (e.g. `[\"10.0.0.12:3141\"]`). Caddy spreads `GET`/`HEAD` "
+            "over the primary and these in turn, checks each on `/+api` every few seconds and leaves out one "
+            "that does not answer; logins, uploads and other writes, and `/+changelog`, go to the primary "
+            "only. Empty: the primary answers everything. See docs/replicas.md.",
+    )
     caddy_bin: str | None = key(
         "devpi_caddy_bin", None, _command_name, optional=True,
         doc="Caddy's path on the host (or a command name), used to validate the block before it replaces "
@@ -918,6 +965,10 @@ def build_config(data: dict[str, Any], user_home: str) -> DevpiConfig:
             raise fail(where, log.rsplit("/", 1)[1],
                        "that is the backup job's log (<label>.backup.log); use a file name of its own")
     _check_site_file(paths)
+    primary_upstream = config.local_url.removeprefix("http://")
+    if primary_upstream in config.caddy_read_upstreams:
+        raise fail("`devpi_caddy_read_upstreams`", list(config.caddy_read_upstreams),
+                   f"{primary_upstream} is this host's own devpi (always a backend); list only the replicas")
     if config.backup is not None:
         _check_backup_dir(config)
     # Compared as written here; as the host resolves them in the preflight.

@@ -243,6 +243,30 @@ def render_caddy_removed(config: DevpiConfig) -> str:
 CADDY_UPSTREAM_RETRY_INTERVAL = "100ms"
 
 
+# Reads spread over the primary and its replicas (devpi_caddy_read_upstreams).
+# Each backend in turn: round_robin asks the next one on a retry, so a retried read lands
+# on another backend (random could pick the same one again).
+READ_LB_POLICY = "round_robin"
+# Active checks: devpi answers /+api from memory once it serves (a replica too), so a
+# backend that stops or hangs is left out within an interval plus a timeout. Short: a
+# read held while every backend restarts goes through at the primary's next passing check.
+READ_HEALTH_URI = "/+api"
+READ_HEALTH_INTERVAL = "1s"
+READ_HEALTH_TIMEOUT = "2s"
+# Passive: a backend whose dial or round trip failed is left out this long (then active
+# checks decide), so the next reads go to the others at once.
+READ_FAIL_DURATION = "1s"
+# A replica answers 500 to a GET of a release file it is still fetching from its primary
+# (devpi 6.20.3; the file arrives within ~50 ms): that answer is retried on the next
+# backend. Caddy 2.11 retries on a response when a lb_retry_match expression names
+# {rp.status_code} (caddyserver/caddy#7569); the request matcher (method GET HEAD) keeps
+# retries after a failed round trip to the reads, which are safe to repeat.
+READ_RETRY_ON_STATUS = "`{rp.status_code} == 500 && path('*/+f/*')`"
+# Writes, logins and the replication feed: only the primary takes them (a replica
+# relays writes too, but answers only once its copy has the new serial).
+PRIMARY_ONLY_PATHS = ("/+login", "/+changelog*")
+
+
 def render_caddy_site(config: DevpiConfig) -> str:
     template = _environment(autoescape=False).get_template("devpi.caddy.j2")
     # Caddy sets (replaces) the header, so a client cannot choose the URLs devpi
@@ -262,5 +286,15 @@ def render_caddy_site(config: DevpiConfig) -> str:
             outside_url=caddy_token(outside_url),
             upstream_wait=f"{config.caddy_upstream_wait}s" if config.caddy_upstream_wait else None,
             upstream_retry_interval=CADDY_UPSTREAM_RETRY_INTERVAL,
+            read_upstreams=list(config.caddy_read_upstreams),
+            # Without a hold, a 500 is still retried once on each other backend.
+            read_retries=len(config.caddy_read_upstreams),
+            read_lb_policy=READ_LB_POLICY,
+            read_health_uri=caddy_token(READ_HEALTH_URI),
+            read_health_interval=READ_HEALTH_INTERVAL,
+            read_health_timeout=READ_HEALTH_TIMEOUT,
+            read_fail_duration=READ_FAIL_DURATION,
+            read_retry_on_status=READ_RETRY_ON_STATUS,
+            primary_only_paths=" ".join(PRIMARY_ONLY_PATHS),
         ),
     )

@@ -98,6 +98,7 @@ BAD_VALUES = {
     "devpi_caddy_restart": ["not a label!", {"cmd": "x"}, {"command": ""}, 5, "org.caddy\n", {"command": "caddy reload\nrm -rf /"}],
     "devpi_caddy_serve_files": ["no", None],
     "devpi_remove_orphaned_index": ["yes", 1, None],
+    "devpi_caddy_read_upstreams": ["10.0.0.12:3141", [":3141"], ["0.0.0.0:3141"], ["a.lan:1 b.lan:2"], [7]],
     "devpi_caddy_max_body_size": ["200 MB", "lots", 200, "0MB"],
     "devpi_caddy_upstream_wait": [-1, 301, "10s", 2.5, True, None],
     "devpi_caddy_bin": ["", 7],
@@ -389,3 +390,37 @@ def test_paths_inside_what_the_deploy_prunes_or_on_its_files_are_refused(key, va
     with pytest.raises(ConfigError) as error:
         build_config(data, HOME)
     assert "the deploy's" in str(error.value) or "devpi home" in str(error.value)
+
+
+@pytest.mark.parametrize("value, normalised", [
+    (["10.0.0.12:3141"], ("10.0.0.12:3141",)),
+    (["http://replica.lan:3141/", "[::1]:3142"], ("replica.lan:3141", "[::1]:3142")),
+    ([], ()),
+])
+def test_read_upstreams_are_dialled_as_host_port(value, normalised):
+    config = build_config({**BASE_FOR_READS, "devpi_caddy_read_upstreams": value}, "/Users/alice")
+    assert config.caddy_read_upstreams == normalised
+
+
+BASE_FOR_READS = {"devpi_root_password": "env:PW", "devpi_outside_url": "https://pypi.example.org"}
+
+
+@pytest.mark.parametrize("value, why", [
+    ("10.0.0.12:3141", "a list"),
+    (["10.0.0.12"], "host:port"),
+    ([":3141"], "host:port"),
+    (["0.0.0.0:3141"], "every interface"),
+    (["https://replica.lan:3141"], "plain HTTP"),
+    (["replica.lan:3141 evil.lan:80"], "host:port"),
+    (["replica.lan:3141}"], "host:port"),
+    (["replica.lan:3141\n"], "control characters"),
+    (["replica.lan:3141/x"], "host:port"),
+    (["replica.lan:70000"], "65535"),
+    (["a.lan:1", "http://a.lan:1"], "listed twice"),
+    (["127.0.0.1:3141"], "this host's own devpi"),
+])
+def test_bad_read_upstreams_are_refused_naming_the_key(value, why):
+    with pytest.raises(ConfigError) as error:
+        build_config({**BASE_FOR_READS, "devpi_caddy_read_upstreams": value}, "/Users/alice")
+    assert "devpi_caddy_read_upstreams" in str(error.value)
+    assert why in str(error.value)

@@ -284,3 +284,35 @@ def test_the_plists_are_the_bytes_the_deploy_always_wrote(backup, run_as, sha256
                           "/Users/it's & <me> \"q\"")
     text = (render_backup_plist if backup else render_plist)(config, run_as)
     assert hashlib.sha256(text.encode()).hexdigest() == sha256
+
+
+def _reverse_proxies(json_text):
+    return [node for node in _adapted_routes(json_text) if node.get("handler") == "reverse_proxy"]
+
+
+def test_without_replicas_devpi_alone_answers():
+    """No devpi_caddy_read_upstreams: one backend, the block as before (a rerun changes nothing)."""
+    text = render_caddy_site(config_for())
+    assert "@read" not in text and "health_uri" not in text and "lb_retry_match" not in text
+
+
+@pytest.mark.parametrize("wait", [10, 0])
+def test_caddy_accepts_the_front_with_replicas(tmp_path, wait):
+    """Caddy validates the block with read backends; reads and writes land in two proxies."""
+    config = config_for(devpi_caddy_read_upstreams=["10.0.0.12:3141", "http://replica.lan:3141"],
+                        devpi_caddy_upstream_wait=wait)
+    result = caddy_adapt(tmp_path, render_caddy_site(config))
+    assert result.returncode == 0, result.stderr
+    reads, writes = _reverse_proxies(result.stdout)
+    assert [u["dial"] for u in reads["upstreams"]] == ["127.0.0.1:3141", "10.0.0.12:3141", "replica.lan:3141"]
+    assert reads["health_checks"]["active"]["uri"] == "/+api"
+    assert reads["health_checks"]["passive"]["fail_duration"] > 0
+    balancing = reads["load_balancing"]
+    assert balancing["selection_policy"] == {"policy": "round_robin"}
+    assert any("== 500" in match.get("expression", "") for match in balancing["retry_match"])
+    if wait:
+        assert balancing["try_duration"] == wait * 1_000_000_000
+    else:
+        assert balancing["retries"] == 2
+    assert [u["dial"] for u in writes["upstreams"]] == ["127.0.0.1:3141"]
+    assert "health_checks" not in writes
