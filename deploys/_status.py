@@ -269,6 +269,73 @@ def http_report(found: Found, probe: DevpiConfig) -> Part:
     return part
 
 
+def replication_messages(status: dict, now: int | None) -> list[tuple[str, str]]:
+    """devpi-web's own rule for a replica (``devpiweb_get_status_info``): ``(level,
+    message)`` with level ``fatal`` or ``warn``."""
+    if status.get("role") != "REPLICA" or now is None:
+        return []
+    found, sync_level = [], "fatal"
+    started, last_update = status.get("replica-started-at"), status.get("update-from-primary-at")
+    if started is not None:
+        if last_update is None:
+            if now - started > 300:
+                found.append(("fatal", "no contact to its primary for more than 5 minutes"))
+            elif now - started > 60:
+                found.append(("warn", "no contact to its primary for more than 1 minute"))
+        elif now - last_update > 300:
+            found.append(("fatal", "no update from its primary for more than 5 minutes"))
+        elif now - last_update > 60:
+            found.append(("warn", "no update from its primary for more than 1 minute"))
+        else:
+            sync_level = "warn"
+    in_sync_at, primary_serial = status.get("replica-in-sync-at"), status.get("primary-serial")
+    if isinstance(primary_serial, int) and isinstance(status.get("serial"), int) and primary_serial > status["serial"]:
+        if in_sync_at is None or now - in_sync_at > 3600:
+            found.append((sync_level, "the replica is behind its primary for more than 60 minutes"))
+        elif now - in_sync_at > 300:
+            found.append(("warn", "the replica is behind its primary for more than 5 minutes"))
+    elif status.get("replication-errors"):
+        found.append(("fatal", "unhandled replication errors"))
+    return found
+
+
+def replication_report(found: Found, probe: DevpiConfig) -> Part:
+    """What devpi's ``/+status`` says of replication: a replica's primary, serials and
+    errors (devpi-web's own rule), a primary's polling replicas; and a role other than the
+    host data's."""
+    config = found.config
+    answers = found.get(_answers(probe))
+    status = answers["status"] or {}
+    role = status.get("role")
+    polling = status.get("polling_replicas") or {}
+    fields = {"configured_role": config.role, "role": None if role is None else
+              "replica" if role == "REPLICA" else "primary" if polling else "primary or standalone"}
+    part = Part(fields)
+    if role == "REPLICA":
+        serial, primary_serial = status.get("serial"), status.get("primary-serial")
+        fields.update({
+            "primary_url": status.get("primary-url"),
+            "serial": serial,
+            "primary_serial": primary_serial,
+            "behind": primary_serial - serial
+            if isinstance(primary_serial, int) and isinstance(serial, int) else None,
+            "last_update_age": None if status.get("update-from-primary-at") is None or answers["now"] is None
+            else round(answers["now"] - status["update-from-primary-at"]),
+            "errors": len(status.get("replication-errors") or {}),
+        })
+        for level, message in replication_messages(status, answers["now"]):
+            (part.problems if level == "fatal" else part.warnings).append(f"devpi: {message}")
+    elif role is not None:
+        fields["polling_replicas"] = len(polling)
+    if role is not None and (config.role == "replica") != (role == "REPLICA"):
+        part.problems.append(
+            f"devpi_role is {config.role!r} but the devpi answering on {config.local_url} runs as "
+            f"{'a replica' if role == 'REPLICA' else 'a primary or standalone'}: a deploy converges it, or refuses "
+            "its server dir naming the way out",
+        )
+    return part
+
+
 def disk_report(found: Found, probe: DevpiConfig) -> Part:
     usage = found.get(_files_usage(probe))
     return Part({"files_dir": found.config.paths.files_dir, "files_kib": None if usage is None else usage["kib"]})
@@ -386,6 +453,7 @@ SECTIONS: list[Section] = [
     Section("backups", _backups, backups_report),
     Section("logs", lambda probe: [_err_tail(probe), _log_tail(probe)], logs_report),
     Section("smoke", lambda probe: [_smoke_file(probe)], smoke_report),
+    Section("replication", lambda probe: [_answers(probe)], replication_report),
 ]
 
 
@@ -492,8 +560,18 @@ def summary_lines(sections: dict) -> list[tuple[str, str]]:
         rows.append(("smoke", "no smoke check recorded" if s["result_file"] is None else
                      "unreadable record" if s.get("ok") is None else
                      f"{verdict} at {s['time']} on {s['venv_dir']}: {', '.join(s['checks'])}"))
+    r = sections.get("replication")
+    if r and r.get("role") == "replica":
+        behind = "" if r["behind"] is None else f" ({r['behind']} behind)"
+        rows.append(("replication", f"replica of {r['primary_url']}: serial {r['serial']} of {r['primary_serial']}"
+                     + behind + ("" if r["last_update_age"] is None else
+                                 f", last update from the primary {r['last_update_age']} s ago")
+                     + (f", {r['errors']} replication errors" if r["errors"] else "")))
+    elif r and r.get("role"):
+        rows.append(("replication", f"{r['role']}, {r['polling_replicas']} replicas polling"))
     for name, fields in sections.items():
-        if name not in ("versions", "launchd", "http", "disk", "prewarm", "caddy", "backups", "logs", "smoke"):
+        if name not in ("versions", "launchd", "http", "disk", "prewarm", "caddy", "backups", "logs", "smoke",
+                        "replication"):
             rows.append((name, json.dumps(fields, sort_keys=True)))
     return rows
 

@@ -19,6 +19,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from .config import DEFAULT_SERVER_OPTIONS
 from .errors import ConfigError, DeployError
 from .layout import NODEINFO
 
@@ -62,11 +63,41 @@ def public_url(name: str, data: dict[str, Any]) -> str:
     )
 
 
+# The primary derives the replicas' tokens' key from the secret file with these costs,
+# and so does each replica: one differing value and every replication request gets 403.
+ARGON2_OPTIONS = ("argon2-memory-cost", "argon2-time-cost", "argon2-parallelism")
+
+
+def argon2_costs(data: dict[str, Any]) -> dict[str, Any]:
+    """The argon2 costs a host's devpi runs with: the deploy's defaults, overridden by its
+    ``devpi_server_options``."""
+    options = data.get("devpi_server_options")
+    options = options if isinstance(options, dict) else {}
+    return {name: options.get(name, DEFAULT_SERVER_OPTIONS[name]) for name in ARGON2_OPTIONS}
+
+
+def check_argon2_costs(name: str, primary: str, inventory: dict[str, dict[str, Any]]) -> None:
+    mine, theirs = argon2_costs(inventory[name]), argon2_costs(inventory[primary])
+    differ = [option for option in ARGON2_OPTIONS if mine[option] != theirs[option]]
+    if differ:
+        shown = ", ".join(f"{option} {mine[option]!r} here, {theirs[option]!r} on {primary}" for option in differ)
+        raise ConfigError(
+            f"host data `devpi_server_options` sets argon2 costs that differ from its primary's ({shown}): devpi "
+            "derives the replication tokens' key with them, so the primary would refuse every request of this "
+            f"replica (403). Set the same {', '.join(differ)} on both hosts, or on neither",
+        )
+
+
 def topology(name: str, inventory: dict[str, dict[str, Any]]) -> Replication:
     """Host ``name``'s part in the inventory's replication (``inventory``: every host's
     data by name); a bad combination raises ``ConfigError`` naming the key and the fix."""
     data = inventory.get(name, {})
     role = data.get("devpi_role", PRIMARY)
+    if role == REPLICA and data.get("devpi_caddy_read_upstreams"):
+        raise ConfigError(
+            "host data `devpi_caddy_read_upstreams` is set on a replica: the front that spreads reads is the "
+            "primary's Caddy (writes must reach the primary). Move the list to the primary's host data",
+        )
     if role == REPLICA:
         primary = data.get("devpi_primary")
         if not isinstance(primary, str) or not primary:
@@ -92,6 +123,7 @@ def topology(name: str, inventory: dict[str, dict[str, Any]]) -> Replication:
                 f"host data `devpi_primary` = {primary!r} is itself a replica: point devpi_primary at the "
                 "primary it follows",
             )
+        check_argon2_costs(name, primary, inventory)
         return Replication(REPLICA, primary_url=public_url(primary, inventory[primary]), primary_host=primary)
     replicas = tuple(sorted(
         other for other, other_data in inventory.items()

@@ -92,6 +92,36 @@ def test_bad_inventories_are_refused_naming_the_key_and_the_fix(inventory, named
     assert "`devpi_primary`" in str(error.value) and named in str(error.value)
 
 
+@pytest.mark.parametrize(("primary_options", "replica_options"), [
+    ({"argon2-time-cost": 16}, {}),
+    ({}, {"argon2-memory-cost": 524288}),
+    ({"argon2-parallelism": 8}, {"argon2-parallelism": 4}),
+])
+def test_argon2_costs_that_differ_from_the_primarys_are_refused(primary_options, replica_options):
+    """devpi derives the replication tokens' key with these costs: a replica whose costs
+    differ stays at serial -1 with 403s (seen with devpi-server 6.20.3, docs/replicas.md)."""
+    inventory = {"indri": {"devpi_outside_url": "https://pypi.example.org", "devpi_server_options": primary_options},
+                 "kiwi": {**REPLICA_DATA, "devpi_server_options": replica_options}}
+    with pytest.raises(ConfigError) as error:
+        replica.topology("kiwi", inventory)
+    assert "`devpi_server_options`" in str(error.value) and "on both hosts, or on neither" in str(error.value)
+
+
+def test_the_same_argon2_costs_on_both_hosts_pass():
+    same = {"argon2-time-cost": 3}
+    inventory = {"indri": {"devpi_outside_url": "https://pypi.example.org", "devpi_server_options": same},
+                 "kiwi": {**REPLICA_DATA, "devpi_server_options": {**same, "argon2-memory-cost": 8192}}}
+    assert replica.topology("kiwi", inventory).primary_host == "indri"
+
+
+def test_read_upstreams_on_a_replica_are_refused():
+    inventory = {"indri": {"devpi_outside_url": "https://pypi.example.org"},
+                 "kiwi": {**REPLICA_DATA, "devpi_caddy_read_upstreams": ["10.0.0.13:3141"]}}
+    with pytest.raises(ConfigError) as error:
+        replica.topology("kiwi", inventory)
+    assert "`devpi_caddy_read_upstreams`" in str(error.value) and "primary's host data" in str(error.value)
+
+
 @pytest.mark.parametrize(("data", "named"), [
     ({"devpi_role": "replica"}, "`devpi_primary` is unset"),
     ({"devpi_primary": "indri"}, "set devpi_role = 'replica'"),

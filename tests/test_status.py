@@ -269,3 +269,49 @@ def test_a_log_line_that_is_not_utf8_does_not_stop_the_status(tmp_path):
     assert LogTail().process(run(LogTail().command(str(log), 5), tmp_path))["lines"] == ["no newline at the end"]
     log.write_bytes(b"")
     assert LogTail().process(run(LogTail().command(str(log), 5), tmp_path)) == {"size": 0, "lines": []}
+
+
+REPLICA_STATUS = {"role": "REPLICA", "serial": 40, "primary-serial": 42, "primary-url": "https://pypi.example.org",
+                  "replica-started-at": NOW - 3600, "update-from-primary-at": NOW - 10,
+                  "replica-in-sync-at": NOW - 20, "replication-errors": {}}
+
+
+@pytest.mark.parametrize(("changes", "levels"), [
+    ({}, []),  # 2 behind, in sync 20 s ago: catching up
+    ({"update-from-primary-at": NOW - 90}, ["warn"]),
+    ({"update-from-primary-at": NOW - 400}, ["fatal"]),
+    ({"update-from-primary-at": None}, ["fatal"]),  # started an hour ago, never heard from its primary
+    ({"update-from-primary-at": None, "replica-started-at": NOW - 90}, ["warn"]),
+    ({"replica-in-sync-at": NOW - 600}, ["warn"]),
+    ({"replica-in-sync-at": None, "update-from-primary-at": NOW - 400}, ["fatal", "fatal"]),
+    ({"serial": 42, "replication-errors": {"x": "y"}}, ["fatal"]),
+    ({"serial": -1, "replica-in-sync-at": None}, ["warn"]),  # in contact, never in sync: behind
+])
+def test_a_replica_is_judged_as_devpi_web_does(changes, levels):
+    messages = status.replication_messages({**REPLICA_STATUS, **changes}, NOW)
+    assert [level for level, _ in messages] == levels
+
+
+def test_the_replication_section_reports_a_replica_and_its_lag():
+    data = {"devpi_outside_url": "https://mirror2.example.org", "devpi_role": "replica", "devpi_primary": "indri"}
+    found, probe, _ = found_for({}, data)
+    found.values[status._answers(probe)] = {"api_status": 200, "uuid": "u", "status": REPLICA_STATUS, "now": NOW}
+    part = status.replication_report(found, probe)
+    assert part.fields == {"configured_role": "replica", "role": "replica", "primary_url": "https://pypi.example.org",
+                           "serial": 40, "primary_serial": 42, "behind": 2, "last_update_age": 10, "errors": 0}
+    assert part.problems == [] and part.warnings == []
+    rows = dict(status.summary_lines({"replication": part.fields}))
+    assert rows["replication"] == ("replica of https://pypi.example.org: serial 40 of 42 (2 behind), "
+                                   "last update from the primary 10 s ago")
+
+
+def test_a_role_other_than_the_host_datas_is_a_problem():
+    found, probe, _ = found_for({})  # devpi_role primary (the default)
+    found.values[status._answers(probe)] = {"api_status": 200, "uuid": "u", "status": REPLICA_STATUS, "now": NOW}
+    assert "devpi_role is 'primary' but the devpi answering" in status.replication_report(found, probe).problems[0]
+    primary = {"role": "MASTER", "serial": 42, "polling_replicas": {"uuid-1": {"serial": 42}}}
+    found.values[status._answers(probe)] = {"api_status": 200, "uuid": "u", "status": primary, "now": NOW}
+    part = status.replication_report(found, probe)
+    assert part.problems == [] and part.fields == {"configured_role": "primary", "role": "primary",
+                                                   "polling_replicas": 1}
+    assert dict(status.summary_lines({"replication": part.fields}))["replication"] == "primary, 1 replicas polling"

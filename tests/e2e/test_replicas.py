@@ -5,15 +5,20 @@ in order; the last test puts a wrong secret on the replica and rotates it back."
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from pyinfra_devpi import backup as backup_model
+from pyinfra_devpi.config import build_config
 from tests.pyinfra_cli import render_inventory
 
 from . import devpi_client
 from .harness import build_wheel, free_port, http, run_pyinfra, wait_until
+from .harness.common import REPO
 from .stack import start_stack
 
 pytestmark = pytest.mark.e2e
@@ -165,6 +170,39 @@ def test_primary_stopped_replica_serves_and_catches_up(pair, tools, tmp_path):
     assert published.returncode == 0, published.stdout + published.stderr
     wait_until(lambda: devpi_client.simple_page(pair.replica.devpi_url, "alice/dev", "rep-gamma")[0] == 200,
                REPLICATION_BOUND, 0.2, "the replica to catch up after the primary came back")
+
+
+def test_a_backup_on_the_primary_does_not_stop_replication_and_status_reports_it(pair, tools, tmp_path):
+    primary = pair.primary
+    # The backup program as the primary's backup job runs it (devpi-export, devpi running).
+    data = {k: str(v) if isinstance(v, Path) else v for k, v in primary.data.items()}
+    config = build_config({**data, "devpi_backup": {"hour": 3, "minute": 17, "keep": 2, "dir": str(tmp_path / "b")}},
+                          str(primary.home))
+    arguments = backup_model.program_arguments(config)
+    arguments[arguments.index(config.paths.backup_program)] = str(REPO / "pyinfra_devpi" / "backup_program.py")
+    arguments[arguments.index("--status") + 1] = str(tmp_path / "backup.status.json")
+    pid = primary.pid()
+    backup = subprocess.run(arguments, capture_output=True, text=True, timeout=300)
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    assert primary.pid() == pid  # devpi kept serving through the export
+    # replication goes on: an upload after the backup reaches the replica
+    wheel = build_wheel(tmp_path / "dist", "rep-delta", "1.0")
+    published = devpi_client.uv_publish(tools.uv, wheel.path, f"{primary.devpi_url}/alice/dev/", "alice", ALICE_PW)
+    assert published.returncode == 0, published.stdout + published.stderr
+    wait_until(lambda: devpi_client.simple_page(pair.replica.devpi_url, "alice/dev", "rep-delta")[0] == 200,
+               REPLICATION_BOUND, 0.2, "the replica to get the upload made after the backup")
+    wait_until(lambda: in_sync(pair), REPLICATION_BOUND, 0.1, "the replica to reach the primary's serial")
+
+    # status on the replica reports replication (its primary, serials, no lag, no problem)
+    inventory = pair.replica.write_inventory(devpi_role="replica", devpi_primary=pair.primary.caddy_url)
+    result = pair.replica.pyinfra("deploys/status.py", "--data", "devpi_status_format=json", check=False,
+                                  inventory=inventory)
+    (line,) = [line for line in result.stdout.splitlines() if line.strip()]
+    report = json.loads(line)
+    replication = report["sections"]["replication"]
+    assert replication["role"] == "replica" and replication["primary_url"] == pair.primary.caddy_url
+    assert replication["behind"] == 0 and replication["errors"] == 0, replication
+    assert not [p for p in report["problems"] if "replica" in p], report["problems"]
 
 
 def test_a_replica_with_a_wrong_secret_fails_alone(pair):
