@@ -205,6 +205,19 @@ def test_a_backup_on_the_primary_does_not_stop_replication_and_status_reports_it
     assert not [p for p in report["problems"] if "replica" in p], report["problems"]
 
 
+def test_a_replica_pointed_at_a_wrong_primary_fails_alone(pair):
+    nowhere = f"http://127.0.0.1:{free_port()}"  # no devpi there: nothing to replicate from
+    wrong = pair.deploy(check=False, devpi_primary=nowhere, devpi_health_timeout=5)
+    assert not wrong.ok
+    assert f"[replica] the replica has not replicated from its primary {nowhere}" in wrong.output, wrong.describe()
+    assert "[primary]" in wrong.output and "Grand total" in wrong.output, wrong.describe()
+    assert pair.primary.api_ok()
+    # pointed back at its primary, it follows it again
+    back = pair.deploy()
+    assert back.ok, back.describe()
+    wait_until(lambda: in_sync(pair), REPLICATION_BOUND, 0.1, "the replica to follow its primary again")
+
+
 def test_a_replica_with_a_wrong_secret_fails_alone(pair):
     secret = pair.replica.devpi_home / "secret"
     secret.write_bytes(b"bm90IHRoZSBwcmltYXJ5J3Mgc2VjcmV0IGF0IGFsbCEhIQ==")
