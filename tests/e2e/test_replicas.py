@@ -207,7 +207,7 @@ def test_a_backup_on_the_primary_does_not_stop_replication_and_status_reports_it
 
 def test_a_replica_pointed_at_a_wrong_primary_fails_alone(pair):
     nowhere = f"http://127.0.0.1:{free_port()}"  # no devpi there: nothing to replicate from
-    wrong = pair.deploy(check=False, devpi_primary=nowhere, devpi_health_timeout=5)
+    wrong = pair.deploy(check=False, devpi_primary=nowhere, devpi_health_timeout=3)
     assert not wrong.ok
     assert f"[replica] the replica has not replicated from its primary {nowhere}" in wrong.output, wrong.describe()
     assert "[primary]" in wrong.output and "Grand total" in wrong.output, wrong.describe()

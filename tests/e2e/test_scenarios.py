@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -247,8 +248,16 @@ def test_6_bad_inputs_change_nothing(host):
 
     assert set(KEYS) <= set(BAD_INPUTS), "every config key needs a bad input here"
     before, pid = settled_tree(host.home), host.pid()
-    for key, value in BAD_INPUTS.items():
-        result = host.deploy(check=False, **{key: value})
+
+    def refused(numbered):
+        # each run its own inventory: four runs at a time (each is refused before any change)
+        n, (key, value) = numbered
+        inventory = host.write_inventory(host.root / f"inventory-bad-{n}.py", **{key: value})
+        return key, host.pyinfra("deploys/devpi.py", inventory=inventory, check=False)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(refused, enumerate(BAD_INPUTS.items())))
+    for key, result in results:
         assert result.returncode != 0, result.describe()
         assert f"`{key}`" in result.output or key in result.output, result.describe()
         assert "Traceback" not in result.output, result.describe()
