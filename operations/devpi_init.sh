@@ -8,6 +8,7 @@
 chmod 600 "$hash_file"; DEVPISERVER_ROOT_PASSWD_HASH=$(cat "$hash_file"); rm -f "$hash_file"
 export DEVPISERVER_ROOT_PASSWD_HASH
 set -e
+. ./server_dir_place.sh
 sd=$server_dir
 if [ -L "$sd" ]; then sd=$(cd "$sd" && pwd -P); fi
 # A transient dir found now is a killed run's: it was never live.
@@ -22,13 +23,5 @@ printf 'devpi-init: initialising a new server dir (root'"'"'s password hash, dev
 if ! out=$("$devpi_init" --configfile "$config_file" --serverdir "$new" --no-root-pypi 2>&1); then
   printf '%s\n' "$out" >&2; exit 1
 fi
-for x in "$serverversion_name" "$nodeinfo_name" "$sqlite_name"; do
-  if [ ! -s "$new/$x" ]; then
-    printf 'devpi-init left no %s in %s: the server dir was not replaced\n' "$x" "$new" >&2; exit 1
-  fi
-done
-if [ -d "$sd" ] && ! rmdir "$sd" 2>/dev/null; then
-  printf '%s is no longer empty: not replacing it with the new server dir\n' "$sd" >&2; exit 1
-fi
-mv "$new" "$sd"
+place_server_dir "$new" "$sd" "$serverversion_name" "$nodeinfo_name" "$sqlite_name"
 printf 'devpi-init: %s is initialised\n' "$sd"

@@ -701,11 +701,15 @@ def test_init_writes_a_transient_dir_and_renames_it_into_place_once_complete(con
         'rm -rf "$new"',                                # a killed run's transient dir: never live
         'mkdir "$new"',
         '"$devpi_init" --configfile "$config_file" --serverdir "$new" --no-root-pypi',
-        'for x in "$serverversion_name" "$nodeinfo_name" "$sqlite_name"',  # complete, or the server dir is not touched
-        'rmdir "$sd"',                                  # an empty server dir only
-        'mv "$new" "$sd"',                              # one rename
+        'place_server_dir "$new" "$sd" "$serverversion_name" "$nodeinfo_name" "$sqlite_name"',
     ]
     positions = [script.index(part) for part in order]
+    assert positions == sorted(positions), script
+    # operations/server_dir_place.sh, included: complete, or the server dir is not touched;
+    # an empty server dir only; one rename
+    placing = script[script.index("place_server_dir() {"):]
+    steps_in_place = ['[ ! -s "$place_new/$place_file" ]', 'rmdir "$place_sd"', 'mv "$place_new" "$place_sd"']
+    positions = [placing.index(part) for part in steps_in_place]
     assert positions == sorted(positions), script
     assert script.count('"$devpi_init" --configfile') == 1 and "--root-passwd" not in script
 
