@@ -85,6 +85,25 @@ def uuid_of(server_dir: Path) -> str:
     return json.loads((server_dir / layout.NODEINFO).read_text())["uuid"]
 
 
+def hashes_of(entry: dict, data: bytes) -> None:
+    """Rewrite a dataindex.json file entry's hashes to ``data``'s, as an attacker would."""
+    mapping = entry["entrymapping"]
+    for name in mapping["hashes"]:
+        mapping["hashes"][name] = hashlib.new(name, data).hexdigest()
+    if "hash_spec" in mapping:
+        name = mapping["hash_spec"].partition("=")[0]
+        mapping["hash_spec"] = f"{name}={hashlib.new(name, data).hexdigest()}"
+
+
+def rewrite_manifest(backup: Path, manifest: dict) -> None:
+    """Write ``manifest`` with every listed file's size and sha256 as the export now holds it."""
+    export = backup / layout.BACKUP_EXPORT_DIR
+    for listed in manifest["files"]:
+        data = (export / listed["path"]).read_bytes()
+        listed.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (backup / layout.BACKUP_MANIFEST).write_text(json.dumps(manifest))
+
+
 def restore(stack, backup: Path):
     return stack.pyinfra("deploys/devpi_restore.py", "--data", f"devpi_restore_from={backup}", check=False)
 
@@ -106,18 +125,10 @@ def test_a_backup_whose_wheel_is_a_symlink_to_the_secret_is_refused_and_nothing_
     wheel = export / entry["relpath"]
     wheel.unlink()
     wheel.symlink_to(secret)
-    mapping = entry["entrymapping"]
-    for name in mapping["hashes"]:
-        mapping["hashes"][name] = hashlib.new(name, secret.read_bytes()).hexdigest()
-    if "hash_spec" in mapping:
-        name = mapping["hash_spec"].partition("=")[0]
-        mapping["hash_spec"] = f"{name}={hashlib.new(name, secret.read_bytes()).hexdigest()}"
+    hashes_of(entry, secret.read_bytes())
     (export / layout.DATAINDEX).write_text(json.dumps(dataindex))
     manifest = json.loads((backup / layout.BACKUP_MANIFEST).read_text())
-    for listed in manifest["files"]:
-        data = (export / listed["path"]).read_bytes()
-        listed.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
-    (backup / layout.BACKUP_MANIFEST).write_text(json.dumps(manifest))
+    rewrite_manifest(backup, manifest)
 
     pid, digests, uuid = stack.pid(), server_dir_digests(stack), uuid_of(stack.server_dir)
     result = restore(stack, backup)
@@ -151,21 +162,13 @@ def test_a_dataindex_entry_that_leads_out_of_the_backup_is_refused(host):
     dropped = entry["relpath"]
     (export / dropped).unlink()
     entry["relpath"] = os.path.relpath(secret, export)
-    mapping = entry["entrymapping"]
-    for name in mapping["hashes"]:
-        mapping["hashes"][name] = hashlib.new(name, secret.read_bytes()).hexdigest()
-    if "hash_spec" in mapping:
-        name = mapping["hash_spec"].partition("=")[0]
-        mapping["hash_spec"] = f"{name}={hashlib.new(name, secret.read_bytes()).hexdigest()}"
+    hashes_of(entry, secret.read_bytes())
     (export / layout.DATAINDEX).write_text(json.dumps(dataindex))
     # the manifest as the attacker leaves it: the dropped file gone, dataindex.json's new
     # size and hash (other modules' uploads on the shared host stay listed as they are)
     manifest = json.loads((backup / layout.BACKUP_MANIFEST).read_text())
     manifest["files"] = [listed for listed in manifest["files"] if listed["path"] != dropped]
-    for listed in manifest["files"]:
-        data = (export / listed["path"]).read_bytes()
-        listed.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
-    (backup / layout.BACKUP_MANIFEST).write_text(json.dumps(manifest))
+    rewrite_manifest(backup, manifest)
 
     pid, digests = stack.pid(), server_dir_digests(stack)
     result = restore(stack, backup)
