@@ -14,6 +14,8 @@ while :; do
   sleep 1
 done
 echo "state=$state"
-echo "serial=$(head -n 1 "$serial" 2>/dev/null)"
-printf '%s\n' "$owner" | sed -n 's/^\([a-z]*\)=/owner_\1=/p'
+# Printable ASCII only (other bytes as '?'): a damaged file must not break the output's
+# UTF-8, which the whole fact batch is decoded as.
+echo "serial=$(head -n 1 "$serial" 2>/dev/null | tr -d '\r\n' | LC_ALL=C tr -c '[:print:]' '?')"
+printf '%s\n' "$owner" | LC_ALL=C tr -c '[:print:]\n' '?' | sed -n 's/^\([a-z]*\)=/owner_\1=/p'
 true

@@ -228,6 +228,20 @@ def test_the_fact_gives_up_waiting_and_reports_the_owner(shell, paths):
     assert f"{paths.lock} is held by another deploy (run run-other" in message and f"rm -r {paths.lock}" in message
 
 
+def test_a_damaged_owner_or_serial_file_is_read_as_printable_text(shell, paths):
+    """The fact's output is decoded as UTF-8 with the whole fact batch: bytes that are
+    not (a damaged file, a terminal escape) come out as '?', never raw."""
+    text = hold(paths, "run-other").replace("by=someone@elsewhere", "by=\xff\x1b[31mjos\u00e9@mac\r")
+    Path(paths.owner).write_bytes(text.encode("latin-1"))
+    Path(paths.serial).write_bytes(b"tok\xfe\xff\x00en\n")
+    result = subprocess.run([shell, "-c", DeployLock().command(home=paths.home)], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    found = DeployLock().process(result.stdout.decode("ascii").splitlines())
+    assert found["state"] == "held" and found["owner"]["run"] == "run-other"
+    assert found["owner"]["by"] == "??[31mjos?@mac?"
+    assert found["serial"] == "tok???en"
+
+
 # ------------------------------------------------------------------ many runs at once
 
 
