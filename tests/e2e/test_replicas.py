@@ -6,6 +6,7 @@ in order; the last test puts a wrong secret on the replica and rotates it back."
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from pyinfra_devpi import backup as backup_model
 from pyinfra_devpi.config import build_config
+from pyinfra_devpi.render import READ_HEALTH_BODY
 from tests.pyinfra_cli import render_inventory
 
 from . import devpi_client
@@ -75,6 +77,8 @@ def pair(sshd, launchd, headless_sshd, headless_launchd, upstream, tmp_path_fact
     root = tmp_path_factory.mktemp("replicas")
     primary = start_stack(sshd, launchd, upstream, root / "primary", "primary", deploy=False)
     replica = start_stack(headless_sshd, headless_launchd, upstream, root / "replica", "replica", deploy=False)
+    # The primary is the front: reads through its Caddy are spread over both.
+    primary.data["devpi_caddy_read_upstreams"] = [f"127.0.0.1:{replica.devpi_port}"]
     pair = Pair(primary, replica, root)
     try:
         pair.first_run = pair.deploy(check=False)
@@ -154,6 +158,36 @@ def test_changelog_through_the_public_name_needs_a_replicas_token(pair):
     assert code in (400, 403), (code, body[:200])
     code, _, _ = http("GET", f"{pair.primary.caddy_url}/+changelog/0", timeout=10)
     assert code in (400, 403)
+
+
+def served_by(url: str) -> str:
+    """The uuid of the devpi that answered a read (devpi's X-Devpi-Uuid header)."""
+    code, headers, _ = http("GET", url, timeout=30)
+    assert code == 200, (code, url)
+    return {name.lower(): value for name, value in headers.items()}["x-devpi-uuid"]
+
+
+def test_the_front_spreads_reads_and_leaves_out_a_stopped_replica(pair):
+    primary, replica = pair.primary, pair.replica
+    uuids = {stack.name: status(stack.devpi_url)["uuid"] for stack in (primary, replica)}
+    # devpi-web's own status pages pass the front's health check as they are.
+    for stack, role in ((primary, "MASTER"), (replica, "REPLICA")):
+        code, _, page = http("GET", f"{stack.devpi_url}/+status", headers={"Accept": "text/html"}, timeout=10)
+        assert code == 200 and f"<td>{role}</td>" in page.decode(), (code, page[:300])
+        assert re.search(READ_HEALTH_BODY, page.decode()), page.decode()
+    assert 'class="statusbadge ok"' in http("GET", f"{replica.devpi_url}/+status",
+                                            headers={"Accept": "text/html"})[2].decode()
+    simple = f"{primary.caddy_url}/alice/dev/+simple/rep-alpha/"
+    seen: set[str] = set()
+    wait_until(lambda: seen.update(served_by(simple) for _ in range(4)) or len(seen) == 2, 30, 0.2,
+               "reads through the front to reach both backends", detail=lambda: sorted(seen))
+    assert seen == set(uuids.values())
+    replica.stop_devpi()
+    try:
+        assert {served_by(simple) for _ in range(10)} == {uuids["primary"]}
+    finally:
+        replica.launchd.bootstrap(replica.plist)
+    replica.wait_healthy()
 
 
 def test_primary_stopped_replica_serves_and_catches_up(pair, tools, tmp_path):
