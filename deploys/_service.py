@@ -28,6 +28,7 @@ from operations import server_dir as server_dir_ops
 from operations.textfile import text_differs
 from pyinfra_devpi import replica as replica_plan
 from pyinfra_devpi import search as search_plan
+from pyinfra_devpi import smoke
 from pyinfra_devpi.config import SERVER_DB_VERSION, UV_BOOTSTRAP_VERSION, DevpiConfig, build_config
 from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.launchd_scope import JobPlace, job_place
@@ -232,6 +233,8 @@ class Converge:
     password_hash: Callable | None = None
     searching: search_plan.SearchPlan | None = None
     server_yaml: str = ""
+    # Set by the launchd job step.
+    recheck: smoke.Recheck | None = None
     ops: dict = field(default_factory=dict)
     # Every operation planned, in order: the lock's release waits on them all.
     planned: list = field(default_factory=list)
@@ -466,11 +469,29 @@ def job_reads(c: Converge) -> list:
         *retire.reads((c.config.label, paths.backup_label), c.place, paths.launch_agents_dir,
                       paths.other_scope_plists),
         *launchd.reads(c.config.label, c.domain, paths.plist_file),
+        paths.smoke_result, paths.venv_previous,
     ]
+
+
+@dataclass(frozen=True)
+class Known:
+    """A restart the plan already knows it needs (no operation's change), as a trigger."""
+
+    will_change: bool
+
+    def is_complete(self) -> bool:
+        return False
 
 
 def launchd_job(c: Converge) -> None:
     config, paths, place = c.config, c.paths, c.place
+    # The live venv no gate has passed (a run stopped after the swap), or a devpi whose
+    # last smoke check failed: restarted and gated again. A new venv this run is gated anyway.
+    record, previous = file_content(host, paths.smoke_result), file_content(host, paths.venv_previous)
+    if not c.needs.venv and c.live_venv:
+        c.recheck = smoke.recheck(record, c.live_venv.get("path"), previous)
+        if c.recheck:
+            host.log(c.recheck.reason, logger.warning)
     # Before the job is (re)loaded: an old job would keep devpi's port.
     c.op(
         "retire", retire.old_agents,
@@ -488,7 +509,7 @@ def launchd_job(c: Converge) -> None:
     load_job(
         c, "agent", config.label, render_plist(config, place.run_as), paths.plist_file, (paths.out_log, paths.err_log),
         restart_after=[Unless(c.ops["venv build"], started=c.ops["upgrade"]), c.ops["logging"], c.ops["config"],
-                       *([c.ops["secret"]] if c.replication.is_replica else [])],
+                       *([c.ops["secret"]] if c.replication.is_replica else []), Known(c.recheck is not None)],
         # devpi's label loaded in another domain (the Ansible role's `launchctl load`,
         # the other scope) holds the port: booted out by the same command that loads
         # this job, after its plist is written, so the port is closed only for the switch.
@@ -500,7 +521,7 @@ def health(c: Converge) -> None:
     # After the upgrade's own start too: the gate's smoke check runs on the new dir.
     c.op("health", devpi.wait_healthy, name="Wait for devpi to answer", config=c.config,
          after=[c.ops["agent"], c.ops["upgrade"]], new_venv=[c.ops["venv build"]],
-         target=c.place.target(c.config.label), sudo=c.place.sudo)
+         target=c.place.target(c.config.label), sudo=c.place.sudo, recheck=c.recheck)
     if c.replication.is_replica:
         c.op("in sync", replica.in_sync, name="Wait for the replica to replicate", config=c.config,
              replication=c.replication, after=[c.ops["agent"], c.ops["secret"]])

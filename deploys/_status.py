@@ -38,6 +38,7 @@ from facts.status import DevpiAnswers, DiskUsage, LogTail
 
 from pyinfra_devpi import backup as bk
 from pyinfra_devpi import prewarm as pw
+from pyinfra_devpi import smoke
 from pyinfra_devpi.config import DevpiConfig, build_config
 from pyinfra_devpi.errors import DeployError
 from pyinfra_devpi.launchd_scope import DAEMON_SCOPE, job_place, pinned_domain
@@ -419,14 +420,11 @@ def smoke_report(found: Found, probe: DevpiConfig) -> Part:
     text = found.file(_smoke_file(probe), path)
     if text is None:
         return Part({"result_file": None})
-    try:
-        record = json.loads(text)
-        checks = [f"GET {p} {s or 'no answer'}" for p, s in record["checks"]]
-        fields = {"result_file": path, "ok": record["ok"] is True, "time": record["time"],
-                  "venv_dir": record["venv_dir"], "checks": checks}
-    except (ValueError, KeyError, TypeError):
+    record = smoke.parse_record(text)
+    if record is None:
         return Part({"result_file": path, "ok": None}, warnings=[
             f"{path} is not the smoke check's record: the next deploy that restarts devpi rewrites it"])
+    fields = {"result_file": path, **record}
     part = Part(fields)
     if not fields["ok"]:
         part.warnings.append(f"devpi failed its last smoke check ({', '.join(fields['checks'])}): see {path}")

@@ -19,6 +19,7 @@ from facts.devpi import ServerDir, VenvVersions
 from facts.snapshot import FactRead, read
 from pyinfra_devpi import deploy_lock, layout, search, shell_script
 from pyinfra_devpi.config import DevpiConfig
+from pyinfra_devpi.smoke import Recheck
 
 from .announce import ProgressCommand, log_once, operation, progress
 from .textfile import upload_private, write_text
@@ -432,7 +433,8 @@ def wait_healthy_script(
 
 
 @operation
-def wait_healthy(config: DevpiConfig, after=(), new_venv=(), target: str | None = None, sudo: str = ""):
+def wait_healthy(config: DevpiConfig, after=(), new_venv=(), target: str | None = None, sudo: str = "",
+                 recheck: Recheck | None = None):
     """After a (re)start, wait (bounded) for ``GET /+api`` to answer 200.
 
     + after: the operations that may have (re)started devpi; nothing to wait for
@@ -442,13 +444,15 @@ def wait_healthy(config: DevpiConfig, after=(), new_venv=(), target: str | None 
     + target: the job's ``domain/label``: watched by the gate (a devpi that exits fails it
       at once; ``launchctl print`` of the system domain needs no root), restarted by a rollback
     + sudo: the prefix of that restart (``"sudo -n "`` for the system domain), or empty
+    + recheck: the live venv had not passed a gate (``pyinfra_devpi.smoke.recheck``): when
+      it names the venv that last passed, a failure rolls back to that one
     """
     if not any_changed(after):
         host.noop("devpi was not (re)started")
         return
     paths = config.paths
     rollback = None
-    if any_changed(new_venv) and target:
+    if (any_changed(new_venv) or (recheck is not None and recheck.rollback_to)) and target:
         rollback = {"version": config.server_version, "previous": paths.venv_previous, "live": paths.venv,
                     "target": target, "sudo": sudo}
     yield ProgressCommand(

@@ -28,7 +28,7 @@ from pyinfra_devpi import layout, shell_script
 from pyinfra_devpi.config import DevpiConfig
 
 from .announce import log_once, operation
-from .devpi import RENAME, say, server_dir
+from .devpi import RENAME, say, server_dir, smoke_inputs
 from .launchd import bootout_command, bootstrap_command
 from .triggers import any_changed
 
@@ -78,7 +78,7 @@ def upgrade_script(config: DevpiConfig, domain: str, sudo: str = "") -> str:
     new one imports into ``<server dir>.pyinfra-new``; that dir is checked on a spare
     loopback port; then the server dir moves to ``<server dir>.before-db<old>-<stamp>``
     (kept) and the new one into place, the venv link moves to the new venv, the job
-    starts and must answer from the new dir. Until the swap the live server dir is
+    starts and must answer from the new dir and pass the health gate's smoke check. Until the swap the live server dir is
     never touched: any failure removes the transient dirs and starts the old job
     again. A failure after the swap puts the old dir and the old venv back (the new
     dir is kept as ``<server dir>.failed-db<new>-<stamp>``) and starts devpi again.
@@ -101,7 +101,7 @@ def upgrade_script(config: DevpiConfig, domain: str, sudo: str = "") -> str:
         stop_job_cmd=bootout_command(target, sudo),
         db_version_py=DB_VERSION_PY, rename=RENAME, transient_suffix=layout.TRANSIENT_SUFFIX,
         export_suffix=layout.EXPORT_SUFFIX, kept_infix=layout.KEPT_INFIX, failed_infix=layout.FAILED_INFIX,
-        pre_existing_prefix=layout.PRE_EXISTING_PREFIX, **function_inputs(config.health_timeout),
+        pre_existing_prefix=layout.PRE_EXISTING_PREFIX, **smoke_inputs(config), **function_inputs(config.health_timeout),
     )
 
 
@@ -118,7 +118,8 @@ def upgrade_steps(config: DevpiConfig, found: str | None, wanted: str | None) ->
         f"4. devpi-import with the new venv into {layout.transient(paths.server_dir)}; "
         "5. start it on a spare loopback port and check it answers with every exported index; "
         f"6. move {paths.server_dir} to {paths.server_dir}{layout.KEPT_INFIX}{found or '<version>'}-<time> (kept) "
-        "and the new dir into place, point the venv link at the new venv; 7. start devpi and wait for it; "
+        "and the new dir into place, point the venv link at the new venv; 7. start devpi, wait for it and "
+        "run the smoke check; "
         "on failure, the old server dir and venv go back. No secret is read."
     )
 

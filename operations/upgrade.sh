@@ -6,6 +6,7 @@
 : "${upgrade_log?}" "${err_log?}" "${venv_previous?}" "${start_job_cmd?}" "${stop_job_cmd?}"
 : "${db_version_py?}" "${rename?}" "${transient_suffix?}" "${export_suffix?}" "${kept_infix?}"
 : "${failed_infix?}" "${pre_existing_prefix?}"
+: "${smoke?}" "${smoke_python?}" "${smoke_result?}" "${smoke_indexes?}" "${smoke_new?}"
 
 if [ ! -f "$pending" ]; then exit 0; fi
 sd=$server_dir
@@ -17,6 +18,9 @@ exp=$sd$export_suffix$transient_suffix
 . ./server_dir_functions.sh
 
 stopped=; spare=
+# The health gate's smoke check (real requests, by the live venv's Python): run here too,
+# while the old dir can still go back, since a devpi that answers /+api may still fail them.
+smoke_passes() { [ -z "$smoke" ] || "$smoke_python" -I -c "$smoke" "$url" "$smoke_result" "$smoke_new" "$smoke_indexes" >&2; }
 # launchd's commands (operations/launchd.py), each in its own shell: a failure returns
 # (the caller restores), never exits this one.
 start_job() { /bin/sh -c "$start_job_cmd"; }
@@ -70,13 +74,18 @@ rm -f "$link"; ln -s "$new" "$link"; "$new/bin/python" -I -c "$rename" "$link" "
 # The health gate's venv-only rollback would pair the old venv with the new dir.
 rm -f "$venv_previous"
 start_job
-if up "$url" "$(uuid_of "$sd")" "$timeout"; then
+answered=
+if up "$url" "$(uuid_of "$sd")" "$timeout" && answered=1 && smoke_passes; then
   rm -rf "$exp"; rm -f "$pending"
   printf 'upgraded %s from database version %s to %s in %ss of downtime; the previous server dir is kept as %s, the previous venv as %s\n' \
     "$sd" "$olddb" "$newdb" "$(($(date +%s) - t0))" "$kept" "$old" >&2
   exit 0
 fi
-printf 'devpi did not answer from the new server dir within %ss: putting the old server dir and venv back\n' "$timeout" >&2
+if [ -n "$answered" ]; then
+  printf 'devpi answers from the new server dir but failed the smoke check (the requests above): putting the old server dir and venv back\n' >&2
+else
+  printf 'devpi did not answer from the new server dir within %ss: putting the old server dir and venv back\n' "$timeout" >&2
+fi
 tail -n 30 "$err_log" >&2 2>/dev/null
 stop_job
 failed=$sd$failed_infix$newdb-$(date +%Y%m%d%H%M%S)-$$
@@ -84,7 +93,8 @@ mv "$sd" "$failed"; mv "$kept" "$sd"
 rm -f "$link"; ln -s "$old" "$link"; "$old/bin/python" -I -c "$rename" "$link" "$live"
 rm -rf "$exp"; rm -f "$pending"
 start_job
-if up "$url" "$(uuid_of "$sd")" "$timeout"; then
+# The smoke check again: its record (the status shows it) is then the old venv's.
+if up "$url" "$(uuid_of "$sd")" "$timeout" && smoke_passes; then
   printf 'rolled back: devpi answers again from %s with the previous venv %s; the new dir is kept as %s\n' \
     "$sd" "$old" "$failed" >&2
 else

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import threading
@@ -304,7 +305,6 @@ def smoke_for(home, indexes="root/dev"):
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_the_smoke_check_passes_shows_and_records_its_requests(shell, tmp_path):
-    import json
     import os
     import sys
 
@@ -335,7 +335,6 @@ def test_a_new_venv_whose_devpi_answers_the_api_but_fails_real_requests_is_rolle
     starts the good devpi) and passes the smoke check; the run still fails. A run killed
     in the gate (``gone``: the connection, the script's stdout and stderr, closed at once)
     still rolls back: the old venv serves."""
-    import json
     import os
     import sys
 
@@ -404,3 +403,30 @@ def test_the_status_shows_the_last_smoke_check(text, ok, warned):
         assert part.fields["checks"] == [f"GET / {200 if ok else 500}"]
         (row,) = [r for r in _status.summary_lines({"smoke": part.fields}) if r[0] == "smoke"]
         assert row[1].startswith("passed at" if ok else "FAILED at")
+
+
+def _record(venv: str, ok: bool) -> str:
+    return json.dumps({"time": "2026-12-08T00:40:00Z", "ok": ok, "venv_dir": venv,
+                       "checks": [["/", 200 if ok else 500]]})
+
+
+@pytest.mark.parametrize("record, previous, reason, rollback_to", [
+    # the live venv passed its last check: nothing to do
+    (_record("/h/venvs/b", True), "/h/venvs/a\n", None, None),
+    # no record (a host from before the smoke check), or one that is not the record
+    (None, "/h/venvs/a\n", None, None),
+    ("{garbled", "/h/venvs/a\n", None, None),
+    # a run stopped between the swap (venv.previous written) and the gate: back to a
+    (_record("/h/venvs/a", True), "/h/venvs/a\n", "has not passed the health gate", "/h/venvs/a"),
+    # the same, but venv.previous no longer names the venv that passed: checked, no rollback
+    (_record("/h/venvs/a", True), "/h/venvs/z\n", "has not passed the health gate", None),
+    (_record("/h/venvs/a", True), None, "has not passed the health gate", None),
+    # the live venv failed its last check and was not rolled back: checked again, never downgraded
+    (_record("/h/venvs/b", False), "/h/venvs/a\n", "failed its last smoke check (GET / 500)", None),
+])
+def test_a_live_venv_no_gate_passed_is_checked_again(record, previous, reason, rollback_to):
+    from pyinfra_devpi import smoke
+
+    found = smoke.recheck(record, "/h/venvs/b", previous)
+    assert (found and found.reason and reason in found.reason) if reason else found is None, found
+    assert (found.rollback_to if found else None) == rollback_to

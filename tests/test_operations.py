@@ -303,7 +303,7 @@ def test_converged_host_reads_each_fact_once(config):
     host = converged(config)
     prefetch(host, [config.paths.plist_file, config.paths.config_file, config.paths.logging_config,
                     config.caddy_site_file, config.paths.caddy_restart_pending, *config.paths.other_scope_plists,
-                    config.paths.backup_plist_file])
+                    config.paths.backup_plist_file, config.paths.smoke_result, config.paths.venv_previous])
     converge(host, config)
     converge(host, config)  # the second pass (execution after change detection)
     asked = [name for name, _ in host.asked]
@@ -1541,6 +1541,8 @@ def test_the_daemon_scope_reads_only_what_the_modules_declare(daemon_config):
         *retire.reads((config.label, config.paths.backup_label), place, config.launch_agents_dir,
                       config.paths.other_scope_plists),
         *launchd.reads(config.label, place.domain, config.paths.plist_file),
+        # the last smoke check's record and venv.previous: is the live venv one a gate passed?
+        config.paths.smoke_result, config.paths.venv_previous,
         *caddy_op.reads(config.caddy_site_file, config.paths.caddy_restart_pending, config.caddy_restart, place),
         # devpi_backup unset: the backup job's removal reads its job and plist (not its mode).
         launchd.job_read(config.paths.backup_label, place.domain), config.paths.backup_plist_file,

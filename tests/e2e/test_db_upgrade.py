@@ -7,10 +7,10 @@ The new release is the real devpi-server 6.20.3 wheel rebuilt as 6.20.99 whose
 served from a private hermetic upstream together with every other wheel of the
 locked tree, so the new venv installs from loopback only.
 
-The tests share one deployed host, in this order: the failed import and the rollback
-after the swap each leave it as it was (that is what they assert), a version bump that
-keeps the database version (no upgrade), then the upgrade, which cannot be undone, runs
-last.
+The tests share one deployed host, in this order: the failed import and the rollbacks
+after the swap (no answer; a failed smoke check) each leave it as it was (that is what
+they assert), a version bump that keeps the database version (no upgrade), then the
+upgrade, which cannot be undone, runs last.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ NEW_SERVER = "6.20.99"
 FAILING_SERVER = "6.20.98"
 OFFLINE_ONLY_SERVER = "6.20.97"
 SAME_DB_SERVER = "6.20.95"
+SMOKE_FAILING_SERVER = "6.20.94"
 LOCK = REPO / "locks" / "devpi-6.20.3-5.1.1.txt"
 
 
@@ -69,11 +70,23 @@ def devpi_wheels(tmp_path_factory, tools) -> list[Path]:
             '        raise SystemExit("devpi-server 6.20.97: starts only offline (built by the e2e test)")\n',
         ),
     })
+    # 6.20.94: database version 5; online (the job) it answers /+api but 500 to every
+    # other request: the spare port's check (offline) passes, the smoke check does not
+    smoke_failing = rebuild_wheel(server, root / "rebuilt", SMOKE_FAILING_SERVER, {
+        "devpi_server/main.py": ('DATABASE_VERSION = "4"', 'DATABASE_VERSION = "5"'),
+        "devpi_server/__init__.py": ('__version__ = "6.20.3"', f'__version__ = "{SMOKE_FAILING_SERVER}"'),
+        "devpi_server/views.py": (
+            '        tag = f"[req{next(req_count)}]"\n',
+            '        if request.path != "/+api" and "--offline-mode" not in __import__("sys").argv:\n'
+            '            return Response("6.20.94: only /+api answers (built by the e2e test)", status=500)\n'
+            '        tag = f"[req{next(req_count)}]"\n',
+        ),
+    })
     # 6.20.95: a version bump that keeps database version 4
     same_db = rebuild_wheel(server, root / "rebuilt", SAME_DB_SERVER, {
         "devpi_server/__init__.py": ('__version__ = "6.20.3"', f'__version__ = "{SAME_DB_SERVER}"'),
     })
-    return [*wheels, new, failing, offline_only, same_db]
+    return [*wheels, new, failing, offline_only, smoke_failing, same_db]
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +179,32 @@ def test_a_new_server_dir_that_fails_after_the_swap_is_rolled_back(stack, upstre
     assert (failed / ".serverversion").read_text().strip() == "5"
     assert not list(stack.devpi_home.glob("server-dir.before-db*"))
     stack.wait_healthy()
+
+
+def test_a_new_server_dir_that_answers_but_fails_the_smoke_check_is_rolled_back(stack, upstream):
+    """devpi answers /+api from the new dir but fails real requests: the old dir and venv
+    go back, as when it does not answer at all (the gate's venv-only rollback cannot)."""
+    venv = stack.venv_target()
+    uuid = (stack.server_dir / ".nodeinfo").read_text()
+    failed_before = set(stack.devpi_home.glob("server-dir.failed-db5-*"))
+
+    result = stack.deploy("--data", "devpi_allow_export_import=true", check=False,
+                          devpi_server_version=SMOKE_FAILING_SERVER, devpi_index_url=upstream.url)
+
+    assert result.returncode != 0, result.describe()
+    assert "smoke check FAILED" in result.output and "GET / 500" in result.output, result.describe()
+    assert "devpi answers from the new server dir but failed the smoke check (the requests above): putting the " \
+        "old server dir and venv back" in result.output
+    assert "rolled back: devpi answers again from" in result.output
+    assert "smoke check passed" in result.output  # the old venv's devpi, on the old dir
+    assert (stack.server_dir / ".serverversion").read_text().strip() == "4"
+    assert (stack.server_dir / ".nodeinfo").read_text() == uuid
+    assert stack.venv_target() == venv
+    (failed,) = set(stack.devpi_home.glob("server-dir.failed-db5-*")) - failed_before  # the new dir, kept
+    assert (failed / ".serverversion").read_text().strip() == "5"
+    assert not list(stack.devpi_home.glob("server-dir.before-db*"))
+    stack.wait_healthy()
+    assert devpi.request("GET", f"{stack.devpi_url}/")[0] == 200
 
 
 def upgrade_step(result) -> str:

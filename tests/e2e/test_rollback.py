@@ -107,6 +107,25 @@ def test_a_new_venv_that_answers_the_api_but_fails_real_requests_is_rolled_back(
     assert smoke["ok"] is True and os.path.realpath(smoke["venv_dir"]) == good, smoke
     assert smoke["checks"][0] == "GET / 200"
 
+    # A run stopped right after the swap (before the restart and the gate) leaves the
+    # hollow venv live, unchecked, and the good one named in venv.previous; devpi still
+    # runs the old code. The next run with the same data finds nothing to build: it must
+    # check the live venv anyway, and roll it back.
+    (hollow,) = [p for p in (stack.devpi_home / "venvs").iterdir() if HOLLOW_SERVER in p.name]
+    os.symlink(hollow, stack.devpi_home / "venv.swap")
+    os.replace(stack.devpi_home / "venv.swap", stack.devpi_home / "venv")
+    assert (stack.devpi_home / "venv.previous").read_text().strip() == good
+    pid = stack.wait_healthy()
+    again = stack.deploy(check=False, devpi_server_version=HOLLOW_SERVER, devpi_web_version=HOLLOW_WEB,
+                         devpi_index_url=upstream.url, devpi_health_timeout=60)
+    assert again.returncode != 0, again.describe()
+    assert f"the live venv {hollow} has not passed the health gate" in again.output, again.describe()
+    assert "smoke check FAILED" in again.output and "rolled back: devpi answers again from" in again.output
+    assert os.path.realpath(stack.devpi_home / "venv") == good
+    assert stack.wait_healthy() != pid
+    # and with the good venv checked, a rerun changes nothing
+    assert stack.deploy().grand_total()[0] == 0
+
 
 def test_a_run_killed_in_the_gate_of_a_hollow_venv_still_rolls_back(shared_host, private_upstream, e2e_log_dirs):
     """pyinfra (and its SSH connection) killed while the gate checks the new venv: the
