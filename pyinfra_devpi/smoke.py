@@ -24,7 +24,12 @@ def parse_record(text) -> dict | None:
                   "checks": checks}
     except (ValueError, KeyError, TypeError):
         return None
-    return fields if isinstance(fields["venv_dir"], str) else None
+    # Printed in the run and the status: a path or request with a control character
+    # (a terminal escape) is not a record the gate wrote.
+    text_fields = [fields["venv_dir"], fields["time"], *fields["checks"]]
+    if not all(isinstance(value, str) and value.isprintable() for value in text_fields):
+        return None
+    return fields
 
 
 @dataclass(frozen=True)

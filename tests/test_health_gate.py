@@ -416,6 +416,7 @@ def _record(venv: str, ok: bool) -> str:
     # no record (a host from before the smoke check), or one that is not the record
     (None, "/h/venvs/a\n", None, None),
     ("{garbled", "/h/venvs/a\n", None, None),
+    (_record("/h/venvs/\x1b[2Ja", True), "/h/venvs/a\n", None, None),
     # a run stopped between the swap (venv.previous written) and the gate: back to a
     (_record("/h/venvs/a", True), "/h/venvs/a\n", "has not passed the health gate", "/h/venvs/a"),
     # the same, but venv.previous no longer names the venv that passed: checked, no rollback
