@@ -98,6 +98,12 @@ def topology(name: str, inventory: dict[str, dict[str, Any]]) -> Replication:
             "host data `devpi_caddy_read_upstreams` is set on a replica: the front that spreads reads is the "
             "primary's Caddy (writes must reach the primary). Move the list to the primary's host data",
         )
+    if role == REPLICA and data.get("devpi_backup") is not None:
+        raise ConfigError(
+            "host data `devpi_backup` is set on a replica: its data is its primary's, and devpi-export of a "
+            "replica works only while it is in sync. Back up the primary (devpi_backup in its host data) and "
+            "unset devpi_backup here (set it to None where group data sets it for every host)",
+        )
     if role == REPLICA:
         primary = data.get("devpi_primary")
         if not isinstance(primary, str) or not primary:

@@ -122,6 +122,17 @@ def test_read_upstreams_on_a_replica_are_refused():
     assert "`devpi_caddy_read_upstreams`" in str(error.value) and "primary's host data" in str(error.value)
 
 
+def test_a_backup_on_a_replica_is_refused():
+    """Backups run on the primary: a replica's devpi-export works only while it is in sync."""
+    inventory = {"indri": {"devpi_outside_url": "https://pypi.example.org", "devpi_backup": {}},
+                 "kiwi": {**REPLICA_DATA, "devpi_backup": {"keep": 3}}}
+    with pytest.raises(ConfigError) as error:
+        replica.topology("kiwi", inventory)
+    assert "`devpi_backup` is set on a replica" in str(error.value) and "Back up the primary" in str(error.value)
+    assert replica.topology("indri", inventory).role == "primary"
+    assert replica.topology("kiwi", {**inventory, "kiwi": {**REPLICA_DATA, "devpi_backup": None}}).is_replica
+
+
 @pytest.mark.parametrize(("data", "named"), [
     ({"devpi_role": "replica"}, "`devpi_primary` is unset"),
     ({"devpi_primary": "indri"}, "set devpi_role = 'replica'"),
