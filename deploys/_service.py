@@ -463,11 +463,16 @@ def load_job(c: Converge, key: str, label: str, plist: str, plist_path: str, log
     )
 
 
+def daemons_dir(c: Converge) -> str | None:
+    """Where a LaunchDaemon of this devpi under an old label would be (none for a LaunchAgent)."""
+    return c.paths.launch_daemons_dir if c.place.daemon else None
+
+
 def job_reads(c: Converge) -> list:
     paths = c.paths
     return [
         *retire.reads((c.config.label, paths.backup_label), c.place, paths.launch_agents_dir,
-                      paths.other_scope_plists),
+                      paths.other_scope_plists, daemons_dir(c)),
         *launchd.reads(c.config.label, c.domain, paths.plist_file),
         paths.smoke_result, paths.venv_previous,
     ]
@@ -505,6 +510,7 @@ def launchd_job(c: Converge) -> None:
         keep=(paths.backup_label,),
         other_plists=paths.other_scope_plists,
         leave=(config.label,),
+        daemons_dir=daemons_dir(c),
     )
     load_job(
         c, "agent", config.label, render_plist(config, place.run_as), paths.plist_file, (paths.out_log, paths.err_log),

@@ -8,7 +8,8 @@ would keep devpi's port, so the new job could not bind it while the old one went
 answering. The system domain and /Library/LaunchDaemons are changed through ``sudo -n``
 (``JobPlace.prefix``) unless the SSH user is root.
 
-This deploy's jobs are found by what they run, under any label: a plist carrying the
+This deploy's jobs are found by what they run, under any label (in the LaunchAgents dir,
+and in the LaunchDaemons dir when this devpi is a LaunchDaemon): a plist carrying the
 deploy's marker whose job runs with this deploy's config file, or with a config the
 deploy wrote (its marker) that serves this deploy's port: the job of an earlier
 ``devpi_home`` (renamed together with the label), which would hold the port. Anything
@@ -25,7 +26,7 @@ from pyinfra import host, logger
 from facts.launchd import LaunchdJob
 from facts.managed_agents import ManagedAgents
 from facts.snapshot import FactRead, file_content, read
-from pyinfra_devpi.launchd_scope import JobPlace
+from pyinfra_devpi.launchd_scope import SYSTEM_DOMAIN, JobPlace
 from pyinfra_devpi.layout import PLIST_SUFFIX
 
 from .announce import operation
@@ -42,11 +43,14 @@ def _job_elsewhere_read(label: str, domain: str) -> FactRead:
     return FactRead.of(LaunchdJob, label=label, domain=domain)
 
 
-def reads(labels: tuple[str, ...], place: JobPlace, agents_dir: str, other_plists: tuple[str, ...]) -> list:
-    """What ``old_agents`` reads: the deploy's plists in the LaunchAgents dir, its labels
-    in every domain they must not be loaded in, and the other scope's plists."""
+def reads(labels: tuple[str, ...], place: JobPlace, agents_dir: str, other_plists: tuple[str, ...],
+          daemons_dir: str | None = None) -> list:
+    """What ``old_agents`` reads: the deploy's plists in the LaunchAgents dir (and the
+    LaunchDaemons dir, for a LaunchDaemon), its labels in every domain they must not be
+    loaded in, and the other scope's plists."""
     return [
         _agents_read(agents_dir),
+        *([_agents_read(daemons_dir)] if daemons_dir else []),
         *(_job_elsewhere_read(label, domain) for label in labels for domain in place.elsewhere),
         *other_plists,
     ]
@@ -87,7 +91,7 @@ def foreign(agent: dict, port: int | None) -> str:
 
 @operation
 def old_agents(label: str, place: JobPlace, plist_path: str, config_file: str, agents_dir: str, keep=(),
-               other_plists=(), leave=(), port: int | None = None):
+               other_plists=(), leave=(), port: int | None = None, daemons_dir: str | None = None):
     """
     Boot out and remove this deploy's LaunchAgent under an old label, its labels loaded
     in another launchd domain, and the other scope's plists.
@@ -97,6 +101,8 @@ def old_agents(label: str, place: JobPlace, plist_path: str, config_file: str, a
     + port: devpi's port: a marked plist whose config (one the deploy wrote) serves it
       is ours too (an earlier ``devpi_home``'s job)
     + agents_dir: where the LaunchAgents' plists live
+    + daemons_dir: where the LaunchDaemons' plists live, when this devpi is one: a
+      LaunchDaemon of this devpi under an old label is retired too (through ``sudo -n``)
     + keep: labels of this devpi's other jobs (the backup job): not retired under an old
       label, but booted out of the other domains like devpi's own
     + other_plists: the other scope's plists (devpi's and the backup job's), removed
@@ -115,8 +121,11 @@ def old_agents(label: str, place: JobPlace, plist_path: str, config_file: str, a
             host.log(f"{path} is this devpi's plist for the other devpi_launchd_scope: removing it", logger.info)
             sudo = place.as_root if not path.startswith(agents_dir + "/") else ""
             commands.append(f"{sudo}rm -f {q(path)}")
-    own_plists = {plist_path, *(f"{agents_dir}/{k}{PLIST_SUFFIX}" for k in keep)}
-    for path, agent in sorted(read(host, _agents_read(agents_dir)).items()):
+    own_plists = {plist_path, *(f"{d}/{k}{PLIST_SUFFIX}" for d in (agents_dir, daemons_dir) if d for k in keep)}
+    found = dict(read(host, _agents_read(agents_dir)))
+    if daemons_dir:
+        found.update(read(host, _agents_read(daemons_dir)))
+    for path, agent in sorted(found.items()):
         if agent["damaged"]:
             if path in own_plists:
                 host.log(f"{path} is damaged ({agent['damaged']}): the deploy writes it again", logger.warning)
@@ -136,8 +145,12 @@ def old_agents(label: str, place: JobPlace, plist_path: str, config_file: str, a
             )
             continue
         host.log(f"{agent['label']} is {reason}: retiring it", logger.info)
-        commands += removal_commands(agent["label"], [(d, "") for d in place.own_domains], [(path, "")],
-                                     found_only=False)
+        if daemons_dir and path.startswith(daemons_dir.rstrip("/") + "/"):
+            commands += removal_commands(agent["label"], [(SYSTEM_DOMAIN, place.as_root)], [(path, place.as_root)],
+                                         found_only=False)
+        else:
+            commands += removal_commands(agent["label"], [(d, "") for d in place.own_domains], [(path, "")],
+                                         found_only=False)
     if not commands:
         host.noop("no job of this devpi under another label, domain or scope")
     yield from commands

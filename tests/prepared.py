@@ -93,7 +93,8 @@ class PreparedHost:
                 return _of_label(self.elsewhere, kwargs["label"])
             return self.job
         if cls is ManagedAgents:
-            return self.agents
+            under = kwargs["directory"].rstrip("/") + "/"
+            return {path: agent for path, agent in self.agents.items() if path.startswith(under)}
         if cls is ServerDir:
             return self.server_dir
         if cls is VenvVersions:

@@ -1512,6 +1512,31 @@ def test_switching_to_the_daemon_retires_the_launchagent_first(daemon_config):
     assert "while launchctl print gui/501/net.devpi" in load
 
 
+def test_a_launchdaemon_renamed_with_its_home_is_retired_through_sudo(daemon_config):
+    """devpi_label and devpi_home renamed together in the daemon scope: the old
+    LaunchDaemon (its config, one the deploy wrote, serves this port) would hold the port."""
+    config = daemon_config
+    host = daemon_converged(config)
+    host.job = None  # the new label is not loaded yet
+    daemons = config.paths.launch_daemons_dir
+    old_config = "/Users/alice/old devpi/devpi-server.yml"
+    host.agents = {
+        f"{daemons}/net.devpi.before.plist": managed_agent(
+            "net.devpi.before", ["/Users/alice/old devpi/venv/bin/devpi-server", "--configfile", old_config],
+            old_config, config.port),
+        f"{daemons}/org.other.plist": managed_agent(
+            "org.other", ["/o/venv/bin/devpi-server", "--configfile", "/o/devpi-server.yml"], "/o/devpi-server.yml",
+            config.port + 1),
+        config.paths.plist_file: managed_agent(config.label),
+    }
+    steps = converge(host, config)
+    retired = shell_lines(steps["retire"])
+    assert retired[0].startswith("( out=$(sudo -n launchctl bootout system/net.devpi.before ")
+    assert retired[-1] == f"sudo -n rm -f {daemons}/net.devpi.before.plist"
+    assert not any("org.other" in c for c in retired)  # another devpi's daemon: left alone
+    assert "net.devpi.before is this devpi under an old label and an earlier devpi_home" in "\n".join(host.logged)
+
+
 def test_switching_back_to_the_agent_retires_the_launchdaemon_through_sudo(config):
     host = fresh(config)
     host.system = {**loaded_job(config), "domain": "system"}
@@ -1539,7 +1564,7 @@ def test_the_daemon_scope_reads_only_what_the_modules_declare(daemon_config):
     for item in [
         *devpi.reads(config),
         *retire.reads((config.label, config.paths.backup_label), place, config.launch_agents_dir,
-                      config.paths.other_scope_plists),
+                      config.paths.other_scope_plists, config.paths.launch_daemons_dir),
         *launchd.reads(config.label, place.domain, config.paths.plist_file),
         # the last smoke check's record and venv.previous: is the live venv one a gate passed?
         config.paths.smoke_result, config.paths.venv_previous,
