@@ -840,6 +840,13 @@ def managed_agent(label, arguments=(), config=None, port=None, damaged=None) -> 
     return {"label": label, "arguments": list(arguments), "config": config, "config_port": port, "damaged": damaged}
 
 
+def managed_devpi(label, home, port) -> dict:
+    """The ``ManagedAgents`` entry of a devpi job the deploy wrote for ``home``, its
+    config serving ``port``."""
+    config = f"{home}/devpi-server.yml"
+    return managed_agent(label, [f"{home}/venv/bin/devpi-server", "--configfile", config], config, port)
+
+
 def test_a_renamed_label_retires_the_old_job_before_the_new_one_loads(config):
     host = converged(config)
     host.job = None  # the new label is not loaded yet
@@ -869,15 +876,11 @@ def test_an_earlier_devpi_homes_jobs_on_this_port_are_retired_others_named_and_l
     agents_dir = config.launch_agents_dir
     old_config = "/Users/a/old devpi/devpi-server.yml"
     host.agents = {
-        f"{agents_dir}/net.devpi.before.plist": managed_agent(
-            "net.devpi.before", ["/Users/a/old devpi/venv/bin/devpi-server", "--configfile", old_config],
-            old_config, config.port),
+        f"{agents_dir}/net.devpi.before.plist": managed_devpi("net.devpi.before", "/Users/a/old devpi", config.port),
         f"{agents_dir}/net.devpi.before.backup.plist": managed_agent(
             "net.devpi.before.backup", ["/Users/a/old devpi/venv/bin/python", "-I", "b.py", "--configfile", old_config],
             old_config, config.port),
-        f"{agents_dir}/org.sibling.plist": managed_agent(
-            "org.sibling", ["/s/venv/bin/devpi-server", "--configfile", "/s/devpi-server.yml"], "/s/devpi-server.yml",
-            config.port + 7),
+        f"{agents_dir}/org.sibling.plist": managed_devpi("org.sibling", "/s", config.port + 7),
         f"{agents_dir}/org.sleeper.plist": managed_agent("org.sleeper", ["/bin/sleep", "600"]),
         f"{agents_dir}/org.truncated.plist": managed_agent(None, damaged="not a plist (ExpatError: no element found)"),
         config.paths.plist_file: managed_agent(None, damaged="not a plist (ExpatError: no element found)"),
@@ -1519,14 +1522,9 @@ def test_a_launchdaemon_renamed_with_its_home_is_retired_through_sudo(daemon_con
     host = daemon_converged(config)
     host.job = None  # the new label is not loaded yet
     daemons = config.paths.launch_daemons_dir
-    old_config = "/Users/alice/old devpi/devpi-server.yml"
     host.agents = {
-        f"{daemons}/net.devpi.before.plist": managed_agent(
-            "net.devpi.before", ["/Users/alice/old devpi/venv/bin/devpi-server", "--configfile", old_config],
-            old_config, config.port),
-        f"{daemons}/org.other.plist": managed_agent(
-            "org.other", ["/o/venv/bin/devpi-server", "--configfile", "/o/devpi-server.yml"], "/o/devpi-server.yml",
-            config.port + 1),
+        f"{daemons}/net.devpi.before.plist": managed_devpi("net.devpi.before", "/Users/alice/old devpi", config.port),
+        f"{daemons}/org.other.plist": managed_devpi("org.other", "/o", config.port + 1),
         config.paths.plist_file: managed_agent(config.label),
     }
     steps = converge(host, config)

@@ -77,13 +77,18 @@ HOLLOW_MAIN = (
 )
 
 
-def test_a_new_venv_that_answers_the_api_but_fails_real_requests_is_rolled_back(shared_host, private_upstream,
-                                                                                 e2e_log_dirs):
-    upstream = private_upstream
+def hollow_devpi(upstream):
+    """``upstream`` serving the hollow devpi (6.20.96 + devpi-web 5.1.96)."""
     upstream.add_project("devpi-server", HOLLOW_SERVER, modules={"main": HOLLOW_MAIN},
                          scripts={"devpi-server": "devpi_server.main:main"})
     upstream.add_project("devpi-web", HOLLOW_WEB, modules={"main": ""})
     upstream.add_project("setuptools", "80.0")
+    return upstream
+
+
+def test_a_new_venv_that_answers_the_api_but_fails_real_requests_is_rolled_back(shared_host, private_upstream,
+                                                                                 e2e_log_dirs):
+    upstream = hollow_devpi(private_upstream)
     stack = shared_host.get()
     e2e_log_dirs.append(stack.root)
     good = os.path.realpath(stack.devpi_home / "venv")
@@ -131,11 +136,7 @@ def test_a_run_killed_in_the_gate_of_a_hollow_venv_still_rolls_back(shared_host,
     """pyinfra (and its SSH connection) killed while the gate checks the new venv: the
     gate's script goes on on the host, fails the smoke check and rolls back; the old venv
     serves, its data as it was."""
-    upstream = private_upstream
-    upstream.add_project("devpi-server", HOLLOW_SERVER, modules={"main": HOLLOW_MAIN},
-                         scripts={"devpi-server": "devpi_server.main:main"})
-    upstream.add_project("devpi-web", HOLLOW_WEB, modules={"main": ""})
-    upstream.add_project("setuptools", "80.0")
+    upstream = hollow_devpi(private_upstream)
     stack = shared_host.get()
     e2e_log_dirs.append(stack.root)
     good = os.path.realpath(stack.devpi_home / "venv")
