@@ -78,9 +78,9 @@ def upgrade_script(config: DevpiConfig, domain: str, sudo: str = "") -> str:
     new one imports into ``<server dir>.pyinfra-new``; that dir is checked on a spare
     loopback port; then the server dir moves to ``<server dir>.before-db<old>-<stamp>``
     (kept) and the new one into place, the venv link moves to the new venv, the job
-    starts and must answer from the new dir and pass the health gate's smoke check. Until the swap the live server dir is
-    never touched: any failure removes the transient dirs and starts the old job
-    again. A failure after the swap puts the old dir and the old venv back (the new
+    starts and must answer from the new dir and pass the health gate's smoke check.
+    Until the swap the live server dir is never touched: any failure removes the
+    transient dirs and starts the old job again. A failure after the swap puts the old dir and the old venv back (the new
     dir is kept as ``<server dir>.failed-db<new>-<stamp>``) and starts devpi again.
     The run fails in both cases, naming what failed. ``sudo``: the prefix of the
     launchctl commands for the system domain (``"sudo -n "``), or empty.
@@ -101,7 +101,8 @@ def upgrade_script(config: DevpiConfig, domain: str, sudo: str = "") -> str:
         stop_job_cmd=bootout_command(target, sudo),
         db_version_py=DB_VERSION_PY, rename=RENAME, transient_suffix=layout.TRANSIENT_SUFFIX,
         export_suffix=layout.EXPORT_SUFFIX, kept_infix=layout.KEPT_INFIX, failed_infix=layout.FAILED_INFIX,
-        pre_existing_prefix=layout.PRE_EXISTING_PREFIX, **smoke_inputs(config), **function_inputs(config.health_timeout),
+        pre_existing_prefix=layout.PRE_EXISTING_PREFIX, **smoke_inputs(config),
+        **function_inputs(config.health_timeout),
     )
 
 

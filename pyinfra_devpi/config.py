@@ -726,8 +726,8 @@ class DevpiConfig:
             "`host:port` or `http://host:port` (e.g. `[\"10.0.0.12:3141\"]`). Caddy spreads `GET`/`HEAD` "
             "over the primary and these in turn, checks each on devpi-web's `/+status` every second and leaves "
             "out one that does not answer, or a replica whose own status is not ok (behind its primary); "
-            "with none left, reads go to any replica that answers. Logins, uploads and other writes, and `/+changelog`, go to the primary "
-            "only. Empty: the primary answers everything. See docs/replicas.md.",
+            "with none left, reads go to any replica that answers. Logins, uploads and other writes, and "
+            "`/+changelog`, go to the primary only. Empty: the primary answers everything. See docs/replicas.md.",
     )
     caddy_bin: str | None = key(
         "devpi_caddy_bin", None, _command_name, optional=True,

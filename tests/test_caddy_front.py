@@ -6,10 +6,11 @@ The two backends are stand-ins for the primary's and a replica's devpi: small HT
 servers in this process that record what reaches them and answer as devpi does where it
 matters here (devpi-web's ``/+status`` page, its badge and role lines as devpi-web's
 templates write them, for the health checks; a replica's brief 500 on a release file
-it is still fetching). tests/test_render.py checks the health check's pattern against
-devpi-web's own templates, tests/e2e/test_replicas.py against running devpi. What is tested is Caddy's routing of the rendered block (which
+it is still fetching). What is tested is Caddy's routing of the rendered block (which
 backend a request reaches, what the client gets), not devpi, so stand-ins are enough;
-tests/e2e and bench/replication.py use real devpi primaries and replicas.
+tests/test_render.py checks the health check's pattern against devpi-web's own badge
+template, and tests/e2e/test_replicas.py and bench/replication.py use real devpi
+primaries and replicas.
 """
 
 from __future__ import annotations

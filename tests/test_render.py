@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from pyinfra_devpi.config import build_config
-from pyinfra_devpi.render import READ_HEALTH_BODY, render_caddy_site, render_logging_config, render_plist, render_server_yaml
+from pyinfra_devpi.render import (
+    READ_HEALTH_BODY, render_caddy_site, render_logging_config, render_plist, render_server_yaml,
+)
 from pyinfra_devpi.search import NULL, WHOOSH, backend_in
 
 CADDY = Path(sys.executable).parent / "caddy"
