@@ -56,6 +56,10 @@ if [ ! -f "$plist" ]; then
 fi
 # A killed run's transient dirs: never live.
 rm -rf "$nsd" "$exp"
+# From here the host finishes on its own (the upgrade, or the old dir and venv back): a
+# run whose connection goes away (hung up; its output goes nowhere) must not leave devpi
+# stopped or the dirs half swapped.
+trap '' HUP PIPE
 t0=$(date +%s)
 printf 'stopping devpi for the export (database version %s to %s)\n' "$olddb" "$newdb" >&2
 stopped=1; stop_job || fail

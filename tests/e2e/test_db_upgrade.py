@@ -18,12 +18,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.pyinfra_cli import PYINFRA_BIN
+
 from . import devpi_client as devpi
-from .harness import REPO, rebuild_wheel, start_upstream, wheels_of_lock
+from .harness import REPO, pyinfra_env, rebuild_wheel, start_upstream, wait_until, wheels_of_lock
 from .stack import DeployedStack, start_stack
 
 pytestmark = pytest.mark.e2e
@@ -205,6 +209,37 @@ def test_a_new_server_dir_that_answers_but_fails_the_smoke_check_is_rolled_back(
     assert not list(stack.devpi_home.glob("server-dir.before-db*"))
     stack.wait_healthy()
     assert devpi.request("GET", f"{stack.devpi_url}/")[0] == 200
+
+
+def test_a_run_killed_during_the_upgrade_still_finishes_it_on_the_host(stack, upstream):
+    """pyinfra (and its SSH connection) killed while the upgrade exports: the script goes
+    on on the host with nowhere to write, and ends as it would have (here: the new dir
+    fails the smoke check, so the old dir and venv go back and devpi serves again)."""
+    venv = stack.venv_target()
+    uuid = (stack.server_dir / ".nodeinfo").read_text()
+    failed_before = set(stack.devpi_home.glob("server-dir.failed-db5-*"))
+    inventory = stack.write_inventory(devpi_server_version=SMOKE_FAILING_SERVER, devpi_index_url=upstream.url,
+                                      devpi_allow_export_import=True)
+    proc = subprocess.Popen([str(PYINFRA_BIN), "-y", str(inventory), "deploys/devpi.py"], cwd=str(REPO),
+                            env=pyinfra_env(stack.env_extra), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # The export under way: devpi is stopped, the live dir about to be swapped.
+        wait_until(lambda: (stack.devpi_home / "server-dir.export.pyinfra-new").exists() or proc.poll() is not None,
+                   300, 0.02, "the upgrade's export to start")
+        assert proc.poll() is None, "the run ended before the export started"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    wait_until(lambda: set(stack.devpi_home.glob("server-dir.failed-db5-*")) - failed_before, 120, 0.2,
+               "the upgrade left running on the host to put the old dir back")
+    stack.wait_healthy()
+    assert (stack.server_dir / ".serverversion").read_text().strip() == "4"
+    assert (stack.server_dir / ".nodeinfo").read_text() == uuid
+    assert stack.venv_target() == venv
+    assert not list(stack.devpi_home.glob("server-dir.before-db*"))
+    assert not list(stack.devpi_home.glob("*.pyinfra-new"))
 
 
 def upgrade_step(result) -> str:
