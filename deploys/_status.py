@@ -428,6 +428,13 @@ def smoke_report(found: Found, probe: DevpiConfig) -> Part:
     part = Part(fields)
     if not fields["ok"]:
         part.warnings.append(f"devpi failed its last smoke check ({', '.join(fields['checks'])}): see {path}")
+    try:
+        live = (found.get(_venv(probe)) or {}).get("path")
+    except Unreadable:  # the versions section says why
+        live = None
+    if live and live != fields["venv_dir"]:
+        part.warnings.append(f"the live venv {live} has not passed a smoke check (the last one ran on "
+                             f"{fields['venv_dir']}): the next deploy restarts devpi and checks it")
     return part
 
 
@@ -450,7 +457,7 @@ SECTIONS: list[Section] = [
     Section("caddy", lambda probe: [_files(probe)], caddy_report),
     Section("backups", _backups, backups_report),
     Section("logs", lambda probe: [_err_tail(probe), _log_tail(probe)], logs_report),
-    Section("smoke", lambda probe: [_smoke_file(probe)], smoke_report),
+    Section("smoke", lambda probe: [_smoke_file(probe), _venv(probe)], smoke_report),
     Section("replication", lambda probe: [_answers(probe)], replication_report),
 ]
 

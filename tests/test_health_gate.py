@@ -386,8 +386,12 @@ def test_a_new_venv_whose_devpi_answers_the_api_but_fails_real_requests_is_rolle
 @pytest.mark.parametrize("text, ok, warned", [
     (None, None, False),
     ('{"time": "2026-12-07T21:40:00Z", "ok": true, "venv_dir": "/v/a", "checks": [["/", 200]]}', True, False),
-    ('{"time": "2026-12-07T21:40:00Z", "ok": false, "venv_dir": "/v/b", "checks": [["/", 500]]}', False, True),
-    ("\ufffd{garbled", None, True),
+    ('{"time": "2026-12-07T21:40:00Z", "ok": false, "venv_dir": "/v/a", "checks": [["/", 500]]}', False,
+     "devpi failed its last smoke check (GET / 500)"),
+    # passed, but on another venv than the live one (/v/a): a run stopped after the swap
+    ('{"time": "2026-12-07T21:40:00Z", "ok": true, "venv_dir": "/v/b", "checks": [["/", 200]]}', True,
+     "the live venv /v/a has not passed a smoke check (the last one ran on /v/b)"),
+    ("\ufffd{garbled", None, "is not the smoke check's record"),
 ])
 def test_the_status_shows_the_last_smoke_check(text, ok, warned):
     from deploys import _status
@@ -395,10 +399,12 @@ def test_the_status_shows_the_last_smoke_check(text, ok, warned):
 
     config = build_config({"devpi_outside_url": "https://pypi.example.org"}, "/Users/alice")
     probe = build_config({"devpi_outside_url": "https://pypi.example.org"}, _status.PROBE_HOME)
-    found = _status.Found(config, "gui/501", {_status._smoke_file(probe): {config.paths.smoke_result: text}}, {})
+    found = _status.Found(config, "gui/501", {_status._smoke_file(probe): {config.paths.smoke_result: text},
+                                              _status._venv(probe): {"path": "/v/a"}}, {})
     part = _status.smoke_report(found, probe)
     assert part.fields.get("ok") is ok
-    assert bool(part.warnings) is warned
+    assert [w for w in part.warnings if warned and warned in w] == part.warnings, part.warnings
+    assert bool(part.warnings) is bool(warned)
     if ok is not None:
         assert part.fields["checks"] == [f"GET / {200 if ok else 500}"]
         (row,) = [r for r in _status.summary_lines({"smoke": part.fields}) if r[0] == "smoke"]

@@ -121,10 +121,15 @@ def test_a_new_venv_that_answers_the_api_but_fails_real_requests_is_rolled_back(
     os.replace(stack.devpi_home / "venv.swap", stack.devpi_home / "venv")
     assert (stack.devpi_home / "venv.previous").read_text().strip() == good
     pid = stack.wait_healthy()
+    # the status, a monitor, says so
+    report = stack.pyinfra("deploys/status.py", "--data", "devpi_status_format=json", check=False)
+    warnings = json.loads(report.stdout.strip().splitlines()[0])["warnings"]
+    assert any(f"the live venv {os.path.realpath(hollow)} has not passed a smoke check" in w for w in warnings), warnings
     again = stack.deploy(check=False, devpi_server_version=HOLLOW_SERVER, devpi_web_version=HOLLOW_WEB,
                          devpi_index_url=upstream.url, devpi_health_timeout=60)
     assert again.returncode != 0, again.describe()
-    assert f"the live venv {hollow} has not passed the health gate" in again.output, again.describe()
+    assert f"the live venv {os.path.realpath(hollow)} has not passed the health gate" in again.output, \
+        again.describe()
     assert "smoke check FAILED" in again.output and "rolled back: devpi answers again from" in again.output
     assert os.path.realpath(stack.devpi_home / "venv") == good
     assert stack.wait_healthy() != pid
