@@ -46,27 +46,25 @@ def devpi_wheels(tmp_path_factory, tools) -> list[Path]:
     root = tmp_path_factory.mktemp("dbupgrade-wheels")
     wheels = wheels_of_lock(LOCK, root / "wheels", tools.uv, tools.python3)
     (server,) = [w for w in wheels if w.name.startswith("devpi_server-")]
-    new = rebuild_wheel(server, root / "rebuilt", NEW_SERVER, {
-        "devpi_server/main.py": ('DATABASE_VERSION = "4"', 'DATABASE_VERSION = "5"'),
-        "devpi_server/__init__.py": ('__version__ = "6.20.3"', f'__version__ = "{NEW_SERVER}"'),
-    })
+
+    def db5(version: str, edits: dict | None = None) -> Path:
+        """devpi-server 6.20.3 as ``version``, with database version 5 and ``edits``."""
+        return rebuild_wheel(server, root / "rebuilt", version, {
+            "devpi_server/main.py": ('DATABASE_VERSION = "4"', 'DATABASE_VERSION = "5"'),
+            "devpi_server/__init__.py": ('__version__ = "6.20.3"', f'__version__ = "{version}"'),
+            **(edits or {}),
+        })
+
+    new = db5(NEW_SERVER)
     # 6.20.98: the same database version 5, but its devpi-import fails
-    failing = rebuild_wheel(server, root / "rebuilt", FAILING_SERVER, {
-        "devpi_server/main.py": ('DATABASE_VERSION = "4"', 'DATABASE_VERSION = "5"'),
-        "devpi_server/__init__.py": ('__version__ = "6.20.3"', f'__version__ = "{FAILING_SERVER}"'),
-        "devpi_server/importexport.py": (
-            '""" devpi-import command line entry point. """',
-            '""" devpi-import command line entry point. """\n'
-            '    raise SystemExit("devpi-import 6.20.98: an import that fails (built by the e2e test)")',
-        ),
-    })
+    failing = db5(FAILING_SERVER, {"devpi_server/importexport.py": (
+        '""" devpi-import command line entry point. """',
+        '""" devpi-import command line entry point. """\n'
+        '    raise SystemExit("devpi-import 6.20.98: an import that fails (built by the e2e test)")',
+    )})
     # 6.20.97: database version 5, but it starts only offline: the check on the spare
     # port (offline) passes, the job (online) fails after the swap
-    offline_only = rebuild_wheel(server, root / "rebuilt", OFFLINE_ONLY_SERVER, {
-        "devpi_server/main.py": ('DATABASE_VERSION = "4"', 'DATABASE_VERSION = "5"'),
-        "devpi_server/__init__.py": ('__version__ = "6.20.3"', f'__version__ = "{OFFLINE_ONLY_SERVER}"'),
-    })
-    offline_only = rebuild_wheel(offline_only, root / "rebuilt-offline", OFFLINE_ONLY_SERVER, {
+    offline_only = rebuild_wheel(db5(OFFLINE_ONLY_SERVER), root / "rebuilt-offline", OFFLINE_ONLY_SERVER, {
         "devpi_server/main.py": (
             '    """ devpi-server command line entry point. """\n',
             '    """ devpi-server command line entry point. """\n'
@@ -76,16 +74,12 @@ def devpi_wheels(tmp_path_factory, tools) -> list[Path]:
     })
     # 6.20.94: database version 5; online (the job) it answers /+api but 500 to every
     # other request: the spare port's check (offline) passes, the smoke check does not
-    smoke_failing = rebuild_wheel(server, root / "rebuilt", SMOKE_FAILING_SERVER, {
-        "devpi_server/main.py": ('DATABASE_VERSION = "4"', 'DATABASE_VERSION = "5"'),
-        "devpi_server/__init__.py": ('__version__ = "6.20.3"', f'__version__ = "{SMOKE_FAILING_SERVER}"'),
-        "devpi_server/views.py": (
-            '        tag = f"[req{next(req_count)}]"\n',
-            '        if request.path != "/+api" and "--offline-mode" not in __import__("sys").argv:\n'
-            '            return Response("6.20.94: only /+api answers (built by the e2e test)", status=500)\n'
-            '        tag = f"[req{next(req_count)}]"\n',
-        ),
-    })
+    smoke_failing = db5(SMOKE_FAILING_SERVER, {"devpi_server/views.py": (
+        '        tag = f"[req{next(req_count)}]"\n',
+        '        if request.path != "/+api" and "--offline-mode" not in __import__("sys").argv:\n'
+        '            return Response("6.20.94: only /+api answers (built by the e2e test)", status=500)\n'
+        '        tag = f"[req{next(req_count)}]"\n',
+    )})
     # 6.20.95: a version bump that keeps database version 4
     same_db = rebuild_wheel(server, root / "rebuilt", SAME_DB_SERVER, {
         "devpi_server/__init__.py": ('__version__ = "6.20.3"', f'__version__ = "{SAME_DB_SERVER}"'),
