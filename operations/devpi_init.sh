@@ -9,13 +9,7 @@ chmod 600 "$hash_file"; DEVPISERVER_ROOT_PASSWD_HASH=$(cat "$hash_file"); rm -f 
 export DEVPISERVER_ROOT_PASSWD_HASH
 set -e
 . ./server_dir_place.sh
-sd=$server_dir
-if [ -L "$sd" ]; then sd=$(cd "$sd" && pwd -P); fi
-# A transient dir found now is a killed run's: it was never live.
-new=$sd$transient_suffix
-rm -rf "$new"
-trap 'if [ "$?" -ne 0 ]; then rm -rf "$new"; fi' EXIT
-(umask 077; mkdir "$new")
+new_server_dir "$server_dir" "$transient_suffix"
 printf 'devpi-init: initialising a new server dir (root'"'"'s password hash, devpi'"'"'s database)\n'
 # devpi-init's log (no secret in it) is shown only when it fails: the progress output
 # stays the deploy's own lines. --no-root-pypi: the users/indexes step creates root/pypi

@@ -6,13 +6,7 @@
 : "${serverversion_name?}" "${nodeinfo_name?}" "${sqlite_name?}"
 set -e
 . ./server_dir_place.sh
-sd=$server_dir
-if [ -L "$sd" ]; then sd=$(cd "$sd" && pwd -P); fi
-# A transient dir found now is a killed run's: it was never live.
-new=$sd$transient_suffix
-rm -rf "$new"
-trap 'if [ "$?" -ne 0 ]; then rm -rf "$new"; fi' EXIT
-(umask 077; mkdir "$new")
+new_server_dir "$server_dir" "$transient_suffix"
 printf 'devpi-init: initialising a replica of %s\n' "$primary_url"
 if ! out=$("$devpi_init" --configfile "$config_file" --serverdir "$new" --role replica \
     --primary-url "$primary_url" --no-root-pypi 2>&1); then

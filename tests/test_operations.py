@@ -696,17 +696,19 @@ def test_init_writes_a_transient_dir_and_renames_it_into_place_once_complete(con
             f"config_file={config.paths.config_file}", "transient_suffix=.pyinfra-new"} <= set(script.splitlines())
     order = [
         'rm -f "$hash_file"',                          # the hash file goes before anything runs
-        "sd=$server_dir",
-        "new=$sd$transient_suffix",                    # beside the server dir (layout.transient)
-        'rm -rf "$new"',                                # a killed run's transient dir: never live
-        'mkdir "$new"',
+        'new_server_dir "$server_dir" "$transient_suffix"',
         '"$devpi_init" --configfile "$config_file" --serverdir "$new" --no-root-pypi',
         'place_server_dir "$new" "$sd" "$serverversion_name" "$nodeinfo_name" "$sqlite_name"',
     ]
     positions = [script.index(part) for part in order]
     assert positions == sorted(positions), script
-    # operations/server_dir_place.sh, included: complete, or the server dir is not touched;
-    # an empty server dir only; one rename
+    # operations/server_dir_place.sh, included: the transient dir beside the server dir
+    # (layout.transient), a killed run's removed first (never live), made empty
+    making = script[script.index("new_server_dir() {"):]
+    steps_in_making = ["sd=$1", "new=$sd$2", 'rm -rf "$new"', 'mkdir "$new"']
+    positions = [making.index(part) for part in steps_in_making]
+    assert positions == sorted(positions), script
+    # complete, or the server dir is not touched; an empty server dir only; one rename
     placing = script[script.index("place_server_dir() {"):]
     steps_in_place = ['[ ! -s "$place_new/$place_file" ]', 'rmdir "$place_sd"', 'mv "$place_new" "$place_sd"']
     positions = [placing.index(part) for part in steps_in_place]
