@@ -42,11 +42,14 @@ def tree_digest(root: Path, skip=("Library/Logs",)) -> dict[str, str]:
         rel = path.relative_to(root).as_posix()
         if any(rel == s or rel.startswith(s + "/") for s in skip):
             continue
-        digest = hashlib.sha256(f"{path.lstat().st_mode:o}\0".encode())
-        if path.is_symlink():
-            digest.update(os.readlink(path).encode())
-        elif path.is_file():
-            digest.update(path.read_bytes())
+        try:
+            digest = hashlib.sha256(f"{path.lstat().st_mode:o}\0".encode())
+            if path.is_symlink():
+                digest.update(os.readlink(path).encode())
+            elif path.is_file():
+                digest.update(path.read_bytes())
+        except FileNotFoundError:  # removed while the walk ran (devpi-web's indexer): gone
+            continue
         entries[rel] = digest.hexdigest()
     return entries
 

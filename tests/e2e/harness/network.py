@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -18,11 +19,42 @@ from .common import LOOPBACK, HarnessError, wait_until
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+#: Ports the harness hands out: below Linux's ephemeral range, where bind(0) picks (the
+#: deploy's spare ports for a check or a trial, every client's own end), and one slice
+#: for each pytest-xdist worker. A port handed out is used seconds later (after a venv
+#: build, say): from the ephemeral range, another worker's devpi could have taken it
+#: by then, and answered for this one (seen: "another devpi answers on ...").
+HARNESS_PORTS = (12000, 32000)
+_handed_out: set[int] = set()
+
+
+def _worker_slice() -> range:
+    low, high = HARNESS_PORTS
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        high = min(high, ephemeral_low)
+    except (OSError, ValueError, IndexError):
+        pass
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    worker = int((os.environ.get("PYTEST_XDIST_WORKER") or "gw0").removeprefix("gw") or 0)
+    size = (high - low) // max(workers, 1)
+    return range(low + worker * size, low + (worker + 1) * size)
+
+
 def free_port() -> int:
-    """A currently free loopback TCP port (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+    """A free loopback TCP port from this worker's own slice, never handed out before in
+    this process (the caller binds it soon after)."""
+    for port in _worker_slice():
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise HarnessError(f"no free port left in {_worker_slice()}")
 
 
 def port_open(port: int, host: str = LOOPBACK) -> bool:
