@@ -241,7 +241,9 @@ def test_a_backup_on_the_primary_does_not_stop_replication_and_status_reports_it
 
 def test_a_replica_pointed_at_a_wrong_primary_fails_alone(pair):
     nowhere = f"http://127.0.0.1:{free_port()}"  # no devpi there: nothing to replicate from
-    wrong = pair.deploy(check=False, devpi_primary=nowhere, devpi_health_timeout=3)
+    # The bound of both the health gate and the in-sync wait: long enough for devpi to
+    # start on a loaded machine (3 s was not, once), short for the wait that must fail.
+    wrong = pair.deploy(check=False, devpi_primary=nowhere, devpi_health_timeout=8)
     assert not wrong.ok
     assert f"[replica] the replica has not replicated from its primary {nowhere}" in wrong.output, wrong.describe()
     assert "[primary]" in wrong.output and "Grand total" in wrong.output, wrong.describe()
@@ -262,7 +264,7 @@ def test_a_replica_with_a_wrong_secret_fails_alone(pair):
     # A primary named by URL cannot be compared with: the replica restarted (a config
     # change) with the wrong secret does not replicate, and its host fails, named.
     stuck = pair.deploy(check=False, primary_overrides={"devpi_server_options": {"role": "primary"}},
-                        devpi_primary=pair.primary.caddy_url, devpi_health_timeout=5,
+                        devpi_primary=pair.primary.caddy_url, devpi_health_timeout=8,
                         devpi_server_options={"threads": 7})
     assert not stuck.ok
     assert "was not compared with its primary's" in stuck.output
