@@ -122,15 +122,7 @@ def test_a_new_venv_whose_devpi_fails_the_gate_is_rolled_back(tmp_path):
     import sys
 
     port = free_port()
-    home = tmp_path / "home"
-    (home / "venvs").mkdir(parents=True)
-    old, new = home / "venvs" / "old", home / "venvs" / "new"
-    for venv in (old, new):
-        (venv / "bin").mkdir(parents=True)
-        (venv / "bin" / "python").symlink_to(sys.executable)
-    live = home / "venv"
-    live.symlink_to(new)
-    (home / "venv.previous").write_text(f"{old}\n")
+    home, old, live = venvs_with_rollback(tmp_path)
     server = tmp_path / "server.py"
     server.write_text(devpi_like(port))
     bin_dir = tmp_path / "bin"
